@@ -1,0 +1,1 @@
+//! phase_timeout (in progress)
