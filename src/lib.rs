@@ -13,6 +13,7 @@
 /// The error type returned by this crate's layers: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+mod clock;
 pub mod phase_timeout;
 pub mod track;
 

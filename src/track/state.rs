@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Sentinel for "never happened" in the nanosecond timestamp atomics.
-const NEVER: u64 = u64::MAX;
+use crate::clock::{Origin, Stamp};
 
 /// Process-wide connection id counter (a counter, not a map: it never grows).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -36,18 +35,18 @@ pub struct ConnectionState {
 
 pub(crate) struct Inner {
     id: u64,
-    /// When the connect attempt started; all timestamps are nanoseconds since.
-    origin: Instant,
+    /// When the connect attempt started; all stamps are relative to it.
+    origin: Origin,
     /// Time from `origin` until the IO was handed over.
     connect: Duration,
     requests: AtomicU64,
     bytes_written: AtomicU64,
     bytes_read: AtomicU64,
-    last_write: AtomicU64,
-    last_read: AtomicU64,
-    last_flush: AtomicU64,
-    exchange_start: AtomicU64,
-    exchange_first_read: AtomicU64,
+    last_write: Stamp,
+    last_read: Stamp,
+    last_flush: Stamp,
+    exchange_start: Stamp,
+    exchange_first_read: Stamp,
     exchange_idle_before: AtomicU64,
     in_flight: AtomicBool,
     closed: AtomicBool,
@@ -58,16 +57,16 @@ impl ConnectionState {
         ConnectionState {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                origin,
+                origin: Origin::new(origin),
                 connect: connected_at.saturating_duration_since(origin),
                 requests: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 bytes_read: AtomicU64::new(0),
-                last_write: AtomicU64::new(NEVER),
-                last_read: AtomicU64::new(NEVER),
-                last_flush: AtomicU64::new(NEVER),
-                exchange_start: AtomicU64::new(NEVER),
-                exchange_first_read: AtomicU64::new(NEVER),
+                last_write: Stamp::never(),
+                last_read: Stamp::never(),
+                last_flush: Stamp::never(),
+                exchange_start: Stamp::never(),
+                exchange_first_read: Stamp::never(),
                 exchange_idle_before: AtomicU64::new(0),
                 in_flight: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -75,22 +74,8 @@ impl ConnectionState {
         }
     }
 
-    fn stamp(&self, now: Instant) -> u64 {
-        // u64 nanoseconds cover 584 years; saturate rather than wrap.
-        u64::try_from(now.saturating_duration_since(self.inner.origin).as_nanos())
-            .unwrap_or(NEVER - 1)
-    }
-
-    fn instant(&self, stamp: u64) -> Option<Instant> {
-        if stamp == NEVER {
-            None
-        } else {
-            Some(self.inner.origin + Duration::from_nanos(stamp))
-        }
-    }
-
-    fn load(&self, field: &AtomicU64) -> Option<Instant> {
-        self.instant(field.load(Ordering::Acquire))
+    fn load(&self, stamp: &Stamp) -> Option<Instant> {
+        stamp.get(&self.inner.origin)
     }
 
     /// A process-unique id for this connection (starts at 1).
@@ -100,7 +85,7 @@ impl ConnectionState {
 
     /// When the connection was established (the connector's future completed).
     pub fn connected_at(&self) -> Instant {
-        self.inner.origin + self.inner.connect
+        self.inner.origin.instant() + self.inner.connect
     }
 
     /// How long the connector took (TCP, plus TLS when the tracker wraps it).
@@ -158,14 +143,13 @@ impl ConnectionState {
         let start = self.load(&self.inner.exchange_start);
         let first_read = self.load(&self.inner.exchange_first_read);
         let last_write = self.last_write();
-        let number = self.requests();
         let since = |end: Option<Instant>| match (start, end) {
             (Some(s), Some(e)) => Some(e.saturating_duration_since(s)),
             _ => None,
         };
         super::ConnectionInfo {
             id: self.id(),
-            request_number: number,
+            request_number: self.requests(),
             idle_before: Duration::from_nanos(
                 self.inner.exchange_idle_before.load(Ordering::Acquire),
             ),
@@ -176,40 +160,39 @@ impl ConnectionState {
     }
 
     pub(crate) fn on_write(&self, n: usize, new_exchange: bool) {
-        let now = self.stamp(Instant::now());
+        let now = Instant::now();
+        let origin = &self.inner.origin;
         if new_exchange {
-            let last_read = self.inner.last_read.load(Ordering::Acquire);
-            let idle = if last_read == NEVER {
-                0
-            } else {
-                now.saturating_sub(last_read)
-            };
-            self.inner
-                .exchange_idle_before
-                .store(idle, Ordering::Release);
-            self.inner.exchange_first_read.store(NEVER, Ordering::Release);
-            self.inner.exchange_start.store(now, Ordering::Release);
+            let idle = self
+                .last_read()
+                .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
+            self.inner.exchange_idle_before.store(
+                u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Release,
+            );
+            self.inner.exchange_first_read.clear();
+            self.inner.exchange_start.set(origin, now);
             self.inner.in_flight.store(true, Ordering::Release);
             self.inner.requests.fetch_add(1, Ordering::AcqRel);
         }
         self.inner
             .bytes_written
             .fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.last_write.store(now, Ordering::Release);
+        self.inner.last_write.set(origin, now);
     }
 
     pub(crate) fn on_read(&self, n: usize, first_of_response: bool) {
-        let now = self.stamp(Instant::now());
+        let now = Instant::now();
+        let origin = &self.inner.origin;
         if first_of_response {
-            self.inner.exchange_first_read.store(now, Ordering::Release);
+            self.inner.exchange_first_read.set(origin, now);
         }
         self.inner.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.last_read.store(now, Ordering::Release);
+        self.inner.last_read.set(origin, now);
     }
 
     pub(crate) fn on_flush(&self) {
-        let now = self.stamp(Instant::now());
-        self.inner.last_flush.store(now, Ordering::Release);
+        self.inner.last_flush.set(&self.inner.origin, Instant::now());
     }
 
     pub(crate) fn on_close(&self) {
