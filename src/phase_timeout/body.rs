@@ -47,7 +47,8 @@ impl Progress {
         self.last_frame.get(&self.origin)
     }
 
-    /// When the last body byte was pulled; set once the body is known to end.
+    /// When the body was known to end (its last frame, or the poll that
+    /// returned the end).
     pub(crate) fn body_end(&self) -> Option<Instant> {
         self.body_end.get(&self.origin)
     }
@@ -141,7 +142,7 @@ impl<B: Body> Body for RequestBody<B> {
                         // Trailers (or an unknown frame): pass through as is.
                         let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
                         if let Some(p) = this.progress.as_ref() {
-                            p.end(p.last_frame().unwrap_or_else(Instant::now));
+                            p.end(Instant::now());
                         }
                         return Poll::Ready(Some(Ok(frame)));
                     }
@@ -149,7 +150,7 @@ impl<B: Body> Body for RequestBody<B> {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     if let Some(p) = this.progress.as_ref() {
-                        p.end(p.last_frame().unwrap_or_else(Instant::now));
+                        p.end(Instant::now());
                     }
                     return Poll::Ready(None);
                 }
@@ -187,12 +188,14 @@ pin_project! {
     /// [`Elapsed`] (phase [`Read`](Phase::Read)) after the read stall limit
     /// without a frame, or (phase [`Total`](Phase::Total)) when the total
     /// deadline passes before the body ends.
+    ///
+    /// It is `Unpin` when `B` is: its timer is boxed, and only allocated the
+    /// first time the body has to wait for a frame.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
+        sleep: Option<Pin<Box<Sleep>>>,
         timers: Option<BodyTimers>,
         connection: Option<ConnectionState>,
     }
@@ -210,9 +213,10 @@ struct BodyTimers {
 
 impl BodyTimers {
     fn next_check(&self) -> Instant {
-        let stall = self
-            .stall
-            .map_or_else(|| far_future(self.last_frame), |s| deadline(self.last_frame, s));
+        let stall = self.stall.map_or_else(
+            || far_future(self.last_frame),
+            |s| deadline(self.last_frame, s),
+        );
         self.total.map_or(stall, |(_, dl)| stall.min(dl))
     }
 
@@ -252,7 +256,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn unlimited(inner: B, connection: Option<ConnectionState>) -> Self {
         ResponseBody {
             inner,
-            sleep: tokio::time::sleep_until(far_future(Instant::now())),
+            sleep: None,
             timers: None,
             connection,
         }
@@ -280,7 +284,7 @@ impl<B> ResponseBody<B> {
         };
         ResponseBody {
             inner,
-            sleep: tokio::time::sleep_until(timers.next_check()),
+            sleep: None,
             timers: Some(timers),
             connection,
         }
@@ -327,10 +331,13 @@ where
         let Some(timers) = this.timers.as_ref() else {
             return Poll::Pending;
         };
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timers.next_check())));
         loop {
-            ready!(this.sleep.as_mut().poll(cx));
+            ready!(sleep.as_mut().poll(cx));
             match timers.check(Instant::now()) {
-                Ok(next) => this.sleep.as_mut().reset(next),
+                Ok(next) => sleep.as_mut().reset(next),
                 Err(elapsed) => {
                     // Fail once; later polls see the same deadline pass again.
                     return Poll::Ready(Some(Err(elapsed.into())));

@@ -185,11 +185,11 @@ impl Watch {
             return Some(body_end);
         };
         // hyper flushes the IO only once its write buffer is empty: a flush
-        // at or after the last write (and after the body ended) means the
-        // last byte reached the socket.
-        let last_write = state.last_write().unwrap_or(body_end).max(body_end);
+        // at or after the last write means every queued byte reached the
+        // socket, and the body has ended, so nothing more is coming.
+        let last_write = state.last_write()?;
         match state.last_flush() {
-            Some(flush) if flush >= last_write => Some(last_write),
+            Some(flush) if flush >= last_write => Some(last_write.max(body_end)),
             _ => None,
         }
     }

@@ -97,3 +97,6 @@ pub use error::{Elapsed, Phase};
 pub use future::ResponseFuture;
 pub use layer::{PhaseOverride, PhaseTimeoutLayer};
 pub use service::PhaseTimeout;
+
+#[cfg(test)]
+mod tests;

@@ -192,7 +192,9 @@ impl ConnectionState {
     }
 
     pub(crate) fn on_flush(&self) {
-        self.inner.last_flush.set(&self.inner.origin, Instant::now());
+        self.inner
+            .last_flush
+            .set(&self.inner.origin, Instant::now());
     }
 
     pub(crate) fn on_close(&self) {
