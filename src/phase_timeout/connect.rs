@@ -85,7 +85,7 @@ where
         let started = Instant::now();
         ConnectFuture {
             inner: self.inner.call(req),
-            sleep: tokio::time::sleep_until(deadline(started, self.limit)),
+            sleep: Box::pin(tokio::time::sleep_until(deadline(started, self.limit))),
             started,
             limit: self.limit,
         }
@@ -93,13 +93,14 @@ where
 }
 
 pin_project! {
-    /// Future of [`ConnectTimeout`].
+    /// Future of [`ConnectTimeout`]. `Unpin` when the inner future is (as
+    /// hyper-util's client requires of connector futures): the timer is boxed,
+    /// one allocation per connect.
     #[derive(Debug)]
     pub struct ConnectFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Sleep,
+        sleep: Pin<Box<Sleep>>,
         started: Instant,
         limit: Duration,
     }
@@ -117,7 +118,7 @@ where
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
+        match this.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(
                 Phase::Connect,
                 Waiting::Connection,
