@@ -90,7 +90,10 @@ async fn read_response(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> 
 /// Waits until the peer closes `stream` (EOF or reset), at most `limit`.
 async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0; 64];
-    matches!(timeout(limit, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    matches!(
+        timeout(limit, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
@@ -103,7 +106,9 @@ async fn idle_closing_reuses_within_idle_timeout_then_closes() {
 
     for _ in 0..2 {
         stream.write_all(GET).await.unwrap();
-        let (head, body) = bounded("response", read_response(&mut stream)).await.unwrap();
+        let (head, body) = bounded("response", read_response(&mut stream))
+            .await
+            .unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(!head.contains("Keep-Alive"), "{head}");
         assert_eq!(body, b"ok");
@@ -115,9 +120,16 @@ async fn idle_closing_reuses_within_idle_timeout_then_closes() {
     // Real clock: the server's idle timer is what is under test.
     let idle_start = Instant::now();
     assert!(closed_within(&mut stream, IDLE + SLACK).await, "not closed");
-    assert!(idle_start.elapsed() >= IDLE / 2, "closed too early: {:?}", idle_start.elapsed());
+    assert!(
+        idle_start.elapsed() >= IDLE / 2,
+        "closed too early: {:?}",
+        idle_start.elapsed()
+    );
     assert_eq!(server.idle_closes(), 1);
-    assert_eq!((server.connections(), server.requests(), server.posts()), (1, 2, 0));
+    assert_eq!(
+        (server.connections(), server.requests(), server.posts()),
+        (1, 2, 0)
+    );
 }
 
 #[tokio::test]
@@ -139,7 +151,9 @@ async fn idle_closing_options_posts_and_connection_close() {
     for request in requests {
         let start = Instant::now();
         stream.write_all(request).await.unwrap();
-        let (head, body) = bounded("response", read_response(&mut stream)).await.unwrap();
+        let (head, body) = bounded("response", read_response(&mut stream))
+            .await
+            .unwrap();
         // Real clock: think time delays the answer (a lower bound only).
         assert!(start.elapsed() >= THINK);
         assert!(head.contains("\r\nKeep-Alive: timeout=1\r\n"), "{head}");
@@ -148,21 +162,55 @@ async fn idle_closing_options_posts_and_connection_close() {
     }
     assert_eq!(server.posts(), 2);
 
+    // HEAD gets the head only; the connection stays usable.
+    stream
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, rest) = bounded("head", read_head(&mut stream)).await.unwrap();
+    assert_eq!((content_length(&head), rest.len()), (5, 0));
+
+    // Expect: 100-continue is honoured before the body is sent.
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (interim, rest) = bounded("100 continue", read_head(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(
+        (interim.as_str(), rest.len()),
+        ("HTTP/1.1 100 Continue\r\n\r\n", 0)
+    );
+    stream.write_all(b"hi").await.unwrap();
+    let (_, body) = bounded("response", read_response(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(body, b"hello");
+    assert_eq!(server.posts(), 3);
+
     stream
         .write_all(b"DELETE / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let (head, _) = bounded("response", read_response(&mut stream)).await.unwrap();
+    let (head, _) = bounded("response", read_response(&mut stream))
+        .await
+        .unwrap();
     assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
     assert!(closed_within(&mut stream, SLACK).await);
     assert_eq!(server.requests_by_method(&Method::DELETE), 1);
-    assert_eq!((server.requests(), server.responses()), (3, 3));
+    assert_eq!(server.requests_by_method(&Method::HEAD), 1);
+    assert_eq!((server.requests(), server.responses()), (5, 5));
     assert_eq!((server.connections(), server.idle_closes()), (1, 0));
 }
 
 #[tokio::test]
 async fn idle_closing_serves_hyper_client_on_one_connection() {
-    let server = IdleClosingServer::start(Duration::from_secs(5)).await.unwrap();
+    let server = IdleClosingServer::start(Duration::from_secs(5))
+        .await
+        .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     for _ in 0..3 {
         let response = bounded("request", client.get(server.url().parse().unwrap()))
@@ -177,7 +225,9 @@ async fn idle_closing_serves_hyper_client_on_one_connection() {
 
 #[tokio::test]
 async fn malformed_request_ends_only_its_connection() {
-    let server = IdleClosingServer::start(Duration::from_secs(5)).await.unwrap();
+    let server = IdleClosingServer::start(Duration::from_secs(5))
+        .await
+        .unwrap();
     let mut bad = TcpStream::connect(server.addr()).await.unwrap();
     bad.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
     assert!(closed_within(&mut bad, SLACK).await);
@@ -279,7 +329,10 @@ async fn silent_server_reads_everything_and_never_answers() {
     .await;
     // Real clock: watch for an answer that must not come.
     let mut buf = [0; 16];
-    assert!(timeout(NEVER_WAIT, stream.read(&mut buf)).await.is_err(), "answered");
+    assert!(
+        timeout(NEVER_WAIT, stream.read(&mut buf)).await.is_err(),
+        "answered"
+    );
     assert_eq!(server.connections(), 1);
 }
 
@@ -296,12 +349,19 @@ async fn stalled_body_server_sends_part_then_stalls() {
     let (head, mut body) = bounded("head", read_head(&mut stream)).await.unwrap();
     assert_eq!(content_length(&head), 1_000_000);
     while body.len() < 100 {
-        let n = bounded("first bytes", stream.read_buf(&mut body)).await.unwrap();
+        let n = bounded("first bytes", stream.read_buf(&mut body))
+            .await
+            .unwrap();
         assert_ne!(n, 0, "closed");
     }
     assert_eq!(body.len(), 100);
     // Real clock: watch for body bytes that must not come.
-    assert!(timeout(NEVER_WAIT, stream.read_buf(&mut body)).await.is_err(), "not stalled");
+    assert!(
+        timeout(NEVER_WAIT, stream.read_buf(&mut body))
+            .await
+            .is_err(),
+        "not stalled"
+    );
     assert_eq!((server.connections(), server.requests()), (1, 1));
 }
 
@@ -317,7 +377,10 @@ async fn slow_body_server_trickles_the_body() {
     // The head comes first; the body follows one chunk per interval.
     let mut reads = 0;
     while body.len() < 40 {
-        assert_ne!(bounded("chunk", stream.read_buf(&mut body)).await.unwrap(), 0);
+        assert_ne!(
+            bounded("chunk", stream.read_buf(&mut body)).await.unwrap(),
+            0
+        );
         reads += 1;
     }
     assert_eq!(body, [b'x'; 40]);
@@ -329,8 +392,17 @@ async fn slow_body_server_trickles_the_body() {
 
     // The connection is kept alive for another request.
     stream.write_all(GET).await.unwrap();
-    bounded("second response", read_response(&mut stream)).await.unwrap();
-    assert_eq!((server.connections(), server.requests(), server.bytes_written()), (1, 2, 80));
+    bounded("second response", read_response(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            server.connections(),
+            server.requests(),
+            server.bytes_written()
+        ),
+        (1, 2, 80)
+    );
 }
 
 #[tokio::test]
@@ -354,7 +426,10 @@ async fn blackhole_connect_never_completes() {
 /// `stream` is closed and that the port no longer accepts connections.
 async fn assert_drop_stops(addr: std::net::SocketAddr, stream: &mut TcpStream, server: impl Sized) {
     drop(server);
-    assert!(closed_within(stream, SLACK).await, "connection survived the drop");
+    assert!(
+        closed_within(stream, SLACK).await,
+        "connection survived the drop"
+    );
     // The listener closes on the runtime shortly after the drop.
     let deadline = Instant::now() + SLACK;
     loop {

@@ -67,7 +67,7 @@ async fn stop_reading(
     counters.connections.inc();
     let mut left = *after_bytes;
     while left > 0 {
-        let Some(head) = conn.read_head().await? else {
+        let Some(head) = conn.next_request().await? else {
             return Ok(());
         };
         counters.requests.inc();
@@ -136,7 +136,7 @@ async fn silent(
     counters: Arc<SilentCounters>,
 ) -> io::Result<()> {
     counters.connections.inc();
-    while let Some(head) = conn.read_head().await? {
+    while let Some(head) = conn.next_request().await? {
         counters.requests.inc();
         conn.read_body(&mut head.body(), |n| counters.bytes_read.add(n as u64))
             .await?;
@@ -225,13 +225,15 @@ async fn stalled(
     counters: Arc<StalledCounters>,
 ) -> io::Result<()> {
     counters.connections.inc();
-    let Some(head) = conn.read_head().await? else {
+    let Some(head) = conn.next_request().await? else {
         return Ok(());
     };
     conn.read_body(&mut head.body(), |_| {}).await?;
     counters.requests.inc();
     conn.write_all(&ok_head(config.content_length, &[])).await?;
-    write_filler(&mut conn, config.first_bytes.min(config.content_length)).await?;
+    if head.method != http::Method::HEAD {
+        write_filler(&mut conn, config.first_bytes.min(config.content_length)).await?;
+    }
     conn.drain_to_eof().await;
     Ok(())
 }
@@ -319,13 +321,18 @@ async fn slow(
 ) -> io::Result<()> {
     counters.connections.inc();
     let length = config.chunks.saturating_mul(config.chunk.len() as u64);
-    while let Some(head) = conn.read_head().await? {
+    while let Some(head) = conn.next_request().await? {
         conn.read_body(&mut head.body(), |_| {}).await?;
         counters.requests.inc();
         let close = ["Connection: close".to_owned()];
         let extra: &[String] = if head.keep_alive { &[] } else { &close };
         conn.write_all(&ok_head(length, extra)).await?;
-        for _ in 0..config.chunks {
+        let chunks = if head.method == http::Method::HEAD {
+            0
+        } else {
+            config.chunks
+        };
+        for _ in 0..chunks {
             tokio::time::sleep(config.interval).await;
             conn.write_all(&config.chunk).await?;
             counters.bytes_written.add(config.chunk.len() as u64);

@@ -10,7 +10,7 @@
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -29,6 +29,8 @@ pub(crate) struct RequestHead {
     pub(crate) method: Method,
     /// Whether the connection may serve another request after this one.
     pub(crate) keep_alive: bool,
+    /// The client sent `Expect: 100-continue` and waits for a `100 Continue`.
+    pub(crate) expect_continue: bool,
     pub(crate) framing: Framing,
 }
 
@@ -261,6 +263,20 @@ impl<S: AsyncRead + Unpin> Conn<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Reads the next request head like [`Conn::read_head`] and, when the
+    /// client expects it, answers `100 Continue` so that it sends the body.
+    pub(crate) async fn next_request(&mut self) -> io::Result<Option<RequestHead>> {
+        let head = self.read_head().await?;
+        if let Some(head) = &head {
+            if head.expect_continue && head.framing != Framing::Length(0) {
+                self.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            }
+        }
+        Ok(head)
+    }
+}
+
 impl<S: AsyncWrite + Unpin> Conn<S> {
     /// Writes all of `bytes` and flushes.
     pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -275,8 +291,8 @@ impl<S: AsyncWrite + Unpin> Conn<S> {
 }
 
 fn parse_head(head: &[u8]) -> io::Result<RequestHead> {
-    // Keep the last line's `\r` so that every line ends in one.
-    let mut lines = head[..head.len() - 2].split(|&b| b == b'\n').map(|line| {
+    // Drop the final `\n\r\n` but keep the last line's `\r`: every line ends in one.
+    let mut lines = head[..head.len() - 3].split(|&b| b == b'\n').map(|line| {
         line.strip_suffix(b"\r")
             .ok_or_else(|| invalid("bare LF in request head"))
     });
@@ -325,16 +341,21 @@ fn parse_head(head: &[u8]) -> io::Result<RequestHead> {
         version == Version::HTTP_11 || has_token(&CONNECTION, "keep-alive")
     };
 
+    let expect_continue = version == Version::HTTP_11 && has_token(&EXPECT, "100-continue");
+
     let framing = if headers.contains_key(TRANSFER_ENCODING) {
         // RFC 9112 §6.3: chunked must be the final coding of a request.
-        let last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .last();
+        let mut last = None;
+        for value in headers.get_all(TRANSFER_ENCODING) {
+            let value = value
+                .to_str()
+                .map_err(|_| invalid("bad transfer-encoding"))?;
+            last = value
+                .split(',')
+                .map(str::trim)
+                .rfind(|t| !t.is_empty())
+                .or(last);
+        }
         match last {
             Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
             _ => return Err(invalid("request transfer-encoding is not chunked")),
@@ -364,6 +385,7 @@ fn parse_head(head: &[u8]) -> io::Result<RequestHead> {
     Ok(RequestHead {
         method,
         keep_alive,
+        expect_continue,
         framing,
     })
 }
@@ -446,6 +468,21 @@ mod tests {
             10
         );
         assert_eq!(conn.buf.len(), 0, "read more than asked from the socket");
+    }
+
+    #[tokio::test]
+    async fn expect_continue_is_answered() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        let mut conn = Conn::new(server);
+        let head = conn.next_request().await.unwrap().unwrap();
+        assert!(head.expect_continue);
+        let mut interim = [0; 25];
+        client.read_exact(&mut interim).await.unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 
     #[tokio::test]

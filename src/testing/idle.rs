@@ -7,7 +7,7 @@ use http::Method;
 use tokio::net::TcpStream;
 
 use super::http1::Conn;
-use super::server::{impl_addr, ok_response, start, Counter, Running};
+use super::server::{impl_addr, ok_response, start, without_body, Counter, Running};
 
 /// An HTTP/1.1 keep-alive server that closes idle connections exactly like
 /// Go's `net/http` server with `IdleTimeout` set.
@@ -189,7 +189,7 @@ async fn serve(
         }
         first = false;
 
-        let Some(head) = conn.read_head().await? else {
+        let Some(head) = conn.next_request().await? else {
             return Ok(());
         };
         counters.requests.inc();
@@ -197,7 +197,8 @@ async fn serve(
         if !config.think_time.is_zero() {
             tokio::time::sleep(config.think_time).await;
         }
-        conn.write_all(if head.keep_alive { &keep_alive } else { &close })
+        let response = if head.keep_alive { &keep_alive } else { &close };
+        conn.write_all(without_body(response, config.response_body.len(), &head))
             .await?;
         counters.responses.inc();
         counters.method(&head.method).inc();

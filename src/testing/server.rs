@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::http1::Conn;
+use super::http1::{Conn, RequestHead};
 
 /// The only address any server in this module binds or connects to.
 pub(crate) const LOOPBACK: SocketAddr =
@@ -172,4 +172,17 @@ pub(crate) fn ok_response(body: &[u8], extra: &[String]) -> Vec<u8> {
     let mut response = ok_head(body.len() as u64, extra);
     response.extend_from_slice(body);
     response
+}
+
+/// `response` as is, or only its head when answering a `HEAD` request.
+pub(crate) fn without_body<'a>(
+    response: &'a [u8],
+    body_len: usize,
+    request: &RequestHead,
+) -> &'a [u8] {
+    if request.method == http::Method::HEAD {
+        &response[..response.len() - body_len]
+    } else {
+        response
+    }
 }

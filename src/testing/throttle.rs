@@ -6,7 +6,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::http1::Conn;
-use super::server::{impl_addr, ok_response, start, Counter, Running};
+use super::server::{impl_addr, ok_response, start, without_body, Counter, Running};
 
 /// The throttle takes the body off the socket in slices of about this much
 /// time's worth of bytes, so the pace is smooth at low rates.
@@ -131,7 +131,7 @@ async fn serve(
     let rate = config.bytes_per_sec;
     let slice = (rate.saturating_mul(SLICE.as_millis() as u64) / 1000).clamp(1, MAX_SLICE_BYTES);
     let slice = slice as usize;
-    while let Some(head) = conn.read_head().await? {
+    while let Some(head) = conn.next_request().await? {
         counters.requests.inc();
         let mut body = head.body();
         let start = Instant::now();
@@ -152,7 +152,9 @@ async fn serve(
         }
         let close = ["Connection: close".to_owned()];
         let extra: &[String] = if head.keep_alive { &[] } else { &close };
-        conn.write_all(&ok_response(read.to_string().as_bytes(), extra))
+        let body = read.to_string();
+        let response = ok_response(body.as_bytes(), extra);
+        conn.write_all(without_body(&response, body.len(), &head))
             .await?;
         counters.responses.inc();
         if !head.keep_alive {
