@@ -157,9 +157,17 @@ async fn read_clock_starts_after_the_upload() {
         true,
     );
     let start = Instant::now();
-    let res = svc.oneshot(post(&server.url(), 4 * MB)).await.unwrap();
+    let mut req = post(&server.url(), 4 * MB);
+    let capture = ConnectionCapture::get_or_insert(&mut req);
+    let res = svc.oneshot(req).await.unwrap();
+    let head_at = Instant::now();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), (4 * MB).to_string());
-    assert!(start.elapsed() >= Duration::from_millis(1500), "{:?}", start.elapsed());
+    // The client really spent more than `read` uploading, and the head came
+    // more than `read` after the request started: only a read clock started
+    // at the end of the upload lets this succeed.
+    let last_write = capture.state().unwrap().last_write().unwrap();
+    assert!(last_write - start > Duration::from_secs(1), "{:?}", last_write - start);
+    assert!(head_at - start > Duration::from_millis(1500), "{:?}", head_at - start);
     assert_eq!(server.responses(), 1);
 }
 
