@@ -62,16 +62,8 @@ fn client(connect: Duration, phases: PhaseTimeoutLayer, tracked: bool) -> TestCl
     BoxCloneService::new(ServiceBuilder::new().layer(phases).service(inner))
 }
 
-/// The `Elapsed` anywhere in an error's source chain.
-fn find_elapsed<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a Elapsed> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
-            return Some(elapsed);
-        }
-        cur = e.source();
-    }
-    None
+fn find_elapsed(err: &(dyn StdError + 'static)) -> Option<&Elapsed> {
+    Elapsed::find(err)
 }
 
 fn post(url: &str, bytes: usize) -> http::Request<Full<Bytes>> {
