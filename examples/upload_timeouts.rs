@@ -103,7 +103,10 @@ async fn upload(svc: Svc, url: &str, bytes: usize) -> Outcome {
     .await;
     let end = Instant::now();
     let state = capture.state();
-    let elapsed = result.as_ref().err().and_then(|e| Elapsed::find(e.as_ref()));
+    let elapsed = result
+        .as_ref()
+        .err()
+        .and_then(|e| Elapsed::find(e.as_ref()));
     let sent = match (&result, elapsed) {
         (Ok(_), _) => bytes as u64,
         (Err(_), Some(e)) => e.bytes_sent(),
@@ -158,17 +161,32 @@ async fn demo() -> Result<(), BoxError> {
     // (a) 100 MB through a reader throttled to 30 MiB/s: > 3 s of upload.
     let throttled = ThrottledReader::start(30 * MB as u64).await?;
     let a = upload(client(&limits), &throttled.url(), 100 * MB).await;
-    row("a: 100 MB, throttled reader", "ok", &a, format!("read {} B", throttled.bytes_read()));
+    row(
+        "a: 100 MB, throttled reader",
+        "ok",
+        &a,
+        format!("read {} B", throttled.bytes_read()),
+    );
 
     // (b) The reader stops after 8 MiB.
     let stop = StopReadingServer::start(8 * MB as u64).await?;
     let b = upload(client(&limits), &stop.url(), 100 * MB).await;
-    row("b: reader stops mid-upload", "send", &b, format!("read {} B", stop.bytes_read()));
+    row(
+        "b: reader stops mid-upload",
+        "send",
+        &b,
+        format!("read {} B", stop.bytes_read()),
+    );
 
     // (c) The server reads everything and never answers.
     let silent = SilentServer::start().await?;
     let c = upload(client(&limits), &silent.url(), 10 * MB).await;
-    row("c: server never answers", "read", &c, format!("read {} B", silent.bytes_read()));
+    row(
+        "c: server never answers",
+        "read",
+        &c,
+        format!("read {} B", silent.bytes_read()),
+    );
 
     // (d) The connect never completes.
     let hole = Blackhole::start().await?;
@@ -197,7 +215,9 @@ async fn demo() -> Result<(), BoxError> {
 }
 
 fn parse_ms(v: &str) -> Result<Option<Duration>, String> {
-    let n: u64 = v.parse().map_err(|_| format!("not a number of milliseconds: {v}"))?;
+    let n: u64 = v
+        .parse()
+        .map_err(|_| format!("not a number of milliseconds: {v}"))?;
     Ok((n > 0).then(|| Duration::from_millis(n)))
 }
 
@@ -224,9 +244,7 @@ fn parse(args: &[String]) -> Result<(String, usize, Limits), String> {
                     .filter(|n| *n <= 4096)
                     .ok_or_else(|| format!("--size-mb must be 0..=4096, got {value}"))?
             }
-            "--connect-ms" => {
-                limits.connect = parse_ms(value)?.unwrap_or(Duration::from_secs(30))
-            }
+            "--connect-ms" => limits.connect = parse_ms(value)?.unwrap_or(Duration::from_secs(30)),
             "--send-ms" => limits.send = parse_ms(value)?,
             "--read-ms" => limits.read = parse_ms(value)?,
             "--total-ms" => limits.total = parse_ms(value)?,
