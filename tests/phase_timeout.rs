@@ -4,7 +4,6 @@
 //! These tests run on the real clock. Each timing assertion allows a named,
 //! generous slack; nothing asserts on speed.
 
-use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,10 +58,6 @@ fn client(connect: Duration, phases: PhaseTimeoutLayer, tracked: bool) -> TestCl
         )
     };
     BoxCloneService::new(ServiceBuilder::new().layer(phases).service(inner))
-}
-
-fn find_elapsed(err: &(dyn StdError + 'static)) -> Option<&Elapsed> {
-    Elapsed::find(err)
 }
 
 fn post(url: &str, bytes: usize) -> http::Request<Full<Bytes>> {
@@ -127,7 +122,7 @@ async fn stopped_reader_fails_in_the_send_phase() {
     let capture = ConnectionCapture::get_or_insert(&mut req);
     let err = svc.oneshot(req).await.unwrap_err();
     let failed_at = Instant::now();
-    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Send, "{err}");
     assert!(e.bytes_sent() > 0 && e.bytes_sent() < total as u64, "{e:?}");
     let last_write = capture.state().unwrap().last_write().unwrap();
@@ -197,7 +192,7 @@ async fn silent_server_fails_in_the_read_phase() {
         );
         let start = Instant::now();
         let err = svc.oneshot(post(&server.url(), 1000)).await.unwrap_err();
-        let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+        let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
         assert_eq!(e.phase(), Phase::Read, "{err}");
         assert_eq!(e.bytes_sent(), 1000);
         let took = start.elapsed();
@@ -243,7 +238,7 @@ async fn stalled_body_fails_from_the_body_stream() {
             None => panic!("the body cannot end"),
         }
     };
-    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Read);
     assert_eq!(e.bytes_received(), 100);
     assert_eq!(got, 100);
@@ -275,7 +270,7 @@ async fn total_fires_through_a_slow_body() {
         .unwrap();
     let err = res.into_body().collect().await.unwrap_err();
     let took = start.elapsed();
-    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Total, "{err}");
     assert!(e.bytes_received() > 0 && e.bytes_received() < 400, "{e:?}");
     assert!(took >= total && took <= total + SLACK, "{took:?}");
@@ -301,7 +296,7 @@ async fn blackhole_fails_in_the_connect_phase() {
         .await
         .unwrap_err();
     let took = start.elapsed();
-    let e = find_elapsed(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
 }
@@ -318,7 +313,7 @@ async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let start = Instant::now();
     let err = client.get(hole.url()).send().await.unwrap_err();
     let took = start.elapsed();
-    let e = find_elapsed(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = Elapsed::find(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
 }
