@@ -5,18 +5,16 @@
 //! current-thread runtime, so every allocation of the exchange is counted on
 //! both sides; the difference between the rows is this crate's cost.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::TrackConnectionsLayer;
 
 #[global_allocator]
@@ -60,24 +58,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let uri: http::Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let svc = service_fn(|_req| async {
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                            b"hello world",
-                        ))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let server = HyperServer::start().await.unwrap();
+        let uri: http::Uri = server.url().parse().unwrap();
 
         let bare =
             Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new());

@@ -3,43 +3,20 @@
 //!
 //! `cargo bench --bench overhead`
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::TrackConnectionsLayer;
 
 /// Concurrent requests per iteration of the throughput benchmark.
 const BATCH: usize = 32;
-
-async fn server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                        b"hello world",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 async fn get<S, B>(svc: &mut S, uri: &http::Uri)
 where
@@ -59,8 +36,8 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let addr = rt.block_on(server());
-    let uri: http::Uri = format!("http://{addr}/").parse().unwrap();
+    let server = rt.block_on(HyperServer::start()).unwrap();
+    let uri: http::Uri = server.url().parse().unwrap();
 
     let bare = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new());
     let connector = ServiceBuilder::new()

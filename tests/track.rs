@@ -1,63 +1,22 @@
-//! The connection tracker against a real hyper server on 127.0.0.1.
+//! The connection tracker against a real hyper server on 127.0.0.1
+//! (`testing::HyperServer`).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState, TrackConnectionsLayer,
 };
 
-/// A keep-alive hyper server that echoes the body length; counts accepted
-/// connections and requests.
-async fn server() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conns = Arc::new(AtomicUsize::new(0));
-    let reqs = Arc::new(AtomicUsize::new(0));
-    let (c, r) = (conns.clone(), reqs.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            c.fetch_add(1, Ordering::SeqCst);
-            let r = r.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    r.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let n = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map_or(0, |b| b.to_bytes().len());
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
-                            n.to_string(),
-                        ))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, conns, reqs)
-}
-
 #[tokio::test]
 async fn connection_info_tells_reuse_and_idle_time() {
-    let (addr, conns, reqs) = server().await;
+    let server = HyperServer::start().await.unwrap();
+    let addr = server.addr();
     let track = TrackConnectionsLayer::new();
     let stats = track.stats();
     let connector = ServiceBuilder::new()
@@ -113,8 +72,9 @@ async fn connection_info_tells_reuse_and_idle_time() {
     assert!(state2.bytes_written() > 201_000);
     assert!(state2.bytes_read() > 0);
     // Server-side facts: one connection, two requests.
-    assert_eq!(conns.load(Ordering::SeqCst), 1);
-    assert_eq!(reqs.load(Ordering::SeqCst), 2);
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.requests(), 2);
+    assert_eq!(server.bytes_read(), 201_000);
     assert_eq!(stats.opened(), 1);
     assert_eq!(stats.open_now(), 1);
     drop(client);
@@ -123,7 +83,8 @@ async fn connection_info_tells_reuse_and_idle_time() {
 
 #[tokio::test]
 async fn state_is_dropped_with_the_connection() {
-    let (addr, conns, _) = server().await;
+    let server = HyperServer::start().await.unwrap();
+    let addr = server.addr();
     let track = TrackConnectionsLayer::new();
     let stats = track.stats();
     let connector = ServiceBuilder::new()
@@ -146,5 +107,5 @@ async fn state_is_dropped_with_the_connection() {
     assert!(state.is_closed());
     assert_eq!(stats.open_now(), 0);
     assert_eq!(stats.opened(), 1);
-    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 }

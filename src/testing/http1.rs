@@ -92,6 +92,13 @@ impl<S: AsyncRead + Unpin> Conn<S> {
         }
     }
 
+    /// The IO of a connection nothing has been read from yet, for servers
+    /// that speak HTTP with hyper instead of this reader.
+    pub(crate) fn into_fresh_io(self) -> S {
+        debug_assert!(self.buf.is_empty(), "bytes were already read");
+        self.io
+    }
+
     /// Reads at most `limit` more bytes into the buffer; `Ok(0)` is EOF.
     async fn read_more(&mut self, limit: usize) -> io::Result<usize> {
         let limit = limit.max(1);

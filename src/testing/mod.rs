@@ -19,10 +19,12 @@
 //! | [`StalledBodyServer`] | sends a head with a large `Content-Length`, maybe a few bytes, then stalls | read stall timeouts on the body |
 //! | [`SlowBodyServer`] | trickles a body in chunks at an interval | stall timeouts that must not fire, total deadlines that must |
 //! | [`Blackhole`] | a port whose TCP connects never complete | connect timeouts |
+//! | [`HyperServer`] | a well-behaved hyper HTTP/1.1 server that answers with the body's byte count | baselines: reuse, tracking, benchmarks |
 //!
 //! Requests are read with a small HTTP/1.1 reader (heads up to 64 KiB,
 //! bodies by `Content-Length` or chunked); responses are `200 OK` with a
-//! `Content-Length`. Only HTTP/1.1 (and 1.0) is spoken.
+//! `Content-Length`. Only HTTP/1.1 (and 1.0) is spoken. [`HyperServer`] is
+//! the exception: it is hyper's own server, for a baseline peer.
 //!
 //! # Example
 //!
@@ -50,6 +52,7 @@
 mod blackhole;
 mod faults;
 mod http1;
+mod hyper_server;
 mod idle;
 mod server;
 mod throttle;
@@ -58,5 +61,6 @@ pub use blackhole::Blackhole;
 pub use faults::{
     SilentServer, SlowBodyServer, StalledBodyServer, StalledBodyServerBuilder, StopReadingServer,
 };
+pub use hyper_server::HyperServer;
 pub use idle::{IdleClosingServer, IdleClosingServerBuilder};
 pub use throttle::{ThrottledReader, ThrottledReaderBuilder};
