@@ -93,7 +93,9 @@ where
                 }
                 StateProj::Handshaking { handshake } => {
                     return match ready!(Pin::new(handshake).poll(cx)) {
-                        Ok(tls) => Poll::Ready(Ok(MaybeHttpsStream::Https(TokioIo::new(tls)))),
+                        Ok(tls) => {
+                            Poll::Ready(Ok(MaybeHttpsStream::Https(Box::new(TokioIo::new(tls)))))
+                        }
                         Err(e) => Poll::Ready(Err(TlsConnectError::handshake(e).into())),
                     };
                 }

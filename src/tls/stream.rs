@@ -23,8 +23,10 @@ use tokio_rustls::client::TlsStream;
 pub enum MaybeHttpsStream<T> {
     /// A plain connection (`http://`), untouched.
     Http(T),
-    /// A TLS connection (`https://`) over the inner IO.
-    Https(TokioIo<TlsStream<TokioIo<T>>>),
+    /// A TLS connection (`https://`) over the inner IO (boxed: the rustls
+    /// state is about a kilobyte, and one allocation per connection keeps the
+    /// plain variant small).
+    Https(Box<TokioIo<TlsStream<TokioIo<T>>>>),
 }
 
 impl<T> MaybeHttpsStream<T> {
@@ -111,7 +113,7 @@ where
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Http(io) => Pin::new(io).poll_read(cx, buf),
-            Self::Https(tls) => Pin::new(tls).poll_read(cx, buf),
+            Self::Https(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
         }
     }
 }
@@ -127,21 +129,21 @@ where
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Http(io) => Pin::new(io).poll_write(cx, buf),
-            Self::Https(tls) => Pin::new(tls).poll_write(cx, buf),
+            Self::Https(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Http(io) => Pin::new(io).poll_flush(cx),
-            Self::Https(tls) => Pin::new(tls).poll_flush(cx),
+            Self::Https(tls) => Pin::new(&mut **tls).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Http(io) => Pin::new(io).poll_shutdown(cx),
-            Self::Https(tls) => Pin::new(tls).poll_shutdown(cx),
+            Self::Https(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
         }
     }
 
@@ -159,7 +161,7 @@ where
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Http(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Self::Https(tls) => Pin::new(tls).poll_write_vectored(cx, bufs),
+            Self::Https(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
         }
     }
 }
