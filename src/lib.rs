@@ -1,6 +1,73 @@
 //! Tower layers that make HTTP clients survive the real life of connections.
 //!
-//! (crate docs are filled in as the layers land)
+//! Keep-alive connections go stale, uploads outlive connect timeouts, and a
+//! request that dies on a reused socket looks like a mystery
+//! `connection reset by peer`. This crate's layers each fix one of those
+//! with one `.layer()` line around hyper-util's client (or any tower HTTP
+//! service):
+//!
+//! * [`phase_timeout`] — separate connect / send / read / total timeouts;
+//!   send and read are *stall* limits, and every timeout error names its
+//!   [`Phase`](phase_timeout::Phase);
+//! * [`track`] — the connection tracker the other layers build on: live
+//!   per-connection state and a [`ConnectionInfo`](track::ConnectionInfo)
+//!   response extension (reused? idle time? time to first byte?);
+#![cfg_attr(
+    feature = "tls",
+    doc = "* [`tls`] — one lazily built rustls configuration shared by every client in the process;"
+)]
+#![cfg_attr(
+    feature = "testing",
+    doc = "* [`testing`] — real loopback servers that misbehave on purpose, for your tests."
+)]
+//!
+//! # Two planes
+//!
+//! ```text
+//!  request plane: Service<http::Request<B>>      connection plane: Service<Uri>
+//!  ┌────────────────────────────────────┐        ┌──────────────────────────────┐
+//!  │ PhaseTimeout (send / read / total) │        │ ConnectTimeout               │
+//!  │  ConnectionInfo                    │ client │  TrackConnections            │
+//!  │   hyper_util::client::legacy::Client├──uses─▶│   SharedTlsConnector         │
+//!  └────────────────────────────────────┘        │    HttpConnector (TCP)       │
+//!                  ▲                             └──────────────────────────────┘
+//!                  └──── per-connection state (Arc) via Connected::extra ────┘
+//! ```
+//!
+//! Connection-plane layers wrap the connector; request-plane layers wrap the
+//! client. The tracker's per-connection state crosses between them through
+//! hyper-util's `Connected::extra` and one shared connection capture
+//! ([`track::ConnectionCapture`]). Every request-plane layer also works
+//! without the tracker, observing less (body frames instead of socket bytes);
+//! each layer's docs say what changes.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::{connect::HttpConnector, Client};
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceBuilder;
+//! use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer, RequestBody};
+//! use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let connector = ServiceBuilder::new()
+//!     .layer(ConnectTimeoutLayer::new(Duration::from_secs(1)))
+//!     .layer(TrackConnectionsLayer::new())
+//!     .service(HttpConnector::new());
+//! let client = Client::builder(TokioExecutor::new())
+//!     .build::<_, RequestBody<Full<Bytes>>>(connector);
+//! let client = ServiceBuilder::new()
+//!     .layer(PhaseTimeoutLayer::new().send(Duration::from_secs(1)).read(Duration::from_secs(5)))
+//!     .layer(ConnectionInfoLayer::new())
+//!     .service(client);
+//! # let _ = client;
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -11,8 +78,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The error type returned by this crate's layers: `Box<dyn Error + Send + Sync>`.
+///
+/// Each layer documents which concrete errors can be downcast from it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+mod clock;
 pub mod phase_timeout;
 pub mod track;
 

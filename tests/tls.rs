@@ -726,3 +726,91 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
     })
     .await;
 }
+
+// ------------------------------------------------ composition with the crate
+
+mod composition {
+    use super::*;
+    use tower::ServiceBuilder;
+    use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase};
+    use tower_conn_lifecycle::track::{ConnectionState, TrackConnectionsLayer};
+
+    /// Generous: a loopback TCP + TLS handshake takes milliseconds.
+    const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn connect_timeout_over_tracker_over_shared_tls() {
+        bounded(async {
+            let ca = Ca::new("test ca");
+            let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+            let track = TrackConnectionsLayer::new();
+            let stats = track.stats();
+            let connector = ServiceBuilder::new()
+                .layer(ConnectTimeoutLayer::new(CONNECT_LIMIT))
+                .layer(track)
+                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .service(tcp());
+            let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
+
+            let response = client.get(server.url("localhost")).await.unwrap();
+            // ALPN's h2 survives the tracker's Connection delegation.
+            assert_eq!(response.version(), Version::HTTP_2);
+            let state = response
+                .extensions()
+                .get::<ConnectionState>()
+                .expect("the tracker's state in the response extensions")
+                .clone();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"HTTP/2.0");
+            // The tracker sits above TLS: it counts plaintext bytes, and
+            // some were written and read.
+            assert!(state.bytes_written() > 0 && state.bytes_read() > 0);
+            assert_eq!(stats.opened(), 1);
+            assert_eq!(server.requests(), 1);
+            let (kind, sni, alpn) = expect_done(server.next_handshake().await);
+            assert_eq!(kind, Some(HandshakeKind::Full));
+            assert_eq!(sni.as_deref(), Some("localhost"));
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        })
+        .await;
+    }
+
+    /// A server that accepts TCP and never answers the ClientHello: the
+    /// connect deadline covers the TLS handshake.
+    #[tokio::test]
+    async fn connect_timeout_covers_the_tls_handshake() {
+        bounded(async {
+            const LIMIT: Duration = Duration::from_millis(200);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (held_tx, mut held_rx) = mpsc::unbounded_channel();
+            let server = tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    // Hold the connection open, silent.
+                    let _ = held_tx.send(tcp);
+                }
+            });
+
+            let ca = Ca::new("test ca");
+            let connector = ServiceBuilder::new()
+                .layer(ConnectTimeoutLayer::new(LIMIT))
+                .layer(TrackConnectionsLayer::new())
+                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .service(tcp());
+            let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
+
+            let err = get(&client, server_url(addr, "localhost"))
+                .await
+                .unwrap_err();
+            let elapsed = find_in_chain::<Elapsed>(&*err).expect("an Elapsed in the chain");
+            assert_eq!(elapsed.phase(), Phase::Connect);
+            // TCP did connect: the timeout hit during the handshake.
+            let held = held_rx
+                .try_recv()
+                .expect("the server accepted the TCP connection");
+            drop(held);
+            server.abort();
+        })
+        .await;
+    }
+}

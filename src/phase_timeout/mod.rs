@@ -1,1 +1,102 @@
-//! phase_timeout (in progress)
+//! Separate connect, send, read and total timeouts, where send and read are
+//! *stall* limits, and every timeout says which phase it was.
+//!
+//! Two layers, one per plane:
+//!
+//! * [`ConnectTimeoutLayer`] wraps the **connector** and bounds TCP (and TLS)
+//!   set-up. It fits hyper-util's client and `reqwest::ClientBuilder::connector_layer`.
+//! * [`PhaseTimeoutLayer`] wraps the **client** (`Service<http::Request<B>>`):
+//!   - `send`: fires only after that long with no upload progress, so a
+//!     100 MB upload that keeps moving never fails;
+//!   - `read`: the wait for the response head, starting when the upload has
+//!     finished, then a stall limit between response-body frames (errors
+//!     surface from the body);
+//!   - `total`: a deadline through the end of the response body.
+//!
+//!   A request can change its own limits with a [`PhaseOverride`] extension
+//!   (for example, no body stall for server-sent events).
+//!
+//! Every timeout is an [`Elapsed`] error whose [`phase()`](Elapsed::phase) is
+//! a [`Phase`], with the limit, the time elapsed, and the bytes sent and
+//! received.
+//!
+//! # How progress is observed
+//!
+//! With the connection tracker ([`crate::track`]) on the connector, upload
+//! progress is real socket bytes written, and the upload counts as finished
+//! when hyper has flushed its last byte to the socket. Without it, progress is
+//! request-body frames pulled by the connection (frames over [`MAX_FRAME`]
+//! are split, zero-copy, so progress stays visible) and the upload counts as
+//! finished when the body's last frame was pulled; hyper may still hold up to
+//! its write buffer (a few hundred KiB) at that point. For a request without a
+//! body and without the tracker, the read clock starts when the connection is
+//! first seen.
+//!
+//! The send and read clocks start once the request has a connection (known
+//! from hyper-util's connection capture, or from the first body frame being
+//! pulled); waiting for the pool or the connector is the connect phase,
+//! bounded by [`ConnectTimeoutLayer`] and `total`. Inner services other than
+//! hyper-util's client never fill the capture: there, a request without a
+//! body is only bounded by `total`.
+//!
+//! The per-request path arms one timer and reads atomics when it fires,
+//! re-arming if progress happened meanwhile; nothing wakes per byte.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use hyper_util::client::legacy::{connect::HttpConnector, Client};
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_conn_lifecycle::phase_timeout::{
+//!     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody,
+//! };
+//! use tower_conn_lifecycle::track::TrackConnectionsLayer;
+//!
+//! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
+//! let connector = ServiceBuilder::new()
+//!     .layer(ConnectTimeoutLayer::new(Duration::from_secs(1)))
+//!     .layer(TrackConnectionsLayer::new())
+//!     .service(HttpConnector::new());
+//! let client = Client::builder(TokioExecutor::new())
+//!     .build::<_, RequestBody<Full<Bytes>>>(connector);
+//! let client = ServiceBuilder::new()
+//!     .layer(
+//!         PhaseTimeoutLayer::new()
+//!             .send(Duration::from_secs(1))
+//!             .read(Duration::from_secs(5)),
+//!     )
+//!     .service(client);
+//!
+//! let body = Full::new(Bytes::from(vec![0u8; 100 << 20]));
+//! let req = http::Request::post("http://127.0.0.1:8080/upload").body(body)?;
+//! match client.oneshot(req).await {
+//!     Ok(res) => println!("{}", res.into_body().collect().await?.to_bytes().len()),
+//!     Err(e) => match e.downcast_ref::<Elapsed>() {
+//!         Some(t) if t.phase() == Phase::Send => eprintln!("upload stalled: {t}"),
+//!         _ => eprintln!("{e}"),
+//!     },
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod connect;
+mod error;
+pub mod future;
+mod layer;
+mod service;
+
+pub use body::{RequestBody, ResponseBody, MAX_FRAME};
+pub use connect::{ConnectFuture, ConnectTimeout, ConnectTimeoutLayer};
+pub use error::{Elapsed, Phase};
+pub use future::ResponseFuture;
+pub use layer::{PhaseOverride, PhaseTimeoutLayer};
+pub use service::PhaseTimeout;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+//! The one timeout error.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The phase of a request that a timeout belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Establishing the connection (TCP, and TLS when the connector does it).
+    Connect,
+    /// Writing the request: no upload progress for the `send` limit.
+    Send,
+    /// Waiting for the response head after the upload finished, or no
+    /// response-body progress for the read stall limit.
+    Read,
+    /// The whole exchange, through the end of the response body.
+    Total,
+}
+
+impl Phase {
+    /// The phase's lowercase name: `connect`, `send`, `read` or `total`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Send => "send",
+            Phase::Read => "read",
+            Phase::Total => "total",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What exactly was being waited for when the timer fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    Connection,
+    UploadProgress,
+    ResponseHead,
+    BodyProgress,
+    Completion,
+}
+
+/// A timeout fired in one of the [`Phase`]s of a request.
+///
+/// Returned, boxed as [`BoxError`](crate::BoxError), by
+/// [`ConnectTimeout`](super::ConnectTimeout), by
+/// [`PhaseTimeout`](super::PhaseTimeout)'s response future and by its
+/// response body ([`ResponseBody`](super::ResponseBody)). Find it with
+/// `err.downcast_ref::<Elapsed>()`; through hyper-util's client (for the
+/// connect phase) walk the `source()` chain.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase};
+/// use tower_conn_lifecycle::BoxError;
+///
+/// fn phase_of(err: &BoxError) -> Option<Phase> {
+///     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
+///     while let Some(e) = cur {
+///         if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
+///             return Some(elapsed.phase());
+///         }
+///         cur = e.source();
+///     }
+///     None
+/// }
+/// # let _ = phase_of;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Elapsed {
+    phase: Phase,
+    waiting: Waiting,
+    limit: Duration,
+    elapsed: Duration,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+impl Elapsed {
+    pub(crate) fn new(
+        phase: Phase,
+        waiting: Waiting,
+        limit: Duration,
+        elapsed: Duration,
+        bytes_sent: u64,
+        bytes_received: u64,
+    ) -> Self {
+        Elapsed {
+            phase,
+            waiting,
+            limit,
+            elapsed,
+            bytes_sent,
+            bytes_received,
+        }
+    }
+
+    /// Which phase timed out.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The configured limit of that phase.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// How long the phase had lasted when the timer fired: since the last
+    /// progress for the stall limits (send, read body), since the phase began
+    /// otherwise. At least [`limit`](Self::limit).
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// Request-body bytes handed to the connection before the timeout.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// Response-body bytes received before the timeout.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} timed out after {:?}: ", self.phase, self.limit)?;
+        match self.waiting {
+            Waiting::Connection => f.write_str("connection not established"),
+            Waiting::UploadProgress => {
+                write!(f, "no upload progress ({} bytes sent)", self.bytes_sent)
+            }
+            Waiting::ResponseHead => write!(
+                f,
+                "no response head since the upload finished ({} bytes sent)",
+                self.bytes_sent
+            ),
+            Waiting::BodyProgress => write!(
+                f,
+                "no response body progress ({} bytes received)",
+                self.bytes_received
+            ),
+            Waiting::Completion => write!(
+                f,
+                "response not complete ({} bytes sent, {} bytes received)",
+                self.bytes_sent, self.bytes_received
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_lowercase_and_specific() {
+        let e = Elapsed::new(
+            Phase::Send,
+            Waiting::UploadProgress,
+            Duration::from_secs(1),
+            Duration::from_millis(1003),
+            10_485_760,
+            0,
+        );
+        assert_eq!(
+            e.to_string(),
+            "send timed out after 1s: no upload progress (10485760 bytes sent)"
+        );
+        let e = Elapsed::new(
+            Phase::Read,
+            Waiting::BodyProgress,
+            Duration::from_millis(250),
+            Duration::from_millis(250),
+            0,
+            42,
+        );
+        assert_eq!(
+            e.to_string(),
+            "read timed out after 250ms: no response body progress (42 bytes received)"
+        );
+        assert_eq!(Phase::Connect.to_string(), "connect");
+    }
+}

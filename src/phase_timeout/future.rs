@@ -1,0 +1,236 @@
+//! The response future of [`PhaseTimeout`](super::PhaseTimeout): the phase
+//! machine before the response head arrives.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::Response;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::body::{Progress, ResponseBody};
+use super::error::{Elapsed, Waiting};
+use super::layer::Limits;
+use super::Phase;
+use crate::clock::{deadline, far_future};
+use crate::track::{Captured, ConnectionCapture, ConnectionState};
+use crate::BoxError;
+
+/// Shortest re-check interval while the connection is not yet known.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+
+pin_project! {
+    /// Response future of [`PhaseTimeout`](super::PhaseTimeout).
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Sleep,
+        watch: Watch,
+    }
+}
+
+/// What the future knows about its request.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    limits: Limits,
+    issued: Instant,
+    progress: Arc<Progress>,
+    capture: Option<ConnectionCapture>,
+    /// When this request could first write (connection known), if known yet.
+    connected: Option<Instant>,
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(
+        inner: F,
+        limits: Limits,
+        issued: Instant,
+        progress: Arc<Progress>,
+        capture: Option<ConnectionCapture>,
+    ) -> Self {
+        let watch = Watch {
+            limits,
+            issued,
+            progress,
+            capture,
+            connected: None,
+        };
+        ResponseFuture {
+            inner,
+            sleep: tokio::time::sleep_until(watch.first_check()),
+            watch,
+        }
+    }
+}
+
+impl Watch {
+    /// The shortest of the configured limits, used as the re-check cadence
+    /// while the phase is not yet known.
+    fn cadence(&self) -> Option<Duration> {
+        [self.limits.send, self.limits.read]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| (d / 4).max(MIN_RECHECK))
+    }
+
+    fn first_check(&self) -> Instant {
+        let l = &self.limits;
+        [l.send, l.read, l.total]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or_else(|| far_future(self.issued), |d| deadline(self.issued, d))
+    }
+
+    fn total_deadline(&self) -> Option<(Duration, Instant)> {
+        self.limits.total.map(|t| (t, deadline(self.issued, t)))
+    }
+
+    fn elapsed(&self, phase: Phase, waiting: Waiting, limit: Duration, since: Instant) -> Elapsed {
+        let now = Instant::now();
+        Elapsed::new(
+            phase,
+            waiting,
+            limit,
+            now.saturating_duration_since(since),
+            self.progress.bytes(),
+            0,
+        )
+    }
+
+    /// Decides at `now`: the timeout that has fired, or when to look again.
+    fn check(&mut self, now: Instant) -> Result<Instant, Elapsed> {
+        let total = self.total_deadline();
+        if let Some((limit, dl)) = total {
+            if now >= dl {
+                return Err(self.elapsed(Phase::Total, Waiting::Completion, limit, self.issued));
+            }
+        }
+        let next = self.check_phases(now)?;
+        Ok(total.map_or(next, |(_, dl)| next.min(dl)))
+    }
+
+    fn check_phases(&mut self, now: Instant) -> Result<Instant, Elapsed> {
+        let never = far_future(now);
+        if !self.limits.watches_connection() {
+            return Ok(never);
+        }
+        let captured = self
+            .capture
+            .as_ref()
+            .map_or(Captured::Pending, ConnectionCapture::get);
+        let tracked = match &captured {
+            Captured::Tracked(state) => Some(state),
+            _ => None,
+        };
+        let last_frame = self.progress.last_frame();
+        if self.connected.is_none() {
+            self.connected = match (&captured, last_frame) {
+                (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
+                (Captured::Untracked, _) => Some(last_frame.unwrap_or(now)),
+                (Captured::Pending, Some(frame)) => Some(frame),
+                (Captured::Pending, None) => None,
+            };
+        }
+        let cadence = self.cadence().unwrap_or(Duration::MAX);
+        let Some(connected) = self.connected else {
+            // Still waiting for a connection: that is the connect phase,
+            // bounded by `ConnectTimeout` and `total`, not by send or read.
+            return Ok(deadline(now, cadence));
+        };
+
+        match self.upload_done(tracked) {
+            None => {
+                let Some(limit) = self.limits.send else {
+                    return Ok(deadline(now, cadence));
+                };
+                let socket = tracked
+                    .and_then(ConnectionState::last_write)
+                    .filter(|w| *w >= self.issued);
+                let last = [Some(connected), last_frame, socket]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(connected);
+                if now.saturating_duration_since(last) >= limit {
+                    return Err(self.elapsed(Phase::Send, Waiting::UploadProgress, limit, last));
+                }
+                // Come back when the stall could expire, or sooner to notice
+                // the end of the upload and start the read clock.
+                Ok(deadline(last, limit).min(deadline(now, cadence)))
+            }
+            Some(done) => {
+                let Some(limit) = self.limits.read else {
+                    return Ok(never);
+                };
+                let done = done.max(connected);
+                if now.saturating_duration_since(done) >= limit {
+                    return Err(self.elapsed(Phase::Read, Waiting::ResponseHead, limit, done));
+                }
+                Ok(deadline(done, limit))
+            }
+        }
+    }
+
+    /// When the whole request was on the wire, if it is.
+    fn upload_done(&self, tracked: Option<&ConnectionState>) -> Option<Instant> {
+        let body_end = self.progress.body_end()?;
+        let Some(state) = tracked else {
+            return Some(body_end);
+        };
+        // hyper flushes the IO only once its write buffer is empty: a flush
+        // at or after the last write means every queued byte reached the
+        // socket, and the body has ended, so nothing more is coming.
+        let last_write = state.last_write()?;
+        match state.last_flush() {
+            Some(flush) if flush >= last_write => Some(last_write.max(body_end)),
+            _ => None,
+        }
+    }
+
+    fn wrap_response<B>(&self, response: Response<B>) -> Response<ResponseBody<B>> {
+        let connection = response.extensions().get::<ConnectionState>().cloned();
+        let sent = self.progress.bytes();
+        response.map(|body| {
+            ResponseBody::new(
+                body,
+                self.limits.read_stall,
+                self.limits.total,
+                self.issued,
+                sent,
+                connection,
+            )
+        })
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // The inner future first: a response ready at the deadline wins.
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            let response = result.map_err(Into::into)?;
+            return Poll::Ready(Ok(this.watch.wrap_response(response)));
+        }
+        if !this.watch.limits.any() {
+            return Poll::Pending;
+        }
+        loop {
+            ready!(this.sleep.as_mut().poll(cx));
+            let next = this.watch.check(Instant::now())?;
+            this.sleep.as_mut().reset(next);
+        }
+    }
+}

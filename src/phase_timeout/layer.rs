@@ -1,0 +1,180 @@
+//! `PhaseTimeoutLayer` and the per-request override.
+
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::PhaseTimeout;
+
+/// The resolved limits for one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) send: Option<Duration>,
+    pub(crate) read: Option<Duration>,
+    pub(crate) read_stall: Option<Duration>,
+    pub(crate) total: Option<Duration>,
+}
+
+impl Limits {
+    /// Whether any limit needs to know the request's connection.
+    pub(crate) fn watches_connection(&self) -> bool {
+        self.send.is_some() || self.read.is_some()
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        self.watches_connection() || self.read_stall.is_some() || self.total.is_some()
+    }
+}
+
+/// Request-plane layer with separate `send`, `read` and `total` timeouts.
+///
+/// * `send` — a **stall** limit while the request is written: it fires only
+///   after that long without upload progress, so a large upload that keeps
+///   moving never fails.
+/// * `read` — the wait for the response head, counted from the moment the
+///   upload finished (not from when the request was issued); then, by
+///   default, a stall limit between response-body frames
+///   ([`read_body_stall`](Self::read_body_stall) changes that part alone).
+/// * `total` — a deadline from the call through the end of the response body.
+///
+/// Every limit is off until set. Setters take `Duration` or `None` (switch
+/// off). A `Clone` of the layer copies the limits; nothing is shared.
+///
+/// Bounds: [`Duration::ZERO`] expires at the first check (the inner future is
+/// always polled first, so an immediately ready response still wins); limits
+/// too large to add to the clock (e.g. `Duration::MAX`) never fire. Neither
+/// panics.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+///
+/// let layer = PhaseTimeoutLayer::new()
+///     .send(Duration::from_secs(1))
+///     .read(Duration::from_secs(5))
+///     .total(None);
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhaseTimeoutLayer {
+    send: Option<Duration>,
+    read: Option<Duration>,
+    read_stall: Option<Option<Duration>>,
+    total: Option<Duration>,
+}
+
+impl PhaseTimeoutLayer {
+    /// A layer with every limit off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The upload stall limit.
+    pub fn send(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.send = limit.into();
+        self
+    }
+
+    /// The response-head limit after the upload, and (unless
+    /// [`read_body_stall`](Self::read_body_stall) is set) the stall limit
+    /// between response-body frames.
+    pub fn read(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.read = limit.into();
+        self
+    }
+
+    /// The stall limit between response-body frames alone; `None` switches it
+    /// off (server-sent events, long polls) while keeping the head limit.
+    pub fn read_body_stall(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.read_stall = Some(limit.into());
+        self
+    }
+
+    /// The deadline through the end of the response body.
+    pub fn total(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.total = limit.into();
+        self
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            send: self.send,
+            read: self.read,
+            read_stall: self.read_stall.unwrap_or(self.read),
+            total: self.total,
+        }
+    }
+}
+
+impl<S> Layer<S> for PhaseTimeoutLayer {
+    type Service = PhaseTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PhaseTimeout::new(inner, *self)
+    }
+}
+
+/// Per-request override of [`PhaseTimeoutLayer`]'s limits, put in the
+/// request's extensions. Fields left unset keep the layer's value.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_conn_lifecycle::phase_timeout::PhaseOverride;
+///
+/// // A server-sent-events request: wait 10 s for the head, then no stall limit.
+/// let mut req = http::Request::get("http://127.0.0.1:8080/events").body(()).unwrap();
+/// req.extensions_mut().insert(
+///     PhaseOverride::new().read(Duration::from_secs(10)).read_body_stall(None),
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseOverride {
+    send: Option<Option<Duration>>,
+    read: Option<Option<Duration>>,
+    read_stall: Option<Option<Duration>>,
+    total: Option<Option<Duration>>,
+}
+
+impl PhaseOverride {
+    /// An override that changes nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overrides the upload stall limit (`None` switches it off).
+    pub fn send(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.send = Some(limit.into());
+        self
+    }
+
+    /// Overrides the response-head limit, and the body stall limit unless
+    /// that is overridden too.
+    pub fn read(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.read = Some(limit.into());
+        self
+    }
+
+    /// Overrides the stall limit between response-body frames alone.
+    pub fn read_body_stall(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.read_stall = Some(limit.into());
+        self
+    }
+
+    /// Overrides the total deadline.
+    pub fn total(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.total = Some(limit.into());
+        self
+    }
+
+    pub(crate) fn apply(&self, layer: &PhaseTimeoutLayer) -> Limits {
+        let read = self.read.unwrap_or(layer.read);
+        Limits {
+            send: self.send.unwrap_or(layer.send),
+            read,
+            read_stall: self
+                .read_stall
+                .unwrap_or_else(|| layer.read_stall.unwrap_or(read)),
+            total: self.total.unwrap_or(layer.total),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The [`PhaseTimeout`] service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::body::{Progress, RequestBody, ResponseBody};
+use super::{PhaseOverride, PhaseTimeoutLayer, ResponseFuture};
+use crate::track::ConnectionCapture;
+use crate::BoxError;
+
+/// Request-plane service enforcing `send`, `read` and `total` limits; made by
+/// [`PhaseTimeoutLayer`].
+///
+/// The inner service receives requests whose body is [`RequestBody<B>`];
+/// responses come back with a [`ResponseBody`]. Errors are [`BoxError`]: the
+/// inner service's error, or [`Elapsed`](super::Elapsed).
+///
+/// `call` must run inside a tokio runtime with time enabled (it arms a
+/// timer). Clones copy the limits and clone the inner service.
+#[derive(Clone, Debug)]
+pub struct PhaseTimeout<S> {
+    inner: S,
+    layer: PhaseTimeoutLayer,
+}
+
+impl<S> PhaseTimeout<S> {
+    /// Wraps `inner` with the limits of `layer`.
+    pub fn new(inner: S, layer: PhaseTimeoutLayer) -> Self {
+        PhaseTimeout { inner, layer }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for PhaseTimeout<S>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: Body,
+{
+    type Response = Response<ResponseBody<RB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let limits = match req.extensions().get::<PhaseOverride>() {
+            Some(o) => o.apply(&self.layer),
+            None => self.layer.limits(),
+        };
+        let issued = Instant::now();
+        let capture = limits
+            .watches_connection()
+            .then(|| ConnectionCapture::get_or_insert(&mut req));
+        let progress = Arc::new(Progress::new(issued));
+        let req = req.map(|b| RequestBody::with_progress(b, Arc::clone(&progress)));
+        ResponseFuture::new(self.inner.call(req), limits, issued, progress, capture)
+    }
+}

@@ -1,0 +1,404 @@
+//! Paused-time unit tests of every phase boundary, with `tower-test` mocks.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::channel::{Channel, Sender};
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::{advance, sleep, Instant};
+use tower::{Service, ServiceExt};
+use tower_test::mock;
+
+use super::*;
+use crate::BoxError;
+
+type ReqBody = Channel<Bytes>;
+type Inner = mock::Mock<Request<RequestBody<ReqBody>>, Response<Channel<Bytes>>>;
+type Handle = mock::Handle<Request<RequestBody<ReqBody>>, Response<Channel<Bytes>>>;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn setup(layer: PhaseTimeoutLayer) -> (PhaseTimeout<Inner>, Handle) {
+    let (inner, handle) = mock::pair();
+    (PhaseTimeout::new(inner, layer), handle)
+}
+
+fn elapsed(err: &BoxError) -> &Elapsed {
+    err.downcast_ref::<Elapsed>()
+        .unwrap_or_else(|| panic!("not an Elapsed: {err}"))
+}
+
+/// Plays hyper's part: pulls the request body as fast as it is produced and
+/// returns how many bytes it got.
+fn drain(req: Request<RequestBody<ReqBody>>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut body = req.into_body();
+        let mut n = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            n += frame.data_ref().map_or(0, Bytes::len);
+        }
+        n
+    })
+}
+
+async fn feed(mut tx: Sender<Bytes>, frames: usize, every: Duration) {
+    for _ in 0..frames {
+        tx.send_data(Bytes::from_static(&[7; 1024])).await.unwrap();
+        sleep(every).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_fires_one_limit_after_the_last_progress() {
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().send(Duration::from_secs(1)));
+    let (tx, body) = Channel::new(1);
+    let start = Instant::now();
+    // 3 frames, 500 ms apart, then the sender stalls (kept alive, no end).
+    let feeder = tokio::spawn(async move {
+        let mut tx = tx;
+        for _ in 0..3 {
+            tx.send_data(Bytes::from_static(&[7; 1024])).await.unwrap();
+            sleep(ms(500)).await;
+        }
+        sleep(Duration::from_secs(3600)).await;
+        drop(tx);
+    });
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::post("/").body(body).unwrap());
+    let server = tokio::spawn(async move {
+        let (req, _send) = handle.next_request().await.unwrap();
+        drain(req).await.unwrap()
+    });
+    let err = fut.await.unwrap_err();
+    let e = elapsed(&err);
+    assert_eq!(e.phase(), Phase::Send);
+    assert_eq!(e.limit(), Duration::from_secs(1));
+    assert_eq!(e.bytes_sent(), 3 * 1024);
+    // Last frame at 1.0 s, so the stall fires at 2.0 s, not 1.0 s.
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert!(e.elapsed() >= Duration::from_secs(1));
+    feeder.abort();
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn steady_upload_longer_than_send_does_not_time_out() {
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().send(ms(300)).read(ms(300)));
+    let (tx, body) = Channel::new(1);
+    // 40 frames 100 ms apart: 4 s of upload, far longer than `send`.
+    tokio::spawn(feed(tx, 40, ms(100)));
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::post("/").body(body).unwrap());
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        let n = drain(req).await.unwrap();
+        send.send_response(Response::new(Channel::new(1).1));
+        n
+    });
+    fut.await.expect("a moving upload never times out");
+    assert_eq!(server.await.unwrap(), 40 * 1024);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_clock_starts_when_the_upload_ends() {
+    for (think, ok) in [(ms(900), true), (ms(1100), false)] {
+        let (mut svc, mut handle) = setup(
+            PhaseTimeoutLayer::new()
+                .send(Duration::from_secs(1))
+                .read(Duration::from_secs(1)),
+        );
+        let (tx, body) = Channel::new(1);
+        // 2 s upload (20 frames, 100 ms apart); the body ends when `tx` drops.
+        tokio::spawn(feed(tx, 20, ms(100)));
+        let start = Instant::now();
+        let fut = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::post("/").body(body).unwrap());
+        tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.unwrap();
+            drain(req).await.unwrap();
+            sleep(think).await;
+            send.send_response(Response::new(Channel::new(1).1));
+        });
+        let res = fut.await;
+        if ok {
+            res.expect("900 ms think time is within read=1s after the upload");
+        } else {
+            let err = res.unwrap_err();
+            let e = elapsed(&err);
+            assert_eq!(e.phase(), Phase::Read);
+            assert!(err
+                .to_string()
+                .contains("no response head since the upload finished"));
+            // The body ended at 2.0 s (last frame at 1.9 s, end 100 ms
+            // later): read fires at 3.0 s, not 1 s after the request began.
+            assert_eq!(start.elapsed(), ms(3000));
+            assert_eq!(e.bytes_sent(), 20 * 1024);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn response_ready_at_the_deadline_wins() {
+    let (mut svc, mut handle) = setup(
+        PhaseTimeoutLayer::new()
+            .send(ms(100))
+            .read(ms(100))
+            .total(ms(100)),
+    );
+    let (tx, body) = Channel::new(1);
+    drop(tx);
+    let mut fut = Box::pin(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Request::post("/").body(body).unwrap()),
+    );
+    let (req, send) = handle.next_request().await.unwrap();
+    drain(req).await.unwrap();
+    // Every deadline passes while the response is already there, unpolled.
+    advance(ms(500)).await;
+    send.send_response(Response::new(Channel::new(1).1));
+    fut.as_mut()
+        .await
+        .expect("a ready response is never lost to a deadline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_fires_before_the_head() {
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().total(ms(700)));
+    let start = Instant::now();
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let _held = tokio::spawn(async move { handle.next_request().await });
+    let err = fut.await.unwrap_err();
+    assert_eq!(elapsed(&err).phase(), Phase::Total);
+    assert_eq!(start.elapsed(), ms(700));
+}
+
+/// Sends the response head at once and returns the body's sender.
+async fn respond_streaming(handle: &mut Handle) -> Sender<Bytes> {
+    let (req, send) = handle.next_request().await.unwrap();
+    drain(req).await.unwrap();
+    let (tx, body) = Channel::new(1);
+    send.send_response(Response::new(body));
+    tx
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_stall_fires_from_the_body() {
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().read(Duration::from_secs(1)));
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let mut tx = {
+        let server = tokio::spawn(async move {
+            let tx = respond_streaming(&mut handle).await;
+            (tx, handle)
+        });
+        let res = fut.await.expect("head arrives at once");
+        let (tx, handle) = server.await.unwrap();
+        tokio::spawn(async move {
+            let _keep = handle;
+            sleep(Duration::from_secs(3600)).await;
+        });
+        let mut body = res.into_body();
+        let mut tx = tx;
+        tx.send_data(Bytes::from_static(b"hello")).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        let before = Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        let e = elapsed(&err);
+        assert_eq!(e.phase(), Phase::Read);
+        assert_eq!(e.bytes_received(), 5);
+        assert_eq!(before.elapsed(), Duration::from_secs(1));
+        tx
+    };
+    let _ = tx.send_data(Bytes::new()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_fires_through_a_slow_body() {
+    let (mut svc, mut handle) = setup(
+        PhaseTimeoutLayer::new()
+            .read(Duration::from_secs(1))
+            .total(Duration::from_secs(2)),
+    );
+    let start = Instant::now();
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let server = tokio::spawn(async move {
+        let mut tx = respond_streaming(&mut handle).await;
+        // A frame every 500 ms: never stalls, but never ends in time.
+        for _ in 0..100 {
+            if tx.send_data(Bytes::from_static(b"x")).await.is_err() {
+                break;
+            }
+            sleep(ms(500)).await;
+        }
+    });
+    let body = fut.await.unwrap().into_body();
+    let err = body.collect().await.unwrap_err();
+    let e = elapsed(&err);
+    assert_eq!(e.phase(), Phase::Total);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert!(e.bytes_received() >= 4);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn override_switches_the_body_stall_off() {
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().read(Duration::from_secs(1)));
+    let mut req = Request::get("/").body(Channel::new(1).1).unwrap();
+    req.extensions_mut()
+        .insert(PhaseOverride::new().read_body_stall(None));
+    let fut = svc.ready().await.unwrap().call(req);
+    let server = tokio::spawn(async move {
+        let mut tx = respond_streaming(&mut handle).await;
+        // Ten seconds of silence, then one event and the end.
+        sleep(Duration::from_secs(10)).await;
+        tx.send_data(Bytes::from_static(b"event")).await.unwrap();
+    });
+    let body = fut.await.unwrap().into_body();
+    let bytes = body.collect().await.expect("no stall limit").to_bytes();
+    assert_eq!(bytes, "event");
+    server.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn override_merges_with_the_layer() {
+    let layer = PhaseTimeoutLayer::new()
+        .send(ms(1))
+        .read(ms(2))
+        .read_body_stall(ms(3));
+    assert_eq!(
+        PhaseOverride::new().read(ms(20)).apply(&layer),
+        layer::Limits {
+            send: Some(ms(1)),
+            read: Some(ms(20)),
+            read_stall: Some(ms(3)),
+            total: None
+        }
+    );
+    let layer = PhaseTimeoutLayer::new().read(ms(2));
+    let limits = PhaseOverride::new().read(ms(20)).total(ms(9)).apply(&layer);
+    assert_eq!(limits.read_stall, Some(ms(20)));
+    assert_eq!(limits.total, Some(ms(9)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_and_enormous_limits_do_not_panic() {
+    // Duration::MAX never fires and never overflows the clock.
+    let (mut svc, mut handle) = setup(
+        PhaseTimeoutLayer::new()
+            .send(Duration::MAX)
+            .read(Duration::MAX)
+            .total(Duration::MAX),
+    );
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        sleep(Duration::from_secs(86_400)).await;
+        drain(req).await.unwrap();
+        send.send_response(Response::new(Channel::new(1).1));
+    });
+    fut.await.expect("enormous limits never fire");
+    server.await.unwrap();
+
+    // Duration::ZERO expires at the first check once the request is moving.
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().send(Duration::ZERO));
+    let (mut tx, body) = Channel::new(1);
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::post("/").body(body).unwrap());
+    let server = tokio::spawn(async move {
+        let (req, _send) = handle.next_request().await.unwrap();
+        drain(req).await.unwrap()
+    });
+    tx.send_data(Bytes::from_static(b"a")).await.unwrap();
+    let err = fut.await.unwrap_err();
+    assert_eq!(elapsed(&err).phase(), Phase::Send);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_names_its_phase() {
+    let (inner, mut handle) = mock::pair::<&'static str, ()>();
+    let mut svc = ConnectTimeoutLayer::new(ms(250)).layer(inner);
+    let start = Instant::now();
+    let fut = svc.ready().await.unwrap().call("127.0.0.1:1");
+    let _held = tokio::spawn(async move { handle.next_request().await });
+    let err = fut.await.unwrap_err();
+    let e = elapsed(&err);
+    assert_eq!(e.phase(), Phase::Connect);
+    assert_eq!(start.elapsed(), ms(250));
+    assert_eq!(
+        err.to_string(),
+        "connect timed out after 250ms: connection not established"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_ready_at_the_deadline_wins() {
+    let (inner, mut handle) = mock::pair::<&'static str, u8>();
+    let mut svc = ConnectTimeoutLayer::new(ms(250)).layer(inner);
+    let mut fut = Box::pin(svc.ready().await.unwrap().call("x"));
+    let (_, send) = handle.next_request().await.unwrap();
+    advance(ms(400)).await;
+    send.send_response(9);
+    assert_eq!(fut.as_mut().await.unwrap(), 9);
+}
+
+#[tokio::test]
+async fn large_frames_are_split_without_copying() {
+    let data = Bytes::from(vec![1u8; 10 * MAX_FRAME + 5]);
+    let base = data.as_ptr() as usize;
+    let mut body = RequestBody::new(Full::new(data));
+    assert_eq!(body.size_hint().exact(), Some(10 * MAX_FRAME as u64 + 5));
+    let mut pieces = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let piece = frame.unwrap().into_data().unwrap();
+        assert!(piece.len() <= MAX_FRAME);
+        pieces.push(piece);
+    }
+    assert_eq!(pieces.len(), 11);
+    let mut offset = 0;
+    for p in &pieces {
+        // Zero-copy: every piece points into the original allocation.
+        assert_eq!(p.as_ptr() as usize, base + offset);
+        offset += p.len();
+    }
+    assert_eq!(offset, 10 * MAX_FRAME + 5);
+    assert!(body.is_end_stream());
+    let empty = RequestBody::new(Empty::<Bytes>::new());
+    assert!(empty.is_end_stream());
+}
+
+use http_body::Body as _;
+use tower_layer::Layer as _;

@@ -1,0 +1,209 @@
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use tokio::net::TcpStream;
+
+use super::http1::Conn;
+use super::server::{impl_addr, ok_response, start, without_body, Counter, Running};
+
+/// An HTTP/1.1 keep-alive server that closes idle connections exactly like
+/// Go's `net/http` server with `IdleTimeout` set.
+///
+/// After writing a response it waits `idle_timeout` for the first byte of the
+/// next request; if none arrives it shuts the connection down and drops it.
+/// A client that writes a request at that instant sees a reset or EOF: the
+/// stale keep-alive race this crate exists to survive. As in Go, the idle
+/// timer only runs between requests, not before a connection's first one.
+/// A request with `Connection: close` is answered and the connection closed.
+///
+/// Every request body is read completely before the response is written.
+#[derive(Debug)]
+pub struct IdleClosingServer {
+    running: Running,
+    counters: Arc<Counters>,
+}
+
+/// Configures and starts an [`IdleClosingServer`].
+#[derive(Debug, Clone)]
+pub struct IdleClosingServerBuilder {
+    idle_timeout: Duration,
+    keep_alive_header: Option<Duration>,
+    response_body: Bytes,
+    think_time: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections: Counter,
+    requests: Counter,
+    responses: Counter,
+    idle_closes: Counter,
+    by_method: [Counter; METHODS.len()],
+    other_methods: Counter,
+}
+
+/// The methods counted one by one; any other method is counted together.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::PATCH,
+    Method::TRACE,
+];
+
+impl Counters {
+    fn method(&self, method: &Method) -> &Counter {
+        METHODS
+            .iter()
+            .position(|m| m == method)
+            .map_or(&self.other_methods, |i| &self.by_method[i])
+    }
+}
+
+impl IdleClosingServer {
+    /// Starts a server with default options that closes connections idle for
+    /// `idle_timeout`.
+    pub async fn start(idle_timeout: Duration) -> io::Result<Self> {
+        Self::builder(idle_timeout).start().await
+    }
+
+    /// A builder for a server that closes connections idle for
+    /// `idle_timeout`; see [`IdleClosingServerBuilder`] for the options.
+    pub fn builder(idle_timeout: Duration) -> IdleClosingServerBuilder {
+        IdleClosingServerBuilder {
+            idle_timeout,
+            keep_alive_header: None,
+            response_body: Bytes::from_static(b"ok"),
+            think_time: Duration::ZERO,
+        }
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.counters.connections.get()
+    }
+
+    /// Request heads read completely.
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.get()
+    }
+
+    /// Responses written completely (each after its request body was read
+    /// completely).
+    pub fn responses(&self) -> u64 {
+        self.counters.responses.get()
+    }
+
+    /// Requests with `method` whose bodies were read completely and that were
+    /// answered. Methods other than the nine standard ones are not counted
+    /// one by one: for them this returns the total over all of them.
+    pub fn requests_by_method(&self, method: &Method) -> u64 {
+        self.counters.method(method).get()
+    }
+
+    /// POST requests whose bodies were read completely and that were
+    /// answered; `requests_by_method(&Method::POST)`.
+    pub fn posts(&self) -> u64 {
+        self.requests_by_method(&Method::POST)
+    }
+
+    /// Connections closed by the idle timer.
+    pub fn idle_closes(&self) -> u64 {
+        self.counters.idle_closes.get()
+    }
+}
+
+impl_addr!(IdleClosingServer);
+
+impl IdleClosingServerBuilder {
+    /// How long a connection may sit idle after a response before the server
+    /// closes it.
+    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// When `Some(d)`, responses carry `Keep-Alive: timeout=<whole seconds
+    /// of d>` and `Connection: keep-alive`, like Apache. Default `None`.
+    ///
+    /// The header only advertises a limit; the connection is still closed
+    /// after `idle_timeout`, so the two can be set to disagree on purpose.
+    pub fn keep_alive_header(mut self, hint: Option<Duration>) -> Self {
+        self.keep_alive_header = hint;
+        self
+    }
+
+    /// The body of every response. Default `ok`.
+    pub fn response_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.response_body = body.into();
+        self
+    }
+
+    /// How long to wait after reading a request before responding. Default
+    /// zero.
+    pub fn think_time(mut self, think_time: Duration) -> Self {
+        self.think_time = think_time;
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving.
+    pub async fn start(self) -> io::Result<IdleClosingServer> {
+        let (running, counters) = start(self, serve).await?;
+        Ok(IdleClosingServer { running, counters })
+    }
+}
+
+async fn serve(
+    mut conn: Conn<TcpStream>,
+    config: Arc<IdleClosingServerBuilder>,
+    counters: Arc<Counters>,
+) -> io::Result<()> {
+    counters.connections.inc();
+    let mut extra = Vec::new();
+    if let Some(hint) = config.keep_alive_header {
+        extra.push(format!("Keep-Alive: timeout={}", hint.as_secs()));
+        extra.push("Connection: keep-alive".to_owned());
+    }
+    let keep_alive = ok_response(&config.response_body, &extra);
+    let close = ok_response(&config.response_body, &["Connection: close".to_owned()]);
+
+    let mut first = true;
+    loop {
+        if !first {
+            match tokio::time::timeout(config.idle_timeout, conn.wait_for_byte()).await {
+                Err(_idle) => {
+                    counters.idle_closes.inc();
+                    return conn.shutdown().await;
+                }
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        first = false;
+
+        let Some(head) = conn.next_request().await? else {
+            return Ok(());
+        };
+        counters.requests.inc();
+        conn.read_body(&mut head.body(), |_| {}).await?;
+        if !config.think_time.is_zero() {
+            tokio::time::sleep(config.think_time).await;
+        }
+        let response = if head.keep_alive { &keep_alive } else { &close };
+        conn.write_all(without_body(response, config.response_body.len(), &head))
+            .await?;
+        counters.responses.inc();
+        counters.method(&head.method).inc();
+        if !head.keep_alive {
+            return conn.shutdown().await;
+        }
+    }
+}

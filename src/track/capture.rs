@@ -1,0 +1,76 @@
+//! The one place that captures a request's connection.
+
+use http::Request;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
+
+use super::ConnectionState;
+
+/// The connection a request was (or will be) sent on, shared by every layer
+/// of this crate that needs it.
+///
+/// hyper-util's [`capture_connection`] replaces any earlier capture on the
+/// same request, so two layers that each called it would starve one another.
+/// [`ConnectionCapture::get_or_insert`] calls it once per request and stores
+/// the handle in the request's extensions; later callers get a clone of the
+/// same handle. Use it instead of calling `capture_connection` yourself.
+///
+/// The capture is filled in after hyper-util checks a connection out of its
+/// pool, before the request is written, but nothing wakes the request's task
+/// when that happens: read it when something else wakes you. After one of
+/// hyper-util's transparent retries it points at the newest connection.
+#[derive(Clone, Debug)]
+pub struct ConnectionCapture {
+    inner: CaptureConnection,
+}
+
+/// What a [`ConnectionCapture`] knows right now.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Captured {
+    /// No connection yet: still waiting for the pool or the connector (or the
+    /// inner service is not hyper-util's client and never fills captures).
+    Pending,
+    /// Connected, but the connector is not wrapped by
+    /// [`TrackConnections`](super::TrackConnections).
+    Untracked,
+    /// Connected through a tracked connector.
+    Tracked(ConnectionState),
+}
+
+impl ConnectionCapture {
+    /// Returns the request's capture, creating it on first use.
+    pub fn get_or_insert<B>(req: &mut Request<B>) -> Self {
+        if let Some(existing) = req.extensions().get::<ConnectionCapture>() {
+            return existing.clone();
+        }
+        let capture = ConnectionCapture {
+            inner: capture_connection(req),
+        };
+        req.extensions_mut().insert(capture.clone());
+        capture
+    }
+
+    /// The connection as far as it is known now.
+    pub fn get(&self) -> Captured {
+        let meta = self.inner.connection_metadata();
+        match meta.as_ref() {
+            None => Captured::Pending,
+            Some(connected) => {
+                let mut extensions = http::Extensions::new();
+                connected.get_extras(&mut extensions);
+                match extensions.remove::<ConnectionState>() {
+                    Some(state) => Captured::Tracked(state),
+                    None => Captured::Untracked,
+                }
+            }
+        }
+    }
+
+    /// The tracked connection's state, if connected through a tracker.
+    pub fn state(&self) -> Option<ConnectionState> {
+        match self.get() {
+            Captured::Tracked(state) => Some(state),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The connection-plane layer and service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{ConnectionState, TrackedIo};
+
+/// Wraps a connector so every connection it makes is tracked.
+///
+/// See the [module docs](super) for where it sits in a stack. Clones of the
+/// layer (and of the services it makes) share one [`TrackStats`].
+#[derive(Clone, Debug, Default)]
+pub struct TrackConnectionsLayer {
+    stats: TrackStats,
+}
+
+impl TrackConnectionsLayer {
+    /// A new layer with fresh [`TrackStats`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The counters shared by every connector this layer wraps.
+    pub fn stats(&self) -> TrackStats {
+        self.stats.clone()
+    }
+}
+
+impl<C> Layer<C> for TrackConnectionsLayer {
+    type Service = TrackConnections<C>;
+
+    fn layer(&self, inner: C) -> Self::Service {
+        TrackConnections {
+            inner,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// Connection counters of a [`TrackConnectionsLayer`]: two atomics, shared by
+/// clones.
+#[derive(Clone, Debug, Default)]
+pub struct TrackStats {
+    opened: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+}
+
+impl TrackStats {
+    /// Connections established so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Connections whose IO is still alive (opened and not yet dropped).
+    pub fn open_now(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A connector (`Service<Uri>` or any request type) whose connections are
+/// tracked: it returns [`TrackedIo`] around the inner connector's IO.
+#[derive(Clone, Debug)]
+pub struct TrackConnections<C> {
+    inner: C,
+    stats: TrackStats,
+}
+
+impl<C> TrackConnections<C> {
+    /// Wraps `inner` with fresh [`TrackStats`].
+    pub fn new(inner: C) -> Self {
+        TrackConnectionsLayer::new().layer(inner)
+    }
+
+    /// The counters of this connector (shared with its clones).
+    pub fn stats(&self) -> TrackStats {
+        self.stats.clone()
+    }
+}
+
+impl<C, R> Service<R> for TrackConnections<C>
+where
+    C: Service<R>,
+{
+    type Response = TrackedIo<C::Response>;
+    type Error = C::Error;
+    type Future = TrackFuture<C::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        TrackFuture {
+            inner: self.inner.call(req),
+            started: Instant::now(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`TrackConnections`].
+    #[derive(Debug)]
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        stats: TrackStats,
+    }
+}
+
+impl<F, T, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<TrackedIo<T>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let io = ready!(this.inner.poll(cx))?;
+        this.stats.opened.fetch_add(1, Ordering::Relaxed);
+        let state = ConnectionState::new(*this.started, Instant::now());
+        Poll::Ready(Ok(TrackedIo::new(io, state, this.stats.open.clone())))
+    }
+}

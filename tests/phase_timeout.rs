@@ -1,0 +1,285 @@
+//! PhaseTimeout and ConnectTimeout against real loopback servers from the
+//! crate's `testing` kit, through hyper-util's client.
+//!
+//! These tests run on the real clock. Each timing assertion allows a named,
+//! generous slack; nothing asserts on speed.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::phase_timeout::{
+    ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody, ResponseBody,
+};
+use tower_conn_lifecycle::testing::{
+    Blackhole, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,
+    ThrottledReader,
+};
+use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
+use tower_conn_lifecycle::BoxError;
+
+/// How late a timeout may fire on a loaded 2-core CI machine.
+const SLACK: Duration = Duration::from_millis(250);
+
+type TestClient =
+    BoxCloneService<http::Request<Full<Bytes>>, http::Response<ResponseBody<Incoming>>, BoxError>;
+
+/// The full stack: ConnectTimeout(Track(HttpConnector)) under PhaseTimeout.
+/// `tracked = false` leaves the tracker out (progress from body frames).
+fn client(connect: Duration, phases: PhaseTimeoutLayer, tracked: bool) -> TestClient {
+    let mut http = HttpConnector::new();
+    // Small kernel buffers, so "written to the socket" is close to "read by
+    // the server" and flow control shows quickly.
+    http.set_send_buffer_size(Some(64 * 1024));
+    let builder = Client::builder(TokioExecutor::new());
+    let inner: tower::util::BoxCloneService<_, _, BoxError> = if tracked {
+        let connector = ServiceBuilder::new()
+            .layer(ConnectTimeoutLayer::new(connect))
+            .layer(TrackConnectionsLayer::new())
+            .service(http);
+        BoxCloneService::new(
+            builder
+                .build::<_, RequestBody<Full<Bytes>>>(connector)
+                .map_err(BoxError::from),
+        )
+    } else {
+        let connector = ServiceBuilder::new()
+            .layer(ConnectTimeoutLayer::new(connect))
+            .service(http);
+        BoxCloneService::new(
+            builder
+                .build::<_, RequestBody<Full<Bytes>>>(connector)
+                .map_err(BoxError::from),
+        )
+    };
+    BoxCloneService::new(ServiceBuilder::new().layer(phases).service(inner))
+}
+
+/// The `Elapsed` anywhere in an error's source chain.
+fn find_elapsed<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a Elapsed> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
+            return Some(elapsed);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn post(url: &str, bytes: usize) -> http::Request<Full<Bytes>> {
+    http::Request::post(url)
+        .body(Full::new(Bytes::from(vec![b'u'; bytes])))
+        .unwrap()
+}
+
+const MB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_100mb_upload_succeeds_with_short_send_and_connect() {
+    // 100 MB at 32 MiB/s: more than 3 s of upload, far beyond send = connect = 1 s.
+    let server = ThrottledReader::start(32 * MB as u64).await.unwrap();
+    let svc = client(
+        Duration::from_secs(1),
+        PhaseTimeoutLayer::new()
+            .send(Duration::from_secs(1))
+            .read(Duration::from_secs(1)),
+        true,
+    );
+    let start = Instant::now();
+    let res = svc.oneshot(post(&server.url(), 100 * MB)).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "104857600");
+    assert_eq!(server.bytes_read(), 104_857_600);
+    assert_eq!(server.requests(), 1);
+    assert!(start.elapsed() >= Duration::from_secs(3), "{:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_single_frame_upload_without_tracker_succeeds() {
+    // One 24 MiB `Bytes` frame read at 8 MiB/s: ~3 s with send = 500 ms.
+    // Without the tracker progress comes from the 64 KiB pieces pulled.
+    let server = ThrottledReader::start(8 * MB as u64).await.unwrap();
+    let svc = client(
+        Duration::from_secs(1),
+        PhaseTimeoutLayer::new().send(Duration::from_millis(500)),
+        false,
+    );
+    let res = svc.oneshot(post(&server.url(), 24 * MB)).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, (24 * MB).to_string());
+    assert_eq!(server.bytes_read(), 24 * MB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_reader_fails_in_the_send_phase() {
+    let server = StopReadingServer::start(MB as u64).await.unwrap();
+    let send = Duration::from_secs(1);
+    let svc = client(Duration::from_secs(1), PhaseTimeoutLayer::new().send(send), true);
+    let total = 50 * MB;
+    let mut req = post(&server.url(), total);
+    let capture = ConnectionCapture::get_or_insert(&mut req);
+    let err = svc.oneshot(req).await.unwrap_err();
+    let failed_at = Instant::now();
+    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    assert_eq!(e.phase(), Phase::Send, "{err}");
+    assert!(e.bytes_sent() > 0 && e.bytes_sent() < total as u64, "{e:?}");
+    let last_write = capture.state().unwrap().last_write().unwrap();
+    let after = failed_at.saturating_duration_since(last_write);
+    assert!(after >= send && after <= send + SLACK, "{after:?}");
+    assert!(err.to_string().starts_with("send timed out after 1s: no upload progress"));
+    // The server really stopped early.
+    assert!(server.bytes_read() <= MB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_clock_starts_after_the_upload() {
+    // A ~2 s upload (4 MiB at 2 MiB/s), then 500 ms of server think time: a
+    // read limit of 1 s counted from the request's start would fire; counted
+    // from the end of the upload it does not.
+    let server = ThrottledReader::builder(2 * MB as u64)
+        .think_time(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    let svc = client(
+        Duration::from_secs(1),
+        PhaseTimeoutLayer::new()
+            .send(Duration::from_secs(1))
+            .read(Duration::from_secs(1)),
+        true,
+    );
+    let start = Instant::now();
+    let mut req = post(&server.url(), 4 * MB);
+    let capture = ConnectionCapture::get_or_insert(&mut req);
+    let res = svc.oneshot(req).await.unwrap();
+    let head_at = Instant::now();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), (4 * MB).to_string());
+    // The client really spent more than `read` uploading, and the head came
+    // more than `read` after the request started: only a read clock started
+    // at the end of the upload lets this succeed.
+    let last_write = capture.state().unwrap().last_write().unwrap();
+    assert!(last_write - start > Duration::from_secs(1), "{:?}", last_write - start);
+    assert!(head_at - start > Duration::from_millis(1500), "{:?}", head_at - start);
+    assert_eq!(server.responses(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_server_fails_in_the_read_phase() {
+    let server = SilentServer::start().await.unwrap();
+    let read = Duration::from_millis(500);
+    for tracked in [true, false] {
+        let svc = client(
+            Duration::from_secs(1),
+            PhaseTimeoutLayer::new().send(Duration::from_secs(1)).read(read),
+            tracked,
+        );
+        let start = Instant::now();
+        let err = svc.oneshot(post(&server.url(), 1000)).await.unwrap_err();
+        let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+        assert_eq!(e.phase(), Phase::Read, "{err}");
+        assert_eq!(e.bytes_sent(), 1000);
+        let took = start.elapsed();
+        assert!(took >= read && took <= read + SLACK, "tracked={tracked}: {took:?}");
+    }
+    // Both requests were read completely; neither was answered.
+    assert_eq!(server.requests(), 2);
+    assert!(server.bytes_read() >= 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_fails_from_the_body_stream() {
+    let server = StalledBodyServer::builder()
+        .content_length(1_000_000)
+        .first_bytes(100)
+        .start()
+        .await
+        .unwrap();
+    let read = Duration::from_millis(500);
+    let svc = client(Duration::from_secs(1), PhaseTimeoutLayer::new().read(read), true);
+    let res = svc
+        .oneshot(http::Request::get(server.url()).body(Full::default()).unwrap())
+        .await
+        .expect("the head arrives");
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let mut got = 0;
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => got += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(e)) => break e,
+            None => panic!("the body cannot end"),
+        }
+    };
+    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    assert_eq!(e.phase(), Phase::Read);
+    assert_eq!(e.bytes_received(), 100);
+    assert_eq!(got, 100);
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_fires_through_a_slow_body() {
+    // 40 chunks, one every 100 ms: never stalls for 1 s, but lasts 4 s.
+    let server = SlowBodyServer::start(40, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let total = Duration::from_secs(1);
+    let svc = client(
+        Duration::from_secs(1),
+        PhaseTimeoutLayer::new().read(Duration::from_secs(1)).total(total),
+        true,
+    );
+    let start = Instant::now();
+    let res = svc
+        .oneshot(http::Request::get(server.url()).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let err = res.into_body().collect().await.unwrap_err();
+    let took = start.elapsed();
+    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    assert_eq!(e.phase(), Phase::Total, "{err}");
+    assert!(e.bytes_received() > 0 && e.bytes_received() < 400, "{e:?}");
+    assert!(took >= total && took <= total + SLACK, "{took:?}");
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_fails_in_the_connect_phase() {
+    let hole = Blackhole::start().await.unwrap();
+    let connect = Duration::from_millis(300);
+    let svc = client(connect, PhaseTimeoutLayer::new().send(Duration::from_secs(5)), true);
+    let start = Instant::now();
+    let err = svc
+        .oneshot(http::Request::get(hole.url()).body(Full::default()).unwrap())
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    let e = find_elapsed(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    assert_eq!(e.phase(), Phase::Connect);
+    assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_works_inside_reqwest_connector_layer() {
+    let hole = Blackhole::start().await.unwrap();
+    let connect = Duration::from_millis(300);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connector_layer(ConnectTimeoutLayer::new(connect))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let err = client.get(hole.url()).send().await.unwrap_err();
+    let took = start.elapsed();
+    let e = find_elapsed(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    assert_eq!(e.phase(), Phase::Connect);
+    assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+}

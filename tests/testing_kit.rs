@@ -1,0 +1,469 @@
+//! The testing kit's servers, proven with raw sockets (and hyper-util's
+//! client where a real client matters) on the real clock, asserting on their
+//! server-side counters.
+//!
+//! These tests must use the real clock: the servers' timers and the kernel's
+//! TCP behaviour are what is under test. Every wait is bounded.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, Instant};
+use tower_conn_lifecycle::testing::{
+    Blackhole, IdleClosingServer, SilentServer, SlowBodyServer, StalledBodyServer,
+    StopReadingServer, ThrottledReader,
+};
+
+/// Generous margin for the scheduler on a loaded CI machine: how late an
+/// expected event (a close, a counter update) may be before a test fails.
+const SLACK: Duration = Duration::from_secs(2);
+
+/// Upper bound for any single exchange that should complete, so that a
+/// broken server fails the test instead of hanging it.
+const STEP_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long to watch for something that must *not* happen (an answer, a
+/// completed write, a completed connect). Long enough that on loopback the
+/// thing would certainly have happened if the server were not misbehaving.
+const NEVER_WAIT: Duration = Duration::from_millis(500);
+
+/// How often counters are polled while waiting for them.
+const POLL: Duration = Duration::from_millis(5);
+
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    timeout(STEP_LIMIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not complete within {STEP_LIMIT:?}"))
+}
+
+/// Waits (at most `SLACK`) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SLACK;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(POLL).await;
+    }
+}
+
+/// Reads a response head; returns it and the body bytes read past it.
+async fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok((String::from_utf8_lossy(&buf).into_owned(), rest));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("content-length")
+        .parse()
+        .unwrap()
+}
+
+/// Reads one complete response with a `Content-Length`.
+async fn read_response(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
+    let (head, mut body) = read_head(stream).await?;
+    let len = content_length(&head);
+    while body.len() < len {
+        if stream.read_buf(&mut body).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    assert_eq!(body.len(), len, "more bytes than the content-length");
+    Ok((head, body))
+}
+
+/// Waits until the peer closes `stream` (EOF or reset), at most `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0; 64];
+    matches!(
+        timeout(limit, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+
+#[tokio::test]
+async fn idle_closing_reuses_within_idle_timeout_then_closes() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let server = IdleClosingServer::start(IDLE).await.unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+
+    for _ in 0..2 {
+        stream.write_all(GET).await.unwrap();
+        let (head, body) = bounded("response", read_response(&mut stream))
+            .await
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(!head.contains("Keep-Alive"), "{head}");
+        assert_eq!(body, b"ok");
+    }
+    assert_eq!((server.connections(), server.requests()), (1, 2));
+    assert_eq!(server.requests_by_method(&Method::GET), 2);
+    assert_eq!(server.idle_closes(), 0);
+
+    // Real clock: the server's idle timer is what is under test.
+    let idle_start = Instant::now();
+    assert!(closed_within(&mut stream, IDLE + SLACK).await, "not closed");
+    assert!(
+        idle_start.elapsed() >= IDLE / 2,
+        "closed too early: {:?}",
+        idle_start.elapsed()
+    );
+    assert_eq!(server.idle_closes(), 1);
+    assert_eq!(
+        (server.connections(), server.requests(), server.posts()),
+        (1, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn idle_closing_options_posts_and_connection_close() {
+    const THINK: Duration = Duration::from_millis(100);
+    let server = IdleClosingServer::builder(Duration::from_secs(5))
+        .keep_alive_header(Some(Duration::from_millis(1500)))
+        .response_body("hello")
+        .think_time(THINK)
+        .start()
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+
+    let requests: [&[u8]; 2] = [
+        b"POST /a HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\n12345",
+        b"POST /b HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ];
+    for request in requests {
+        let start = Instant::now();
+        stream.write_all(request).await.unwrap();
+        let (head, body) = bounded("response", read_response(&mut stream))
+            .await
+            .unwrap();
+        // Real clock: think time delays the answer (a lower bound only).
+        assert!(start.elapsed() >= THINK);
+        assert!(head.contains("\r\nKeep-Alive: timeout=1\r\n"), "{head}");
+        assert!(head.contains("\r\nConnection: keep-alive\r\n"), "{head}");
+        assert_eq!(body, b"hello");
+    }
+    assert_eq!(server.posts(), 2);
+
+    // HEAD gets the head only; the connection stays usable.
+    stream
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, rest) = bounded("head", read_head(&mut stream)).await.unwrap();
+    assert_eq!((content_length(&head), rest.len()), (5, 0));
+
+    // Expect: 100-continue is honoured before the body is sent.
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (interim, rest) = bounded("100 continue", read_head(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(
+        (interim.as_str(), rest.len()),
+        ("HTTP/1.1 100 Continue\r\n\r\n", 0)
+    );
+    stream.write_all(b"hi").await.unwrap();
+    let (_, body) = bounded("response", read_response(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(body, b"hello");
+    assert_eq!(server.posts(), 3);
+
+    stream
+        .write_all(b"DELETE / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = bounded("response", read_response(&mut stream))
+        .await
+        .unwrap();
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    assert!(closed_within(&mut stream, SLACK).await);
+    assert_eq!(server.requests_by_method(&Method::DELETE), 1);
+    assert_eq!(server.requests_by_method(&Method::HEAD), 1);
+    assert_eq!((server.requests(), server.responses()), (5, 5));
+    assert_eq!((server.connections(), server.idle_closes()), (1, 0));
+}
+
+#[tokio::test]
+async fn idle_closing_serves_hyper_client_on_one_connection() {
+    let server = IdleClosingServer::start(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..3 {
+        let response = bounded("request", client.get(server.url().parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+    }
+    assert_eq!((server.connections(), server.requests()), (1, 3));
+}
+
+#[tokio::test]
+async fn malformed_request_ends_only_its_connection() {
+    let server = IdleClosingServer::start(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut bad = TcpStream::connect(server.addr()).await.unwrap();
+    bad.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    assert!(closed_within(&mut bad, SLACK).await);
+
+    let mut good = TcpStream::connect(server.addr()).await.unwrap();
+    good.write_all(GET).await.unwrap();
+    bounded("response", read_response(&mut good)).await.unwrap();
+    assert_eq!((server.connections(), server.requests()), (2, 1));
+}
+
+/// Sends `body_len` bytes as one request and returns the response body and
+/// how long the exchange took.
+async fn upload(addr: std::net::SocketAddr, body_len: usize) -> (Vec<u8>, Duration) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    let head = format!("PUT / HTTP/1.1\r\nHost: test\r\nContent-Length: {body_len}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![7; body_len]).await.unwrap();
+    let (_, body) = read_response(&mut stream).await.unwrap();
+    (body, start.elapsed())
+}
+
+#[tokio::test]
+async fn throttled_reader_reads_at_its_rate() {
+    const RATE: u64 = 100_000;
+    const LEN: usize = 200_000;
+    let server = ThrottledReader::start(RATE).await.unwrap();
+    // Real clock: the pace is what is under test. 200 KB at 100 KB/s takes
+    // 2 s; only a lower bound is asserted.
+    let (body, took) = bounded("upload", upload(server.addr(), LEN)).await;
+    assert_eq!(body, LEN.to_string().as_bytes());
+    assert!(took >= Duration::from_millis(1500), "too fast: {took:?}");
+    assert_eq!(server.bytes_read(), LEN as u64);
+    assert_eq!((server.requests(), server.responses()), (1, 1));
+}
+
+#[tokio::test]
+async fn throttled_reader_keeps_up_at_high_rate_and_thinks() {
+    const THINK: Duration = Duration::from_millis(200);
+    const LEN: usize = 10 * 1024 * 1024;
+    let server = ThrottledReader::builder(1)
+        .bytes_per_sec(50_000_000)
+        .think_time(THINK)
+        .start()
+        .await
+        .unwrap();
+    // 10 MiB at 50 MB/s is about 0.2 s; `bounded` fails the test if the
+    // throttle cannot keep up at all.
+    let (body, took) = bounded("upload", upload(server.addr(), LEN)).await;
+    assert_eq!(body, LEN.to_string().as_bytes());
+    assert!(took >= THINK, "think time skipped: {took:?}");
+    assert_eq!(server.bytes_read(), LEN as u64);
+
+    let err = ThrottledReader::start(0).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn stop_reading_server_stalls_the_upload() {
+    const AFTER: u64 = 1000;
+    const BODY: usize = 256 * 1024 * 1024;
+    let server = StopReadingServer::start(AFTER).await.unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!("POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {BODY}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+
+    let block = vec![1; 64 * 1024];
+    let mut written = 0;
+    // Real clock: on loopback 256 MiB would be written well within
+    // NEVER_WAIT if the server kept reading.
+    let upload = timeout(NEVER_WAIT, async {
+        while written < BODY {
+            written += stream.write(&block).await.unwrap();
+        }
+    })
+    .await;
+    assert!(upload.is_err(), "upload of {BODY} bytes did not stall");
+    assert!(written < BODY);
+    eventually("bytes_read == AFTER", || server.bytes_read() == AFTER).await;
+    assert_eq!((server.connections(), server.requests()), (1, 1));
+
+    // It really stopped: nothing more is read, even after a while.
+    sleep(NEVER_WAIT / 5).await;
+    assert_eq!(server.bytes_read(), AFTER);
+}
+
+#[tokio::test]
+async fn silent_server_reads_everything_and_never_answers() {
+    let server = SilentServer::start().await.unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let mut request = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 5000\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b'p'; 5000]);
+    request.extend_from_slice(GET);
+    stream.write_all(&request).await.unwrap();
+
+    eventually("both requests read", || {
+        server.requests() == 2 && server.bytes_read() == 5000
+    })
+    .await;
+    // Real clock: watch for an answer that must not come.
+    let mut buf = [0; 16];
+    assert!(
+        timeout(NEVER_WAIT, stream.read(&mut buf)).await.is_err(),
+        "answered"
+    );
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn stalled_body_server_sends_part_then_stalls() {
+    let server = StalledBodyServer::builder()
+        .content_length(1_000_000)
+        .first_bytes(100)
+        .start()
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    stream.write_all(GET).await.unwrap();
+    let (head, mut body) = bounded("head", read_head(&mut stream)).await.unwrap();
+    assert_eq!(content_length(&head), 1_000_000);
+    while body.len() < 100 {
+        let n = bounded("first bytes", stream.read_buf(&mut body))
+            .await
+            .unwrap();
+        assert_ne!(n, 0, "closed");
+    }
+    assert_eq!(body.len(), 100);
+    // Real clock: watch for body bytes that must not come.
+    assert!(
+        timeout(NEVER_WAIT, stream.read_buf(&mut body))
+            .await
+            .is_err(),
+        "not stalled"
+    );
+    assert_eq!((server.connections(), server.requests()), (1, 1));
+}
+
+#[tokio::test]
+async fn slow_body_server_trickles_the_body() {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    let server = SlowBodyServer::start(4, 10, INTERVAL).await.unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let start = Instant::now();
+    stream.write_all(GET).await.unwrap();
+    let (head, mut body) = bounded("head", read_head(&mut stream)).await.unwrap();
+    assert_eq!(content_length(&head), 40);
+    // The head comes first; the body follows one chunk per interval.
+    let mut reads = 0;
+    while body.len() < 40 {
+        assert_ne!(
+            bounded("chunk", stream.read_buf(&mut body)).await.unwrap(),
+            0
+        );
+        reads += 1;
+    }
+    assert_eq!(body, [b'x'; 40]);
+    assert!(reads >= 2, "body arrived in one piece");
+    // Real clock: four intervals must have passed (lower bound only).
+    assert!(start.elapsed() >= 4 * INTERVAL, "{:?}", start.elapsed());
+    assert_eq!(server.bytes_written(), 40);
+    assert_eq!((server.requests(), server.responses()), (1, 1));
+
+    // The connection is kept alive for another request.
+    stream.write_all(GET).await.unwrap();
+    bounded("second response", read_response(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            server.connections(),
+            server.requests(),
+            server.bytes_written()
+        ),
+        (1, 2, 80)
+    );
+}
+
+#[tokio::test]
+async fn blackhole_connect_never_completes() {
+    /// Real clock: on loopback a connect completes in microseconds, so one
+    /// still pending after this long is hanging.
+    const CONNECT_WAIT: Duration = Duration::from_secs(1);
+    let blackhole = Blackhole::start().await.unwrap();
+    assert!(blackhole.addr().ip().is_loopback());
+    assert!(blackhole.url().starts_with("http://127.0.0.1:"));
+    let attempt = timeout(CONNECT_WAIT, TcpStream::connect(blackhole.addr())).await;
+    assert!(attempt.is_err(), "connect completed: {attempt:?}");
+
+    // hyper-util's client hangs the same way.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let attempt = timeout(NEVER_WAIT, client.get(blackhole.url().parse().unwrap())).await;
+    assert!(attempt.is_err(), "request completed: {attempt:?}");
+}
+
+/// Drops the server while `stream` is connected to it, then checks that
+/// `stream` is closed and that the port no longer accepts connections.
+async fn assert_drop_stops(addr: std::net::SocketAddr, stream: &mut TcpStream, server: impl Sized) {
+    drop(server);
+    assert!(
+        closed_within(stream, SLACK).await,
+        "connection survived the drop"
+    );
+    // The listener closes on the runtime shortly after the drop.
+    let deadline = Instant::now() + SLACK;
+    loop {
+        match timeout(SLACK, TcpStream::connect(addr)).await {
+            Ok(Err(_refused)) => break,
+            Ok(Ok(mut late)) => {
+                // Accepted into the backlog just before the listener closed:
+                // it must be closed without being served.
+                assert!(closed_within(&mut late, SLACK).await, "accepted after drop");
+            }
+            Err(_) => panic!("connect after drop hung"),
+        }
+        assert!(Instant::now() < deadline, "still accepting after drop");
+        sleep(POLL).await;
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_server_stops_it_and_its_connections() {
+    let server = SilentServer::start().await.unwrap();
+    let addr = server.addr();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(GET).await.unwrap();
+    eventually("request read", || server.requests() == 1).await;
+    assert_drop_stops(addr, &mut stream, server).await;
+
+    // A connection parked forever (never reading) is stopped too.
+    let server = StopReadingServer::start(10).await.unwrap();
+    let addr = server.addr();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789")
+        .await
+        .unwrap();
+    eventually("body read", || server.bytes_read() == 10).await;
+    assert_drop_stops(addr, &mut stream, server).await;
+}
