@@ -66,8 +66,8 @@ fn bench(c: &mut Criterion) {
     let connector = ServiceBuilder::new()
         .layer(TrackConnectionsLayer::new())
         .service(HttpConnector::new());
-    let inner = Client::builder(TokioExecutor::new())
-        .build::<_, RequestBody<Empty<Bytes>>>(connector);
+    let inner =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Empty<Bytes>>>(connector);
     let layered = ServiceBuilder::new()
         .layer(
             PhaseTimeoutLayer::new()

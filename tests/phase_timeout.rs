@@ -4,7 +4,6 @@
 //! These tests run on the real clock. Each timing assertion allows a named,
 //! generous slack; nothing asserts on speed.
 
-use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,8 +18,7 @@ use tower_conn_lifecycle::phase_timeout::{
     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody, ResponseBody,
 };
 use tower_conn_lifecycle::testing::{
-    Blackhole, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,
-    ThrottledReader,
+    Blackhole, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer, ThrottledReader,
 };
 use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
 use tower_conn_lifecycle::BoxError;
@@ -62,18 +60,6 @@ fn client(connect: Duration, phases: PhaseTimeoutLayer, tracked: bool) -> TestCl
     BoxCloneService::new(ServiceBuilder::new().layer(phases).service(inner))
 }
 
-/// The `Elapsed` anywhere in an error's source chain.
-fn find_elapsed<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a Elapsed> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
-            return Some(elapsed);
-        }
-        cur = e.source();
-    }
-    None
-}
-
 fn post(url: &str, bytes: usize) -> http::Request<Full<Bytes>> {
     http::Request::post(url)
         .body(Full::new(Bytes::from(vec![b'u'; bytes])))
@@ -99,7 +85,11 @@ async fn throttled_100mb_upload_succeeds_with_short_send_and_connect() {
     assert_eq!(body, "104857600");
     assert_eq!(server.bytes_read(), 104_857_600);
     assert_eq!(server.requests(), 1);
-    assert!(start.elapsed() >= Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,19 +112,25 @@ async fn steady_single_frame_upload_without_tracker_succeeds() {
 async fn stopped_reader_fails_in_the_send_phase() {
     let server = StopReadingServer::start(MB as u64).await.unwrap();
     let send = Duration::from_secs(1);
-    let svc = client(Duration::from_secs(1), PhaseTimeoutLayer::new().send(send), true);
+    let svc = client(
+        Duration::from_secs(1),
+        PhaseTimeoutLayer::new().send(send),
+        true,
+    );
     let total = 50 * MB;
     let mut req = post(&server.url(), total);
     let capture = ConnectionCapture::get_or_insert(&mut req);
     let err = svc.oneshot(req).await.unwrap_err();
     let failed_at = Instant::now();
-    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Send, "{err}");
     assert!(e.bytes_sent() > 0 && e.bytes_sent() < total as u64, "{e:?}");
     let last_write = capture.state().unwrap().last_write().unwrap();
     let after = failed_at.saturating_duration_since(last_write);
     assert!(after >= send && after <= send + SLACK, "{after:?}");
-    assert!(err.to_string().starts_with("send timed out after 1s: no upload progress"));
+    assert!(err
+        .to_string()
+        .starts_with("send timed out after 1s: no upload progress"));
     // The server really stopped early.
     assert!(server.bytes_read() <= MB as u64);
 }
@@ -161,13 +157,24 @@ async fn read_clock_starts_after_the_upload() {
     let capture = ConnectionCapture::get_or_insert(&mut req);
     let res = svc.oneshot(req).await.unwrap();
     let head_at = Instant::now();
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), (4 * MB).to_string());
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        (4 * MB).to_string()
+    );
     // The client really spent more than `read` uploading, and the head came
     // more than `read` after the request started: only a read clock started
     // at the end of the upload lets this succeed.
     let last_write = capture.state().unwrap().last_write().unwrap();
-    assert!(last_write - start > Duration::from_secs(1), "{:?}", last_write - start);
-    assert!(head_at - start > Duration::from_millis(1500), "{:?}", head_at - start);
+    assert!(
+        last_write - start > Duration::from_secs(1),
+        "{:?}",
+        last_write - start
+    );
+    assert!(
+        head_at - start > Duration::from_millis(1500),
+        "{:?}",
+        head_at - start
+    );
     assert_eq!(server.responses(), 1);
 }
 
@@ -178,16 +185,21 @@ async fn silent_server_fails_in_the_read_phase() {
     for tracked in [true, false] {
         let svc = client(
             Duration::from_secs(1),
-            PhaseTimeoutLayer::new().send(Duration::from_secs(1)).read(read),
+            PhaseTimeoutLayer::new()
+                .send(Duration::from_secs(1))
+                .read(read),
             tracked,
         );
         let start = Instant::now();
         let err = svc.oneshot(post(&server.url(), 1000)).await.unwrap_err();
-        let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+        let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
         assert_eq!(e.phase(), Phase::Read, "{err}");
         assert_eq!(e.bytes_sent(), 1000);
         let took = start.elapsed();
-        assert!(took >= read && took <= read + SLACK, "tracked={tracked}: {took:?}");
+        assert!(
+            took >= read && took <= read + SLACK,
+            "tracked={tracked}: {took:?}"
+        );
     }
     // Both requests were read completely; neither was answered.
     assert_eq!(server.requests(), 2);
@@ -203,9 +215,17 @@ async fn stalled_body_fails_from_the_body_stream() {
         .await
         .unwrap();
     let read = Duration::from_millis(500);
-    let svc = client(Duration::from_secs(1), PhaseTimeoutLayer::new().read(read), true);
+    let svc = client(
+        Duration::from_secs(1),
+        PhaseTimeoutLayer::new().read(read),
+        true,
+    );
     let res = svc
-        .oneshot(http::Request::get(server.url()).body(Full::default()).unwrap())
+        .oneshot(
+            http::Request::get(server.url())
+                .body(Full::default())
+                .unwrap(),
+        )
         .await
         .expect("the head arrives");
     assert_eq!(res.status(), 200);
@@ -218,7 +238,7 @@ async fn stalled_body_fails_from_the_body_stream() {
             None => panic!("the body cannot end"),
         }
     };
-    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Read);
     assert_eq!(e.bytes_received(), 100);
     assert_eq!(got, 100);
@@ -234,17 +254,23 @@ async fn total_fires_through_a_slow_body() {
     let total = Duration::from_secs(1);
     let svc = client(
         Duration::from_secs(1),
-        PhaseTimeoutLayer::new().read(Duration::from_secs(1)).total(total),
+        PhaseTimeoutLayer::new()
+            .read(Duration::from_secs(1))
+            .total(total),
         true,
     );
     let start = Instant::now();
     let res = svc
-        .oneshot(http::Request::get(server.url()).body(Full::default()).unwrap())
+        .oneshot(
+            http::Request::get(server.url())
+                .body(Full::default())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let err = res.into_body().collect().await.unwrap_err();
     let took = start.elapsed();
-    let e = find_elapsed(err.as_ref()).expect("an Elapsed");
+    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Total, "{err}");
     assert!(e.bytes_received() > 0 && e.bytes_received() < 400, "{e:?}");
     assert!(took >= total && took <= total + SLACK, "{took:?}");
@@ -255,14 +281,22 @@ async fn total_fires_through_a_slow_body() {
 async fn blackhole_fails_in_the_connect_phase() {
     let hole = Blackhole::start().await.unwrap();
     let connect = Duration::from_millis(300);
-    let svc = client(connect, PhaseTimeoutLayer::new().send(Duration::from_secs(5)), true);
+    let svc = client(
+        connect,
+        PhaseTimeoutLayer::new().send(Duration::from_secs(5)),
+        true,
+    );
     let start = Instant::now();
     let err = svc
-        .oneshot(http::Request::get(hole.url()).body(Full::default()).unwrap())
+        .oneshot(
+            http::Request::get(hole.url())
+                .body(Full::default())
+                .unwrap(),
+        )
         .await
         .unwrap_err();
     let took = start.elapsed();
-    let e = find_elapsed(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
 }
@@ -279,7 +313,7 @@ async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let start = Instant::now();
     let err = client.get(hole.url()).send().await.unwrap_err();
     let took = start.elapsed();
-    let e = find_elapsed(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = Elapsed::find(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
 }

@@ -14,8 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::track::{
-    ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState,
-    TrackConnectionsLayer,
+    ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState, TrackConnectionsLayer,
 };
 
 /// A keep-alive hyper server that echoes the body length; counts accepted
@@ -37,8 +36,14 @@ async fn server() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     r.fetch_add(1, Ordering::SeqCst);
                     async move {
-                        let n = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(n.to_string()))))
+                        let n = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_or(0, |b| b.to_bytes().len());
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                            n.to_string(),
+                        ))))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -55,7 +60,9 @@ async fn connection_info_tells_reuse_and_idle_time() {
     let (addr, conns, reqs) = server().await;
     let track = TrackConnectionsLayer::new();
     let stats = track.stats();
-    let connector = ServiceBuilder::new().layer(track).service(HttpConnector::new());
+    let connector = ServiceBuilder::new()
+        .layer(track)
+        .service(HttpConnector::new());
     let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let client = ServiceBuilder::new()
         .layer(ConnectionInfoLayer::new())
@@ -75,7 +82,10 @@ async fn connection_info_tells_reuse_and_idle_time() {
         // A second call shares the same capture instead of replacing it.
         let again = ConnectionCapture::get_or_insert(&mut req);
         let res = client.clone().oneshot(req).await.unwrap();
-        let info = *res.extensions().get::<ConnectionInfo>().expect("layer inserts it");
+        let info = *res
+            .extensions()
+            .get::<ConnectionInfo>()
+            .expect("layer inserts it");
         assert_eq!(ConnectionInfo::of(&res), Some(info));
         let state = res.extensions().get::<ConnectionState>().unwrap().clone();
         assert_eq!(capture.state().unwrap().id(), state.id());
@@ -91,7 +101,10 @@ async fn connection_info_tells_reuse_and_idle_time() {
     assert_eq!(first.idle_before(), Duration::ZERO);
     assert!(second.is_reused());
     assert_eq!(second.request_number(), 2);
-    assert!(second.idle_before() >= Duration::from_millis(40), "{second:?}");
+    assert!(
+        second.idle_before() >= Duration::from_millis(40),
+        "{second:?}"
+    );
     assert_eq!(first.connection_id(), second.connection_id());
     assert_eq!(state1.id(), state2.id());
     assert!(first.time_to_first_byte().is_some());
@@ -113,7 +126,9 @@ async fn state_is_dropped_with_the_connection() {
     let (addr, conns, _) = server().await;
     let track = TrackConnectionsLayer::new();
     let stats = track.stats();
-    let connector = ServiceBuilder::new().layer(track).service(HttpConnector::new());
+    let connector = ServiceBuilder::new()
+        .layer(track)
+        .service(HttpConnector::new());
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build::<_, Full<Bytes>>(connector);

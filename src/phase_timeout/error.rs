@@ -53,24 +53,16 @@ pub(crate) enum Waiting {
 /// [`PhaseTimeout`](super::PhaseTimeout)'s response future and by its
 /// response body ([`ResponseBody`](super::ResponseBody)). Find it with
 /// `err.downcast_ref::<Elapsed>()`; through hyper-util's client (for the
-/// connect phase) walk the `source()` chain.
+/// connect phase) or reqwest, use [`Elapsed::find`].
 ///
 /// ```
-/// use std::time::Duration;
 /// use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase};
 /// use tower_conn_lifecycle::BoxError;
 ///
-/// fn phase_of(err: &BoxError) -> Option<Phase> {
-///     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
-///     while let Some(e) = cur {
-///         if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
-///             return Some(elapsed.phase());
-///         }
-///         cur = e.source();
-///     }
-///     None
+/// fn is_upload_stall(err: &BoxError) -> bool {
+///     Elapsed::find(err.as_ref()).is_some_and(|e| e.phase() == Phase::Send)
 /// }
-/// # let _ = phase_of;
+/// # let _ = is_upload_stall;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Elapsed {
@@ -99,6 +91,27 @@ impl Elapsed {
             bytes_sent,
             bytes_received,
         }
+    }
+
+    /// The first `Elapsed` in `err` or its [`source()`](std::error::Error::source)
+    /// chain, for errors that wrap it (hyper-util's client wraps connect
+    /// errors; reqwest wraps everything).
+    ///
+    /// ```
+    /// use tower_conn_lifecycle::phase_timeout::Elapsed;
+    ///
+    /// let err: tower_conn_lifecycle::BoxError = "not a timeout".into();
+    /// assert!(Elapsed::find(err.as_ref()).is_none());
+    /// ```
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Elapsed> {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
+                return Some(elapsed);
+            }
+            cur = e.source();
+        }
+        None
     }
 
     /// Which phase timed out.
