@@ -1,1 +1,76 @@
-//! tls (in progress)
+//! One lazily built TLS configuration for every client in the process.
+//!
+//! Building a TLS context is the expensive part of building an HTTP client
+//! (`reqwest::Client::new()` reloads its root certificates every time;
+//! milliseconds per client). [`SharedTlsConnector`] instead uses one
+//! process-wide rustls [`ClientConfig`](rustls::ClientConfig) — built on
+//! first use by [`shared_config`], exactly once — so a client costs about as
+//! much as one without TLS, and every client resumes the TLS sessions of the
+//! others through one bounded [`SessionStore`].
+//!
+//! * rustls via tokio-rustls with the `ring` provider (no C build of aws-lc).
+//! * Webpki roots by default; the operating system's with the
+//!   `native-roots` feature.
+//! * ALPN `h2` and `http/1.1` ([`DEFAULT_ALPN_PROTOCOLS`], configurable):
+//!   hyper-util's client uses HTTP/2 when the server selects `h2`.
+//! * `http://` passes through; `https://` sends SNI for names and none for IP
+//!   literals, which are checked against the certificate's IP addresses.
+//! * [`from_config`](SharedTlsLayer::from_config) for custom roots, client
+//!   certificates or a test CA ([`config_with_roots`] helps).
+//!
+//! # Where it sits
+//!
+//! On the connection plane, directly around the TCP connector; the
+//! connection tracker and `ConnectTimeout` wrap it from outside (so the
+//! connect deadline covers the TLS handshake):
+//!
+//! ```text
+//! ConnectTimeout( Track( SharedTlsConnector( HttpConnector ) ) )
+//! ```
+//!
+//! It serves hyper-util's legacy `Client` directly, and the composable
+//! pools as the connector under their HTTP handshake service. reqwest cannot
+//! take it (its TLS is internal); give reqwest
+//! `use_preconfigured_tls((*shared_config()).clone())` instead to skip its
+//! per-client root loading.
+//!
+//! # Futures
+//!
+//! [`ResponseFuture`] is hand-written (no boxing): the inner connect, then the
+//! handshake.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use http_body_util::Empty;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower_conn_lifecycle::tls::SharedTlsConnector;
+//!
+//! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
+//! // Cheap: no certificates are loaded here, nor for any later client.
+//! let client = Client::builder(TokioExecutor::new())
+//!     .build::<_, Empty<bytes::Bytes>>(SharedTlsConnector::tcp());
+//! let response = client.get("https://example.com/".parse()?).await?;
+//! println!("{:?} {}", response.version(), response.status());
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod future;
+mod layer;
+mod service;
+mod store;
+mod stream;
+
+pub use config::{
+    config_with_roots, shared_config, shared_config_build_count, DEFAULT_ALPN_PROTOCOLS,
+};
+pub use error::{TlsConnectError, TlsConnectErrorKind};
+pub use future::ResponseFuture;
+pub use layer::SharedTlsLayer;
+pub use service::SharedTlsConnector;
+pub use store::SessionStore;
+pub use stream::MaybeHttpsStream;

@@ -1,0 +1,65 @@
+//! Client construction cost: reqwest's default builder (OS roots loaded per
+//! client), reqwest with webpki roots only, reqwest with a
+//! preconfigured rustls config, hyper-util + SharedTlsConnector (after the
+//! first lazy build of the shared config), hyper-util with no TLS (floor).
+//!
+//! `cargo bench --bench client_build`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_conn_lifecycle::tls::{shared_config, SharedTlsConnector};
+
+fn client_build(c: &mut Criterion) {
+    let config = shared_config();
+    let mut group = c.benchmark_group("client_build");
+
+    group.bench_function("hyper_util_no_tls", |b| {
+        b.iter(|| black_box(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>()))
+    });
+    group.bench_function("hyper_util_shared_tls", |b| {
+        b.iter(|| {
+            black_box(
+                Client::builder(TokioExecutor::new())
+                    .build::<_, Empty<Bytes>>(SharedTlsConnector::tcp()),
+            )
+        })
+    });
+    group.bench_function("reqwest_webpki_roots_only", |b| {
+        b.iter(|| {
+            black_box(
+                reqwest::Client::builder()
+                    .tls_built_in_native_certs(false)
+                    .build()
+                    .unwrap(),
+            )
+        })
+    });
+    group.bench_function("reqwest_preconfigured_tls", |b| {
+        b.iter(|| {
+            black_box(
+                reqwest::Client::builder()
+                    .use_preconfigured_tls((*config).clone())
+                    .build()
+                    .unwrap(),
+            )
+        })
+    });
+    // With reqwest's `rustls-tls-native-roots` feature (this crate's
+    // dev-dependency), `Client::new()` loads the OS roots: milliseconds per
+    // iteration, so fewer samples.
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("reqwest_default", |b| {
+        b.iter(|| black_box(reqwest::Client::new()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, client_build);
+criterion_main!(benches);

@@ -1,0 +1,80 @@
+//! The layer form of [`SharedTlsConnector`].
+
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use tower_layer::Layer;
+
+use super::service::with_alpn;
+use super::{shared_config, SharedTlsConnector};
+
+/// Wraps a connector in a [`SharedTlsConnector`].
+///
+/// [`new`](Self::new) uses the process-wide [`shared_config`] (built lazily,
+/// at the first `https://` connect); [`from_config`](Self::from_config) a
+/// given configuration. A `Clone` of the layer, and every connector it makes,
+/// shares the configuration `Arc` and so its TLS session store.
+///
+/// The inner connector receives `https://` URIs unchanged: hyper-util's
+/// `HttpConnector` needs `enforce_http(false)`.
+///
+/// # Example
+///
+/// ```
+/// use hyper_util::client::legacy::{connect::HttpConnector, Client};
+/// use hyper_util::rt::TokioExecutor;
+/// use tower::ServiceBuilder;
+/// use tower_conn_lifecycle::tls::SharedTlsLayer;
+///
+/// let mut http = HttpConnector::new();
+/// http.enforce_http(false);
+/// let connector = ServiceBuilder::new().layer(SharedTlsLayer::new()).service(http);
+/// let client = Client::builder(TokioExecutor::new())
+///     .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
+/// # let _ = client;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SharedTlsLayer {
+    config: Option<Arc<ClientConfig>>,
+}
+
+impl SharedTlsLayer {
+    /// A layer using the process-wide [`shared_config`].
+    pub fn new() -> Self {
+        Self { config: None }
+    }
+
+    /// A layer using `config` (custom roots, a test CA, client certificates,
+    /// ...). See [`config_with_roots`](super::config_with_roots).
+    pub fn from_config(config: Arc<ClientConfig>) -> Self {
+        Self {
+            config: Some(config),
+        }
+    }
+
+    /// Offers these ALPN protocols instead of the configuration's (default
+    /// [`DEFAULT_ALPN_PROTOCOLS`](super::DEFAULT_ALPN_PROTOCOLS)).
+    ///
+    /// Clones the configuration once, now; roots, provider and session store
+    /// stay shared with the original.
+    pub fn alpn_protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        let base = self.config.take().unwrap_or_else(shared_config);
+        self.config = Some(with_alpn(&base, protocols));
+        self
+    }
+}
+
+impl<C> Layer<C> for SharedTlsLayer {
+    type Service = SharedTlsConnector<C>;
+
+    fn layer(&self, inner: C) -> Self::Service {
+        match &self.config {
+            Some(config) => SharedTlsConnector::from_config(inner, config.clone()),
+            None => SharedTlsConnector::new(inner),
+        }
+    }
+}

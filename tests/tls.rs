@@ -1,0 +1,816 @@
+//! SharedTlsConnector against real loopback TLS servers with an rcgen test CA.
+//!
+//! Every server binds 127.0.0.1:0 (or [::1]:0 when the machine has IPv6) and
+//! reports server-side facts: requests its HTTP layer saw, and for every TLS
+//! connection the handshake outcome (kind, SNI, ALPN) or failure.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::{Layer, Service, ServiceExt};
+use tower_conn_lifecycle::tls::{
+    config_with_roots, shared_config, shared_config_build_count, SessionStore, SharedTlsConnector,
+    SharedTlsLayer, TlsConnectError, TlsConnectErrorKind,
+};
+use tower_conn_lifecycle::BoxError;
+
+/// Upper bound for any single test; they take milliseconds.
+const TEST_LIMIT: Duration = Duration::from_secs(30);
+/// How long to wait for the server to report a connection's outcome.
+const SERVER_REPORT_LIMIT: Duration = Duration::from_secs(10);
+
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, f)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+// ---------------------------------------------------------------- test PKI
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { issuer }
+    }
+
+    fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der()).unwrap();
+        roots
+    }
+
+    /// A client configuration trusting this CA, with the crate's defaults.
+    fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::new(config_with_roots(self.roots()))
+    }
+
+    fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+}
+
+struct Leaf {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+const STORE_NAMES: [&str; 6] = [
+    "s0.test", "s1.test", "s2.test", "s3.test", "s4.test", "s5.test",
+];
+
+/// The usual leaf: valid for `localhost`, both loopback IPs and `s*.test`.
+fn good_leaf(ca: &Ca) -> Leaf {
+    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    names.extend(STORE_NAMES);
+    ca.leaf(&names, false)
+}
+
+// ------------------------------------------------------------ test servers
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// TLS, ALPN `h2` + `http/1.1`, hyper-util's auto server.
+    H2Capable,
+    /// TLS, ALPN `http/1.1` only, hyper's HTTP/1 server.
+    Http1Only,
+    /// No TLS at all; hyper's HTTP/1 server.
+    Plain,
+}
+
+/// What the server saw of one TLS connection.
+#[derive(Debug)]
+enum Handshake {
+    Done {
+        kind: Option<HandshakeKind>,
+        sni: Option<String>,
+        alpn: Option<Vec<u8>>,
+    },
+    Failed(String),
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    handshakes: mpsc::UnboundedReceiver<Handshake>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestServer {
+    async fn start(leaf: &Leaf, mode: Mode) -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), leaf, mode)
+    }
+
+    fn start_on(listener: TcpListener, leaf: &Leaf, mode: Mode) -> Self {
+        let addr = listener.local_addr().unwrap();
+        assert!(addr.ip().is_loopback());
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+                .unwrap();
+        config.alpn_protocols = match mode {
+            Mode::H2Capable => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        };
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (tx, handshakes) = mpsc::unbounded_channel();
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let counter = counter.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let body = format!("{:?}", req.version());
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                    });
+                    if mode == Mode::Plain {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                        return;
+                    }
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            let _ = tx.send(Handshake::Failed(e.to_string()));
+                            return;
+                        }
+                    };
+                    let conn = tls.get_ref().1;
+                    let _ = tx.send(Handshake::Done {
+                        kind: conn.handshake_kind(),
+                        sni: conn.server_name().map(str::to_owned),
+                        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                    });
+                    if mode == Mode::H2Capable {
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            handshakes,
+            task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The next TLS connection's outcome, as the server saw it.
+    async fn next_handshake(&mut self) -> Handshake {
+        tokio::time::timeout(SERVER_REPORT_LIMIT, self.handshakes.recv())
+            .await
+            .expect("the server reported no handshake")
+            .expect("server stopped")
+    }
+
+    fn url(&self, host: &str) -> Uri {
+        format!("https://{host}:{}/", self.addr.port())
+            .parse()
+            .unwrap()
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+type TestClient<C> = Client<C, Empty<Bytes>>;
+
+fn tcp() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http
+}
+
+fn client_with(config: Arc<ClientConfig>) -> TestClient<SharedTlsConnector<HttpConnector>> {
+    Client::builder(TokioExecutor::new()).build(SharedTlsConnector::from_config(tcp(), config))
+}
+
+/// GET `uri`, returning the HTTP version and the body (the server's view of
+/// the version).
+async fn get<C>(client: &TestClient<C>, uri: Uri) -> Result<(Version, String), BoxError>
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read
+        + hyper::rt::Write
+        + hyper_util::client::legacy::connect::Connection
+        + Unpin
+        + Send
+        + 'static,
+    C::Future: Send + Unpin + 'static,
+    C::Error: Into<BoxError>,
+{
+    let response = client.get(uri).await?;
+    let version = response.version();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((version, String::from_utf8(body.to_vec()).unwrap()))
+}
+
+/// Finds a `T` in the error's source chain.
+fn find_in_chain<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn expect_done(handshake: Handshake) -> (Option<HandshakeKind>, Option<String>, Option<Vec<u8>>) {
+    match handshake {
+        Handshake::Done { kind, sni, alpn } => (kind, sni, alpn),
+        Handshake::Failed(e) => panic!("server-side handshake failed: {e}"),
+    }
+}
+
+// -------------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn https_by_name_sends_sni_and_succeeds() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let client = client_with(ca.client_config());
+
+        let (version, _) = get(&client, server.url("localhost")).await.unwrap();
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(server.requests(), 1);
+        let (kind, sni, _) = expect_done(server.next_handshake().await);
+        assert_eq!(kind, Some(HandshakeKind::Full));
+        assert_eq!(sni.as_deref(), Some("localhost"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let client = client_with(ca.client_config());
+
+        get(&client, server.url("127.0.0.1")).await.unwrap();
+        assert_eq!(server.requests(), 1);
+        let (_, sni, _) = expect_done(server.next_handshake().await);
+        assert_eq!(sni, None, "an IP literal must not be sent as SNI");
+
+        // The IP SAN is what made it pass: a certificate for names only fails.
+        let names_only = ca.leaf(&["localhost"], false);
+        let other = TestServer::start(&names_only, Mode::Http1Only).await;
+        let err = get(&client, other.url("127.0.0.1")).await.unwrap_err();
+        assert!(find_in_chain::<rustls::Error>(&*err).is_some(), "{err:?}");
+        assert_eq!(other.requests(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_by_ipv6_literal_where_available() {
+    bounded(async {
+        let listener = match TcpListener::bind("[::1]:0").await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("skipping: cannot bind [::1] on this machine ({e})");
+                return;
+            }
+        };
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start_on(listener, &good_leaf(&ca), Mode::Http1Only);
+        let client = client_with(ca.client_config());
+
+        get(&client, server.url("[::1]")).await.unwrap();
+        assert_eq!(server.requests(), 1);
+        let (_, sni, _) = expect_done(server.next_handshake().await);
+        assert_eq!(sni, None);
+    })
+    .await;
+}
+
+/// Connects to a server presenting `leaf` and checks the rejection: the
+/// error chain holds a `TlsConnectError` of kind `Tls` whose source is the
+/// rustls error matching `expected`, and the server's HTTP layer saw nothing.
+async fn assert_rejected(leaf: Leaf, trusted: &Ca, expected: &str) {
+    let mut server = TestServer::start(&leaf, Mode::Http1Only).await;
+    let client = client_with(trusted.client_config());
+
+    let err = get(&client, server.url("localhost")).await.unwrap_err();
+    let tls_err = find_in_chain::<TlsConnectError>(&*err).expect("a TlsConnectError in the chain");
+    assert_eq!(tls_err.kind(), TlsConnectErrorKind::Tls);
+    assert_eq!(tls_err.to_string(), "tls handshake failed");
+    let rustls_err = find_in_chain::<rustls::Error>(&*err).expect("the rustls error in the chain");
+    assert!(
+        matches!(rustls_err, rustls::Error::InvalidCertificate(_)),
+        "{rustls_err:?}"
+    );
+    assert!(
+        format!("{rustls_err:?}").contains(expected),
+        "expected {expected}, got {rustls_err:?}"
+    );
+    assert!(std::ptr::eq(
+        tls_err.rustls_error().unwrap(),
+        rustls_err as *const _
+    ));
+
+    // Server side: the handshake failed (the client's alert) and no request
+    // reached the HTTP layer.
+    match server.next_handshake().await {
+        Handshake::Failed(_) => {}
+        done => panic!("server completed a handshake it should not have: {done:?}"),
+    }
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test]
+async fn certificate_for_another_name_is_rejected() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        assert_rejected(ca.leaf(&["other.test"], false), &ca, "NotValidForName").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_certificate_is_rejected() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut names = vec!["localhost"];
+        names.push("127.0.0.1");
+        assert_rejected(ca.leaf(&names, true), &ca, "Expired").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn untrusted_ca_is_rejected() {
+    bounded(async {
+        let trusted = Ca::new("trusted ca");
+        let untrusted = Ca::new("untrusted ca");
+        assert_rejected(good_leaf(&untrusted), &trusted, "UnknownIssuer").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn alpn_h2_server_gets_http2() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        let client = client_with(ca.client_config());
+
+        let (version, server_saw) = get(&client, server.url("localhost")).await.unwrap();
+        assert_eq!(version, Version::HTTP_2);
+        assert_eq!(server_saw, "HTTP/2.0");
+        let (_, _, alpn) = expect_done(server.next_handshake().await);
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn alpn_http1_only_server_gets_http11() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let client = client_with(ca.client_config());
+
+        let (version, server_saw) = get(&client, server.url("localhost")).await.unwrap();
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(server_saw, "HTTP/1.1");
+        let (_, _, alpn) = expect_done(server.next_handshake().await);
+        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn configured_alpn_http1_only_against_h2_server() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        let layer = SharedTlsLayer::from_config(ca.client_config()).alpn_protocols([b"http/1.1"]);
+        let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(layer.layer(tcp()));
+
+        let (version, server_saw) = get(&client, server.url("localhost")).await.unwrap();
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(server_saw, "HTTP/1.1");
+        let (_, _, alpn) = expect_done(server.next_handshake().await);
+        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn second_client_on_the_same_config_resumes_the_session() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        let config = ca.client_config();
+
+        let first = client_with(config.clone());
+        get(&first, server.url("localhost")).await.unwrap();
+        let (kind, _, _) = expect_done(server.next_handshake().await);
+        assert_eq!(kind, Some(HandshakeKind::Full));
+
+        // A new client (own pool, own connector, built through the layer)
+        // sharing only the configuration.
+        let layer = SharedTlsLayer::from_config(config.clone());
+        let second: TestClient<_> = Client::builder(TokioExecutor::new()).build(layer.layer(tcp()));
+        get(&second, server.url("localhost")).await.unwrap();
+        let (kind, _, _) = expect_done(server.next_handshake().await);
+        assert_eq!(kind, Some(HandshakeKind::Resumed));
+
+        // Control: a separately built configuration has its own store.
+        let third = client_with(ca.client_config());
+        get(&third, server.url("localhost")).await.unwrap();
+        let (kind, _, _) = expect_done(server.next_handshake().await);
+        assert_eq!(kind, Some(HandshakeKind::Full));
+        assert_eq!(server.requests(), 3);
+    })
+    .await;
+}
+
+/// An inner connector sending every host to one loopback address, so the
+/// tests can use many server names against one server.
+#[derive(Clone)]
+struct FixedAddr(SocketAddr);
+
+impl Service<Uri> for FixedAddr {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        assert!(self.0.ip().is_loopback());
+        let addr = self.0;
+        Box::pin(async move { Ok(TokioIo::new(TcpStream::connect(addr).await?)) })
+    }
+}
+
+#[tokio::test]
+async fn session_store_is_bounded() {
+    bounded(async {
+        const BOUND: usize = 3;
+        let ca = Ca::new("test ca");
+        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let store = Arc::new(SessionStore::new(BOUND));
+        let mut config = config_with_roots(ca.roots());
+        config.resumption = rustls::client::Resumption::store(store.clone());
+        let config = Arc::new(config);
+        let addr = server.addr;
+        let url = |name: &str| server_url(addr, name);
+
+        let first: TestClient<_> = Client::builder(TokioExecutor::new()).build(
+            SharedTlsConnector::from_config(FixedAddr(server.addr), config.clone()),
+        );
+        for name in STORE_NAMES {
+            get(&first, url(name)).await.unwrap();
+            assert!(store.len() <= BOUND, "store holds {} servers", store.len());
+            assert!(store.tls13_tickets() <= BOUND * SessionStore::TLS13_TICKETS_PER_SERVER);
+        }
+        assert_eq!(store.len(), BOUND);
+        for _ in STORE_NAMES {
+            let (kind, _, _) = expect_done(server.next_handshake().await);
+            assert_eq!(kind, Some(HandshakeKind::Full));
+        }
+
+        // A fresh client: the newest name resumes, the oldest was evicted.
+        let second: TestClient<_> = Client::builder(TokioExecutor::new()).build(
+            SharedTlsConnector::from_config(FixedAddr(server.addr), config.clone()),
+        );
+        get(&second, url(STORE_NAMES[5])).await.unwrap();
+        let (kind, sni, _) = expect_done(server.next_handshake().await);
+        assert_eq!(sni.as_deref(), Some(STORE_NAMES[5]));
+        assert_eq!(kind, Some(HandshakeKind::Resumed));
+        get(&second, url(STORE_NAMES[0])).await.unwrap();
+        let (kind, sni, _) = expect_done(server.next_handshake().await);
+        assert_eq!(sni.as_deref(), Some(STORE_NAMES[0]));
+        assert_eq!(kind, Some(HandshakeKind::Full), "evicted server resumed");
+        assert_eq!(store.len(), BOUND);
+        assert_eq!(server.requests(), STORE_NAMES.len() + 2);
+
+        // The shared configuration's store has the documented default bound.
+        assert_eq!(
+            SessionStore::default().max_servers(),
+            SessionStore::DEFAULT_MAX_SERVERS
+        );
+    })
+    .await;
+}
+
+fn server_url(addr: SocketAddr, host: &str) -> Uri {
+    format!("https://{host}:{}/", addr.port()).parse().unwrap()
+}
+
+#[tokio::test]
+async fn plain_http_passes_through_without_tls() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        // A server with no TLS at all: a ClientHello would make it fail.
+        let server = TestServer::start(&good_leaf(&ca), Mode::Plain).await;
+        let uri: Uri = format!("http://127.0.0.1:{}/", server.addr.port())
+            .parse()
+            .unwrap();
+
+        let mut connector = SharedTlsConnector::from_config(tcp(), ca.client_config());
+        let io = connector
+            .ready()
+            .await
+            .unwrap()
+            .call(uri.clone())
+            .await
+            .unwrap();
+        assert!(!io.is_https());
+        assert!(io.tls_connection().is_none());
+        drop(io);
+
+        let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
+        let (version, _) = get(&client, uri).await.unwrap();
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(server.requests(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unusable_uris_give_typed_errors_without_connecting() {
+    bounded(async {
+        let ca = Ca::new("test ca");
+        let mut connector = SharedTlsConnector::from_config(tcp(), ca.client_config());
+        let mut kind_of = async |uri: Uri| {
+            let err = connector
+                .ready()
+                .await
+                .unwrap()
+                .call(uri)
+                .await
+                .unwrap_err();
+            let err = err
+                .downcast::<TlsConnectError>()
+                .expect("a TlsConnectError");
+            (err.kind(), err.to_string())
+        };
+
+        let (kind, msg) = kind_of(Uri::from_static("ftp://127.0.0.1:1/")).await;
+        assert_eq!(kind, TlsConnectErrorKind::UnsupportedScheme);
+        assert_eq!(msg, "unsupported uri scheme `ftp`");
+        let (kind, msg) = kind_of(Uri::from_static("/relative")).await;
+        assert_eq!(kind, TlsConnectErrorKind::UnsupportedScheme);
+        assert_eq!(msg, "uri has no scheme");
+        let (kind, _) = kind_of(Uri::from_static("https://bad_host..name:1/")).await;
+        assert_eq!(kind, TlsConnectErrorKind::InvalidServerName);
+        if let Ok(uri) = "https://:1/".parse::<Uri>() {
+            let (kind, _) = kind_of(uri).await;
+            assert_eq!(kind, TlsConnectErrorKind::MissingHost);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_failure_is_typed_with_inner_source() {
+    bounded(async {
+        // Bind then drop a listener: the port is very likely closed.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let ca = Ca::new("test ca");
+        let mut connector = SharedTlsConnector::from_config(tcp(), ca.client_config());
+        let err = connector
+            .ready()
+            .await
+            .unwrap()
+            .call(server_url(addr, "127.0.0.1"))
+            .await
+            .unwrap_err();
+        let err = err.downcast::<TlsConnectError>().unwrap();
+        assert_eq!(err.kind(), TlsConnectErrorKind::Connect);
+        assert_eq!(err.to_string(), "connect failed");
+        assert!(err.source().is_some());
+        assert!(err.rustls_error().is_none());
+    })
+    .await;
+}
+
+/// The only test in this binary that touches the process-wide shared
+/// configuration, so it observes the first use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn concurrent_first_use_builds_the_shared_config_once() {
+    bounded(async {
+        const TASKS: usize = 64;
+        assert_eq!(
+            shared_config_build_count(),
+            0,
+            "shared config used before this test"
+        );
+        // Building connectors and clients does not build the configuration.
+        let connector = SharedTlsConnector::tcp();
+        let _client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector.clone());
+        assert_eq!(shared_config_build_count(), 0);
+
+        let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|i| {
+                let barrier = barrier.clone();
+                let connector = connector.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    if i % 2 == 0 {
+                        shared_config()
+                    } else {
+                        connector.config()
+                    }
+                })
+            })
+            .collect();
+        let mut configs = Vec::new();
+        for task in tasks {
+            configs.push(task.await.unwrap());
+        }
+        assert_eq!(shared_config_build_count(), 1);
+        assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
+        assert_eq!(
+            configs[0].alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(Arc::ptr_eq(
+            &SharedTlsLayer::new().layer(tcp()).config(),
+            &configs[0]
+        ));
+        assert_eq!(shared_config_build_count(), 1);
+    })
+    .await;
+}
+
+// ------------------------------------------------ composition with the crate
+
+mod composition {
+    use super::*;
+    use tower::ServiceBuilder;
+    use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase};
+    use tower_conn_lifecycle::track::{ConnectionState, TrackConnectionsLayer};
+
+    /// Generous: a loopback TCP + TLS handshake takes milliseconds.
+    const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn connect_timeout_over_tracker_over_shared_tls() {
+        bounded(async {
+            let ca = Ca::new("test ca");
+            let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+            let track = TrackConnectionsLayer::new();
+            let stats = track.stats();
+            let connector = ServiceBuilder::new()
+                .layer(ConnectTimeoutLayer::new(CONNECT_LIMIT))
+                .layer(track)
+                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .service(tcp());
+            let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
+
+            let response = client.get(server.url("localhost")).await.unwrap();
+            // ALPN's h2 survives the tracker's Connection delegation.
+            assert_eq!(response.version(), Version::HTTP_2);
+            let state = response
+                .extensions()
+                .get::<ConnectionState>()
+                .expect("the tracker's state in the response extensions")
+                .clone();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"HTTP/2.0");
+            // The tracker sits above TLS: it counts plaintext bytes, and
+            // some were written and read.
+            assert!(state.bytes_written() > 0 && state.bytes_read() > 0);
+            assert_eq!(stats.opened(), 1);
+            assert_eq!(server.requests(), 1);
+            let (kind, sni, alpn) = expect_done(server.next_handshake().await);
+            assert_eq!(kind, Some(HandshakeKind::Full));
+            assert_eq!(sni.as_deref(), Some("localhost"));
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        })
+        .await;
+    }
+
+    /// A server that accepts TCP and never answers the ClientHello: the
+    /// connect deadline covers the TLS handshake.
+    #[tokio::test]
+    async fn connect_timeout_covers_the_tls_handshake() {
+        bounded(async {
+            const LIMIT: Duration = Duration::from_millis(200);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (held_tx, mut held_rx) = mpsc::unbounded_channel();
+            let server = tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    // Hold the connection open, silent.
+                    let _ = held_tx.send(tcp);
+                }
+            });
+
+            let ca = Ca::new("test ca");
+            let connector = ServiceBuilder::new()
+                .layer(ConnectTimeoutLayer::new(LIMIT))
+                .layer(TrackConnectionsLayer::new())
+                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .service(tcp());
+            let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
+
+            let err = get(&client, server_url(addr, "localhost"))
+                .await
+                .unwrap_err();
+            let elapsed = find_in_chain::<Elapsed>(&*err).expect("an Elapsed in the chain");
+            assert_eq!(elapsed.phase(), Phase::Connect);
+            // TCP did connect: the timeout hit during the handshake.
+            let held = held_rx
+                .try_recv()
+                .expect("the server accepted the TCP connection");
+            drop(held);
+            server.abort();
+        })
+        .await;
+    }
+}
