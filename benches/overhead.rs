@@ -31,45 +31,46 @@ where
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for client and server: the numbers are CPU per exchange,
+    // not scheduling noise between cores.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let server = rt.block_on(HyperServer::start()).unwrap();
     let uri: http::Uri = server.url().parse().unwrap();
 
+    let phases = PhaseTimeoutLayer::new()
+        .send(Duration::from_secs(5))
+        .read(Duration::from_secs(5))
+        .total(Duration::from_secs(10));
+    let tracked = || {
+        ServiceBuilder::new()
+            .layer(TrackConnectionsLayer::new())
+            .service(HttpConnector::new())
+    };
     let bare = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new());
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let inner =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Empty<Bytes>>>(connector);
-    let layered = ServiceBuilder::new()
-        .layer(
-            PhaseTimeoutLayer::new()
-                .send(Duration::from_secs(5))
-                .read(Duration::from_secs(5))
-                .total(Duration::from_secs(10)),
-        )
-        .service(inner);
+    let tracker_only = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(tracked());
+    let phases_only = ServiceBuilder::new().layer(phases).service(
+        Client::builder(TokioExecutor::new())
+            .build::<_, RequestBody<Empty<Bytes>>>(HttpConnector::new()),
+    );
+    let layered = ServiceBuilder::new().layer(phases).service(
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Empty<Bytes>>>(tracked()),
+    );
 
     let mut group = c.benchmark_group("keepalive_get");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("bare_hyper_util", |b| {
-        b.to_async(&rt).iter(|| {
-            let mut svc = bare.clone();
-            let uri = uri.clone();
-            async move { get(&mut svc, &uri).await }
-        });
-    });
-    group.bench_function("tracker+phase_timeout", |b| {
-        b.to_async(&rt).iter(|| {
-            let mut svc = layered.clone();
-            let uri = uri.clone();
-            async move { get(&mut svc, &uri).await }
-        });
-    });
+    sequential(&mut group, &rt, &uri, "bare_hyper_util", bare.clone());
+    sequential(&mut group, &rt, &uri, "tracker_only", tracker_only);
+    sequential(&mut group, &rt, &uri, "phase_timeout_only", phases_only);
+    sequential(
+        &mut group,
+        &rt,
+        &uri,
+        "tracker+phase_timeout",
+        layered.clone(),
+    );
     group.finish();
 
     let mut group = c.benchmark_group("keepalive_get_x32");
@@ -81,6 +82,28 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| batch(layered.clone(), uri.clone()));
     });
     group.finish();
+    drop(server);
+}
+
+fn sequential<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    uri: &http::Uri,
+    name: &str,
+    svc: S,
+) where
+    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| {
+            let mut svc = svc.clone();
+            let uri = uri.clone();
+            async move { get(&mut svc, &uri).await }
+        });
+    });
 }
 
 async fn batch<S, B>(svc: S, uri: http::Uri)
