@@ -82,6 +82,40 @@
 /// Each layer documents which concrete errors can be downcast from it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The first `T` in `err` or its [`source()`](std::error::Error::source)
+/// chain, also looking inside `std::io::Error`s (whose `source()` skips the
+/// custom error they carry).
+///
+/// hyper-util, hyper and reqwest wrap the errors of connectors and IO, so
+/// this crate's typed errors are usually found a few causes down.
+///
+/// ```
+/// use tower_conn_lifecycle::{find_cause, phase_timeout::Elapsed, BoxError};
+///
+/// let io = std::io::Error::other("reset");
+/// let err: BoxError = Box::new(io);
+/// assert!(find_cause::<std::io::Error>(err.as_ref()).is_some());
+/// assert!(find_cause::<Elapsed>(err.as_ref()).is_none());
+/// ```
+pub fn find_cause<'a, T>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T>
+where
+    T: std::error::Error + 'static,
+{
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cur = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 mod clock;
 pub mod phase_timeout;
 pub mod track;

@@ -34,7 +34,7 @@ use tower_conn_lifecycle::tls::{
     config_with_roots, shared_config, shared_config_build_count, SessionStore, SharedTlsConnector,
     SharedTlsLayer, TlsConnectError, TlsConnectErrorKind,
 };
-use tower_conn_lifecycle::BoxError;
+use tower_conn_lifecycle::{find_cause, BoxError};
 
 /// Upper bound for any single test; they take milliseconds.
 const TEST_LIMIT: Duration = Duration::from_secs(30);
@@ -279,20 +279,6 @@ where
     Ok((version, String::from_utf8(body.to_vec()).unwrap()))
 }
 
-/// Finds a `T` in the error's source chain.
-fn find_in_chain<'a, T: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
-}
-
 fn expect_done(handshake: Handshake) -> (Option<HandshakeKind>, Option<String>, Option<Vec<u8>>) {
     match handshake {
         Handshake::Done { kind, sni, alpn } => (kind, sni, alpn),
@@ -335,7 +321,7 @@ async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
         let names_only = ca.leaf(&["localhost"], false);
         let other = TestServer::start(&names_only, Mode::Http1Only).await;
         let err = get(&client, other.url("127.0.0.1")).await.unwrap_err();
-        assert!(find_in_chain::<rustls::Error>(&*err).is_some(), "{err:?}");
+        assert!(find_cause::<rustls::Error>(&*err).is_some(), "{err:?}");
         assert_eq!(other.requests(), 0);
     })
     .await;
@@ -371,10 +357,10 @@ async fn assert_rejected(leaf: Leaf, trusted: &Ca, expected: &str) {
     let client = client_with(trusted.client_config());
 
     let err = get(&client, server.url("localhost")).await.unwrap_err();
-    let tls_err = find_in_chain::<TlsConnectError>(&*err).expect("a TlsConnectError in the chain");
+    let tls_err = find_cause::<TlsConnectError>(&*err).expect("a TlsConnectError in the chain");
     assert_eq!(tls_err.kind(), TlsConnectErrorKind::Tls);
     assert_eq!(tls_err.to_string(), "tls handshake failed");
-    let rustls_err = find_in_chain::<rustls::Error>(&*err).expect("the rustls error in the chain");
+    let rustls_err = find_cause::<rustls::Error>(&*err).expect("the rustls error in the chain");
     assert!(
         matches!(rustls_err, rustls::Error::InvalidCertificate(_)),
         "{rustls_err:?}"
@@ -802,7 +788,7 @@ mod composition {
             let err = get(&client, server_url(addr, "localhost"))
                 .await
                 .unwrap_err();
-            let elapsed = find_in_chain::<Elapsed>(&*err).expect("an Elapsed in the chain");
+            let elapsed = find_cause::<Elapsed>(&*err).expect("an Elapsed in the chain");
             assert_eq!(elapsed.phase(), Phase::Connect);
             // TCP did connect: the timeout hit during the handshake.
             let held = held_rx

@@ -104,14 +104,7 @@ impl Elapsed {
     /// assert!(Elapsed::find(err.as_ref()).is_none());
     /// ```
     pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Elapsed> {
-        let mut cur = Some(err);
-        while let Some(e) = cur {
-            if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
-                return Some(elapsed);
-            }
-            cur = e.source();
-        }
-        None
+        crate::find_cause(err)
     }
 
     /// Which phase timed out.
