@@ -109,3 +109,33 @@ async fn state_is_dropped_with_the_connection() {
     assert_eq!(stats.opened(), 1);
     assert_eq!(server.connections(), 1);
 }
+
+#[tokio::test]
+async fn in_flight_ends_with_the_response_body_under_phase_timeout() {
+    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+
+    let server = HyperServer::start().await.unwrap();
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, RequestBody<Full<Bytes>>>(connector);
+    let client = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(5)))
+        .service(client);
+    for n in 1..=2u64 {
+        let req = http::Request::post(server.url())
+            .body(Full::new(Bytes::from_static(b"abc")))
+            .unwrap();
+        let res = client.clone().oneshot(req).await.unwrap();
+        let state = res.extensions().get::<ConnectionState>().unwrap().clone();
+        // The head has arrived; the body has not been read yet.
+        assert!(state.in_flight());
+        assert_eq!(state.requests(), n);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "3");
+        assert!(!state.in_flight(), "request {n}: the body ended");
+    }
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.requests(), 2);
+}

@@ -127,8 +127,11 @@ impl ConnectionState {
         self.load(&self.inner.last_flush)
     }
 
-    /// Whether a request has been written and its exchange not yet marked
-    /// finished by a request-plane layer.
+    /// Whether an exchange is in flight: set when a request's first byte is
+    /// written; cleared when the connection closes, or when the response body
+    /// ends under a request-plane layer of this crate
+    /// ([`PhaseTimeout`](crate::phase_timeout::PhaseTimeout)). Without such a
+    /// layer it stays set after the first request.
     pub fn in_flight(&self) -> bool {
         self.inner.in_flight.load(Ordering::Acquire)
     }
