@@ -46,6 +46,19 @@
 //! or `read` is set), one tokio timer and a handful of small allocations per
 //! request (`cargo bench --bench allocs` counts them).
 //!
+//! # Which clients
+//!
+//! * **hyper-util's legacy `Client`**: everything above. Put
+//!   [`ConnectTimeoutLayer`] (and the tracker) around its connector and
+//!   [`PhaseTimeoutLayer`] around the client.
+//! * **hyper-util's composable pools** (`client::pool`) or any other
+//!   `Service<http::Request<B>>`: [`PhaseTimeoutLayer`] wraps them the same
+//!   way, but they do not fill hyper-util's connection capture, so progress
+//!   comes from request-body frames (see above); [`ConnectTimeoutLayer`] wraps
+//!   whatever makes their connections.
+//! * **reqwest**: [`ConnectTimeoutLayer`] goes into
+//!   `ClientBuilder::connector_layer` (see `examples/reqwest.rs`).
+//!
 //! # Example
 //!
 //! ```no_run

@@ -19,6 +19,13 @@
 //! connection and the last response that refers to it. Nothing global grows:
 //! the only process-wide item is the id counter.
 //!
+//! Which clients: the tracker wraps any connector (`Service<Uri>` returning
+//! hyper IO), so it fits hyper-util's legacy `Client` and its composable
+//! pools. Only the legacy `Client` copies the state into responses and
+//! connection captures; elsewhere read it from [`TrackedIo::state`] where the
+//! IO is in reach. It does not fit reqwest's `connector_layer`, whose
+//! connection type is sealed (it must stay reqwest's own).
+//!
 //! Counting costs one clock read and a few relaxed atomic operations per
 //! successful socket read or write.
 //!
