@@ -118,8 +118,8 @@ async fn in_flight_ends_with_the_response_body_under_phase_timeout() {
     let connector = ServiceBuilder::new()
         .layer(TrackConnectionsLayer::new())
         .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .build::<_, RequestBody<Full<Bytes>>>(connector);
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
     let client = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(5)))
         .service(client);
