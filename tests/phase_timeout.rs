@@ -66,6 +66,10 @@ fn post(url: &str, bytes: usize) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
+fn get(url: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(url).body(Full::default()).unwrap()
+}
+
 const MB: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,11 +225,7 @@ async fn stalled_body_fails_from_the_body_stream() {
         true,
     );
     let res = svc
-        .oneshot(
-            http::Request::get(server.url())
-                .body(Full::default())
-                .unwrap(),
-        )
+        .oneshot(get(&server.url()))
         .await
         .expect("the head arrives");
     assert_eq!(res.status(), 200);
@@ -260,14 +260,7 @@ async fn total_fires_through_a_slow_body() {
         true,
     );
     let start = Instant::now();
-    let res = svc
-        .oneshot(
-            http::Request::get(server.url())
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = svc.oneshot(get(&server.url())).await.unwrap();
     let err = res.into_body().collect().await.unwrap_err();
     let took = start.elapsed();
     let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
@@ -287,14 +280,7 @@ async fn blackhole_fails_in_the_connect_phase() {
         true,
     );
     let start = Instant::now();
-    let err = svc
-        .oneshot(
-            http::Request::get(hole.url())
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap_err();
+    let err = svc.oneshot(get(&hole.url())).await.unwrap_err();
     let took = start.elapsed();
     let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);

@@ -279,6 +279,32 @@ where
     Ok((version, String::from_utf8(body.to_vec()).unwrap()))
 }
 
+/// GETs `server` by name and checks the HTTP version on both sides and the
+/// ALPN protocol the server negotiated.
+async fn assert_protocol<C>(
+    client: &TestClient<C>,
+    server: &mut TestServer,
+    version: Version,
+    server_saw: &str,
+    alpn: &[u8],
+) where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read
+        + hyper::rt::Write
+        + hyper_util::client::legacy::connect::Connection
+        + Unpin
+        + Send
+        + 'static,
+    C::Future: Send + Unpin + 'static,
+    C::Error: Into<BoxError>,
+{
+    let (got, saw) = get(client, server.url("localhost")).await.unwrap();
+    assert_eq!(got, version);
+    assert_eq!(saw, server_saw);
+    let (_, _, negotiated) = expect_done(server.next_handshake().await);
+    assert_eq!(negotiated.as_deref(), Some(alpn));
+}
+
 fn expect_done(handshake: Handshake) -> (Option<HandshakeKind>, Option<String>, Option<Vec<u8>>) {
     match handshake {
         Handshake::Done { kind, sni, alpn } => (kind, sni, alpn),
@@ -420,11 +446,7 @@ async fn alpn_h2_server_gets_http2() {
         let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
         let client = client_with(ca.client_config());
 
-        let (version, server_saw) = get(&client, server.url("localhost")).await.unwrap();
-        assert_eq!(version, Version::HTTP_2);
-        assert_eq!(server_saw, "HTTP/2.0");
-        let (_, _, alpn) = expect_done(server.next_handshake().await);
-        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        assert_protocol(&client, &mut server, Version::HTTP_2, "HTTP/2.0", b"h2").await;
     })
     .await;
 }
@@ -436,11 +458,14 @@ async fn alpn_http1_only_server_gets_http11() {
         let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
         let client = client_with(ca.client_config());
 
-        let (version, server_saw) = get(&client, server.url("localhost")).await.unwrap();
-        assert_eq!(version, Version::HTTP_11);
-        assert_eq!(server_saw, "HTTP/1.1");
-        let (_, _, alpn) = expect_done(server.next_handshake().await);
-        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert_protocol(
+            &client,
+            &mut server,
+            Version::HTTP_11,
+            "HTTP/1.1",
+            b"http/1.1",
+        )
+        .await;
     })
     .await;
 }
@@ -453,11 +478,14 @@ async fn configured_alpn_http1_only_against_h2_server() {
         let layer = SharedTlsLayer::from_config(ca.client_config()).alpn_protocols([b"http/1.1"]);
         let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(layer.layer(tcp()));
 
-        let (version, server_saw) = get(&client, server.url("localhost")).await.unwrap();
-        assert_eq!(version, Version::HTTP_11);
-        assert_eq!(server_saw, "HTTP/1.1");
-        let (_, _, alpn) = expect_done(server.next_handshake().await);
-        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert_protocol(
+            &client,
+            &mut server,
+            Version::HTTP_11,
+            "HTTP/1.1",
+            b"http/1.1",
+        )
+        .await;
     })
     .await;
 }

@@ -31,6 +31,14 @@ fn elapsed(err: &BoxError) -> &Elapsed {
         .unwrap_or_else(|| panic!("not an Elapsed: {err}"))
 }
 
+/// Calls the service once it is ready.
+async fn issue(
+    svc: &mut PhaseTimeout<Inner>,
+    req: Request<ReqBody>,
+) -> ResponseFuture<mock::future::ResponseFuture<Response<Channel<Bytes>>>> {
+    svc.ready().await.unwrap().call(req)
+}
+
 /// Plays hyper's part: pulls the request body as fast as it is produced and
 /// returns how many bytes it got.
 fn drain(req: Request<RequestBody<ReqBody>>) -> tokio::task::JoinHandle<usize> {
@@ -66,11 +74,7 @@ async fn send_fires_one_limit_after_the_last_progress() {
         sleep(Duration::from_secs(3600)).await;
         drop(tx);
     });
-    let fut = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::post("/").body(body).unwrap());
+    let fut = issue(&mut svc, Request::post("/").body(body).unwrap()).await;
     let server = tokio::spawn(async move {
         let (req, _send) = handle.next_request().await.unwrap();
         drain(req).await.unwrap()
@@ -93,11 +97,7 @@ async fn steady_upload_longer_than_send_does_not_time_out() {
     let (tx, body) = Channel::new(1);
     // 40 frames 100 ms apart: 4 s of upload, far longer than `send`.
     tokio::spawn(feed(tx, 40, ms(100)));
-    let fut = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::post("/").body(body).unwrap());
+    let fut = issue(&mut svc, Request::post("/").body(body).unwrap()).await;
     let server = tokio::spawn(async move {
         let (req, send) = handle.next_request().await.unwrap();
         let n = drain(req).await.unwrap();
@@ -120,11 +120,7 @@ async fn read_clock_starts_when_the_upload_ends() {
         // 2 s upload (20 frames, 100 ms apart); the body ends when `tx` drops.
         tokio::spawn(feed(tx, 20, ms(100)));
         let start = Instant::now();
-        let fut = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::post("/").body(body).unwrap());
+        let fut = issue(&mut svc, Request::post("/").body(body).unwrap()).await;
         tokio::spawn(async move {
             let (req, send) = handle.next_request().await.unwrap();
             drain(req).await.unwrap();
@@ -159,12 +155,7 @@ async fn response_ready_at_the_deadline_wins() {
     );
     let (tx, body) = Channel::new(1);
     drop(tx);
-    let mut fut = Box::pin(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Request::post("/").body(body).unwrap()),
-    );
+    let mut fut = Box::pin(issue(&mut svc, Request::post("/").body(body).unwrap()).await);
     let (req, send) = handle.next_request().await.unwrap();
     drain(req).await.unwrap();
     // Every deadline passes while the response is already there, unpolled.
@@ -179,11 +170,7 @@ async fn response_ready_at_the_deadline_wins() {
 async fn total_fires_before_the_head() {
     let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().total(ms(700)));
     let start = Instant::now();
-    let fut = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let fut = issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await;
     let _held = tokio::spawn(async move { handle.next_request().await });
     let err = fut.await.unwrap_err();
     assert_eq!(elapsed(&err).phase(), Phase::Total);
@@ -202,11 +189,7 @@ async fn respond_streaming(handle: &mut Handle) -> Sender<Bytes> {
 #[tokio::test(start_paused = true)]
 async fn body_stall_fires_from_the_body() {
     let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().read(Duration::from_secs(1)));
-    let fut = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let fut = issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await;
     let mut tx = {
         let server = tokio::spawn(async move {
             let tx = respond_streaming(&mut handle).await;
@@ -242,11 +225,7 @@ async fn total_fires_through_a_slow_body() {
             .total(Duration::from_secs(2)),
     );
     let start = Instant::now();
-    let fut = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let fut = issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await;
     let server = tokio::spawn(async move {
         let mut tx = respond_streaming(&mut handle).await;
         // A frame every 500 ms: never stalls, but never ends in time.
@@ -272,7 +251,7 @@ async fn override_switches_the_body_stall_off() {
     let mut req = Request::get("/").body(Channel::new(1).1).unwrap();
     req.extensions_mut()
         .insert(PhaseOverride::new().read_body_stall(None));
-    let fut = svc.ready().await.unwrap().call(req);
+    let fut = issue(&mut svc, req).await;
     let server = tokio::spawn(async move {
         let mut tx = respond_streaming(&mut handle).await;
         // Ten seconds of silence, then one event and the end.
@@ -315,11 +294,7 @@ async fn zero_and_enormous_limits_do_not_panic() {
             .read(Duration::MAX)
             .total(Duration::MAX),
     );
-    let fut = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::get("/").body(Channel::new(1).1).unwrap());
+    let fut = issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await;
     let server = tokio::spawn(async move {
         let (req, send) = handle.next_request().await.unwrap();
         sleep(Duration::from_secs(86_400)).await;
@@ -332,11 +307,7 @@ async fn zero_and_enormous_limits_do_not_panic() {
     // Duration::ZERO expires at the first check once the request is moving.
     let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().send(Duration::ZERO));
     let (mut tx, body) = Channel::new(1);
-    let fut = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::post("/").body(body).unwrap());
+    let fut = issue(&mut svc, Request::post("/").body(body).unwrap()).await;
     let server = tokio::spawn(async move {
         let (req, _send) = handle.next_request().await.unwrap();
         drain(req).await.unwrap()
