@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::{Elapsed, Waiting};
 use super::Phase;
 use crate::clock::{deadline, far_future, Origin, Stamp};
-use crate::track::ConnectionState;
+use crate::track::{observe_frame, ExchangeEnd};
 use crate::BoxError;
 
 /// Data frames larger than this are split (zero-copy for `Bytes`) so upload
@@ -197,7 +197,7 @@ pin_project! {
         inner: B,
         sleep: Option<Pin<Box<Sleep>>>,
         timers: Option<BodyTimers>,
-        connection: Option<ConnectionState>,
+        end: ExchangeEnd,
     }
 }
 
@@ -253,12 +253,12 @@ impl BodyTimers {
 impl<B> ResponseBody<B> {
     /// A body with no limits at all (what the layer returns when every limit
     /// is off).
-    pub(crate) fn unlimited(inner: B, connection: Option<ConnectionState>) -> Self {
+    pub(crate) fn unlimited(inner: B, end: ExchangeEnd) -> Self {
         ResponseBody {
             inner,
             sleep: None,
             timers: None,
-            connection,
+            end,
         }
     }
 
@@ -268,10 +268,10 @@ impl<B> ResponseBody<B> {
         total: Option<Duration>,
         issued: Instant,
         sent: u64,
-        connection: Option<ConnectionState>,
+        end: ExchangeEnd,
     ) -> Self {
         if stall.is_none() && total.is_none() {
-            return Self::unlimited(inner, connection);
+            return Self::unlimited(inner, end);
         }
         let now = Instant::now();
         let timers = BodyTimers {
@@ -286,7 +286,7 @@ impl<B> ResponseBody<B> {
             inner,
             sleep: None,
             timers: Some(timers),
-            connection,
+            end,
         }
     }
 }
@@ -304,7 +304,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let polled = this.inner.as_mut().poll_frame(cx);
+        observe_frame(this.inner.as_mut(), &polled, this.end);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = this.timers.as_mut() {
                     t.received += frame.data_ref().map_or(0, |d| d.remaining() as u64);
@@ -312,20 +314,10 @@ where
                         t.last_frame = Instant::now();
                     }
                 }
-                if this.inner.is_end_stream() {
-                    if let Some(c) = this.connection.take() {
-                        c.mark_idle();
-                    }
-                }
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => {
-                if let Some(c) = this.connection.take() {
-                    c.mark_idle();
-                }
-                return Poll::Ready(None);
-            }
+            Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
         let Some(timers) = this.timers.as_ref() else {

@@ -16,7 +16,7 @@ use super::error::{Elapsed, Waiting};
 use super::layer::Limits;
 use super::Phase;
 use crate::clock::{deadline, far_future};
-use crate::track::{Captured, ConnectionCapture, ConnectionState};
+use crate::track::{Captured, ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange};
 use crate::BoxError;
 
 /// Shortest re-check interval while the connection is not yet known.
@@ -41,8 +41,13 @@ pub(crate) struct Watch {
     issued: Instant,
     progress: Arc<Progress>,
     capture: Option<ConnectionCapture>,
-    /// When this request could first write (connection known), if known yet.
-    connected: Option<Instant>,
+    /// When this request could first write (connection known), if known yet,
+    /// and the id of that connection (when tracked): hyper-util may retry a
+    /// request on a new connection, and the clocks follow it.
+    connected: Option<(Instant, Option<u64>)>,
+    /// Abandons the exchange (poisoning its connection) if this future is
+    /// dropped or times out before the head.
+    pending: PendingExchange,
 }
 
 impl<F> ResponseFuture<F> {
@@ -57,6 +62,7 @@ impl<F> ResponseFuture<F> {
             limits,
             issued,
             progress,
+            pending: PendingExchange::new(capture.clone()),
             capture,
             connected: None,
         };
@@ -130,16 +136,19 @@ impl Watch {
             _ => None,
         };
         let last_frame = self.progress.last_frame();
-        if self.connected.is_none() {
+        let id = tracked.map(ConnectionState::id);
+        let moved = matches!((self.connected, id), (Some((_, Some(old))), Some(new)) if old != new);
+        if self.connected.is_none() || moved {
             self.connected = match (&captured, last_frame) {
                 (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
                 (Captured::Untracked, _) => Some(last_frame.unwrap_or(now)),
                 (Captured::Pending, Some(frame)) => Some(frame),
                 (Captured::Pending, None) => None,
-            };
+            }
+            .map(|at| (at, id));
         }
         let cadence = self.cadence().unwrap_or(Duration::MAX);
-        let Some(connected) = self.connected else {
+        let Some((connected, _)) = self.connected else {
             // Still waiting for a connection: that is the connect phase,
             // bounded by `ConnectTimeout` and `total`, not by send or read.
             return Ok(deadline(now, cadence));
@@ -194,8 +203,12 @@ impl Watch {
         }
     }
 
-    fn wrap_response<B>(&self, response: Response<B>) -> Response<ResponseBody<B>> {
-        let connection = response.extensions().get::<ConnectionState>().cloned();
+    fn wrap_response<B: http_body::Body>(
+        &mut self,
+        response: Response<B>,
+    ) -> Response<ResponseBody<B>> {
+        self.pending.disarm();
+        let end = ExchangeEnd::for_response(&response);
         let sent = self.progress.bytes();
         response.map(|body| {
             ResponseBody::new(
@@ -204,7 +217,7 @@ impl Watch {
                 self.limits.total,
                 self.issued,
                 sent,
-                connection,
+                end,
             )
         })
     }
@@ -213,6 +226,7 @@ impl Watch {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
     E: Into<BoxError>,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
@@ -221,6 +235,8 @@ where
         let mut this = self.project();
         // The inner future first: a response ready at the deadline wins.
         if let Poll::Ready(result) = this.inner.poll(cx) {
+            // Whatever happened, this future did not abandon the exchange.
+            this.watch.pending.disarm();
             let response = result.map_err(Into::into)?;
             return Poll::Ready(Ok(this.watch.wrap_response(response)));
         }
@@ -229,7 +245,13 @@ where
         }
         loop {
             ready!(this.sleep.as_mut().poll(cx));
-            let next = this.watch.check(Instant::now())?;
+            let next = match this.watch.check(Instant::now()) {
+                Ok(next) => next,
+                Err(elapsed) => {
+                    this.watch.pending.abandon();
+                    return Poll::Ready(Err(elapsed.into()));
+                }
+            };
             this.sleep.as_mut().reset(next);
         }
     }

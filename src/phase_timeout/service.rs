@@ -45,6 +45,7 @@ where
     S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
     B: Body,
+    RB: Body,
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = BoxError;
@@ -60,9 +61,9 @@ where
             None => self.layer.limits(),
         };
         let issued = Instant::now();
-        let capture = limits
-            .watches_connection()
-            .then(|| ConnectionCapture::get_or_insert(&mut req));
+        // Captured even without send/read limits: a timed-out or dropped
+        // request's connection is poisoned through it.
+        let capture = Some(ConnectionCapture::get_or_insert(&mut req));
         let progress = Arc::new(Progress::new(issued));
         let req = req.map(|b| RequestBody::with_progress(b, Arc::clone(&progress)));
         ResponseFuture::new(self.inner.call(req), limits, issued, progress, capture)

@@ -39,9 +39,17 @@ pub enum Captured {
 
 impl ConnectionCapture {
     /// Returns the request's capture, creating it on first use.
+    ///
+    /// A capture belongs to one attempt: if the request carries one that
+    /// already points at a connection (it was cloned from an earlier attempt,
+    /// `http::request::Parts` is `Clone`), a fresh one replaces it, so a
+    /// retried or re-issued request never reads an earlier attempt's
+    /// connection.
     pub fn get_or_insert<B>(req: &mut Request<B>) -> Self {
         if let Some(existing) = req.extensions().get::<ConnectionCapture>() {
-            return existing.clone();
+            if existing.inner.connection_metadata().is_none() {
+                return existing.clone();
+            }
         }
         let capture = ConnectionCapture {
             inner: capture_connection(req),
@@ -63,6 +71,15 @@ impl ConnectionCapture {
                     None => Captured::Untracked,
                 }
             }
+        }
+    }
+
+    /// Marks the captured connection poisoned in hyper-util's pool, so it is
+    /// never handed to another request (no effect before a connection is
+    /// known).
+    pub(crate) fn poison(&self) {
+        if let Some(connected) = self.inner.connection_metadata().as_ref() {
+            connected.poison();
         }
     }
 

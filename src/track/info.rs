@@ -9,7 +9,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::ConnectionState;
+use http_body::Body;
+
+use super::{ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange, TrackedBody};
 
 /// What happened on the connection for one request: a response extension, in
 /// the spirit of curl's `-w` variables and Go's `httptrace`.
@@ -82,8 +84,17 @@ impl ConnectionInfo {
     }
 }
 
-/// Request-plane layer that inserts a [`ConnectionInfo`] into every response
-/// that came over a tracked connection.
+/// The tracker's request-side layer: inserts a [`ConnectionInfo`] into every
+/// response that came over a tracked connection, and marks the exchange's
+/// end for the tracker.
+///
+/// Its response body is a [`TrackedBody`], which ends the connection's
+/// exchange when the body ends (at once for an empty body), so the
+/// connection is known idle from the last byte on the wire. A request whose
+/// response future or body is dropped before the end poisons its HTTP/1
+/// connection, which is then closed at once and never handed to another
+/// request. Every other request-plane layer of this crate does the same
+/// marking itself; this layer is for stacks that use none of them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnectionInfoLayer {
     _priv: (),
@@ -110,11 +121,29 @@ pub struct WithConnectionInfo<S> {
     inner: S,
 }
 
-impl<S, R, B> Service<R> for WithConnectionInfo<S>
+impl<S> WithConnectionInfo<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, B> Service<http::Request<ReqB>> for WithConnectionInfo<S>
 where
-    S: Service<R, Response = http::Response<B>>,
+    S: Service<http::Request<ReqB>, Response = http::Response<B>>,
+    B: Body,
 {
-    type Response = S::Response;
+    type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
     type Future = InfoFuture<S::Future>;
 
@@ -122,9 +151,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
+        let pending = PendingExchange::new(Some(ConnectionCapture::get_or_insert(&mut req)));
         InfoFuture {
             inner: self.inner.call(req),
+            pending,
         }
     }
 }
@@ -135,17 +166,24 @@ pin_project! {
     pub struct InfoFuture<F> {
         #[pin]
         inner: F,
+        pending: PendingExchange,
     }
 }
 
 impl<F, B, E> Future for InfoFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
+    B: Body,
 {
-    type Output = F::Output;
+    type Output = Result<http::Response<TrackedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut response = ready!(self.project().inner.poll(cx))?;
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        // A response or an error: either way the exchange was not abandoned
+        // by this future.
+        this.pending.disarm();
+        let mut response = result?;
         if let Some(info) = response
             .extensions()
             .get::<ConnectionState>()
@@ -153,6 +191,7 @@ where
         {
             response.extensions_mut().insert(info);
         }
-        Poll::Ready(Ok(response))
+        let end = ExchangeEnd::for_response(&response);
+        Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
     }
 }

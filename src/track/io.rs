@@ -9,7 +9,9 @@ use std::task::{Context, Poll};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use super::ConnectionState;
 
@@ -31,6 +33,8 @@ pin_project! {
         #[pin]
         inner: T,
         turn: Turn,
+        // Armed only while the connection is known idle and has an expiry.
+        expiry_timer: Option<Pin<Box<Sleep>>>,
         guard: CloseGuard,
     }
 }
@@ -49,6 +53,57 @@ impl Drop for CloseGuard {
     }
 }
 
+/// The error a poisoned connection's IO fails with.
+fn poisoned() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, Poisoned)
+}
+
+/// The tracker closed the connection because an exchange on it was
+/// abandoned (found inside the `io::Error` hyper reports, if any).
+#[derive(Debug)]
+pub(crate) struct Poisoned;
+
+impl std::fmt::Display for Poisoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed: an exchange on it was abandoned")
+    }
+}
+
+impl std::error::Error for Poisoned {}
+
+impl<T> Counting<T> {
+    /// Whether the idle connection's expiry has passed; arms (or re-arms)
+    /// the expiry timer otherwise, so the task wakes when it does.
+    fn idle_expired(
+        state: &ConnectionState,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let Some(deadline) = state.idle_deadline() else {
+            *timer = None;
+            return false;
+        };
+        if Instant::now() >= deadline {
+            *timer = None;
+            return true;
+        }
+        let sleep = match timer {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            *timer = None;
+            return true;
+        }
+        false
+    }
+}
+
 impl<T: AsyncRead> AsyncRead for Counting<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -56,6 +111,10 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        let state = &this.guard.state;
+        if state.is_poisoned() {
+            return Poll::Ready(Err(poisoned()));
+        }
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
         match &res {
@@ -66,28 +125,55 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
                     if first {
                         *this.turn = Turn::Reading;
                     }
-                    this.guard.state.on_read(n, first);
+                    state.on_read(n, first);
                 } else if buf.remaining() > 0 {
                     // EOF: the peer closed its side.
-                    this.guard.state.on_close();
+                    state.on_peer_close();
                 }
             }
-            Poll::Ready(Err(_)) => this.guard.state.on_close(),
-            Poll::Pending => {}
+            Poll::Ready(Err(_)) => state.on_peer_close(),
+            Poll::Pending => {
+                state.register(cx.waker());
+                // Checked after registering, so a poison or an end of
+                // exchange that raced with this poll still wakes the task.
+                if state.is_poisoned() {
+                    return Poll::Ready(Err(poisoned()));
+                }
+                if Self::idle_expired(state, this.expiry_timer, cx) {
+                    // EOF on an idle connection: hyper closes it and its pool
+                    // drops it without an error; a request about to use it is
+                    // retried by hyper-util on a new connection.
+                    state.on_expired();
+                    return Poll::Ready(Ok(()));
+                }
+            }
         }
         res
     }
 }
 
 impl<T: AsyncWrite> Counting<T> {
-    fn wrote(turn: &mut Turn, state: &ConnectionState, res: &Poll<io::Result<usize>>) {
-        match res {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                let new_exchange = *turn != Turn::Writing;
-                *turn = Turn::Writing;
-                state.on_write(*n, new_exchange);
+    /// Opens an exchange at a request's first write attempt; refuses to write
+    /// at all on a poisoned connection.
+    fn before_write(turn: &mut Turn, state: &ConnectionState, buf: &[u8]) -> io::Result<()> {
+        if state.is_poisoned() {
+            return Err(poisoned());
+        }
+        if *turn != Turn::Writing {
+            if state.requests() == 0 && buf.starts_with(b"PRI * HTTP/2.0") {
+                state.set_http2();
             }
-            Poll::Ready(Err(_)) => state.on_close(),
+            *turn = Turn::Writing;
+            state.open_exchange(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn wrote(state: &ConnectionState, res: &Poll<io::Result<usize>>, cx: &mut Context<'_>) {
+        match res {
+            Poll::Ready(Ok(n)) if *n > 0 => state.on_write(*n, Instant::now()),
+            Poll::Ready(Err(_)) => state.on_write_error(),
+            Poll::Pending => state.register(cx.waker()),
             _ => {}
         }
     }
@@ -100,8 +186,10 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        let state = &this.guard.state;
+        Self::before_write(this.turn, state, buf)?;
         let res = this.inner.poll_write(cx, buf);
-        Self::wrote(this.turn, &this.guard.state, &res);
+        Self::wrote(state, &res, cx);
         res
     }
 
@@ -111,8 +199,14 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        let state = &this.guard.state;
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        Self::before_write(this.turn, state, first)?;
         let res = this.inner.poll_write_vectored(cx, bufs);
-        Self::wrote(this.turn, &this.guard.state, &res);
+        Self::wrote(state, &res, cx);
         res
     }
 
@@ -122,9 +216,14 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
+        if this.guard.state.is_poisoned() {
+            return Poll::Ready(Err(poisoned()));
+        }
         let res = this.inner.poll_flush(cx);
-        if let Poll::Ready(Ok(())) = res {
-            this.guard.state.on_flush();
+        match res {
+            Poll::Ready(Ok(())) => this.guard.state.on_flush(),
+            Poll::Pending => this.guard.state.register(cx.waker()),
+            Poll::Ready(Err(_)) => {}
         }
         res
     }
@@ -136,7 +235,11 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
 
 impl<T: Connection> Connection for Counting<T> {
     fn connected(&self) -> Connected {
-        self.inner.connected().extra(self.guard.state.clone())
+        let connected = self.inner.connected();
+        if connected.is_negotiated_h2() {
+            self.guard.state.set_http2();
+        }
+        connected.extra(self.guard.state.clone())
     }
 }
 
@@ -159,6 +262,7 @@ impl<T> TrackedIo<T> {
             io: TokioIo::new(Counting {
                 inner: TokioIo::new(inner),
                 turn: Turn::Idle,
+                expiry_timer: None,
                 guard: CloseGuard { state, open },
             }),
         }

@@ -48,12 +48,15 @@
 //! ```
 
 mod capture;
+mod exchange;
 mod info;
 mod io;
 mod service;
 mod state;
 
 pub use capture::{Captured, ConnectionCapture};
+pub(crate) use exchange::{observe_frame, ExchangeEnd, PendingExchange};
+pub use exchange::{Exchange, ExchangeOutcome, TrackedBody};
 pub use info::{ConnectionInfo, ConnectionInfoLayer, InfoFuture, WithConnectionInfo};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackFuture, TrackStats};

@@ -1,16 +1,21 @@
 //! Per-connection state shared by the tracking IO and request-plane layers.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::exchange::{Exchange, ExchangeOutcome};
 use crate::clock::{Origin, Stamp};
 
 /// Process-wide connection id counter (a counter, not a map: it never grows).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `u64::MAX` nanoseconds in an expiry field: no expiry.
+const NO_EXPIRY: u64 = u64::MAX;
 
 /// Live state of one tracked connection.
 ///
@@ -24,10 +29,22 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// state is freed when the connection and the last clone are dropped: nothing
 /// global keeps it.
 ///
-/// Exchange counting (requests, idle time, upload and first-byte times) is
-/// exact for HTTP/1.1, where a request's first write follows the previous
-/// response's reads. For HTTP/2 connections it counts bursts of writes that
-/// follow reads, which is only an approximation of streams.
+/// # Exchanges
+///
+/// An *exchange* is one request and its response. The IO opens a new one at
+/// the first write attempt that follows the previous exchange (so a request
+/// whose very first write fails still gets its own record), and records its
+/// bytes and how it ended ([`exchange()`](Self::exchange)). The end of a
+/// response is marked from the request side, by the response body of any of
+/// this crate's request-plane layers (each uses the tracker's own marker,
+/// keyed by exchange number, so a late body end of an earlier exchange never
+/// touches a later one). With no such layer, an exchange is marked completed
+/// when the next one opens.
+///
+/// Exchange counting is exact for HTTP/1.1, where a request's first write
+/// follows the previous response's reads. On HTTP/2 connections
+/// ([`is_http2`](Self::is_http2)) it counts bursts of writes that follow reads,
+/// which is only an approximation of streams.
 #[derive(Clone)]
 pub struct ConnectionState {
     pub(crate) inner: Arc<Inner>,
@@ -39,6 +56,7 @@ pub(crate) struct Inner {
     origin: Origin,
     /// Time from `origin` until the IO was handed over.
     connect: Duration,
+    /// Exchanges opened so far; the number of the current one.
     requests: AtomicU64,
     bytes_written: AtomicU64,
     bytes_read: AtomicU64,
@@ -48,8 +66,22 @@ pub(crate) struct Inner {
     exchange_start: Stamp,
     exchange_first_read: Stamp,
     exchange_idle_before: AtomicU64,
-    in_flight: AtomicBool,
+    /// `bytes_written` / `bytes_read` when the current exchange opened.
+    exchange_written_base: AtomicU64,
+    exchange_read_base: AtomicU64,
+    outcome: AtomicU8,
+    /// When the connection became idle: the last byte read for the exchange
+    /// that ended. Never while an exchange is in flight.
+    idle_since: Stamp,
+    /// Effective idle expiry in nanoseconds, `NO_EXPIRY` when none.
+    expiry: AtomicU64,
+    poisoned: AtomicBool,
+    /// The IO closed the connection itself because its idle expiry passed.
+    expired: AtomicBool,
     closed: AtomicBool,
+    http2: AtomicBool,
+    /// The waker of the task that last found the IO pending.
+    waker: Mutex<Option<Waker>>,
 }
 
 impl ConnectionState {
@@ -68,8 +100,16 @@ impl ConnectionState {
                 exchange_start: Stamp::never(),
                 exchange_first_read: Stamp::never(),
                 exchange_idle_before: AtomicU64::new(0),
-                in_flight: AtomicBool::new(false),
+                exchange_written_base: AtomicU64::new(0),
+                exchange_read_base: AtomicU64::new(0),
+                outcome: AtomicU8::new(ExchangeOutcome::None as u8),
+                idle_since: Stamp::never(),
+                expiry: AtomicU64::new(NO_EXPIRY),
+                poisoned: AtomicBool::new(false),
+                expired: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                http2: AtomicBool::new(false),
+                waker: Mutex::new(None),
             }),
         }
     }
@@ -93,7 +133,7 @@ impl ConnectionState {
         self.inner.connect
     }
 
-    /// Requests (exchanges) started on this connection so far.
+    /// Requests (exchanges) opened on this connection so far.
     pub fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::Acquire)
     }
@@ -127,13 +167,69 @@ impl ConnectionState {
         self.load(&self.inner.last_flush)
     }
 
-    /// Whether an exchange is in flight: set when a request's first byte is
-    /// written; cleared when the connection closes, or when the response body
-    /// ends under a request-plane layer of this crate
-    /// ([`PhaseTimeout`](crate::phase_timeout::PhaseTimeout)). Without such a
-    /// layer it stays set after the first request.
+    /// Whether an exchange is in flight: from the first write attempt of a
+    /// request until its response ends (see the type's docs for who marks
+    /// that), or the connection closes.
     pub fn in_flight(&self) -> bool {
-        self.inner.in_flight.load(Ordering::Acquire)
+        self.outcome() == ExchangeOutcome::InFlight && !self.is_closed()
+    }
+
+    /// Since when the connection has been known idle: the instant of the last
+    /// byte read for the exchange that ended. `None` while an exchange is in
+    /// flight, before the first exchange ended, and once closed.
+    ///
+    /// This is the wire time, not when the caller finished reading the body:
+    /// the server's idle clock starts when it wrote its last byte.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.outcome() != ExchangeOutcome::Completed || self.is_closed() {
+            return None;
+        }
+        self.load(&self.inner.idle_since)
+    }
+
+    /// The connection's effective idle expiry (configured, or learned from
+    /// the server), if one was set by [`IdleExpiry`](crate::idle_expiry).
+    pub fn expiry(&self) -> Option<Duration> {
+        match self.inner.expiry.load(Ordering::Acquire) {
+            NO_EXPIRY => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Sets the effective idle expiry and wakes the IO so a known-idle
+    /// connection re-arms its timer.
+    #[allow(dead_code)] // used by IdleExpiry
+    pub(crate) fn set_expiry(&self, expiry: Option<Duration>) {
+        let nanos = expiry.map_or(NO_EXPIRY, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(NO_EXPIRY - 1)
+        });
+        self.inner.expiry.store(nanos, Ordering::Release);
+        self.wake();
+    }
+
+    /// When the known-idle connection expires: [`idle_since`](Self::idle_since)
+    /// plus [`expiry`](Self::expiry), if both are known.
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        let expiry = self.expiry()?;
+        Some(crate::clock::deadline(self.idle_since()?, expiry))
+    }
+
+    /// Whether the tracker closed the connection itself because it stayed
+    /// idle past its expiry (rather than the server closing it).
+    pub fn was_expired(&self) -> bool {
+        self.inner.expired.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn on_expired(&self) {
+        self.inner.expired.store(true, Ordering::Release);
+        self.inner.closed.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection was poisoned: an exchange on it was abandoned
+    /// (timed out, or its response future or body dropped before the end), so
+    /// it is closed and never handed to another request.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
     }
 
     /// Whether the connection's IO has been dropped or has seen EOF or an error.
@@ -141,8 +237,33 @@ impl ConnectionState {
         self.inner.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the connection speaks HTTP/2 (ALPN `h2`, or the HTTP/2
+    /// preface was written).
+    pub fn is_http2(&self) -> bool {
+        self.inner.http2.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of the current (latest) exchange.
+    pub fn exchange(&self) -> Exchange {
+        let outcome = self.outcome();
+        let number = self.requests();
+        let written = self
+            .bytes_written()
+            .saturating_sub(self.inner.exchange_written_base.load(Ordering::Acquire));
+        let read = self
+            .bytes_read()
+            .saturating_sub(self.inner.exchange_read_base.load(Ordering::Acquire));
+        Exchange {
+            connection_id: self.id(),
+            number,
+            bytes_written: written,
+            bytes_read: read,
+            outcome,
+        }
+    }
+
     /// Snapshot of the current exchange, for a response that just arrived.
-    pub fn info(&self) -> super::ConnectionInfo {
+    pub(crate) fn info(&self) -> super::ConnectionInfo {
         let start = self.load(&self.inner.exchange_start);
         let first_read = self.load(&self.inner.exchange_first_read);
         let last_write = self.last_write();
@@ -162,26 +283,52 @@ impl ConnectionState {
         }
     }
 
-    pub(crate) fn on_write(&self, n: usize, new_exchange: bool) {
-        let now = Instant::now();
-        let origin = &self.inner.origin;
-        if new_exchange {
-            let idle = self
-                .last_read()
-                .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
-            self.inner.exchange_idle_before.store(
-                u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX),
-                Ordering::Release,
-            );
-            self.inner.exchange_first_read.clear();
-            self.inner.exchange_start.set(origin, now);
-            self.inner.in_flight.store(true, Ordering::Release);
-            self.inner.requests.fetch_add(1, Ordering::AcqRel);
-        }
+    pub(crate) fn outcome(&self) -> ExchangeOutcome {
+        ExchangeOutcome::from_u8(self.inner.outcome.load(Ordering::Acquire))
+    }
+
+    /// Moves the outcome from `from` to `to`; false if it was not `from`.
+    fn transition(&self, from: ExchangeOutcome, to: ExchangeOutcome) -> bool {
+        self.inner
+            .outcome
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Opens a new exchange at a request's first write attempt. An exchange
+    /// still in flight (no request-side marker saw its end) is completed now.
+    pub(crate) fn open_exchange(&self, now: Instant) {
+        self.complete_current();
+        let inner = &self.inner;
+        let origin = &inner.origin;
+        let idle = self
+            .load(&inner.idle_since)
+            .or_else(|| self.last_read())
+            .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
+        inner.exchange_idle_before.store(
+            u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        inner.exchange_first_read.clear();
+        inner.exchange_start.set(origin, now);
+        inner
+            .exchange_written_base
+            .store(self.bytes_written(), Ordering::Release);
+        inner
+            .exchange_read_base
+            .store(self.bytes_read(), Ordering::Release);
+        inner.idle_since.clear();
+        inner.requests.fetch_add(1, Ordering::AcqRel);
+        inner
+            .outcome
+            .store(ExchangeOutcome::InFlight as u8, Ordering::Release);
+    }
+
+    pub(crate) fn on_write(&self, n: usize, now: Instant) {
         self.inner
             .bytes_written
             .fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.last_write.set(origin, now);
+        self.inner.last_write.set(&self.inner.origin, now);
     }
 
     pub(crate) fn on_read(&self, n: usize, first_of_response: bool) {
@@ -200,14 +347,91 @@ impl ConnectionState {
             .set(&self.inner.origin, Instant::now());
     }
 
-    pub(crate) fn on_close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.in_flight.store(false, Ordering::Release);
+    /// A write of the current exchange failed.
+    pub(crate) fn on_write_error(&self) {
+        self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::WriteFailed);
+        self.on_close();
     }
 
-    /// Marks the current exchange finished (the response body ended).
-    pub(crate) fn mark_idle(&self) {
-        self.inner.in_flight.store(false, Ordering::Release);
+    /// EOF or a read error: the peer closed (or reset) the connection.
+    pub(crate) fn on_peer_close(&self) {
+        let to = if self.exchange().bytes_read == 0 {
+            ExchangeOutcome::ClosedBeforeResponse
+        } else {
+            ExchangeOutcome::ClosedDuringResponse
+        };
+        self.transition(ExchangeOutcome::InFlight, to);
+        self.on_close();
+    }
+
+    /// The IO is gone (dropped) or failed. An exchange still in flight keeps
+    /// its outcome: hyper also drops the IO after a complete response it was
+    /// told not to keep alive.
+    pub(crate) fn on_close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    pub(crate) fn set_http2(&self) {
+        self.inner.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// Completes the current exchange if it is still in flight.
+    fn complete_current(&self) -> bool {
+        if !self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Completed) {
+            return false;
+        }
+        let at = self.last_read().unwrap_or_else(Instant::now);
+        self.inner.idle_since.set(&self.inner.origin, at);
+        true
+    }
+
+    /// Marks exchange `number` completed (its response body ended). Does
+    /// nothing if a later exchange has opened since, or it already ended.
+    pub(crate) fn end_exchange(&self, number: u64) {
+        if self.requests() == number && self.complete_current() {
+            self.wake();
+        }
+    }
+
+    /// Poisons the connection because exchange `number` was abandoned: the
+    /// IO fails its next read or write and hyper closes it. Does nothing if
+    /// that exchange already ended normally or a later one has opened.
+    pub(crate) fn abandon(&self, number: u64) {
+        if self.requests() != number || self.is_http2() {
+            return;
+        }
+        if self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Abandoned) {
+            self.poison();
+        }
+    }
+
+    /// Poisons the connection unconditionally and wakes its IO.
+    pub(crate) fn poison(&self) {
+        self.inner.poisoned.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Stores the waker of the task driving the IO (if it is a new one).
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.inner.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// Wakes the task driving the IO, so it re-checks expiry and poison.
+    pub(crate) fn wake(&self) {
+        let waker = self
+            .inner
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -219,8 +443,14 @@ impl fmt::Debug for ConnectionState {
             .field("requests", &self.requests())
             .field("bytes_written", &self.bytes_written())
             .field("bytes_read", &self.bytes_read())
-            .field("in_flight", &self.in_flight())
+            .field("outcome", &self.outcome())
+            .field("poisoned", &self.is_poisoned())
             .field("closed", &self.is_closed())
             .finish()
     }
+}
+
+#[cfg(test)]
+pub(crate) fn state_size() -> usize {
+    std::mem::size_of::<Inner>()
 }

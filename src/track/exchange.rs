@@ -1,0 +1,273 @@
+//! One request/response exchange on a tracked connection: its public
+//! snapshot, and the request-side marker that ends it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::{Captured, ConnectionCapture, ConnectionState};
+
+/// How an exchange ended, as far as the tracker saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum ExchangeOutcome {
+    /// No exchange has opened on the connection yet.
+    None = 0,
+    /// The request is being written or its response is arriving.
+    InFlight = 1,
+    /// The response body ended (or the next exchange opened after it).
+    Completed = 2,
+    /// Writing the request failed ([`Exchange::bytes_written`] says how much
+    /// reached the socket first).
+    WriteFailed = 3,
+    /// The peer closed or reset the connection before any byte of the
+    /// response arrived.
+    ClosedBeforeResponse = 4,
+    /// The peer closed or reset the connection after part of the response
+    /// arrived.
+    ClosedDuringResponse = 5,
+    /// The request side gave up on the exchange (a timeout, or its response
+    /// future or body was dropped before the end): the connection was
+    /// poisoned and closed.
+    Abandoned = 6,
+}
+
+impl ExchangeOutcome {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ExchangeOutcome::InFlight,
+            2 => ExchangeOutcome::Completed,
+            3 => ExchangeOutcome::WriteFailed,
+            4 => ExchangeOutcome::ClosedBeforeResponse,
+            5 => ExchangeOutcome::ClosedDuringResponse,
+            6 => ExchangeOutcome::Abandoned,
+            _ => ExchangeOutcome::None,
+        }
+    }
+}
+
+/// A snapshot of one exchange (request and response) on a tracked
+/// connection, from [`ConnectionState::exchange`].
+///
+/// ```
+/// use tower_conn_lifecycle::track::{Exchange, ExchangeOutcome};
+///
+/// fn retry_safe_by_wire(e: &Exchange) -> bool {
+///     e.bytes_written() == 0 || (e.is_reused() && !e.response_started()
+///         && e.outcome() == ExchangeOutcome::ClosedBeforeResponse)
+/// }
+/// # let _ = retry_safe_by_wire;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub(super) connection_id: u64,
+    pub(super) number: u64,
+    pub(super) bytes_written: u64,
+    pub(super) bytes_read: u64,
+    pub(super) outcome: ExchangeOutcome,
+}
+
+impl Exchange {
+    /// The id of the connection it ran on.
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+
+    /// Its number on the connection (1 for a new connection; 0 if none has
+    /// opened yet).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Whether the connection had carried an earlier exchange.
+    pub fn is_reused(&self) -> bool {
+        self.number > 1
+    }
+
+    /// Bytes of this exchange written to the socket.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Bytes of this exchange read from the socket.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// Whether any byte of the response arrived.
+    pub fn response_started(&self) -> bool {
+        self.bytes_read > 0
+    }
+
+    /// How it ended, or [`InFlight`](ExchangeOutcome::InFlight).
+    pub fn outcome(&self) -> ExchangeOutcome {
+        self.outcome
+    }
+}
+
+/// The request side of the tracker: ends the exchange whose response it
+/// follows, or abandons it (poisoning the connection) when dropped first.
+///
+/// Every response body of this crate's request-plane layers holds one; the
+/// marks are keyed by exchange number and idempotent, so any number of them
+/// in one stack agree.
+#[derive(Debug, Default)]
+pub(crate) struct ExchangeEnd {
+    target: Option<(ConnectionState, u64)>,
+}
+
+impl ExchangeEnd {
+    /// A marker that does nothing (untracked connection).
+    pub(crate) fn none() -> Self {
+        ExchangeEnd { target: None }
+    }
+
+    /// The marker for a response that just arrived on a tracked connection
+    /// (the state is in its extensions). Ends the exchange at once when the
+    /// body is already complete (HEAD, 204, 304, `Content-Length: 0`).
+    pub(crate) fn for_response<B: Body>(response: &http::Response<B>) -> Self {
+        let Some(state) = response.extensions().get::<ConnectionState>() else {
+            return Self::none();
+        };
+        let mut number = state.requests();
+        // hyper returns a connection whose response had no body to the pool
+        // right away; if another request has already opened exchange
+        // `number`, it has not read a byte yet, while ours has.
+        if number > 1 && !state.exchange().response_started() {
+            number -= 1;
+        }
+        let mut end = ExchangeEnd {
+            target: Some((state.clone(), number)),
+        };
+        if response.body().is_end_stream() {
+            end.end();
+        }
+        end
+    }
+
+    /// The exchange ended normally.
+    pub(crate) fn end(&mut self) {
+        if let Some((state, number)) = self.target.take() {
+            state.end_exchange(number);
+        }
+    }
+
+    /// Poisons the connection if the exchange has not ended yet.
+    pub(crate) fn abandon(&mut self) {
+        if let Some((state, number)) = self.target.take() {
+            state.abandon(number);
+        }
+    }
+}
+
+impl Drop for ExchangeEnd {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// Abandons a request's exchange when its response future is dropped (or
+/// times out) before the response head: the request side of the tracker for
+/// the time before a response exists.
+#[derive(Debug)]
+pub(crate) struct PendingExchange {
+    capture: Option<ConnectionCapture>,
+}
+
+impl PendingExchange {
+    pub(crate) fn new(capture: Option<ConnectionCapture>) -> Self {
+        PendingExchange { capture }
+    }
+
+    /// The head arrived: nothing to abandon any more.
+    pub(crate) fn disarm(&mut self) {
+        self.capture = None;
+    }
+}
+
+impl PendingExchange {
+    /// The request gave up (timed out) before its head: poisons its
+    /// connection if its exchange is in flight.
+    pub(crate) fn abandon(&mut self) {
+        let Some(capture) = self.capture.take() else {
+            return;
+        };
+        if let Captured::Tracked(state) = capture.get() {
+            if state.in_flight() {
+                state.abandon(state.requests());
+                capture.poison();
+            }
+        }
+    }
+}
+
+impl Drop for PendingExchange {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+pin_project! {
+    /// The response body of [`ConnectionInfoLayer`](super::ConnectionInfoLayer):
+    /// the inner body unchanged, ending the tracker's exchange when it ends
+    /// and poisoning the connection when dropped before its end.
+    #[derive(Debug)]
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        end: ExchangeEnd,
+    }
+}
+
+impl<B: Body> TrackedBody<B> {
+    pub(crate) fn new(inner: B, end: ExchangeEnd) -> Self {
+        TrackedBody { inner, end }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+/// Ends `end`'s exchange if `frame` (just returned by `body`) was its last.
+pub(crate) fn observe_frame<B: Body, T, E>(
+    body: Pin<&mut B>,
+    frame: &Poll<Option<Result<T, E>>>,
+    end: &mut ExchangeEnd,
+) {
+    match frame {
+        Poll::Ready(None) => end.end(),
+        Poll::Ready(Some(Ok(_))) if body.is_end_stream() => end.end(),
+        // An error from the body is the connection failing: the IO records
+        // how; nothing to mark here.
+        Poll::Ready(Some(Err(_))) => end.target = None,
+        _ => {}
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = this.inner.as_mut().poll_frame(cx);
+        observe_frame(this.inner, &frame, this.end);
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
