@@ -117,6 +117,7 @@ where
 }
 
 mod clock;
+pub mod idle_expiry;
 pub mod phase_timeout;
 pub mod track;
 

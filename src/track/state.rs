@@ -451,6 +451,7 @@ impl fmt::Debug for ConnectionState {
 }
 
 #[cfg(test)]
+#[allow(dead_code)] // used by the tracker's unit tests
 pub(crate) fn state_size() -> usize {
     std::mem::size_of::<Inner>()
 }

@@ -1,0 +1,44 @@
+//! The refusal error.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A request was refused because its connection had been idle past its
+/// expiry. **Nothing of the request was written**, so it is always safe to
+/// retry, whatever its method.
+///
+/// The tracker's IO returns it (inside an `io::Error` of kind
+/// `ConnectionAborted`) when a write is attempted on an expired connection,
+/// which is the last resort: normally an expired connection is closed from
+/// the read side first and hyper-util retries the request on a new
+/// connection by itself. Find it in any error's chain with
+/// [`find_cause`](crate::find_cause).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionExpired {
+    pub(crate) idle: Duration,
+    pub(crate) limit: Duration,
+}
+
+impl ConnectionExpired {
+    /// How long the connection had been idle when the write was refused.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The connection's effective expiry.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+impl fmt::Display for ConnectionExpired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connection expired after {:?} idle (limit {:?}); nothing was written",
+            self.idle, self.limit
+        )
+    }
+}
+
+impl std::error::Error for ConnectionExpired {}
