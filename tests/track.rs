@@ -1,16 +1,23 @@
 //! The connection tracker against a real hyper server on 127.0.0.1
 //! (`testing::HyperServer`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::{
-    ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState, TrackConnectionsLayer,
+    ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState, ExchangeOutcome,
+    TrackConnections, TrackConnectionsLayer, WithConnectionInfo,
 };
 
 #[tokio::test]
@@ -138,4 +145,351 @@ async fn in_flight_ends_with_the_response_body_under_phase_timeout() {
     }
     assert_eq!(server.connections(), 1);
     assert_eq!(server.requests(), 2);
+}
+
+/// How long after a request is abandoned the server may see its connection
+/// close (issue acceptance: 100 ms).
+const CLOSE_SLACK: Duration = Duration::from_millis(100);
+
+/// A raw loopback server: its first connection reads 64 KiB of the request
+/// and then stops reading until `resume`, when it drains to EOF and records
+/// when the EOF came; later connections answer every request `200` with an
+/// empty body.
+struct NeverReads {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicU64>,
+    eof_at: Arc<Mutex<Option<Instant>>>,
+    drained: Arc<AtomicU64>,
+    resume: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NeverReads {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl NeverReads {
+    async fn start() -> NeverReads {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let eof_at = Arc::new(Mutex::new(None));
+        let drained = Arc::new(AtomicU64::new(0));
+        let resume = Arc::new(Notify::new());
+        let (a, e, d, r) = (
+            accepted.clone(),
+            eof_at.clone(),
+            drained.clone(),
+            resume.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = a.fetch_add(1, Ordering::SeqCst);
+                let (e, d, r) = (e.clone(), d.clone(), r.clone());
+                conns.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    if n == 0 {
+                        let _ = stream.read_exact(&mut buf).await;
+                        r.notified().await;
+                        loop {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => d.fetch_add(k as u64, Ordering::SeqCst),
+                            };
+                        }
+                        *e.lock().unwrap() = Some(Instant::now());
+                    } else {
+                        let mut head = Vec::new();
+                        while let Ok(k) = stream.read(&mut buf).await {
+                            if k == 0 {
+                                break;
+                            }
+                            head.extend_from_slice(&buf[..k]);
+                            while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                                head.drain(..end + 4);
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                                if stream.write_all(ok).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }));
+            }
+        });
+        NeverReads {
+            addr,
+            accepted,
+            eof_at,
+            drained,
+            resume,
+            task,
+        }
+    }
+
+    /// Lets the first connection drain; returns when it saw EOF (or `None`
+    /// if it did not within `wait`).
+    async fn eof_within(&self, wait: Duration) -> Option<Instant> {
+        self.resume.notify_one();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(at) = *self.eof_at.lock().unwrap() {
+                return Some(at);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        None
+    }
+}
+
+type InfoClient = WithConnectionInfo<Client<TrackConnections<HttpConnector>, Full<Bytes>>>;
+
+/// Tracker + ConnectionInfoLayer with small socket buffers, so a server that
+/// stops reading blocks hyper's writes quickly.
+fn info_client() -> InfoClient {
+    let mut http = HttpConnector::new();
+    http.set_send_buffer_size(Some(64 * 1024));
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(http);
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    ServiceBuilder::new()
+        .layer(ConnectionInfoLayer::new())
+        .service(client)
+}
+
+fn big_post(addr: std::net::SocketAddr) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("http://{addr}/"))
+        .body(Full::new(Bytes::from(vec![b'u'; 50 << 20])))
+        .unwrap()
+}
+
+/// Waits (bounded) until the capture points at a tracked connection whose
+/// upload has stalled, and returns its state.
+async fn stalled_state(capture: &ConnectionCapture) -> ConnectionState {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(state) = capture.state() {
+            let written = state.bytes_written();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if written > 0 && state.bytes_written() == written {
+                return state;
+            }
+        }
+        assert!(Instant::now() < deadline, "upload never stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_timeout_closes_the_connection_at_once() {
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
+
+    let server = NeverReads::start().await;
+    let mut http = HttpConnector::new();
+    http.set_send_buffer_size(Some(64 * 1024));
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(http);
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let client = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().send(Duration::from_millis(300)))
+        .service(client);
+    let mut req = big_post(server.addr);
+    let capture = ConnectionCapture::get_or_insert(&mut req);
+    let err = client.clone().oneshot(req).await.unwrap_err();
+    let failed_at = Instant::now();
+    let elapsed = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref()).expect("Elapsed");
+    assert_eq!(elapsed.phase(), Phase::Send);
+    let state = capture.state().expect("tracked");
+    assert!(state.is_poisoned());
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::Abandoned);
+    let eof = server.eof_within(Duration::from_secs(3)).await;
+    let eof = eof.expect("the server saw the connection close");
+    assert!(
+        eof.saturating_duration_since(failed_at) <= CLOSE_SLACK,
+        "closed {:?} after the error",
+        eof.saturating_duration_since(failed_at)
+    );
+    // The server got the part of the 50 MB body that was in flight, not the rest.
+    assert!(server.drained.load(Ordering::SeqCst) < 10 << 20);
+    // The next request never gets the poisoned connection.
+    let req = http::Request::get(format!("http://{}/", server.addr))
+        .body(Full::default())
+        .unwrap();
+    let res = client.oneshot(req).await.unwrap();
+    let next = res.extensions().get::<ConnectionState>().unwrap();
+    assert_ne!(next.id(), state.id());
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_future_dropped_mid_upload_closes_the_connection_at_once() {
+    let server = NeverReads::start().await;
+    let client = info_client();
+    let mut req = big_post(server.addr);
+    let capture = ConnectionCapture::get_or_insert(&mut req);
+    let call = tokio::spawn(client.clone().oneshot(req));
+    let state = stalled_state(&capture).await;
+    assert!(state.in_flight());
+    call.abort();
+    let _ = call.await;
+    let dropped_at = Instant::now();
+    assert!(state.is_poisoned());
+    let eof = server.eof_within(Duration::from_secs(3)).await;
+    let eof = eof.expect("the server saw the connection close");
+    assert!(
+        eof.saturating_duration_since(dropped_at) <= CLOSE_SLACK,
+        "closed {:?} after the drop",
+        eof.saturating_duration_since(dropped_at)
+    );
+    let req = http::Request::get(format!("http://{}/", server.addr))
+        .body(Full::default())
+        .unwrap();
+    let res = client.oneshot(req).await.unwrap();
+    let info = ConnectionInfo::of(&res).unwrap();
+    assert_ne!(info.connection_id(), state.id());
+    assert!(!info.is_reused());
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+/// Three requests on one connection, reading `ConnectionInfo` and the
+/// exchange record from the response alone (`read_end` = whether a layer of
+/// this crate marks body ends).
+async fn check_exchanges<S, B>(client: S, server: &HyperServer, marks_end: bool)
+where
+    S: tower::Service<http::Request<Full<Bytes>>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let mut previous: Option<ConnectionState> = None;
+    for n in 1..=3u64 {
+        if let Some(prev) = &previous {
+            let e = prev.exchange();
+            assert_eq!(e.number(), n - 1);
+            if marks_end {
+                assert_eq!(e.outcome(), ExchangeOutcome::Completed);
+                assert!(prev.idle_since().is_some());
+            } else {
+                // Nothing marked the end: it completes when the next opens.
+                assert_eq!(e.outcome(), ExchangeOutcome::InFlight);
+            }
+        }
+        let body = Bytes::from(vec![b'b'; 10 * n as usize]);
+        let req = http::Request::post(server.url())
+            .body(Full::new(body))
+            .unwrap();
+        let res = client.clone().oneshot(req).await.unwrap();
+        let info = ConnectionInfo::of(&res).expect("tracked");
+        let state = res.extensions().get::<ConnectionState>().unwrap().clone();
+        assert_eq!(info.request_number(), n);
+        assert_eq!(info.is_reused(), n > 1);
+        let e = state.exchange();
+        assert_eq!(e.number(), n);
+        assert_eq!(e.is_reused(), n > 1);
+        assert_eq!(e.outcome(), ExchangeOutcome::InFlight);
+        assert!(e.bytes_written() >= 10 * n, "{e:?}");
+        assert!(e.response_started());
+        if let Some(prev) = &previous {
+            assert_eq!(prev.id(), state.id());
+            // Exchange bytes are this exchange's, not the connection's.
+            assert!(e.bytes_written() < state.bytes_written());
+        }
+        res.into_body().collect().await.unwrap();
+        previous = Some(state);
+    }
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.requests(), 3);
+}
+
+#[tokio::test]
+async fn exchange_record_without_any_request_plane_layer() {
+    let server = HyperServer::start().await.unwrap();
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    check_exchanges(client, &server, false).await;
+}
+
+#[tokio::test]
+async fn exchange_record_under_phase_timeout_alone() {
+    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+
+    let server = HyperServer::start().await.unwrap();
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let client = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().total(Duration::from_secs(30)))
+        .service(client);
+    check_exchanges(client, &server, true).await;
+}
+
+#[tokio::test]
+async fn exchange_record_under_stacked_layers_in_either_order() {
+    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+
+    let server = HyperServer::start().await.unwrap();
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let layered = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
+        .layer(ConnectionInfoLayer::new())
+        .service(client.clone());
+    check_exchanges(layered, &server, true).await;
+    let server = HyperServer::start().await.unwrap();
+    let layered = ServiceBuilder::new()
+        .layer(ConnectionInfoLayer::new())
+        .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
+        .service(client);
+    check_exchanges(layered, &server, true).await;
+}
+
+#[tokio::test]
+async fn a_reissued_request_gets_a_fresh_capture() {
+    let server = HyperServer::start().await.unwrap();
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build::<_, Full<Bytes>>(connector);
+    let mut first = http::Request::get(server.url())
+        .body(Full::default())
+        .unwrap();
+    let capture1 = ConnectionCapture::get_or_insert(&mut first);
+    let (parts, body) = first.into_parts();
+    let template = parts.clone();
+    let res = client
+        .clone()
+        .oneshot(http::Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    res.into_body().collect().await.unwrap();
+    let id1 = capture1.state().expect("first attempt captured").id();
+    // Re-issue from the cloned parts, as a retry does.
+    let mut second = http::Request::from_parts(template, Full::default());
+    let capture2 = ConnectionCapture::get_or_insert(&mut second);
+    assert!(
+        capture2.state().is_none(),
+        "must not inherit attempt 1's connection"
+    );
+    let res = client.oneshot(second).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let id2 = capture2.state().expect("second attempt captured").id();
+    assert_ne!(id1, id2);
+    // The first attempt's capture still describes the first attempt.
+    assert_eq!(capture1.state().unwrap().id(), id1);
+    assert_eq!(server.connections(), 2);
 }

@@ -3,11 +3,40 @@
 //!
 //! [`TrackConnectionsLayer`] wraps a connector (for example hyper-util's
 //! `HttpConnector`). Every connection it makes gets a [`ConnectionState`]:
-//! an id, when it connected, requests started, bytes written and read, the
-//! instants of the last read, write and flush, and whether a response is in
-//! flight. The IO ([`TrackedIo`]) publishes that state with hyper-util's
+//! an id, when it connected, bytes written and read, the instants of the
+//! last read, write and flush, a record of the current request/response
+//! [`Exchange`] (number, reused, this exchange's bytes, how it ended), since
+//! when it has been idle, its idle expiry, and whether it was poisoned. The
+//! IO ([`TrackedIo`]) publishes that state with hyper-util's
 //! `Connected::extra`, so hyper-util copies it into every response's
 //! extensions and into the request's connection capture.
+//!
+//! # The lifecycle of an exchange
+//!
+//! * The IO opens an exchange at the first *write attempt* of a request, so
+//!   a request whose first write fails still has its own record
+//!   ([`ExchangeOutcome::WriteFailed`], zero bytes written).
+//! * EOF or a reset while an exchange is in flight ends it as
+//!   [`ClosedBeforeResponse`](ExchangeOutcome::ClosedBeforeResponse) or
+//!   [`ClosedDuringResponse`](ExchangeOutcome::ClosedDuringResponse).
+//! * The request side ends it as [`Completed`](ExchangeOutcome::Completed)
+//!   when the response body ends — at head time for an empty body (HEAD,
+//!   204, 304, `Content-Length: 0`). Every request-plane layer of this crate
+//!   does this through one tracker-owned marker ([`ConnectionInfoLayer`] is
+//!   the layer for stacks with no other); marks are keyed by exchange number,
+//!   so the late end of response A never ends request B's exchange. With no
+//!   such layer, an exchange completes when the next one opens.
+//! * The connection is idle from the last byte read for the completed
+//!   exchange ([`ConnectionState::idle_since`]): the wire time, which is when
+//!   the server's idle clock started, not when a slow caller reached the end
+//!   of the body.
+//! * When a request-plane layer of this crate gives up on an HTTP/1 exchange
+//!   (a timeout, or the response future or body dropped before the end), it
+//!   poisons the connection ([`ExchangeOutcome::Abandoned`]): the IO fails
+//!   its next read or write at once (it stores the waker of hyper's
+//!   connection task and wakes it), hyper closes the socket, and hyper-util's
+//!   pool never hands the connection out again. Without this, hyper keeps
+//!   writing an abandoned upload until the server closes the connection.
 //!
 //! Request-plane layers find the state of a request's connection through
 //! [`ConnectionCapture::get_or_insert`], the single place in this crate that
@@ -27,7 +56,8 @@
 //! connection type is sealed (it must stay reqwest's own).
 //!
 //! Counting costs one clock read and a few relaxed atomic operations per
-//! successful socket read or write.
+//! successful socket read or write, plus storing the connection task's waker
+//! when the socket is not ready. The per-connection state is under 256 bytes.
 //!
 //! # Example
 //!
@@ -61,3 +91,6 @@ pub use info::{ConnectionInfo, ConnectionInfoLayer, InfoFuture, WithConnectionIn
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackFuture, TrackStats};
 pub use state::ConnectionState;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+//! Paused-time unit tests of the tracker's state machine, with hyper's HTTP/1
+//! client connection driving a [`TrackedIo`] over `tokio::io::duplex` and a
+//! scripted server on the other end.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::{advance, Instant};
+
+use super::exchange::ExchangeEnd;
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+type Io = TrackedIo<TokioIo<DuplexStream>>;
+
+/// A tracked client IO and the server's end of the pipe.
+fn pipe(capacity: usize) -> (Io, ConnectionState, DuplexStream) {
+    let (client, server) = tokio::io::duplex(capacity);
+    let now = Instant::now();
+    let state = ConnectionState::new(now, now);
+    let io = TrackedIo::new(
+        TokioIo::new(client),
+        state.clone(),
+        Arc::new(AtomicU64::new(0)),
+    );
+    (io, state, server)
+}
+
+/// Reads one request head (and a `Content-Length` body) from the server end.
+async fn read_request(server: &mut DuplexStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(server.read(&mut byte).await.unwrap(), 1, "request head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        let mut body = vec![0u8; len];
+        server.read_exact(&mut body).await.unwrap();
+    }
+    buf
+}
+
+/// Puts the tracker's state into a response, as hyper-util does with
+/// `Connected::extra`.
+fn with_state<B>(mut res: http::Response<B>, state: &ConnectionState) -> http::Response<B> {
+    res.extensions_mut().insert(state.clone());
+    res
+}
+
+async fn handshake(io: Io) -> http1::SendRequest<Full<Bytes>> {
+    let (send, conn) = http1::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+fn get() -> http::Request<Full<Bytes>> {
+    http::Request::get("/").body(Full::default()).unwrap()
+}
+
+#[test]
+fn state_fits_in_256_bytes() {
+    let size = super::state::state_size();
+    assert!(size <= 256, "per-connection state is {size} bytes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exchanges_are_numbered_and_counted_per_exchange() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::None);
+    for n in 1..=2u64 {
+        let res = tokio::spawn(send.send_request(get()));
+        let head = read_request(&mut server).await;
+        assert_eq!(state.exchange().number(), n);
+        assert_eq!(state.exchange().bytes_written(), head.len() as u64);
+        assert!(!state.exchange().response_started());
+        assert!(state.in_flight());
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let res = with_state(res.await.unwrap().unwrap(), &state);
+        let mut end = ExchangeEnd::for_response(&res);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        end.end();
+        let e = state.exchange();
+        assert_eq!((e.number(), e.is_reused()), (n, n > 1));
+        assert_eq!(e.bytes_read(), 40);
+        assert_eq!(e.outcome(), ExchangeOutcome::Completed);
+        assert!(!state.in_flight());
+        assert_eq!(state.idle_since(), state.last_read());
+        advance(ms(30)).await;
+        send.ready().await.unwrap();
+    }
+    assert_eq!(state.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_body_end_of_an_earlier_exchange_leaves_the_next_in_flight() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    let a = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")
+        .await
+        .unwrap();
+    let a = with_state(a.await.unwrap().unwrap(), &state);
+    // Response A's marker is taken at head time (exchange 1)...
+    let mut end_a = ExchangeEnd::for_response(&a);
+    // ...but its caller is slow: hyper has the whole body off the wire and
+    // hands the connection to request B first.
+    let body_a = a.into_body();
+    let mut body_a = Box::pin(body_a);
+    let frame = body_a.frame().await.unwrap().unwrap();
+    assert_eq!(frame.data_ref().map(|d| &d[..]), Some(&b"a"[..]));
+    send.ready().await.unwrap();
+    let b = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    assert_eq!(state.requests(), 2);
+    assert!(state.in_flight());
+    // Now A's body end is seen: it must not mark B's exchange idle.
+    end_a.end();
+    assert!(state.in_flight(), "{state:?}");
+    assert_eq!(state.exchange().number(), 2);
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::InFlight);
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb")
+        .await
+        .unwrap();
+    let b = with_state(b.await.unwrap().unwrap(), &state);
+    let mut end_b = ExchangeEnd::for_response(&b);
+    b.into_body().collect().await.unwrap();
+    end_b.end();
+    assert!(!state.in_flight());
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_bodies_end_the_exchange_at_head_time() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    let heads: [&[u8]; 3] = [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ];
+    for (i, head) in heads.into_iter().enumerate() {
+        send.ready().await.unwrap();
+        let res = tokio::spawn(send.send_request(get()));
+        read_request(&mut server).await;
+        server.write_all(head).await.unwrap();
+        let res = with_state(res.await.unwrap().unwrap(), &state);
+        // The body is never polled.
+        let _end = ExchangeEnd::for_response(&res);
+        assert!(!state.in_flight(), "response {i}: {state:?}");
+        assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
+        assert!(state.idle_since().is_some());
+    }
+    // HEAD: the response announces a length but has no body.
+    send.ready().await.unwrap();
+    let head = http::Request::head("/").body(Full::default()).unwrap();
+    let res = tokio::spawn(send.send_request(head));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let _end = ExchangeEnd::for_response(&res);
+    assert!(!state.in_flight(), "HEAD: {state:?}");
+}
+
+pin_project_lite::pin_project! {
+    /// An IO whose writes can be made to fail, with reads left open.
+    struct FailingWrites {
+        #[pin]
+        inner: DuplexStream,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+impl tokio::io::AsyncRead for FailingWrites {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for FailingWrites {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        if this.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            let err = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+            return std::task::Poll::Ready(Err(err));
+        }
+        this.inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_write_opens_its_own_exchange() {
+    let (client, mut server) = tokio::io::duplex(1 << 16);
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let now = Instant::now();
+    let state = ConnectionState::new(now, now);
+    let io = TrackedIo::new(
+        TokioIo::new(FailingWrites {
+            inner: client,
+            fail: fail.clone(),
+        }),
+        state.clone(),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (mut send, conn) = http1::handshake::<_, Full<Bytes>>(io).await.unwrap();
+    tokio::spawn(conn);
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let mut end = ExchangeEnd::for_response(&res);
+    res.into_body().collect().await.unwrap();
+    end.end();
+    assert!(state.exchange().response_started());
+    send.ready().await.unwrap();
+    // The next request's first write fails.
+    fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = send.send_request(get()).await.unwrap_err();
+    let e = state.exchange();
+    assert_eq!(e.number(), 2, "{err}");
+    assert!(e.is_reused());
+    assert_eq!(e.bytes_written(), 0);
+    assert!(
+        !e.response_started(),
+        "must not look like a response byte arrived"
+    );
+    assert_eq!(e.outcome(), ExchangeOutcome::WriteFailed);
+    assert!(state.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_hyper_never_wrote_opens_no_exchange() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let mut end = ExchangeEnd::for_response(&res);
+    res.into_body().collect().await.unwrap();
+    end.end();
+    send.ready().await.unwrap();
+    // The server closes while the connection is idle: hyper reads EOF before
+    // it writes the next request, which fails as canceled.
+    drop(server);
+    let err = send.send_request(get()).await.unwrap_err();
+    assert!(err.is_canceled(), "{err}");
+    let e = state.exchange();
+    assert_eq!((e.number(), e.outcome()), (1, ExchangeOutcome::Completed));
+    assert!(state.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn eof_before_and_during_a_response_are_told_apart() {
+    // Before any response byte.
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    drop(server);
+    assert!(res.await.unwrap().is_err());
+    assert_eq!(
+        state.exchange().outcome(),
+        ExchangeOutcome::ClosedBeforeResponse
+    );
+    // After part of the head.
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server.write_all(b"HTTP/1.1 200 O").await.unwrap();
+    tokio::task::yield_now().await;
+    drop(server);
+    assert!(res.await.unwrap().is_err());
+    let e = state.exchange();
+    assert_eq!(e.outcome(), ExchangeOutcome::ClosedDuringResponse);
+    assert_eq!(e.bytes_read(), 14);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abandoning_an_upload_closes_the_connection_at_once() {
+    // A tiny pipe: the server never reads, so hyper's write blocks.
+    let (io, state, mut server) = pipe(1024);
+    let (mut send, conn) = http1::handshake::<_, Full<Bytes>>(io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let body = Full::new(Bytes::from(vec![b'x'; 1 << 20]));
+    let req = http::Request::post("/").body(body).unwrap();
+    let res = tokio::spawn(send.send_request(req));
+    advance(ms(10)).await;
+    assert!(state.in_flight());
+    let written = state.exchange().bytes_written();
+    assert!(written > 0 && written < 1 << 20, "{written}");
+    res.abort();
+    // What a request-side marker does when its request is dropped or times
+    // out: poison the exchange's connection.
+    state.abandon(state.requests());
+    assert!(state.is_poisoned());
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::Abandoned);
+    // hyper's connection task fails at once and drops the IO: the server
+    // end sees EOF after the bytes already in the pipe.
+    let result = tokio::time::timeout(ms(1), conn).await;
+    assert!(result.is_ok(), "the connection task ended at once");
+    assert!(state.is_closed());
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.len() as u64 <= written);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abandon_of_an_ended_exchange_does_nothing() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let mut end = ExchangeEnd::for_response(&res);
+    res.into_body().collect().await.unwrap();
+    end.end();
+    drop(end);
+    state.abandon(1);
+    assert!(!state.is_poisoned());
+    // And a dropped marker of a finished exchange never poisons either.
+    send.ready().await.unwrap();
+    assert!(!state.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_dropped_before_its_end_poisons_the_connection() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nx")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let end = ExchangeEnd::for_response(&res);
+    drop(res);
+    drop(end);
+    assert!(state.is_poisoned());
+    tokio::task::yield_now().await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(ms(1), server.read_to_end(&mut rest))
+        .await
+        .expect("closed at once")
+        .unwrap();
+    assert!(state.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_past_its_expiry_reads_eof_and_closes() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let (mut send, conn) = http1::handshake::<_, Empty<Bytes>>(io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let res = tokio::spawn(send.send_request(http::Request::get("/").body(Empty::new()).unwrap()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let _end = ExchangeEnd::for_response(&res);
+    let idle_since = state.idle_since().expect("known idle");
+    state.set_expiry(Some(ms(500)));
+    assert_eq!(state.idle_deadline(), Some(idle_since + ms(500)));
+    advance(ms(499)).await;
+    assert!(!state.is_closed(), "not before the expiry");
+    advance(ms(2)).await;
+    // The IO's timer fired: hyper saw EOF on an idle connection and ended
+    // cleanly; the server end sees the close.
+    let result = tokio::time::timeout(ms(1), conn).await.expect("closed");
+    assert!(result.unwrap().is_ok());
+    assert!(state.was_expired());
+    assert!(state.is_closed());
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_response_is_never_expired() {
+    let (io, state, mut server) = pipe(1 << 16);
+    state.set_expiry(Some(ms(100)));
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let mut end = ExchangeEnd::for_response(&res);
+    let mut body = Box::pin(res.into_body());
+    for _ in 0..3 {
+        // Gaps twice the expiry between chunks.
+        advance(ms(200)).await;
+        server.write_all(b"1\r\nz\r\n").await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().map(|d| &d[..]), Some(&b"z"[..]));
+    }
+    server.write_all(b"0\r\n\r\n").await.unwrap();
+    assert!(body.frame().await.is_none());
+    end.end();
+    assert!(!state.is_closed());
+    assert!(!state.was_expired());
+}
