@@ -13,7 +13,8 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::ConnectionState;
+use super::{ConnectionState, Event};
+use crate::idle_expiry::ConnectionExpired;
 
 /// Where the connection is in its request/response cycle, as seen by the IO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +161,20 @@ impl<T: AsyncWrite> Counting<T> {
             return Err(poisoned());
         }
         if *turn != Turn::Writing {
+            // The last resort of idle expiry: a request about to be written
+            // on an expired connection is refused before its first byte.
+            if let Some(deadline) = state.idle_deadline() {
+                let now = Instant::now();
+                if now >= deadline {
+                    let since = state.idle_since().unwrap_or(deadline);
+                    let refused = ConnectionExpired {
+                        idle: now.saturating_duration_since(since),
+                        limit: deadline.saturating_duration_since(since),
+                    };
+                    state.notify(Event::Refused);
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, refused));
+                }
+            }
             if state.requests() == 0 && buf.starts_with(b"PRI * HTTP/2.0") {
                 state.set_http2();
             }

@@ -91,6 +91,7 @@ pub use info::{ConnectionInfo, ConnectionInfoLayer, InfoFuture, WithConnectionIn
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackFuture, TrackStats};
 pub use state::ConnectionState;
+pub(crate) use state::{Event, Observer};
 
 #[cfg(test)]
 mod tests;

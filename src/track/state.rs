@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -75,6 +75,10 @@ pub(crate) struct Inner {
     idle_since: Stamp,
     /// Effective idle expiry in nanoseconds, `NO_EXPIRY` when none.
     expiry: AtomicU64,
+    /// When the connection retires (maximum age), applied at an idle point.
+    retire_at: Stamp,
+    /// Told about expiries, refusals and server idle closes (IdleExpiry).
+    observer: OnceLock<Arc<dyn Observer>>,
     poisoned: AtomicBool,
     /// The IO closed the connection itself because its idle expiry passed.
     expired: AtomicBool,
@@ -105,6 +109,8 @@ impl ConnectionState {
                 outcome: AtomicU8::new(ExchangeOutcome::None as u8),
                 idle_since: Stamp::never(),
                 expiry: AtomicU64::new(NO_EXPIRY),
+                retire_at: Stamp::never(),
+                observer: OnceLock::new(),
                 poisoned: AtomicBool::new(false),
                 expired: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -198,7 +204,6 @@ impl ConnectionState {
 
     /// Sets the effective idle expiry and wakes the IO so a known-idle
     /// connection re-arms its timer.
-    #[allow(dead_code)] // used by IdleExpiry
     pub(crate) fn set_expiry(&self, expiry: Option<Duration>) {
         let nanos = expiry.map_or(NO_EXPIRY, |d| {
             u64::try_from(d.as_nanos()).unwrap_or(NO_EXPIRY - 1)
@@ -208,10 +213,58 @@ impl ConnectionState {
     }
 
     /// When the known-idle connection expires: [`idle_since`](Self::idle_since)
-    /// plus [`expiry`](Self::expiry), if both are known.
+    /// plus [`expiry`](Self::expiry), or its retirement (maximum age) if that
+    /// comes first. `None` unless the connection is known idle and has one.
     pub fn idle_deadline(&self) -> Option<Instant> {
-        let expiry = self.expiry()?;
-        Some(crate::clock::deadline(self.idle_since()?, expiry))
+        self.idle_deadline_from(self.idle_since()?)
+    }
+
+    fn idle_deadline_from(&self, idle_since: Instant) -> Option<Instant> {
+        let by_idle = self.expiry().map(|e| crate::clock::deadline(idle_since, e));
+        let retire = self.load(&self.inner.retire_at).map(|r| r.max(idle_since));
+        match (by_idle, retire) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The refusal error if the connection expired by `now`: it was closed
+    /// at its expiry, or it is known idle past its deadline.
+    pub(crate) fn expired_at(&self, now: Instant) -> Option<crate::idle_expiry::ConnectionExpired> {
+        let since = self.load(&self.inner.idle_since)?;
+        let deadline = if self.was_expired() {
+            self.idle_deadline_from(since)?
+        } else {
+            let deadline = self.idle_deadline()?;
+            if now < deadline {
+                return None;
+            }
+            deadline
+        };
+        Some(crate::idle_expiry::ConnectionExpired {
+            idle: now.saturating_duration_since(since),
+            limit: deadline.saturating_duration_since(since),
+        })
+    }
+
+    /// Sets when the connection retires (its maximum age): it is closed at
+    /// the first idle point after that instant.
+    pub(crate) fn set_retire_at(&self, at: Instant) {
+        self.inner.retire_at.set(&self.inner.origin, at);
+    }
+
+    /// Installs the observer told about this connection's expiry events
+    /// (the first one installed stays).
+    pub(crate) fn observe(&self, make: impl FnOnce() -> Arc<dyn Observer>) {
+        if self.inner.observer.get().is_none() {
+            let _ = self.inner.observer.set(make());
+        }
+    }
+
+    pub(crate) fn notify(&self, event: Event) {
+        if let Some(observer) = self.inner.observer.get() {
+            observer.event(event, self);
+        }
     }
 
     /// Whether the tracker closed the connection itself because it stayed
@@ -223,6 +276,7 @@ impl ConnectionState {
     pub(crate) fn on_expired(&self) {
         self.inner.expired.store(true, Ordering::Release);
         self.inner.closed.store(true, Ordering::Release);
+        self.notify(Event::Expired);
     }
 
     /// Whether the connection was poisoned: an exchange on it was abandoned
@@ -355,6 +409,12 @@ impl ConnectionState {
 
     /// EOF or a read error: the peer closed (or reset) the connection.
     pub(crate) fn on_peer_close(&self) {
+        if let Some(since) = self.idle_since() {
+            if !self.is_poisoned() && !self.was_expired() {
+                let idle = Instant::now().saturating_duration_since(since);
+                self.notify(Event::ServerIdleClose(idle));
+            }
+        }
         let to = if self.exchange().bytes_read == 0 {
             ExchangeOutcome::ClosedBeforeResponse
         } else {
@@ -433,6 +493,22 @@ impl ConnectionState {
             w.wake();
         }
     }
+}
+
+/// What the IO tells an [`Observer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The IO closed the idle connection at its expiry.
+    Expired,
+    /// A write was refused because the connection had expired.
+    Refused,
+    /// The server closed the connection after it had been idle this long.
+    ServerIdleClose(Duration),
+}
+
+/// Told about a connection's expiry events (IdleExpiry's learner and stats).
+pub(crate) trait Observer: Send + Sync {
+    fn event(&self, event: Event, state: &ConnectionState);
 }
 
 impl fmt::Debug for ConnectionState {

@@ -1,0 +1,178 @@
+//! The per-connection form, for hyper-util's composable pools.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::learn::Origin;
+use super::{IdleExpiryLayer, ResponseFuture};
+use crate::track::{ConnectionState, TrackedBody};
+use crate::BoxError;
+
+/// One connection's service with idle expiry, for hyper-util's composable
+/// pools (`hyper_util::client::pool::cache`); made by
+/// [`IdleExpiryLayer::connection`].
+///
+/// It sits between the pool and the service that sends requests on one
+/// connection (e.g. [`Http1Connection`] over hyper's `client::conn::http1`
+/// handshake, whose IO is a [`TrackedIo`](crate::track::TrackedIo)):
+///
+/// * `poll_ready` fails with [`ConnectionExpired`](super::ConnectionExpired) once the connection has
+///   been idle past its effective expiry (or was closed at it), before
+///   anything is written: `pool::cache` then discards it instead of handing
+///   it out again, and the caller asks the pool for another;
+/// * [`is_expired`](Self::is_expired) is the predicate for
+///   `Cache::retain(|c| !c.is_expired())`, to evict expired connections
+///   proactively;
+/// * each response sets the connection's expiry from `Keep-Alive: timeout=N`
+///   and what was learned, exactly as [`IdleExpiry`](super::IdleExpiry) does
+///   for the legacy client, carries the tracker's
+///   [`ConnectionState`](crate::track::ConnectionState) in its extensions
+///   (so `ConnectionInfo::of` works), and its body marks the exchange's end.
+///
+/// The tracked IO also closes the connection at its expiry by itself, so an
+/// idle pooled connection does not linger.
+///
+/// Errors are [`BoxError`]: the inner service's error, or
+/// [`ConnectionExpired`](super::ConnectionExpired) from `poll_ready`.
+#[derive(Debug)]
+pub struct IdleExpiryConnection<S> {
+    inner: S,
+    state: ConnectionState,
+    origin: Option<Origin>,
+    layer: IdleExpiryLayer,
+}
+
+impl<S> IdleExpiryConnection<S> {
+    pub(crate) fn new(
+        inner: S,
+        state: ConnectionState,
+        origin: Option<Origin>,
+        layer: IdleExpiryLayer,
+    ) -> Self {
+        IdleExpiryConnection {
+            inner,
+            state,
+            origin,
+            layer,
+        }
+    }
+
+    /// Whether the connection must not be used any more: it expired (or was
+    /// closed at its expiry), or it is closed.
+    pub fn is_expired(&self) -> bool {
+        self.state.is_closed() || self.state.expired_at(Instant::now()).is_some()
+    }
+
+    /// The tracker's state of this connection.
+    pub fn state(&self) -> &ConnectionState {
+        &self.state
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for IdleExpiryConnection<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body,
+{
+    type Response = Response<TrackedBody<RB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<ErrInto<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(expired) = self.state.expired_at(Instant::now()) {
+            return Poll::Ready(Err(expired.into()));
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = ErrInto {
+            inner: self.inner.call(req),
+        };
+        ResponseFuture::new(
+            inner,
+            self.layer.clone(),
+            self.origin.clone(),
+            Some(self.state.clone()),
+        )
+    }
+}
+
+pin_project! {
+    /// The inner service's future with its error boxed.
+    #[derive(Debug)]
+    pub struct ErrInto<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, T, E> Future for ErrInto<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Into::into))
+    }
+}
+
+/// A tower `Service` over hyper's HTTP/1 client connection
+/// (`hyper::client::conn::http1::SendRequest`), which does not implement
+/// one itself: what a composable pool caches, and what
+/// [`IdleExpiryConnection`] wraps.
+///
+/// hyper's `send_request` future cannot be named, so it is boxed.
+#[derive(Debug)]
+pub struct Http1Connection<B> {
+    send: hyper::client::conn::http1::SendRequest<B>,
+}
+
+impl<B> Http1Connection<B> {
+    /// Wraps the sending half of a handshaken HTTP/1 connection.
+    pub fn new(send: hyper::client::conn::http1::SendRequest<B>) -> Self {
+        Http1Connection { send }
+    }
+}
+
+impl<B> Service<Request<B>> for Http1Connection<B>
+where
+    B: Body + Send + 'static,
+{
+    type Response = Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.send.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        Box::pin(self.send.send_request(req))
+    }
+}

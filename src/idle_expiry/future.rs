@@ -1,0 +1,68 @@
+//! Response futures of [`IdleExpiry`](super::IdleExpiry) and
+//! [`IdleExpiryConnection`](super::IdleExpiryConnection).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use super::learn::Origin;
+use super::IdleExpiryLayer;
+use crate::track::{ConnectionState, ExchangeEnd, TrackedBody};
+
+pin_project! {
+    /// Response future of [`IdleExpiry`](super::IdleExpiry) and
+    /// [`IdleExpiryConnection`](super::IdleExpiryConnection).
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        layer: IdleExpiryLayer,
+        origin: Option<Origin>,
+        // The connection, when known up front (composable pools); otherwise
+        // read from the response's extensions.
+        state: Option<ConnectionState>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(
+        inner: F,
+        layer: IdleExpiryLayer,
+        origin: Option<Origin>,
+        state: Option<ConnectionState>,
+    ) -> Self {
+        ResponseFuture {
+            inner,
+            layer,
+            origin,
+            state,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(state) = this.state.take() {
+            // hyper's own connections do not copy extras into responses.
+            response.extensions_mut().insert(state);
+        }
+        if let Some(state) = response.extensions().get::<ConnectionState>() {
+            this.layer
+                .on_response(state, response.headers(), this.origin.as_ref());
+        }
+        let end = ExchangeEnd::for_response(&response);
+        Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
+    }
+}
