@@ -21,6 +21,10 @@
 //! | [`Blackhole`] | a port whose TCP connects never complete | connect timeouts |
 //! | [`HyperServer`] | a well-behaved hyper HTTP/1.1 server that answers with the body's byte count | baselines: reuse, tracking, benchmarks |
 //!
+//! [`SeedWorkload`] drives the stale keep-alive race itself: tasks with their
+//! own clients sending sequential requests with gaps scaled to a server's idle
+//! timeout, reporting every request's outcome and connection.
+//!
 //! Requests are read with a small HTTP/1.1 reader (heads up to 64 KiB,
 //! bodies by `Content-Length` or chunked); responses are `200 OK` with a
 //! `Content-Length`. Only HTTP/1.1 (and 1.0) is spoken. [`HyperServer`] is
@@ -54,6 +58,7 @@ mod faults;
 mod http1;
 mod hyper_server;
 mod idle;
+mod seed;
 mod server;
 mod throttle;
 
@@ -63,4 +68,5 @@ pub use faults::{
 };
 pub use hyper_server::HyperServer;
 pub use idle::{IdleClosingServer, IdleClosingServerBuilder};
+pub use seed::{error_chain, Rng, Sample, SeedReport, SeedWorkload};
 pub use throttle::{ThrottledReader, ThrottledReaderBuilder};

@@ -1,0 +1,123 @@
+//! An HTTP/1 client built from hyper-util's composable pool
+//! (`client::pool::cache`), hyper's `client::conn::http1` handshake, the
+//! tracker and IdleExpiry's per-connection service. Shared by
+//! `tests/idle_expiry.rs` and `examples/composable_pool.rs`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::pool::cache;
+use tower::{Service, ServiceExt};
+use tower_conn_lifecycle::idle_expiry::{Http1Connection, IdleExpiryConnection, IdleExpiryLayer};
+use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer, TrackedBody};
+use tower_conn_lifecycle::BoxError;
+
+type Conn = IdleExpiryConnection<Http1Connection<Full<Bytes>>>;
+type Response = http::Response<TrackedBody<hyper::body::Incoming>>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// How many pooled connections one request may find expired or closed
+/// before it gives up (each costs nothing: no byte was written on them).
+const CHECKOUTS: usize = 8;
+
+/// Makes one tracked HTTP/1 connection and wraps it with IdleExpiry.
+#[derive(Clone)]
+pub struct Connect {
+    tcp: TrackConnections<HttpConnector>,
+    layer: IdleExpiryLayer,
+}
+
+impl Service<http::Uri> for Connect {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = BoxFuture<Conn>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.tcp.call(uri.clone());
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            let state = io.state().clone();
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(layer.connection(Http1Connection::new(send), state, &uri))
+        })
+    }
+}
+
+/// A `Service<http::Request<Full<Bytes>>>` over a composable pool: checks a
+/// connection out of the cache, and if it turns out expired (or closed) in
+/// `poll_ready` — before any byte is written — drops it and takes another.
+pub fn client(
+    layer: IdleExpiryLayer,
+    track: TrackConnectionsLayer,
+) -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = Response,
+    Error = BoxError,
+    Future = BoxFuture<Response>,
+> + Clone
+       + Send
+       + 'static {
+    let connect = Connect {
+        tcp: track.layer(HttpConnector::new()),
+        layer,
+    };
+    PoolClient {
+        cache: cache::builder()
+            .executor(hyper_util::rt::TokioExecutor::new())
+            .build(connect),
+    }
+}
+
+/// See [`client`].
+#[derive(Clone)]
+pub struct PoolClient<C> {
+    cache: C,
+}
+
+impl<C, S> Service<http::Request<Full<Bytes>>> for PoolClient<C>
+where
+    C: Service<http::Uri, Response = S, Error = BoxError> + Clone + Send + 'static,
+    C::Future: Send,
+    S: Service<http::Request<Full<Bytes>>, Response = Response, Error = BoxError> + Send,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Response>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
+        let mut cache = self.cache.clone();
+        Box::pin(async move {
+            let target = req.uri().clone();
+            let mut last = None;
+            for _ in 0..CHECKOUTS {
+                let mut conn = cache.ready().await?.call(target.clone()).await?;
+                match conn.ready().await {
+                    Ok(_) => return conn.call(req).await,
+                    // Expired or closed: nothing was written; the pool
+                    // discards it (its `poll_ready` failed), take another.
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| "no connection".into()))
+        })
+    }
+}
+
+use tower::Layer;

@@ -1,0 +1,443 @@
+//! IdleExpiry against real loopback servers: the seed race for both kinds of
+//! hyper-util client, announced and learned idle timeouts, forced expiry,
+//! streaming responses. Server-side counters decide.
+
+#[path = "common/composable.rs"]
+mod composable;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
+use tower_conn_lifecycle::testing::{IdleClosingServer, SeedReport, SeedWorkload};
+use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionState, TrackConnectionsLayer};
+use tower_conn_lifecycle::BoxError;
+
+/// The seed server's idle timeout (Go's 1 s, scaled down).
+const IDLE: Duration = Duration::from_millis(200);
+/// The configured expiry below the server's idle timeout.
+const EXPIRY: Duration = Duration::from_millis(150);
+
+type Legacy = Client<tower_conn_lifecycle::track::TrackConnections<HttpConnector>, Full<Bytes>>;
+
+fn legacy(track: &TrackConnectionsLayer) -> Legacy {
+    let connector = ServiceBuilder::new()
+        .layer(track.clone())
+        .service(HttpConnector::new());
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Which kind of hyper-util client a workload runs on.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Legacy,
+    Pool,
+}
+
+async fn seed_with(
+    kind: Kind,
+    layer: &IdleExpiryLayer,
+    server: &IdleClosingServer,
+    plan: SeedWorkload,
+) -> SeedReport {
+    let track = TrackConnectionsLayer::new();
+    match kind {
+        Kind::Legacy => {
+            plan.run(&server.url(), |_| {
+                ServiceBuilder::new()
+                    .layer(layer.clone())
+                    .service(legacy(&track))
+            })
+            .await
+        }
+        Kind::Pool => {
+            plan.run(&server.url(), |_| {
+                composable::client(layer.clone(), track.clone())
+            })
+            .await
+        }
+    }
+}
+
+fn describe(report: &SeedReport) -> String {
+    format!(
+        "{} requests, {} errors, {} reused; errors: {:?}",
+        report.requests(),
+        report.errors(),
+        report.reused(),
+        report.error_chains()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_race_bare_fails_and_idle_expiry_does_not() {
+    // The bare client, to prove the race is real in this very run.
+    let bare_server = IdleClosingServer::start(IDLE).await.unwrap();
+    let bare_url = bare_server.url();
+    let track = TrackConnectionsLayer::new();
+    let bare_plan = SeedWorkload::new(IDLE);
+    let bare = bare_plan.run(&bare_url, |_| legacy(&track));
+    let layer = IdleExpiryLayer::new(EXPIRY).learn(false);
+    let mut servers = Vec::new();
+    let mut runs = Vec::new();
+    for (kind, method) in [
+        (Kind::Legacy, Method::GET),
+        (Kind::Legacy, Method::POST),
+        (Kind::Pool, Method::GET),
+        (Kind::Pool, Method::POST),
+    ] {
+        servers.push((
+            kind,
+            method.clone(),
+            IdleClosingServer::start(IDLE).await.unwrap(),
+        ));
+    }
+    for (kind, method, server) in &servers {
+        runs.push(seed_with(
+            *kind,
+            &layer,
+            server,
+            SeedWorkload::new(IDLE).method(method.clone()),
+        ));
+    }
+    let (bare, results) = tokio::join!(bare, futures_join_all(runs));
+    assert!(
+        bare.errors() > 0,
+        "the race must be real: {}",
+        describe(&bare)
+    );
+    for ((kind, method, server), report) in servers.iter().zip(&results) {
+        assert_eq!(report.requests(), 1000, "{kind:?} {method}");
+        assert_eq!(
+            report.errors(),
+            0,
+            "{kind:?} {method}: {}",
+            describe(report)
+        );
+        // Server side: every request arrived exactly once.
+        assert_eq!(server.requests(), 1000, "{kind:?} {method}");
+        if *method == Method::POST {
+            assert_eq!(server.posts(), 1000);
+        }
+    }
+    assert!(layer.stats().expired() > 0);
+}
+
+/// Polls every future to completion concurrently (no extra dependency).
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in set.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+/// Whether a request's idle gap was safely below the effective expiry
+/// (with slack for timer and scheduling jitter on a loaded machine).
+const GAP_SLACK: Duration = Duration::from_millis(15);
+
+fn reuse_below_expiry(report: &SeedReport, expiry: Duration) -> (usize, usize) {
+    let eligible: Vec<_> = report
+        .samples()
+        .iter()
+        .filter(|s| !s.gap().is_zero() && s.gap() + GAP_SLACK < expiry)
+        .collect();
+    let reused = eligible
+        .iter()
+        .filter(|s| s.info().is_some_and(|i| i.is_reused()))
+        .count();
+    (reused, eligible.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_gaps_keep_reusing_below_the_expiry() {
+    let layer = IdleExpiryLayer::new(EXPIRY).learn(false);
+    for kind in [Kind::Legacy, Kind::Pool] {
+        let server = IdleClosingServer::start(IDLE).await.unwrap();
+        let plan = SeedWorkload::new(IDLE).requests(50).gaps(0.1, 1.0);
+        let report = seed_with(kind, &layer, &server, plan).await;
+        assert_eq!(report.errors(), 0, "{kind:?}: {}", describe(&report));
+        let (reused, eligible) = reuse_below_expiry(&report, EXPIRY);
+        assert!(eligible > 100, "{kind:?}: {eligible}");
+        assert!(
+            reused * 100 >= eligible * 95,
+            "{kind:?}: only {reused} of {eligible} requests below the expiry reused"
+        );
+        assert_eq!(server.requests(), 500);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_timeout_1_is_followed_with_reuse() {
+    // The server announces `timeout=1` and closes after 1 s idle; the client
+    // is configured with 90 s.
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90)).learn(false);
+    for kind in [Kind::Legacy, Kind::Pool] {
+        let server = IdleClosingServer::builder(Duration::from_secs(1))
+            .keep_alive_header(Some(Duration::from_secs(1)))
+            .start()
+            .await
+            .unwrap();
+        let plan = SeedWorkload::new(Duration::from_secs(1))
+            .tasks(4)
+            .requests(5)
+            .gaps(0.5, 0.9)
+            .method(Method::POST);
+        let report = seed_with(kind, &layer, &server, plan).await;
+        assert_eq!(report.errors(), 0, "{kind:?}: {}", describe(&report));
+        // Every request after a task's first went over its reused connection.
+        assert_eq!(report.reused(), 16, "{kind:?}: {}", describe(&report));
+        assert_eq!(server.posts(), 20);
+        assert_eq!(server.connections(), 4);
+    }
+    assert!(layer.stats().hints() >= 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_edge_gaps_are_not_reused_and_never_fail() {
+    // Gaps right at the announced timeout: reuse would race; none may fail.
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90)).learn(false);
+    let server = IdleClosingServer::builder(IDLE * 5)
+        .keep_alive_header(Some(Duration::from_secs(1)))
+        .start()
+        .await
+        .unwrap();
+    let plan = SeedWorkload::new(Duration::from_secs(1))
+        .tasks(4)
+        .requests(5)
+        .gaps(0.97, 1.0)
+        .method(Method::POST);
+    let report = seed_with(Kind::Legacy, &layer, &server, plan).await;
+    assert_eq!(report.errors(), 0, "{}", describe(&report));
+    assert_eq!(report.reused(), 0);
+    assert_eq!(server.posts(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_idle_timeout_makes_the_post_race_safe() {
+    // No header, a 90 s configured expiry: only learning can help.
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90));
+    for kind in [Kind::Legacy, Kind::Pool] {
+        let server = IdleClosingServer::start(IDLE).await.unwrap();
+        // Warm-up: one request, then the connection sits idle (its client
+        // alive) until the server closes it; the tracker sees the close.
+        let closes = layer.stats().server_idle_closes();
+        warm_up(kind, &layer, &server).await;
+        assert!(layer.stats().server_idle_closes() > closes);
+        assert_eq!(server.idle_closes(), 1);
+        let plan = SeedWorkload::new(IDLE).method(Method::POST);
+        let report = seed_with(kind, &layer, &server, plan).await;
+        assert_eq!(report.errors(), 0, "{kind:?}: {}", describe(&report));
+        assert_eq!(server.posts(), 1000);
+        // And reuse below the learned expiry is kept.
+        let mixed = SeedWorkload::new(IDLE).requests(30).gaps(0.1, 0.5);
+        let report = seed_with(kind, &layer, &server, mixed).await;
+        assert_eq!(report.errors(), 0, "{kind:?}: {}", describe(&report));
+        let (reused, eligible) = reuse_below_expiry(&report, IDLE - Duration::from_millis(50));
+        assert!(
+            reused * 100 >= eligible * 95,
+            "{kind:?}: {reused}/{eligible}"
+        );
+    }
+    assert!(layer.stats().learned() >= 1);
+    assert_eq!(layer.learned_origins(), 2);
+}
+
+/// One GET on a fresh client, kept alive until the server's idle close of
+/// its connection has been observed.
+async fn warm_up(kind: Kind, layer: &IdleExpiryLayer, server: &IdleClosingServer) {
+    let closes = layer.stats().server_idle_closes();
+    let track = TrackConnectionsLayer::new();
+    let get = || {
+        http::Request::get(server.url())
+            .body(Full::default())
+            .unwrap()
+    };
+    let res = match kind {
+        Kind::Legacy => {
+            let client = ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(legacy(&track));
+            let res = client.clone().oneshot(get()).await.unwrap();
+            res.into_body().collect().await.unwrap();
+            wait_for_close(layer, closes).await;
+            drop(client);
+            return;
+        }
+        Kind::Pool => {
+            let client = composable::client(layer.clone(), track);
+            let res = client.clone().oneshot(get()).await;
+            (client, res)
+        }
+    };
+    let (client, res) = res;
+    res.unwrap().into_body().collect().await.unwrap();
+    wait_for_close(layer, closes).await;
+    drop(client);
+}
+
+async fn wait_for_close(layer: &IdleExpiryLayer, before: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while layer.stats().server_idle_closes() == before {
+        assert!(tokio::time::Instant::now() < deadline, "no idle close seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_costs_at_most_the_first_race() {
+    // Measures (and bounds) what learning costs before the first idle close:
+    // without a warm-up, only the first round of requests can race.
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90));
+    let server = IdleClosingServer::start(IDLE).await.unwrap();
+    let track = TrackConnectionsLayer::new();
+    let report = SeedWorkload::new(IDLE)
+        .method(Method::POST)
+        .requests(20)
+        .run(&server.url(), |_| {
+            ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(legacy(&track))
+        })
+        .await;
+    println!("cold start: {}", describe(&report));
+    // Once an idle close has been seen, the rest of the run is safe: no
+    // error after each task's first few requests.
+    let late = report
+        .samples()
+        .iter()
+        .filter(|s| s.index() >= 10 && s.outcome().is_err())
+        .count();
+    assert_eq!(late, 0, "{}", describe(&report));
+    assert!(layer.stats().learned() >= 1);
+    // Nothing duplicated: POSTs processed == successes.
+    assert_eq!(server.posts() as usize, report.successes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_slower_than_the_expiry_completes() {
+    use tower_conn_lifecycle::testing::SlowBodyServer;
+
+    let expiry = Duration::from_millis(100);
+    // Chunks every 200 ms: gaps twice the expiry.
+    let server = SlowBodyServer::start(5, 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let track = TrackConnectionsLayer::new();
+    let client = ServiceBuilder::new()
+        .layer(IdleExpiryLayer::new(expiry))
+        .service(legacy(&track));
+    let req = http::Request::get(server.url())
+        .body(Full::default())
+        .unwrap();
+    let res = client.clone().oneshot(req).await.unwrap();
+    let state = res.extensions().get::<ConnectionState>().unwrap().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 50);
+    assert_eq!(server.bytes_written(), 50);
+    assert!(!state.was_expired());
+    // Once idle, it is closed at its expiry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !state.is_closed() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(state.was_expired());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_connection_gets_zero_bytes_and_the_request_goes_elsewhere() {
+    let server = IdleClosingServer::start(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let track = TrackConnectionsLayer::new();
+    let layer = IdleExpiryLayer::new(Duration::from_millis(50)).learn(false);
+    let stats: IdleExpiryStats = layer.stats();
+    let client = ServiceBuilder::new().layer(layer).service(legacy(&track));
+    let get = || {
+        http::Request::get(server.url())
+            .body(Full::default())
+            .unwrap()
+    };
+    let res = client.clone().oneshot(get()).await.unwrap();
+    let first = res.extensions().get::<ConnectionState>().unwrap().clone();
+    res.into_body().collect().await.unwrap();
+    let written = first.bytes_written();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(first.is_closed() && first.was_expired());
+    let res = client.oneshot(get()).await.unwrap();
+    let info = ConnectionInfo::of(&res).unwrap();
+    assert!(!info.is_reused());
+    assert_ne!(info.connection_id(), first.id());
+    // Zero bytes on the expired connection; the server saw two connections
+    // and two requests.
+    assert_eq!(first.bytes_written(), written);
+    assert_eq!(server.connections(), 2);
+    assert_eq!(server.requests(), 2);
+    assert_eq!(stats.expired(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_form_refuses_an_expired_connection_with_the_typed_error() {
+    use tower_conn_lifecycle::idle_expiry::{ConnectionExpired, Http1Connection};
+
+    let server = IdleClosingServer::start(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let layer = IdleExpiryLayer::new(Duration::from_millis(50)).learn(false);
+    let mut tcp = TrackConnectionsLayer::new().layer(HttpConnector::new());
+    let uri: http::Uri = server.url().parse().unwrap();
+    let io = tcp.ready().await.unwrap().call(uri.clone()).await.unwrap();
+    let state = io.state().clone();
+    let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut svc = layer.connection(
+        Http1Connection::<Full<Bytes>>::new(send),
+        state.clone(),
+        &uri,
+    );
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::get("/").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert!(ConnectionInfo::of(&res).is_some());
+    res.into_body().collect().await.unwrap();
+    assert!(!svc.is_expired());
+    let written = state.bytes_written();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(svc.is_expired());
+    let err: BoxError = svc.ready().await.err().expect("expired");
+    let expired = tower_conn_lifecycle::find_cause::<ConnectionExpired>(err.as_ref())
+        .unwrap_or_else(|| panic!("not typed: {err}"));
+    assert_eq!(expired.limit(), Duration::from_millis(50));
+    assert!(expired.idle() >= Duration::from_millis(50));
+    assert_eq!(state.bytes_written(), written, "nothing written");
+    assert_eq!(server.requests(), 1);
+}
+
+use tower::Layer;
