@@ -431,7 +431,10 @@ async fn the_pool_form_refuses_an_expired_connection_with_the_typed_error() {
     let written = state.bytes_written();
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert!(svc.is_expired());
-    let err: BoxError = svc.ready().await.err().expect("expired");
+    let err: BoxError = match svc.ready().await {
+        Ok(_) => panic!("an expired connection reported ready"),
+        Err(e) => e,
+    };
     let expired = tower_conn_lifecycle::find_cause::<ConnectionExpired>(err.as_ref())
         .unwrap_or_else(|| panic!("not typed: {err}"));
     assert_eq!(expired.limit(), Duration::from_millis(50));
