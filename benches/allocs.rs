@@ -42,6 +42,7 @@ fn main() {
         let tracker_allocs = run(common::tracker_only(), &uri).await;
         let phases_allocs = run(common::phase_timeout_only(), &uri).await;
         let layered_allocs = run(common::tracker_and_phase_timeout(), &uri).await;
+        let expiry_allocs = run(common::tracker_and_idle_expiry(), &uri).await;
 
         println!("allocations per keep-alive GET (client + server, {REQUESTS} requests)");
         let rows = [
@@ -49,6 +50,7 @@ fn main() {
             ("tracker only", tracker_allocs),
             ("PhaseTimeout only", phases_allocs),
             ("tracker + PhaseTimeout", layered_allocs),
+            ("tracker + IdleExpiry", expiry_allocs),
             (
                 "tracker + PhaseTimeout - bare",
                 layered_allocs - bare_allocs,

@@ -74,6 +74,13 @@ fn bench(c: &mut Criterion) {
         &mut group,
         &rt,
         &uri,
+        "tracker+idle_expiry",
+        common::tracker_and_idle_expiry(),
+    );
+    sequential(
+        &mut group,
+        &rt,
+        &uri,
         "phase_timeout_only",
         common::phase_timeout_only(),
     );

@@ -59,6 +59,10 @@ impl Stamp {
         self.0.store(origin.stamp(t), Ordering::Release);
     }
 
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != NEVER
+    }
+
     pub(crate) fn clear(&self) {
         self.0.store(NEVER, Ordering::Release);
     }

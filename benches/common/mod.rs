@@ -72,6 +72,16 @@ pub fn tracker_and_phase_timeout() -> impl GetClient<Future: Send> {
     )
 }
 
+/// The tracker and IdleExpiry (a 90 s expiry: never fires on this workload,
+/// so the cost measured is the bookkeeping on every response).
+pub fn tracker_and_idle_expiry() -> impl GetClient<Future: Send> {
+    ServiceBuilder::new()
+        .layer(tower_conn_lifecycle::idle_expiry::IdleExpiryLayer::new(
+            Duration::from_secs(90),
+        ))
+        .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(tracked()))
+}
+
 /// One keep-alive GET, body read to the end.
 pub async fn get<S: GetClient>(svc: &mut S, uri: &http::Uri) {
     let req = http::Request::get(uri.clone()).body(Empty::new()).unwrap();

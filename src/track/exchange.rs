@@ -196,7 +196,9 @@ impl PendingExchange {
             return;
         };
         if let Captured::Tracked(state) = capture.get() {
-            if state.in_flight() {
+            // HTTP/2 streams are abandoned by hyper itself (RST_STREAM); the
+            // connection is shared and stays.
+            if state.in_flight() && !state.is_http2() {
                 state.abandon(state.requests());
                 capture.poison();
             }

@@ -4,7 +4,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -36,6 +36,9 @@ pin_project! {
         turn: Turn,
         // Armed only while the connection is known idle and has an expiry.
         expiry_timer: Option<Pin<Box<Sleep>>>,
+        // The waker last handed to the state, to skip re-registering the
+        // same task (hyper's connection task) on every pending read.
+        registered: Option<Waker>,
         guard: CloseGuard,
     }
 }
@@ -134,7 +137,14 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
             }
             Poll::Ready(Err(_)) => state.on_peer_close(),
             Poll::Pending => {
-                state.register(cx.waker());
+                if !this
+                    .registered
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.register(cx.waker());
+                    *this.registered = Some(cx.waker().clone());
+                }
                 // Checked after registering, so a poison or an end of
                 // exchange that raced with this poll still wakes the task.
                 if state.is_poisoned() {
@@ -156,7 +166,11 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
 impl<T: AsyncWrite> Counting<T> {
     /// Opens an exchange at a request's first write attempt; refuses to write
     /// at all on a poisoned connection.
-    fn before_write(turn: &mut Turn, state: &ConnectionState, buf: &[u8]) -> io::Result<()> {
+    fn before_write(
+        turn: &mut Turn,
+        state: &ConnectionState,
+        buf: &[u8],
+    ) -> io::Result<Option<Instant>> {
         if state.is_poisoned() {
             return Err(poisoned());
         }
@@ -179,16 +193,19 @@ impl<T: AsyncWrite> Counting<T> {
                 state.set_http2();
             }
             *turn = Turn::Writing;
-            state.open_exchange(Instant::now());
+            let now = Instant::now();
+            state.open_exchange(now);
+            return Ok(Some(now));
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn wrote(state: &ConnectionState, res: &Poll<io::Result<usize>>, cx: &mut Context<'_>) {
+    fn wrote(state: &ConnectionState, res: &Poll<io::Result<usize>>, opened: Option<Instant>) {
         match res {
-            Poll::Ready(Ok(n)) if *n > 0 => state.on_write(*n, Instant::now()),
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                state.on_write(*n, opened.unwrap_or_else(Instant::now));
+            }
             Poll::Ready(Err(_)) => state.on_write_error(),
-            Poll::Pending => state.register(cx.waker()),
             _ => {}
         }
     }
@@ -202,9 +219,9 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let state = &this.guard.state;
-        Self::before_write(this.turn, state, buf)?;
+        let opened = Self::before_write(this.turn, state, buf)?;
         let res = this.inner.poll_write(cx, buf);
-        Self::wrote(state, &res, cx);
+        Self::wrote(state, &res, opened);
         res
     }
 
@@ -219,9 +236,9 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
             .iter()
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &b[..]);
-        Self::before_write(this.turn, state, first)?;
+        let opened = Self::before_write(this.turn, state, first)?;
         let res = this.inner.poll_write_vectored(cx, bufs);
-        Self::wrote(state, &res, cx);
+        Self::wrote(state, &res, opened);
         res
     }
 
@@ -235,10 +252,8 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
             return Poll::Ready(Err(poisoned()));
         }
         let res = this.inner.poll_flush(cx);
-        match res {
-            Poll::Ready(Ok(())) => this.guard.state.on_flush(),
-            Poll::Pending => this.guard.state.register(cx.waker()),
-            Poll::Ready(Err(_)) => {}
+        if let Poll::Ready(Ok(())) = res {
+            this.guard.state.on_flush();
         }
         res
     }
@@ -278,6 +293,7 @@ impl<T> TrackedIo<T> {
                 inner: TokioIo::new(inner),
                 turn: Turn::Idle,
                 expiry_timer: None,
+                registered: None,
                 guard: CloseGuard { state, open },
             }),
         }

@@ -216,6 +216,11 @@ impl ConnectionState {
     /// plus [`expiry`](Self::expiry), or its retirement (maximum age) if that
     /// comes first. `None` unless the connection is known idle and has one.
     pub fn idle_deadline(&self) -> Option<Instant> {
+        // The common case, checked with two loads: nothing to expire.
+        if self.inner.expiry.load(Ordering::Relaxed) == NO_EXPIRY && !self.inner.retire_at.is_set()
+        {
+            return None;
+        }
         self.idle_deadline_from(self.idle_since()?)
     }
 
@@ -282,6 +287,7 @@ impl ConnectionState {
     /// Whether the connection was poisoned: an exchange on it was abandoned
     /// (timed out, or its response future or body dropped before the end), so
     /// it is closed and never handed to another request.
+    #[inline]
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
     }
