@@ -15,9 +15,9 @@
 //! it). "configured": expire after 150 ms idle. "learned": a 90 s expiry,
 //! so only what the layer learns from the server's idle closes helps.
 
+mod common;
 #[path = "../tests/common/composable.rs"]
 mod composable;
-mod common;
 
 use std::time::Duration;
 

@@ -6,6 +6,9 @@
 //! with one `.layer()` line around hyper-util's client (or any tower HTTP
 //! service):
 //!
+//! * [`idle_expiry`] — never write a request on a keep-alive connection the
+//!   server is about to close: configured, announced (`Keep-Alive:
+//!   timeout=N`) or learned from the server's own idle closes;
 //! * [`phase_timeout`] — separate connect / send / read / total timeouts;
 //!   send and read are *stall* limits, and every timeout error names its
 //!   [`Phase`](phase_timeout::Phase);
@@ -27,7 +30,7 @@
 //!  request plane: Service<http::Request<B>>      connection plane: Service<Uri>
 //!  ┌────────────────────────────────────┐        ┌──────────────────────────────┐
 //!  │ PhaseTimeout (send / read / total) │        │ ConnectTimeout               │
-//!  │  ConnectionInfo                    │ client │  TrackConnections            │
+//!  │  IdleExpiry (hints, learning)      │ client │  TrackConnections            │
 //!  │   hyper_util::client::legacy::Client├──uses─▶│   SharedTlsConnector         │
 //!  └────────────────────────────────────┘        │    HttpConnector (TCP)       │
 //!                  ▲                             └──────────────────────────────┘

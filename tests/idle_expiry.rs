@@ -237,6 +237,70 @@ async fn keep_alive_edge_gaps_are_not_reused_and_never_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_on_either_side_close_at_the_idle_point() {
+    // The server closes after 3 requests per connection (`Connection:
+    // close`); the client's own limit is 2 on the other run.
+    for (server_max, client_max, per_conn) in [(Some(3), None, 3), (None, Some(2), 2)] {
+        let server = IdleClosingServer::builder(Duration::from_secs(30))
+            .max_requests(server_max)
+            .start()
+            .await
+            .unwrap();
+        let layer = IdleExpiryLayer::new(Duration::from_secs(90)).max_requests(client_max);
+        let plan = SeedWorkload::new(IDLE)
+            .tasks(2)
+            .requests(6)
+            .gaps(0.05, 0.1)
+            .method(Method::POST);
+        let report = seed_with(Kind::Legacy, &layer, &server, plan).await;
+        assert_eq!(report.errors(), 0, "{}", describe(&report));
+        assert_eq!(server.posts(), 12);
+        assert_eq!(
+            server.connections(),
+            12 / per_conn,
+            "{server_max:?} {client_max:?}"
+        );
+        // A connection the server closed with `Connection: close` teaches
+        // the learner nothing.
+        assert_eq!(layer.learned_origins(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_retires_a_connection_at_an_idle_point() {
+    let server = IdleClosingServer::start(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90)).max_age(Duration::from_millis(300));
+    let plan = SeedWorkload::new(IDLE).tasks(1).requests(8).gaps(0.5, 0.5);
+    let report = seed_with(Kind::Legacy, &layer, &server, plan).await;
+    assert_eq!(report.errors(), 0, "{}", describe(&report));
+    // 100 ms gaps, 300 ms lifetime: a few requests per connection, never
+    // all on one.
+    assert!(server.connections() >= 2, "{}", server.connections());
+    assert!(report.reused() >= 3, "{}", describe(&report));
+    assert_eq!(server.requests(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_expiry_never_reuses_and_enormous_expiry_never_fires() {
+    let server = IdleClosingServer::start(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let plan = SeedWorkload::new(IDLE).tasks(2).requests(5).gaps(0.1, 0.2);
+    let zero = IdleExpiryLayer::new(Duration::ZERO);
+    let report = seed_with(Kind::Legacy, &zero, &server, plan.clone()).await;
+    assert_eq!(report.errors(), 0, "{}", describe(&report));
+    assert_eq!(report.reused(), 0);
+    assert_eq!(server.connections(), 10);
+    let huge = IdleExpiryLayer::new(Duration::MAX);
+    let report = seed_with(Kind::Legacy, &huge, &server, plan).await;
+    assert_eq!(report.errors(), 0, "{}", describe(&report));
+    assert_eq!(report.reused(), 8);
+    assert_eq!(server.connections(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learned_idle_timeout_makes_the_post_race_safe() {
     // No header, a 90 s configured expiry: only learning can help.
     let layer = IdleExpiryLayer::new(Duration::from_secs(90));
@@ -444,3 +508,86 @@ async fn the_pool_form_refuses_an_expired_connection_with_the_typed_error() {
 }
 
 use tower::Layer;
+
+/// A minimal h2c (HTTP/2 prior knowledge) hyper server on 127.0.0.1 that
+/// counts connections and requests.
+async fn h2c_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicU64::new(0));
+    let c = conns.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"h2"),
+                    )))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_are_left_alone() {
+    use std::sync::atomic::Ordering;
+
+    let (addr, conns, server) = h2c_server().await;
+    let track = TrackConnectionsLayer::new();
+    let connector = ServiceBuilder::new()
+        .layer(track)
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, Full<Bytes>>(connector);
+    let layer = IdleExpiryLayer::new(Duration::from_millis(50));
+    let client = ServiceBuilder::new().layer(layer.clone()).service(client);
+    let url = format!("http://{addr}/");
+    let mut state = None;
+    for round in 0..2 {
+        // Several streams at once on the one connection.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let client = client.clone();
+            let req = http::Request::get(url.as_str())
+                .body(Full::default())
+                .unwrap();
+            set.spawn(async move {
+                let res = client.oneshot(req).await.unwrap();
+                let s = res.extensions().get::<ConnectionState>().unwrap().clone();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"h2");
+                s
+            });
+        }
+        while let Some(s) = set.join_next().await {
+            let s = s.unwrap();
+            assert!(s.is_http2());
+            assert_eq!(s.expiry(), None, "no expiry on HTTP/2");
+            state = Some(s);
+        }
+        if round == 0 {
+            // Idle for 4x the expiry: an HTTP/1 connection would be closed.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let state = state.unwrap();
+    assert!(!state.is_closed() && !state.was_expired() && !state.is_poisoned());
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.stats().expired(), 0);
+    server.abort();
+}

@@ -33,6 +33,7 @@ pub struct IdleClosingServerBuilder {
     keep_alive_header: Option<Duration>,
     response_body: Bytes,
     think_time: Duration,
+    max_requests: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +83,7 @@ impl IdleClosingServer {
             keep_alive_header: None,
             response_body: Bytes::from_static(b"ok"),
             think_time: Duration::ZERO,
+            max_requests: None,
         }
     }
 
@@ -153,6 +155,15 @@ impl IdleClosingServerBuilder {
         self
     }
 
+    /// Serve at most this many requests per connection: the last one is
+    /// answered with `Connection: close` and the connection closed, like
+    /// Apache's `MaxKeepAliveRequests` or nginx's `keepalive_requests`.
+    /// Default `None` (no limit).
+    pub fn max_requests(mut self, max: impl Into<Option<u64>>) -> Self {
+        self.max_requests = max.into();
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving.
     pub async fn start(self) -> io::Result<IdleClosingServer> {
         let (running, counters) = start(self, serve).await?;
@@ -175,6 +186,7 @@ async fn serve(
     let close = ok_response(&config.response_body, &["Connection: close".to_owned()]);
 
     let mut first = true;
+    let mut served = 0u64;
     loop {
         if !first {
             match tokio::time::timeout(config.idle_timeout, conn.wait_for_byte()).await {
@@ -197,12 +209,14 @@ async fn serve(
         if !config.think_time.is_zero() {
             tokio::time::sleep(config.think_time).await;
         }
-        let response = if head.keep_alive { &keep_alive } else { &close };
+        served += 1;
+        let last = !head.keep_alive || config.max_requests.is_some_and(|max| served >= max);
+        let response = if last { &close } else { &keep_alive };
         conn.write_all(without_body(response, config.response_body.len(), &head))
             .await?;
         counters.responses.inc();
         counters.method(&head.method).inc();
-        if !head.keep_alive {
+        if last {
             return conn.shutdown().await;
         }
     }
