@@ -105,7 +105,13 @@ where
         if let Some(expired) = self.state.expired_at(Instant::now()) {
             return Poll::Ready(Err(expired.into()));
         }
-        self.inner.poll_ready(cx).map_err(Into::into)
+        let ready = self.inner.poll_ready(cx).map_err(Into::into);
+        if let Poll::Ready(Ok(())) = ready {
+            // Promised to the next `call`: the IO must not expire it between
+            // this check and the write.
+            self.state.claim();
+        }
+        ready
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {

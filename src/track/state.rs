@@ -82,6 +82,9 @@ pub(crate) struct Inner {
     poisoned: AtomicBool,
     /// The IO closed the connection itself because its idle expiry passed.
     expired: AtomicBool,
+    /// A request has been promised this idle connection (a composable
+    /// pool's `poll_ready` said yes): the IO no longer expires it.
+    claimed: AtomicBool,
     closed: AtomicBool,
     http2: AtomicBool,
     /// The waker of the task that last found the IO pending.
@@ -113,6 +116,7 @@ impl ConnectionState {
                 observer: OnceLock::new(),
                 poisoned: AtomicBool::new(false),
                 expired: AtomicBool::new(false),
+                claimed: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 http2: AtomicBool::new(false),
                 waker: Mutex::new(None),
@@ -214,14 +218,28 @@ impl ConnectionState {
 
     /// When the known-idle connection expires: [`idle_since`](Self::idle_since)
     /// plus [`expiry`](Self::expiry), or its retirement (maximum age) if that
-    /// comes first. `None` unless the connection is known idle and has one.
+    /// comes first. `None` unless the connection is known idle and has one,
+    /// and while a request has been promised the connection (see
+    /// [`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection)).
     pub fn idle_deadline(&self) -> Option<Instant> {
         // The common case, checked with two loads: nothing to expire.
         if self.inner.expiry.load(Ordering::Relaxed) == NO_EXPIRY && !self.inner.retire_at.is_set()
         {
             return None;
         }
+        if self.inner.claimed.load(Ordering::Acquire) {
+            return None;
+        }
         self.idle_deadline_from(self.idle_since()?)
+    }
+
+    /// Promises the idle connection to a request that is about to be written:
+    /// from now until that request's exchange opens, the IO neither closes
+    /// it at its expiry nor refuses the write, so a request accepted just
+    /// before the deadline is not failed just after it (the margin below the
+    /// server's timeout covers the difference).
+    pub(crate) fn claim(&self) {
+        self.inner.claimed.store(true, Ordering::Release);
     }
 
     fn idle_deadline_from(&self, idle_since: Instant) -> Option<Instant> {
@@ -240,7 +258,10 @@ impl ConnectionState {
         let deadline = if self.was_expired() {
             self.idle_deadline_from(since)?
         } else {
-            let deadline = self.idle_deadline()?;
+            // Whether claimed or not: a promise that was never used does
+            // not make a stale connection fresh.
+            self.idle_since()?;
+            let deadline = self.idle_deadline_from(since)?;
             if now < deadline {
                 return None;
             }
@@ -378,6 +399,7 @@ impl ConnectionState {
             .exchange_read_base
             .store(self.bytes_read(), Ordering::Release);
         inner.idle_since.clear();
+        inner.claimed.store(false, Ordering::Release);
         inner.requests.fetch_add(1, Ordering::AcqRel);
         inner
             .outcome

@@ -463,3 +463,38 @@ async fn a_slow_response_is_never_expired() {
     assert!(!state.is_closed());
     assert!(!state.was_expired());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_claimed_connection_is_not_expired_under_its_request() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let (mut send, conn) = http1::handshake::<_, Empty<Bytes>>(io).await.unwrap();
+    tokio::spawn(conn);
+    let get = || http::Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let _end = ExchangeEnd::for_response(&res);
+    state.set_expiry(Some(ms(100)));
+    advance(ms(99)).await;
+    send.ready().await.unwrap();
+    // A pool's poll_ready said yes just before the deadline...
+    state.claim();
+    advance(ms(5)).await;
+    // ...so the IO neither closed it nor refuses the request written now,
+    assert!(!state.is_closed());
+    // (a pool asking again would still be told it is stale: an unused
+    // promise does not make a connection fresh)
+    assert!(state.expired_at(Instant::now()).is_some());
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(res.await.unwrap().is_ok());
+    assert_eq!(state.exchange().number(), 2);
+}
