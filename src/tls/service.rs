@@ -6,9 +6,10 @@ use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper::rt::{Read, Write};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_rustls::{
+    DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName,
+};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -158,16 +159,6 @@ where
     Arc::new(config)
 }
 
-fn server_name(host: &str) -> Result<ServerName<'static>, TlsConnectError> {
-    // `Uri::host` keeps the brackets of an IPv6 literal.
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| TlsConnectError::with_source(TlsConnectErrorKind::InvalidServerName, e))
-}
-
 impl<C> Service<Uri> for SharedTlsConnector<C>
 where
     C: Service<Uri>,
@@ -193,16 +184,19 @@ where
         if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("https")) {
             return ResponseFuture::failed(TlsConnectError::unsupported_scheme(scheme));
         }
-        let name = match uri.host().filter(|h| !h.is_empty()) {
-            None => {
-                return ResponseFuture::failed(TlsConnectError::new(
-                    TlsConnectErrorKind::MissingHost,
+        if uri.host().is_none_or(str::is_empty) {
+            return ResponseFuture::failed(TlsConnectError::new(TlsConnectErrorKind::MissingHost));
+        }
+        // hyper-rustls's own mapping: a DNS name, or an IP literal (without
+        // the brackets `Uri::host` keeps around IPv6).
+        let name = match DefaultServerNameResolver::default().resolve(&uri) {
+            Ok(name) => name,
+            Err(e) => {
+                return ResponseFuture::failed(TlsConnectError::with_source(
+                    TlsConnectErrorKind::InvalidServerName,
+                    e,
                 ))
             }
-            Some(host) => match server_name(host) {
-                Ok(name) => name,
-                Err(e) => return ResponseFuture::failed(e),
-            },
         };
         // This connector's own `poll_ready` drove the inner one ready, so it
         // is called here; hyper-rustls gets the connect already under way and
