@@ -71,3 +71,85 @@ impl Stamp {
         origin.at(self.0.load(Ordering::Acquire))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::advance;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_adds_the_limit_on_tokios_clock() {
+        let base = Instant::now();
+        let at = deadline(base, Duration::from_millis(1500));
+        assert_eq!(at - base, Duration::from_millis(1500));
+        assert!(Instant::now() < at);
+        advance(Duration::from_millis(1500)).await;
+        assert_eq!(Instant::now(), at);
+        assert_eq!(deadline(base, Duration::ZERO), base);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn enormous_limits_saturate_to_the_far_future_instead_of_panicking() {
+        let base = Instant::now();
+        let far = far_future(base);
+        assert_eq!(far - base, FAR);
+        assert_eq!(deadline(base, Duration::MAX), far);
+        assert_eq!(deadline(base, FAR), far);
+        // Below the overflow a limit is kept as given, even beyond FAR.
+        assert_eq!(deadline(base, FAR * 2) - base, FAR * 2);
+    }
+
+    #[test]
+    fn never_until_set_and_after_clear() {
+        let origin = Origin::new(Instant::now());
+        let stamp = Stamp::never();
+        assert_eq!(stamp.get(&origin), None);
+        stamp.set(&origin, origin.instant());
+        assert_eq!(stamp.get(&origin), Some(origin.instant()));
+        stamp.clear();
+        assert_eq!(stamp.get(&origin), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stamps_round_trip_to_the_nanosecond() {
+        let origin = Origin::new(Instant::now());
+        let stamp = Stamp::never();
+        for step in [1, 999_999_999, 1_000_000_007, 3_600_000_000_000] {
+            advance(Duration::from_nanos(step)).await;
+            let now = Instant::now();
+            stamp.set(&origin, now);
+            assert_eq!(stamp.get(&origin), Some(now));
+        }
+        // Setting again overwrites.
+        stamp.set(&origin, origin.instant());
+        assert_eq!(stamp.get(&origin), Some(origin.instant()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instants_before_the_origin_read_back_as_the_origin() {
+        let early = Instant::now();
+        advance(Duration::from_secs(5)).await;
+        let origin = Origin::new(Instant::now());
+        let stamp = Stamp::never();
+        stamp.set(&origin, early);
+        assert_eq!(stamp.get(&origin), Some(origin.instant()));
+    }
+
+    #[test]
+    fn instants_beyond_584_years_saturate_and_never_read_as_never() {
+        let origin = Origin::new(Instant::now());
+        // `u64::MAX` nanoseconds is about 584 years; 600 years is beyond it.
+        let Some(beyond) = origin
+            .instant()
+            .checked_add(Duration::from_secs(86_400 * 365 * 600))
+        else {
+            return; // This platform's Instant cannot represent it at all.
+        };
+        assert_eq!(origin.stamp(beyond), NEVER - 1);
+        let stamp = Stamp::never();
+        stamp.set(&origin, beyond);
+        let read = stamp.get(&origin).expect("a saturated stamp is still set");
+        assert_eq!(read - origin.instant(), Duration::from_nanos(NEVER - 1));
+    }
+}

@@ -24,6 +24,27 @@
     doc = "* [`testing`] — real loopback servers that misbehave on purpose, for your tests."
 )]
 //!
+//! # Features
+//!
+//! Like tower-http's, the optional parts are cargo features, and the default
+//! pulls in no TLS stack: a crate that adds this one for its timeouts
+//! compiles neither rustls nor ring.
+//!
+//! | feature | enables |
+//! |---|---|
+//! | *(none)* | [`phase_timeout`], [`track`], [`idle_expiry`] and the other layers: always compiled |
+//! | `tls` | the `tls` module: `SharedTlsConnector` on hyper-rustls (rustls with the `ring` provider, webpki roots; no aws-lc) |
+//! | `native-roots` | `tls`, with the operating system's root certificates in the shared configuration (webpki's as a fallback) |
+//! | `testing` | the `testing` module: misbehaving loopback servers for tests |
+//! | `full` | `tls` and `testing` (not `native-roots`: which roots to trust is a choice, not a capability) |
+//!
+//! The layers have no feature of their own: they need no dependency beyond
+//! the crate's core (hyper, hyper-util, tokio, tower), and they use each
+//! other's types (every layer reads the [`track`]er's state; the retry
+//! layer classifies [`phase_timeout`]'s and [`idle_expiry`]'s errors), so
+//! switching one off would save little build time and cost a `cfg` on every
+//! cross-reference. Items behind a feature carry a badge in these docs.
+//!
 //! # Two planes
 //!
 //! ```text

@@ -14,7 +14,8 @@ pub enum TlsConnectErrorKind {
     MissingHost,
     /// The host is not a valid TLS server name (DNS name or IP address).
     InvalidServerName,
-    /// The inner (TCP) connector failed; its error is the source.
+    /// The inner (TCP) connector failed (its `poll_ready` or its connect);
+    /// its error is the source.
     Connect,
     /// The TLS handshake failed; the source is the [`rustls::Error`] when
     /// rustls rejected the peer, otherwise the IO error.
@@ -59,22 +60,34 @@ impl TlsConnectError {
         }
     }
 
-    /// A handshake failure: unwraps the [`rustls::Error`] tokio-rustls puts
-    /// inside an [`io::Error`] so that it is the direct source (an
+    /// A failure of the inner connector (its `poll_ready` or its connect).
+    pub(crate) fn connect(source: impl Into<BoxError>) -> Self {
+        Self::with_source(TlsConnectErrorKind::Connect, source)
+    }
+
+    /// A handshake failure as hyper-rustls reports it: an [`io::Error`]
+    /// wrapping tokio-rustls's `io::Error`, which wraps the [`rustls::Error`]
+    /// when rustls rejected the peer. The wrappers are peeled off so that the
+    /// `rustls::Error` (or the innermost IO error) is the direct source (an
     /// `io::Error`'s own `source()` skips the error it wraps).
-    pub(crate) fn handshake(err: io::Error) -> Self {
-        let source: BoxError = if err
-            .get_ref()
-            .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            match err.into_inner() {
-                Some(inner) => inner,
-                None => unreachable!("checked above that the io::Error wraps an error"),
-            }
-        } else {
-            Box::new(err)
-        };
-        Self::with_source(TlsConnectErrorKind::Tls, source)
+    pub(crate) fn handshake(err: BoxError) -> Self {
+        let mut source = err;
+        loop {
+            source = match source.downcast::<io::Error>() {
+                Ok(io)
+                    if io.get_ref().is_some_and(|inner| {
+                        inner.is::<io::Error>() || inner.is::<rustls::Error>()
+                    }) =>
+                {
+                    match io.into_inner() {
+                        Some(inner) => inner,
+                        None => unreachable!("checked above that the io::Error wraps an error"),
+                    }
+                }
+                Ok(io) => break Self::with_source(TlsConnectErrorKind::Tls, io as BoxError),
+                Err(other) => break Self::with_source(TlsConnectErrorKind::Tls, other),
+            };
+        }
     }
 
     /// What went wrong.

@@ -5,22 +5,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use hyper::rt::{Read, Write};
-use hyper_util::rt::TokioIo;
+use hyper_rustls::MaybeHttpsStream;
 use pin_project_lite::pin_project;
-use rustls::pki_types::ServerName;
-use tokio_rustls::client::Connect;
-use tokio_rustls::TlsConnector;
 
-use super::{MaybeHttpsStream, TlsConnectError, TlsConnectErrorKind};
+use super::TlsConnectError;
 use crate::BoxError;
 
+/// hyper-rustls's `HttpsConnector` future.
+type HttpsFuture<T> = Pin<Box<dyn Future<Output = Result<MaybeHttpsStream<T>, BoxError>> + Send>>;
+
 pin_project! {
-    /// The future returned by [`SharedTlsConnector`](super::SharedTlsConnector):
-    /// the inner connector's future, then (for `https://`) the TLS handshake.
+    /// The future returned by [`SharedTlsConnector`](super::SharedTlsConnector).
     ///
-    /// Hand-written rather than boxed, so a connect costs no allocation beyond
-    /// the inner connector's and rustls's own.
+    /// For `http://`, the inner connector's future, unboxed; for `https://`,
+    /// hyper-rustls's (boxed) connect-and-handshake future. Either way its
+    /// errors become [`TlsConnectError`]s.
     pub struct ResponseFuture<F, T> {
         #[pin]
         state: State<F, T>,
@@ -33,14 +32,12 @@ pin_project! {
         Failed {
             error: Option<TlsConnectError>,
         },
-        Connecting {
+        Http {
             #[pin]
             future: F,
-            // `None` for `http://`.
-            tls: Option<(TlsConnector, ServerName<'static>)>,
         },
-        Handshaking {
-            handshake: Connect<TokioIo<T>>,
+        Https {
+            future: HttpsFuture<T>,
         },
     }
 }
@@ -52,9 +49,15 @@ impl<F, T> ResponseFuture<F, T> {
         }
     }
 
-    pub(crate) fn connecting(future: F, tls: Option<(TlsConnector, ServerName<'static>)>) -> Self {
+    pub(crate) fn http(future: F) -> Self {
         Self {
-            state: State::Connecting { future, tls },
+            state: State::Http { future },
+        }
+    }
+
+    pub(crate) fn https(future: HttpsFuture<T>) -> Self {
+        Self {
+            state: State::Https { future },
         }
     }
 }
@@ -63,44 +66,27 @@ impl<F, T, E> Future for ResponseFuture<F, T>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
-    T: Read + Write + Unpin,
 {
     type Output = Result<MaybeHttpsStream<T>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Failed { error } => {
-                    let error = error.take().expect("polled after completion");
-                    return Poll::Ready(Err(error.into()));
-                }
-                StateProj::Connecting { future, tls } => {
-                    let io = match ready!(future.poll(cx)) {
-                        Ok(io) => io,
-                        Err(e) => {
-                            let e = TlsConnectError::with_source(TlsConnectErrorKind::Connect, e);
-                            return Poll::Ready(Err(e.into()));
-                        }
-                    };
-                    match tls.take() {
-                        None => return Poll::Ready(Ok(MaybeHttpsStream::Http(io))),
-                        Some((connector, name)) => {
-                            let handshake = connector.connect(name, TokioIo::new(io));
-                            state.set(State::Handshaking { handshake });
-                        }
+        let result = match self.project().state.project() {
+            StateProj::Failed { error } => Err(error.take().expect("polled after completion")),
+            StateProj::Http { future } => ready!(future.poll(cx))
+                .map(MaybeHttpsStream::Http)
+                .map_err(TlsConnectError::connect),
+            StateProj::Https { future } => {
+                return Poll::Ready(ready!(future.as_mut().poll(cx)).map_err(|e| {
+                    // The inner connector's errors were typed on the way in;
+                    // anything else is the handshake's.
+                    match e.downcast::<TlsConnectError>() {
+                        Ok(typed) => typed as BoxError,
+                        Err(e) => TlsConnectError::handshake(e).into(),
                     }
-                }
-                StateProj::Handshaking { handshake } => {
-                    return match ready!(Pin::new(handshake).poll(cx)) {
-                        Ok(tls) => {
-                            Poll::Ready(Ok(MaybeHttpsStream::Https(Box::new(TokioIo::new(tls)))))
-                        }
-                        Err(e) => Poll::Ready(Err(TlsConnectError::handshake(e).into())),
-                    };
-                }
+                }));
             }
-        }
+        };
+        Poll::Ready(result.map_err(Into::into))
     }
 }
 
@@ -108,8 +94,8 @@ impl<F, T> fmt::Debug for ResponseFuture<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Failed { .. } => "failed",
-            State::Connecting { .. } => "connecting",
-            State::Handshaking { .. } => "handshaking",
+            State::Http { .. } => "connecting (http)",
+            State::Https { .. } => "connecting (https)",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

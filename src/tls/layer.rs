@@ -13,7 +13,7 @@ use super::{shared_config, SharedTlsConnector};
 /// [`new`](Self::new) uses the process-wide [`shared_config`] (built lazily,
 /// at the first `https://` connect); [`from_config`](Self::from_config) a
 /// given configuration. A `Clone` of the layer, and every connector it makes,
-/// shares the configuration `Arc` and so its TLS session store.
+/// shares the configuration `Arc` and so its TLS session cache.
 ///
 /// The inner connector receives `https://` URIs unchanged: hyper-util's
 /// `HttpConnector` needs `enforce_http(false)`.
@@ -55,7 +55,7 @@ impl SharedTlsLayer {
     /// Offers these ALPN protocols instead of the configuration's (default
     /// [`DEFAULT_ALPN_PROTOCOLS`](super::DEFAULT_ALPN_PROTOCOLS)).
     ///
-    /// Clones the configuration once, now; roots, provider and session store
+    /// Clones the configuration once, now; roots, provider and session cache
     /// stay shared with the original.
     pub fn alpn_protocols<I, P>(mut self, protocols: I) -> Self
     where

@@ -6,9 +6,13 @@
 //! process-wide rustls [`ClientConfig`](rustls::ClientConfig) — built on
 //! first use by [`shared_config`], exactly once — so a client costs about as
 //! much as one without TLS, and every client resumes the TLS sessions of the
-//! others through one bounded [`SessionStore`].
+//! others through one bounded rustls session cache.
 //!
-//! * rustls via tokio-rustls with the `ring` provider (no C build of aws-lc).
+//! * The TLS itself is hyper-rustls's [`HttpsConnector`](hyper_rustls::HttpsConnector)
+//!   and [`MaybeHttpsStream`] (rustls with the `ring` provider; no C build
+//!   of aws-lc), and rustls's own
+//!   [`ClientSessionMemoryCache`](rustls::client::ClientSessionMemoryCache)
+//!   for resumption.
 //! * Webpki roots by default; the operating system's with the
 //!   `native-roots` feature.
 //! * ALPN `h2` and `http/1.1` ([`DEFAULT_ALPN_PROTOCOLS`], configurable):
@@ -17,6 +21,23 @@
 //!   literals, which are checked against the certificate's IP addresses.
 //! * [`from_config`](SharedTlsLayer::from_config) for custom roots, client
 //!   certificates or a test CA ([`config_with_roots`] helps).
+//!
+//! # What is this crate's own
+//!
+//! * The process-wide configuration, built lazily: [`SharedTlsConnector::new`]
+//!   resolves it at the first `https://` connect, so building a connector or
+//!   a client never loads certificates, and an `http://`-only program never
+//!   builds it. A hyper-rustls `HttpsConnector` takes its configuration when
+//!   it is built, so this connector builds one per `https://` connect (an
+//!   `Arc` and the connector's boxed future; nothing per client) around the
+//!   inner connect, and routes `http://` around it (no allocation, no
+//!   configuration).
+//! * Typed errors: [`TlsConnectError`] with a [`TlsConnectErrorKind`].
+//!   hyper-rustls reports every failure as an untyped `io::Error` or the
+//!   inner error as is, so the scheme and host are checked here before
+//!   anything connects, the inner connector's errors are marked on the way
+//!   in, and the handshake's `io::Error` wrappers are peeled off down to the
+//!   [`rustls::Error`].
 //!
 //! # Where it sits
 //!
@@ -33,11 +54,6 @@
 //! take it (its TLS is internal); give reqwest
 //! `use_preconfigured_tls((*shared_config()).clone())` instead to skip its
 //! per-client root loading.
-//!
-//! # Futures
-//!
-//! [`ResponseFuture`] is hand-written (no boxing): the inner connect, then the
-//! handshake.
 //!
 //! # Example
 //!
@@ -62,15 +78,15 @@ mod error;
 mod future;
 mod layer;
 mod service;
-mod store;
-mod stream;
+
+#[cfg(test)]
+mod tests;
 
 pub use config::{
     config_with_roots, shared_config, shared_config_build_count, DEFAULT_ALPN_PROTOCOLS,
 };
 pub use error::{TlsConnectError, TlsConnectErrorKind};
 pub use future::ResponseFuture;
+pub use hyper_rustls::MaybeHttpsStream;
 pub use layer::SharedTlsLayer;
 pub use service::SharedTlsConnector;
-pub use store::SessionStore;
-pub use stream::MaybeHttpsStream;

@@ -1,37 +1,43 @@
 //! The connector service.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper::rt::{Read, Write};
+use hyper_rustls::{
+    DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName,
+};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio_rustls::TlsConnector;
+use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{
-    shared_config, MaybeHttpsStream, ResponseFuture, TlsConnectError, TlsConnectErrorKind,
-};
+use super::{shared_config, ResponseFuture, TlsConnectError, TlsConnectErrorKind};
 use crate::BoxError;
 
-/// A connector that adds TLS (rustls, `ring`) to an inner connector for
-/// `https://` URIs and passes `http://` through untouched.
+/// A connector that adds TLS (hyper-rustls, rustls with `ring`) to an inner
+/// connector for `https://` URIs and passes `http://` through untouched.
 ///
 /// It is a `Service<Uri>` on the connection plane, usable as hyper-util's
-/// client connector. The response is a [`MaybeHttpsStream`] over the inner
-/// connector's IO.
+/// client connector. The response is hyper-rustls's
+/// [`MaybeHttpsStream`](super::MaybeHttpsStream) over the inner connector's
+/// IO; its `Connection` impl marks
+/// [`negotiated_h2`](hyper_util::client::legacy::connect::Connected::negotiated_h2)
+/// when ALPN selected `h2` and keeps the extras the inner IO publishes.
 ///
-/// * `https://host`: the inner connector connects (it receives the URI
-///   unchanged, so hyper-util's `HttpConnector` needs
-///   [`enforce_http(false)`](HttpConnector::enforce_http), as
-///   [`SharedTlsConnector::tcp`] sets), then the TLS handshake runs with the
-///   host as server name. Names are sent as SNI and verified against the
-///   certificate's DNS names; IP literals (`https://127.0.0.1`,
-///   `https://[::1]`) are verified against its IP addresses and send no SNI.
-/// * `http://`: the inner IO is returned as [`MaybeHttpsStream::Http`]; no
-///   TLS happens.
+/// * `https://host`: the scheme and host are checked first (nothing
+///   connects for a URI that cannot succeed), then the inner connector
+///   connects (it receives the URI unchanged, so hyper-util's
+///   `HttpConnector` needs [`enforce_http(false)`](HttpConnector::enforce_http),
+///   as [`SharedTlsConnector::tcp`] sets) and hyper-rustls's
+///   [`HttpsConnector`] runs the TLS handshake with the host as server name.
+///   Names are sent as SNI and verified against the certificate's DNS names;
+///   IP literals (`https://127.0.0.1`, `https://[::1]`) are verified against
+///   its IP addresses and send no SNI.
+/// * `http://`: the inner IO is returned as `MaybeHttpsStream::Http`; no TLS
+///   happens and the TLS configuration is not touched.
 /// * Any other scheme fails with [`TlsConnectErrorKind::UnsupportedScheme`].
 ///
 /// # Configuration
@@ -50,7 +56,7 @@ use crate::BoxError;
 ///
 /// # Cloning
 ///
-/// A clone shares the configuration (and so the session store) and clones
+/// A clone shares the configuration (and so the session cache) and clones
 /// the inner connector.
 ///
 /// # Example
@@ -81,7 +87,7 @@ impl<C> SharedTlsConnector<C> {
     }
 
     /// Wraps `inner` with a given rustls configuration (custom roots, a test
-    /// CA, client certificates, ALPN, resumption store, ...).
+    /// CA, client certificates, ALPN, session cache, ...).
     ///
     /// Its `alpn_protocols` decide HTTP/2: offer `h2` for hyper-util to use
     /// HTTP/2 where the server agrees.
@@ -96,7 +102,7 @@ impl<C> SharedTlsConnector<C> {
     /// example `[b"http/1.1"]` to never negotiate HTTP/2.
     ///
     /// This clones the configuration once, now (building the shared one if
-    /// needed); the clone keeps the same roots, provider and session store,
+    /// needed); the clone keeps the same roots, provider and session cache,
     /// so resumption is still shared with the original.
     pub fn alpn_protocols<I, P>(mut self, protocols: I) -> Self
     where
@@ -153,52 +159,83 @@ where
     Arc::new(config)
 }
 
-fn server_name(host: &str) -> Result<ServerName<'static>, TlsConnectError> {
-    // `Uri::host` keeps the brackets of an IPv6 literal.
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| TlsConnectError::with_source(TlsConnectErrorKind::InvalidServerName, e))
-}
-
 impl<C> Service<Uri> for SharedTlsConnector<C>
 where
     C: Service<Uri>,
-    C::Response: Read + Write + Connection + Unpin,
+    C::Response: Read + Write + Connection + Send + Unpin + 'static,
+    C::Future: Send + 'static,
     C::Error: Into<BoxError>,
 {
-    type Response = MaybeHttpsStream<C::Response>;
+    type Response = hyper_rustls::MaybeHttpsStream<C::Response>;
     type Error = BoxError;
     type Future = ResponseFuture<C::Future, C::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
             .poll_ready(cx)
-            .map_err(|e| TlsConnectError::with_source(TlsConnectErrorKind::Connect, e).into())
+            .map_err(|e| TlsConnectError::connect(e).into())
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let scheme = uri.scheme_str();
         if scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) {
-            return ResponseFuture::connecting(self.inner.call(uri), None);
+            return ResponseFuture::http(self.inner.call(uri));
         }
         if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("https")) {
             return ResponseFuture::failed(TlsConnectError::unsupported_scheme(scheme));
         }
-        let name = match uri.host().filter(|h| !h.is_empty()) {
-            None => {
-                return ResponseFuture::failed(TlsConnectError::new(
-                    TlsConnectErrorKind::MissingHost,
+        if uri.host().is_none_or(str::is_empty) {
+            return ResponseFuture::failed(TlsConnectError::new(TlsConnectErrorKind::MissingHost));
+        }
+        // hyper-rustls's own mapping: a DNS name, or an IP literal (without
+        // the brackets `Uri::host` keeps around IPv6).
+        let name = match DefaultServerNameResolver::default().resolve(&uri) {
+            Ok(name) => name,
+            Err(e) => {
+                return ResponseFuture::failed(TlsConnectError::with_source(
+                    TlsConnectErrorKind::InvalidServerName,
+                    e,
                 ))
             }
-            Some(host) => match server_name(host) {
-                Ok(name) => name,
-                Err(e) => return ResponseFuture::failed(e),
-            },
         };
-        let tls = TlsConnector::from(self.config());
-        ResponseFuture::connecting(self.inner.call(uri), Some((tls, name)))
+        // This connector's own `poll_ready` drove the inner one ready, so it
+        // is called here; hyper-rustls gets the connect already under way and
+        // the name already checked.
+        let connect = Started(Some(self.inner.call(uri.clone())))
+            .map_err(|e: C::Error| TlsConnectError::connect(e));
+        let mut https = HttpsConnector::new(
+            connect,
+            self.config(),
+            false,
+            Arc::new(FixedServerNameResolver::new(name)),
+        );
+        ResponseFuture::https(https.call(uri))
+    }
+}
+
+/// The inner connector's call, already made: the inner service of the
+/// per-connect [`HttpsConnector`], which calls it exactly once.
+///
+/// A `HttpsConnector` holds its configuration from construction, and this
+/// connector resolves the shared one only at the first `https://` connect;
+/// so it builds one per connect around the connect already started.
+struct Started<F>(Option<F>);
+
+impl<F, T, E> Service<Uri> for Started<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Response = T;
+    type Error = E;
+    type Future = F;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), E>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> F {
+        self.0
+            .take()
+            .expect("hyper-rustls calls its inner connector once per connect")
     }
 }
