@@ -121,7 +121,7 @@ where
         ResponseFuture::new(
             inner,
             self.layer.clone(),
-            self.origin.clone(),
+            self.origin,
             Some(self.state.clone()),
         )
     }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderMap, CONNECTION};
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+
+/// `Keep-Alive`, not among `http`'s predefined names.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The longest `timeout=` accepted: a day. Larger values are treated as no
 /// hint (they are either a misconfiguration or meaningless next to any
@@ -24,7 +27,7 @@ pub(crate) const MAX_HINT: Duration = Duration::from_secs(86_400);
 ///   counts requests announces the last one with `Connection: close`.
 pub(crate) fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
     let mut best: Option<u64> = None;
-    for value in headers.get_all("keep-alive") {
+    for value in headers.get_all(KEEP_ALIVE) {
         let Ok(value) = value.to_str() else { continue };
         for param in value.split(',') {
             let Some((name, v)) = param.split_once('=') else {

@@ -162,25 +162,30 @@ impl IdleExpiryLayer {
         }
         let c = &self.config;
         let shared = &self.shared;
+        let learner = &shared.learner;
+        let learning = c.learn && learner.is_learning();
         let now = Instant::now();
-        let info = state.info();
-        if let (Some(origin), true) = (origin, info.is_reused()) {
-            if c.learn {
-                shared.learner.reused(origin, info.idle_before(), now);
-            }
+        if let (Some(origin), true) = (origin, learning && state.requests() > 1) {
+            learner.reused(origin, state.info().idle_before(), now);
         }
-        let rtt = info
-            .time_to_first_byte()
-            .map_or(info.connect_duration(), |t| t.min(info.connect_duration()));
-        let margin = c.margin.max(rtt.saturating_mul(2));
+        // The margin below an announced or learned timeout: twice the
+        // connection's round trip (its connect time or, if shorter, this
+        // exchange's time to first byte), at least the configured floor.
+        let margin = || {
+            let info = state.info();
+            let rtt = info
+                .time_to_first_byte()
+                .map_or(info.connect_duration(), |t| t.min(info.connect_duration()));
+            c.margin.max(rtt.saturating_mul(2))
+        };
         let mut limit = c.expiry;
         if let Some(hint) = keep_alive_timeout(headers) {
-            limit = limit.min(hint.saturating_sub(margin));
+            limit = limit.min(hint.saturating_sub(margin()));
             shared.stats.inner.hints.fetch_add(1, Ordering::Relaxed);
         }
-        if c.learn {
-            if let Some(estimate) = origin.and_then(|o| shared.learner.estimate(o, now)) {
-                limit = limit.min(estimate.saturating_sub(margin));
+        if learning {
+            if let Some(estimate) = origin.and_then(|o| learner.estimate(o, now)) {
+                limit = limit.min(estimate.saturating_sub(margin()));
             }
         }
         if connection_close(headers) || c.max_requests.is_some_and(|max| state.requests() >= max) {
@@ -193,7 +198,7 @@ impl IdleExpiryLayer {
         state.observe(|| {
             Arc::new(OriginObserver {
                 shared: Arc::clone(&self.shared),
-                origin: origin.cloned(),
+                origin: origin.copied(),
                 learn: c.learn,
             })
         });

@@ -32,10 +32,10 @@
 //! KiB however many hosts a process talks to.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
 use http::Uri;
 use tokio::time::Instant;
 
@@ -45,20 +45,34 @@ pub(crate) const DEFAULT_ORIGINS: usize = 1024;
 /// How long an observation is trusted by default.
 pub(crate) const DEFAULT_RELEARN_AFTER: Duration = Duration::from_secs(300);
 
-/// Scheme, host and port: what a learned idle timeout belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Origin {
-    scheme: Option<Scheme>,
-    authority: Authority,
-}
+/// Scheme, host and port (case-insensitive): what a learned idle timeout
+/// belongs to, as a 64-bit hash so that finding it allocates nothing.
+///
+/// Two origins whose hashes collide would share an estimate; as an estimate only ever lowers the expiry, that
+/// could cost one of them reuse, never a stale request it would not
+/// otherwise risk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Origin(u64);
 
 impl Origin {
     /// The origin of a request URI; `None` for a relative URI.
     pub(crate) fn of(uri: &Uri) -> Option<Origin> {
-        Some(Origin {
-            scheme: uri.scheme().cloned(),
-            authority: uri.authority()?.clone(),
-        })
+        // FNV-1a over "scheme://authority", host case folded: a few
+        // instructions per byte, no allocation.
+        fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+            const PRIME: u64 = 0x0000_0100_0000_01b3;
+            for &b in bytes {
+                h = (h ^ u64::from(b | 0x20)).wrapping_mul(PRIME);
+            }
+            h
+        }
+        let authority = uri.authority()?.as_str().as_bytes();
+        let scheme = uri.scheme_str().unwrap_or("").as_bytes();
+        // `| 0x20` folds ASCII letters' case (and maps a few punctuation
+        // bytes onto others, which only adds to the collision argument
+        // above); the scheme's length keeps "a" + "bc" apart from "ab" + "c".
+        let h = fnv(0xcbf2_9ce4_8422_2325 ^ scheme.len() as u64, scheme);
+        Some(Origin(fnv(h, authority)))
     }
 }
 
@@ -74,6 +88,9 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct Learner {
     map: Mutex<HashMap<Origin, Entry>>,
+    /// Origins in the map, readable without the lock: while nothing has been
+    /// learned, responses skip the map entirely.
+    entries: AtomicUsize,
     capacity: usize,
     relearn_after: Duration,
 }
@@ -82,6 +99,7 @@ impl Learner {
     pub(crate) fn new(capacity: usize, relearn_after: Duration) -> Self {
         Learner {
             map: Mutex::new(HashMap::new()),
+            entries: AtomicUsize::new(0),
             capacity: capacity.max(1),
             relearn_after,
         }
@@ -91,8 +109,16 @@ impl Learner {
         now.saturating_duration_since(at) < self.relearn_after
     }
 
+    /// Whether anything has been learned at all (read without the lock).
+    pub(crate) fn is_learning(&self) -> bool {
+        self.entries.load(Ordering::Relaxed) > 0
+    }
+
     /// The current estimate of `origin`'s idle timeout, if one is trusted.
     pub(crate) fn estimate(&self, origin: &Origin, now: Instant) -> Option<Duration> {
+        if self.entries.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.get_mut(origin)?;
         entry.used = now;
@@ -128,6 +154,9 @@ impl Learner {
     /// A request on a connection of `origin` idle for `idle` got its
     /// response: the server kept that connection at least that long.
     pub(crate) fn reused(&self, origin: &Origin, idle: Duration, now: Instant) {
+        if self.entries.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Only worth remembering for an origin already being learned, and
         // only when it beats the current record.
@@ -148,21 +177,19 @@ impl Learner {
         now: Instant,
     ) -> &'m mut Entry {
         if !map.contains_key(origin) && map.len() >= self.capacity {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone());
+            let oldest = map.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| *k);
             if let Some(oldest) = oldest {
                 map.remove(&oldest);
             }
         }
-        let entry = map.entry(origin.clone()).or_insert(Entry {
+        let entry = map.entry(*origin).or_insert(Entry {
             estimate: None,
             tolerated: None,
             used: now,
         });
         entry.used = now;
-        entry
+        self.entries.store(map.len(), Ordering::Relaxed);
+        map.get_mut(origin).expect("just inserted")
     }
 
     /// Origins currently remembered.

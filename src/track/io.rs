@@ -76,33 +76,47 @@ impl std::fmt::Display for Poisoned {
 impl std::error::Error for Poisoned {}
 
 impl<T> Counting<T> {
-    /// Whether the idle connection's expiry has passed; arms (or re-arms)
-    /// the expiry timer otherwise, so the task wakes when it does.
+    /// Whether the idle connection's expiry has passed; otherwise makes
+    /// sure the expiry timer will wake the task by then.
+    ///
+    /// One timer per connection, allocated once and re-armed lazily: it is
+    /// left armed at an earlier deadline (a previous idle period's) rather
+    /// than reset on every request; when it fires early the real deadline is
+    /// checked and the timer moved to it. With a long expiry and a busy
+    /// connection that is one timer operation per expiry period, not per
+    /// request.
     fn idle_expired(
         state: &ConnectionState,
         timer: &mut Option<Pin<Box<Sleep>>>,
         cx: &mut Context<'_>,
     ) -> bool {
         let Some(deadline) = state.idle_deadline() else {
-            *timer = None;
             return false;
         };
-        if Instant::now() >= deadline {
-            *timer = None;
+        let now = Instant::now();
+        if now >= deadline {
             return true;
         }
         let sleep = match timer {
             Some(sleep) => {
-                if sleep.deadline() != deadline {
+                if deadline < sleep.deadline() {
                     sleep.as_mut().reset(deadline);
+                    state.timer_armed(deadline);
                 }
                 sleep
             }
-            None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            None => {
+                state.timer_armed(deadline);
+                timer.insert(Box::pin(tokio::time::sleep_until(deadline)))
+            }
         };
         if sleep.as_mut().poll(cx).is_ready() {
-            *timer = None;
-            return true;
+            // Fired at an earlier deadline: move it to this one.
+            sleep.as_mut().reset(deadline);
+            state.timer_armed(deadline);
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Instant::now() >= deadline;
+            }
         }
         false
     }

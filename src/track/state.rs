@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     expiry: AtomicU64,
     /// When the connection retires (maximum age), applied at an idle point.
     retire_at: Stamp,
+    /// Where the IO's expiry timer is armed (it fires there at the latest).
+    timer_at: Stamp,
     /// Told about expiries, refusals and server idle closes (IdleExpiry).
     observer: OnceLock<Arc<dyn Observer>>,
     poisoned: AtomicBool,
@@ -113,6 +115,7 @@ impl ConnectionState {
                 idle_since: Stamp::never(),
                 expiry: AtomicU64::new(NO_EXPIRY),
                 retire_at: Stamp::never(),
+                timer_at: Stamp::never(),
                 observer: OnceLock::new(),
                 poisoned: AtomicBool::new(false),
                 expired: AtomicBool::new(false),
@@ -212,8 +215,13 @@ impl ConnectionState {
         let nanos = expiry.map_or(NO_EXPIRY, |d| {
             u64::try_from(d.as_nanos()).unwrap_or(NO_EXPIRY - 1)
         });
-        self.inner.expiry.store(nanos, Ordering::Release);
-        self.wake();
+        let old = self.inner.expiry.swap(nanos, Ordering::AcqRel);
+        // Only a known-idle connection has a timer to re-arm; one in flight
+        // arms it when its exchange ends.
+        if old != nanos && self.idle_since().is_some() {
+            self.inner.timer_at.clear();
+            self.wake();
+        }
     }
 
     /// When the known-idle connection expires: [`idle_since`](Self::idle_since)
@@ -478,8 +486,20 @@ impl ConnectionState {
     /// nothing if a later exchange has opened since, or it already ended.
     pub(crate) fn end_exchange(&self, number: u64) {
         if self.requests() == number && self.complete_current() {
-            self.wake();
+            // The IO needs waking only if its expiry timer would fire too
+            // late for this idle period (or is not armed at all).
+            if let Some(deadline) = self.idle_deadline() {
+                match self.load(&self.inner.timer_at) {
+                    Some(armed) if armed <= deadline && armed > Instant::now() => {}
+                    _ => self.wake(),
+                }
+            }
         }
+    }
+
+    /// The IO armed its expiry timer at `at`.
+    pub(crate) fn timer_armed(&self, at: Instant) {
+        self.inner.timer_at.set(&self.inner.origin, at);
     }
 
     /// Poisons the connection because exchange `number` was abandoned: the
