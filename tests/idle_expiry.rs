@@ -406,29 +406,43 @@ async fn a_streaming_response_slower_than_the_expiry_completes() {
     use tower_conn_lifecycle::testing::SlowBodyServer;
 
     let expiry = Duration::from_millis(100);
-    // Chunks every 200 ms: gaps twice the expiry.
-    let server = SlowBodyServer::start(5, 10, Duration::from_millis(200))
-        .await
-        .unwrap();
-    let track = TrackConnectionsLayer::new();
-    let client = ServiceBuilder::new()
-        .layer(IdleExpiryLayer::new(expiry))
-        .service(legacy(&track));
-    let req = http::Request::get(server.url())
-        .body(Full::default())
-        .unwrap();
-    let res = client.clone().oneshot(req).await.unwrap();
-    let state = res.extensions().get::<ConnectionState>().unwrap().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body.len(), 50);
-    assert_eq!(server.bytes_written(), 50);
-    assert!(!state.was_expired());
-    // Once idle, it is closed at its expiry.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !state.is_closed() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for kind in [Kind::Legacy, Kind::Pool] {
+        // Chunks every 200 ms: gaps twice the expiry.
+        let server = SlowBodyServer::start(5, 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let layer = IdleExpiryLayer::new(expiry);
+        let track = TrackConnectionsLayer::new();
+        let req = http::Request::get(server.url())
+            .body(Full::default())
+            .unwrap();
+        // Each client stays alive until its connection is seen expiring.
+        let (res, keep): (_, Box<dyn std::any::Any + Send>) = match kind {
+            Kind::Legacy => {
+                let client = ServiceBuilder::new()
+                    .layer(layer.clone())
+                    .service(legacy(&track));
+                (client.clone().oneshot(req).await.unwrap(), Box::new(client))
+            }
+            Kind::Pool => {
+                let client = composable::client(layer.clone(), track);
+                (client.clone().oneshot(req).await.unwrap(), Box::new(client))
+            }
+        };
+        let state = res.extensions().get::<ConnectionState>().unwrap().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 50, "{kind:?}");
+        assert_eq!(server.bytes_written(), 50);
+        assert!(!state.was_expired(), "{kind:?}: cut mid-response");
+        // Once idle, it is closed at its expiry.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !state.is_closed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(state.was_expired(), "{kind:?}");
+        assert_eq!(layer.stats().expired(), 1);
+        drop(keep);
     }
-    assert!(state.was_expired());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
