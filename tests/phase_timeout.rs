@@ -4,6 +4,8 @@
 //! These tests run on the real clock. Each timing assertion allows a named,
 //! generous slack; nothing asserts on speed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -18,7 +22,8 @@ use tower_conn_lifecycle::phase_timeout::{
     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody, ResponseBody,
 };
 use tower_conn_lifecycle::testing::{
-    Blackhole, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer, ThrottledReader,
+    Blackhole, HyperServer, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,
+    ThrottledReader,
 };
 use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
 use tower_conn_lifecycle::BoxError;
@@ -302,4 +307,230 @@ async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let e = Elapsed::find(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+}
+
+// ------------------------------------------- issue 8: bodiless read, zero
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Asserts `err` is a read timeout that fired within `SLACK` of its limit
+/// after the request was handed over (`took` is measured from before the
+/// call; a loopback connect takes milliseconds), and that `elapsed()` is the
+/// real wait, not the limit.
+fn assert_read_on_time(err: &BoxError, took: Duration, context: &str) {
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{context}: {err}"));
+    assert_eq!(e.phase(), Phase::Read, "{context}: {err}");
+    let read = e.limit();
+    assert!(
+        took >= read && took <= read + SLACK,
+        "{context}: fired after {took:?} for read = {read:?}"
+    );
+    assert!(
+        e.elapsed() >= read && e.elapsed() <= took && took - e.elapsed() <= SLACK,
+        "{context}: elapsed() = {:?}, real wait {took:?}",
+        e.elapsed()
+    );
+}
+
+/// Issue 8, case 1: without the tracker, a request without a body started
+/// its read clock only when a timer first looked at the connection capture,
+/// so `read` fired up to one limit late (and `elapsed()` hid it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_fires_on_time_with_and_without_tracker() {
+    let server = SilentServer::start().await.unwrap();
+    let cases = [
+        PhaseTimeoutLayer::new().read(ms(500)),
+        PhaseTimeoutLayer::new()
+            .read(ms(700))
+            .total(Duration::from_secs(5)),
+        PhaseTimeoutLayer::new().send(ms(200)).read(ms(500)),
+    ];
+    let mut sent = 0;
+    for tracked in [false, true] {
+        for (i, phases) in cases.into_iter().enumerate() {
+            let svc = client(Duration::from_secs(1), phases, tracked);
+            let start = Instant::now();
+            let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+            sent += 1;
+            let context = format!("tracked={tracked} case {i}");
+            assert_read_on_time(&err, start.elapsed(), &context);
+        }
+    }
+    // Every request reached the server (so the clock ran in the read phase).
+    assert_eq!(server.requests(), sent);
+}
+
+/// A raw HTTP/1.1 server that answers the first request on each connection
+/// with `200 OK` and `ok`, then reads further requests and, depending on
+/// `partial`, sends half a response head or nothing at all.
+struct AnswerOnceServer {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AnswerOnceServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AnswerOnceServer {
+    async fn start(answer_first: bool, partial: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (c, r) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut answered = !answer_first;
+                    loop {
+                        // Requests here have no body: a head ends the request.
+                        let Some(end) = find(&buf, b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        buf.drain(..end + 4);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let reply: &[u8] = if !answered {
+                            answered = true;
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        } else if partial {
+                            b"HTTP/1.1 200 OK\r\ncontent-len"
+                        } else {
+                            b""
+                        };
+                        if tcp.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Issue 8, case 1, against half a response head (500 ms limit: the error
+/// used to come after 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_head_fails_in_the_read_phase_on_time() {
+    let server = AnswerOnceServer::start(false, true).await;
+    for tracked in [false, true] {
+        let svc = client(
+            Duration::from_secs(1),
+            PhaseTimeoutLayer::new().read(ms(500)),
+            tracked,
+        );
+        let start = Instant::now();
+        let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+        assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}
+
+/// Issue 8, case 1, on a pooled connection: the capture is filled at
+/// checkout, in the first poll, and the read clock starts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_on_a_reused_connection_fires_on_time() {
+    let server = AnswerOnceServer::start(true, false).await;
+    for tracked in [false, true] {
+        let before = server.connections.load(Ordering::SeqCst);
+        let svc = client(
+            Duration::from_secs(1),
+            PhaseTimeoutLayer::new().read(ms(500)),
+            tracked,
+        );
+        let res = svc.clone().oneshot(get(&server.url())).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        let start = Instant::now();
+        let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+        assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
+        // The second request really reused the first one's connection.
+        assert_eq!(server.connections.load(Ordering::SeqCst), before + 1);
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 4);
+}
+
+/// Issue 8, case 3, on a live server: a zero limit fails every request at
+/// its first poll, deterministically, in the first phase set to zero, before
+/// anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_limits_fail_every_time_before_sending() {
+    const TRIES: usize = 20;
+    let server = HyperServer::start().await.unwrap();
+    let z = Duration::ZERO;
+    let s = Duration::from_secs(5);
+    let cases = [
+        (PhaseTimeoutLayer::new().send(z), Phase::Send),
+        (PhaseTimeoutLayer::new().send(s).read(z), Phase::Read),
+        (PhaseTimeoutLayer::new().total(z), Phase::Total),
+        (
+            PhaseTimeoutLayer::new().send(s).read(s).total(z),
+            Phase::Total,
+        ),
+        (
+            PhaseTimeoutLayer::new().send(z).read(z).total(z),
+            Phase::Send,
+        ),
+    ];
+    for tracked in [false, true] {
+        for (phases, phase) in cases {
+            for _ in 0..TRIES {
+                // A fresh client each time: no pooled connection to reuse.
+                let svc = client(Duration::from_secs(1), phases, tracked);
+                let start = Instant::now();
+                let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+                let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+                assert_eq!(e.phase(), phase, "tracked={tracked}: {err}");
+                assert_eq!(e.limit(), Duration::ZERO);
+                assert!(e.elapsed() <= start.elapsed());
+            }
+        }
+    }
+    assert_eq!(server.requests(), 0);
+}
+
+/// Issue 8, case 3: `ConnectTimeout` with a zero limit fails every connect
+/// that is not ready on its first poll (a TCP connect never is), as its docs
+/// say; it used to let them all through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_connect_fails_every_time() {
+    const TRIES: usize = 40;
+    let server = HyperServer::start().await.unwrap();
+    for tracked in [false, true] {
+        let svc = client(Duration::ZERO, PhaseTimeoutLayer::new(), tracked);
+        for _ in 0..TRIES {
+            let err = svc.clone().oneshot(get(&server.url())).await.unwrap_err();
+            let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err:?}"));
+            assert_eq!(e.phase(), Phase::Connect, "{err}");
+            assert_eq!(e.limit(), Duration::ZERO);
+        }
+    }
+    assert_eq!(server.requests(), 0);
 }

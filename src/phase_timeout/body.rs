@@ -187,7 +187,8 @@ pin_project! {
     /// The response body of [`PhaseTimeout`](super::PhaseTimeout): fails with
     /// [`Elapsed`] (phase [`Read`](Phase::Read)) after the read stall limit
     /// without a frame, or (phase [`Total`](Phase::Total)) when the total
-    /// deadline passes before the body ends.
+    /// deadline passes before the body ends. A zero limit fails the first
+    /// poll that finds no frame ready, on that poll.
     ///
     /// It is `Unpin` when `B` is: its timer is boxed, and only allocated the
     /// first time the body has to wait for a frame.
@@ -212,6 +213,12 @@ struct BodyTimers {
 }
 
 impl BodyTimers {
+    /// Whether a limit is zero: then a poll that finds no frame ready fails at
+    /// once instead of waiting for a timer tick.
+    fn has_zero(&self) -> bool {
+        self.stall.is_some_and(|s| s.is_zero()) || self.total.is_some_and(|(t, _)| t.is_zero())
+    }
+
     fn next_check(&self) -> Instant {
         let stall = self.stall.map_or_else(
             || far_future(self.last_frame),
@@ -323,6 +330,11 @@ where
         let Some(timers) = this.timers.as_ref() else {
             return Poll::Pending;
         };
+        if timers.has_zero() {
+            if let Err(elapsed) = timers.check(Instant::now()) {
+                return Poll::Ready(Some(Err(elapsed.into())));
+            }
+        }
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timers.next_check())));

@@ -23,8 +23,10 @@ use crate::BoxError;
 /// `reqwest::ClientBuilder::connector_layer`, whose request type is private.
 ///
 /// [`Duration::ZERO`] fails every connect that is not ready on its first
-/// poll; a limit too large for the clock never fires. A `Clone` copies the
-/// limit.
+/// poll, on that poll (a TCP connect never is ready that soon, so through
+/// `HttpConnector` every connect fails); see the
+/// [module docs](super#zero-and-enormous-limits). A limit too large for the
+/// clock never fires. A `Clone` copies the limit.
 ///
 /// ```
 /// use std::time::Duration;
@@ -118,8 +120,10 @@ where
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(
+        // A zero limit allows no waiting: fail on this poll, not at the
+        // timer's next tick.
+        if this.limit.is_zero() || this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Elapsed::new(
                 Phase::Connect,
                 Waiting::Connection,
                 *this.limit,
@@ -127,8 +131,8 @@ where
                 0,
                 0,
             )
-            .into())),
-            Poll::Pending => Poll::Pending,
+            .into()));
         }
+        Poll::Pending
     }
 }

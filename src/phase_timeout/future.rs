@@ -98,6 +98,16 @@ impl Watch {
         self.limits.total.map(|t| (t, deadline(self.issued, t)))
     }
 
+    /// The error for a zero limit (see [`Limits::zero`]).
+    fn zero_elapsed(&self, phase: Phase) -> Elapsed {
+        let waiting = match phase {
+            Phase::Send => Waiting::UploadProgress,
+            Phase::Read => Waiting::ResponseHead,
+            _ => Waiting::Completion,
+        };
+        self.elapsed(phase, waiting, Duration::ZERO, self.issued)
+    }
+
     fn elapsed(&self, phase: Phase, waiting: Waiting, limit: Duration, since: Instant) -> Elapsed {
         let now = Instant::now();
         Elapsed::new(
@@ -122,23 +132,26 @@ impl Watch {
         Ok(total.map_or(next, |(_, dl)| next.min(dl)))
     }
 
-    fn check_phases(&mut self, now: Instant) -> Result<Instant, Elapsed> {
-        let never = far_future(now);
-        if !self.limits.watches_connection() {
-            return Ok(never);
-        }
+    /// Notes the request's connection if it has just become known (or, when
+    /// tracked, changed after one of hyper-util's transparent retries), and
+    /// returns what the capture says.
+    ///
+    /// hyper-util fills the capture inside a poll of the inner future and
+    /// wakes nobody, so [`ResponseFuture::poll`] calls this right after every
+    /// inner poll until the connection is known: `now` is then the instant
+    /// the request was handed to the connection, not a later timer tick.
+    fn observe(&mut self, now: Instant) -> Captured {
         let captured = self
             .capture
             .as_ref()
             .map_or(Captured::Pending, ConnectionCapture::get);
-        let tracked = match &captured {
-            Captured::Tracked(state) => Some(state),
+        let id = match &captured {
+            Captured::Tracked(state) => Some(state.id()),
             _ => None,
         };
-        let last_frame = self.progress.last_frame();
-        let id = tracked.map(ConnectionState::id);
         let moved = matches!((self.connected, id), (Some((_, Some(old))), Some(new)) if old != new);
         if self.connected.is_none() || moved {
+            let last_frame = self.progress.last_frame();
             self.connected = match (&captured, last_frame) {
                 (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
                 (Captured::Untracked, _) => Some(last_frame.unwrap_or(now)),
@@ -147,6 +160,24 @@ impl Watch {
             }
             .map(|at| (at, id));
         }
+        captured
+    }
+
+    fn check_phases(&mut self, now: Instant) -> Result<Instant, Elapsed> {
+        let never = far_future(now);
+        if !self.limits.watches_connection() {
+            return Ok(never);
+        }
+        let captured = self.observe(now);
+        let tracked = match &captured {
+            Captured::Tracked(state) => Some(state),
+            _ => None,
+        };
+        // On HTTP/2 the socket carries every stream of the connection: its
+        // progress says nothing about this request's, so a multiplexed
+        // request is judged by its own body frames, like an untracked one.
+        let socket = tracked.filter(|state| !state.is_http2());
+        let last_frame = self.progress.last_frame();
         let cadence = self.cadence().unwrap_or(Duration::MAX);
         let Some((connected, _)) = self.connected else {
             // Still waiting for a connection: that is the connect phase,
@@ -154,12 +185,12 @@ impl Watch {
             return Ok(deadline(now, cadence));
         };
 
-        match self.upload_done(tracked) {
+        match self.upload_done(socket) {
             None => {
                 let Some(limit) = self.limits.send else {
                     return Ok(deadline(now, cadence));
                 };
-                let socket = tracked
+                let socket = socket
                     .and_then(ConnectionState::last_write)
                     .filter(|w| *w >= self.issued);
                 let last = [Some(connected), last_frame, socket]
@@ -187,10 +218,12 @@ impl Watch {
         }
     }
 
-    /// When the whole request was on the wire, if it is.
-    fn upload_done(&self, tracked: Option<&ConnectionState>) -> Option<Instant> {
+    /// When the whole request was on the wire, if it is: judged on the socket
+    /// when `socket` is this request's own connection, otherwise when its body
+    /// ended.
+    fn upload_done(&self, socket: Option<&ConnectionState>) -> Option<Instant> {
         let body_end = self.progress.body_end()?;
-        let Some(state) = tracked else {
+        let Some(state) = socket else {
             return Some(body_end);
         };
         // hyper flushes the IO only once its write buffer is empty: a flush
@@ -240,15 +273,26 @@ where
             let response = result.map_err(Into::into)?;
             return Poll::Ready(Ok(this.watch.wrap_response(response)));
         }
-        if !this.watch.limits.any() {
+        let watch = this.watch;
+        if !watch.limits.any() {
             return Poll::Pending;
+        }
+        if let Some(phase) = watch.limits.zero() {
+            // A zero limit allows no waiting: decided on this poll, never
+            // left to a timer tick.
+            let elapsed = watch.zero_elapsed(phase);
+            watch.pending.abandon();
+            return Poll::Ready(Err(elapsed.into()));
+        }
+        if watch.connected.is_none() && watch.limits.watches_connection() {
+            watch.observe(Instant::now());
         }
         loop {
             ready!(this.sleep.as_mut().poll(cx));
-            let next = match this.watch.check(Instant::now()) {
+            let next = match watch.check(Instant::now()) {
                 Ok(next) => next,
                 Err(elapsed) => {
-                    this.watch.pending.abandon();
+                    watch.pending.abandon();
                     return Poll::Ready(Err(elapsed.into()));
                 }
             };

@@ -28,17 +28,53 @@
 //! request-body frames pulled by the connection (frames over [`MAX_FRAME`]
 //! are split, zero-copy, so progress stays visible) and the upload counts as
 //! finished when the body's last frame was pulled; hyper may still hold up to
-//! its write buffer (a few hundred KiB) at that point. For a request without a
-//! body and without the tracker, the read clock starts when the connection is
-//! first seen. On HTTP/2 the tracker's socket progress belongs to the whole
-//! connection, so another stream's upload also counts as progress.
+//! its write buffer (a few hundred KiB) at that point. A request without a
+//! body has finished its upload, without the tracker, when it is handed to
+//! its connection.
+//!
+//! On HTTP/2 (the tracker's [`is_http2`](crate::track::ConnectionState::is_http2))
+//! the socket carries every stream of the connection, so its progress says
+//! nothing about one request's: a request on a multiplexed connection is
+//! judged by its own body frames and its upload ends with its last frame, as
+//! without the tracker; one stalled stream neither fails nor hides another.
+//! HTTP/1 connections keep the socket-level precision.
 //!
 //! The send and read clocks start once the request has a connection (known
 //! from hyper-util's connection capture, or from the first body frame being
 //! pulled); waiting for the pool or the connector is the connect phase,
-//! bounded by [`ConnectTimeoutLayer`] and `total`. Inner services other than
-//! hyper-util's client never fill the capture: there, a request without a
-//! body is only bounded by `total`.
+//! bounded by [`ConnectTimeoutLayer`] and `total`. hyper-util fills the
+//! capture while its response future is being polled, and wakes nobody, so
+//! the layer reads it after every poll of the inner future until it is
+//! filled: the clocks start when the request is handed to its connection.
+//! An inner service that runs the request on another task (for example
+//! behind tower's `Buffer`) is seen at the layer's next check instead, up to
+//! a quarter of the shortest `send`/`read` limit later. Inner services other
+//! than hyper-util's client never fill the capture: there, a request without
+//! a body is only bounded by `total`.
+//!
+//! # Zero and enormous limits
+//!
+//! One rule for every phase: [`Duration::ZERO`](std::time::Duration::ZERO)
+//! allows no waiting at all. Only what is ready on the first poll succeeds;
+//! anything else fails on that very poll, never at a later timer tick, so the
+//! outcome does not depend on timing:
+//!
+//! * `connect`: a connect that is not ready on its first poll fails (a TCP
+//!   connect never is);
+//! * `send`, `read`, `total`: a request whose response is not ready on the
+//!   first poll of its response future fails, with the first zero phase in
+//!   request order (send, read, total). The send and read phases begin
+//!   inside hyper's connection task, where the layer cannot see them begin
+//!   on time, so their zero is judged at that first poll too. Through
+//!   hyper-util's client no response is ever ready that soon, so such a
+//!   request always fails;
+//! * the response body: a zero body stall limit (or a zero `total` after a
+//!   response that was ready at once) fails the first poll of the body that
+//!   finds no frame ready.
+//!
+//! So a zero computed from a spent budget means "already expired", never
+//! "no limit" (that is `None`). Limits too large for the clock (for example
+//! `Duration::MAX`) never fire. Neither panics.
 //!
 //! The per-request path arms one timer and reads atomics when it fires,
 //! re-arming if progress happened meanwhile; nothing wakes per byte. Its cost

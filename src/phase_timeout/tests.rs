@@ -286,7 +286,7 @@ async fn override_merges_with_the_layer() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn zero_and_enormous_limits_do_not_panic() {
+async fn enormous_limits_never_fire_nor_panic() {
     // Duration::MAX never fires and never overflows the clock.
     let (mut svc, mut handle) = setup(
         PhaseTimeoutLayer::new()
@@ -299,23 +299,224 @@ async fn zero_and_enormous_limits_do_not_panic() {
         let (req, send) = handle.next_request().await.unwrap();
         sleep(Duration::from_secs(86_400)).await;
         drain(req).await.unwrap();
-        send.send_response(Response::new(Channel::new(1).1));
+        let (mut tx, body) = Channel::new(1);
+        send.send_response(Response::new(body));
+        sleep(Duration::from_secs(86_400)).await;
+        tx.send_data(Bytes::from_static(b"late")).await.unwrap();
     });
-    fut.await.expect("enormous limits never fire");
+    let body = fut.await.expect("enormous limits never fire").into_body();
+    let bytes = body.collect().await.expect("nor in the body").to_bytes();
+    assert_eq!(bytes, "late");
     server.await.unwrap();
+}
 
-    // Duration::ZERO expires at the first check once the request is moving.
-    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().send(Duration::ZERO));
-    let (mut tx, body) = Channel::new(1);
-    let fut = issue(&mut svc, Request::post("/").body(body).unwrap()).await;
-    let server = tokio::spawn(async move {
-        let (req, _send) = handle.next_request().await.unwrap();
-        drain(req).await.unwrap()
-    });
-    tx.send_data(Bytes::from_static(b"a")).await.unwrap();
-    let err = fut.await.unwrap_err();
+// ------------------------------------------------------------ the zero rule
+//
+// `Duration::ZERO` allows no waiting, in every phase: only what is ready on
+// the first poll succeeds, and the failure comes from that poll, not from a
+// timer tick (no time passes on the paused clock).
+
+/// Moves the paused clock to the middle of a millisecond: a timer due "now"
+/// then only fires at the next tick, as it usually does on the real clock.
+async fn mid_tick() {
+    advance(Duration::from_micros(500)).await;
+}
+
+/// Polls `fut` exactly once.
+async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+}
+
+/// A response that a mock will send "as soon as it can": from another task,
+/// which runs only after the caller's first poll.
+fn respond_soon(mut handle: Handle) -> tokio::task::JoinHandle<Handle> {
+    tokio::spawn(async move {
+        if let Some((_req, send)) = handle.next_request().await {
+            send.send_response(Response::new(Channel::new(1).1));
+        }
+        handle
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_connect_fails_on_its_first_poll_unless_ready() {
+    // Not ready on the first poll: fails on it, however soon the connector
+    // would have answered.
+    mid_tick().await;
+    for _ in 0..20 {
+        let (inner, mut handle) = mock::pair::<&'static str, u8>();
+        let mut svc = ConnectTimeoutLayer::new(Duration::ZERO).layer(inner);
+        let start = Instant::now();
+        let mut fut = Box::pin(svc.ready().await.unwrap().call("x"));
+        let answer = tokio::spawn(async move {
+            if let Some((_, send)) = handle.next_request().await {
+                send.send_response(1);
+            }
+        });
+        let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
+            panic!("a zero connect limit must fail on the first poll");
+        };
+        let e = elapsed(&err);
+        assert_eq!(e.phase(), Phase::Connect);
+        assert_eq!(e.limit(), Duration::ZERO);
+        assert_eq!(e.elapsed(), Duration::ZERO);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        answer.await.unwrap();
+    }
+    // Ready on the first poll: succeeds.
+    let (inner, mut handle) = mock::pair::<&'static str, u8>();
+    let mut svc = ConnectTimeoutLayer::new(Duration::ZERO).layer(inner);
+    let mut fut = Box::pin(svc.ready().await.unwrap().call("x"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(9);
+    assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(9))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_send_read_total_fail_on_the_first_poll_unless_ready() {
+    let z = Duration::ZERO;
+    let s = Duration::from_secs(1);
+    let cases = [
+        (PhaseTimeoutLayer::new().send(z), Phase::Send),
+        (PhaseTimeoutLayer::new().read(z), Phase::Read),
+        (PhaseTimeoutLayer::new().total(z), Phase::Total),
+        (
+            PhaseTimeoutLayer::new().send(s).read(z).total(z),
+            Phase::Read,
+        ),
+        (
+            PhaseTimeoutLayer::new().send(z).read(z).total(z),
+            Phase::Send,
+        ),
+        // A zero body stall alone leaves the head to `read`.
+        (
+            PhaseTimeoutLayer::new().read(s).read_body_stall(z),
+            Phase::Read,
+        ),
+    ];
+    mid_tick().await;
+    for (i, (layer, phase)) in cases.into_iter().enumerate() {
+        for body in [false, true] {
+            let (mut svc, handle) = setup(layer);
+            let start = Instant::now();
+            let req = if body {
+                let (mut tx, body) = Channel::new(4);
+                tx.try_send(Frame::data(Bytes::from_static(b"ready")))
+                    .unwrap();
+                drop(tx);
+                Request::post("/").body(body).unwrap()
+            } else {
+                Request::get("/").body(Channel::new(1).1).unwrap()
+            };
+            let mut fut = Box::pin(issue(&mut svc, req).await);
+            let answer = respond_soon(handle);
+            let polled = poll_once(&mut fut).await;
+            if i == 5 {
+                // Not a head limit: the first poll just waits, and the
+                // response that comes soon is delivered.
+                assert!(polled.is_pending(), "case {i}");
+                fut.await
+                    .expect("a zero body stall does not bound the head");
+                answer.await.unwrap();
+                continue;
+            }
+            let Poll::Ready(Err(err)) = polled else {
+                panic!("case {i}: a zero limit must fail on the first poll");
+            };
+            let e = elapsed(&err);
+            assert_eq!(e.phase(), phase, "case {i}: {err}");
+            assert_eq!(e.limit(), Duration::ZERO);
+            assert_eq!(start.elapsed(), Duration::ZERO);
+            answer.await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_limits_let_a_ready_response_through() {
+    let z = Duration::ZERO;
+    for layer in [
+        PhaseTimeoutLayer::new().send(z),
+        PhaseTimeoutLayer::new().read(z),
+        PhaseTimeoutLayer::new().total(z),
+    ] {
+        let (mut svc, mut handle) = setup(layer);
+        let mut fut =
+            Box::pin(issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await);
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(Channel::new(1).1));
+        assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(_))));
+    }
+    // The override follows the same rule.
+    let (mut svc, handle) = setup(PhaseTimeoutLayer::new().total(Duration::from_secs(9)));
+    let mut req = Request::get("/").body(Channel::new(1).1).unwrap();
+    req.extensions_mut().insert(PhaseOverride::new().send(z));
+    let mut fut = Box::pin(issue(&mut svc, req).await);
+    let answer = respond_soon(handle);
+    let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
+        panic!("an overridden zero send must fail on the first poll");
+    };
     assert_eq!(elapsed(&err).phase(), Phase::Send);
-    server.abort();
+    answer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_body_limits_fail_the_first_poll_without_a_frame() {
+    let z = Duration::ZERO;
+    mid_tick().await;
+    for (layer, phase) in [
+        (
+            PhaseTimeoutLayer::new()
+                .read(Duration::from_secs(1))
+                .read_body_stall(z),
+            Phase::Read,
+        ),
+        (PhaseTimeoutLayer::new().read(z), Phase::Read),
+        (PhaseTimeoutLayer::new().total(z), Phase::Total),
+    ] {
+        let (mut svc, mut handle) = setup(layer);
+        let mut fut =
+            Box::pin(issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await);
+        let (_req, send) = handle.next_request().await.unwrap();
+        let (mut tx, body) = Channel::new(4);
+        send.send_response(Response::new(body));
+        let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
+            panic!("the head was ready on the first poll");
+        };
+        let mut body = res.into_body();
+        // Frames that are ready are delivered...
+        tx.try_send(Frame::data(Bytes::from_static(b"one")))
+            .unwrap();
+        tx.try_send(Frame::data(Bytes::from_static(b"two")))
+            .unwrap();
+        let start = Instant::now();
+        for want in ["one", "two"] {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), want);
+        }
+        // ...and the first poll that finds none fails at once.
+        let err = body.frame().await.unwrap().unwrap_err();
+        let e = elapsed(&err);
+        assert_eq!(e.phase(), phase, "{err}");
+        assert_eq!(e.limit(), Duration::ZERO);
+        assert_eq!(e.bytes_received(), 6);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        drop(tx);
+    }
+    // A body that is all there succeeds.
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().total(z));
+    let mut fut =
+        Box::pin(issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await);
+    let (_req, send) = handle.next_request().await.unwrap();
+    let (mut tx, body) = Channel::new(4);
+    tx.try_send(Frame::data(Bytes::from_static(b"all")))
+        .unwrap();
+    drop(tx);
+    send.send_response(Response::new(body));
+    let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
+        panic!("the head was ready on the first poll");
+    };
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "all");
 }
 
 #[tokio::test(start_paused = true)]
@@ -371,5 +572,7 @@ async fn large_frames_are_split_without_copying() {
     assert!(empty.is_end_stream());
 }
 
-use http_body::Body as _;
+use http_body::{Body as _, Frame};
+use std::pin::Pin;
+use std::task::Poll;
 use tower_layer::Layer as _;
