@@ -187,8 +187,8 @@ pin_project! {
     /// The response body of [`PhaseTimeout`](super::PhaseTimeout): fails with
     /// [`Elapsed`] (phase [`Read`](Phase::Read)) after the read stall limit
     /// without a frame, or (phase [`Total`](Phase::Total)) when the total
-    /// deadline passes before the body ends. A zero limit fails the first
-    /// poll that finds no frame ready, on that poll.
+    /// deadline passes before the body ends. With a zero limit, a body that
+    /// has not ended fails at its first poll.
     ///
     /// It is `Unpin` when `B` is: its timer is boxed, and only allocated the
     /// first time the body has to wait for a frame.
@@ -213,8 +213,7 @@ struct BodyTimers {
 }
 
 impl BodyTimers {
-    /// Whether a limit is zero: then a poll that finds no frame ready fails at
-    /// once instead of waiting for a timer tick.
+    /// Whether a limit is zero (already spent).
     fn has_zero(&self) -> bool {
         self.stall.is_some_and(|s| s.is_zero()) || self.total.is_some_and(|(t, _)| t.is_zero())
     }
@@ -311,6 +310,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
+        if let Some(timers) = this.timers.as_ref() {
+            // A zero limit is already spent: a body that has not ended fails
+            // at once, whatever happens to be buffered.
+            if timers.has_zero() && !this.inner.is_end_stream() {
+                if let Err(elapsed) = timers.check(Instant::now()) {
+                    return Poll::Ready(Some(Err(elapsed.into())));
+                }
+            }
+        }
         let polled = this.inner.as_mut().poll_frame(cx);
         observe_frame(this.inner.as_mut(), &polled, this.end);
         match polled {
@@ -330,11 +338,6 @@ where
         let Some(timers) = this.timers.as_ref() else {
             return Poll::Pending;
         };
-        if timers.has_zero() {
-            if let Err(elapsed) = timers.check(Instant::now()) {
-                return Poll::Ready(Some(Err(elapsed.into())));
-            }
-        }
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timers.next_check())));

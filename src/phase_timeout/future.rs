@@ -266,6 +266,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if let Some(phase) = this.watch.limits.zero() {
+            // A zero limit is already spent: fail without trying, so the
+            // outcome never depends on what happens to be ready.
+            return Poll::Ready(Err(this.watch.zero_elapsed(phase).into()));
+        }
         // The inner future first: a response ready at the deadline wins.
         if let Poll::Ready(result) = this.inner.poll(cx) {
             // Whatever happened, this future did not abandon the exchange.
@@ -276,13 +281,6 @@ where
         let watch = this.watch;
         if !watch.limits.any() {
             return Poll::Pending;
-        }
-        if let Some(phase) = watch.limits.zero() {
-            // A zero limit allows no waiting: decided on this poll, never
-            // left to a timer tick.
-            let elapsed = watch.zero_elapsed(phase);
-            watch.pending.abandon();
-            return Poll::Ready(Err(elapsed.into()));
         }
         if watch.connected.is_none() && watch.limits.watches_connection() {
             watch.observe(Instant::now());

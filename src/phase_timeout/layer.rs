@@ -26,8 +26,8 @@ impl Limits {
     }
 
     /// The first phase, in request order, whose limit bounding the response
-    /// head is zero: such a request succeeds only if its response is ready on
-    /// the first poll. (A zero body stall limit is the body's business.)
+    /// head is zero: such a request fails at its first poll, untried. (A zero
+    /// body stall limit is the body's business.)
     pub(crate) fn zero(&self) -> Option<Phase> {
         let zero = |limit: Option<Duration>| limit.is_some_and(|d| d.is_zero());
         [
@@ -54,12 +54,11 @@ impl Limits {
 /// Every limit is off until set. Setters take `Duration` or `None` (switch
 /// off). A `Clone` of the layer copies the limits; nothing is shared.
 ///
-/// Bounds: [`Duration::ZERO`] allows no waiting: a request whose response is
-/// not ready on the first poll fails on that poll (the inner future is always
-/// polled first, so an immediately ready response still wins), and a zero
-/// body stall fails the first body poll that finds no frame; see the
-/// [module docs](super#zero-and-enormous-limits). Limits too large to add to
-/// the clock (e.g. `Duration::MAX`) never fire. Neither panics.
+/// Bounds: [`Duration::ZERO`] is already spent: a request with a zero `send`,
+/// `read` or `total` fails at its first poll without being sent, and a zero
+/// body stall fails every body that has not already ended at its first poll;
+/// see the [module docs](super#zero-and-enormous-limits). Limits too large to
+/// add to the clock (e.g. `Duration::MAX`) never fire. Neither panics.
 ///
 /// ```
 /// use std::time::Duration;

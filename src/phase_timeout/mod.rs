@@ -54,27 +54,25 @@
 //!
 //! # Zero and enormous limits
 //!
-//! One rule for every phase: [`Duration::ZERO`](std::time::Duration::ZERO)
-//! allows no waiting at all. Only what is ready on the first poll succeeds;
-//! anything else fails on that very poll, never at a later timer tick, so the
-//! outcome does not depend on timing:
+//! One rule for every phase: a limit of
+//! [`Duration::ZERO`](std::time::Duration::ZERO) is already spent, so what it
+//! bounds fails at its first poll, without being tried:
 //!
-//! * `connect`: a connect that is not ready on its first poll fails (a TCP
-//!   connect never is);
-//! * `send`, `read`, `total`: a request whose response is not ready on the
-//!   first poll of its response future fails, with the first zero phase in
-//!   request order (send, read, total). The send and read phases begin
-//!   inside hyper's connection task, where the layer cannot see them begin
-//!   on time, so their zero is judged at that first poll too. Through
-//!   hyper-util's client no response is ever ready that soon, so such a
-//!   request always fails;
-//! * the response body: a zero body stall limit (or a zero `total` after a
-//!   response that was ready at once) fails the first poll of the body that
-//!   finds no frame ready.
+//! * `connect`: every connect fails without polling the connector (so a lazy
+//!   connector like hyper-util's `HttpConnector` opens no socket);
+//! * `send`, `read`, `total`: every request fails without polling the inner
+//!   service's future (hyper-util's client sends nothing), with the first
+//!   zero phase in request order: send, read, total;
+//! * a zero body stall limit (`read_body_stall`): every response body that
+//!   has not already ended fails at its first poll.
 //!
-//! So a zero computed from a spent budget means "already expired", never
-//! "no limit" (that is `None`). Limits too large for the clock (for example
-//! `Duration::MAX`) never fire. Neither panics.
+//! This is deliberate. "Only what is ready on the first poll succeeds" is not
+//! deterministic against a live peer: on a multi-threaded runtime a loopback
+//! connect was ready on its first poll in about one try in ten, and a whole
+//! exchange in about one in eleven, depending on which thread ran first.
+//! Like an expired gRPC deadline, a zero computed from a spent budget fails
+//! fast and never means "no limit" (that is `None`). Limits too large for the
+//! clock (for example `Duration::MAX`) never fire. Neither panics.
 //!
 //! The per-request path arms one timer and reads atomics when it fires,
 //! re-arming if progress happened meanwhile; nothing wakes per byte. Its cost

@@ -312,12 +312,13 @@ async fn enormous_limits_never_fire_nor_panic() {
 
 // ------------------------------------------------------------ the zero rule
 //
-// `Duration::ZERO` allows no waiting, in every phase: only what is ready on
-// the first poll succeeds, and the failure comes from that poll, not from a
-// timer tick (no time passes on the paused clock).
+// A zero limit is already spent, in every phase: what it bounds fails at its
+// first poll without being tried, however ready it is, and no time passes on
+// the paused clock.
 
-/// Moves the paused clock to the middle of a millisecond: a timer due "now"
-/// then only fires at the next tick, as it usually does on the real clock.
+/// Moves the paused clock to the middle of a millisecond, where a timer due
+/// "now" only fires at the next tick (as on the real clock): the zero rule
+/// must not depend on timers.
 async fn mid_tick() {
     advance(Duration::from_micros(500)).await;
 }
@@ -327,196 +328,177 @@ async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Outpu
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
 }
 
-/// A response that a mock will send "as soon as it can": from another task,
-/// which runs only after the caller's first poll.
-fn respond_soon(mut handle: Handle) -> tokio::task::JoinHandle<Handle> {
-    tokio::spawn(async move {
-        if let Some((_req, send)) = handle.next_request().await {
-            send.send_response(Response::new(Channel::new(1).1));
-        }
-        handle
+/// A service whose futures are ready with `value` on their first poll (or
+/// never, when `ready` is false) and count how often they were polled.
+fn counted<R, T: Clone>(
+    value: T,
+    ready: bool,
+    polls: Arc<AtomicUsize>,
+) -> impl Service<
+    R,
+    Response = T,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<T, BoxError>>,
+> {
+    tower::service_fn(move |_: R| {
+        let (value, polls) = (value.clone(), polls.clone());
+        std::future::poll_fn(move |_| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            if ready {
+                Poll::Ready(Ok(value.clone()))
+            } else {
+                Poll::Pending
+            }
+        })
     })
 }
 
+fn ready_response(body: &'static str) -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from_static(body.as_bytes())))
+}
+
 #[tokio::test(start_paused = true)]
-async fn zero_connect_fails_on_its_first_poll_unless_ready() {
-    // Not ready on the first poll: fails on it, however soon the connector
-    // would have answered.
+async fn zero_connect_fails_untried_even_when_ready() {
     mid_tick().await;
-    for _ in 0..20 {
-        let (inner, mut handle) = mock::pair::<&'static str, u8>();
-        let mut svc = ConnectTimeoutLayer::new(Duration::ZERO).layer(inner);
+    for ready in [false, true] {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut svc = ConnectTimeoutLayer::new(Duration::ZERO).layer(counted::<&str, u8>(
+            1,
+            ready,
+            polls.clone(),
+        ));
         let start = Instant::now();
         let mut fut = Box::pin(svc.ready().await.unwrap().call("x"));
-        let answer = tokio::spawn(async move {
-            if let Some((_, send)) = handle.next_request().await {
-                send.send_response(1);
-            }
-        });
         let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
-            panic!("a zero connect limit must fail on the first poll");
+            panic!("a zero connect limit fails at the first poll (ready={ready})");
         };
         let e = elapsed(&err);
         assert_eq!(e.phase(), Phase::Connect);
-        assert_eq!(e.limit(), Duration::ZERO);
-        assert_eq!(e.elapsed(), Duration::ZERO);
+        assert_eq!((e.limit(), e.elapsed()), (Duration::ZERO, Duration::ZERO));
         assert_eq!(start.elapsed(), Duration::ZERO);
-        answer.await.unwrap();
+        assert_eq!(polls.load(Ordering::SeqCst), 0, "the connector was tried");
     }
-    // Ready on the first poll: succeeds.
-    let (inner, mut handle) = mock::pair::<&'static str, u8>();
-    let mut svc = ConnectTimeoutLayer::new(Duration::ZERO).layer(inner);
+    // The smallest non-zero limit is a real limit: a ready connect wins.
+    let polls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ConnectTimeoutLayer::new(Duration::from_nanos(1))
+        .layer(counted::<&str, u8>(7, true, polls));
     let mut fut = Box::pin(svc.ready().await.unwrap().call("x"));
-    let (_, send) = handle.next_request().await.unwrap();
-    send.send_response(9);
-    assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(9))));
+    assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(7))));
 }
 
 #[tokio::test(start_paused = true)]
-async fn zero_send_read_total_fail_on_the_first_poll_unless_ready() {
+async fn zero_send_read_total_fail_untried_even_when_ready() {
     let z = Duration::ZERO;
     let s = Duration::from_secs(1);
+    let by_layer = |layer: PhaseTimeoutLayer| (layer, None);
+    let by_override =
+        |o: PhaseOverride| (PhaseTimeoutLayer::new().send(s).read(s).total(s), Some(o));
     let cases = [
-        (PhaseTimeoutLayer::new().send(z), Phase::Send),
-        (PhaseTimeoutLayer::new().read(z), Phase::Read),
-        (PhaseTimeoutLayer::new().total(z), Phase::Total),
+        (by_layer(PhaseTimeoutLayer::new().send(z)), Phase::Send),
+        (by_layer(PhaseTimeoutLayer::new().read(z)), Phase::Read),
+        (by_layer(PhaseTimeoutLayer::new().total(z)), Phase::Total),
         (
-            PhaseTimeoutLayer::new().send(s).read(z).total(z),
+            by_layer(PhaseTimeoutLayer::new().send(s).read(z).total(z)),
             Phase::Read,
         ),
         (
-            PhaseTimeoutLayer::new().send(z).read(z).total(z),
+            by_layer(PhaseTimeoutLayer::new().send(z).read(z).total(z)),
             Phase::Send,
         ),
-        // A zero body stall alone leaves the head to `read`.
-        (
-            PhaseTimeoutLayer::new().read(s).read_body_stall(z),
-            Phase::Read,
-        ),
+        (by_override(PhaseOverride::new().send(z)), Phase::Send),
+        (by_override(PhaseOverride::new().total(z)), Phase::Total),
     ];
     mid_tick().await;
-    for (i, (layer, phase)) in cases.into_iter().enumerate() {
-        for body in [false, true] {
-            let (mut svc, handle) = setup(layer);
-            let start = Instant::now();
-            let req = if body {
-                let (mut tx, body) = Channel::new(4);
-                tx.try_send(Frame::data(Bytes::from_static(b"ready")))
-                    .unwrap();
-                drop(tx);
-                Request::post("/").body(body).unwrap()
-            } else {
-                Request::get("/").body(Channel::new(1).1).unwrap()
-            };
-            let mut fut = Box::pin(issue(&mut svc, req).await);
-            let answer = respond_soon(handle);
-            let polled = poll_once(&mut fut).await;
-            if i == 5 {
-                // Not a head limit: the first poll just waits, and the
-                // response that comes soon is delivered.
-                assert!(polled.is_pending(), "case {i}");
-                fut.await
-                    .expect("a zero body stall does not bound the head");
-                answer.await.unwrap();
-                continue;
+    for (i, ((layer, over), phase)) in cases.into_iter().enumerate() {
+        for ready in [false, true] {
+            let polls = Arc::new(AtomicUsize::new(0));
+            let inner = counted(ready_response("ok"), ready, polls.clone());
+            let mut svc = PhaseTimeout::new(inner, layer);
+            let mut req = Request::post("/")
+                .body(Full::new(Bytes::from_static(b"up")))
+                .unwrap();
+            if let Some(o) = over {
+                req.extensions_mut().insert(o);
             }
-            let Poll::Ready(Err(err)) = polled else {
-                panic!("case {i}: a zero limit must fail on the first poll");
+            let start = Instant::now();
+            let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+            let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
+                panic!("case {i}: a zero limit fails at the first poll (ready={ready})");
             };
             let e = elapsed(&err);
             assert_eq!(e.phase(), phase, "case {i}: {err}");
-            assert_eq!(e.limit(), Duration::ZERO);
-            assert_eq!(start.elapsed(), Duration::ZERO);
-            answer.await.unwrap();
+            assert_eq!((e.limit(), e.elapsed()), (z, z), "case {i}");
+            assert_eq!(start.elapsed(), z, "case {i}");
+            assert_eq!(
+                polls.load(Ordering::SeqCst),
+                0,
+                "case {i}: the inner future was polled"
+            );
         }
     }
-}
-
-#[tokio::test(start_paused = true)]
-async fn zero_limits_let_a_ready_response_through() {
-    let z = Duration::ZERO;
-    for layer in [
-        PhaseTimeoutLayer::new().send(z),
-        PhaseTimeoutLayer::new().read(z),
+    let mut svc = PhaseTimeout::new(
+        counted(ready_response("ok"), true, Arc::default()),
         PhaseTimeoutLayer::new().total(z),
-    ] {
-        let (mut svc, mut handle) = setup(layer);
-        let mut fut =
-            Box::pin(issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await);
-        let (_req, send) = handle.next_request().await.unwrap();
-        send.send_response(Response::new(Channel::new(1).1));
-        assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(_))));
-    }
-    // The override follows the same rule.
-    let (mut svc, handle) = setup(PhaseTimeoutLayer::new().total(Duration::from_secs(9)));
-    let mut req = Request::get("/").body(Channel::new(1).1).unwrap();
-    req.extensions_mut().insert(PhaseOverride::new().send(z));
-    let mut fut = Box::pin(issue(&mut svc, req).await);
-    let answer = respond_soon(handle);
-    let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
-        panic!("an overridden zero send must fail on the first poll");
-    };
-    assert_eq!(elapsed(&err).phase(), Phase::Send);
-    answer.await.unwrap();
+    );
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Empty::<Bytes>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "total timed out after 0ns: response not complete (0 bytes sent, 0 bytes received)"
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn zero_body_limits_fail_the_first_poll_without_a_frame() {
+async fn zero_body_stall_fails_every_body_not_ended() {
     let z = Duration::ZERO;
-    mid_tick().await;
-    for (layer, phase) in [
+    let stall_zero = [
         (
             PhaseTimeoutLayer::new()
                 .read(Duration::from_secs(1))
                 .read_body_stall(z),
-            Phase::Read,
+            None,
         ),
-        (PhaseTimeoutLayer::new().read(z), Phase::Read),
-        (PhaseTimeoutLayer::new().total(z), Phase::Total),
-    ] {
-        let (mut svc, mut handle) = setup(layer);
-        let mut fut =
-            Box::pin(issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await);
-        let (_req, send) = handle.next_request().await.unwrap();
-        let (mut tx, body) = Channel::new(4);
-        send.send_response(Response::new(body));
-        let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
-            panic!("the head was ready on the first poll");
-        };
-        let mut body = res.into_body();
-        // Frames that are ready are delivered...
-        tx.try_send(Frame::data(Bytes::from_static(b"one")))
-            .unwrap();
-        tx.try_send(Frame::data(Bytes::from_static(b"two")))
-            .unwrap();
-        let start = Instant::now();
-        for want in ["one", "two"] {
-            let frame = body.frame().await.unwrap().unwrap();
-            assert_eq!(frame.into_data().unwrap(), want);
+        (
+            PhaseTimeoutLayer::new().read(Duration::from_secs(1)),
+            Some(PhaseOverride::new().read_body_stall(z)),
+        ),
+    ];
+    mid_tick().await;
+    for (i, (layer, over)) in stall_zero.into_iter().enumerate() {
+        // The head is not bounded by the body stall: it is delivered.
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut svc =
+            PhaseTimeout::new(counted(ready_response("data"), true, polls.clone()), layer);
+        let mut req = Request::new(Empty::<Bytes>::new());
+        if let Some(o) = over {
+            req.extensions_mut().insert(o);
         }
-        // ...and the first poll that finds none fails at once.
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // Its body is all there, but not ended: it fails at once.
+        let start = Instant::now();
+        let mut body = res.into_body();
         let err = body.frame().await.unwrap().unwrap_err();
         let e = elapsed(&err);
-        assert_eq!(e.phase(), phase, "{err}");
-        assert_eq!(e.limit(), Duration::ZERO);
-        assert_eq!(e.bytes_received(), 6);
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        drop(tx);
+        assert_eq!(e.phase(), Phase::Read, "case {i}: {err}");
+        assert_eq!((e.limit(), e.bytes_received()), (z, 0), "case {i}");
+        assert_eq!(start.elapsed(), z);
+
+        // A body that has already ended (204, HEAD, empty) just ends.
+        let empty = Response::new(Full::new(Bytes::new()));
+        let mut svc = PhaseTimeout::new(counted(empty, true, Arc::default()), layer);
+        let mut req = Request::new(Empty::<Bytes>::new());
+        if let Some(o) = over {
+            req.extensions_mut().insert(o);
+        }
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert!(res.into_body().frame().await.is_none(), "case {i}");
     }
-    // A body that is all there succeeds.
-    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().total(z));
-    let mut fut =
-        Box::pin(issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await);
-    let (_req, send) = handle.next_request().await.unwrap();
-    let (mut tx, body) = Channel::new(4);
-    tx.try_send(Frame::data(Bytes::from_static(b"all")))
-        .unwrap();
-    drop(tx);
-    send.send_response(Response::new(body));
-    let Poll::Ready(Ok(res)) = poll_once(&mut fut).await else {
-        panic!("the head was ready on the first poll");
-    };
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "all");
 }
 
 #[tokio::test(start_paused = true)]
@@ -572,7 +554,9 @@ async fn large_frames_are_split_without_copying() {
     assert!(empty.is_end_stream());
 }
 
-use http_body::{Body as _, Frame};
+use http_body::Body as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 use tower_layer::Layer as _;
