@@ -539,3 +539,35 @@ async fn zero_connect_fails_every_time() {
     // `HttpConnector` is lazy: untried means no socket at all.
     assert_eq!((server.connections(), server.requests()), (0, 0));
 }
+
+/// When the inner service runs hyper-util's future on another task, the
+/// capture is filled there and this layer only sees it at its next timer
+/// check: the read clock may start late, but by at most a quarter of the
+/// limit (the check cadence), not by a whole limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
+    let server = SilentServer::start().await.unwrap();
+    let read = ms(800);
+    let hyper = Client::builder(TokioExecutor::new())
+        .build::<_, RequestBody<Full<Bytes>>>(HttpConnector::new());
+    let spawning = tower::service_fn(move |req| {
+        let fut = hyper.request(req);
+        async move {
+            let res = tokio::spawn(fut).await.map_err(BoxError::from)?;
+            res.map_err(BoxError::from)
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().read(read))
+        .service(spawning);
+    let start = Instant::now();
+    let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+    let took = start.elapsed();
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(e.phase(), Phase::Read, "{err}");
+    assert!(
+        took >= read && took <= read + read / 4 + SLACK,
+        "fired after {took:?}"
+    );
+    assert_eq!(server.requests(), 1);
+}

@@ -85,9 +85,12 @@ impl Watch {
             .map(|d| (d / 4).max(MIN_RECHECK))
     }
 
+    /// The first timer check: the first limit, or one cadence in when `send`
+    /// or `read` is set, so that a capture filled on another task (not
+    /// during one of this future's inner polls) is seen soon enough.
     fn first_check(&self) -> Instant {
         let l = &self.limits;
-        [l.send, l.read, l.total]
+        [l.send, l.read, l.total, self.cadence()]
             .into_iter()
             .flatten()
             .min()
