@@ -538,3 +538,37 @@ async fn h2_tls_read_fires_on_time_beside_a_busy_stream() {
 async fn h2c_read_fires_on_time_beside_a_busy_stream() {
     bounded(read_fires_on_time_beside_a_busy_stream(Transport::H2c)).await;
 }
+
+/// A caller that gives up on (drops) an upload mid-way on HTTP/2 resets that
+/// stream only: the connection stays pooled and the next request reuses it.
+async fn dropped_request_keeps_its_connection(transport: Transport) {
+    let server = H2Server::start(
+        transport,
+        Windows {
+            stream: 64 * KIB,
+            connection: 64 * MIB as u32,
+            upload_rate: None,
+        },
+    )
+    .await;
+    let (svc, stats) = client(
+        &server,
+        PhaseTimeoutLayer::new().read(Duration::from_secs(60)),
+    );
+    let conn = warm_up(&svc, &server).await;
+    let call = svc.clone().oneshot(post(&server.url("/stall"), MIB));
+    assert!(tokio::time::timeout(LIMIT, call).await.is_err());
+    assert_eq!(warm_up(&svc, &server).await.id(), conn.id());
+    assert_eq!((stats.opened(), server.connections()), (1, 1));
+    assert_eq!(server.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_tls_dropped_request_keeps_its_connection() {
+    bounded(dropped_request_keeps_its_connection(Transport::Tls)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_dropped_request_keeps_its_connection() {
+    bounded(dropped_request_keeps_its_connection(Transport::H2c)).await;
+}
