@@ -335,6 +335,11 @@ fn assert_read_on_time(err: &BoxError, took: Duration, context: &str) {
     );
 }
 
+/// The read limit of the issue-8 read tests: above four times `SLACK`, so a
+/// read clock started one check cadence (a quarter of the limit) after the
+/// hand-over would miss the slack, not only one started a whole limit late.
+const READ: Duration = Duration::from_millis(1200);
+
 /// Issue 8, case 1: without the tracker, a request without a body started
 /// its read clock only when a timer first looked at the connection capture,
 /// so `read` fired up to one limit late (and `elapsed()` hid it).
@@ -342,25 +347,35 @@ fn assert_read_on_time(err: &BoxError, took: Duration, context: &str) {
 async fn bodiless_read_fires_on_time_with_and_without_tracker() {
     let server = SilentServer::start().await.unwrap();
     let cases = [
-        PhaseTimeoutLayer::new().read(ms(500)),
+        PhaseTimeoutLayer::new().read(READ),
         PhaseTimeoutLayer::new()
-            .read(ms(700))
+            .read(READ)
             .total(Duration::from_secs(5)),
-        PhaseTimeoutLayer::new().send(ms(200)).read(ms(500)),
+        PhaseTimeoutLayer::new().send(ms(200)).read(READ),
     ];
-    let mut sent = 0;
+    // All six at once, each on its own client and connection.
+    let mut runs = tokio::task::JoinSet::new();
     for tracked in [false, true] {
         for (i, phases) in cases.into_iter().enumerate() {
             let svc = client(Duration::from_secs(1), phases, tracked);
-            let start = Instant::now();
-            let err = svc.oneshot(get(&server.url())).await.unwrap_err();
-            sent += 1;
-            let context = format!("tracked={tracked} case {i}");
-            assert_read_on_time(&err, start.elapsed(), &context);
+            let req = get(&server.url());
+            runs.spawn(async move {
+                let start = Instant::now();
+                let res = svc.oneshot(req).await;
+                (
+                    res.map(|_| ()),
+                    start.elapsed(),
+                    format!("tracked={tracked} case {i}"),
+                )
+            });
         }
     }
+    while let Some(run) = runs.join_next().await {
+        let (res, took, context) = run.unwrap();
+        assert_read_on_time(&res.unwrap_err(), took, &context);
+    }
     // Every request reached the server (so the clock ran in the read phase).
-    assert_eq!(server.requests(), sent);
+    assert_eq!(server.requests(), 6);
 }
 
 /// A raw HTTP/1.1 server that answers the first request on each connection
@@ -447,16 +462,20 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_head_fails_in_the_read_phase_on_time() {
     let server = AnswerOnceServer::start(false, true).await;
-    for tracked in [false, true] {
+    let run = |tracked| {
         let svc = client(
             Duration::from_secs(1),
-            PhaseTimeoutLayer::new().read(ms(500)),
+            PhaseTimeoutLayer::new().read(READ),
             tracked,
         );
-        let start = Instant::now();
-        let err = svc.oneshot(get(&server.url())).await.unwrap_err();
-        assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
-    }
+        let req = get(&server.url());
+        async move {
+            let start = Instant::now();
+            let err = svc.oneshot(req).await.unwrap_err();
+            assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
+        }
+    };
+    tokio::join!(run(false), run(true));
     assert_eq!(server.requests.load(Ordering::SeqCst), 2);
 }
 
@@ -465,21 +484,25 @@ async fn partial_head_fails_in_the_read_phase_on_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_read_on_a_reused_connection_fires_on_time() {
     let server = AnswerOnceServer::start(true, false).await;
-    for tracked in [false, true] {
+    let run = |tracked| {
         let svc = client(
             Duration::from_secs(1),
-            PhaseTimeoutLayer::new().read(ms(500)),
+            PhaseTimeoutLayer::new().read(READ),
             tracked,
         );
-        let res = svc.clone().oneshot(get(&server.url())).await.unwrap();
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-        // Staging, not an assertion: hyper-util puts the connection back in
-        // its pool from a spawned task; give it a moment to run.
-        tokio::time::sleep(ms(50)).await;
-        let start = Instant::now();
-        let err = svc.oneshot(get(&server.url())).await.unwrap_err();
-        assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
-    }
+        let url = server.url();
+        async move {
+            let res = svc.clone().oneshot(get(&url)).await.unwrap();
+            assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+            // Staging, not an assertion: hyper-util puts the connection back
+            // in its pool from a spawned task; give it a moment to run.
+            tokio::time::sleep(ms(50)).await;
+            let start = Instant::now();
+            let err = svc.oneshot(get(&url)).await.unwrap_err();
+            assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
+        }
+    };
+    tokio::join!(run(false), run(true));
     // Both second requests came on their client's first connection (a new
     // connection would have been answered, not timed out).
     assert_eq!(server.requests.load(Ordering::SeqCst), 4);

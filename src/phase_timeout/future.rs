@@ -45,6 +45,9 @@ pub(crate) struct Watch {
     /// and the id of that connection (when tracked): hyper-util may retry a
     /// request on a new connection, and the clocks follow it.
     connected: Option<(Instant, Option<u64>)>,
+    /// When the capture was first seen filled, right after an inner poll:
+    /// the instant hyper-util handed the request to its connection.
+    handed: Option<Instant>,
     /// Abandons the exchange (poisoning its connection) if this future is
     /// dropped or times out before the head.
     pending: PendingExchange,
@@ -65,6 +68,7 @@ impl<F> ResponseFuture<F> {
             pending: PendingExchange::new(capture.clone()),
             capture,
             connected: None,
+            handed: None,
         };
         ResponseFuture {
             inner,
@@ -135,14 +139,26 @@ impl Watch {
         Ok(total.map_or(next, |(_, dl)| next.min(dl)))
     }
 
+    /// Notes when the capture is first filled. hyper-util fills it inside a
+    /// poll of the inner future and wakes nobody, so [`ResponseFuture::poll`]
+    /// asks right after every inner poll until it is: the instant is then
+    /// when the request was handed to its connection, not a later timer
+    /// tick. (A cheap check: the connection itself is read at the next timer
+    /// check, if the request lasts that long.)
+    fn note_hand_over(&mut self) {
+        if self.handed.is_none()
+            && self
+                .capture
+                .as_ref()
+                .is_some_and(ConnectionCapture::is_filled)
+        {
+            self.handed = Some(Instant::now());
+        }
+    }
+
     /// Notes the request's connection if it has just become known (or, when
     /// tracked, changed after one of hyper-util's transparent retries), and
     /// returns what the capture says.
-    ///
-    /// hyper-util fills the capture inside a poll of the inner future and
-    /// wakes nobody, so [`ResponseFuture::poll`] calls this right after every
-    /// inner poll until the connection is known: `now` is then the instant
-    /// the request was handed to the connection, not a later timer tick.
     fn observe(&mut self, now: Instant) -> Captured {
         let captured = self
             .capture
@@ -157,7 +173,7 @@ impl Watch {
             let last_frame = self.progress.last_frame();
             self.connected = match (&captured, last_frame) {
                 (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
-                (Captured::Untracked, _) => Some(last_frame.unwrap_or(now)),
+                (Captured::Untracked, _) => Some(self.handed.or(last_frame).unwrap_or(now)),
                 (Captured::Pending, Some(frame)) => Some(frame),
                 (Captured::Pending, None) => None,
             }
@@ -285,8 +301,8 @@ where
         if !watch.limits.any() {
             return Poll::Pending;
         }
-        if watch.connected.is_none() && watch.limits.watches_connection() {
-            watch.observe(Instant::now());
+        if watch.limits.watches_connection() {
+            watch.note_hand_over();
         }
         loop {
             ready!(this.sleep.as_mut().poll(cx));

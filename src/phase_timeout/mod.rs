@@ -46,9 +46,9 @@
 //! capture while its response future is being polled, and wakes nobody, so
 //! the layer reads it after every poll of the inner future until it is
 //! filled: the clocks start when the request is handed to its connection.
-//! An inner service that runs the request on another task (for example
-//! behind tower's `Buffer`) is seen at the layer's next check instead, up to
-//! a quarter of the shortest `send`/`read` limit later. Inner services other
+//! An inner service that spawns hyper-util's future onto another task is
+//! seen at the layer's next check instead, up to a quarter of the shortest
+//! `send`/`read` limit later. Inner services other
 //! than hyper-util's client never fill the capture: there, a request without
 //! a body is only bounded by `total`.
 //!
