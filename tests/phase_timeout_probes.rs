@@ -222,11 +222,9 @@ where
                     let start = Instant::now();
                     let mut n = 0u64;
                     while let Some(Ok(frame)) = body.frame().await {
-                        n += frame.data_ref().map_or(0, |d| d.remaining() as u64);
-                        counters.uploaded.fetch_add(
-                            frame.data_ref().map_or(0, |d| d.remaining() as u64),
-                            Ordering::SeqCst,
-                        );
+                        let len = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                        n += len;
+                        counters.uploaded.fetch_add(len, Ordering::SeqCst);
                         if let Some(rate) = windows.upload_rate {
                             let due = Duration::from_secs_f64(n as f64 / rate as f64);
                             tokio::time::sleep_until(start + due).await;
