@@ -4,6 +4,8 @@
 //! These tests run on the real clock. Each timing assertion allows a named,
 //! generous slack; nothing asserts on speed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,16 +13,20 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody, ResponseBody,
+    ConnectTimeoutLayer, Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, RequestBody,
+    ResponseBody,
 };
 use tower_conn_lifecycle::testing::{
-    Blackhole, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer, ThrottledReader,
+    Blackhole, HyperServer, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,
+    ThrottledReader,
 };
-use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
+use tower_conn_lifecycle::track::{ConnectionCapture, ExchangeOutcome, TrackConnectionsLayer};
 use tower_conn_lifecycle::BoxError;
 
 /// How late a timeout may fire on a loaded 2-core CI machine.
@@ -302,4 +308,389 @@ async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let e = Elapsed::find(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+}
+
+// ------------------------------------------- issue 8: bodiless read, zero
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Asserts `err` is a read timeout that fired within `SLACK` of its limit
+/// after the request was handed over (`took` is measured from before the
+/// call; a loopback connect takes milliseconds), and that `elapsed()` is the
+/// real wait, not the limit.
+fn assert_read_on_time(err: &BoxError, took: Duration, context: &str) {
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{context}: {err}"));
+    assert_eq!(e.phase(), Phase::Read, "{context}: {err}");
+    let read = e.limit();
+    assert!(
+        took >= read && took <= read + SLACK,
+        "{context}: fired after {took:?} for read = {read:?}"
+    );
+    assert!(
+        e.elapsed() >= read && e.elapsed() <= took && took - e.elapsed() <= SLACK,
+        "{context}: elapsed() = {:?}, real wait {took:?}",
+        e.elapsed()
+    );
+}
+
+/// The read limit of the issue-8 read tests: above four times `SLACK`, so a
+/// read clock started one check cadence (a quarter of the limit) after the
+/// hand-over would miss the slack, not only one started a whole limit late.
+const READ: Duration = Duration::from_millis(1200);
+
+/// Issue 8, case 1: without the tracker, a request without a body started
+/// its read clock only when a timer first looked at the connection capture,
+/// so `read` fired up to one limit late (and `elapsed()` hid it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_fires_on_time_with_and_without_tracker() {
+    let server = SilentServer::start().await.unwrap();
+    let cases = [
+        PhaseTimeoutLayer::new().read(READ),
+        PhaseTimeoutLayer::new()
+            .read(READ)
+            .total(Duration::from_secs(5)),
+        PhaseTimeoutLayer::new().send(ms(200)).read(READ),
+    ];
+    // All six at once, each on its own client and connection.
+    let mut runs = tokio::task::JoinSet::new();
+    for tracked in [false, true] {
+        for (i, phases) in cases.into_iter().enumerate() {
+            let svc = client(Duration::from_secs(1), phases, tracked);
+            let req = get(&server.url());
+            runs.spawn(async move {
+                let start = Instant::now();
+                let res = svc.oneshot(req).await;
+                (
+                    res.map(|_| ()),
+                    start.elapsed(),
+                    format!("tracked={tracked} case {i}"),
+                )
+            });
+        }
+    }
+    while let Some(run) = runs.join_next().await {
+        let (res, took, context) = run.unwrap();
+        assert_read_on_time(&res.unwrap_err(), took, &context);
+    }
+    // Every request reached the server (so the clock ran in the read phase).
+    assert_eq!(server.requests(), 6);
+}
+
+/// A raw HTTP/1.1 server that answers the first request on each connection
+/// with `200 OK` and `ok`, then reads further requests and, depending on
+/// `partial`, sends half a response head or nothing at all.
+struct AnswerOnceServer {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicU64>,
+    /// Requests that came on a connection after its first one.
+    reused: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AnswerOnceServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AnswerOnceServer {
+    async fn start(answer_first: bool, partial: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let reused = Arc::new(AtomicU64::new(0));
+        let (r, u) = (requests.clone(), reused.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (r, u) = (r.clone(), u.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut answered = !answer_first;
+                    let mut seen = 0;
+                    loop {
+                        // Requests here have no body: a head ends the request.
+                        let Some(end) = find(&buf, b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        buf.drain(..end + 4);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        seen += 1;
+                        if seen > 1 {
+                            u.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let reply: &[u8] = if !answered {
+                            answered = true;
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        } else if partial {
+                            b"HTTP/1.1 200 OK\r\ncontent-len"
+                        } else {
+                            b""
+                        };
+                        if tcp.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            reused,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Issue 8, case 1, against half a response head (500 ms limit: the error
+/// used to come after 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_head_fails_in_the_read_phase_on_time() {
+    let server = AnswerOnceServer::start(false, true).await;
+    let run = |tracked| {
+        let svc = client(
+            Duration::from_secs(1),
+            PhaseTimeoutLayer::new().read(READ),
+            tracked,
+        );
+        let req = get(&server.url());
+        async move {
+            let start = Instant::now();
+            let err = svc.oneshot(req).await.unwrap_err();
+            assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
+        }
+    };
+    tokio::join!(run(false), run(true));
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}
+
+/// Issue 8, case 1, on a pooled connection: the capture is filled at
+/// checkout, in the first poll, and the read clock starts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_on_a_reused_connection_fires_on_time() {
+    let server = AnswerOnceServer::start(true, false).await;
+    let run = |tracked| {
+        let svc = client(
+            Duration::from_secs(1),
+            PhaseTimeoutLayer::new().read(READ),
+            tracked,
+        );
+        let url = server.url();
+        async move {
+            let res = svc.clone().oneshot(get(&url)).await.unwrap();
+            assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+            // Staging, not an assertion: hyper-util puts the connection back
+            // in its pool from a spawned task; give it a moment to run.
+            tokio::time::sleep(ms(50)).await;
+            let start = Instant::now();
+            let err = svc.oneshot(get(&url)).await.unwrap_err();
+            assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
+        }
+    };
+    tokio::join!(run(false), run(true));
+    // Both second requests came on their client's first connection (a new
+    // connection would have been answered, not timed out).
+    assert_eq!(server.requests.load(Ordering::SeqCst), 4);
+    assert_eq!(server.reused.load(Ordering::SeqCst), 2);
+}
+
+/// Issue 8, case 3, on a live server: a zero limit is already spent, so every
+/// request fails at its first poll, in the first phase set to zero, without
+/// being tried. (Judging zero by what is ready on the first poll would be a
+/// race here: on this multi-threaded runtime a whole loopback exchange is
+/// sometimes ready on it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_limits_fail_every_time_before_sending() {
+    const TRIES: usize = 20;
+    let server = HyperServer::start().await.unwrap();
+    let z = Duration::ZERO;
+    let s = Duration::from_secs(5);
+    let cases = [
+        (PhaseTimeoutLayer::new().send(z), Phase::Send),
+        (PhaseTimeoutLayer::new().send(s).read(z), Phase::Read),
+        (PhaseTimeoutLayer::new().total(z), Phase::Total),
+        (
+            PhaseTimeoutLayer::new().send(s).read(s).total(z),
+            Phase::Total,
+        ),
+        (
+            PhaseTimeoutLayer::new().send(z).read(z).total(z),
+            Phase::Send,
+        ),
+    ];
+    for tracked in [false, true] {
+        for (phases, phase) in cases {
+            for _ in 0..TRIES {
+                // A fresh client each time: no pooled connection to reuse.
+                let svc = client(Duration::from_secs(1), phases, tracked);
+                let start = Instant::now();
+                let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+                let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+                assert_eq!(e.phase(), phase, "tracked={tracked}: {err}");
+                assert_eq!(e.limit(), Duration::ZERO);
+                assert!(e.elapsed() <= start.elapsed());
+            }
+        }
+    }
+    // Nothing was tried: no connection, no request.
+    assert_eq!((server.connections(), server.requests()), (0, 0));
+}
+
+/// Issue 8, case 3: `ConnectTimeout` with a zero limit fails every connect,
+/// without trying it; it used to let them all through (and a loopback connect
+/// is sometimes ready on its first poll, so "not ready at once" would be a
+/// race).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_connect_fails_every_time() {
+    const TRIES: usize = 40;
+    let server = HyperServer::start().await.unwrap();
+    for tracked in [false, true] {
+        let svc = client(Duration::ZERO, PhaseTimeoutLayer::new(), tracked);
+        for _ in 0..TRIES {
+            let err = svc.clone().oneshot(get(&server.url())).await.unwrap_err();
+            let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err:?}"));
+            assert_eq!(e.phase(), Phase::Connect, "{err}");
+            assert_eq!(e.limit(), Duration::ZERO);
+        }
+    }
+    // `HttpConnector` is lazy: untried means no socket at all.
+    assert_eq!((server.connections(), server.requests()), (0, 0));
+}
+
+/// When the inner service runs hyper-util's future on another task, the
+/// capture is filled there and this layer only sees it at its next timer
+/// check: the read clock may start late, but by at most a quarter of the
+/// limit (the check cadence), not by a whole limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
+    let server = SilentServer::start().await.unwrap();
+    let read = ms(800);
+    let hyper = Client::builder(TokioExecutor::new())
+        .build::<_, RequestBody<Full<Bytes>>>(HttpConnector::new());
+    let spawning = tower::service_fn(move |req| {
+        let fut = hyper.request(req);
+        async move {
+            let res = tokio::spawn(fut).await.map_err(BoxError::from)?;
+            res.map_err(BoxError::from)
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().read(read))
+        .service(spawning);
+    let start = Instant::now();
+    let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+    let took = start.elapsed();
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(e.phase(), Phase::Read, "{err}");
+    assert!(
+        took >= read && took <= read + read / 4 + SLACK,
+        "fired after {took:?}"
+    );
+    assert_eq!(server.requests(), 1);
+}
+
+/// Waits (bounded) until `cond` holds; false if it never did.
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(ms(5)).await;
+    }
+    cond()
+}
+
+/// Kept behaviour: an HTTP/1 upload that times out, or whose caller drops
+/// it, abandons its exchange, and the tracker closes the connection at once
+/// instead of letting hyper hold it (and the body) until the server gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_http1_upload_closes_its_connection() {
+    let server = StopReadingServer::start(MB as u64).await.unwrap();
+    for give_up in ["timeout", "drop"] {
+        let send = ms(300);
+        let phases = match give_up {
+            "timeout" => PhaseTimeoutLayer::new().send(send),
+            _ => PhaseTimeoutLayer::new().read(Duration::from_secs(60)),
+        };
+        let svc = client(Duration::from_secs(1), phases, true);
+        let mut req = post(&server.url(), 50 * MB);
+        let capture = ConnectionCapture::get_or_insert(&mut req);
+        let call = svc.oneshot(req);
+        match give_up {
+            "timeout" => {
+                let err = call.await.unwrap_err();
+                let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
+                assert_eq!(e.phase(), Phase::Send);
+            }
+            _ => {
+                // The caller gives up mid-upload: the future is dropped.
+                assert!(tokio::time::timeout(ms(500), call).await.is_err());
+            }
+        }
+        let state = capture.state().expect("tracked");
+        assert!(state.is_poisoned(), "{give_up}");
+        assert_eq!(state.exchange().outcome(), ExchangeOutcome::Abandoned);
+        assert!(
+            eventually(SLACK, || state.is_closed()).await,
+            "{give_up}: the connection stayed open"
+        );
+    }
+    assert_eq!(server.connections(), 2);
+}
+
+/// Hostile limits: `Duration::MAX` for send and read (in the layer or a
+/// per-request override) never fire nor overflow, and leave `total` in
+/// charge, on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enormous_limits_leave_total_in_charge() {
+    let server = SilentServer::start().await.unwrap();
+    let total = ms(400);
+    let max = Duration::MAX;
+    for tracked in [false, true] {
+        for body in [0, 1000] {
+            for by_override in [false, true] {
+                let phases = if by_override {
+                    PhaseTimeoutLayer::new()
+                        .send(ms(1))
+                        .read(ms(1))
+                        .total(total)
+                } else {
+                    PhaseTimeoutLayer::new().send(max).read(max).total(total)
+                };
+                let svc = client(Duration::from_secs(1), phases, tracked);
+                let mut req = post(&server.url(), body);
+                if by_override {
+                    req.extensions_mut()
+                        .insert(PhaseOverride::new().send(max).read(max));
+                }
+                let start = Instant::now();
+                let err = svc.oneshot(req).await.unwrap_err();
+                let took = start.elapsed();
+                let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+                let context = format!("tracked={tracked} body={body} override={by_override}");
+                assert_eq!(e.phase(), Phase::Total, "{context}: {err}");
+                assert!(
+                    took >= total && took <= total + SLACK,
+                    "{context}: {took:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(server.requests(), 8);
 }

@@ -187,7 +187,8 @@ pin_project! {
     /// The response body of [`PhaseTimeout`](super::PhaseTimeout): fails with
     /// [`Elapsed`] (phase [`Read`](Phase::Read)) after the read stall limit
     /// without a frame, or (phase [`Total`](Phase::Total)) when the total
-    /// deadline passes before the body ends.
+    /// deadline passes before the body ends. With a zero limit, a body that
+    /// has not ended fails at its first poll.
     ///
     /// It is `Unpin` when `B` is: its timer is boxed, and only allocated the
     /// first time the body has to wait for a frame.
@@ -212,6 +213,11 @@ struct BodyTimers {
 }
 
 impl BodyTimers {
+    /// Whether a limit is zero (already spent).
+    fn has_zero(&self) -> bool {
+        self.stall.is_some_and(|s| s.is_zero()) || self.total.is_some_and(|(t, _)| t.is_zero())
+    }
+
     fn next_check(&self) -> Instant {
         let stall = self.stall.map_or_else(
             || far_future(self.last_frame),
@@ -304,6 +310,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
+        if let Some(timers) = this.timers.as_ref() {
+            // A zero limit is already spent: a body that has not ended fails
+            // at once, whatever happens to be buffered.
+            if timers.has_zero() && !this.inner.is_end_stream() {
+                if let Err(elapsed) = timers.check(Instant::now()) {
+                    return Poll::Ready(Some(Err(elapsed.into())));
+                }
+            }
+        }
         let polled = this.inner.as_mut().poll_frame(cx);
         observe_frame(this.inner.as_mut(), &polled, this.end);
         match polled {

@@ -22,9 +22,10 @@ use crate::BoxError;
 /// `HttpConnector` (`Service<Uri>`) and also fits inside
 /// `reqwest::ClientBuilder::connector_layer`, whose request type is private.
 ///
-/// [`Duration::ZERO`] fails every connect that is not ready on its first
-/// poll; a limit too large for the clock never fires. A `Clone` copies the
-/// limit.
+/// [`Duration::ZERO`] fails every connect at its first poll, without polling
+/// the connector (so no connection is attempted through a lazy connector
+/// like `HttpConnector`); see the [module docs](super#zero-and-enormous-limits).
+/// A limit too large for the clock never fires. A `Clone` copies the limit.
 ///
 /// ```
 /// use std::time::Duration;
@@ -115,11 +116,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
+        // A zero limit is already spent: fail without trying, so the outcome
+        // never depends on whether the connect happens to be ready.
+        let spent = this.limit.is_zero();
+        if !spent {
+            if let Poll::Ready(result) = this.inner.poll(cx) {
+                return Poll::Ready(result.map_err(Into::into));
+            }
         }
-        match this.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Elapsed::new(
+        if spent || this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Elapsed::new(
                 Phase::Connect,
                 Waiting::Connection,
                 *this.limit,
@@ -127,8 +133,8 @@ where
                 0,
                 0,
             )
-            .into())),
-            Poll::Pending => Poll::Pending,
+            .into()));
         }
+        Poll::Pending
     }
 }

@@ -45,6 +45,9 @@ pub(crate) struct Watch {
     /// and the id of that connection (when tracked): hyper-util may retry a
     /// request on a new connection, and the clocks follow it.
     connected: Option<(Instant, Option<u64>)>,
+    /// When the capture was first seen filled, right after an inner poll:
+    /// the instant hyper-util handed the request to its connection.
+    handed: Option<Instant>,
     /// Abandons the exchange (poisoning its connection) if this future is
     /// dropped or times out before the head.
     pending: PendingExchange,
@@ -65,6 +68,7 @@ impl<F> ResponseFuture<F> {
             pending: PendingExchange::new(capture.clone()),
             capture,
             connected: None,
+            handed: None,
         };
         ResponseFuture {
             inner,
@@ -85,9 +89,12 @@ impl Watch {
             .map(|d| (d / 4).max(MIN_RECHECK))
     }
 
+    /// The first timer check: the first limit, or one cadence in when `send`
+    /// or `read` is set, so that a capture filled on another task (not
+    /// during one of this future's inner polls) is seen soon enough.
     fn first_check(&self) -> Instant {
         let l = &self.limits;
-        [l.send, l.read, l.total]
+        [l.send, l.read, l.total, self.cadence()]
             .into_iter()
             .flatten()
             .min()
@@ -96,6 +103,16 @@ impl Watch {
 
     fn total_deadline(&self) -> Option<(Duration, Instant)> {
         self.limits.total.map(|t| (t, deadline(self.issued, t)))
+    }
+
+    /// The error for a zero limit (see [`Limits::zero`]).
+    fn zero_elapsed(&self, phase: Phase) -> Elapsed {
+        let waiting = match phase {
+            Phase::Send => Waiting::UploadProgress,
+            Phase::Read => Waiting::ResponseHead,
+            _ => Waiting::Completion,
+        };
+        self.elapsed(phase, waiting, Duration::ZERO, self.issued)
     }
 
     fn elapsed(&self, phase: Phase, waiting: Waiting, limit: Duration, since: Instant) -> Elapsed {
@@ -122,31 +139,64 @@ impl Watch {
         Ok(total.map_or(next, |(_, dl)| next.min(dl)))
     }
 
-    fn check_phases(&mut self, now: Instant) -> Result<Instant, Elapsed> {
-        let never = far_future(now);
-        if !self.limits.watches_connection() {
-            return Ok(never);
+    /// Notes when the capture is first filled. hyper-util fills it inside a
+    /// poll of the inner future and wakes nobody, so [`ResponseFuture::poll`]
+    /// asks right after every inner poll until it is: the instant is then
+    /// when the request was handed to its connection, not a later timer
+    /// tick. (A cheap check: the connection itself is read at the next timer
+    /// check, if the request lasts that long.)
+    fn note_hand_over(&mut self) {
+        if self.handed.is_none()
+            && self
+                .capture
+                .as_ref()
+                .is_some_and(ConnectionCapture::is_filled)
+        {
+            self.handed = Some(Instant::now());
         }
+    }
+
+    /// Notes the request's connection if it has just become known (or, when
+    /// tracked, changed after one of hyper-util's transparent retries), and
+    /// returns what the capture says.
+    fn observe(&mut self, now: Instant) -> Captured {
         let captured = self
             .capture
             .as_ref()
             .map_or(Captured::Pending, ConnectionCapture::get);
-        let tracked = match &captured {
-            Captured::Tracked(state) => Some(state),
+        let id = match &captured {
+            Captured::Tracked(state) => Some(state.id()),
             _ => None,
         };
-        let last_frame = self.progress.last_frame();
-        let id = tracked.map(ConnectionState::id);
         let moved = matches!((self.connected, id), (Some((_, Some(old))), Some(new)) if old != new);
         if self.connected.is_none() || moved {
+            let last_frame = self.progress.last_frame();
             self.connected = match (&captured, last_frame) {
                 (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
-                (Captured::Untracked, _) => Some(last_frame.unwrap_or(now)),
+                (Captured::Untracked, _) => Some(self.handed.or(last_frame).unwrap_or(now)),
                 (Captured::Pending, Some(frame)) => Some(frame),
                 (Captured::Pending, None) => None,
             }
             .map(|at| (at, id));
         }
+        captured
+    }
+
+    fn check_phases(&mut self, now: Instant) -> Result<Instant, Elapsed> {
+        let never = far_future(now);
+        if !self.limits.watches_connection() {
+            return Ok(never);
+        }
+        let captured = self.observe(now);
+        let tracked = match &captured {
+            Captured::Tracked(state) => Some(state),
+            _ => None,
+        };
+        // On HTTP/2 the socket carries every stream of the connection: its
+        // progress says nothing about this request's, so a multiplexed
+        // request is judged by its own body frames, like an untracked one.
+        let socket = tracked.filter(|state| !state.is_http2());
+        let last_frame = self.progress.last_frame();
         let cadence = self.cadence().unwrap_or(Duration::MAX);
         let Some((connected, _)) = self.connected else {
             // Still waiting for a connection: that is the connect phase,
@@ -154,12 +204,12 @@ impl Watch {
             return Ok(deadline(now, cadence));
         };
 
-        match self.upload_done(tracked) {
+        match self.upload_done(socket) {
             None => {
                 let Some(limit) = self.limits.send else {
                     return Ok(deadline(now, cadence));
                 };
-                let socket = tracked
+                let socket = socket
                     .and_then(ConnectionState::last_write)
                     .filter(|w| *w >= self.issued);
                 let last = [Some(connected), last_frame, socket]
@@ -187,10 +237,12 @@ impl Watch {
         }
     }
 
-    /// When the whole request was on the wire, if it is.
-    fn upload_done(&self, tracked: Option<&ConnectionState>) -> Option<Instant> {
+    /// When the whole request was on the wire, if it is: judged on the socket
+    /// when `socket` is this request's own connection, otherwise when its body
+    /// ended.
+    fn upload_done(&self, socket: Option<&ConnectionState>) -> Option<Instant> {
         let body_end = self.progress.body_end()?;
-        let Some(state) = tracked else {
+        let Some(state) = socket else {
             return Some(body_end);
         };
         // hyper flushes the IO only once its write buffer is empty: a flush
@@ -233,6 +285,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if let Some(phase) = this.watch.limits.zero() {
+            // A zero limit is already spent: fail without trying, so the
+            // outcome never depends on what happens to be ready.
+            return Poll::Ready(Err(this.watch.zero_elapsed(phase).into()));
+        }
         // The inner future first: a response ready at the deadline wins.
         if let Poll::Ready(result) = this.inner.poll(cx) {
             // Whatever happened, this future did not abandon the exchange.
@@ -240,15 +297,19 @@ where
             let response = result.map_err(Into::into)?;
             return Poll::Ready(Ok(this.watch.wrap_response(response)));
         }
-        if !this.watch.limits.any() {
+        let watch = this.watch;
+        if !watch.limits.any() {
             return Poll::Pending;
+        }
+        if watch.limits.watches_connection() {
+            watch.note_hand_over();
         }
         loop {
             ready!(this.sleep.as_mut().poll(cx));
-            let next = match this.watch.check(Instant::now()) {
+            let next = match watch.check(Instant::now()) {
                 Ok(next) => next,
                 Err(elapsed) => {
-                    this.watch.pending.abandon();
+                    watch.pending.abandon();
                     return Poll::Ready(Err(elapsed.into()));
                 }
             };

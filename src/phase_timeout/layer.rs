@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::PhaseTimeout;
+use super::{Phase, PhaseTimeout};
 
 /// The resolved limits for one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,6 +24,20 @@ impl Limits {
     pub(crate) fn any(&self) -> bool {
         self.watches_connection() || self.read_stall.is_some() || self.total.is_some()
     }
+
+    /// The first phase, in request order, whose limit bounding the response
+    /// head is zero: such a request fails at its first poll, untried. (A zero
+    /// body stall limit is the body's business.)
+    pub(crate) fn zero(&self) -> Option<Phase> {
+        let zero = |limit: Option<Duration>| limit.is_some_and(|d| d.is_zero());
+        [
+            (Phase::Send, self.send),
+            (Phase::Read, self.read),
+            (Phase::Total, self.total),
+        ]
+        .into_iter()
+        .find_map(|(phase, limit)| zero(limit).then_some(phase))
+    }
 }
 
 /// Request-plane layer with separate `send`, `read` and `total` timeouts.
@@ -40,10 +54,11 @@ impl Limits {
 /// Every limit is off until set. Setters take `Duration` or `None` (switch
 /// off). A `Clone` of the layer copies the limits; nothing is shared.
 ///
-/// Bounds: [`Duration::ZERO`] expires at the first check (the inner future is
-/// always polled first, so an immediately ready response still wins); limits
-/// too large to add to the clock (e.g. `Duration::MAX`) never fire. Neither
-/// panics.
+/// Bounds: [`Duration::ZERO`] is already spent: a request with a zero `send`,
+/// `read` or `total` fails at its first poll without being sent, and a zero
+/// body stall fails every body that has not already ended at its first poll;
+/// see the [module docs](super#zero-and-enormous-limits). Limits too large to
+/// add to the clock (e.g. `Duration::MAX`) never fire. Neither panics.
 ///
 /// ```
 /// use std::time::Duration;

@@ -28,17 +28,51 @@
 //! request-body frames pulled by the connection (frames over [`MAX_FRAME`]
 //! are split, zero-copy, so progress stays visible) and the upload counts as
 //! finished when the body's last frame was pulled; hyper may still hold up to
-//! its write buffer (a few hundred KiB) at that point. For a request without a
-//! body and without the tracker, the read clock starts when the connection is
-//! first seen. On HTTP/2 the tracker's socket progress belongs to the whole
-//! connection, so another stream's upload also counts as progress.
+//! its write buffer (a few hundred KiB) at that point. A request without a
+//! body has finished its upload, without the tracker, when it is handed to
+//! its connection.
+//!
+//! On HTTP/2 (the tracker's [`is_http2`](crate::track::ConnectionState::is_http2))
+//! the socket carries every stream of the connection, so its progress says
+//! nothing about one request's: a request on a multiplexed connection is
+//! judged by its own body frames and its upload ends with its last frame, as
+//! without the tracker; one stalled stream neither fails nor hides another.
+//! HTTP/1 connections keep the socket-level precision.
 //!
 //! The send and read clocks start once the request has a connection (known
 //! from hyper-util's connection capture, or from the first body frame being
 //! pulled); waiting for the pool or the connector is the connect phase,
-//! bounded by [`ConnectTimeoutLayer`] and `total`. Inner services other than
-//! hyper-util's client never fill the capture: there, a request without a
-//! body is only bounded by `total`.
+//! bounded by [`ConnectTimeoutLayer`] and `total`. hyper-util fills the
+//! capture while its response future is being polled, and wakes nobody, so
+//! the layer reads it after every poll of the inner future until it is
+//! filled: the clocks start when the request is handed to its connection.
+//! An inner service that spawns hyper-util's future onto another task is
+//! seen at the layer's next check instead, up to a quarter of the shortest
+//! `send`/`read` limit later. Inner services other
+//! than hyper-util's client never fill the capture: there, a request without
+//! a body is only bounded by `total`.
+//!
+//! # Zero and enormous limits
+//!
+//! One rule for every phase: a limit of
+//! [`Duration::ZERO`](std::time::Duration::ZERO) is already spent, so what it
+//! bounds fails at its first poll, without being tried:
+//!
+//! * `connect`: every connect fails without polling the connector (so a lazy
+//!   connector like hyper-util's `HttpConnector` opens no socket);
+//! * `send`, `read`, `total`: every request fails without polling the inner
+//!   service's future (hyper-util's client sends nothing), with the first
+//!   zero phase in request order: send, read, total;
+//! * a zero body stall limit (`read_body_stall`): every response body that
+//!   has not already ended fails at its first poll.
+//!
+//! This is deliberate. "Only what is ready on the first poll succeeds" is not
+//! deterministic against a live peer: on a multi-threaded runtime a loopback
+//! connect was ready on its first poll in about one try in ten, and a whole
+//! exchange in about one in eleven, depending on which thread ran first.
+//! Like an expired gRPC deadline, a zero computed from a spent budget fails
+//! fast and never means "no limit" (that is `None`). Limits too large for the
+//! clock (for example `Duration::MAX`) never fire. Neither panics.
 //!
 //! The per-request path arms one timer and reads atomics when it fires,
 //! re-arming if progress happened meanwhile; nothing wakes per byte. Its cost

@@ -286,7 +286,7 @@ async fn override_merges_with_the_layer() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn zero_and_enormous_limits_do_not_panic() {
+async fn enormous_limits_never_fire_nor_panic() {
     // Duration::MAX never fires and never overflows the clock.
     let (mut svc, mut handle) = setup(
         PhaseTimeoutLayer::new()
@@ -299,23 +299,206 @@ async fn zero_and_enormous_limits_do_not_panic() {
         let (req, send) = handle.next_request().await.unwrap();
         sleep(Duration::from_secs(86_400)).await;
         drain(req).await.unwrap();
-        send.send_response(Response::new(Channel::new(1).1));
+        let (mut tx, body) = Channel::new(1);
+        send.send_response(Response::new(body));
+        sleep(Duration::from_secs(86_400)).await;
+        tx.send_data(Bytes::from_static(b"late")).await.unwrap();
     });
-    fut.await.expect("enormous limits never fire");
+    let body = fut.await.expect("enormous limits never fire").into_body();
+    let bytes = body.collect().await.expect("nor in the body").to_bytes();
+    assert_eq!(bytes, "late");
     server.await.unwrap();
+}
 
-    // Duration::ZERO expires at the first check once the request is moving.
-    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().send(Duration::ZERO));
-    let (mut tx, body) = Channel::new(1);
-    let fut = issue(&mut svc, Request::post("/").body(body).unwrap()).await;
-    let server = tokio::spawn(async move {
-        let (req, _send) = handle.next_request().await.unwrap();
-        drain(req).await.unwrap()
-    });
-    tx.send_data(Bytes::from_static(b"a")).await.unwrap();
-    let err = fut.await.unwrap_err();
-    assert_eq!(elapsed(&err).phase(), Phase::Send);
-    server.abort();
+// ------------------------------------------------------------ the zero rule
+//
+// A zero limit is already spent, in every phase: what it bounds fails at its
+// first poll without being tried, however ready it is, and no time passes on
+// the paused clock.
+
+/// Moves the paused clock to the middle of a millisecond, where a timer due
+/// "now" only fires at the next tick (as on the real clock): the zero rule
+/// must not depend on timers.
+async fn mid_tick() {
+    advance(Duration::from_micros(500)).await;
+}
+
+/// Polls `fut` exactly once.
+async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
+}
+
+/// A service whose futures are ready with `value` on their first poll (or
+/// never, when `ready` is false) and count how often they were polled.
+fn counted<R, T: Clone>(
+    value: T,
+    ready: bool,
+    polls: Arc<AtomicUsize>,
+) -> impl Service<
+    R,
+    Response = T,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<T, BoxError>>,
+> {
+    tower::service_fn(move |_: R| {
+        let (value, polls) = (value.clone(), polls.clone());
+        std::future::poll_fn(move |_| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            if ready {
+                Poll::Ready(Ok(value.clone()))
+            } else {
+                Poll::Pending
+            }
+        })
+    })
+}
+
+fn ready_response(body: &'static str) -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from_static(body.as_bytes())))
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_connect_fails_untried_even_when_ready() {
+    mid_tick().await;
+    for ready in [false, true] {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut svc = ConnectTimeoutLayer::new(Duration::ZERO).layer(counted::<&str, u8>(
+            1,
+            ready,
+            polls.clone(),
+        ));
+        let start = Instant::now();
+        let mut fut = Box::pin(svc.ready().await.unwrap().call("x"));
+        let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
+            panic!("a zero connect limit fails at the first poll (ready={ready})");
+        };
+        let e = elapsed(&err);
+        assert_eq!(e.phase(), Phase::Connect);
+        assert_eq!((e.limit(), e.elapsed()), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(polls.load(Ordering::SeqCst), 0, "the connector was tried");
+    }
+    // The smallest non-zero limit is a real limit: a ready connect wins.
+    let polls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ConnectTimeoutLayer::new(Duration::from_nanos(1))
+        .layer(counted::<&str, u8>(7, true, polls));
+    let mut fut = Box::pin(svc.ready().await.unwrap().call("x"));
+    assert!(matches!(poll_once(&mut fut).await, Poll::Ready(Ok(7))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_send_read_total_fail_untried_even_when_ready() {
+    let z = Duration::ZERO;
+    let s = Duration::from_secs(1);
+    let by_layer = |layer: PhaseTimeoutLayer| (layer, None);
+    let by_override =
+        |o: PhaseOverride| (PhaseTimeoutLayer::new().send(s).read(s).total(s), Some(o));
+    let cases = [
+        (by_layer(PhaseTimeoutLayer::new().send(z)), Phase::Send),
+        (by_layer(PhaseTimeoutLayer::new().read(z)), Phase::Read),
+        (by_layer(PhaseTimeoutLayer::new().total(z)), Phase::Total),
+        (
+            by_layer(PhaseTimeoutLayer::new().send(s).read(z).total(z)),
+            Phase::Read,
+        ),
+        (
+            by_layer(PhaseTimeoutLayer::new().send(z).read(z).total(z)),
+            Phase::Send,
+        ),
+        (by_override(PhaseOverride::new().send(z)), Phase::Send),
+        (by_override(PhaseOverride::new().total(z)), Phase::Total),
+    ];
+    mid_tick().await;
+    for (i, ((layer, over), phase)) in cases.into_iter().enumerate() {
+        for ready in [false, true] {
+            let polls = Arc::new(AtomicUsize::new(0));
+            let inner = counted(ready_response("ok"), ready, polls.clone());
+            let mut svc = PhaseTimeout::new(inner, layer);
+            let mut req = Request::post("/")
+                .body(Full::new(Bytes::from_static(b"up")))
+                .unwrap();
+            if let Some(o) = over {
+                req.extensions_mut().insert(o);
+            }
+            let start = Instant::now();
+            let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+            let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
+                panic!("case {i}: a zero limit fails at the first poll (ready={ready})");
+            };
+            let e = elapsed(&err);
+            assert_eq!(e.phase(), phase, "case {i}: {err}");
+            assert_eq!((e.limit(), e.elapsed()), (z, z), "case {i}");
+            assert_eq!(start.elapsed(), z, "case {i}");
+            assert_eq!(
+                polls.load(Ordering::SeqCst),
+                0,
+                "case {i}: the inner future was polled"
+            );
+        }
+    }
+    let mut svc = PhaseTimeout::new(
+        counted(ready_response("ok"), true, Arc::default()),
+        PhaseTimeoutLayer::new().total(z),
+    );
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Empty::<Bytes>::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "total timed out after 0ns: response not complete (0 bytes sent, 0 bytes received)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_body_stall_fails_every_body_not_ended() {
+    let z = Duration::ZERO;
+    let stall_zero = [
+        (
+            PhaseTimeoutLayer::new()
+                .read(Duration::from_secs(1))
+                .read_body_stall(z),
+            None,
+        ),
+        (
+            PhaseTimeoutLayer::new().read(Duration::from_secs(1)),
+            Some(PhaseOverride::new().read_body_stall(z)),
+        ),
+    ];
+    mid_tick().await;
+    for (i, (layer, over)) in stall_zero.into_iter().enumerate() {
+        // The head is not bounded by the body stall: it is delivered.
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut svc =
+            PhaseTimeout::new(counted(ready_response("data"), true, polls.clone()), layer);
+        let mut req = Request::new(Empty::<Bytes>::new());
+        if let Some(o) = over {
+            req.extensions_mut().insert(o);
+        }
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // Its body is all there, but not ended: it fails at once.
+        let start = Instant::now();
+        let mut body = res.into_body();
+        let err = body.frame().await.unwrap().unwrap_err();
+        let e = elapsed(&err);
+        assert_eq!(e.phase(), Phase::Read, "case {i}: {err}");
+        assert_eq!((e.limit(), e.bytes_received()), (z, 0), "case {i}");
+        assert_eq!(start.elapsed(), z);
+
+        // A body that has already ended (204, HEAD, empty) just ends.
+        let empty = Response::new(Full::new(Bytes::new()));
+        let mut svc = PhaseTimeout::new(counted(empty, true, Arc::default()), layer);
+        let mut req = Request::new(Empty::<Bytes>::new());
+        if let Some(o) = over {
+            req.extensions_mut().insert(o);
+        }
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert!(res.into_body().frame().await.is_none(), "case {i}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -372,4 +555,8 @@ async fn large_frames_are_split_without_copying() {
 }
 
 use http_body::Body as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
 use tower_layer::Layer as _;

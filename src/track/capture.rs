@@ -74,6 +74,12 @@ impl ConnectionCapture {
         }
     }
 
+    /// Whether a connection is known yet, without building its extras (no
+    /// allocation): cheap enough to ask after every poll.
+    pub(crate) fn is_filled(&self) -> bool {
+        self.inner.connection_metadata().is_some()
+    }
+
     /// Marks the captured connection poisoned in hyper-util's pool, so it is
     /// never handed to another request (no effect before a connection is
     /// known).

@@ -190,7 +190,9 @@ impl PendingExchange {
 
 impl PendingExchange {
     /// The request gave up (timed out) before its head: poisons its
-    /// connection if its exchange is in flight.
+    /// connection if its exchange is in flight. Never an HTTP/2 connection:
+    /// hyper resets the abandoned stream alone, and the connection's other
+    /// streams (and later requests) carry on.
     pub(crate) fn abandon(&mut self) {
         let Some(capture) = self.capture.take() else {
             return;
