@@ -608,3 +608,150 @@ async fn dropping_the_future_abandons_the_attempt_and_closes_its_connection() {
     eventually("the server to see the close", || server.connections() == 1).await;
     assert_eq!(server.requests(), 1);
 }
+
+#[tokio::test]
+async fn connection_refused_is_not_retried() {
+    // A port that was just bound and released on 127.0.0.1: nothing listens.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
+    let err = send(&svc, request(Method::GET, &format!("http://{addr}/"), b""))
+        .await
+        .unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::ConnectFailed);
+    assert_eq!(stats.opened(), 0);
+}
+
+/// Counts the connector's calls: connect attempts, successful or not.
+fn counting_connector(
+    connect: Duration,
+) -> (
+    impl Service<
+            http::Uri,
+            Response = impl hyper::rt::Read
+                           + hyper::rt::Write
+                           + hyper_util::client::legacy::connect::Connection
+                           + Unpin
+                           + Send
+                           + 'static,
+            Error = BoxError,
+            Future = impl Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let connector = ServiceBuilder::new()
+        .map_request(move |uri: http::Uri| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            uri
+        })
+        .layer(tower_conn_lifecycle::phase_timeout::ConnectTimeoutLayer::new(connect))
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    (connector, calls)
+}
+
+#[tokio::test]
+async fn connect_timeouts_are_retried_only_when_enabled() {
+    use std::sync::atomic::Ordering;
+    let hole = tower_conn_lifecycle::testing::Blackhole::start()
+        .await
+        .unwrap();
+    for (enabled, attempts, rule) in [
+        (false, 1, Rule::ConnectTimeout),
+        (true, 2, Rule::RetriesExhausted),
+    ] {
+        let (connector, calls) = counting_connector(Duration::from_millis(100));
+        let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+        let svc = ServiceBuilder::new()
+            .layer(RetryOnStaleConnectionLayer::new().retry_connect_timeouts(enabled))
+            .service(client);
+        let err = send(&svc, request(Method::POST, &hole.url(), b"x"))
+            .await
+            .unwrap_err();
+        let e = not_retried(&err);
+        assert_eq!(e.rule(), rule, "{err}");
+        assert_eq!(calls.load(Ordering::Relaxed), attempts);
+        let elapsed = tower_conn_lifecycle::phase_timeout::Elapsed::find(err.as_ref());
+        assert_eq!(
+            elapsed.map(|e| e.phase()),
+            Some(tower_conn_lifecycle::phase_timeout::Phase::Connect)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Under PhaseTimeout, as the module docs stack it.
+
+type Phased = RetryOnStaleConnection<
+    tower_conn_lifecycle::phase_timeout::PhaseTimeout<
+        Client<
+            Tracked,
+            tower_conn_lifecycle::phase_timeout::RequestBody<ReplayBody<Channel<Bytes>>>,
+        >,
+    >,
+    ReplayBuffer,
+>;
+
+fn phased_client(phases: tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer) -> Phased {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .layer(phases)
+        .service(client)
+}
+
+#[tokio::test]
+async fn read_timeout_under_retry_is_never_retried() {
+    let server = SilentServer::start().await.unwrap();
+    let svc = phased_client(
+        tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer::new()
+            .read(Duration::from_millis(100)),
+    );
+    // Chunked, so hyper reads the body to its end and PhaseTimeout sees the
+    // upload finish (with a `Content-Length` and a body that cannot tell its
+    // own end, the read clock would not start).
+    let req = http::Request::put(server.url()).body(streamed(10)).unwrap();
+    let res = timeout(STEP_LIMIT, svc.oneshot(req)).await.unwrap();
+    let err = res.map(|_| ()).unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::Timeout);
+    assert_eq!(err.to_string(), "not retried: PUT timed out");
+    eventually("the server to read the request", || server.requests() == 1).await;
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() {
+    let server = ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(1)
+        .start()
+        .await
+        .unwrap();
+    let svc = phased_client(
+        tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer::new()
+            .send(Duration::from_secs(5))
+            .read(Duration::from_secs(5)),
+    );
+    for (i, len) in [100usize, 20_000].into_iter().enumerate() {
+        let res = timeout(STEP_LIMIT, svc.clone().oneshot(put(&server.url(), len)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.extensions().get::<Retried>().is_some(), i == 1);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, len.to_string());
+    }
+    assert_eq!((server.attempts(), server.responses()), (3, 2));
+}

@@ -31,9 +31,10 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         service: S,
-        // The request for the next attempt; its extensions share the
-        // current attempt's connection capture.
+        // The request for the next attempt.
         backup: Option<Request<B>>,
+        // The connection capture of the attempt in flight.
+        capture: Option<ConnectionCapture>,
         session: Session<B>,
         pending: PendingExchange,
     }
@@ -66,8 +67,9 @@ where
             state: State::Called { future },
             service,
             backup: Some(backup),
+            pending: PendingExchange::new(Some(capture.clone())),
+            capture: Some(capture),
             session,
-            pending: PendingExchange::new(Some(capture)),
         }
     }
 }
@@ -91,7 +93,18 @@ where
                     this.pending.disarm();
                     let mut result = result.map_err(Into::into);
                     let retry = match this.backup.as_mut() {
-                        Some(req) => this.session.retry(req, &mut result),
+                        Some(req) => {
+                            if result.is_err() {
+                                // The policy judges the failed attempt by its
+                                // own connection (and replaces the capture
+                                // for the next attempt). Only failures pay for
+                                // this; a success never clones a capture.
+                                if let Some(capture) = this.capture.take() {
+                                    req.extensions_mut().insert(capture);
+                                }
+                            }
+                            this.session.retry(req, &mut result)
+                        }
                         None => None,
                     };
                     match retry {
@@ -111,8 +124,8 @@ where
                         return Poll::Ready(Err("retry without a request".into()));
                     };
                     *this.backup = Some(duplicate(&req));
-                    *this.pending =
-                        PendingExchange::new(req.extensions().get::<ConnectionCapture>().cloned());
+                    *this.capture = req.extensions().get::<ConnectionCapture>().cloned();
+                    *this.pending = PendingExchange::new(this.capture.clone());
                     let future = this.service.call(req);
                     this.state.set(State::Called { future });
                 }

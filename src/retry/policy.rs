@@ -211,9 +211,8 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
     }
 }
 
-/// A copy of `req` for the next attempt: its extensions (with the current
-/// attempt's connection capture) are shared until a retry replaces the
-/// capture.
+/// A copy of `req` for the next attempt (extensions are cloned; a
+/// connection capture among them is replaced before the copy is sent).
 pub(crate) fn duplicate<B: Clone>(req: &Request<B>) -> Request<B> {
     let mut clone = Request::new(req.body().clone());
     *clone.method_mut() = req.method().clone();

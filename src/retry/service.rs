@@ -65,8 +65,10 @@ impl<S, M> RetryOnStaleConnection<S, M> {
     {
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
-        let capture = ConnectionCapture::get_or_insert(&mut req);
+        // Copied before the capture goes in: the next attempt gets its own,
+        // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
+        let capture = ConnectionCapture::get_or_insert(&mut req);
         let future = service.call(req);
         ResponseFuture::new(future, service, backup, session, capture)
     }
