@@ -82,8 +82,10 @@ impl fmt::Display for RetryReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Rule {
-    /// A timeout (send, read, total, or any other) is never retried: the
-    /// server may still be processing the request.
+    /// A timeout (send, read, total, or any other) is not retried: the
+    /// server may still be processing the request. (The one exception: the
+    /// tracker saw the attempt write nothing on a connection that is now
+    /// closed.)
     Timeout,
     /// A connect timeout, with connect-timeout retries off (the default).
     ConnectTimeout,
@@ -164,8 +166,11 @@ pub(crate) enum Signal {
 pub(crate) enum Wire {
     /// No tracker (or HTTP/2, where its exchange counting is approximate).
     Unknown,
-    /// The attempt wrote no byte.
+    /// The attempt wrote no byte (its connection is still open).
     NothingWritten,
+    /// The attempt wrote no byte and its connection is closed: no byte of
+    /// it can ever be written.
+    NeverWritten,
     /// The attempt wrote at least one byte.
     Written {
         /// The connection had carried an earlier exchange.
@@ -186,7 +191,9 @@ pub(crate) struct Facts {
 
 /// The safe-to-retry predicate (first match wins):
 ///
-/// 1. timeouts never, except connect timeouts when enabled;
+/// 1. timeouts never, except connect timeouts when enabled, and a timeout
+///    whose attempt the tracker saw write nothing on a connection now
+///    closed (nothing of it can ever reach the server);
 /// 2. always when nothing was written, on `REFUSED_STREAM`, and on a
 ///    graceful `GOAWAY` above the stream;
 /// 3. never when the connection could not be established, or the error is
@@ -196,6 +203,7 @@ pub(crate) struct Facts {
 ///    (reused, or reuse unknown) only for idempotent or keyed requests.
 pub(crate) fn classify(facts: &Facts, retry_connect_timeouts: bool) -> Result<RetryReason, Rule> {
     match facts.signal {
+        Signal::Timeout if facts.wire == Wire::NeverWritten => Ok(RetryReason::NothingWritten),
         Signal::Timeout => Err(Rule::Timeout),
         Signal::ConnectTimeout if retry_connect_timeouts => Ok(RetryReason::ConnectTimeout),
         Signal::ConnectTimeout => Err(Rule::ConnectTimeout),
@@ -205,7 +213,7 @@ pub(crate) fn classify(facts: &Facts, retry_connect_timeouts: bool) -> Result<Re
         Signal::ConnectFailed => Err(Rule::ConnectFailed),
         Signal::Other => Err(Rule::NotConnectionFailure),
         Signal::Closed => match facts.wire {
-            Wire::NothingWritten => Ok(RetryReason::NothingWritten),
+            Wire::NothingWritten | Wire::NeverWritten => Ok(RetryReason::NothingWritten),
             Wire::Written {
                 response_started: true,
                 ..
@@ -273,10 +281,14 @@ pub(crate) fn wire(captured: &Captured) -> Wire {
         return Wire::Unknown;
     }
     let exchange = state.exchange();
-    match exchange.outcome() {
-        ExchangeOutcome::None | ExchangeOutcome::Completed => Wire::NothingWritten,
-        _ if exchange.bytes_written() == 0 => Wire::NothingWritten,
-        _ => Wire::Written {
+    let nothing_written = match exchange.outcome() {
+        ExchangeOutcome::None | ExchangeOutcome::Completed => true,
+        _ => exchange.bytes_written() == 0,
+    };
+    match (nothing_written, state.is_closed()) {
+        (true, true) => Wire::NeverWritten,
+        (true, false) => Wire::NothingWritten,
+        (false, _) => Wire::Written {
             reused: exchange.is_reused(),
             response_started: exchange.response_started(),
         },
@@ -373,6 +385,8 @@ mod tests {
     use crate::BoxError;
 
     const W: Wire = Wire::NothingWritten;
+    /// Nothing written, connection closed.
+    const NW: Wire = Wire::NeverWritten;
     const U: Wire = Wire::Unknown;
     /// Written on a reused connection, nothing of the response yet.
     const STALE: Wire = Wire::Written {
@@ -409,10 +423,13 @@ mod tests {
         use Signal::*;
         #[rustfmt::skip]
         let table: &[Row] = &[
-            // Timeouts: never, whatever was written.
+            // Timeouts: never, whatever was written, unless nothing was and
+            // the connection is gone (no late write can happen).
             (Timeout, W, true, true, Err(Rule::Timeout)),
             (Timeout, STALE, true, true, Err(Rule::Timeout)),
             (Timeout, U, true, true, Err(Rule::Timeout)),
+            (Timeout, FRESH, false, false, Err(Rule::Timeout)),
+            (Timeout, NW, false, false, Ok(R::NothingWritten)),
             // Connect timeouts: only when enabled.
             (ConnectTimeout, U, false, false, Err(Rule::ConnectTimeout)),
             (ConnectTimeout, U, false, true, Ok(R::ConnectTimeout)),
@@ -425,9 +442,11 @@ mod tests {
             // Could not connect; not a connection failure: never.
             (ConnectFailed, U, true, true, Err(Rule::ConnectFailed)),
             (Other, W, true, true, Err(Rule::NotConnectionFailure)),
+            (Other, NW, true, true, Err(Rule::NotConnectionFailure)),
             (Other, STALE, true, true, Err(Rule::NotConnectionFailure)),
             // Reset / EOF, tracker present.
             (Closed, W, false, false, Ok(R::NothingWritten)),
+            (Closed, NW, false, false, Ok(R::NothingWritten)),
             (Closed, STALE, true, false, Ok(R::StaleConnection)),
             (Closed, STALE, false, false, Err(Rule::NotIdempotent)),
             (Closed, FRESH, true, false, Err(Rule::FreshConnection)),

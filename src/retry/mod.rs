@@ -17,7 +17,7 @@
 //!
 //! | The failure | Retried? |
 //! |---|---|
-//! | any timeout (send, read, total, hyper's, `io::ErrorKind::TimedOut`) | never ([`Rule::Timeout`]) |
+//! | any timeout (send, read, total, hyper's, `io::ErrorKind::TimedOut`) | never ([`Rule::Timeout`]), unless the tracker saw the attempt write nothing on a connection that is now closed |
 //! | connect-phase [`Elapsed`](crate::phase_timeout::Elapsed) | only with [`retry_connect_timeouts`](RetryOnStaleConnectionLayer::retry_connect_timeouts) |
 //! | nothing written: [`ConnectionExpired`](crate::idle_expiry::ConnectionExpired), hyper's "canceled" | always, any method |
 //! | HTTP/2 `REFUSED_STREAM`; graceful `GOAWAY` above the stream | always, any method |
