@@ -807,6 +807,33 @@ async fn h2_several_refused_streams_in_a_batch_are_each_retried_once() {
     assert_eq!(server.connections(), 1);
 }
 
+#[tokio::test]
+async fn h2_refused_stream_replays_a_streamed_body() {
+    let server = Http2FaultServer::builder()
+        .refuse_streams(1)
+        .start()
+        .await
+        .unwrap();
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, ReplayBody<Channel<Bytes>>>(connector);
+    let svc = ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .service(client);
+    // 200 bytes: the server keys bodies of up to 256 bytes.
+    let req = http::Request::post(server.url())
+        .body(streamed(200))
+        .unwrap();
+    let (body, retried) = send(&svc, req).await.unwrap();
+    assert_eq!(body, "ok");
+    assert_eq!(retried.unwrap().reasons(), [RetryReason::RefusedStream]);
+    assert_eq!((server.refused(), server.processed()), (1, 1));
+    assert_eq!(server.distinct_keys(), 1);
+}
+
 // ---------------------------------------------------------------------------
 // The kit's new servers, seen from raw sockets.
 
