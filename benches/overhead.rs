@@ -1,5 +1,6 @@
-//! Overhead of the tracker + PhaseTimeout over a bare hyper-util client:
-//! keep-alive GETs on loopback, all variants measured in the same run.
+//! Overhead of the tracker, PhaseTimeout and RetryOnStaleConnection over a
+//! bare hyper-util client: keep-alive GETs on loopback against a healthy
+//! server (so Retry never retries), all variants measured in the same run.
 //!
 //! `cargo bench --bench overhead`
 
@@ -7,12 +8,39 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use http_body_util::Empty;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 use tokio::runtime::Runtime;
+use tower::ServiceBuilder;
+use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::testing::HyperServer;
+use tower_conn_lifecycle::track::TrackConnectionsLayer;
 
 use common::GetClient;
+
+/// RetryOnStaleConnection around a client with no tracker.
+fn retry_only() -> impl GetClient<Future: Send> {
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .service(
+            Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new()),
+        )
+}
+
+/// RetryOnStaleConnection around a client whose connector is tracked: the
+/// stack the retry rules are exact for.
+fn tracker_and_retry() -> impl GetClient<Future: Send> {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector))
+}
 
 /// Concurrent requests per iteration of the throughput benchmark.
 const BATCH: usize = 32;
@@ -57,8 +85,13 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let server = rt.block_on(HyperServer::start()).unwrap();
     let uri: http::Uri = server.url().parse().unwrap();
-    let (bare, layered) =
-        rt.block_on(async { (common::bare(), common::tracker_and_phase_timeout()) });
+    let (bare, layered, retry) = rt.block_on(async {
+        (
+            common::bare(),
+            common::tracker_and_phase_timeout(),
+            tracker_and_retry(),
+        )
+    });
 
     let mut group = c.benchmark_group("keepalive_get");
     group.throughput(Throughput::Elements(1));
@@ -91,6 +124,8 @@ fn bench(c: &mut Criterion) {
         "tracker+phase_timeout",
         layered.clone(),
     );
+    sequential(&mut group, &rt, &uri, "retry_only", retry_only());
+    sequential(&mut group, &rt, &uri, "tracker+retry", retry.clone());
     group.finish();
 
     let mut group = c.benchmark_group("keepalive_get_x32");
@@ -100,6 +135,9 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tracker+phase_timeout", |b| {
         b.to_async(&rt).iter(|| batch(layered.clone(), uri.clone()));
+    });
+    group.bench_function("tracker+retry", |b| {
+        b.to_async(&rt).iter(|| batch(retry.clone(), uri.clone()));
     });
     group.finish();
     drop(server);

@@ -143,6 +143,7 @@ where
 mod clock;
 pub mod idle_expiry;
 pub mod phase_timeout;
+pub mod retry;
 pub mod track;
 
 #[cfg(feature = "tls")]

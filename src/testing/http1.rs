@@ -32,6 +32,8 @@ pub(crate) struct RequestHead {
     /// The client sent `Expect: 100-continue` and waits for a `100 Continue`.
     pub(crate) expect_continue: bool,
     pub(crate) framing: Framing,
+    /// The `Idempotency-Key` header, if the request carried one.
+    pub(crate) idempotency_key: Option<HeaderValue>,
 }
 
 /// How the request body is delimited.
@@ -92,6 +94,11 @@ impl<S: AsyncRead + Unpin> Conn<S> {
         }
     }
 
+    /// The IO, for socket options.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// The IO of a connection nothing has been read from yet, for servers
     /// that speak HTTP with hyper instead of this reader.
     pub(crate) fn into_fresh_io(self) -> S {
@@ -116,6 +123,17 @@ impl<S: AsyncRead + Unpin> Conn<S> {
             return Ok(true);
         }
         Ok(self.read_more(READ_SIZE).await? > 0)
+    }
+
+    /// Reads until at least `n` bytes (of the next request) are buffered, or
+    /// EOF. Returns how many are buffered.
+    pub(crate) async fn fill(&mut self, n: usize) -> io::Result<usize> {
+        while self.buf.len() < n {
+            if self.read_more(READ_SIZE).await? == 0 {
+                break;
+            }
+        }
+        Ok(self.buf.len())
     }
 
     /// Reads and discards everything until EOF or an error.
@@ -389,11 +407,13 @@ fn parse_head(head: &[u8]) -> io::Result<RequestHead> {
         Framing::Length(length.unwrap_or(0))
     };
 
+    let idempotency_key = headers.get("idempotency-key").cloned();
     Ok(RequestHead {
         method,
         keep_alive,
         expect_continue,
         framing,
+        idempotency_key,
     })
 }
 
@@ -419,6 +439,7 @@ mod tests {
         let head = conn.read_head().await.unwrap().unwrap();
         assert_eq!(head.method, Method::POST);
         assert_eq!(head.framing, Framing::Length(11));
+        assert_eq!(head.idempotency_key, None);
         assert!(head.keep_alive);
         assert_eq!(read_all(&mut conn, &head).await, b"hello world");
 
@@ -487,9 +508,21 @@ mod tests {
         let mut conn = Conn::new(server);
         let head = conn.next_request().await.unwrap().unwrap();
         assert!(head.expect_continue);
+        assert_eq!(head.idempotency_key, None);
         let mut interim = [0; 25];
         client.read_exact(&mut interim).await.unwrap();
         assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_and_fill() {
+        let input: &[u8] = b"POST / HTTP/1.1\r\nIdempotency-Key: k-1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let mut conn = Conn::new(input);
+        assert_eq!(conn.fill(10).await.unwrap(), input.len());
+        let head = conn.read_head().await.unwrap().unwrap();
+        assert_eq!(head.idempotency_key.unwrap(), "k-1");
+        // Asking for more than there is stops at EOF.
+        assert_eq!(conn.fill(1000).await.unwrap(), 18);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ use http::Method;
 use tokio::net::TcpStream;
 
 use super::http1::Conn;
+use super::keys::KeySet;
 use super::server::{impl_addr, ok_response, start, without_body, Counter, Running};
 
 /// An HTTP/1.1 keep-alive server that closes idle connections exactly like
@@ -20,6 +21,10 @@ use super::server::{impl_addr, ok_response, start, without_body, Counter, Runnin
 /// A request with `Connection: close` is answered and the connection closed.
 ///
 /// Every request body is read completely before the response is written.
+/// Answered requests that carry an `Idempotency-Key` header are counted by
+/// key ([`distinct_keys`](Self::distinct_keys),
+/// [`duplicate_keys`](Self::duplicate_keys)), so a test can prove no keyed
+/// request was processed twice.
 #[derive(Debug)]
 pub struct IdleClosingServer {
     running: Running,
@@ -44,6 +49,7 @@ struct Counters {
     idle_closes: Counter,
     by_method: [Counter; METHODS.len()],
     other_methods: Counter,
+    keys: KeySet,
 }
 
 /// The methods counted one by one; any other method is counted together.
@@ -119,6 +125,25 @@ impl IdleClosingServer {
     /// Connections closed by the idle timer.
     pub fn idle_closes(&self) -> u64 {
         self.counters.idle_closes.get()
+    }
+
+    /// Distinct `Idempotency-Key` values among the requests answered. The
+    /// server remembers at most 65536 keys; see
+    /// [`untracked_keys`](Self::untracked_keys).
+    pub fn distinct_keys(&self) -> u64 {
+        self.counters.keys.distinct()
+    }
+
+    /// Answered requests whose `Idempotency-Key` had already been answered:
+    /// each one is a request processed twice.
+    pub fn duplicate_keys(&self) -> u64 {
+        self.counters.keys.duplicates()
+    }
+
+    /// Answered requests with a new key that was not remembered because the
+    /// server already held 65536 keys (0 in any test of a sane size).
+    pub fn untracked_keys(&self) -> u64 {
+        self.counters.keys.untracked()
     }
 }
 
@@ -216,6 +241,9 @@ async fn serve(
             .await?;
         counters.responses.inc();
         counters.method(&head.method).inc();
+        if let Some(key) = &head.idempotency_key {
+            counters.keys.record(key.as_bytes());
+        }
         if last {
             return conn.shutdown().await;
         }

@@ -12,7 +12,7 @@
 //!
 //! | Server | What it does | Use it to test |
 //! |---|---|---|
-//! | [`IdleClosingServer`] | keep-alive, closes a connection idle for exactly `idle_timeout` (Go's `IdleTimeout`), optional `Keep-Alive: timeout=N` header | the stale keep-alive race, idle expiry, retries; counts requests by method |
+//! | [`IdleClosingServer`] | keep-alive, closes a connection idle for exactly `idle_timeout` (Go's `IdleTimeout`), optional `Keep-Alive: timeout=N` header | the stale keep-alive race, idle expiry, retries; counts requests by method and `Idempotency-Key` |
 //! | [`ThrottledReader`] | reads request bodies at N bytes/s, answers with the count | send/stall timeouts against slow but moving uploads |
 //! | [`StopReadingServer`] | stops reading after N body bytes, never answers | send timeouts against a zero window |
 //! | [`SilentServer`] | reads each request completely, never answers | waiting for the response head |
@@ -20,6 +20,8 @@
 //! | [`SlowBodyServer`] | trickles a body in chunks at an interval | stall timeouts that must not fire, total deadlines that must |
 //! | [`Blackhole`] | a port whose TCP connects never complete | connect timeouts |
 //! | [`HyperServer`] | a well-behaved hyper HTTP/1.1 server that answers with the body's byte count | baselines: reuse, tracking, benchmarks |
+//! | [`ResetServer`] | resets (TCP RST) chosen requests' connections after N bytes of the request, or after part of the response head | fresh-connection failures, stale reused connections, "response started" |
+//! | [`Http2FaultServer`] | cleartext HTTP/2; refuses the first N streams with `REFUSED_STREAM`, or sends `GOAWAY` after the k-th stream of its first connection | HTTP/2 retry rules; counts request bodies as keys |
 //!
 //! [`SeedWorkload`] drives the stale keep-alive race itself: tasks with their
 //! own clients sending sequential requests with gaps scaled to a server's idle
@@ -27,8 +29,9 @@
 //!
 //! Requests are read with a small HTTP/1.1 reader (heads up to 64 KiB,
 //! bodies by `Content-Length` or chunked); responses are `200 OK` with a
-//! `Content-Length`. Only HTTP/1.1 (and 1.0) is spoken. [`HyperServer`] is
-//! the exception: it is hyper's own server, for a baseline peer.
+//! `Content-Length`. [`HyperServer`] is hyper's own server, for a baseline
+//! peer; [`Http2FaultServer`] speaks HTTP/2 frames (prior knowledge, no
+//! TLS); every other server speaks only HTTP/1.1 (and 1.0).
 //!
 //! # Example
 //!
@@ -56,9 +59,12 @@
 mod blackhole;
 mod faults;
 mod http1;
+mod http2;
 mod hyper_server;
 mod idle;
 mod seed;
+mod keys;
+mod reset;
 mod server;
 mod throttle;
 
@@ -66,7 +72,9 @@ pub use blackhole::Blackhole;
 pub use faults::{
     SilentServer, SlowBodyServer, StalledBodyServer, StalledBodyServerBuilder, StopReadingServer,
 };
+pub use http2::{Http2FaultServer, Http2FaultServerBuilder};
 pub use hyper_server::HyperServer;
 pub use idle::{IdleClosingServer, IdleClosingServerBuilder};
 pub use seed::{error_chain, Rng, Sample, SeedReport, SeedWorkload};
+pub use reset::{ResetServer, ResetServerBuilder};
 pub use throttle::{ThrottledReader, ThrottledReaderBuilder};

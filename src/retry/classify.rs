@@ -1,0 +1,627 @@
+//! The one safe-to-retry predicate, and the facts it decides from.
+//!
+//! [`classify`] reads like the rule table in the [module docs](super): it
+//! takes what the error chain says ([`Signal`]) and what the tracker saw on
+//! the wire for this attempt ([`Wire`]), plus whether the request may be
+//! repeated by its own semantics, and answers with the [`RetryReason`] that
+//! makes a retry safe or the [`Rule`] that refuses it. Everything that
+//! gathers those facts from real errors and connections sits below it; the
+//! policy around it only adds the limits (body replay, attempts, budget).
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+
+use http::{HeaderName, Method, Request};
+
+use crate::idle_expiry::ConnectionExpired;
+use crate::phase_timeout::{Elapsed, Phase};
+use crate::track::{Captured, ConnectionCapture, ConnectionState, ExchangeOutcome};
+
+/// The request header that makes a non-idempotent request safe to retry
+/// after a stale-connection failure: `Idempotency-Key` (IETF
+/// `draft-ietf-httpapi-idempotency-key-header`). Its presence counts; the
+/// value is the server's business.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The longest error chain looked at (a guard against pathological chains).
+const MAX_CHAIN: usize = 32;
+
+/// Why a request was retried: the rule that proved it safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryReason {
+    /// Nothing of the request had been written: an
+    /// [`IdleExpiry`](crate::idle_expiry) refusal, hyper's "canceled", or a
+    /// connection that failed before its first byte went out.
+    NothingWritten,
+    /// HTTP/2 `REFUSED_STREAM`: the server did not process the stream
+    /// (RFC 9113 §8.7).
+    RefusedStream,
+    /// HTTP/2 graceful `GOAWAY` whose last stream id is below this stream's:
+    /// the server did not process it (RFC 9113 §6.8).
+    GoAway,
+    /// A reused HTTP/1 connection was reset or closed before any byte of the
+    /// response arrived (the stale keep-alive race), and the request is
+    /// idempotent or carries an [`Idempotency-Key`](IDEMPOTENCY_KEY).
+    StaleConnection,
+    /// Without the tracker: the connection was reset or closed before a
+    /// response head, and the request is idempotent or carries an
+    /// `Idempotency-Key`. Whether the connection was reused, and whether
+    /// part of the response had arrived, were unknown.
+    ConnectionClosed,
+    /// The connect phase timed out
+    /// ([`Phase::Connect`](crate::phase_timeout::Phase::Connect)); only with
+    /// [`retry_connect_timeouts`](super::RetryOnStaleConnectionLayer::retry_connect_timeouts).
+    ConnectTimeout,
+}
+
+impl RetryReason {
+    /// A short lowercase description.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RetryReason::NothingWritten => "nothing of the request was written",
+            RetryReason::RefusedStream => "HTTP/2 REFUSED_STREAM",
+            RetryReason::GoAway => "HTTP/2 GOAWAY below this stream",
+            RetryReason::StaleConnection => "reused connection closed before any response byte",
+            RetryReason::ConnectionClosed => {
+                "connection closed before a response head (reuse unknown)"
+            }
+            RetryReason::ConnectTimeout => "connect timed out",
+        }
+    }
+}
+
+impl fmt::Display for RetryReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule that refused a retry; see [`NotRetried::rule`](super::NotRetried::rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rule {
+    /// A timeout (send, read, total, or any other) is not retried: the
+    /// server may still be processing the request. (The one exception: the
+    /// tracker saw the attempt write nothing on a connection that is now
+    /// closed.)
+    Timeout,
+    /// A connect timeout, with connect-timeout retries off (the default).
+    ConnectTimeout,
+    /// The connection could not be established: an error about the origin,
+    /// not a stale connection.
+    ConnectFailed,
+    /// The error is not a connection failure (a protocol, body or user
+    /// error, or one this layer does not recognise).
+    NotConnectionFailure,
+    /// Part of the response had arrived: the server was processing the
+    /// request.
+    ResponseStarted,
+    /// The connection was new: its failure is a real error, not a stale
+    /// connection.
+    FreshConnection,
+    /// The request is not idempotent and carries no
+    /// [`Idempotency-Key`](IDEMPOTENCY_KEY): the server may have processed it.
+    NotIdempotent,
+    /// The failure was retry-safe, but the request body had gone past the
+    /// replay buffer and cannot be sent again.
+    BodyNotReplayable,
+    /// The failure was retry-safe, but the configured number of retries had
+    /// been made.
+    RetriesExhausted,
+    /// The failure was retry-safe, but the retry budget was exhausted.
+    BudgetExhausted,
+}
+
+impl Rule {
+    /// The rule's name in `snake_case`, for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rule::Timeout => "timeout",
+            Rule::ConnectTimeout => "connect_timeout",
+            Rule::ConnectFailed => "connect_failed",
+            Rule::NotConnectionFailure => "not_connection_failure",
+            Rule::ResponseStarted => "response_started",
+            Rule::FreshConnection => "fresh_connection",
+            Rule::NotIdempotent => "not_idempotent",
+            Rule::BodyNotReplayable => "body_not_replayable",
+            Rule::RetriesExhausted => "retries_exhausted",
+            Rule::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the error chain says about a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Any timeout but the connect phase's.
+    Timeout,
+    /// [`Elapsed`] in the connect phase.
+    ConnectTimeout,
+    /// Proof that nothing was written: [`ConnectionExpired`], hyper's
+    /// "canceled".
+    NotWritten,
+    /// HTTP/2 `RST_STREAM(REFUSED_STREAM)` from the server.
+    RefusedStream,
+    /// HTTP/2 graceful `GOAWAY` from the server, for a stream above its last
+    /// processed one.
+    GoAway,
+    /// hyper-util could not establish a connection.
+    ConnectFailed,
+    /// The connection was reset or closed: reset, abort, broken pipe, EOF.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+/// What the tracker saw of this attempt on its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// No tracker (or HTTP/2, where its exchange counting is approximate).
+    Unknown,
+    /// The attempt wrote no byte (its connection is still open).
+    NothingWritten,
+    /// The attempt wrote no byte and its connection is closed: no byte of
+    /// it can ever be written.
+    NeverWritten,
+    /// The attempt wrote at least one byte.
+    Written {
+        /// The connection had carried an earlier exchange.
+        reused: bool,
+        /// At least one byte of the response arrived.
+        response_started: bool,
+    },
+}
+
+/// Everything [`classify`] decides from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Facts {
+    pub(crate) signal: Signal,
+    pub(crate) wire: Wire,
+    /// The method is idempotent or the request carries an `Idempotency-Key`.
+    pub(crate) idempotent: bool,
+}
+
+/// The safe-to-retry predicate (first match wins):
+///
+/// 1. timeouts never, except connect timeouts when enabled, and a timeout
+///    whose attempt the tracker saw write nothing on a connection now
+///    closed (nothing of it can ever reach the server);
+/// 2. always when nothing was written, on `REFUSED_STREAM`, and on a
+///    graceful `GOAWAY` above the stream;
+/// 3. never when the connection could not be established, or the error is
+///    not a connection failure;
+/// 4. a reset or close: retry-safe when the tracker saw nothing written;
+///    never once a response byte arrived or on a new connection; otherwise
+///    (reused, or reuse unknown) only for idempotent or keyed requests.
+pub(crate) fn classify(facts: &Facts, retry_connect_timeouts: bool) -> Result<RetryReason, Rule> {
+    match facts.signal {
+        Signal::Timeout if facts.wire == Wire::NeverWritten => Ok(RetryReason::NothingWritten),
+        Signal::Timeout => Err(Rule::Timeout),
+        Signal::ConnectTimeout if retry_connect_timeouts => Ok(RetryReason::ConnectTimeout),
+        Signal::ConnectTimeout => Err(Rule::ConnectTimeout),
+        Signal::NotWritten => Ok(RetryReason::NothingWritten),
+        Signal::RefusedStream => Ok(RetryReason::RefusedStream),
+        Signal::GoAway => Ok(RetryReason::GoAway),
+        Signal::ConnectFailed => Err(Rule::ConnectFailed),
+        Signal::Other => Err(Rule::NotConnectionFailure),
+        Signal::Closed => match facts.wire {
+            Wire::NothingWritten | Wire::NeverWritten => Ok(RetryReason::NothingWritten),
+            Wire::Written {
+                response_started: true,
+                ..
+            } => Err(Rule::ResponseStarted),
+            Wire::Written { reused: false, .. } => Err(Rule::FreshConnection),
+            Wire::Written { reused: true, .. } if facts.idempotent => {
+                Ok(RetryReason::StaleConnection)
+            }
+            Wire::Unknown if facts.idempotent => Ok(RetryReason::ConnectionClosed),
+            Wire::Written { .. } | Wire::Unknown => Err(Rule::NotIdempotent),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gathering the facts.
+
+/// The facts about a failed attempt of `req` (the request as it will be
+/// re-sent, whose [`ConnectionCapture`] belongs to the failed attempt).
+pub(crate) fn facts<B>(req: &Request<B>, err: &(dyn Error + 'static)) -> Facts {
+    let captured = connection_of(err).unwrap_or_else(|| {
+        req.extensions()
+            .get::<ConnectionCapture>()
+            .map_or(Captured::Pending, ConnectionCapture::get)
+    });
+    Facts {
+        signal: signal(err),
+        wire: wire(&captured),
+        idempotent: is_idempotent(req.method()) || req.headers().contains_key(IDEMPOTENCY_KEY),
+    }
+}
+
+/// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 §9.2.2).
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The connection hyper-util reports on its error, which is exactly the one
+/// the error happened on (the capture may have moved on after one of its
+/// transparent retries).
+fn connection_of(err: &(dyn Error + 'static)) -> Option<Captured> {
+    let client = crate::find_cause::<hyper_util::client::legacy::Error>(err)?;
+    let connected = client.connect_info()?;
+    let mut extensions = http::Extensions::new();
+    connected.get_extras(&mut extensions);
+    Some(match extensions.remove::<ConnectionState>() {
+        Some(state) => Captured::Tracked(state),
+        None => Captured::Untracked,
+    })
+}
+
+/// What the tracker saw of the latest attempt on `captured`.
+///
+/// An exchange opens at a request's first write attempt, so an attempt
+/// that never tried to write leaves the previous exchange current (its
+/// outcome `Completed`), or none at all on a new connection.
+pub(crate) fn wire(captured: &Captured) -> Wire {
+    let Captured::Tracked(state) = captured else {
+        return Wire::Unknown;
+    };
+    if state.is_http2() {
+        return Wire::Unknown;
+    }
+    let exchange = state.exchange();
+    let nothing_written = match exchange.outcome() {
+        ExchangeOutcome::None | ExchangeOutcome::Completed => true,
+        _ => exchange.bytes_written() == 0,
+    };
+    match (nothing_written, state.is_closed()) {
+        (true, true) => Wire::NeverWritten,
+        (true, false) => Wire::NothingWritten,
+        (false, _) => Wire::Written {
+            reused: exchange.is_reused(),
+            response_started: exchange.response_started(),
+        },
+    }
+}
+
+/// `err` and its causes, looking inside `io::Error` and `h2::Error` (whose
+/// `source()` skips the error they carry).
+fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&e| {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io.get_ref().map(|inner| inner as &(dyn Error + 'static));
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.get_io().map(|io| io as &(dyn Error + 'static));
+        }
+        e.source()
+    })
+    .take(MAX_CHAIN)
+}
+
+/// What the error chain says, strongest signal first.
+pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
+    #[derive(Default)]
+    struct Seen {
+        timeout: bool,
+        connect_timeout: bool,
+        not_written: bool,
+        refused: bool,
+        go_away: bool,
+        connect: bool,
+        closed: bool,
+    }
+    let mut seen = Seen::default();
+    for e in chain(err) {
+        if e.is::<ConnectionExpired>() {
+            seen.not_written = true;
+        } else if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
+            if elapsed.phase() == Phase::Connect {
+                seen.connect_timeout = true;
+            } else {
+                seen.timeout = true;
+            }
+        } else if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            seen.not_written |= hyper.is_canceled();
+            seen.timeout |= hyper.is_timeout();
+            seen.closed |= hyper.is_incomplete_message() || hyper.is_closed();
+        } else if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let remote = h2.is_remote();
+            seen.refused |=
+                remote && h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            // Only a graceful GOAWAY proves the stream unprocessed: h2 gives
+            // a GOAWAY with an error code to every open stream when the
+            // connection then fails, processed or not.
+            seen.go_away |= remote && h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        } else if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            seen.connect |= client.is_connect();
+        } else if let Some(io) = e.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::TimedOut => seen.timeout = true,
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::NotConnected => seen.closed = true,
+                _ => {}
+            }
+        }
+    }
+    if seen.timeout {
+        Signal::Timeout
+    } else if seen.connect_timeout {
+        Signal::ConnectTimeout
+    } else if seen.not_written {
+        Signal::NotWritten
+    } else if seen.refused {
+        Signal::RefusedStream
+    } else if seen.go_away {
+        Signal::GoAway
+    } else if seen.connect {
+        Signal::ConnectFailed
+    } else if seen.closed {
+        Signal::Closed
+    } else {
+        Signal::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::BoxError;
+
+    const W: Wire = Wire::NothingWritten;
+    /// Nothing written, connection closed.
+    const NW: Wire = Wire::NeverWritten;
+    const U: Wire = Wire::Unknown;
+    /// Written on a reused connection, nothing of the response yet.
+    const STALE: Wire = Wire::Written {
+        reused: true,
+        response_started: false,
+    };
+    const FRESH: Wire = Wire::Written {
+        reused: false,
+        response_started: false,
+    };
+    const STARTED: Wire = Wire::Written {
+        reused: true,
+        response_started: true,
+    };
+    const FRESH_STARTED: Wire = Wire::Written {
+        reused: false,
+        response_started: true,
+    };
+
+    fn facts(signal: Signal, wire: Wire, idempotent: bool) -> Facts {
+        Facts {
+            signal,
+            wire,
+            idempotent,
+        }
+    }
+
+    /// (signal, wire, idempotent or keyed, connect-timeout retries, expected)
+    type Row = (Signal, Wire, bool, bool, Result<RetryReason, Rule>);
+
+    #[test]
+    fn the_rule_table() {
+        use RetryReason as R;
+        use Signal::*;
+        #[rustfmt::skip]
+        let table: &[Row] = &[
+            // Timeouts: never, whatever was written, unless nothing was and
+            // the connection is gone (no late write can happen).
+            (Timeout, W, true, true, Err(Rule::Timeout)),
+            (Timeout, STALE, true, true, Err(Rule::Timeout)),
+            (Timeout, U, true, true, Err(Rule::Timeout)),
+            (Timeout, FRESH, false, false, Err(Rule::Timeout)),
+            (Timeout, NW, false, false, Ok(R::NothingWritten)),
+            // Connect timeouts: only when enabled.
+            (ConnectTimeout, U, false, false, Err(Rule::ConnectTimeout)),
+            (ConnectTimeout, U, false, true, Ok(R::ConnectTimeout)),
+            // Nothing written, REFUSED_STREAM, GOAWAY: always, any method.
+            (NotWritten, U, false, false, Ok(R::NothingWritten)),
+            (NotWritten, FRESH, false, false, Ok(R::NothingWritten)),
+            (NotWritten, STARTED, false, false, Ok(R::NothingWritten)),
+            (RefusedStream, U, false, false, Ok(R::RefusedStream)),
+            (GoAway, U, false, false, Ok(R::GoAway)),
+            // Could not connect; not a connection failure: never.
+            (ConnectFailed, U, true, true, Err(Rule::ConnectFailed)),
+            (Other, W, true, true, Err(Rule::NotConnectionFailure)),
+            (Other, NW, true, true, Err(Rule::NotConnectionFailure)),
+            (Other, STALE, true, true, Err(Rule::NotConnectionFailure)),
+            // Reset / EOF, tracker present.
+            (Closed, W, false, false, Ok(R::NothingWritten)),
+            (Closed, NW, false, false, Ok(R::NothingWritten)),
+            (Closed, STALE, true, false, Ok(R::StaleConnection)),
+            (Closed, STALE, false, false, Err(Rule::NotIdempotent)),
+            (Closed, FRESH, true, false, Err(Rule::FreshConnection)),
+            (Closed, FRESH, false, false, Err(Rule::FreshConnection)),
+            (Closed, STARTED, true, false, Err(Rule::ResponseStarted)),
+            (Closed, FRESH_STARTED, true, false, Err(Rule::ResponseStarted)),
+            // Reset / EOF without the tracker: idempotency alone.
+            (Closed, U, true, false, Ok(R::ConnectionClosed)),
+            (Closed, U, false, false, Err(Rule::NotIdempotent)),
+        ];
+        for &(signal, wire, idempotent, connect, expected) in table {
+            let f = facts(signal, wire, idempotent);
+            assert_eq!(
+                classify(&f, connect),
+                expected,
+                "{f:?}, connect timeouts {connect}"
+            );
+        }
+    }
+
+    #[test]
+    fn idempotent_methods_and_the_key() {
+        for (method, idempotent) in [
+            (Method::GET, true),
+            (Method::HEAD, true),
+            (Method::OPTIONS, true),
+            (Method::TRACE, true),
+            (Method::PUT, true),
+            (Method::DELETE, true),
+            (Method::POST, false),
+            (Method::PATCH, false),
+            (Method::CONNECT, false),
+            (Method::from_bytes(b"PURGE").unwrap(), false),
+        ] {
+            assert_eq!(is_idempotent(&method), idempotent, "{method}");
+        }
+        let err = io::Error::from(io::ErrorKind::ConnectionReset);
+        let post = Request::post("/").body(()).unwrap();
+        assert!(!super::facts(&post, &err).idempotent);
+        let keyed = Request::post("/")
+            .header("Idempotency-Key", "k-1")
+            .body(())
+            .unwrap();
+        assert!(super::facts(&keyed, &err).idempotent);
+        // No capture, no hyper-util error: reuse unknown.
+        assert_eq!(super::facts(&keyed, &err).wire, Wire::Unknown);
+    }
+
+    fn boxed(e: impl Error + Send + Sync + 'static) -> BoxError {
+        Box::new(e)
+    }
+
+    /// An error whose `source()` is another error, like hyper-util's.
+    #[derive(Debug)]
+    struct Wrap(BoxError);
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapper")
+        }
+    }
+    impl Error for Wrap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(self.0.as_ref())
+        }
+    }
+
+    /// Real timeouts from this crate's layers around services that never
+    /// answer: `(connect, total)`.
+    async fn timeouts() -> (Elapsed, Elapsed) {
+        use tower::{service_fn, Layer, ServiceExt};
+        let never = service_fn(|_: ()| std::future::pending::<Result<(), BoxError>>());
+        let connect = crate::phase_timeout::ConnectTimeoutLayer::new(Duration::from_secs(1))
+            .layer(never)
+            .oneshot(())
+            .await
+            .unwrap_err();
+        let never = service_fn(
+            |_: Request<crate::phase_timeout::RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
+                std::future::pending::<
+                    Result<http::Response<http_body_util::Empty<bytes::Bytes>>, BoxError>,
+                >()
+            },
+        );
+        let total = crate::phase_timeout::PhaseTimeoutLayer::new()
+            .total(Duration::from_secs(1))
+            .layer(never)
+            .oneshot(Request::new(http_body_util::Empty::new()))
+            .await
+            .unwrap_err();
+        let get = |e: &BoxError| e.downcast_ref::<Elapsed>().cloned().unwrap();
+        (get(&connect), get(&total))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn signals_from_error_chains() {
+        let (connect, total) = timeouts().await;
+        assert_eq!(
+            (connect.phase(), total.phase()),
+            (Phase::Connect, Phase::Total)
+        );
+        let expired = ConnectionExpired {
+            idle: Duration::from_secs(2),
+            limit: Duration::from_secs(1),
+        };
+        let cases: Vec<(BoxError, Signal)> = vec![
+            (
+                boxed(io::Error::from(io::ErrorKind::ConnectionReset)),
+                Signal::Closed,
+            ),
+            (
+                boxed(io::Error::from(io::ErrorKind::BrokenPipe)),
+                Signal::Closed,
+            ),
+            (
+                boxed(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Signal::Closed,
+            ),
+            (
+                boxed(io::Error::from(io::ErrorKind::ConnectionAborted)),
+                Signal::Closed,
+            ),
+            (
+                boxed(io::Error::from(io::ErrorKind::TimedOut)),
+                Signal::Timeout,
+            ),
+            (
+                boxed(io::Error::from(io::ErrorKind::ConnectionRefused)),
+                Signal::Other,
+            ),
+            (boxed(io::Error::other("boom")), Signal::Other),
+            ("plain message".into(), Signal::Other),
+            // The typed refusal, found inside an io::Error of kind
+            // ConnectionAborted, which alone would only say "closed".
+            (
+                boxed(Wrap(boxed(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    expired.clone(),
+                )))),
+                Signal::NotWritten,
+            ),
+            (boxed(Wrap(boxed(expired))), Signal::NotWritten),
+            (boxed(Wrap(boxed(connect))), Signal::ConnectTimeout),
+            (boxed(total.clone()), Signal::Timeout),
+            (boxed(Wrap(boxed(total.clone()))), Signal::Timeout),
+            // A timeout wins over the reset it caused.
+            (
+                boxed(Wrap(boxed(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    total,
+                )))),
+                Signal::Timeout,
+            ),
+            // A locally made h2 error is neither a refusal nor a GOAWAY.
+            (
+                boxed(h2::Error::from(h2::Reason::REFUSED_STREAM)),
+                Signal::Other,
+            ),
+        ];
+        for (err, expected) in cases {
+            assert_eq!(signal(err.as_ref()), expected, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn wire_without_a_tracked_connection_is_unknown() {
+        assert_eq!(wire(&Captured::Pending), Wire::Unknown);
+        assert_eq!(wire(&Captured::Untracked), Wire::Unknown);
+    }
+
+    #[test]
+    fn names_are_stable() {
+        assert_eq!(Rule::NotIdempotent.to_string(), "not_idempotent");
+        assert_eq!(
+            RetryReason::StaleConnection.to_string(),
+            "reused connection closed before any response byte"
+        );
+    }
+}

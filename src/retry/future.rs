@@ -1,0 +1,141 @@
+//! The response future of [`RetryOnStaleConnection`](super::RetryOnStaleConnection).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower::retry::Policy;
+use tower_service::Service;
+
+use super::policy::{duplicate, Session};
+use crate::track::{ConnectionCapture, ExchangeEnd, PendingExchange, TrackedBody};
+use crate::BoxError;
+
+pin_project! {
+    /// Response future of [`RetryOnStaleConnection`](super::RetryOnStaleConnection).
+    ///
+    /// It runs tower's retry loop (call, ask the [`Policy`], `poll_ready`,
+    /// call again) itself, rather than through `tower::retry::Retry`,
+    /// because it must know the attempt in flight: dropping this future
+    /// abandons that attempt's exchange, which closes its connection (the
+    /// tracker's poisoning), instead of leaving hyper writing a request
+    /// nobody waits for.
+    #[derive(Debug)]
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        // The request for the next attempt.
+        backup: Option<Request<B>>,
+        // The connection capture of the attempt in flight.
+        capture: Option<ConnectionCapture>,
+        session: Session<B>,
+        pending: PendingExchange,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F> {
+        Called {
+            #[pin]
+            future: F,
+        },
+        Retrying,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        backup: Request<B>,
+        session: Session<B>,
+        capture: ConnectionCapture,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            service,
+            backup: Some(backup),
+            pending: PendingExchange::new(Some(capture.clone())),
+            capture: Some(capture),
+            session,
+        }
+    }
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: Clone,
+    RB: Body,
+{
+    type Output = Result<Response<TrackedBody<RB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let result = ready!(future.poll(cx));
+                    // A response or an error: this attempt was not abandoned.
+                    this.pending.disarm();
+                    let mut result = result.map_err(Into::into);
+                    let retry = match this.backup.as_mut() {
+                        Some(req) => {
+                            if result.is_err() {
+                                // The policy judges the failed attempt by its
+                                // own connection (and replaces the capture
+                                // for the next attempt). Only failures pay for
+                                // this; a success never clones a capture.
+                                if let Some(capture) = this.capture.take() {
+                                    req.extensions_mut().insert(capture);
+                                }
+                            }
+                            this.session.retry(req, &mut result)
+                        }
+                        None => None,
+                    };
+                    match retry {
+                        // The policy never waits: a stale connection is gone,
+                        // the next attempt goes to another one at once.
+                        Some(wait) => {
+                            let () = wait.into_inner();
+                            this.state.set(State::Retrying);
+                        }
+                        None => return Poll::Ready(result.map(with_exchange_end)),
+                    }
+                }
+                StateProj::Retrying => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(req) = this.backup.take() else {
+                        // Unreachable: `Retrying` is only entered with a backup.
+                        return Poll::Ready(Err("retry without a request".into()));
+                    };
+                    *this.backup = Some(duplicate(&req));
+                    *this.capture = req.extensions().get::<ConnectionCapture>().cloned();
+                    *this.pending = PendingExchange::new(this.capture.clone());
+                    let future = this.service.call(req);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+/// Wraps the body so that its end ends the tracker's exchange.
+fn with_exchange_end<B: Body>(response: Response<B>) -> Response<TrackedBody<B>> {
+    let end = ExchangeEnd::for_response(&response);
+    response.map(|body| TrackedBody::new(body, end))
+}

@@ -1,0 +1,169 @@
+//! Retry a request only when its failure proves the retry safe — never
+//! duplicate a POST.
+//!
+//! A keep-alive connection the server is closing fails the next request
+//! written on it with `connection reset by peer` or hyper's
+//! `IncompleteMessage` (the stale keep-alive race). hyper-util retries only
+//! requests it never wrote; retrying everything else blindly duplicates any
+//! request the server did process. [`RetryOnStaleConnectionLayer`] retries
+//! by the rules of Go's `Transport` and RFC 9113 §8.7, deciding from what
+//! the connection tracker ([`crate::track`]) saw on the wire for *this*
+//! attempt: whether the connection was reused, and how many bytes of the
+//! request and of the response crossed it.
+//!
+//! # The rules
+//!
+//! First match wins (the predicate is `classify.rs`, tested row by row):
+//!
+//! | The failure | Retried? |
+//! |---|---|
+//! | any timeout (send, read, total, hyper's, `io::ErrorKind::TimedOut`) | never ([`Rule::Timeout`]), unless the tracker saw the attempt write nothing on a connection that is now closed |
+//! | connect-phase [`Elapsed`](crate::phase_timeout::Elapsed) | only with [`retry_connect_timeouts`](RetryOnStaleConnectionLayer::retry_connect_timeouts) |
+//! | nothing written: [`ConnectionExpired`](crate::idle_expiry::ConnectionExpired), hyper's "canceled" | always, any method |
+//! | HTTP/2 `REFUSED_STREAM`; graceful `GOAWAY` above the stream | always, any method |
+//! | the connection could not be established | never ([`Rule::ConnectFailed`]) |
+//! | not a connection failure (protocol, body, user errors) | never ([`Rule::NotConnectionFailure`]) |
+//! | reset / EOF / broken pipe, and the tracker saw no byte written | always, any method |
+//! | … after any response byte arrived | never ([`Rule::ResponseStarted`]) |
+//! | … on a new connection | never ([`Rule::FreshConnection`]: a real error) |
+//! | … on a reused connection, before any response byte | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or an [`Idempotency-Key`](IDEMPOTENCY_KEY) header; otherwise never ([`Rule::NotIdempotent`]) |
+//!
+//! A failure the rules allow is then retried only if the body can be sent
+//! again ([`Rule::BodyNotReplayable`]), fewer than
+//! [`max_retries`](RetryOnStaleConnectionLayer::max_retries) retries were
+//! made (default 1, [`Rule::RetriesExhausted`]) and the optional budget
+//! allows it ([`Rule::BudgetExhausted`]). A retry is sent at once, with a
+//! fresh connection capture, and logged as a `tracing` debug event; a
+//! response that needed retries carries a [`Retried`] extension (how many,
+//! and each [`RetryReason`]). Every error is a [`NotRetried`] naming the
+//! rule, e.g. `not retried: POST without Idempotency-Key on a reused
+//! connection`, with the last attempt's error as its `source()`.
+//!
+//! # Without the tracker
+//!
+//! Around reqwest (whose connections the tracker cannot wrap), around
+//! hyper-util's composable pools (which fill no connection capture), or
+//! with a connector that is not tracked, the layer sees only the error
+//! chain. The timeout, nothing-written, HTTP/2, connect and
+//! not-a-connection-failure rows stay exact. For a reset / EOF / broken
+//! pipe, what is lost:
+//!
+//! * **reuse**: a failure on a *new* connection is retried too (once, for
+//!   an idempotent or keyed request) instead of being returned as a real
+//!   error ([`RetryReason::ConnectionClosed`]);
+//! * **response bytes**: "before any response byte" becomes "before a
+//!   complete response head" (a failure inside the body always reaches the
+//!   caller through the body, never this layer);
+//! * **nothing written**: a write that failed before its first byte counts
+//!   as written, so a POST without a key is not retried
+//!   ([`Rule::NotIdempotent`], its message says reuse was unknown).
+//!
+//! HTTP/2 connections are treated the same way even with the tracker (its
+//! exchange counting there is approximate: bytes belong to the connection,
+//! not the stream); on HTTP/2 the exact rules are `REFUSED_STREAM`,
+//! `GOAWAY` and "canceled".
+//!
+//! # Request bodies
+//!
+//! * [`RetryOnStaleConnectionLayer::new`]: `B: Clone` bodies
+//!   (`Full<Bytes>`, `Empty<Bytes>`, …) are cloned for each attempt, with
+//!   no wrapper.
+//! * [`replay_buffer`](RetryOnStaleConnectionLayer::replay_buffer): any
+//!   body goes through a [`ReplayBody`] that keeps at most one copy of up to
+//!   [`DEFAULT_REPLAY_LIMIT`] (64 KiB, [configurable](RetryOnStaleConnectionLayer::replay_limit))
+//!   for replays. A body that goes past the limit is sent on unbuffered and
+//!   is not retried once read.
+//!
+//! # Where it goes
+//!
+//! Outermost on the request plane, so each attempt gets its own timeouts
+//! and tracking:
+//!
+//! ```text
+//! RetryOnStaleConnection → PhaseTimeout → hyper_util Client(TrackConnections(HttpConnector))
+//! ```
+//!
+//! * **hyper-util's legacy `Client`**: everything above, with
+//!   [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) on its
+//!   connector.
+//! * **hyper-util's composable pools** or any other `Clone` HTTP service:
+//!   works, with the untracked rules.
+//! * **reqwest**: through an adapter to `tower::Service<http::Request<_>>`,
+//!   with the untracked rules.
+//!
+//! Dropping the response future abandons the attempt in flight: with the
+//! tracker, its connection is closed rather than left writing a request
+//! nobody waits for. The layer drives tower's [`Policy`](tower::retry::Policy)
+//! with its own future instead of `tower::retry::Retry` for that reason:
+//! tower's future hides the attempt in flight.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::{connect::HttpConnector, Client};
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceBuilder;
+//! use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
+//! use tower_conn_lifecycle::track::TrackConnectionsLayer;
+//!
+//! let connector = ServiceBuilder::new()
+//!     .layer(TrackConnectionsLayer::new())
+//!     .service(HttpConnector::new());
+//! let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+//! let client = ServiceBuilder::new()
+//!     .layer(RetryOnStaleConnectionLayer::new())
+//!     .service(client);
+//! # let _ = client;
+//! ```
+//!
+//! Telling a refused retry from the rest:
+//!
+//! ```no_run
+//! # use bytes::Bytes;
+//! # use http_body_util::Full;
+//! # use hyper_util::client::legacy::{connect::HttpConnector, Client};
+//! # use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceExt;
+//! use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryOnStaleConnectionLayer, Rule};
+//! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
+//! # let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(HttpConnector::new());
+//! # let client = tower::ServiceBuilder::new().layer(RetryOnStaleConnectionLayer::new()).service(client);
+//!
+//! let req = http::Request::post("http://127.0.0.1:8080/orders")
+//!     .header("Idempotency-Key", "order-7f3a")
+//!     .body(Full::new(Bytes::from_static(b"{}")))?;
+//! match client.oneshot(req).await {
+//!     Ok(res) => {
+//!         if let Some(r) = res.extensions().get::<Retried>() {
+//!             println!("ok after {} retries", r.count());
+//!         }
+//!     }
+//!     Err(e) => match NotRetried::find(e.as_ref()) {
+//!         Some(n) if n.rule() == Rule::ResponseStarted => eprintln!("server failed mid-response: {e}"),
+//!         _ => eprintln!("{e}"),
+//!     },
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod classify;
+mod error;
+pub mod future;
+mod layer;
+mod policy;
+mod replay;
+mod service;
+
+pub use classify::{RetryReason, Rule, IDEMPOTENCY_KEY};
+pub use error::NotRetried;
+pub use future::ResponseFuture;
+pub use layer::{CloneBody, ReplayBuffer, RetryOnStaleConnectionLayer};
+pub use policy::Retried;
+pub use replay::{ReplayBody, DEFAULT_REPLAY_LIMIT};
+pub use service::RetryOnStaleConnection;
+
+#[cfg(test)]
+mod tests;

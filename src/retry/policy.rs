@@ -1,0 +1,224 @@
+//! The retry policy: tower's [`Policy`] around the classifier, with the
+//! limits (body replay, attempts, budget), the per-attempt connection
+//! capture, the [`Retried`] record and a tracing event per retry.
+
+use std::fmt;
+use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tower::retry::budget::Budget;
+use tower::retry::Policy;
+
+use super::classify::{self, Wire};
+use super::{NotRetried, RetryReason, Rule};
+use crate::track::ConnectionCapture;
+use crate::BoxError;
+
+/// How many retry reasons a [`Retried`] keeps; later ones are only counted.
+const MAX_RECORDED: usize = 8;
+
+/// A response extension on every response that needed at least one retry:
+/// how many, and why.
+///
+/// ```
+/// use tower_conn_lifecycle::retry::Retried;
+///
+/// fn log_retries<B>(response: &http::Response<B>) {
+///     if let Some(r) = response.extensions().get::<Retried>() {
+///         eprintln!("succeeded after {} retries: {:?}", r.count(), r.reasons());
+///     }
+/// }
+/// # let _ = log_retries::<()>;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retried {
+    count: usize,
+    reasons: Vec<RetryReason>,
+}
+
+impl Retried {
+    /// Retries made before this response (at least 1).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Why each retry was safe, in order (the first eight at most).
+    pub fn reasons(&self) -> &[RetryReason] {
+        &self.reasons
+    }
+}
+
+/// A layer's retry settings; clones share the budget.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) max_retries: usize,
+    pub(crate) retry_connect_timeouts: bool,
+    pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_retries: 1,
+            retry_connect_timeouts: false,
+            budget: None,
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("max_retries", &self.max_retries)
+            .field("retry_connect_timeouts", &self.retry_connect_timeouts)
+            .field("budget", &self.budget.is_some())
+            .finish()
+    }
+}
+
+/// The policy for one request and its retries.
+pub(crate) struct Session<B> {
+    settings: Settings,
+    /// Whether the request body can be sent again.
+    replayable: fn(&B) -> bool,
+    /// The replay buffer limit, for the refusal message.
+    replay_limit: Option<usize>,
+    retried: Retried,
+}
+
+impl<B> Session<B> {
+    /// A session for a new request; deposits it in the budget.
+    pub(crate) fn new(
+        settings: &Settings,
+        replayable: fn(&B) -> bool,
+        replay_limit: Option<usize>,
+    ) -> Self {
+        if let Some(budget) = &settings.budget {
+            budget.deposit();
+        }
+        Session {
+            settings: settings.clone(),
+            replayable,
+            replay_limit,
+            retried: Retried {
+                count: 0,
+                reasons: Vec::new(),
+            },
+        }
+    }
+
+    /// The limits a retry-safe failure must also pass.
+    fn allow(&self, req: &Request<B>, reason: RetryReason) -> Result<RetryReason, Rule> {
+        if !(self.replayable)(req.body()) {
+            return Err(Rule::BodyNotReplayable);
+        }
+        if self.retried.count >= self.settings.max_retries {
+            return Err(Rule::RetriesExhausted);
+        }
+        if let Some(budget) = &self.settings.budget {
+            if !budget.withdraw() {
+                return Err(Rule::BudgetExhausted);
+            }
+        }
+        Ok(reason)
+    }
+}
+
+impl<B> fmt::Debug for Session<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("settings", &self.settings)
+            .field("replay_limit", &self.replay_limit)
+            .field("retried", &self.retried)
+            .finish()
+    }
+}
+
+/// Stands in for an error while it is moved into a [`NotRetried`]; a
+/// zero-sized box does not allocate.
+#[derive(Debug)]
+struct Taken;
+
+impl fmt::Display for Taken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("error moved")
+    }
+}
+
+impl std::error::Error for Taken {}
+
+impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<B>,
+        result: &mut Result<Response<RB>, BoxError>,
+    ) -> Option<Ready<()>> {
+        let err = match result {
+            Ok(response) => {
+                if self.retried.count > 0 {
+                    response.extensions_mut().insert(self.retried.clone());
+                }
+                return None;
+            }
+            Err(err) => err,
+        };
+        let facts = classify::facts(req, err.as_ref());
+        let safe = classify::classify(&facts, self.settings.retry_connect_timeouts);
+        match safe.and_then(|reason| self.allow(req, reason)) {
+            Ok(reason) => {
+                self.retried.count += 1;
+                if self.retried.reasons.len() < MAX_RECORDED {
+                    self.retried.reasons.push(reason);
+                }
+                tracing::debug!(
+                    method = %req.method(),
+                    uri = %req.uri(),
+                    retry = self.retried.count,
+                    %reason,
+                    error = %err,
+                    "retrying request after a stale-connection failure"
+                );
+                // The next attempt gets its own capture: this one points at
+                // the failed attempt's connection.
+                req.extensions_mut().remove::<ConnectionCapture>();
+                ConnectionCapture::get_or_insert(req);
+                Some(ready(()))
+            }
+            Err(rule) => {
+                let source = std::mem::replace(err, Box::new(Taken));
+                let mut refused = NotRetried::new(rule, req.method().clone(), source)
+                    .retries_made(self.retried.count);
+                if let Ok(reason) = safe {
+                    refused = refused.otherwise_safe(reason);
+                }
+                if rule == Rule::BodyNotReplayable {
+                    refused = refused.replay_limit(self.replay_limit);
+                }
+                if facts.wire == Wire::Unknown {
+                    refused = refused.reuse_unknown();
+                }
+                *err = Box::new(refused);
+                None
+            }
+        }
+    }
+
+    fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        Some(duplicate(req))
+    }
+}
+
+/// A copy of `req` for the next attempt (extensions are cloned; a
+/// connection capture among them is replaced before the copy is sent).
+pub(crate) fn duplicate<B: Clone>(req: &Request<B>) -> Request<B> {
+    let mut clone = Request::new(req.body().clone());
+    *clone.method_mut() = req.method().clone();
+    *clone.uri_mut() = req.uri().clone();
+    *clone.version_mut() = req.version();
+    *clone.headers_mut() = req.headers().clone();
+    *clone.extensions_mut() = req.extensions().clone();
+    clone
+}

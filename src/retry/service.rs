@@ -1,0 +1,119 @@
+//! The [`RetryOnStaleConnection`] service.
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::layer::{CloneBody, ReplayBuffer, RetryOnStaleConnectionLayer};
+use super::policy::{duplicate, Session};
+use super::{ReplayBody, ResponseFuture};
+use crate::track::{ConnectionCapture, TrackedBody};
+use crate::BoxError;
+
+/// Request-plane service that retries requests whose failure proves a retry
+/// safe; made by [`RetryOnStaleConnectionLayer`].
+///
+/// * With the default [`CloneBody`] mode it takes `Request<B>` for any
+///   `B: Clone` and passes it on unchanged.
+/// * With [`ReplayBuffer`] it takes any `Request<B: Body>` and passes on
+///   `Request<ReplayBody<B>>`.
+///
+/// Responses come back with a [`TrackedBody`], which ends the tracker's
+/// exchange when the body ends. Errors are [`BoxError`]: always a
+/// [`NotRetried`](super::NotRetried) whose source is the last attempt's
+/// error, except errors of the inner service's `poll_ready`, passed on as
+/// they are.
+///
+/// The inner service must be `Clone` (hyper-util's client is): each
+/// request's future keeps a clone for its retries, the way tower's `Retry`
+/// does. Clones of this service share the layer's budget.
+#[derive(Clone, Debug)]
+pub struct RetryOnStaleConnection<S, M = CloneBody> {
+    inner: S,
+    layer: RetryOnStaleConnectionLayer<M>,
+}
+
+impl<S, M> RetryOnStaleConnection<S, M> {
+    /// Wraps `inner` with the settings of `layer`.
+    pub fn new(inner: S, layer: RetryOnStaleConnectionLayer<M>) -> Self {
+        RetryOnStaleConnection { inner, layer }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Sends the first attempt of `req` with the service `poll_ready` was
+    /// called on, leaving a clone in its place (as tower does).
+    fn start<B>(&mut self, mut req: Request<B>, session: Session<B>) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>> + Clone,
+        B: Clone,
+    {
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        // Copied before the capture goes in: the next attempt gets its own,
+        // and the copy of a request without extensions allocates nothing.
+        let backup = duplicate(&req);
+        let capture = ConnectionCapture::get_or_insert(&mut req);
+        let future = service.call(req);
+        ResponseFuture::new(future, service, backup, session, capture)
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for RetryOnStaleConnection<S, CloneBody>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Clone,
+    RB: Body,
+{
+    type Response = Response<TrackedBody<RB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let session = Session::new(&self.layer.settings, |_| true, None);
+        self.start(req, session)
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for RetryOnStaleConnection<S, ReplayBuffer>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    RB: Body,
+{
+    type Response = Response<TrackedBody<RB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReplayBody<B>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let limit = self.layer.mode.limit;
+        let session = Session::new(&self.layer.settings, ReplayBody::is_replayable, Some(limit));
+        self.start(req.map(|body| ReplayBody::new(body, limit)), session)
+    }
+}

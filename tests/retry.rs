@@ -1,0 +1,939 @@
+//! RetryOnStaleConnection against real loopback servers from the crate's
+//! `testing` kit, through hyper-util's client. Server-side counters decide.
+//!
+//! The seed races run on the real clock: the server's idle timer racing the
+//! client's reuse is what is under test. Every loop is bounded in count and
+//! time; nothing asserts on speed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{sleep, timeout, Instant};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::retry::{
+    NotRetried, ReplayBody, ReplayBuffer, Retried, RetryOnStaleConnection,
+    RetryOnStaleConnectionLayer, RetryReason, Rule, IDEMPOTENCY_KEY,
+};
+use tower_conn_lifecycle::testing::{
+    Http2FaultServer, IdleClosingServer, ResetServer, SilentServer,
+};
+use tower_conn_lifecycle::track::{
+    ConnectionCapture, ConnectionState, TrackConnections, TrackConnectionsLayer, TrackStats,
+};
+use tower_conn_lifecycle::BoxError;
+
+/// The seed race's server idle timeout (Go's 1 s, scaled down).
+const IDLE: Duration = Duration::from_millis(200);
+const TASKS: usize = 10;
+/// A seed race stops early (and fails its count) if it takes this long.
+const RACE_LIMIT: Duration = Duration::from_secs(120);
+/// Upper bound for any single step that must complete.
+const STEP_LIMIT: Duration = Duration::from_secs(10);
+/// How long to wait for a server-side counter to catch up.
+const SLACK: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(5);
+
+/// The read limit of the seed-race clients (see `race_client`): far above
+/// any loopback answer, far below `STEP_LIMIT`.
+const RACE_READ_LIMIT: Duration = Duration::from_secs(2);
+
+type Tracked = TrackConnections<HttpConnector>;
+type Retrying<S> = RetryOnStaleConnection<S>;
+type Plain<C> = Client<C, Full<Bytes>>;
+type Phased<B> = PhaseTimeout<Client<Tracked, RequestBody<B>>>;
+
+fn tracked_client(layer: RetryOnStaleConnectionLayer) -> (Retrying<Plain<Tracked>>, TrackStats) {
+    let track = TrackConnectionsLayer::new();
+    let stats = track.stats();
+    let connector = ServiceBuilder::new()
+        .layer(track)
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    (ServiceBuilder::new().layer(layer).service(client), stats)
+}
+
+fn untracked_client(layer: RetryOnStaleConnectionLayer) -> Retrying<Plain<HttpConnector>> {
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    ServiceBuilder::new().layer(layer).service(client)
+}
+
+fn h2_client() -> Retrying<Plain<Tracked>> {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .service(client)
+}
+
+fn request(method: Method, url: &str, body: &'static [u8]) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap()
+}
+
+/// Sends `req`, reads the whole body; returns it with the retry record.
+async fn send<S, B, RB>(
+    svc: &S,
+    req: http::Request<B>,
+) -> Result<(Bytes, Option<Retried>), BoxError>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>, Error = BoxError> + Clone,
+    RB: http_body::Body<Data = Bytes>,
+    RB::Error: Into<BoxError>,
+{
+    let res = timeout(STEP_LIMIT, svc.clone().oneshot(req))
+        .await
+        .map_err(|_| "request did not complete")??;
+    let retried = res.extensions().get::<Retried>().cloned();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(Into::<BoxError>::into)?
+        .to_bytes();
+    Ok((body, retried))
+}
+
+fn not_retried(err: &BoxError) -> &NotRetried {
+    NotRetried::find(err.as_ref()).unwrap_or_else(|| panic!("not a NotRetried: {err:?}"))
+}
+
+/// Waits (at most `SLACK`) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SLACK;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(POLL).await;
+    }
+}
+
+/// A tiny xorshift generator: deterministic per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The seed race: sequential requests, gaps uniform in [0.99, 1.0) x IDLE.
+
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    ok: u64,
+    retries: u64,
+    reasons: Vec<RetryReason>,
+    errors: Vec<(Rule, String)>,
+}
+
+/// A seed-race client: Retry over PhaseTimeout over a tracked client, as
+/// the module docs stack them.
+///
+/// The read limit bounds a hang that is not this crate's: without
+/// PhaseTimeout in the stack, about once in 10^4 stale-race requests hyper
+/// hands a request to a connection whose task is ending, and the request is
+/// neither written nor failed — forever (the bare hyper-util client does it
+/// too). The limit turns it into a timeout, which the tracker proves safe to
+/// retry: nothing of it was written on a connection that is now closed.
+fn race_client() -> Retrying<Phased<Full<Bytes>>> {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(PhaseTimeoutLayer::new().read(RACE_READ_LIMIT))
+        .service(client)
+}
+
+/// One task of a seed race, with its own client.
+async fn race_task(
+    url: String,
+    task: usize,
+    requests: usize,
+    method: Method,
+    keyed: bool,
+    stop_at: Instant,
+) -> Tally {
+    let svc = race_client();
+    let mut rng = Rng::new(task as u64 + 1);
+    let mut tally = Tally::default();
+    for i in 0..requests {
+        if Instant::now() >= stop_at {
+            break;
+        }
+        if i > 0 {
+            sleep(IDLE.mul_f64(0.99 + 0.01 * rng.unit())).await;
+        }
+        let mut req = request(method.clone(), &url, b"seed");
+        if keyed {
+            let key = format!("task-{task}-req-{i}");
+            req.headers_mut()
+                .insert(IDEMPOTENCY_KEY, key.parse().unwrap());
+        }
+        tally.sent += 1;
+        match send(&svc, req).await {
+            Ok((body, retried)) => {
+                assert_eq!(body, "ok");
+                tally.ok += 1;
+                if let Some(r) = retried {
+                    tally.retries += r.count() as u64;
+                    tally.reasons.extend_from_slice(r.reasons());
+                }
+            }
+            Err(e) => tally
+                .errors
+                .push((not_retried(&e).rule(), format!("{e} <- {:?}", e.source()))),
+        }
+    }
+    tally
+}
+
+async fn seed_race(
+    server: &IdleClosingServer,
+    requests: usize,
+    method: Method,
+    keyed: bool,
+) -> Tally {
+    let stop_at = Instant::now() + RACE_LIMIT;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        tasks.spawn(race_task(
+            server.url(),
+            task,
+            requests,
+            method.clone(),
+            keyed,
+            stop_at,
+        ));
+    }
+    let mut total = Tally::default();
+    while let Some(t) = tasks.join_next().await {
+        let t = t.unwrap();
+        total.sent += t.sent;
+        total.ok += t.ok;
+        total.retries += t.retries;
+        total.reasons.extend(t.reasons);
+        total.errors.extend(t.errors);
+    }
+    assert_eq!(
+        total.sent,
+        (TASKS * requests) as u64,
+        "the race hit its time limit"
+    );
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_seed_race_has_no_errors_and_records_retries() {
+    let server = IdleClosingServer::start(IDLE).await.unwrap();
+    let tally = seed_race(&server, 100, Method::GET, false).await;
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
+    assert_eq!(tally.ok, 1000);
+    assert!(tally.retries > 0, "the race never happened: {tally:?}");
+    // Every GET was processed exactly once: retried attempts never reached
+    // the server's request handling.
+    assert_eq!(server.requests_by_method(&Method::GET), 1000);
+    eprintln!(
+        "GET seed race: {} ok, {} retries ({:?}), {} idle closes",
+        tally.ok,
+        tally.retries,
+        count(&tally.reasons),
+        server.idle_closes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_seed_race_never_duplicates_and_names_the_rule() {
+    let server = IdleClosingServer::start(IDLE).await.unwrap();
+    let tally = seed_race(&server, 50, Method::POST, false).await;
+    // Nothing duplicated, nothing lost: the server processed exactly the
+    // POSTs the clients saw succeed.
+    assert_eq!(server.posts(), tally.ok);
+    assert_eq!(tally.ok + tally.errors.len() as u64, 500);
+    // The race did fail some POSTs, and each says why it was not retried.
+    assert!(!tally.errors.is_empty(), "the race never happened");
+    for (rule, text) in &tally.errors {
+        assert_eq!(*rule, Rule::NotIdempotent, "{text}");
+        assert!(
+            text.starts_with("not retried: POST without Idempotency-Key on a reused connection"),
+            "{text}"
+        );
+    }
+    // A POST without a key is only ever retried when nothing was written.
+    assert!(tally
+        .reasons
+        .iter()
+        .all(|r| *r == RetryReason::NothingWritten));
+    eprintln!(
+        "POST seed race: {} ok, {} not retried, {} retries ({:?})",
+        tally.ok,
+        tally.errors.len(),
+        tally.retries,
+        count(&tally.reasons)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_post_seed_race_has_no_errors_and_no_duplicates() {
+    let server = IdleClosingServer::start(IDLE).await.unwrap();
+    let tally = seed_race(&server, 50, Method::POST, true).await;
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
+    assert_eq!(tally.ok, 500);
+    assert_eq!(server.posts(), 500);
+    assert_eq!(server.distinct_keys(), 500);
+    assert_eq!(server.duplicate_keys(), 0);
+    assert!(tally.retries > 0, "the race never happened: {tally:?}");
+    eprintln!(
+        "keyed POST seed race: {} ok, {} retries ({:?})",
+        tally.ok,
+        tally.retries,
+        count(&tally.reasons)
+    );
+}
+
+fn count(reasons: &[RetryReason]) -> Vec<(RetryReason, usize)> {
+    let mut out: Vec<(RetryReason, usize)> = Vec::new();
+    for r in reasons {
+        match out.iter_mut().find(|(k, _)| k == r) {
+            Some((_, n)) => *n += 1,
+            None => out.push((*r, 1)),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Deterministic failures.
+
+#[tokio::test]
+async fn reset_on_a_fresh_connection_is_returned_after_one_attempt() {
+    let server = ResetServer::builder().start().await.unwrap();
+    let (svc, _) = tracked_client(RetryOnStaleConnectionLayer::new().max_retries(3));
+    let err = send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap_err();
+    let e = not_retried(&err);
+    assert_eq!(e.rule(), Rule::FreshConnection);
+    assert_eq!(e.retries(), 0);
+    assert_eq!(
+        err.to_string(),
+        "not retried: GET failed on a new connection"
+    );
+    assert_eq!(server.attempts(), 1);
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn stale_reused_connection_is_retried_on_a_new_one() {
+    // The second request of every connection is reset before it is read.
+    let server = ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(1)
+        .start()
+        .await
+        .unwrap();
+    let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
+    let (body, retried) = send(&svc, request(Method::PUT, &server.url(), b"abc"))
+        .await
+        .unwrap();
+    assert_eq!((body, retried), ("3".into(), None));
+    let (body, retried) = send(&svc, request(Method::PUT, &server.url(), b"abcd"))
+        .await
+        .unwrap();
+    assert_eq!(body, "4");
+    assert_eq!(retried.unwrap().reasons(), [RetryReason::StaleConnection]);
+    assert_eq!(
+        (server.attempts(), server.responses(), server.resets()),
+        (3, 2, 1)
+    );
+    assert_eq!(stats.opened(), 2);
+}
+
+#[tokio::test]
+async fn each_attempt_is_judged_by_its_own_connection() {
+    // Connection 1 fails its second request (reused: retried); connection 2
+    // fails its first (new: a real error). Were the retry judged by the
+    // first attempt's connection, it would be retried again on a third.
+    let server = ResetServer::builder()
+        .fault_on(|connection, request| {
+            (connection, request) == (1, 2) || (connection, request) == (2, 1)
+        })
+        .start()
+        .await
+        .unwrap();
+    let (svc, _) = tracked_client(RetryOnStaleConnectionLayer::new().max_retries(3));
+    send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap();
+    let mut req = request(Method::GET, &server.url(), b"");
+    let first = ConnectionCapture::get_or_insert(&mut req);
+    let err = send(&svc, req).await.unwrap_err();
+    let e = not_retried(&err);
+    assert_eq!((e.rule(), e.retries()), (Rule::FreshConnection, 1));
+    assert_eq!((server.attempts(), server.connections()), (3, 2));
+    // The caller's capture still shows the first attempt's connection.
+    let state = first.state().expect("tracked");
+    assert_eq!(state.exchange().number(), 2);
+}
+
+#[tokio::test]
+async fn part_of_the_response_head_then_reset_is_not_retried() {
+    let server = ResetServer::builder()
+        .on_request(2)
+        .partial_head(12)
+        .start()
+        .await
+        .unwrap();
+    let (svc, _) = tracked_client(RetryOnStaleConnectionLayer::new());
+    send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap();
+    let err = send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::ResponseStarted);
+    assert_eq!(
+        err.to_string(),
+        "not retried: GET failed after part of the response arrived"
+    );
+    assert_eq!((server.attempts(), server.connections()), (2, 1));
+}
+
+type Replaying = RetryOnStaleConnection<Client<Tracked, ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
+
+fn replaying_client() -> Replaying {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .service(client)
+}
+
+/// A streamed (not `Clone`) body of `len` bytes in 16 KiB frames.
+fn streamed(len: usize) -> Channel<Bytes> {
+    let (mut tx, body) = Channel::new(1);
+    tokio::spawn(async move {
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(16 * 1024);
+            if tx.send_data(Bytes::from(vec![b'x'; n])).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+    });
+    body
+}
+
+fn put(url: &str, len: usize) -> http::Request<Channel<Bytes>> {
+    http::Request::put(url)
+        .header(http::header::CONTENT_LENGTH, len)
+        .body(streamed(len))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn body_past_the_replay_limit_is_not_retried() {
+    // The second request is reset after 128 KiB of it arrived: the client
+    // has read more than the 64 KiB it may buffer.
+    let server = ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(128 * 1024)
+        .start()
+        .await
+        .unwrap();
+    let svc = replaying_client();
+    let (body, _) = send(&svc, put(&server.url(), 10)).await.unwrap();
+    assert_eq!(body, "10");
+    let err = send(&svc, put(&server.url(), 256 * 1024))
+        .await
+        .unwrap_err();
+    let e = not_retried(&err);
+    assert_eq!(e.rule(), Rule::BodyNotReplayable);
+    assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
+    assert_eq!(
+        err.to_string(),
+        "not retried: PUT body went past the 65536-byte replay buffer"
+    );
+    // One attempt of the large request, none processed.
+    assert_eq!((server.attempts(), server.responses()), (2, 1));
+}
+
+#[tokio::test]
+async fn body_within_the_replay_limit_is_replayed_whole() {
+    let server = ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(16 * 1024)
+        .start()
+        .await
+        .unwrap();
+    let svc = replaying_client();
+    send(&svc, put(&server.url(), 10)).await.unwrap();
+    let (body, retried) = send(&svc, put(&server.url(), 48 * 1024)).await.unwrap();
+    assert_eq!(body, (48 * 1024).to_string());
+    assert_eq!(retried.unwrap().reasons(), [RetryReason::StaleConnection]);
+    assert_eq!((server.attempts(), server.responses()), (3, 2));
+    assert_eq!(server.bytes_read(), 10 + 48 * 1024);
+}
+
+// ---------------------------------------------------------------------------
+// Without the tracker.
+
+#[tokio::test]
+async fn untracked_stale_get_is_retried_and_post_is_not() {
+    let server = ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(1)
+        .start()
+        .await
+        .unwrap();
+    let svc = untracked_client(RetryOnStaleConnectionLayer::new());
+    send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap();
+    let (_, retried) = send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap();
+    assert_eq!(retried.unwrap().reasons(), [RetryReason::ConnectionClosed]);
+    // The retry's connection is now on its second request too.
+    let err = send(&svc, request(Method::POST, &server.url(), b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::NotIdempotent);
+    assert!(err.to_string().contains("reuse unknown"), "{err}");
+    assert_eq!((server.attempts(), server.responses()), (4, 2));
+}
+
+#[tokio::test]
+async fn untracked_fresh_connection_failure_is_retried_once() {
+    // What the tracker's reuse fact buys: without it, a new connection's
+    // failure looks like a stale one (documented in the module docs).
+    let server = ResetServer::builder().start().await.unwrap();
+    let svc = untracked_client(RetryOnStaleConnectionLayer::new());
+    let err = send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::RetriesExhausted);
+    assert_eq!(server.attempts(), 2);
+    let (svc, _) = tracked_client(RetryOnStaleConnectionLayer::new());
+    send(&svc, request(Method::GET, &server.url(), b""))
+        .await
+        .unwrap_err();
+    assert_eq!(server.attempts(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2.
+
+#[tokio::test]
+async fn h2_refused_stream_is_retried() {
+    let server = Http2FaultServer::builder()
+        .refuse_streams(1)
+        .start()
+        .await
+        .unwrap();
+    let svc = h2_client();
+    let (body, retried) = send(&svc, request(Method::POST, &server.url(), b"once"))
+        .await
+        .unwrap();
+    assert_eq!(body, "ok");
+    assert_eq!(retried.unwrap().reasons(), [RetryReason::RefusedStream]);
+    assert_eq!((server.refused(), server.processed()), (1, 1));
+    assert_eq!(server.streams(), 2);
+    assert_eq!(server.distinct_keys(), 1);
+}
+
+#[tokio::test]
+async fn h2_goaway_in_a_batch_every_request_succeeds_once() {
+    const BATCH: usize = 50;
+    let server = Http2FaultServer::builder()
+        .go_away_after(5)
+        .start()
+        .await
+        .unwrap();
+    let svc = h2_client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..BATCH {
+        let svc = svc.clone();
+        let req = http::Request::put(server.url())
+            .body(Full::new(Bytes::from(format!("request-{i}"))))
+            .unwrap();
+        tasks.spawn(async move { send(&svc, req).await });
+    }
+    let mut retries = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (body, retried) = result.unwrap().unwrap();
+        assert_eq!(body, "ok");
+        retries += retried.map_or(0, |r| {
+            assert!(r
+                .reasons()
+                .iter()
+                .all(|r| matches!(r, RetryReason::GoAway | RetryReason::NothingWritten)));
+            r.count()
+        });
+    }
+    // Every request processed exactly once.
+    assert_eq!(server.processed(), BATCH as u64);
+    assert_eq!(server.distinct_keys(), BATCH as u64);
+    assert_eq!(server.duplicate_keys(), 0);
+    // And the GOAWAY really cut the batch.
+    assert_eq!(server.go_aways(), 1);
+    assert!(server.ignored() > 0, "no stream was above the GOAWAY");
+    assert!(retries > 0);
+    assert_eq!(server.connections(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// A hostile caller.
+
+#[tokio::test]
+async fn dropping_the_future_abandons_the_attempt_and_closes_its_connection() {
+    let server = SilentServer::start().await.unwrap();
+    let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
+    let mut req = request(Method::GET, &server.url(), b"");
+    let capture = ConnectionCapture::get_or_insert(&mut req);
+    let mut fut = Box::pin(svc.clone().oneshot(req));
+    // Drive the request until the server has it, then drop it.
+    let seen = timeout(STEP_LIMIT, async {
+        loop {
+            tokio::select! {
+                _ = &mut fut => panic!("a silent server answered"),
+                _ = sleep(POLL) => if server.requests() == 1 { break },
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the request never reached the server");
+    drop(fut);
+    let state: ConnectionState = capture.state().expect("tracked");
+    assert!(state.is_poisoned());
+    eventually("the abandoned connection to close", || {
+        stats.open_now() == 0
+    })
+    .await;
+    eventually("the server to see the close", || server.connections() == 1).await;
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test]
+async fn connection_refused_is_not_retried() {
+    // A port that was just bound and released on 127.0.0.1: nothing listens.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
+    let err = send(&svc, request(Method::GET, &format!("http://{addr}/"), b""))
+        .await
+        .unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::ConnectFailed);
+    assert_eq!(stats.opened(), 0);
+}
+
+/// Counts the connector's calls: connect attempts, successful or not.
+fn counting_connector(
+    connect: Duration,
+) -> (
+    impl Service<
+            http::Uri,
+            Response = impl hyper::rt::Read
+                           + hyper::rt::Write
+                           + hyper_util::client::legacy::connect::Connection
+                           + Unpin
+                           + Send
+                           + 'static,
+            Error = BoxError,
+            Future = impl Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let connector = ServiceBuilder::new()
+        .map_request(move |uri: http::Uri| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            uri
+        })
+        .layer(tower_conn_lifecycle::phase_timeout::ConnectTimeoutLayer::new(connect))
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    (connector, calls)
+}
+
+#[tokio::test]
+async fn connect_timeouts_are_retried_only_when_enabled() {
+    use std::sync::atomic::Ordering;
+    let hole = tower_conn_lifecycle::testing::Blackhole::start()
+        .await
+        .unwrap();
+    for (enabled, attempts, rule) in [
+        (false, 1, Rule::ConnectTimeout),
+        (true, 2, Rule::RetriesExhausted),
+    ] {
+        let (connector, calls) = counting_connector(Duration::from_millis(100));
+        let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+        let svc = ServiceBuilder::new()
+            .layer(RetryOnStaleConnectionLayer::new().retry_connect_timeouts(enabled))
+            .service(client);
+        let err = send(&svc, request(Method::POST, &hole.url(), b"x"))
+            .await
+            .unwrap_err();
+        let e = not_retried(&err);
+        assert_eq!(e.rule(), rule, "{err}");
+        assert_eq!(calls.load(Ordering::Relaxed), attempts);
+        let elapsed = tower_conn_lifecycle::phase_timeout::Elapsed::find(err.as_ref());
+        assert_eq!(
+            elapsed.map(|e| e.phase()),
+            Some(tower_conn_lifecycle::phase_timeout::Phase::Connect)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Under PhaseTimeout, as the module docs stack it.
+
+type PhasedReplay = RetryOnStaleConnection<Phased<ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
+
+fn phased_client(phases: PhaseTimeoutLayer) -> PhasedReplay {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .layer(phases)
+        .service(client)
+}
+
+#[tokio::test]
+async fn read_timeout_under_retry_is_never_retried() {
+    let server = SilentServer::start().await.unwrap();
+    let svc = phased_client(PhaseTimeoutLayer::new().read(Duration::from_millis(100)));
+    // Chunked, so hyper reads the body to its end and PhaseTimeout sees the
+    // upload finish (with a `Content-Length` and a body that cannot tell its
+    // own end, the read clock would not start).
+    let req = http::Request::put(server.url()).body(streamed(10)).unwrap();
+    let res = timeout(STEP_LIMIT, svc.oneshot(req)).await.unwrap();
+    let err = res.map(|_| ()).unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::Timeout);
+    assert_eq!(err.to_string(), "not retried: PUT timed out");
+    eventually("the server to read the request", || server.requests() == 1).await;
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() {
+    let server = ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(1)
+        .start()
+        .await
+        .unwrap();
+    let svc = phased_client(
+        PhaseTimeoutLayer::new()
+            .send(Duration::from_secs(5))
+            .read(Duration::from_secs(5)),
+    );
+    for (i, len) in [100usize, 20_000].into_iter().enumerate() {
+        let res = timeout(STEP_LIMIT, svc.clone().oneshot(put(&server.url(), len)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.extensions().get::<Retried>().is_some(), i == 1);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, len.to_string());
+    }
+    assert_eq!((server.attempts(), server.responses()), (3, 2));
+}
+
+#[tokio::test]
+async fn h2_several_refused_streams_in_a_batch_are_each_retried_once() {
+    const BATCH: usize = 10;
+    let server = Http2FaultServer::builder()
+        .refuse_streams(3)
+        .start()
+        .await
+        .unwrap();
+    let svc = h2_client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..BATCH {
+        let svc = svc.clone();
+        let req = http::Request::post(server.url())
+            .body(Full::new(Bytes::from(format!("request-{i}"))))
+            .unwrap();
+        tasks.spawn(async move { send(&svc, req).await });
+    }
+    let mut retried = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (_, r) = result.unwrap().unwrap();
+        if let Some(r) = r {
+            assert_eq!(r.reasons(), [RetryReason::RefusedStream]);
+            retried += 1;
+        }
+    }
+    assert_eq!(retried, 3);
+    assert_eq!((server.refused(), server.processed()), (3, BATCH as u64));
+    assert_eq!(server.distinct_keys(), BATCH as u64);
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn h2_refused_stream_replays_a_streamed_body() {
+    let server = Http2FaultServer::builder()
+        .refuse_streams(1)
+        .start()
+        .await
+        .unwrap();
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, ReplayBody<Channel<Bytes>>>(connector);
+    let svc = ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .service(client);
+    // 200 bytes: the server keys bodies of up to 256 bytes.
+    let req = http::Request::post(server.url())
+        .body(streamed(200))
+        .unwrap();
+    let (body, retried) = send(&svc, req).await.unwrap();
+    assert_eq!(body, "ok");
+    assert_eq!(retried.unwrap().reasons(), [RetryReason::RefusedStream]);
+    assert_eq!((server.refused(), server.processed()), (1, 1));
+    assert_eq!(server.distinct_keys(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// The kit's new servers, seen from raw sockets.
+
+mod kit {
+    use std::io;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// Reads until EOF or an error; returns the bytes and how it ended.
+    async fn read_all(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match timeout(STEP_LIMIT, stream.read(&mut buf)).await {
+                Err(_) => panic!("the server neither answered nor closed"),
+                Ok(Ok(0)) => return (out, Ok(())),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return (out, Err(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reset_server_resets_instead_of_closing() {
+        let server = ResetServer::builder()
+            .reset_after_bytes(10)
+            .start()
+            .await
+            .unwrap();
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (bytes, end) = read_all(&mut stream).await;
+        assert!(bytes.is_empty());
+        assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            (server.attempts(), server.requests(), server.resets()),
+            (1, 0, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_server_sends_part_of_the_head_then_resets() {
+        let server = ResetServer::builder()
+            .on_request(2)
+            .partial_head(12)
+            .start()
+            .await
+            .unwrap();
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        // Two pipelined requests: the first is answered, the second cut.
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let (bytes, end) = read_all(&mut stream).await;
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.ends_with("\r\n\r\n3HTTP/1.1 200"), "{text:?}");
+        assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            (server.attempts(), server.responses(), server.bytes_read()),
+            (2, 1, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn http2_server_survives_garbage_and_stops_on_drop() {
+        let server = Http2FaultServer::builder().start().await.unwrap();
+        let mut bad = TcpStream::connect(server.addr()).await.unwrap();
+        bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, _) = read_all(&mut bad).await;
+        // A frame longer than SETTINGS_MAX_FRAME_SIZE after a good preface.
+        let mut big = TcpStream::connect(server.addr()).await.unwrap();
+        big.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        big.write_all(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1])
+            .await
+            .unwrap();
+        let (_, _) = read_all(&mut big).await;
+        // Still serving.
+        let svc = h2_client();
+        let (body, _) = send(&svc, request(Method::GET, &server.url(), b""))
+            .await
+            .unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!((server.connections(), server.processed()), (3, 1));
+        let addr = server.addr();
+        drop(server);
+        let deadline = Instant::now() + SLACK;
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "still accepting after drop");
+            sleep(POLL).await;
+        }
+    }
+}
