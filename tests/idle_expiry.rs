@@ -20,8 +20,12 @@ use tower_conn_lifecycle::BoxError;
 
 /// The seed server's idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);
-/// The configured expiry below the server's idle timeout.
-const EXPIRY: Duration = Duration::from_millis(150);
+/// The configured expiry below the server's idle timeout. The 80 ms between
+/// them is the slack for a loaded 2-core CI machine: a request let through
+/// just before the expiry must reach the server before its idle timer fires.
+const EXPIRY: Duration = Duration::from_millis(120);
+/// The margin below learned timeouts in these tests, for the same reason.
+const MARGIN: Duration = Duration::from_millis(80);
 
 type Legacy = Client<tower_conn_lifecycle::track::TrackConnections<HttpConnector>, Full<Bytes>>;
 
@@ -305,7 +309,7 @@ async fn learned_idle_timeout_makes_the_post_race_safe() {
     // No header, a 90 s configured expiry: only learning can help.
     for kind in [Kind::Legacy, Kind::Pool] {
         // One layer per client kind, shared by all of that run's clients.
-        let layer = IdleExpiryLayer::new(Duration::from_secs(90));
+        let layer = IdleExpiryLayer::new(Duration::from_secs(90)).margin(MARGIN);
         let server = IdleClosingServer::start(IDLE).await.unwrap();
         // Warm-up: one request, then the connection sits idle (its client
         // alive) until the server closes it; the tracker sees the close.
@@ -321,7 +325,7 @@ async fn learned_idle_timeout_makes_the_post_race_safe() {
         let mixed = SeedWorkload::new(IDLE).requests(30).gaps(0.1, 0.5);
         let report = seed_with(kind, &layer, &server, mixed).await;
         assert_eq!(report.errors(), 0, "{kind:?}: {}", describe(&report));
-        let (reused, eligible) = reuse_below_expiry(&report, IDLE - Duration::from_millis(50));
+        let (reused, eligible) = reuse_below_expiry(&report, IDLE - MARGIN);
         assert!(
             reused * 100 >= eligible * 95,
             "{kind:?}: {reused}/{eligible}"
@@ -376,7 +380,7 @@ async fn wait_for_close(layer: &IdleExpiryLayer, before: u64) {
 async fn a_cold_start_costs_at_most_the_first_race() {
     // Measures (and bounds) what learning costs before the first idle close:
     // without a warm-up, only the first round of requests can race.
-    let layer = IdleExpiryLayer::new(Duration::from_secs(90));
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90)).margin(MARGIN);
     let server = IdleClosingServer::start(IDLE).await.unwrap();
     let track = TrackConnectionsLayer::new();
     let report = SeedWorkload::new(IDLE)

@@ -62,9 +62,9 @@ mod http1;
 mod http2;
 mod hyper_server;
 mod idle;
-mod seed;
 mod keys;
 mod reset;
+mod seed;
 mod server;
 mod throttle;
 
@@ -75,6 +75,6 @@ pub use faults::{
 pub use http2::{Http2FaultServer, Http2FaultServerBuilder};
 pub use hyper_server::HyperServer;
 pub use idle::{IdleClosingServer, IdleClosingServerBuilder};
-pub use seed::{error_chain, Rng, Sample, SeedReport, SeedWorkload};
 pub use reset::{ResetServer, ResetServerBuilder};
+pub use seed::{error_chain, Rng, Sample, SeedReport, SeedWorkload};
 pub use throttle::{ThrottledReader, ThrottledReaderBuilder};
