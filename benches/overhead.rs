@@ -16,6 +16,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::runtime::Runtime;
 use tower::ServiceBuilder;
+use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
 use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::TrackConnectionsLayer;
@@ -28,6 +29,25 @@ fn retry_only() -> impl GetClient<Future: Send> {
         .layer(RetryOnStaleConnectionLayer::new())
         .service(
             Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new()),
+        )
+}
+
+/// The recommended stack: Retry over PhaseTimeout over a tracked client (the
+/// two layers share one connection capture per request).
+fn tracker_retry_and_phase_timeout() -> impl GetClient<Future: Send> {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(
+            PhaseTimeoutLayer::new()
+                .send(Duration::from_secs(5))
+                .read(Duration::from_secs(5))
+                .total(Duration::from_secs(10)),
+        )
+        .service(
+            Client::builder(TokioExecutor::new()).build::<_, RequestBody<Empty<Bytes>>>(connector),
         )
 }
 
@@ -126,6 +146,13 @@ fn bench(c: &mut Criterion) {
     );
     sequential(&mut group, &rt, &uri, "retry_only", retry_only());
     sequential(&mut group, &rt, &uri, "tracker+retry", retry.clone());
+    sequential(
+        &mut group,
+        &rt,
+        &uri,
+        "tracker+retry+phase_timeout",
+        tracker_retry_and_phase_timeout(),
+    );
     group.finish();
 
     let mut group = c.benchmark_group("keepalive_get_x32");
