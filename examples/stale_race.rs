@@ -1,152 +1,422 @@
-//! The stale keep-alive race, measured.
+//! The stale keep-alive race: what fails, and what fixes it.
 //!
 //! ```sh
 //! cargo run --release --example stale_race
+//! cargo run --release --example stale_race -- --help
 //! ```
 //!
-//! A local server closes keep-alive connections exactly `IDLE` after its last
-//! response, like Go's `net/http` with `IdleTimeout`. Ten tasks, each with
-//! its own client, send sequential requests with gaps uniform in
-//! [0.99, 1.0) × `IDLE`: every request races the server's close. The table
-//! shows what a bare hyper-util client does: how many requests fail, how
-//! many connections it opened and reused, and the distinct errors.
+//! A local server closes keep-alive connections exactly `--idle-ms` after its
+//! last response, like Go's `net/http` with `IdleTimeout` (scaled down from
+//! 1 s to 200 ms). Ten tasks, each with its own client, send sequential
+//! requests with gaps uniform in [0.99, 1.0) × idle (`--gap edge`), so every
+//! reuse races the server's close; `--gap mixed` uses [0.1, 1.0). Three
+//! clients run it, for GET and for POST:
 //!
-//! The tracker on the connector only observes (it counts connections and
-//! gives `ConnectionInfo`); it does not change the client's behaviour.
+//! * `bare`: hyper-util's legacy client as it comes;
+//! * `pool-idle`: hyper-util's own best setting, `pool_idle_timeout` at half
+//!   the server's idle timeout with a pool timer — the fix an experienced
+//!   user tries first;
+//! * `layered`: this crate's whole stack (`tower_conn_lifecycle::client`):
+//!   ConnectTimeout + tracker + SharedTlsConnector on the connector,
+//!   IdleExpiry + PhaseTimeout + RetryOnStaleConnection on the client.
+//!
+//! `--target URL` runs against any HTTP/1.1 server instead (loopback or
+//! your own); the layered client's expiry is then 90 s unless
+//! `--expiry-ms` says otherwise, so it relies on `Keep-Alive` hints, what it
+//! learns from the server's idle closes, and safe retries alone. Every run
+//! also prints one `json:` line.
 
-mod common;
-
-use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http::Method;
+use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower_conn_lifecycle::testing::IdleClosingServer;
-use tower_conn_lifecycle::track::{ConnectionInfo, TrackConnectionsLayer};
+use tower_conn_lifecycle::client;
+use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
+use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+use tower_conn_lifecycle::retry::Retried;
+use tower_conn_lifecycle::testing::{IdleClosingServer, SeedReport, SeedWorkload};
+use tower_conn_lifecycle::track::{TrackConnectionsLayer, TrackStats};
 
-/// The server's idle timeout, scaled down from Go's 1 s so the run is short.
-const IDLE: Duration = Duration::from_millis(200);
-const TASKS: usize = 10;
-const REQUESTS_PER_TASK: usize = 100;
-/// Stop early if a run somehow takes this long.
-const TIME_LIMIT: Duration = Duration::from_secs(90);
+mod common;
 
-#[derive(Default)]
-struct Tally {
-    requests: u64,
-    ok: u64,
-    reused: u64,
-    errors: BTreeMap<String, u64>,
+#[derive(Clone, Debug)]
+struct Args {
+    idle: Duration,
+    expiry: Option<Duration>,
+    tasks: usize,
+    requests: usize,
+    gaps: Vec<bool>,
+    methods: Vec<Method>,
+    clients: Vec<&'static str>,
+    target: Option<String>,
 }
 
-impl Tally {
-    fn merge(&mut self, other: Tally) {
-        self.requests += other.requests;
-        self.ok += other.ok;
-        self.reused += other.reused;
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
-        }
-    }
-}
+const USAGE: &str = "usage: stale_race [--idle-ms N] [--expiry-ms N] [--tasks N] [--requests N] \
+[--gap edge|mixed] [--method GET|POST] [--client bare|pool-idle|layered|all] [--target URL]";
 
-async fn run_task(
-    url: http::Uri,
-    seed: u64,
-    track: TrackConnectionsLayer,
-    stop_at: Instant,
-) -> Tally {
-    let connector = ServiceBuilder::new()
-        .layer(track)
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
-    let mut rng = common::Rng::new(seed);
-    let mut tally = Tally::default();
-    for i in 0..REQUESTS_PER_TASK {
-        if Instant::now() >= stop_at {
-            break;
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        idle: Duration::from_millis(200),
+        expiry: None,
+        tasks: 10,
+        requests: 100,
+        gaps: vec![false, true],
+        methods: vec![Method::GET, Method::POST],
+        clients: vec!["bare", "pool-idle", "layered"],
+        target: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.into());
         }
-        if i > 0 {
-            tokio::time::sleep(IDLE.mul_f64(0.99 + 0.01 * rng.unit())).await;
-        }
-        tally.requests += 1;
-        let result = async {
-            let res = client.get(url.clone()).await?;
-            let info = ConnectionInfo::of(&res);
-            res.into_body().collect().await?;
-            Ok::<_, tower_conn_lifecycle::BoxError>(info)
-        }
-        .await;
-        match result {
-            Ok(info) => {
-                tally.ok += 1;
-                if info.is_some_and(|i| i.is_reused()) {
-                    tally.reused += 1;
+        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
+        let ms = |v: &str| {
+            v.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|e| format!("{flag}: {e}"))
+        };
+        let n = |v: &str| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--idle-ms" => a.idle = ms(&value)?,
+            "--expiry-ms" => a.expiry = Some(ms(&value)?),
+            "--tasks" => a.tasks = n(&value)?.clamp(1, 1000),
+            "--requests" => a.requests = n(&value)?.clamp(1, 100_000),
+            "--gap" => match value.as_str() {
+                "edge" => a.gaps = vec![false],
+                "mixed" => a.gaps = vec![true],
+                v => return Err(format!("--gap edge|mixed, not {v}")),
+            },
+            "--method" => {
+                a.methods = vec![match value.to_ascii_uppercase().as_str() {
+                    "GET" => Method::GET,
+                    "POST" => Method::POST,
+                    v => return Err(format!("--method GET|POST, not {v}")),
+                }]
+            }
+            "--client" => {
+                a.clients = match value.as_str() {
+                    "bare" => vec!["bare"],
+                    "pool-idle" => vec!["pool-idle"],
+                    "layered" => vec!["layered"],
+                    "all" => vec!["bare", "pool-idle", "layered"],
+                    v => return Err(format!("--client bare|pool-idle|layered|all, not {v}")),
                 }
             }
-            Err(e) => *tally.errors.entry(common::chain(e.as_ref())).or_default() += 1,
+            "--target" => {
+                let uri: http::Uri = value.parse().map_err(|e| format!("--target: {e}"))?;
+                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                    return Err("--target must be an http:// URL".into());
+                }
+                a.target = Some(value);
+            }
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
-    tally
+    Ok(a)
+}
+
+/// One client kind's run: its report and the server-side counts.
+struct Run {
+    client: &'static str,
+    mixed: bool,
+    method: Method,
+    report: SeedReport,
+    connections: u64,
+    posts_processed: Option<u64>,
+}
+
+async fn run(
+    client_kind: &'static str,
+    mixed: bool,
+    method: Method,
+    args: Args,
+    url: String,
+    server: Option<IdleClosingServer>,
+) -> Run {
+    let mut plan = SeedWorkload::new(args.idle)
+        .tasks(args.tasks)
+        .requests(args.requests)
+        .method(method.clone())
+        .time_limit(Duration::from_secs(100))
+        .request_limit(Duration::from_secs(10));
+    if mixed {
+        plan = plan.gaps(0.1, 1.0);
+    }
+    let track = TrackConnectionsLayer::new();
+    let stats: TrackStats;
+    let report = match client_kind {
+        "bare" | "pool-idle" => {
+            stats = track.stats();
+            plan.run(&url, |_| {
+                let connector = ServiceBuilder::new()
+                    .layer(track.clone())
+                    .service(HttpConnector::new());
+                let mut builder = Client::builder(TokioExecutor::new());
+                if client_kind == "pool-idle" {
+                    builder
+                        .pool_idle_timeout(args.idle / 2)
+                        .pool_timer(TokioTimer::new());
+                }
+                builder.build::<_, Full<Bytes>>(connector)
+            })
+            .await
+        }
+        _ => {
+            let expiry = args.expiry.unwrap_or(match args.target {
+                Some(_) => Duration::from_secs(90),
+                None => args.idle.mul_f64(0.75),
+            });
+            // One expiry layer for all tasks: they learn together.
+            let expiry = IdleExpiryLayer::new(expiry);
+            let template = client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .idle_expiry(expiry)
+                .timeouts(
+                    PhaseTimeoutLayer::new()
+                        .send(Duration::from_secs(5))
+                        .read(Duration::from_secs(10)),
+                );
+            let first = template.clone().build::<Full<Bytes>>();
+            stats = first.connection_stats().clone();
+            let first = std::sync::Mutex::new(Some(first));
+            plan.run(&url, |_| {
+                // Each task its own client (own pool); the first shares the
+                // stats handle we print.
+                first
+                    .lock()
+                    .unwrap()
+                    .take()
+                    .unwrap_or_else(|| template.clone().build())
+            })
+            .await
+        }
+    };
+    Run {
+        client: client_kind,
+        mixed,
+        method,
+        report,
+        connections: stats.opened(),
+        posts_processed: server.as_ref().map(IdleClosingServer::posts),
+    }
+}
+
+fn retries(report: &SeedReport) -> usize {
+    report
+        .samples()
+        .iter()
+        .filter_map(|s| {
+            s.outcome()
+                .ok()?
+                .extensions()
+                .get::<Retried>()
+                .map(Retried::count)
+        })
+        .sum()
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
 }
 
 #[tokio::main]
-async fn main() -> Result<(), tower_conn_lifecycle::BoxError> {
-    let server = IdleClosingServer::start(IDLE).await?;
-    let url: http::Uri = server.url().parse()?;
+async fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    match &args.target {
+        Some(t) => println!("target: {t}; gaps scaled to {:?}", args.idle),
+        None => println!(
+            "server: closes connections idle for {:?} (like Go's net/http IdleTimeout); \
+             {} tasks x {} sequential requests per client",
+            args.idle, args.tasks, args.requests
+        ),
+    }
     println!(
-        "server: closes connections idle for {IDLE:?}; {TASKS} tasks x {REQUESTS_PER_TASK} \
-         sequential GETs, gaps uniform in [0.99, 1.0) x {IDLE:?}\n"
+        "gaps: edge = uniform in [0.99, 1.0) x idle (every reuse races the close), \
+         mixed = uniform in [0.1, 1.0) x idle"
     );
-    let track = TrackConnectionsLayer::new();
-    let stats = track.stats();
-    let start = Instant::now();
-    let stop_at = start + TIME_LIMIT;
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..TASKS {
-        tasks.spawn(run_task(url.clone(), t as u64 + 1, track.clone(), stop_at));
+    let started = Instant::now();
+    // Every client kind and method at once, each against its own server.
+    let mut set = tokio::task::JoinSet::new();
+    for &mixed in &args.gaps {
+        for client_kind in &args.clients {
+            for method in &args.methods {
+                let (url, server) = match &args.target {
+                    Some(t) => (t.clone(), None),
+                    None => {
+                        let server = IdleClosingServer::start(args.idle)
+                            .await
+                            .expect("bind 127.0.0.1");
+                        (server.url(), Some(server))
+                    }
+                };
+                set.spawn(run(
+                    client_kind,
+                    mixed,
+                    method.clone(),
+                    args.clone(),
+                    url,
+                    server,
+                ));
+            }
+        }
     }
-    let mut tally = Tally::default();
-    while let Some(t) = tasks.join_next().await {
-        tally.merge(t?);
+    let progress = std::io::stderr().is_terminal().then(|| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                eprint!("\r  running... {:.0} s ", started.elapsed().as_secs_f64());
+            }
+        })
+    });
+    let mut runs = Vec::new();
+    while let Some(r) = set.join_next().await {
+        runs.push(r.expect("run"));
     }
-    let errors: u64 = tally.errors.values().sum();
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r{}\r", " ".repeat(30));
+    }
+    runs.sort_by_key(|r| {
+        (
+            r.mixed,
+            args.clients.iter().position(|c| *c == r.client),
+            r.method.to_string(),
+        )
+    });
+    let mut rows = Vec::new();
+    for r in &runs {
+        let rep = &r.report;
+        rows.push(vec![
+            if r.mixed { "mixed" } else { "edge" }.to_owned(),
+            r.client.to_owned(),
+            r.method.to_string(),
+            rep.requests().to_string(),
+            rep.errors().to_string(),
+            r.connections.to_string(),
+            format!(
+                "{:.0} %",
+                100.0 * rep.reused() as f64 / rep.requests().max(1) as f64
+            ),
+            retries(rep).to_string(),
+            match (r.method == Method::POST, r.posts_processed) {
+                (true, Some(p)) => format!("{p} / {}", rep.successes()),
+                (true, None) => format!("? / {}", rep.successes()),
+                _ => "-".into(),
+            },
+            ms(rep.latency_quantile(0.5)),
+            ms(rep.latency_quantile(0.99)),
+        ]);
+    }
+    println!();
     common::table(
         &[
+            "gaps",
             "client",
+            "method",
             "requests",
             "errors",
-            "error rate",
-            "connections opened",
+            "connections",
             "reused",
-            "server connections",
-            "server idle closes",
+            "retries",
+            "POSTs processed / ok",
+            "p50 ms",
+            "p99 ms",
         ],
-        &[vec![
-            "hyper-util (bare)".into(),
-            tally.requests.to_string(),
-            errors.to_string(),
-            format!(
-                "{:.1} %",
-                100.0 * errors as f64 / tally.requests.max(1) as f64
-            ),
-            stats.opened().to_string(),
-            tally.reused.to_string(),
-            server.connections().to_string(),
-            server.idle_closes().to_string(),
-        ]],
+        &rows,
     );
+    for r in &runs {
+        println!(
+            "json: {{\"gaps\":\"{}\",\"client\":\"{}\",\"method\":\"{}\",\"requests\":{},\"errors\":{},\"connections\":{},\"reused\":{},\"retries\":{}}}",
+            if r.mixed { "mixed" } else { "edge" },
+            r.client,
+            r.method,
+            r.report.requests(),
+            r.report.errors(),
+            r.connections,
+            r.report.reused(),
+            retries(&r.report)
+        );
+    }
     println!("\ndistinct errors:");
-    if tally.errors.is_empty() {
+    let mut any = false;
+    for r in &runs {
+        for (chain, n) in r.report.error_chains() {
+            any = true;
+            let gaps = if r.mixed { "mixed" } else { "edge" };
+            println!("  {gaps} {} {}: {n} x {chain}", r.client, r.method);
+        }
+    }
+    if !any {
         println!("  (none)");
     }
-    for (chain, n) in &tally.errors {
-        println!("  {n:>5} x {chain}");
+    println!("\n{}", summary(&runs));
+    println!("took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// What happened, in words, from the numbers themselves.
+fn summary(runs: &[Run]) -> String {
+    let find = |c: &'static str| runs.iter().filter(move |r| r.client == c);
+    let errors = |c: &'static str| find(c).map(|r| r.report.errors()).sum::<usize>();
+    let reuse = |c: &'static str| {
+        let (reused, total) = find(c).filter(|r| r.mixed).fold((0, 0), |(a, b), r| {
+            (a + r.report.reused(), b + r.report.requests())
+        });
+        100.0 * reused as f64 / total.max(1) as f64
+    };
+    let duplicated: u64 = runs
+        .iter()
+        .filter(|r| r.method == Method::POST)
+        .filter_map(|r| {
+            r.posts_processed
+                .map(|p| p.saturating_sub(r.report.successes() as u64))
+        })
+        .sum();
+    let mut out = Vec::new();
+    if find("bare").next().is_some() {
+        out.push(if errors("bare") > 0 {
+            format!(
+                "The bare client lost {} requests to connections the server closed as they were reused.",
+                errors("bare")
+            )
+        } else {
+            "The bare client happened to lose no request in this run (the race is timing-dependent; rerun or use --gap edge).".to_owned()
+        });
     }
-    println!("\ntook {:.1} s", start.elapsed().as_secs_f64());
-    Ok(())
+    if find("pool-idle").next().is_some() {
+        out.push(format!(
+            "pool_idle_timeout at half the server's idle: {} errors, but only {:.0} % of requests reused a connection with mixed gaps.",
+            errors("pool-idle"),
+            reuse("pool-idle")
+        ));
+    }
+    if find("layered").next().is_some() {
+        out.push(format!(
+            "The layered stack: {} errors, {:.0} % reused with mixed gaps (connections idle below the expiry are kept; with edge gaps every connection is past it, so none is reused), {} retries.",
+            errors("layered"),
+            reuse("layered"),
+            find("layered").map(|r| retries(&r.report)).sum::<usize>()
+        ));
+    }
+    if runs
+        .iter()
+        .any(|r| r.posts_processed.is_some() && r.method == Method::POST)
+    {
+        out.push(format!(
+            "POSTs the server processed beyond the successes clients saw (lost replies, never duplicates from retries): {duplicated}."
+        ));
+    }
+    out.join("\n")
 }

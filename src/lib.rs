@@ -140,6 +140,7 @@ where
     None
 }
 
+pub mod client;
 mod clock;
 pub mod idle_expiry;
 pub mod phase_timeout;

@@ -54,6 +54,7 @@ pub struct SeedWorkload {
     body: Bytes,
     idempotency_keys: bool,
     time_limit: Duration,
+    request_limit: Duration,
 }
 
 /// One request of a [`SeedWorkload`] run.
@@ -118,6 +119,7 @@ impl SeedWorkload {
             body: Bytes::new(),
             idempotency_keys: false,
             time_limit: Duration::from_secs(120),
+            request_limit: Duration::from_secs(30),
         }
     }
 
@@ -165,6 +167,13 @@ impl SeedWorkload {
     /// The run stops starting requests after this long (default 120 s).
     pub fn time_limit(mut self, limit: Duration) -> Self {
         self.time_limit = limit;
+        self
+    }
+
+    /// Each request (through the end of its body) fails as timed out after
+    /// this long (default 30 s), so a client that hangs cannot hang the run.
+    pub fn request_limit(mut self, limit: Duration) -> Self {
+        self.request_limit = limit;
         self
     }
 
@@ -249,7 +258,7 @@ impl SeedWorkload {
                 }
             };
             let started = Instant::now();
-            let outcome = async {
+            let outcome = tokio::time::timeout(self.request_limit, async {
                 let res = svc.ready().await.map_err(Into::into)?.call(req).await;
                 let (mut parts, body) = res.map_err(Into::into)?.into_parts();
                 // The connection's story as of the head: the live state
@@ -265,8 +274,9 @@ impl SeedWorkload {
                 }
                 body.collect().await.map_err(Into::into)?;
                 Ok::<_, BoxError>(Response::from_parts(parts, ()))
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| Err(SeedTimeout(self.request_limit).into()));
             samples.push(Sample {
                 task,
                 index: i,
@@ -341,6 +351,19 @@ impl SeedReport {
         self.took
     }
 }
+
+/// A [`SeedWorkload`] request that did not complete within its
+/// [`request_limit`](SeedWorkload::request_limit).
+#[derive(Debug, Clone, Copy)]
+pub struct SeedTimeout(Duration);
+
+impl std::fmt::Display for SeedTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "seed request did not complete within {:?}", self.0)
+    }
+}
+
+impl Error for SeedTimeout {}
 
 /// An error and its sources joined by ` <- ` (a wrapper repeating its
 /// cause's text is shown once); looks inside `io::Error`s too.

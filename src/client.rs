@@ -1,0 +1,315 @@
+//! The whole stack in one call: hyper-util's client with every layer of this
+//! crate in the right order.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower_conn_lifecycle::client;
+//! use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let client = client::builder()
+//!     .connect_timeout(Duration::from_secs(2))
+//!     .timeouts(PhaseTimeoutLayer::new().send(Duration::from_secs(5)).read(Duration::from_secs(30)))
+//!     .build::<Full<Bytes>>();
+//! // `client` is a cloneable `tower::Service<http::Request<Full<Bytes>>>`.
+//! # let _ = client;
+//! # }
+//! ```
+//!
+//! # The stack, outermost first, and why in this order
+//!
+//! ```text
+//! request plane                              connection plane (the connector)
+//! RetryOnStaleConnection                     ConnectTimeout
+//!  PhaseTimeout (send / read / total)         TrackConnections
+//!   IdleExpiry                                 SharedTlsConnector (feature `tls`)
+//!    hyper_util::client::legacy::Client ──────▶  HttpConnector
+//! ```
+//!
+//! * **Retry outermost**, so each attempt has its own timeouts, its own
+//!   connection capture and its own exchange on the wire, and a retry is
+//!   judged from what that attempt did.
+//! * **PhaseTimeout next**, so a timeout bounds one attempt (the retry layer
+//!   never retries a timeout that may have reached the server).
+//! * **IdleExpiry innermost**, next to the pool whose connections it
+//!   expires: it reads each response's `Keep-Alive` and sets the connection's
+//!   expiry before anything else sees the response.
+//! * On the connector, **ConnectTimeout outermost** bounds TCP *and* TLS,
+//!   and the **tracker outside TLS** sees the whole connection set-up (its
+//!   byte counts are TLS records on `https://`).
+//!
+//! Defaults: a 90 s idle expiry with learning (announced and learned server
+//! limits lower it per connection), one safe retry, and no connect, send,
+//! read or total limit until set. Clones share the pool, the learned idle
+//! timeouts and the stats.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::idle_expiry::{IdleExpiry, IdleExpiryLayer, IdleExpiryStats};
+use crate::phase_timeout::{
+    ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody,
+};
+use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
+use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
+use crate::BoxError;
+
+#[cfg(feature = "tls")]
+type Transport = crate::tls::SharedTlsConnector<HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Transport = HttpConnector;
+
+/// The connector of the one-call client.
+pub type Connector = ConnectTimeout<TrackConnections<Transport>>;
+
+type Pool<B> = hyper_util::client::legacy::Client<Connector, RequestBody<B>>;
+type Stack<B> = RetryOnStaleConnection<PhaseTimeout<IdleExpiry<Pool<B>>>>;
+type InnerBody = TrackedBody<ResponseBody<TrackedBody<hyper::body::Incoming>>>;
+
+/// A builder for the one-call [`Client`]; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Builder {
+    connect: Option<Duration>,
+    timeouts: PhaseTimeoutLayer,
+    idle_expiry: IdleExpiryLayer,
+    retry: RetryOnStaleConnectionLayer,
+    track: TrackConnectionsLayer,
+    #[cfg(feature = "tls")]
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// Starts a [`Builder`] with the defaults described in the [module docs](self).
+pub fn builder() -> Builder {
+    Builder {
+        connect: None,
+        timeouts: PhaseTimeoutLayer::new(),
+        idle_expiry: IdleExpiryLayer::new(Duration::from_secs(90)),
+        retry: RetryOnStaleConnectionLayer::new(),
+        track: TrackConnectionsLayer::new(),
+        #[cfg(feature = "tls")]
+        tls: None,
+    }
+}
+
+impl Builder {
+    /// The connect timeout (TCP and TLS); `None` (the default) for none.
+    pub fn connect_timeout(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.connect = limit.into();
+        self
+    }
+
+    /// The send / read / total limits (default: none).
+    pub fn timeouts(mut self, timeouts: PhaseTimeoutLayer) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The idle expiry (default: 90 s, learning on). Pass a clone of one
+    /// layer to several builders to share what it learns.
+    pub fn idle_expiry(mut self, layer: IdleExpiryLayer) -> Self {
+        self.idle_expiry = layer;
+        self
+    }
+
+    /// The retry settings (default: one safe retry).
+    pub fn retry(mut self, layer: RetryOnStaleConnectionLayer) -> Self {
+        self.retry = layer;
+        self
+    }
+
+    /// The rustls configuration for `https://` (default: the process-wide
+    /// [`shared_config`](crate::tls::shared_config)).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Builds the client for request bodies of type `B` (any `Clone` body:
+    /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
+    pub fn build<B>(self) -> Client<B>
+    where
+        B: http_body::Body + Clone + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        #[cfg(feature = "tls")]
+        let transport = match self.tls {
+            Some(config) => crate::tls::SharedTlsLayer::from_config(config).layer(http),
+            None => crate::tls::SharedTlsLayer::new().layer(http),
+        };
+        #[cfg(not(feature = "tls"))]
+        let transport = http;
+        let connector = ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
+            .layer(self.track.layer(transport));
+        let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let stack = self
+            .retry
+            .layer(self.timeouts.layer(self.idle_expiry.layer(pool)));
+        Client {
+            inner: stack,
+            connections: self.track.stats(),
+            expiry: self.idle_expiry.stats(),
+        }
+    }
+}
+
+/// The one-call client: a cloneable `tower::Service<http::Request<B>>`
+/// whose responses carry a [`Body`]. Errors are [`BoxError`]s: a
+/// [`NotRetried`](crate::retry::NotRetried) wrapping the last attempt's
+/// error (a [`phase_timeout::Elapsed`](crate::phase_timeout::Elapsed), a
+/// hyper-util error, …) — use [`find_cause`](crate::find_cause).
+///
+/// Responses also carry the tracker's
+/// [`ConnectionInfo`](crate::track::ConnectionInfo) (via
+/// `ConnectionInfo::of`) and, after a retry, a
+/// [`Retried`](crate::retry::Retried) extension.
+pub struct Client<B: http_body::Body> {
+    inner: Stack<B>,
+    connections: TrackStats,
+    expiry: IdleExpiryStats,
+}
+
+impl<B: http_body::Body> Clone for Client<B> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+            connections: self.connections.clone(),
+            expiry: self.expiry.clone(),
+        }
+    }
+}
+
+impl<B: http_body::Body> std::fmt::Debug for Client<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("connections", &self.connections)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: http_body::Body> Client<B> {
+    /// Connections opened and open now.
+    pub fn connection_stats(&self) -> &TrackStats {
+        &self.connections
+    }
+
+    /// Idle expiry's counters (expired, refused, learned, …).
+    pub fn expiry_stats(&self) -> &IdleExpiryStats {
+        &self.expiry
+    }
+}
+
+impl<B> Service<Request<B>> for Client<B>
+where
+    B: http_body::Body + Clone + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Client`].
+    pub struct ResponseFuture<B>
+    where
+        B: http_body::Body,
+        B: Clone,
+        B: Send,
+        B: Unpin,
+        B: 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        inner: <Stack<B> as Service<Request<B>>>::Future,
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseFuture<B>
+where
+    B: http_body::Body + Clone + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B> Future for ResponseFuture<B>
+where
+    B: http_body::Body + Clone + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(self.project().inner.poll(cx))?;
+        Poll::Ready(Ok(response.map(|inner| Body { inner })))
+    }
+}
+
+pin_project! {
+    /// The response body of [`Client`]: `Bytes` data, [`BoxError`] errors
+    /// (a read-stall or total [`Elapsed`](crate::phase_timeout::Elapsed), or
+    /// the connection's error).
+    #[derive(Debug)]
+    pub struct Body {
+        #[pin]
+        inner: InnerBody,
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
