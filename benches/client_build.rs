@@ -1,7 +1,7 @@
-//! Client construction cost: reqwest's default builder (OS roots loaded per
-//! client), reqwest with webpki roots only, reqwest with a
-//! preconfigured rustls config, hyper-util + SharedTlsConnector (after the
-//! first lazy build of the shared config), hyper-util with no TLS (floor).
+//! Client construction cost: `reqwest::Client::new()` (OS roots loaded per
+//! client), reqwest's builder with the shared rustls config
+//! (`ClientBuilderExt::shared_tls`), hyper-util + SharedTlsConnector (after
+//! the first lazy build of the shared config), hyper-util with no TLS (floor).
 //!
 //! `cargo bench --bench client_build`
 
@@ -13,10 +13,14 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tower_conn_lifecycle::reqwest::ClientBuilderExt;
 use tower_conn_lifecycle::tls::{shared_config, SharedTlsConnector};
 
 fn client_build(c: &mut Criterion) {
-    let config = shared_config();
+    // With this crate's `tls` feature reqwest has rustls but no crypto
+    // provider of its own: `Client::new()` uses the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _config = shared_config();
     let mut group = c.benchmark_group("client_build");
 
     group.bench_function("hyper_util_no_tls", |b| {
@@ -30,29 +34,11 @@ fn client_build(c: &mut Criterion) {
             )
         })
     });
-    group.bench_function("reqwest_webpki_roots_only", |b| {
-        b.iter(|| {
-            black_box(
-                reqwest::Client::builder()
-                    .tls_built_in_native_certs(false)
-                    .build()
-                    .unwrap(),
-            )
-        })
+    group.bench_function("reqwest_shared_tls", |b| {
+        b.iter(|| black_box(reqwest::Client::builder().shared_tls().build().unwrap()))
     });
-    group.bench_function("reqwest_preconfigured_tls", |b| {
-        b.iter(|| {
-            black_box(
-                reqwest::Client::builder()
-                    .use_preconfigured_tls((*config).clone())
-                    .build()
-                    .unwrap(),
-            )
-        })
-    });
-    // With reqwest's `rustls-tls-native-roots` feature (this crate's
-    // dev-dependency), `Client::new()` loads the OS roots: milliseconds per
-    // iteration, so fewer samples.
+    // `Client::new()` loads the OS roots (reqwest's platform verifier):
+    // milliseconds per iteration, so fewer samples.
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
     group.bench_function("reqwest_default", |b| {

@@ -20,6 +20,10 @@
     doc = "* [`tls`] — one lazily built rustls configuration shared by every client in the process;"
 )]
 #![cfg_attr(
+    feature = "reqwest",
+    doc = "* [`reqwest`](mod@reqwest) — the layers with a `reqwest::Client`: `ConnectTimeoutLayer` in its connector, the request-plane layers through an adapter, and what reqwest cannot get;"
+)]
+#![cfg_attr(
     feature = "testing",
     doc = "* [`testing`] — real loopback servers that misbehave on purpose, for your tests."
 )]
@@ -36,7 +40,9 @@
 //! | `tls` | the `tls` module: `SharedTlsConnector` on hyper-rustls (rustls with the `ring` provider, webpki roots; no aws-lc) |
 //! | `native-roots` | `tls`, with the operating system's root certificates in the shared configuration (webpki's as a fallback) |
 //! | `testing` | the `testing` module: misbehaving loopback servers for tests |
-//! | `full` | `tls` and `testing` (not `native-roots`: which roots to trust is a choice, not a capability) |
+//! | `reqwest` | the `reqwest` module: `ReqwestService`, which makes a `reqwest::Client` a tower HTTP service (reqwest with its default features off) |
+//! | `tls` + `reqwest` | `reqwest::ClientBuilderExt` (the shared configuration in reqwest's builder), and reqwest's `rustls-no-provider` backend: ring, no aws-lc; see the `reqwest` module's docs |
+//! | `full` | `tls`, `testing` and `reqwest` (not `native-roots`: which roots to trust is a choice, not a capability) |
 //!
 //! The layers have no feature of their own: they need no dependency beyond
 //! the crate's core (hyper, hyper-util, tokio, tower), and they use each
@@ -154,3 +160,7 @@ pub mod tls;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;

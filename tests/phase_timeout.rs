@@ -297,11 +297,12 @@ async fn blackhole_fails_in_the_connect_phase() {
 async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let hole = Blackhole::start().await.unwrap();
     let connect = Duration::from_millis(300);
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .connector_layer(ConnectTimeoutLayer::new(connect))
-        .build()
-        .unwrap();
+    let client =
+        tower_conn_lifecycle::reqwest::ClientBuilderExt::shared_tls(reqwest::Client::builder())
+            .no_proxy()
+            .connector_layer(ConnectTimeoutLayer::new(connect))
+            .build()
+            .unwrap();
     let start = Instant::now();
     let err = client.get(hole.url()).send().await.unwrap_err();
     let took = start.elapsed();

@@ -62,7 +62,18 @@ impl<C> Layer<C> for ConnectTimeoutLayer {
 }
 
 /// Connector made by [`ConnectTimeoutLayer`]. Its error is [`BoxError`]: the
-/// inner connector's error, or [`Elapsed`].
+/// inner connector's error, or a timeout.
+///
+/// A timeout is a [`std::io::Error`] of kind
+/// [`TimedOut`](std::io::ErrorKind::TimedOut) carrying the [`Elapsed`] (its
+/// [`get_ref()`](std::io::Error::get_ref); its `Display` is the `Elapsed`'s),
+/// the shape hyper-util's `HttpConnector` gives its own connect timeout. Code
+/// that recognises timeouts by that kind keeps working with this layer in
+/// place: `reqwest::Error::is_timeout()` is `true` for it inside
+/// `ClientBuilder::connector_layer`, where a bare `Elapsed` would only count
+/// as a connect error. Find the `Elapsed` with [`Elapsed::find`] (or
+/// [`crate::find_cause`]), which look inside `io::Error`s; a plain
+/// `downcast_ref::<Elapsed>()` on the error does not.
 #[derive(Clone, Debug)]
 pub struct ConnectTimeout<C> {
     inner: C,
@@ -133,8 +144,62 @@ where
                 0,
                 0,
             )
+            .into_timed_out()
             .into()));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use tower::ServiceExt;
+    use tower_test::mock;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_millis(250);
+
+    /// The shape reqwest's `is_timeout()` and hyper-util's own connect
+    /// timeout use: an `io::Error` of kind `TimedOut`, with the `Elapsed`
+    /// inside it.
+    #[tokio::test(start_paused = true)]
+    async fn timeout_is_an_io_timed_out_carrying_elapsed() {
+        let (inner, mut handle) = mock::pair::<&'static str, ()>();
+        let connect = ConnectTimeoutLayer::new(LIMIT)
+            .layer(inner)
+            .oneshot("127.0.0.1:1");
+        let _held = tokio::spawn(async move { handle.next_request().await });
+        let err = connect.await.unwrap_err();
+        let io = err
+            .downcast_ref::<io::Error>()
+            .unwrap_or_else(|| panic!("not an io::Error: {err:?}"));
+        assert_eq!(io.kind(), io::ErrorKind::TimedOut);
+        let inside = io
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<Elapsed>())
+            .expect("the Elapsed is the io::Error's payload");
+        assert_eq!((inside.phase(), inside.limit()), (Phase::Connect, LIMIT));
+        assert_eq!(Elapsed::find(err.as_ref()), Some(inside));
+    }
+
+    /// Only the timeout is wrapped: the connector's own errors pass as they
+    /// are, timed-out kind or not.
+    #[tokio::test(start_paused = true)]
+    async fn connector_errors_are_not_wrapped() {
+        let (inner, mut handle) = mock::pair::<&'static str, ()>();
+        let mut svc = ConnectTimeoutLayer::new(LIMIT).layer(inner);
+        let connect = svc.ready().await.unwrap().call("127.0.0.1:1");
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(io::Error::new(io::ErrorKind::TimedOut, "kernel said so"));
+        let err = connect.await.unwrap_err();
+        let io = err
+            .downcast_ref::<io::Error>()
+            .expect("the connector's error");
+        assert_eq!(io.to_string(), "kernel said so");
+        assert!(io.get_ref().is_some_and(|e| !e.is::<Elapsed>()));
+        assert!(Elapsed::find(err.as_ref()).is_none());
     }
 }

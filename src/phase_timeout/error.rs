@@ -49,11 +49,13 @@ pub(crate) enum Waiting {
 /// A timeout fired in one of the [`Phase`]s of a request.
 ///
 /// Returned, boxed as [`BoxError`](crate::BoxError), by
-/// [`ConnectTimeout`](super::ConnectTimeout), by
 /// [`PhaseTimeout`](super::PhaseTimeout)'s response future and by its
-/// response body ([`ResponseBody`](super::ResponseBody)). Find it with
-/// `err.downcast_ref::<Elapsed>()`; through hyper-util's client (for the
-/// connect phase) or reqwest, use [`Elapsed::find`].
+/// response body ([`ResponseBody`](super::ResponseBody)): find it there with
+/// `err.downcast_ref::<Elapsed>()`. [`ConnectTimeout`](super::ConnectTimeout)
+/// returns it inside an `io::Error` of kind `TimedOut` (so timeout checks
+/// by that kind, such as reqwest's `is_timeout()`, still match), and
+/// hyper-util's client and reqwest wrap errors further: there use
+/// [`Elapsed::find`], which looks through all of these.
 ///
 /// ```
 /// use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase};
@@ -91,6 +93,14 @@ impl Elapsed {
             bytes_sent,
             bytes_received,
         }
+    }
+
+    /// This timeout as an `io::Error` of kind `TimedOut` that carries it: how
+    /// [`ConnectTimeout`](super::ConnectTimeout) reports it, so that code
+    /// recognising connect timeouts by that kind (reqwest's `is_timeout()`,
+    /// hyper-util's own `HttpConnector` timeout) still does.
+    pub(crate) fn into_timed_out(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, self)
     }
 
     /// The first `Elapsed` in `err` or its [`source()`](std::error::Error::source)

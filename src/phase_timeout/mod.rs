@@ -91,7 +91,11 @@
 //!   comes from request-body frames (see above); [`ConnectTimeoutLayer`] wraps
 //!   whatever makes their connections.
 //! * **reqwest**: [`ConnectTimeoutLayer`] goes into
-//!   `ClientBuilder::connector_layer` (see `examples/reqwest.rs`).
+//!   `ClientBuilder::connector_layer` (its timeout stays
+//!   `reqwest::Error::is_timeout()`); [`PhaseTimeoutLayer`] wraps the client
+//!   through the `reqwest` module's `ReqwestService` (feature `reqwest`),
+//!   with progress from request-body frames. See that module's docs and
+//!   `examples/reqwest.rs`.
 //!
 //! # Example
 //!

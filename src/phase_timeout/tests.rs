@@ -372,7 +372,8 @@ async fn zero_connect_fails_untried_even_when_ready() {
         let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
             panic!("a zero connect limit fails at the first poll (ready={ready})");
         };
-        let e = elapsed(&err);
+        // ConnectTimeout's Elapsed sits inside an io::Error of kind TimedOut.
+        let e = Elapsed::find(err.as_ref()).expect("an Elapsed inside the io::Error");
         assert_eq!(e.phase(), Phase::Connect);
         assert_eq!((e.limit(), e.elapsed()), (Duration::ZERO, Duration::ZERO));
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -509,7 +510,7 @@ async fn connect_timeout_names_its_phase() {
     let fut = svc.ready().await.unwrap().call("127.0.0.1:1");
     let _held = tokio::spawn(async move { handle.next_request().await });
     let err = fut.await.unwrap_err();
-    let e = elapsed(&err);
+    let e = Elapsed::find(err.as_ref()).expect("an Elapsed inside the io::Error");
     assert_eq!(e.phase(), Phase::Connect);
     assert_eq!(start.elapsed(), ms(250));
     assert_eq!(

@@ -348,6 +348,9 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
             seen.connect |= client.is_connect();
         } else if let Some(io) = e.downcast_ref::<io::Error>() {
             match io.kind() {
+                // `ConnectTimeout`'s own shape: the `Elapsed` inside (next in
+                // the chain) says which phase.
+                io::ErrorKind::TimedOut if io.get_ref().is_some_and(|e| e.is::<Elapsed>()) => {}
                 io::ErrorKind::TimedOut => seen.timeout = true,
                 io::ErrorKind::ConnectionReset
                 | io::ErrorKind::ConnectionAborted
@@ -536,7 +539,7 @@ mod tests {
             .oneshot(Request::new(http_body_util::Empty::new()))
             .await
             .unwrap_err();
-        let get = |e: &BoxError| e.downcast_ref::<Elapsed>().cloned().unwrap();
+        let get = |e: &BoxError| Elapsed::find(e.as_ref()).cloned().unwrap();
         (get(&connect), get(&total))
     }
 
@@ -588,6 +591,12 @@ mod tests {
                 Signal::NotWritten,
             ),
             (boxed(Wrap(boxed(expired))), Signal::NotWritten),
+            // ConnectTimeout's shape: an io::Error of kind TimedOut around
+            // the Elapsed, which decides (a connect timeout, not any timeout).
+            (
+                boxed(Wrap(boxed(connect.clone().into_timed_out()))),
+                Signal::ConnectTimeout,
+            ),
             (boxed(Wrap(boxed(connect))), Signal::ConnectTimeout),
             (boxed(total.clone()), Signal::Timeout),
             (boxed(Wrap(boxed(total.clone()))), Signal::Timeout),

@@ -51,9 +51,9 @@
 //!
 //! It serves hyper-util's legacy `Client` directly, and the composable
 //! pools as the connector under their HTTP handshake service. reqwest cannot
-//! take it (its TLS is internal); give reqwest
-//! `use_preconfigured_tls((*shared_config()).clone())` instead to skip its
-//! per-client root loading.
+//! take it (its TLS is internal); with the `reqwest` feature, give reqwest's
+//! builder the shared configuration instead (`ClientBuilderExt::shared_tls`
+//! in the `reqwest` module) to skip its per-client root loading.
 //!
 //! # Example
 //!

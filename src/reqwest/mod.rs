@@ -1,0 +1,124 @@
+//! This crate's layers with [reqwest](https://docs.rs/reqwest): what fits,
+//! where, and what does not.
+//!
+//! reqwest runs hyper-util's legacy client inside, but seals it: a
+//! `connector_layer` service must return reqwest's own connection type, and
+//! the IO inside it cannot be wrapped or replaced. So a reqwest client gets
+//! three things from this crate:
+//!
+//! 1. **[`ConnectTimeoutLayer`](crate::phase_timeout::ConnectTimeoutLayer)
+//!    in `ClientBuilder::connector_layer`**: a connect deadline (TCP, proxy
+//!    and TLS handshake) separate from the request's. Its timeout is an
+//!    `io::Error` of kind `TimedOut` carrying an
+//!    [`Elapsed`](crate::phase_timeout::Elapsed), so
+//!    `reqwest::Error::is_timeout()` (and `is_connect()`) stay `true` and
+//!    [`Elapsed::find`](crate::phase_timeout::Elapsed::find) names the phase.
+//! 2. **The shared rustls configuration**
+//!    ([`ClientBuilderExt::shared_tls`], with the `tls` feature): building a
+//!    client loads no certificates, and every client resumes the others'
+//!    TLS sessions.
+//! 3. **Request-plane layers through [`ReqwestService`]**, which makes a
+//!    `reqwest::Client` a `tower::Service<http::Request<B>>`:
+//!    [`PhaseTimeoutLayer`](crate::phase_timeout::PhaseTimeoutLayer) works
+//!    over it in body-progress mode (see below).
+//!
+//! # What reqwest users cannot get
+//!
+//! Because the connection IO is sealed, neither the connection tracker
+//! ([`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer)) nor
+//! anything built on it can see reqwest's connections:
+//!
+//! * **No [`IdleExpiry`](crate::idle_expiry)**: nothing can refuse or close
+//!   a pooled reqwest connection that is about to go stale, learn
+//!   `Keep-Alive: timeout=N`, or learn a server's idle timeout. Instead set
+//!   reqwest's `pool_idle_timeout` below the server's idle timeout (it costs
+//!   the reuse of connections idle for longer), and put
+//!   [`RetryOnStaleConnectionLayer`](crate::retry::RetryOnStaleConnectionLayer)
+//!   over [`ReqwestService`], where it decides from error chains alone (see
+//!   [its docs](crate::retry#without-the-tracker)): a request that failed on
+//!   a closed connection before a complete response head is retried only if
+//!   it is idempotent or carries an `Idempotency-Key`, since without the
+//!   tracker it cannot know whether the connection was reused or whether
+//!   anything was written; a POST without a key is never retried.
+//! * **No [`ConnectionInfo`](crate::track::ConnectionInfo)** and no socket
+//!   byte counts: reqwest also drops request extensions before they reach
+//!   hyper, so hyper-util's connection capture stays empty.
+//! * **PhaseTimeout measures body frames, not the socket.** Upload progress
+//!   is request-body frames pulled by the connection, and the upload counts
+//!   as finished when its last frame was pulled (hyper may still be writing
+//!   its buffer). A request **without a body** never shows when it got its
+//!   connection, so its `send` and `read` (response-head) limits cannot
+//!   start: bound it with `total` (or a
+//!   [`PhaseOverride`](crate::phase_timeout::PhaseOverride)). The body stall
+//!   limit and `total` work as everywhere.
+//!
+//! reqwest's own `timeout`, `read_timeout` and `connect_timeout` can stay
+//! set alongside; they fail with reqwest's unnamed timeout error.
+//!
+//! # Features
+//!
+//! This module needs the `reqwest` feature, which adds reqwest with its
+//! default features off (no TLS, no system proxy lookup, no charset
+//! decoding; `http2` on). With the `tls` feature as well, it turns on
+//! reqwest's `rustls-no-provider` backend: rustls with no built-in crypto
+//! provider, so no aws-lc C build; the shared configuration brings `ring`.
+//! A reqwest client that builds its **own** TLS configuration then needs a
+//! process-wide provider, and reqwest's `build()` panics without one:
+//! give every builder [`shared_tls`](ClientBuilderExt::shared_tls) or
+//! [`tls_config`](ClientBuilderExt::tls_config), or install `ring` once with
+//! `rustls::crypto::ring::default_provider().install_default()`. (If your
+//! own reqwest dependency keeps its default `rustls` feature, aws-lc is its
+//! provider and nothing changes.)
+#![cfg_attr(
+    feature = "tls",
+    doc = r#"
+# Example
+
+```no_run
+use std::time::Duration;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer};
+use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
+
+# async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
+let client = reqwest::Client::builder()
+    .shared_tls()
+    .connector_layer(ConnectTimeoutLayer::new(Duration::from_secs(1)))
+    .pool_idle_timeout(Duration::from_secs(30))
+    .build()?;
+
+// reqwest's own API: a connect timeout is still `is_timeout()`.
+match client.get("https://example.com/").send().await {
+    Err(err) if err.is_timeout() => match Elapsed::find(&err) {
+        Some(e) => eprintln!("{} phase timed out", e.phase()),
+        None => eprintln!("reqwest's own timeout"),
+    },
+    other => println!("{:?}", other.map(|res| res.status())),
+}
+
+// The tower API, with separate send and read limits for uploads.
+let svc = ServiceBuilder::new()
+    .layer(PhaseTimeoutLayer::new().send(Duration::from_secs(2)).read(Duration::from_secs(10)))
+    .service(ReqwestService::new(client));
+let req = http::Request::post("https://example.com/upload")
+    .body(Full::new(Bytes::from(vec![0u8; 10 << 20])))?;
+let res = svc.oneshot(req).await?;
+println!("{} {:?}", res.status(), res.into_body().collect().await?.to_bytes());
+# Ok(())
+# }
+```
+"#
+)]
+
+pub mod future;
+mod service;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use future::ResponseFuture;
+pub use service::ReqwestService;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::ClientBuilderExt;

@@ -1,0 +1,503 @@
+//! This crate's layers with reqwest, against real loopback servers: the
+//! connect timeout inside `connector_layer` (still `is_timeout()`), the
+//! request-plane layers through `ReqwestService`, and the shared TLS
+//! configuration in reqwest's builder.
+//!
+//! These tests run on the real clock (reqwest and real sockets). Each timing
+//! assertion allows a named, generous slack; nothing asserts on speed.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tower::{Layer, ServiceExt};
+use tower_conn_lifecycle::find_cause;
+use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer};
+use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
+use tower_conn_lifecycle::testing::{
+    Blackhole, HyperServer, SilentServer, StalledBodyServer, StopReadingServer,
+};
+use tower_conn_lifecycle::tls::config_with_roots;
+
+/// How late a timeout may fire on a loaded 2-core CI machine (reqwest adds
+/// a task hop or two over hyper-util's client).
+const SLACK: Duration = Duration::from_millis(500);
+
+/// A bound on anything that should take milliseconds, so a broken test
+/// fails instead of hanging.
+const HANG: Duration = Duration::from_secs(20);
+
+const KIB: usize = 1 << 10;
+const MB: usize = 1 << 20;
+
+/// reqwest's builder as every test here starts it: no system proxy, and the
+/// shared TLS configuration (with this crate's `tls` feature reqwest has no
+/// crypto provider of its own; see the `reqwest` module docs).
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().no_proxy().shared_tls()
+}
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(HANG, f).await.expect("the test hung")
+}
+
+// ------------------------------------------------------------ connect phase
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_in_connector_layer_is_a_reqwest_timeout() {
+    const CONNECT: Duration = Duration::from_millis(300);
+    let hole = Blackhole::start().await.unwrap();
+    let client = builder()
+        .connector_layer(ConnectTimeoutLayer::new(CONNECT))
+        .build()
+        .unwrap();
+
+    let start = Instant::now();
+    let err = bounded(client.get(hole.url()).send()).await.unwrap_err();
+    let took = start.elapsed();
+
+    // What reqwest users already check keeps matching.
+    assert!(err.is_timeout(), "is_timeout() false for {err:?}");
+    assert!(err.is_connect(), "is_connect() false for {err:?}");
+    // And the phase is named.
+    let e = Elapsed::find(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    assert_eq!((e.phase(), e.limit()), (Phase::Connect, CONNECT));
+    let io = find_cause::<io::Error>(&err).expect("an io::Error in the chain");
+    assert_eq!(io.kind(), io::ErrorKind::TimedOut);
+    assert!(took >= CONNECT && took <= CONNECT + SLACK, "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_in_connector_layer_lets_connects_through() {
+    let server = HyperServer::start().await.unwrap();
+    let client = builder()
+        .connector_layer(ConnectTimeoutLayer::new(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let res = bounded(client.post(server.url()).body("hello").send())
+            .await
+            .unwrap();
+        assert_eq!(res.text().await.unwrap(), "5");
+    }
+    // reqwest's pool still reuses the connection made through the layer.
+    assert_eq!((server.connections(), server.requests()), (1, 2));
+}
+
+// ------------------------------------------------------------- the adapter
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_converts_requests_and_responses() {
+    let server = HyperServer::start().await.unwrap();
+    let svc = ReqwestService::new(builder().build().unwrap());
+
+    let req = Request::post(server.url())
+        .header("x-probe", "1")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let res = bounded(svc.clone().oneshot(req)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), Version::HTTP_11);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "5");
+
+    let req = Request::get(server.url())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = bounded(svc.clone().oneshot(req)).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "0");
+    assert_eq!((server.requests(), server.bytes_read()), (2, 5));
+    // The clone shares the client's pool.
+    assert_eq!(server.connections(), 1);
+
+    // reqwest refuses a relative URI; nothing is sent.
+    let req = Request::get("/relative")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    assert!(err.is_builder(), "{err:?}");
+    assert_eq!(server.requests(), 2);
+}
+
+/// A request body of `chunks` pieces of `chunk` bytes that records when the
+/// connection last pulled a frame: the progress the adapter exposes.
+struct RecordedBody {
+    chunk: Bytes,
+    left: usize,
+    last_pull: Arc<Mutex<Option<Instant>>>,
+}
+
+impl RecordedBody {
+    fn new(chunk: usize, chunks: usize) -> (Self, Arc<Mutex<Option<Instant>>>) {
+        let last_pull = Arc::new(Mutex::new(None));
+        let body = RecordedBody {
+            chunk: Bytes::from(vec![b'u'; chunk]),
+            left: chunks,
+            last_pull: Arc::clone(&last_pull),
+        };
+        (body, last_pull)
+    }
+}
+
+impl Body for RecordedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        *self.last_pull.lock().unwrap() = Some(Instant::now());
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact((self.chunk.len() * self.left) as u64)
+    }
+}
+
+fn last_pull(at: &Mutex<Option<Instant>>) -> Instant {
+    at.lock().unwrap().expect("the body was pulled")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_stall_through_reqwest_fails_in_the_send_phase() {
+    const SEND: Duration = Duration::from_millis(500);
+    // 64 MiB: far more than the loopback socket buffers hold, so the upload
+    // stalls for good once the server stops reading after 1 MiB.
+    let (chunk, chunks) = (64 * KIB, 1024);
+    let server = StopReadingServer::start(MB as u64).await.unwrap();
+    let svc = PhaseTimeoutLayer::new()
+        .send(SEND)
+        .read(Duration::from_secs(30))
+        .layer(ReqwestService::new(builder().build().unwrap()));
+
+    let (body, pulled) = RecordedBody::new(chunk, chunks);
+    let req = Request::post(server.url()).body(body).unwrap();
+    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    let failed_at = Instant::now();
+
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    assert_eq!(e.phase(), Phase::Send, "{err}");
+    let total = (chunk * chunks) as u64;
+    assert!(e.bytes_sent() > 0 && e.bytes_sent() < total, "{e:?}");
+    // Fired one limit after the last progress reqwest showed, not later.
+    let after = failed_at.saturating_duration_since(last_pull(&pulled));
+    assert!(
+        after >= SEND && after <= SEND + SLACK,
+        "{after:?} after the last pull"
+    );
+    assert!(e.elapsed() >= SEND && e.elapsed() <= SEND + SLACK, "{e:?}");
+    // The server really stopped reading early, on the one request.
+    assert!(server.bytes_read() <= MB as u64);
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_clock_through_reqwest_starts_when_the_body_is_sent() {
+    const READ: Duration = Duration::from_millis(400);
+    let server = SilentServer::start().await.unwrap();
+    let svc = PhaseTimeoutLayer::new()
+        .send(Duration::from_secs(30))
+        .read(READ)
+        .layer(ReqwestService::new(builder().build().unwrap()));
+
+    let (body, pulled) = RecordedBody::new(KIB, 4);
+    let req = Request::post(server.url()).body(body).unwrap();
+    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    let failed_at = Instant::now();
+
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    assert_eq!(e.phase(), Phase::Read, "{err}");
+    assert_eq!(e.bytes_sent(), 4 * KIB as u64);
+    let after = failed_at.saturating_duration_since(last_pull(&pulled));
+    assert!(
+        after >= READ && after <= READ + SLACK,
+        "{after:?} after the last pull"
+    );
+    assert_eq!(
+        (server.requests(), server.bytes_read()),
+        (1, 4 * KIB as u64)
+    );
+}
+
+/// A request without a body never shows reqwest's connection, so `send`
+/// and `read` cannot start (see the module docs); `total` bounds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_bounds_a_bodyless_request_through_reqwest() {
+    const TOTAL: Duration = Duration::from_millis(400);
+    let server = SilentServer::start().await.unwrap();
+    let svc = PhaseTimeoutLayer::new()
+        .read(Duration::from_millis(100))
+        .total(TOTAL)
+        .layer(ReqwestService::new(builder().build().unwrap()));
+
+    let start = Instant::now();
+    let req = Request::get(server.url())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    let took = start.elapsed();
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    assert_eq!(e.phase(), Phase::Total, "{err}");
+    assert!(took >= TOTAL && took <= TOTAL + SLACK, "{took:?}");
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_stall_through_reqwest_fails_from_the_body() {
+    const STALL: Duration = Duration::from_millis(400);
+    let server = StalledBodyServer::builder()
+        .first_bytes(10)
+        .start()
+        .await
+        .unwrap();
+    let svc = PhaseTimeoutLayer::new()
+        .read(STALL)
+        .layer(ReqwestService::new(builder().build().unwrap()));
+
+    let req = Request::get(server.url())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = bounded(svc.oneshot(req)).await.unwrap();
+    let mut body = res.into_body();
+    let mut received = 0;
+    let err = loop {
+        match bounded(body.frame()).await {
+            Some(Ok(frame)) => received += frame.into_data().map_or(0, |d| d.len()),
+            Some(Err(err)) => break err,
+            None => panic!("the stalled body ended"),
+        }
+    };
+    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    assert_eq!(e.phase(), Phase::Read, "{err}");
+    assert_eq!((received, e.bytes_received()), (10, 10));
+    assert!(
+        e.elapsed() >= STALL && e.elapsed() <= STALL + SLACK,
+        "{e:?}"
+    );
+    assert_eq!(server.requests(), 1);
+}
+
+// ----------------------------------------------- stale connections (retry)
+//
+// PLACE FOR THE LEAD: "a retried stale GET through reqwest".
+//
+// To be added now that `RetryOnStaleConnection` (src/retry/) has landed:
+// an `IdleClosingServer` with a short idle timeout, one `reqwest::Client`
+// whose `pool_idle_timeout` is left above that idle (so its pool hands out
+// the connection the server is closing), wrapped as
+//     ServiceBuilder::new()
+//         .layer(RetryOnStaleConnectionLayer::new())   // error-chain mode
+//         .layer(PhaseTimeoutLayer::new()..)
+//         .service(ReqwestService::new(client))
+// with `Full<Bytes>` bodies (`B: Clone`; `ReqwestService` hands reqwest a
+// streaming body, so reqwest itself never replays it), and GETs sent just
+// at the server's idle deadline (the seed workload's gaps). Assert: zero
+// errors seen by the caller, at least one response with the `Retried`
+// extension, the server counted each GET once per success plus the failed
+// attempts, and a POST without `Idempotency-Key` in the same race is never
+// retried (server-side POST count == client successes + errors refused
+// with `NotRetried`).
+
+// ------------------------------------------------------------------- TLS
+
+/// A test CA and a `localhost` leaf it signed.
+struct Pki {
+    roots: RootCertStore,
+    leaf: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "reqwest test ca");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        Pki {
+            roots,
+            leaf: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+}
+
+/// A TLS server on 127.0.0.1 (ALPN `h2` and `http/1.1`, hyper-util's auto
+/// server) that reports each handshake's kind and answers with the HTTP
+/// version it served.
+struct TlsServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    handshakes: mpsc::UnboundedReceiver<Result<Option<HandshakeKind>, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsServer {
+    async fn start(pki: &Pki) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(pki.leaf.clone(), pki.key.clone_key())
+                .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (tx, handshakes) = mpsc::unbounded_channel();
+        let counter = Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counter, tx) = (acceptor.clone(), counter.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(tls.get_ref().1.handshake_kind()));
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let body = Full::new(Bytes::from(format!("{:?}", req.version())));
+                        async move { Ok::<_, Infallible>(Response::new(body)) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        TlsServer {
+            addr,
+            requests,
+            handshakes,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}/", self.addr.port())
+    }
+
+    async fn next_handshake(&mut self) -> Result<Option<HandshakeKind>, String> {
+        bounded(self.handshakes.recv())
+            .await
+            .expect("server stopped")
+    }
+}
+
+/// A reqwest client for `server` (its name pinned to the loopback address).
+fn tls_client(config: &ClientConfig, server: &TlsServer) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .resolve("localhost", server.addr)
+        .tls_config(config)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preconfigured_tls_config_is_what_reqwest_uses() {
+    let pki = Pki::new();
+    let mut server = TlsServer::start(&pki).await;
+    // Built once, like the shared configuration; every client clones it.
+    let config = config_with_roots(pki.roots.clone());
+
+    let first = tls_client(&config, &server);
+    let res = bounded(first.get(server.url()).send()).await.unwrap();
+    // The configuration's ALPN (`h2` first) reached the server.
+    assert_eq!(res.version(), Version::HTTP_2);
+    assert_eq!(res.text().await.unwrap(), "HTTP/2.0");
+    assert_eq!(server.next_handshake().await, Ok(Some(HandshakeKind::Full)));
+
+    // A second client built from the same configuration shares its session
+    // cache: its first connection resumes the first client's session.
+    let second = tls_client(&config, &server);
+    let res = bounded(second.get(server.url()).send()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        server.next_handshake().await,
+        Ok(Some(HandshakeKind::Resumed))
+    );
+
+    // The process-wide configuration does not trust the test CA: the same
+    // request fails the certificate check, so the roots above were used.
+    let shared = reqwest::Client::builder()
+        .no_proxy()
+        .resolve("localhost", server.addr)
+        .shared_tls()
+        .build()
+        .unwrap();
+    let err = bounded(shared.get(server.url()).send()).await.unwrap_err();
+    let tls = find_cause::<rustls::Error>(&err).unwrap_or_else(|| panic!("{err:?}"));
+    assert!(
+        matches!(tls, rustls::Error::InvalidCertificate(_)),
+        "{tls:?}"
+    );
+    assert!(server.next_handshake().await.is_err());
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn shared_tls_builds_clients_from_one_configuration() {
+    for _ in 0..3 {
+        builder().build().unwrap();
+    }
+    assert_eq!(tower_conn_lifecycle::tls::shared_config_build_count(), 1);
+    // reqwest rejects anything but a `rustls::ClientConfig` by value at
+    // `build()`; the extension trait passes exactly that.
+    let err = reqwest::Client::builder()
+        .tls_backend_preconfigured(tower_conn_lifecycle::tls::shared_config())
+        .build()
+        .unwrap_err();
+    assert!(err.is_builder(), "{err:?}");
+}
