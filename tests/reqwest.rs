@@ -309,24 +309,54 @@ async fn body_stall_through_reqwest_fails_from_the_body() {
 
 // ----------------------------------------------- stale connections (retry)
 //
-// PLACE FOR THE LEAD: "a retried stale GET through reqwest".
-//
-// To be added now that `RetryOnStaleConnection` (src/retry/) has landed:
-// an `IdleClosingServer` with a short idle timeout, one `reqwest::Client`
-// whose `pool_idle_timeout` is left above that idle (so its pool hands out
-// the connection the server is closing), wrapped as
-//     ServiceBuilder::new()
-//         .layer(RetryOnStaleConnectionLayer::new())   // error-chain mode
-//         .layer(PhaseTimeoutLayer::new()..)
-//         .service(ReqwestService::new(client))
-// with `Full<Bytes>` bodies (`B: Clone`; `ReqwestService` hands reqwest a
-// streaming body, so reqwest itself never replays it), and GETs sent just
-// at the server's idle deadline (the seed workload's gaps). Assert: zero
-// errors seen by the caller, at least one response with the `Retried`
-// extension, the server counted each GET once per success plus the failed
-// attempts, and a POST without `Idempotency-Key` in the same race is never
-// retried (server-side POST count == client successes + errors refused
-// with `NotRetried`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_get_through_reqwest_is_retried_and_post_is_not() {
+    use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryOnStaleConnectionLayer, Rule};
+    use tower_conn_lifecycle::testing::{IdleClosingServer, SeedWorkload};
+
+    // reqwest's pool keeps connections for 90 s; the server closes them
+    // after 200 ms; every request comes right at that moment.
+    let idle = Duration::from_millis(200);
+    for method in [http::Method::GET, http::Method::POST] {
+        let server = IdleClosingServer::start(idle).await.unwrap();
+        let plan = SeedWorkload::new(idle)
+            .tasks(5)
+            .requests(40)
+            .method(method.clone());
+        let report = plan
+            .run(&server.url(), |_| {
+                tower::ServiceBuilder::new()
+                    .layer(RetryOnStaleConnectionLayer::new())
+                    .layer(PhaseTimeoutLayer::new().total(Duration::from_secs(10)))
+                    .service(ReqwestService::new(builder().build().unwrap()))
+            })
+            .await;
+        let retried = report
+            .samples()
+            .iter()
+            .filter(|s| {
+                s.outcome()
+                    .is_ok_and(|r| r.extensions().get::<Retried>().is_some())
+            })
+            .count();
+        if method == http::Method::GET {
+            assert_eq!(report.errors(), 0, "{:?}", report.error_chains());
+            assert!(retried > 0, "the race never happened: no retry recorded");
+            assert_eq!(server.requests_by_method(&method), 200);
+        } else {
+            // Without the tracker a POST without a key is never retried:
+            // every failure names that rule, and nothing was duplicated.
+            assert_eq!(retried, 0);
+            for s in report.samples() {
+                if let Err(e) = s.outcome() {
+                    let refused = NotRetried::find(e.as_ref()).unwrap_or_else(|| panic!("{e}"));
+                    assert_eq!(refused.rule(), Rule::NotIdempotent, "{e}");
+                }
+            }
+            assert_eq!(server.posts() as usize, report.successes());
+        }
+    }
+}
 
 // ------------------------------------------------------------------- TLS
 

@@ -1,7 +1,8 @@
 //! An HTTP/1 client built from hyper-util's composable pool
 //! (`client::pool::cache`), hyper's `client::conn::http1` handshake, the
 //! tracker and IdleExpiry's per-connection service. Shared by
-//! `tests/idle_expiry.rs` and `examples/composable_pool.rs`.
+//! `tests/idle_expiry.rs`, `tests/full_stack.rs` and `examples/composable_pool.rs`.
+#![allow(dead_code)] // each includer uses part of it
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +24,32 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 /// How many pooled connections one request may find expired or closed
 /// before it gives up (each costs nothing: no byte was written on them).
 const CHECKOUTS: usize = 8;
+
+/// [`client`] with `checkouts` attempts to find a usable pooled
+/// connection; with 1, an expired connection's refusal is the request's
+/// error (for a retry layer above to handle).
+pub fn client_with_checkouts(
+    layer: IdleExpiryLayer,
+    track: TrackConnectionsLayer,
+    checkouts: usize,
+) -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = Response,
+    Error = BoxError,
+    Future = BoxFuture<Response>,
+> + Clone
+       + Send
+       + 'static {
+    PoolClient {
+        cache: cache::builder()
+            .executor(hyper_util::rt::TokioExecutor::new())
+            .build(Connect {
+                tcp: track.layer(HttpConnector::new()),
+                layer,
+            }),
+        checkouts,
+    }
+}
 
 /// Makes one tracked HTTP/1 connection and wraps it with IdleExpiry.
 #[derive(Clone)]
@@ -77,6 +104,7 @@ pub fn client(
         cache: cache::builder()
             .executor(hyper_util::rt::TokioExecutor::new())
             .build(connect),
+        checkouts: CHECKOUTS,
     }
 }
 
@@ -84,6 +112,7 @@ pub fn client(
 #[derive(Clone)]
 pub struct PoolClient<C> {
     cache: C,
+    checkouts: usize,
 }
 
 impl<C, S> Service<http::Request<Full<Bytes>>> for PoolClient<C>
@@ -103,10 +132,11 @@ where
 
     fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
         let mut cache = self.cache.clone();
+        let checkouts = self.checkouts.max(1);
         Box::pin(async move {
             let target = req.uri().clone();
             let mut last = None;
-            for _ in 0..CHECKOUTS {
+            for _ in 0..checkouts {
                 let mut conn = cache.ready().await?.call(target.clone()).await?;
                 match conn.ready().await {
                     Ok(_) => return conn.call(req).await,

@@ -1,0 +1,171 @@
+//! The whole stack as users meet it (`tower_conn_lifecycle::client`) against
+//! the testing kit's servers on 127.0.0.1: the seed race for GET and POST,
+//! a server that resets connections at random points, uploads, and
+//! IdleExpiry + Retry together on a composable pool.
+
+#[path = "common/composable.rs"]
+mod composable;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::client;
+use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
+use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryOnStaleConnectionLayer, RetryReason};
+use tower_conn_lifecycle::testing::{
+    IdleClosingServer, ResetServer, SeedWorkload, StopReadingServer, ThrottledReader,
+};
+use tower_conn_lifecycle::track::TrackConnectionsLayer;
+use tower_conn_lifecycle::{find_cause, BoxError};
+
+const IDLE: Duration = Duration::from_millis(200);
+
+fn layered(expiry: Duration) -> client::Builder {
+    client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .idle_expiry(IdleExpiryLayer::new(expiry))
+        .timeouts(
+            PhaseTimeoutLayer::new()
+                .send(Duration::from_secs(5))
+                .read(Duration::from_secs(10)),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_race_get_and_post_through_the_whole_stack() {
+    for (expiry, label) in [
+        (Duration::from_millis(120), "configured"),
+        (Duration::from_secs(90), "90 s: learned + retries"),
+    ] {
+        for method in [Method::GET, Method::POST] {
+            let server = IdleClosingServer::start(IDLE).await.unwrap();
+            let builder = layered(expiry);
+            let report = SeedWorkload::new(IDLE)
+                .requests(40)
+                .method(method.clone())
+                .run(&server.url(), |_| builder.clone().build::<Full<Bytes>>())
+                .await;
+            let chains = report.error_chains();
+            if method == Method::GET {
+                assert_eq!(report.errors(), 0, "{label} GET: {chains:?}");
+                assert_eq!(server.requests_by_method(&Method::GET), 400);
+            } else {
+                // Never a duplicated POST; a POST that failed says why.
+                assert_eq!(server.posts() as usize, report.successes(), "{label}");
+                for s in report.samples() {
+                    if let Err(e) = s.outcome() {
+                        assert!(NotRetried::find(e.as_ref()).is_some(), "{label}: {e}");
+                    }
+                }
+                if label == "configured" {
+                    assert_eq!(report.errors(), 0, "{label} POST: {chains:?}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_resets_never_duplicate_a_post_and_every_error_is_typed() {
+    // Resets chosen pseudo-randomly by (connection, request): some before
+    // the request arrives, on fresh and reused connections alike.
+    let server = ResetServer::builder()
+        .fault_on(|conn, req| (conn * 7 + req * 13) % 5 == 0)
+        .reset_after_bytes(1)
+        .start()
+        .await
+        .unwrap();
+    let builder = layered(Duration::from_secs(90));
+    for method in [Method::GET, Method::POST] {
+        let before = server.responses();
+        let report = SeedWorkload::new(Duration::from_millis(10))
+            .tasks(4)
+            .requests(25)
+            .gaps(0.5, 1.0)
+            .method(method.clone())
+            .run(&server.url(), |_| builder.clone().build::<Full<Bytes>>())
+            .await;
+        // Every answered request is a success the client saw: nothing
+        // processed twice, nothing processed and reported failed.
+        assert_eq!(
+            (server.responses() - before) as usize,
+            report.successes(),
+            "{method}"
+        );
+        for s in report.samples() {
+            if let Err(e) = s.outcome() {
+                assert!(
+                    NotRetried::find(e.as_ref()).is_some(),
+                    "{method}: untyped {e}"
+                );
+            }
+        }
+        if method == Method::GET {
+            assert!(report.successes() > 50, "{:?}", report.error_chains());
+        }
+    }
+    assert!(server.resets() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_through_the_whole_stack() {
+    let client = layered(Duration::from_secs(90))
+        .timeouts(PhaseTimeoutLayer::new().send(Duration::from_millis(500)))
+        .build::<Full<Bytes>>();
+    // A 20 MB upload that keeps moving (4 MB/s) outlives a 500 ms send limit.
+    let slow = ThrottledReader::start(4 << 20).await.unwrap();
+    let body = Full::new(Bytes::from(vec![b'u'; 20 << 20]));
+    let req = http::Request::post(slow.url()).body(body).unwrap();
+    let res = client.clone().oneshot(req).await.unwrap();
+    let n = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(n, (20u64 << 20).to_string());
+    assert_eq!(slow.bytes_read(), 20 << 20);
+    // A server that stops reading: a typed send timeout, never retried.
+    let stop = StopReadingServer::start(1 << 20).await.unwrap();
+    let body = Full::new(Bytes::from(vec![b'u'; 50 << 20]));
+    let req = http::Request::post(stop.url()).body(body).unwrap();
+    let err: BoxError = client.oneshot(req).await.unwrap_err();
+    let elapsed = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(elapsed.phase(), Phase::Send);
+    assert_eq!(stop.connections(), 1, "a timeout is never retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_expiry_refusal_is_retried_and_the_server_sees_no_byte_of_it() {
+    let server = IdleClosingServer::start(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let layer = IdleExpiryLayer::new(Duration::from_millis(50)).learn(false);
+    // One checkout per attempt: an expired connection's refusal reaches Retry.
+    let pool = composable::client_with_checkouts(layer.clone(), TrackConnectionsLayer::new(), 1);
+    let client = ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .service(pool);
+    let post = || {
+        http::Request::post(server.url())
+            .body(Full::new(Bytes::from_static(b"once")))
+            .unwrap()
+    };
+    let res = client.clone().oneshot(post()).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    // The pooled connection sits idle past its expiry, but stays in the
+    // pool (claimed by nothing): its checkout is refused before any byte.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let res = client.clone().oneshot(post()).await.unwrap();
+    let retried = res
+        .extensions()
+        .get::<Retried>()
+        .expect("the refused attempt was retried");
+    assert_eq!(retried.count(), 1);
+    assert_eq!(retried.reasons(), &[RetryReason::NothingWritten]);
+    res.into_body().collect().await.unwrap();
+    // Server side: two POSTs, each processed once, on two connections; the
+    // refused attempt never reached it.
+    assert_eq!(server.posts(), 2);
+    assert_eq!(server.requests(), 2);
+    assert_eq!(server.connections(), 2);
+}
