@@ -6,6 +6,10 @@
 //! with one `.layer()` line around hyper-util's client (or any tower HTTP
 //! service):
 //!
+//! * [`client`] — all of it in one call: hyper-util's client with every
+//!   layer below in the right order;
+//! * [`retry`] — retry a request that died on a stale connection only when
+//!   that is provably safe; never duplicate a POST;
 //! * [`idle_expiry`] — never write a request on a keep-alive connection the
 //!   server is about to close: configured, announced (`Keep-Alive:
 //!   timeout=N`) or learned from the server's own idle closes;
@@ -56,11 +60,12 @@
 //! ```text
 //!  request plane: Service<http::Request<B>>      connection plane: Service<Uri>
 //!  ┌────────────────────────────────────┐        ┌──────────────────────────────┐
-//!  │ PhaseTimeout (send / read / total) │        │ ConnectTimeout               │
-//!  │  IdleExpiry (hints, learning)      │ client │  TrackConnections            │
-//!  │   hyper_util::client::legacy::Client├──uses─▶│   SharedTlsConnector         │
-//!  └────────────────────────────────────┘        │    HttpConnector (TCP)       │
-//!                  ▲                             └──────────────────────────────┘
+//!  │ RetryOnStaleConnection             │        │ ConnectTimeout               │
+//!  │  PhaseTimeout (send / read / total)│        │  TrackConnections            │
+//!  │   IdleExpiry (hints, learning)     │ client │   SharedTlsConnector         │
+//!  │    hyper_util::client::legacy::Client──uses─▶│    HttpConnector (TCP)       │
+//!  └────────────────────────────────────┘        └──────────────────────────────┘
+//!                  ▲
 //!                  └──── per-connection state (Arc) via Connected::extra ────┘
 //! ```
 //!
@@ -72,6 +77,26 @@
 //! each layer's docs say what changes.
 //!
 //! # Example
+//!
+//! The whole stack in one call ([`client`] documents its order and why):
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower_conn_lifecycle::{client, phase_timeout::PhaseTimeoutLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let client = client::builder()
+//!     .connect_timeout(Duration::from_secs(1))
+//!     .timeouts(PhaseTimeoutLayer::new().send(Duration::from_secs(1)).read(Duration::from_secs(5)))
+//!     .build::<Full<Bytes>>();
+//! # let _ = client;
+//! # }
+//! ```
+//!
+//! Or layer by layer:
 //!
 //! ```
 //! use std::time::Duration;
