@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
+use tower_conn_lifecycle::find_cause;
 use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer};
 use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
 use tower_conn_lifecycle::testing::{Blackhole, HyperServer, StopReadingServer};
@@ -65,7 +66,7 @@ async fn main() -> Result<(), tower_conn_lifecycle::BoxError> {
                 err.is_timeout(),
                 err.is_connect()
             );
-            match Elapsed::find(&err) {
+            match find_cause::<Elapsed>(&err) {
                 Some(e) => println!("  phase={} limit={:?}", e.phase(), e.limit()),
                 None => println!("  not a phase timeout"),
             }

@@ -36,7 +36,7 @@ use tower_conn_lifecycle::phase_timeout::{
 };
 use tower_conn_lifecycle::testing::{Blackhole, SilentServer, StopReadingServer, ThrottledReader};
 use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
-use tower_conn_lifecycle::BoxError;
+use tower_conn_lifecycle::{find_cause, BoxError};
 
 const MB: usize = 1 << 20;
 
@@ -106,7 +106,7 @@ async fn upload(svc: Svc, url: &str, bytes: usize) -> Outcome {
     let elapsed = result
         .as_ref()
         .err()
-        .and_then(|e| Elapsed::find(e.as_ref()));
+        .and_then(|e| find_cause::<Elapsed>(e.as_ref()));
     let sent = match (&result, elapsed) {
         (Ok(_), _) => bytes as u64,
         (Err(_), Some(e)) => e.bytes_sent(),
@@ -140,7 +140,7 @@ async fn demo() -> Result<(), BoxError> {
             Ok(code) => (format!("ok {code}"), "-".to_string()),
             Err(e) => (
                 "error".to_string(),
-                Elapsed::find(e.as_ref()).map_or("other".into(), |e| e.phase().to_string()),
+                find_cause::<Elapsed>(e.as_ref()).map_or("other".into(), |e| e.phase().to_string()),
             ),
         };
         rows.push(vec![
@@ -275,7 +275,8 @@ async fn external(args: &[String]) -> ExitCode {
         }
         Err(e) => {
             println!("error: {}", common::chain(e.as_ref()));
-            let phase = Elapsed::find(e.as_ref()).map_or("other".into(), |e| e.phase().to_string());
+            let phase =
+                find_cause::<Elapsed>(e.as_ref()).map_or("other".into(), |e| e.phase().to_string());
             println!(
                 "result: error phase={phase} elapsed_ms={} sent={}",
                 o.took.as_millis(),

@@ -58,7 +58,10 @@ async fn seed_race_get_and_post_through_the_whole_stack() {
                 assert_eq!(server.posts() as usize, report.successes(), "{label}");
                 for s in report.samples() {
                     if let Err(e) = s.outcome() {
-                        assert!(NotRetried::find(e.as_ref()).is_some(), "{label}: {e}");
+                        assert!(
+                            tower_conn_lifecycle::find_cause::<NotRetried>(e.as_ref()).is_some(),
+                            "{label}: {e}"
+                        );
                     }
                 }
                 if label == "configured" {
@@ -99,7 +102,7 @@ async fn random_resets_never_duplicate_a_post_and_every_error_is_typed() {
         for s in report.samples() {
             if let Err(e) = s.outcome() {
                 assert!(
-                    NotRetried::find(e.as_ref()).is_some(),
+                    tower_conn_lifecycle::find_cause::<NotRetried>(e.as_ref()).is_some(),
                     "{method}: untyped {e}"
                 );
             }

@@ -26,8 +26,10 @@ use tower_conn_lifecycle::testing::{
     Blackhole, HyperServer, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,
     ThrottledReader,
 };
-use tower_conn_lifecycle::track::{ConnectionCapture, ExchangeOutcome, TrackConnectionsLayer};
-use tower_conn_lifecycle::BoxError;
+use tower_conn_lifecycle::track::{
+    ConnectionCapture, ConnectionState, ExchangeOutcome, TrackConnectionsLayer,
+};
+use tower_conn_lifecycle::{find_cause, BoxError};
 
 /// How late a timeout may fire on a loaded 2-core CI machine.
 const SLACK: Duration = Duration::from_millis(250);
@@ -132,10 +134,15 @@ async fn stopped_reader_fails_in_the_send_phase() {
     let capture = ConnectionCapture::get_or_insert(&mut req);
     let err = svc.oneshot(req).await.unwrap_err();
     let failed_at = Instant::now();
-    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
+    let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Send, "{err}");
     assert!(e.bytes_sent() > 0 && e.bytes_sent() < total as u64, "{e:?}");
-    let last_write = capture.state().unwrap().last_write().unwrap();
+    // Tracked HTTP/1: the socket's count for this exchange, head included,
+    // not the body frames hyper pulled into its write buffer.
+    let state = capture.state().unwrap();
+    assert_eq!(e.bytes_sent(), state.exchange().bytes_written(), "{e:?}");
+    assert_eq!(e.bytes_received(), 0, "{e:?}");
+    let last_write = state.last_write().unwrap();
     let after = failed_at.saturating_duration_since(last_write);
     assert!(after >= send && after <= send + SLACK, "{after:?}");
     assert!(err
@@ -201,10 +208,20 @@ async fn silent_server_fails_in_the_read_phase() {
             tracked,
         );
         let start = Instant::now();
-        let err = svc.oneshot(post(&server.url(), 1000)).await.unwrap_err();
-        let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
+        let mut req = post(&server.url(), 1000);
+        let capture = ConnectionCapture::get_or_insert(&mut req);
+        let err = svc.oneshot(req).await.unwrap_err();
+        let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
         assert_eq!(e.phase(), Phase::Read, "{err}");
-        assert_eq!(e.bytes_sent(), 1000);
+        if tracked {
+            // The socket's count: the 1000 body bytes and the head.
+            let written = capture.state().unwrap().exchange().bytes_written();
+            assert!(written > 1000, "{written}");
+            assert_eq!(e.bytes_sent(), written, "{e:?}");
+        } else {
+            assert_eq!(e.bytes_sent(), 1000);
+        }
+        assert_eq!(e.bytes_received(), 0, "{e:?}");
         let took = start.elapsed();
         assert!(
             took >= read && took <= read + SLACK,
@@ -225,30 +242,43 @@ async fn stalled_body_fails_from_the_body_stream() {
         .await
         .unwrap();
     let read = Duration::from_millis(500);
-    let svc = client(
-        Duration::from_secs(1),
-        PhaseTimeoutLayer::new().read(read),
-        true,
-    );
-    let res = svc
-        .oneshot(get(&server.url()))
-        .await
-        .expect("the head arrives");
-    assert_eq!(res.status(), 200);
-    let mut body = res.into_body();
-    let mut got = 0;
-    let err = loop {
-        match body.frame().await {
-            Some(Ok(frame)) => got += frame.data_ref().map_or(0, Bytes::len),
-            Some(Err(e)) => break e,
-            None => panic!("the body cannot end"),
+    for tracked in [true, false] {
+        let svc = client(
+            Duration::from_secs(1),
+            PhaseTimeoutLayer::new().read(read),
+            tracked,
+        );
+        let res = svc
+            .oneshot(get(&server.url()))
+            .await
+            .expect("the head arrives");
+        assert_eq!(res.status(), 200);
+        let state = res.extensions().get::<ConnectionState>().cloned();
+        assert_eq!(state.is_some(), tracked);
+        let mut body = res.into_body();
+        let mut got = 0;
+        let err = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => got += frame.data_ref().map_or(0, Bytes::len),
+                Some(Err(e)) => break e,
+                None => panic!("the body cannot end"),
+            }
+        };
+        let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
+        assert_eq!(e.phase(), Phase::Read);
+        assert_eq!(got, 100);
+        match state {
+            // Tracked HTTP/1: the socket's count, the head and the 100 body
+            // bytes.
+            Some(state) => {
+                let read = state.exchange().bytes_read();
+                assert!(read > 100, "{read}");
+                assert_eq!(e.bytes_received(), read, "{e:?}");
+            }
+            None => assert_eq!(e.bytes_received(), 100),
         }
-    };
-    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
-    assert_eq!(e.phase(), Phase::Read);
-    assert_eq!(e.bytes_received(), 100);
-    assert_eq!(got, 100);
-    assert_eq!(server.requests(), 1);
+    }
+    assert_eq!(server.requests(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +299,7 @@ async fn total_fires_through_a_slow_body() {
     let res = svc.oneshot(get(&server.url())).await.unwrap();
     let err = res.into_body().collect().await.unwrap_err();
     let took = start.elapsed();
-    let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
+    let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Total, "{err}");
     assert!(e.bytes_received() > 0 && e.bytes_received() < 400, "{e:?}");
     assert!(took >= total && took <= total + SLACK, "{took:?}");
@@ -288,7 +318,7 @@ async fn blackhole_fails_in_the_connect_phase() {
     let start = Instant::now();
     let err = svc.oneshot(get(&hole.url())).await.unwrap_err();
     let took = start.elapsed();
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
 }
@@ -306,7 +336,7 @@ async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let start = Instant::now();
     let err = client.get(hole.url()).send().await.unwrap_err();
     let took = start.elapsed();
-    let e = Elapsed::find(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = find_cause::<Elapsed>(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
     assert!(took >= connect && took <= connect + SLACK, "{took:?}");
 }
@@ -322,7 +352,7 @@ fn ms(n: u64) -> Duration {
 /// call; a loopback connect takes milliseconds), and that `elapsed()` is the
 /// real wait, not the limit.
 fn assert_read_on_time(err: &BoxError, took: Duration, context: &str) {
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{context}: {err}"));
+    let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{context}: {err}"));
     assert_eq!(e.phase(), Phase::Read, "{context}: {err}");
     let read = e.limit();
     assert!(
@@ -430,7 +460,7 @@ impl AnswerOnceServer {
                             answered = true;
                             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                         } else if partial {
-                            b"HTTP/1.1 200 OK\r\ncontent-len"
+                            PARTIAL_HEAD
                         } else {
                             b""
                         };
@@ -454,6 +484,9 @@ impl AnswerOnceServer {
     }
 }
 
+/// Half a response head, what [`AnswerOnceServer`] sends when `partial`.
+const PARTIAL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-len";
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -474,6 +507,21 @@ async fn partial_head_fails_in_the_read_phase_on_time() {
             let start = Instant::now();
             let err = svc.oneshot(req).await.unwrap_err();
             assert_read_on_time(&err, start.elapsed(), &format!("tracked={tracked}"));
+            let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
+            // Tracked, the half head read from the socket counts; without
+            // the tracker only body bytes would, and there are none.
+            let partial = PARTIAL_HEAD.len() as u64;
+            let expected = if tracked { partial } else { 0 };
+            assert_eq!(e.bytes_received(), expected, "tracked={tracked}: {e:?}");
+            // The head was sent: on the socket it counts, as body frames
+            // (there are none) it does not.
+            assert_eq!(e.bytes_sent() > 0, tracked, "{e:?}");
+            let sent = e.bytes_sent();
+            assert!(
+                err.to_string()
+                    .ends_with(&format!("({sent} bytes sent, {expected} bytes received)")),
+                "{err}"
+            );
         }
     };
     tokio::join!(run(false), run(true));
@@ -541,7 +589,7 @@ async fn zero_limits_fail_every_time_before_sending() {
                 let svc = client(Duration::from_secs(1), phases, tracked);
                 let start = Instant::now();
                 let err = svc.oneshot(get(&server.url())).await.unwrap_err();
-                let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+                let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
                 assert_eq!(e.phase(), phase, "tracked={tracked}: {err}");
                 assert_eq!(e.limit(), Duration::ZERO);
                 assert!(e.elapsed() <= start.elapsed());
@@ -564,7 +612,7 @@ async fn zero_connect_fails_every_time() {
         let svc = client(Duration::ZERO, PhaseTimeoutLayer::new(), tracked);
         for _ in 0..TRIES {
             let err = svc.clone().oneshot(get(&server.url())).await.unwrap_err();
-            let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err:?}"));
+            let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err:?}"));
             assert_eq!(e.phase(), Phase::Connect, "{err}");
             assert_eq!(e.limit(), Duration::ZERO);
         }
@@ -596,7 +644,7 @@ async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
     let start = Instant::now();
     let err = svc.oneshot(get(&server.url())).await.unwrap_err();
     let took = start.elapsed();
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+    let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
     assert_eq!(e.phase(), Phase::Read, "{err}");
     assert!(
         took >= read && took <= read + read / 4 + SLACK,
@@ -636,7 +684,7 @@ async fn abandoned_http1_upload_closes_its_connection() {
         match give_up {
             "timeout" => {
                 let err = call.await.unwrap_err();
-                let e = Elapsed::find(err.as_ref()).expect("an Elapsed");
+                let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
                 assert_eq!(e.phase(), Phase::Send);
             }
             _ => {
@@ -683,7 +731,7 @@ async fn enormous_limits_leave_total_in_charge() {
                 let start = Instant::now();
                 let err = svc.oneshot(req).await.unwrap_err();
                 let took = start.elapsed();
-                let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+                let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
                 let context = format!("tracked={tracked} body={body} override={by_override}");
                 assert_eq!(e.phase(), Phase::Total, "{context}: {err}");
                 assert!(

@@ -41,7 +41,7 @@ use tower_conn_lifecycle::tls::{config_with_roots, SharedTlsLayer};
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
-use tower_conn_lifecycle::BoxError;
+use tower_conn_lifecycle::{find_cause, BoxError};
 
 /// How late a timeout may fire on a loaded 2-core CI machine.
 const SLACK: Duration = Duration::from_millis(250);
@@ -326,7 +326,7 @@ async fn timed(
 
 fn expect_timeout(result: &Result<String, BoxError>, phase: Phase) -> &Elapsed {
     let err = result.as_ref().expect_err("a timeout");
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("not a timeout: {err}"));
+    let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("not a timeout: {err}"));
     assert_eq!(e.phase(), phase, "{err}");
     e
 }

@@ -80,7 +80,8 @@ async fn connect_timeout_in_connector_layer_is_a_reqwest_timeout() {
     assert!(err.is_timeout(), "is_timeout() false for {err:?}");
     assert!(err.is_connect(), "is_connect() false for {err:?}");
     // And the phase is named.
-    let e = Elapsed::find(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = tower_conn_lifecycle::find_cause::<Elapsed>(&err)
+        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!((e.phase(), e.limit()), (Phase::Connect, CONNECT));
     let io = find_cause::<io::Error>(&err).expect("an io::Error in the chain");
     assert_eq!(io.kind(), io::ErrorKind::TimedOut);
@@ -205,7 +206,8 @@ async fn send_stall_through_reqwest_fails_in_the_send_phase() {
     let err = bounded(svc.oneshot(req)).await.unwrap_err();
     let failed_at = Instant::now();
 
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
+        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Send, "{err}");
     let total = (chunk * chunks) as u64;
     assert!(e.bytes_sent() > 0 && e.bytes_sent() < total, "{e:?}");
@@ -235,7 +237,8 @@ async fn read_clock_through_reqwest_starts_when_the_body_is_sent() {
     let err = bounded(svc.oneshot(req)).await.unwrap_err();
     let failed_at = Instant::now();
 
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
+        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Read, "{err}");
     assert_eq!(e.bytes_sent(), 4 * KIB as u64);
     let after = failed_at.saturating_duration_since(last_pull(&pulled));
@@ -266,7 +269,8 @@ async fn total_bounds_a_bodyless_request_through_reqwest() {
         .unwrap();
     let err = bounded(svc.oneshot(req)).await.unwrap_err();
     let took = start.elapsed();
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
+        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Total, "{err}");
     assert!(took >= TOTAL && took <= TOTAL + SLACK, "{took:?}");
     assert_eq!(server.requests(), 1);
@@ -297,7 +301,8 @@ async fn body_stall_through_reqwest_fails_from_the_body() {
             None => panic!("the stalled body ended"),
         }
     };
-    let e = Elapsed::find(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
+        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Read, "{err}");
     assert_eq!((received, e.bytes_received()), (10, 10));
     assert!(
@@ -349,7 +354,8 @@ async fn stale_get_through_reqwest_is_retried_and_post_is_not() {
             assert_eq!(retried, 0);
             for s in report.samples() {
                 if let Err(e) = s.outcome() {
-                    let refused = NotRetried::find(e.as_ref()).unwrap_or_else(|| panic!("{e}"));
+                    let refused = tower_conn_lifecycle::find_cause::<NotRetried>(e.as_ref())
+                        .unwrap_or_else(|| panic!("{e}"));
                     assert_eq!(refused.rule(), Rule::NotIdempotent, "{e}");
                 }
             }

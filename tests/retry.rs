@@ -26,7 +26,7 @@ use tower_conn_lifecycle::testing::{
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnections, TrackConnectionsLayer, TrackStats,
 };
-use tower_conn_lifecycle::BoxError;
+use tower_conn_lifecycle::{find_cause, BoxError};
 
 /// The seed race's server idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);
@@ -107,7 +107,7 @@ where
 }
 
 fn not_retried(err: &BoxError) -> &NotRetried {
-    NotRetried::find(err.as_ref()).unwrap_or_else(|| panic!("not a NotRetried: {err:?}"))
+    find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("not a NotRetried: {err:?}"))
 }
 
 /// Waits (at most `SLACK`) until `cond` holds.
@@ -711,7 +711,7 @@ async fn connect_timeouts_are_retried_only_when_enabled() {
         let e = not_retried(&err);
         assert_eq!(e.rule(), rule, "{err}");
         assert_eq!(calls.load(Ordering::Relaxed), attempts);
-        let elapsed = tower_conn_lifecycle::phase_timeout::Elapsed::find(err.as_ref());
+        let elapsed = find_cause::<tower_conn_lifecycle::phase_timeout::Elapsed>(err.as_ref());
         assert_eq!(
             elapsed.map(|e| e.phase()),
             Some(tower_conn_lifecycle::phase_timeout::Phase::Connect)

@@ -2,16 +2,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::future::{ErrInto, ResponseFuture};
 use super::learn::Origin;
-use super::{IdleExpiryLayer, ResponseFuture};
+use super::IdleExpiryLayer;
 use crate::track::{ConnectionState, TrackedBody};
 use crate::BoxError;
 
@@ -115,36 +115,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = ErrInto {
-            inner: self.inner.call(req),
-        };
+        let inner = ErrInto::new(self.inner.call(req));
         ResponseFuture::new(
             inner,
             self.layer.clone(),
             self.origin,
             Some(self.state.clone()),
         )
-    }
-}
-
-pin_project! {
-    /// The inner service's future with its error boxed.
-    #[derive(Debug)]
-    pub struct ErrInto<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, T, E> Future for ErrInto<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Into::into))
     }
 }
 

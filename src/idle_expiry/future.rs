@@ -1,5 +1,6 @@
 //! Response futures of [`IdleExpiry`](super::IdleExpiry) and
-//! [`IdleExpiryConnection`](super::IdleExpiryConnection).
+//! [`IdleExpiryConnection`](super::IdleExpiryConnection), and the
+//! error-boxing future the latter wraps.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use pin_project_lite::pin_project;
 use super::learn::Origin;
 use super::IdleExpiryLayer;
 use crate::track::{ConnectionState, ExchangeEnd, TrackedBody};
+use crate::BoxError;
 
 pin_project! {
     /// Response future of [`IdleExpiry`](super::IdleExpiry) and
@@ -64,5 +66,32 @@ where
         }
         let end = ExchangeEnd::for_response(&response);
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
+    }
+}
+
+pin_project! {
+    /// The inner service's future with its error boxed.
+    #[derive(Debug)]
+    pub struct ErrInto<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> ErrInto<F> {
+    pub(super) fn new(inner: F) -> Self {
+        ErrInto { inner }
+    }
+}
+
+impl<F, T, E> Future for ErrInto<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Into::into))
     }
 }

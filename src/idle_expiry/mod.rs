@@ -124,8 +124,7 @@ mod layer;
 mod learn;
 mod service;
 
-pub use conn::{ErrInto, Http1Connection, IdleExpiryConnection};
+pub use conn::{Http1Connection, IdleExpiryConnection};
 pub use error::ConnectionExpired;
-pub use future::ResponseFuture;
 pub use layer::{IdleExpiryLayer, IdleExpiryStats, DEFAULT_MARGIN};
 pub use service::IdleExpiry;

@@ -6,8 +6,9 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::future::ResponseFuture;
 use super::learn::Origin;
-use super::{IdleExpiryLayer, ResponseFuture};
+use super::IdleExpiryLayer;
 use crate::track::TrackedBody;
 
 /// Request-plane service made by [`IdleExpiryLayer`], for hyper-util's legacy

@@ -226,29 +226,41 @@ impl BodyTimers {
         self.total.map_or(stall, |(_, dl)| stall.min(dl))
     }
 
-    fn check(&self, now: Instant) -> Result<Instant, Elapsed> {
+    /// `(sent, received)` for an error: this exchange's socket bytes when
+    /// `end` knows them (tracked HTTP/1), otherwise request-body bytes pulled
+    /// and response-body bytes received.
+    fn bytes(&self, end: &ExchangeEnd) -> (u64, u64) {
+        end.http1_exchange()
+            .map_or((self.sent, self.received), |e| {
+                (e.bytes_written(), e.bytes_read())
+            })
+    }
+
+    fn check(&self, now: Instant, end: &ExchangeEnd) -> Result<Instant, Elapsed> {
         if let Some((limit, dl)) = self.total {
             if now >= dl {
+                let (sent, received) = self.bytes(end);
                 return Err(Elapsed::new(
                     Phase::Total,
                     Waiting::Completion,
                     limit,
                     now.saturating_duration_since(self.issued),
-                    self.sent,
-                    self.received,
+                    sent,
+                    received,
                 ));
             }
         }
         if let Some(limit) = self.stall {
             let idle = now.saturating_duration_since(self.last_frame);
             if idle >= limit {
+                let (sent, received) = self.bytes(end);
                 return Err(Elapsed::new(
                     Phase::Read,
                     Waiting::BodyProgress,
                     limit,
                     idle,
-                    self.sent,
-                    self.received,
+                    sent,
+                    received,
                 ));
             }
         }
@@ -314,7 +326,7 @@ where
             // A zero limit is already spent: a body that has not ended fails
             // at once, whatever happens to be buffered.
             if timers.has_zero() && !this.inner.is_end_stream() {
-                if let Err(elapsed) = timers.check(Instant::now()) {
+                if let Err(elapsed) = timers.check(Instant::now(), this.end) {
                     return Poll::Ready(Some(Err(elapsed.into())));
                 }
             }
@@ -343,7 +355,7 @@ where
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timers.next_check())));
         loop {
             ready!(sleep.as_mut().poll(cx));
-            match timers.check(Instant::now()) {
+            match timers.check(Instant::now(), this.end) {
                 Ok(next) => sleep.as_mut().reset(next),
                 Err(elapsed) => {
                     // Fail once; later polls see the same deadline pass again.

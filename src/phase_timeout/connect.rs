@@ -1,22 +1,18 @@
 //! `ConnectTimeout`: the connect phase, on the connection plane.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::error::{Elapsed, Waiting};
-use super::Phase;
-use crate::clock::deadline;
+use super::future::ConnectFuture;
 use crate::BoxError;
 
 /// Bounds how long a connector may take (TCP, plus TLS when the connector
-/// does it) with an [`Elapsed`] error of phase [`Phase::Connect`].
+/// does it) with an [`Elapsed`](super::Elapsed) error of phase
+/// [`Phase::Connect`](super::Phase::Connect).
 ///
 /// It is generic over the connector's request type, so it wraps hyper-util's
 /// `HttpConnector` (`Service<Uri>`) and also fits inside
@@ -65,19 +61,41 @@ impl<C> Layer<C> for ConnectTimeoutLayer {
 /// inner connector's error, or a timeout.
 ///
 /// A timeout is a [`std::io::Error`] of kind
-/// [`TimedOut`](std::io::ErrorKind::TimedOut) carrying the [`Elapsed`] (its
+/// [`TimedOut`](std::io::ErrorKind::TimedOut) carrying the [`Elapsed`](super::Elapsed) (its
 /// [`get_ref()`](std::io::Error::get_ref); its `Display` is the `Elapsed`'s),
 /// the shape hyper-util's `HttpConnector` gives its own connect timeout. Code
 /// that recognises timeouts by that kind keeps working with this layer in
 /// place: `reqwest::Error::is_timeout()` is `true` for it inside
 /// `ClientBuilder::connector_layer`, where a bare `Elapsed` would only count
-/// as a connect error. Find the `Elapsed` with [`Elapsed::find`] (or
-/// [`crate::find_cause`]), which look inside `io::Error`s; a plain
+/// as a connect error. Find the `Elapsed` with [`crate::find_cause`], which looks
+/// inside `io::Error`s; a plain
 /// `downcast_ref::<Elapsed>()` on the error does not.
 #[derive(Clone, Debug)]
 pub struct ConnectTimeout<C> {
     inner: C,
     limit: Duration,
+}
+
+impl<C> ConnectTimeout<C> {
+    /// Wraps `inner`, bounding its connects to `limit`.
+    pub fn new(inner: C, limit: Duration) -> Self {
+        ConnectTimeout { inner, limit }
+    }
+
+    /// The wrapped connector.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// The wrapped connector, mutably.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped connector.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
 }
 
 impl<C, R> Service<R> for ConnectTimeout<C>
@@ -95,59 +113,7 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         let started = Instant::now();
-        ConnectFuture {
-            inner: self.inner.call(req),
-            sleep: Box::pin(tokio::time::sleep_until(deadline(started, self.limit))),
-            started,
-            limit: self.limit,
-        }
-    }
-}
-
-pin_project! {
-    /// Future of [`ConnectTimeout`]. `Unpin` when the inner future is (as
-    /// hyper-util's client requires of connector futures): the timer is boxed,
-    /// one allocation per connect.
-    #[derive(Debug)]
-    pub struct ConnectFuture<F> {
-        #[pin]
-        inner: F,
-        sleep: Pin<Box<Sleep>>,
-        started: Instant,
-        limit: Duration,
-    }
-}
-
-impl<F, T, E> Future for ConnectFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        // A zero limit is already spent: fail without trying, so the outcome
-        // never depends on whether the connect happens to be ready.
-        let spent = this.limit.is_zero();
-        if !spent {
-            if let Poll::Ready(result) = this.inner.poll(cx) {
-                return Poll::Ready(result.map_err(Into::into));
-            }
-        }
-        if spent || this.sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(Elapsed::new(
-                Phase::Connect,
-                Waiting::Connection,
-                *this.limit,
-                Instant::now().saturating_duration_since(*this.started),
-                0,
-                0,
-            )
-            .into_timed_out()
-            .into()));
-        }
-        Poll::Pending
+        ConnectFuture::new(self.inner.call(req), started, self.limit)
     }
 }
 
@@ -159,6 +125,7 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
+    use crate::phase_timeout::{Elapsed, Phase};
 
     const LIMIT: Duration = Duration::from_millis(250);
 
@@ -182,7 +149,7 @@ mod tests {
             .and_then(|e| e.downcast_ref::<Elapsed>())
             .expect("the Elapsed is the io::Error's payload");
         assert_eq!((inside.phase(), inside.limit()), (Phase::Connect, LIMIT));
-        assert_eq!(Elapsed::find(err.as_ref()), Some(inside));
+        assert_eq!(crate::find_cause::<Elapsed>(err.as_ref()), Some(inside));
     }
 
     /// Only the timeout is wrapped: the connector's own errors pass as they
@@ -200,6 +167,6 @@ mod tests {
             .expect("the connector's error");
         assert_eq!(io.to_string(), "kernel said so");
         assert!(io.get_ref().is_some_and(|e| !e.is::<Elapsed>()));
-        assert!(Elapsed::find(err.as_ref()).is_none());
+        assert!(crate::find_cause::<Elapsed>(err.as_ref()).is_none());
     }
 }

@@ -55,14 +55,14 @@ pub(crate) enum Waiting {
 /// returns it inside an `io::Error` of kind `TimedOut` (so timeout checks
 /// by that kind, such as reqwest's `is_timeout()`, still match), and
 /// hyper-util's client and reqwest wrap errors further: there use
-/// [`Elapsed::find`], which looks through all of these.
+/// [`find_cause`](crate::find_cause), which looks through all of these.
 ///
 /// ```
 /// use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase};
-/// use tower_conn_lifecycle::BoxError;
+/// use tower_conn_lifecycle::{find_cause, BoxError};
 ///
 /// fn is_upload_stall(err: &BoxError) -> bool {
-///     Elapsed::find(err.as_ref()).is_some_and(|e| e.phase() == Phase::Send)
+///     find_cause::<Elapsed>(err.as_ref()).is_some_and(|e| e.phase() == Phase::Send)
 /// }
 /// # let _ = is_upload_stall;
 /// ```
@@ -103,20 +103,6 @@ impl Elapsed {
         std::io::Error::new(std::io::ErrorKind::TimedOut, self)
     }
 
-    /// The first `Elapsed` in `err` or its [`source()`](std::error::Error::source)
-    /// chain, for errors that wrap it (hyper-util's client wraps connect
-    /// errors; reqwest wraps everything).
-    ///
-    /// ```
-    /// use tower_conn_lifecycle::phase_timeout::Elapsed;
-    ///
-    /// let err: tower_conn_lifecycle::BoxError = "not a timeout".into();
-    /// assert!(Elapsed::find(err.as_ref()).is_none());
-    /// ```
-    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Elapsed> {
-        crate::find_cause(err)
-    }
-
     /// Which phase timed out.
     pub fn phase(&self) -> Phase {
         self.phase
@@ -134,12 +120,26 @@ impl Elapsed {
         self.elapsed
     }
 
-    /// Request-body bytes handed to the connection before the timeout.
+    /// Bytes of the request sent before the timeout.
+    ///
+    /// On an HTTP/1 connection made through the tracker
+    /// ([`crate::track`]), the bytes of this exchange written to the socket:
+    /// request head, body and framing, as counted by
+    /// [`Exchange::bytes_written`](crate::track::Exchange::bytes_written).
+    /// Otherwise (no tracker, or HTTP/2, whose socket carries every stream
+    /// of the connection) the request-body bytes the connection pulled,
+    /// which hyper may still hold in its write buffer.
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent
     }
 
-    /// Response-body bytes received before the timeout.
+    /// Bytes of the response received before the timeout.
+    ///
+    /// On an HTTP/1 connection made through the tracker, the bytes of this
+    /// exchange read from the socket
+    /// ([`Exchange::bytes_read`](crate::track::Exchange::bytes_read)): a
+    /// partial head counts, before the head as after it. Otherwise
+    /// response-body bytes received, so 0 before the head.
     pub fn bytes_received(&self) -> u64 {
         self.bytes_received
     }
@@ -155,8 +155,8 @@ impl fmt::Display for Elapsed {
             }
             Waiting::ResponseHead => write!(
                 f,
-                "no response head since the upload finished ({} bytes sent)",
-                self.bytes_sent
+                "no response head since the upload finished ({} bytes sent, {} bytes received)",
+                self.bytes_sent, self.bytes_received
             ),
             Waiting::BodyProgress => write!(
                 f,
@@ -180,30 +180,32 @@ mod tests {
 
     #[test]
     fn display_is_lowercase_and_specific() {
-        let e = Elapsed::new(
-            Phase::Send,
-            Waiting::UploadProgress,
-            Duration::from_secs(1),
-            Duration::from_millis(1003),
-            10_485_760,
-            0,
-        );
-        assert_eq!(
-            e.to_string(),
-            "send timed out after 1s: no upload progress (10485760 bytes sent)"
-        );
-        let e = Elapsed::new(
-            Phase::Read,
-            Waiting::BodyProgress,
-            Duration::from_millis(250),
-            Duration::from_millis(250),
-            0,
-            42,
-        );
-        assert_eq!(
-            e.to_string(),
-            "read timed out after 250ms: no response body progress (42 bytes received)"
-        );
+        let ms = Duration::from_millis;
+        let cases = [
+            (
+                (
+                    Phase::Send,
+                    Waiting::UploadProgress,
+                    ms(1000),
+                    10_485_760,
+                    0,
+                ),
+                "send timed out after 1s: no upload progress (10485760 bytes sent)",
+            ),
+            (
+                (Phase::Read, Waiting::BodyProgress, ms(250), 0, 42),
+                "read timed out after 250ms: no response body progress (42 bytes received)",
+            ),
+            (
+                (Phase::Read, Waiting::ResponseHead, ms(500), 1078, 29),
+                "read timed out after 500ms: no response head since the upload finished \
+                 (1078 bytes sent, 29 bytes received)",
+            ),
+        ];
+        for ((phase, waiting, limit, sent, received), expected) in cases {
+            let e = Elapsed::new(phase, waiting, limit, limit + ms(3), sent, received);
+            assert_eq!(e.to_string(), expected);
+        }
         assert_eq!(Phase::Connect.to_string(), "connect");
     }
 }

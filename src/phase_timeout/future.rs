@@ -1,5 +1,6 @@
-//! The response future of [`PhaseTimeout`](super::PhaseTimeout): the phase
-//! machine before the response head arrives.
+//! The futures of [`PhaseTimeout`](super::PhaseTimeout) (the phase machine
+//! before the response head arrives) and of
+//! [`ConnectTimeout`](super::ConnectTimeout).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -117,14 +118,34 @@ impl Watch {
 
     fn elapsed(&self, phase: Phase, waiting: Waiting, limit: Duration, since: Instant) -> Elapsed {
         let now = Instant::now();
+        let (sent, received) = self.socket_bytes().unwrap_or((self.progress.bytes(), 0));
         Elapsed::new(
             phase,
             waiting,
             limit,
             now.saturating_duration_since(since),
-            self.progress.bytes(),
-            0,
+            sent,
+            received,
         )
+    }
+
+    /// This request's bytes on the socket, `(written, read)`, when its
+    /// connection is tracked and HTTP/1 (the socket carries this exchange
+    /// alone); `None` otherwise, and the body frames tell instead.
+    fn socket_bytes(&self) -> Option<(u64, u64)> {
+        let Captured::Tracked(state) = self.capture.as_ref()?.get() else {
+            return None;
+        };
+        if state.is_http2() {
+            return None;
+        }
+        // The tracker opens an exchange at its first write: until this
+        // request has written, the current exchange is an earlier one.
+        if state.last_write().is_none_or(|w| w < self.issued) {
+            return Some((0, 0));
+        }
+        let exchange = state.exchange();
+        Some((exchange.bytes_written(), exchange.bytes_read()))
     }
 
     /// Decides at `now`: the timeout that has fired, or when to look again.
@@ -315,5 +336,63 @@ where
             };
             this.sleep.as_mut().reset(next);
         }
+    }
+}
+
+pin_project! {
+    /// Future of [`ConnectTimeout`](super::ConnectTimeout). `Unpin` when the inner future is (as
+    /// hyper-util's client requires of connector futures): the timer is boxed,
+    /// one allocation per connect.
+    #[derive(Debug)]
+    pub struct ConnectFuture<F> {
+        #[pin]
+        inner: F,
+        sleep: Pin<Box<Sleep>>,
+        started: Instant,
+        limit: Duration,
+    }
+}
+
+impl<F> ConnectFuture<F> {
+    pub(super) fn new(inner: F, started: Instant, limit: Duration) -> Self {
+        ConnectFuture {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(deadline(started, limit))),
+            started,
+            limit,
+        }
+    }
+}
+
+impl<F, T, E> Future for ConnectFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // A zero limit is already spent: fail without trying, so the outcome
+        // never depends on whether the connect happens to be ready.
+        let spent = this.limit.is_zero();
+        if !spent {
+            if let Poll::Ready(result) = this.inner.poll(cx) {
+                return Poll::Ready(result.map_err(Into::into));
+            }
+        }
+        if spent || this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Elapsed::new(
+                Phase::Connect,
+                Waiting::Connection,
+                *this.limit,
+                Instant::now().saturating_duration_since(*this.started),
+                0,
+                0,
+            )
+            .into_timed_out()
+            .into()));
+        }
+        Poll::Pending
     }
 }

@@ -18,7 +18,10 @@
 //!
 //! Every timeout is an [`Elapsed`] error whose [`phase()`](Elapsed::phase) is
 //! a [`Phase`], with the limit, the time elapsed, and the bytes sent and
-//! received.
+//! received: counted on the socket when the tracker is on an HTTP/1
+//! connection (head and body, a partial response head included), from body
+//! frames otherwise (see [`Elapsed::bytes_sent`] and
+//! [`Elapsed::bytes_received`]).
 //!
 //! # How progress is observed
 //!
@@ -147,9 +150,8 @@ mod layer;
 mod service;
 
 pub use body::{RequestBody, ResponseBody, MAX_FRAME};
-pub use connect::{ConnectFuture, ConnectTimeout, ConnectTimeoutLayer};
+pub use connect::{ConnectTimeout, ConnectTimeoutLayer};
 pub use error::{Elapsed, Phase};
-pub use future::ResponseFuture;
 pub use layer::{PhaseOverride, PhaseTimeoutLayer};
 pub use service::PhaseTimeout;
 

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::body::{Progress, RequestBody, ResponseBody};
-use super::{PhaseOverride, PhaseTimeoutLayer, ResponseFuture};
+use super::future::ResponseFuture;
+use super::{PhaseOverride, PhaseTimeoutLayer};
 use crate::track::ConnectionCapture;
 use crate::BoxError;
 
@@ -37,6 +38,16 @@ impl<S> PhaseTimeout<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::time::{advance, sleep, Instant};
 use tower::{Service, ServiceExt};
 use tower_test::mock;
 
+use super::future::ResponseFuture;
 use super::*;
 use crate::BoxError;
 
@@ -373,7 +374,8 @@ async fn zero_connect_fails_untried_even_when_ready() {
             panic!("a zero connect limit fails at the first poll (ready={ready})");
         };
         // ConnectTimeout's Elapsed sits inside an io::Error of kind TimedOut.
-        let e = Elapsed::find(err.as_ref()).expect("an Elapsed inside the io::Error");
+        let e =
+            crate::find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed inside the io::Error");
         assert_eq!(e.phase(), Phase::Connect);
         assert_eq!((e.limit(), e.elapsed()), (Duration::ZERO, Duration::ZERO));
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -510,7 +512,7 @@ async fn connect_timeout_names_its_phase() {
     let fut = svc.ready().await.unwrap().call("127.0.0.1:1");
     let _held = tokio::spawn(async move { handle.next_request().await });
     let err = fut.await.unwrap_err();
-    let e = Elapsed::find(err.as_ref()).expect("an Elapsed inside the io::Error");
+    let e = crate::find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed inside the io::Error");
     assert_eq!(e.phase(), Phase::Connect);
     assert_eq!(start.elapsed(), ms(250));
     assert_eq!(
@@ -561,3 +563,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use tower_layer::Layer as _;
+
+#[test]
+fn services_give_back_their_inner_service() {
+    let mut svc = PhaseTimeoutLayer::new().layer(7u32);
+    assert_eq!(*svc.get_ref(), 7);
+    *svc.get_mut() = 8;
+    assert_eq!(svc.into_inner(), 8);
+
+    let mut connect = ConnectTimeoutLayer::new(Duration::from_secs(1)).layer(1u8);
+    assert_eq!(*connect.get_ref(), 1);
+    *connect.get_mut() = 2;
+    assert_eq!(connect.into_inner(), 2);
+    assert_eq!(ConnectTimeout::new(3u8, Duration::ZERO).into_inner(), 3);
+}

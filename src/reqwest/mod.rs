@@ -12,7 +12,7 @@
 //!    `io::Error` of kind `TimedOut` carrying an
 //!    [`Elapsed`](crate::phase_timeout::Elapsed), so
 //!    `reqwest::Error::is_timeout()` (and `is_connect()`) stay `true` and
-//!    [`Elapsed::find`](crate::phase_timeout::Elapsed::find) names the phase.
+//!    [`find_cause::<Elapsed>`](crate::find_cause) names the phase.
 //! 2. **The shared rustls configuration**
 //!    ([`ClientBuilderExt::shared_tls`], with the `tls` feature): building a
 //!    client loads no certificates, and every client resumes the others'
@@ -91,7 +91,7 @@ let client = reqwest::Client::builder()
 
 // reqwest's own API: a connect timeout is still `is_timeout()`.
 match client.get("https://example.com/").send().await {
-    Err(err) if err.is_timeout() => match Elapsed::find(&err) {
+    Err(err) if err.is_timeout() => match crate::find_cause::<Elapsed>(&err) {
         Some(e) => eprintln!("{} phase timed out", e.phase()),
         None => eprintln!("reqwest's own timeout"),
     },

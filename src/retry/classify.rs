@@ -539,7 +539,7 @@ mod tests {
             .oneshot(Request::new(http_body_util::Empty::new()))
             .await
             .unwrap_err();
-        let get = |e: &BoxError| Elapsed::find(e.as_ref()).cloned().unwrap();
+        let get = |e: &BoxError| crate::find_cause::<Elapsed>(e.as_ref()).cloned().unwrap();
         (get(&connect), get(&total))
     }
 

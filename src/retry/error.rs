@@ -14,18 +14,18 @@ use crate::BoxError;
 /// Every error from [`RetryOnStaleConnection`](super::RetryOnStaleConnection)'s
 /// response future is a `NotRetried` (boxed as [`BoxError`]); the inner
 /// service's own error types are found in its source chain, for example
-/// with [`find_cause`](crate::find_cause) or
-/// [`Elapsed::find`](crate::phase_timeout::Elapsed::find).
+/// with [`find_cause`](crate::find_cause), which also finds the
+/// `NotRetried` itself when another layer wraps it.
 ///
 /// Display: `not retried: POST without Idempotency-Key on a reused
 /// connection`.
 ///
 /// ```
 /// use tower_conn_lifecycle::retry::{NotRetried, Rule};
-/// use tower_conn_lifecycle::BoxError;
+/// use tower_conn_lifecycle::{find_cause, BoxError};
 ///
 /// fn duplicate_risk(err: &BoxError) -> bool {
-///     NotRetried::find(err.as_ref()).is_some_and(|e| e.rule() == Rule::NotIdempotent)
+///     find_cause::<NotRetried>(err.as_ref()).is_some_and(|e| e.rule() == Rule::NotIdempotent)
 /// }
 /// # let _ = duplicate_risk;
 /// ```
@@ -72,12 +72,6 @@ impl NotRetried {
     pub(crate) fn reuse_unknown(mut self) -> Self {
         self.reuse_known = false;
         self
-    }
-
-    /// The first `NotRetried` in `err` or its source chain (another layer
-    /// may wrap it).
-    pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a NotRetried> {
-        crate::find_cause(err)
     }
 
     /// The rule that refused the retry.
@@ -191,7 +185,7 @@ mod tests {
         assert_eq!(e.to_string(), "not retried: GET failed on a new connection");
         // Found through wrappers; the display never repeats the source.
         let boxed: BoxError = Box::new(e);
-        assert!(NotRetried::find(boxed.as_ref()).is_some());
+        assert!(crate::find_cause::<NotRetried>(boxed.as_ref()).is_some());
         assert!(!boxed.to_string().contains("reset"));
     }
 }

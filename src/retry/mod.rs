@@ -126,6 +126,7 @@
 //! # use hyper_util::client::legacy::{connect::HttpConnector, Client};
 //! # use hyper_util::rt::TokioExecutor;
 //! use tower::ServiceExt;
+//! use tower_conn_lifecycle::find_cause;
 //! use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryOnStaleConnectionLayer, Rule};
 //! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 //! # let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(HttpConnector::new());
@@ -140,7 +141,7 @@
 //!             println!("ok after {} retries", r.count());
 //!         }
 //!     }
-//!     Err(e) => match NotRetried::find(e.as_ref()) {
+//!     Err(e) => match find_cause::<NotRetried>(e.as_ref()) {
 //!         Some(n) if n.rule() == Rule::ResponseStarted => eprintln!("server failed mid-response: {e}"),
 //!         _ => eprintln!("{e}"),
 //!     },
@@ -159,7 +160,6 @@ mod service;
 
 pub use classify::{RetryReason, Rule, IDEMPOTENCY_KEY};
 pub use error::NotRetried;
-pub use future::ResponseFuture;
 pub use layer::{CloneBody, ReplayBuffer, RetryOnStaleConnectionLayer};
 pub use policy::Retried;
 pub use replay::{ReplayBody, DEFAULT_REPLAY_LIMIT};

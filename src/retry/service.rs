@@ -6,9 +6,10 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::future::ResponseFuture;
 use super::layer::{CloneBody, ReplayBuffer, RetryOnStaleConnectionLayer};
 use super::policy::{duplicate, Session};
-use super::{ReplayBody, ResponseFuture};
+use super::ReplayBody;
 use crate::track::{ConnectionCapture, TrackedBody};
 use crate::BoxError;
 

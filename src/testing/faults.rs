@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::http1::Conn;
-use super::server::{impl_addr, ok_head, start, Counter, Running};
+use super::server::{impl_addr, ok_head, start, Counters, Running};
 
 // ---------------------------------------------------------------------------
 
@@ -22,14 +22,7 @@ use super::server::{impl_addr, ok_head, start, Counter, Running};
 #[derive(Debug)]
 pub struct StopReadingServer {
     running: Running,
-    counters: Arc<StopReadingCounters>,
-}
-
-#[derive(Debug, Default)]
-struct StopReadingCounters {
-    connections: Counter,
-    requests: Counter,
-    bytes_read: Counter,
+    counters: Arc<Counters>,
 }
 
 impl StopReadingServer {
@@ -62,7 +55,7 @@ impl_addr!(StopReadingServer);
 async fn stop_reading(
     mut conn: Conn<TcpStream>,
     after_bytes: Arc<u64>,
-    counters: Arc<StopReadingCounters>,
+    counters: Arc<Counters>,
 ) -> io::Result<()> {
     counters.connections.inc();
     let mut left = *after_bytes;
@@ -95,14 +88,7 @@ async fn stop_reading(
 #[derive(Debug)]
 pub struct SilentServer {
     running: Running,
-    counters: Arc<SilentCounters>,
-}
-
-#[derive(Debug, Default)]
-struct SilentCounters {
-    connections: Counter,
-    requests: Counter,
-    bytes_read: Counter,
+    counters: Arc<Counters>,
 }
 
 impl SilentServer {
@@ -133,7 +119,7 @@ impl_addr!(SilentServer);
 async fn silent(
     mut conn: Conn<TcpStream>,
     _config: Arc<()>,
-    counters: Arc<SilentCounters>,
+    counters: Arc<Counters>,
 ) -> io::Result<()> {
     counters.connections.inc();
     while let Some(head) = conn.next_request().await? {
@@ -155,7 +141,7 @@ async fn silent(
 #[derive(Debug)]
 pub struct StalledBodyServer {
     running: Running,
-    counters: Arc<StalledCounters>,
+    counters: Arc<Counters>,
 }
 
 /// Configures and starts a [`StalledBodyServer`].
@@ -163,12 +149,6 @@ pub struct StalledBodyServer {
 pub struct StalledBodyServerBuilder {
     content_length: u64,
     first_bytes: u64,
-}
-
-#[derive(Debug, Default)]
-struct StalledCounters {
-    connections: Counter,
-    requests: Counter,
 }
 
 impl StalledBodyServer {
@@ -222,7 +202,7 @@ impl StalledBodyServerBuilder {
 async fn stalled(
     mut conn: Conn<TcpStream>,
     config: Arc<StalledBodyServerBuilder>,
-    counters: Arc<StalledCounters>,
+    counters: Arc<Counters>,
 ) -> io::Result<()> {
     counters.connections.inc();
     let Some(head) = conn.next_request().await? else {
@@ -259,7 +239,7 @@ async fn write_filler(conn: &mut Conn<TcpStream>, mut n: u64) -> io::Result<()> 
 #[derive(Debug)]
 pub struct SlowBodyServer {
     running: Running,
-    counters: Arc<SlowCounters>,
+    counters: Arc<Counters>,
 }
 
 #[derive(Debug)]
@@ -267,14 +247,6 @@ struct SlowConfig {
     chunks: u64,
     chunk: Vec<u8>,
     interval: Duration,
-}
-
-#[derive(Debug, Default)]
-struct SlowCounters {
-    connections: Counter,
-    requests: Counter,
-    responses: Counter,
-    bytes_written: Counter,
 }
 
 impl SlowBodyServer {
@@ -317,7 +289,7 @@ impl_addr!(SlowBodyServer);
 async fn slow(
     mut conn: Conn<TcpStream>,
     config: Arc<SlowConfig>,
-    counters: Arc<SlowCounters>,
+    counters: Arc<Counters>,
 ) -> io::Result<()> {
     counters.connections.inc();
     let length = config.chunks.saturating_mul(config.chunk.len() as u64);

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::http1::Conn;
-use super::server::{impl_addr, start, Counter, Running};
+use super::server::{impl_addr, start, Counters, Running};
 
 /// A well-behaved HTTP/1.1 keep-alive server built on hyper itself: the
 /// baseline peer for tests and benchmarks that need a real, fast server.
@@ -22,13 +22,6 @@ use super::server::{impl_addr, start, Counter, Running};
 pub struct HyperServer {
     running: Running,
     counters: Arc<Counters>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    connections: Counter,
-    requests: Counter,
-    bytes_read: Counter,
 }
 
 impl HyperServer {

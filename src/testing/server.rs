@@ -51,6 +51,19 @@ impl fmt::Debug for Counter {
     }
 }
 
+/// The counters most servers keep, shared by them instead of a copy each
+/// (servers with more to count keep their own).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections: Counter,
+    pub(crate) requests: Counter,
+    pub(crate) responses: Counter,
+    /// Request-body bytes read.
+    pub(crate) bytes_read: Counter,
+    /// Response-body bytes written.
+    pub(crate) bytes_written: Counter,
+}
+
 /// `http://ADDR/`
 pub(crate) fn url(addr: SocketAddr) -> String {
     format!("http://{addr}/")

@@ -6,7 +6,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::http1::Conn;
-use super::server::{impl_addr, ok_response, start, without_body, Counter, Running};
+use super::server::{impl_addr, ok_response, start, without_body, Counters, Running};
 
 /// The throttle takes the body off the socket in slices of about this much
 /// time's worth of bytes, so the pace is smooth at low rates.
@@ -36,14 +36,6 @@ pub struct ThrottledReader {
 pub struct ThrottledReaderBuilder {
     bytes_per_sec: u64,
     think_time: Duration,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    connections: Counter,
-    requests: Counter,
-    responses: Counter,
-    bytes_read: Counter,
 }
 
 impl ThrottledReader {

@@ -75,7 +75,7 @@
 
 mod config;
 mod error;
-mod future;
+pub mod future;
 mod layer;
 mod service;
 
@@ -86,7 +86,6 @@ pub use config::{
     config_with_roots, shared_config, shared_config_build_count, DEFAULT_ALPN_PROTOCOLS,
 };
 pub use error::{TlsConnectError, TlsConnectErrorKind};
-pub use future::ResponseFuture;
 pub use hyper_rustls::MaybeHttpsStream;
 pub use layer::SharedTlsLayer;
 pub use service::SharedTlsConnector;

@@ -14,7 +14,8 @@ use rustls::ClientConfig;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{shared_config, ResponseFuture, TlsConnectError, TlsConnectErrorKind};
+use super::future::ResponseFuture;
+use super::{shared_config, TlsConnectError, TlsConnectErrorKind};
 use crate::BoxError;
 
 /// A connector that adds TLS (hyper-rustls, rustls with `ring`) to an inner

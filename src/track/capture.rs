@@ -23,10 +23,10 @@ pub struct ConnectionCapture {
     inner: CaptureConnection,
 }
 
-/// What a [`ConnectionCapture`] knows right now.
+/// What a [`ConnectionCapture`] knows right now (crate-internal: the public
+/// way is [`ConnectionCapture::state`]).
 #[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum Captured {
+pub(crate) enum Captured {
     /// No connection yet: still waiting for the pool or the connector (or the
     /// inner service is not hyper-util's client and never fills captures).
     Pending,
@@ -59,7 +59,7 @@ impl ConnectionCapture {
     }
 
     /// The connection as far as it is known now.
-    pub fn get(&self) -> Captured {
+    pub(crate) fn get(&self) -> Captured {
         let meta = self.inner.connection_metadata();
         match meta.as_ref() {
             None => Captured::Pending,
@@ -89,7 +89,10 @@ impl ConnectionCapture {
         }
     }
 
-    /// The tracked connection's state, if connected through a tracker.
+    /// The tracked connection's state, once the request has a connection
+    /// made through a tracker; `None` while it has none yet, or when its
+    /// connector is not wrapped by
+    /// [`TrackConnections`](super::TrackConnections).
     pub fn state(&self) -> Option<ConnectionState> {
         match self.get() {
             Captured::Tracked(state) => Some(state),

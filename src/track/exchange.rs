@@ -148,6 +148,16 @@ impl ExchangeEnd {
         end
     }
 
+    /// This exchange's snapshot while the response is still arriving on an
+    /// HTTP/1 connection, where the socket carries only this exchange (on
+    /// HTTP/2 it carries every stream: `None`, as for an untracked or ended
+    /// exchange).
+    pub(crate) fn http1_exchange(&self) -> Option<Exchange> {
+        let (state, number) = self.target.as_ref()?;
+        let exchange = state.exchange();
+        (!state.is_http2() && exchange.number() == *number).then_some(exchange)
+    }
+
     /// The exchange ended normally.
     pub(crate) fn end(&mut self) {
         if let Some((state, number)) = self.target.take() {

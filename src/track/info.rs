@@ -1,17 +1,15 @@
 //! `ConnectionInfo`: the connection's story for one response.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use http_body::Body;
 
-use super::{ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange, TrackedBody};
+use super::future::InfoFuture;
+use super::{ConnectionCapture, ConnectionState, PendingExchange, TrackedBody};
 
 /// What happened on the connection for one request: a response extension, in
 /// the spirit of curl's `-w` variables and Go's `httptrace`.
@@ -153,45 +151,6 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
         let pending = PendingExchange::new(Some(ConnectionCapture::get_or_insert(&mut req)));
-        InfoFuture {
-            inner: self.inner.call(req),
-            pending,
-        }
-    }
-}
-
-pin_project! {
-    /// Future of [`WithConnectionInfo`].
-    #[derive(Debug)]
-    pub struct InfoFuture<F> {
-        #[pin]
-        inner: F,
-        pending: PendingExchange,
-    }
-}
-
-impl<F, B, E> Future for InfoFuture<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-    B: Body,
-{
-    type Output = Result<http::Response<TrackedBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        // A response or an error: either way the exchange was not abandoned
-        // by this future.
-        this.pending.disarm();
-        let mut response = result?;
-        if let Some(info) = response
-            .extensions()
-            .get::<ConnectionState>()
-            .map(ConnectionState::info)
-        {
-            response.extensions_mut().insert(info);
-        }
-        let end = ExchangeEnd::for_response(&response);
-        Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
+        InfoFuture::new(self.inner.call(req), pending)
     }
 }

@@ -79,17 +79,19 @@
 
 mod capture;
 mod exchange;
+pub mod future;
 mod info;
 mod io;
 mod service;
 mod state;
 
-pub use capture::{Captured, ConnectionCapture};
+pub(crate) use capture::Captured;
+pub use capture::ConnectionCapture;
 pub(crate) use exchange::{observe_frame, ExchangeEnd, PendingExchange};
 pub use exchange::{Exchange, ExchangeOutcome, TrackedBody};
-pub use info::{ConnectionInfo, ConnectionInfoLayer, InfoFuture, WithConnectionInfo};
+pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
 pub use io::TrackedIo;
-pub use service::{TrackConnections, TrackConnectionsLayer, TrackFuture, TrackStats};
+pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};
 pub use state::ConnectionState;
 pub(crate) use state::{Event, Observer};
 

@@ -1,17 +1,14 @@
 //! The connection-plane layer and service.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{ConnectionState, TrackedIo};
+use super::future::TrackFuture;
+use super::TrackedIo;
 
 /// Wraps a connector so every connection it makes is tracked.
 ///
@@ -49,8 +46,8 @@ impl<C> Layer<C> for TrackConnectionsLayer {
 /// clones.
 #[derive(Clone, Debug, Default)]
 pub struct TrackStats {
-    opened: Arc<AtomicU64>,
-    open: Arc<AtomicU64>,
+    pub(super) opened: Arc<AtomicU64>,
+    pub(super) open: Arc<AtomicU64>,
 }
 
 impl TrackStats {
@@ -83,6 +80,21 @@ impl<C> TrackConnections<C> {
     pub fn stats(&self) -> TrackStats {
         self.stats.clone()
     }
+
+    /// The wrapped connector.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// The wrapped connector, mutably.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the wrapped connector.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
 }
 
 impl<C, R> Service<R> for TrackConnections<C>
@@ -98,36 +110,6 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        TrackFuture {
-            inner: self.inner.call(req),
-            started: Instant::now(),
-            stats: self.stats.clone(),
-        }
-    }
-}
-
-pin_project! {
-    /// Future of [`TrackConnections`].
-    #[derive(Debug)]
-    pub struct TrackFuture<F> {
-        #[pin]
-        inner: F,
-        started: Instant,
-        stats: TrackStats,
-    }
-}
-
-impl<F, T, E> Future for TrackFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-{
-    type Output = Result<TrackedIo<T>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let io = ready!(this.inner.poll(cx))?;
-        this.stats.opened.fetch_add(1, Ordering::Relaxed);
-        let state = ConnectionState::new(*this.started, Instant::now());
-        Poll::Ready(Ok(TrackedIo::new(io, state, this.stats.open.clone())))
+        TrackFuture::new(self.inner.call(req), self.stats.clone())
     }
 }

@@ -498,3 +498,11 @@ async fn a_claimed_connection_is_not_expired_under_its_request() {
     assert!(res.await.unwrap().is_ok());
     assert_eq!(state.exchange().number(), 2);
 }
+
+#[test]
+fn tracker_gives_back_its_inner_connector() {
+    let mut track = TrackConnections::new(7u32);
+    assert_eq!(*track.get_ref(), 7);
+    *track.get_mut() = 8;
+    assert_eq!(track.into_inner(), 8);
+}

@@ -1,0 +1,91 @@
+//! The futures of [`TrackConnections`](super::TrackConnections) and
+//! [`WithConnectionInfo`](super::WithConnectionInfo).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{ready, Context, Poll};
+
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::{ConnectionState, ExchangeEnd, PendingExchange, TrackStats, TrackedBody, TrackedIo};
+
+pin_project! {
+    /// Future of [`TrackConnections`](super::TrackConnections).
+    #[derive(Debug)]
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        stats: TrackStats,
+    }
+}
+
+impl<F> TrackFuture<F> {
+    pub(super) fn new(inner: F, stats: TrackStats) -> Self {
+        TrackFuture {
+            inner,
+            started: Instant::now(),
+            stats,
+        }
+    }
+}
+
+impl<F, T, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<TrackedIo<T>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let io = ready!(this.inner.poll(cx))?;
+        this.stats.opened.fetch_add(1, Ordering::Relaxed);
+        let state = ConnectionState::new(*this.started, Instant::now());
+        Poll::Ready(Ok(TrackedIo::new(io, state, this.stats.open.clone())))
+    }
+}
+
+pin_project! {
+    /// Future of [`WithConnectionInfo`](super::WithConnectionInfo).
+    #[derive(Debug)]
+    pub struct InfoFuture<F> {
+        #[pin]
+        inner: F,
+        pending: PendingExchange,
+    }
+}
+
+impl<F> InfoFuture<F> {
+    pub(super) fn new(inner: F, pending: PendingExchange) -> Self {
+        InfoFuture { inner, pending }
+    }
+}
+
+impl<F, B, E> Future for InfoFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<http::Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        // A response or an error: either way the exchange was not abandoned
+        // by this future.
+        this.pending.disarm();
+        let mut response = result?;
+        if let Some(info) = response
+            .extensions()
+            .get::<ConnectionState>()
+            .map(ConnectionState::info)
+        {
+            response.extensions_mut().insert(info);
+        }
+        let end = ExchangeEnd::for_response(&response);
+        Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
+    }
+}
