@@ -91,7 +91,7 @@ let client = reqwest::Client::builder()
 
 // reqwest's own API: a connect timeout is still `is_timeout()`.
 match client.get("https://example.com/").send().await {
-    Err(err) if err.is_timeout() => match crate::find_cause::<Elapsed>(&err) {
+    Err(err) if err.is_timeout() => match tower_conn_lifecycle::find_cause::<Elapsed>(&err) {
         Some(e) => eprintln!("{} phase timed out", e.phase()),
         None => eprintln!("reqwest's own timeout"),
     },
