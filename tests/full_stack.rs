@@ -172,3 +172,58 @@ async fn idle_expiry_refusal_is_retried_and_the_server_sees_no_byte_of_it() {
     assert_eq!(server.requests(), 2);
     assert_eq!(server.connections(), 2);
 }
+
+#[path = "common/pki.rs"]
+mod pki;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_through_the_whole_stack() {
+    use tower_conn_lifecycle::track::ConnectionInfo;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = pki::Pki::new();
+    let mut server = pki::TlsServer::start(&ca).await;
+    let config = std::sync::Arc::new(tower_conn_lifecycle::tls::config_with_roots(
+        ca.roots.clone(),
+    ));
+    let client = layered(Duration::from_secs(90))
+        .tls_config(config)
+        .build::<Full<Bytes>>();
+    let url = server.url();
+    let get = || {
+        http::Request::get(url.as_str())
+            .body(Full::default())
+            .unwrap()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let res = client.clone().oneshot(get()).await.unwrap();
+        // Over HTTP/2 the tracker's exchange numbers are approximate (the
+        // preface counts); the connection is what matters here.
+        let info = ConnectionInfo::of(&res).expect("tracked over TLS");
+        ids.push(info.connection_id());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        // ALPN h2 through SharedTlsConnector, tracked.
+        assert_eq!(&body[..], b"HTTP/2.0");
+    }
+    assert_eq!(ids[0], ids[1], "one multiplexed connection, reused");
+    assert!(server.next_handshake().await.is_ok());
+    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(client.connection_stats().opened(), 1);
+    // The same stack refuses a server its roots do not trust, typed.
+    let untrusted = client::builder().build::<Full<Bytes>>();
+    let err = untrusted.oneshot(get()).await.unwrap_err();
+    assert!(
+        find_cause::<tower_conn_lifecycle::tls::TlsConnectError>(err.as_ref()).is_some(),
+        "{err:?}"
+    );
+    assert!(
+        find_cause::<NotRetried>(err.as_ref()).is_some(),
+        "typed: {err}"
+    );
+    assert_eq!(
+        server.requests.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "no request reached the server over an untrusted connection"
+    );
+}

@@ -8,28 +8,18 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{ClientConfig, HandshakeKind, RootCertStore, ServerConfig};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use rustls::{ClientConfig, HandshakeKind};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tower::{Layer, ServiceExt};
 use tower_conn_lifecycle::find_cause;
 use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer};
@@ -366,110 +356,9 @@ async fn stale_get_through_reqwest_is_retried_and_post_is_not() {
 
 // ------------------------------------------------------------------- TLS
 
-/// A test CA and a `localhost` leaf it signed.
-struct Pki {
-    roots: RootCertStore,
-    leaf: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "reqwest test ca");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .extended_key_usages
-            .push(ExtendedKeyUsagePurpose::ServerAuth);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        Pki {
-            roots,
-            leaf: vec![cert.der().clone()],
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        }
-    }
-}
-
-/// A TLS server on 127.0.0.1 (ALPN `h2` and `http/1.1`, hyper-util's auto
-/// server) that reports each handshake's kind and answers with the HTTP
-/// version it served.
-struct TlsServer {
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
-    handshakes: mpsc::UnboundedReceiver<Result<Option<HandshakeKind>, String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TlsServer {
-    async fn start(pki: &Pki) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(pki.leaf.clone(), pki.key.clone_key())
-                .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (tx, handshakes) = mpsc::unbounded_channel();
-        let counter = Arc::clone(&requests);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, counter, tx) = (acceptor.clone(), counter.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
-                    let _ = tx.send(Ok(tls.get_ref().1.handshake_kind()));
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let body = Full::new(Bytes::from(format!("{:?}", req.version())));
-                        async move { Ok::<_, Infallible>(Response::new(body)) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        TlsServer {
-            addr,
-            requests,
-            handshakes,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}/", self.addr.port())
-    }
-
-    async fn next_handshake(&mut self) -> Result<Option<HandshakeKind>, String> {
-        bounded(self.handshakes.recv())
-            .await
-            .expect("server stopped")
-    }
-}
+#[path = "common/pki.rs"]
+mod pki;
+use pki::{Pki, TlsServer};
 
 /// A reqwest client for `server` (its name pinned to the loopback address).
 fn tls_client(config: &ClientConfig, server: &TlsServer) -> reqwest::Client {
