@@ -164,7 +164,14 @@ fn race_client() -> Retrying<Phased<Full<Bytes>>> {
     let client = Client::builder(TokioExecutor::new()).build(connector);
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
-        .layer(PhaseTimeoutLayer::new().read(RACE_READ_LIMIT))
+        // `total` as well: a request hyper never writes (see the rule table's
+        // timeout exception) must end in a timeout the retry layer can judge,
+        // whatever the read clock saw.
+        .layer(
+            PhaseTimeoutLayer::new()
+                .read(RACE_READ_LIMIT)
+                .total(RACE_READ_LIMIT * 2),
+        )
         .service(client)
 }
 
