@@ -18,9 +18,11 @@
 //!   returns EOF to hyper at the expiry, so hyper closes it and hyper-util's
 //!   pool drops it silently; hyper-util transparently retries a request that
 //!   was about to use it on a new connection. The same check runs whenever
-//!   hyper polls the idle connection. As a last resort, a write on an expired
-//!   connection is refused before its first byte with [`ConnectionExpired`],
-//!   which is always safe to retry.
+//!   hyper polls the idle connection. As a last resort, a write on a
+//!   connection left unpolled well past its expiry (more than 25 ms: a
+//!   request hyper checked a moment before the deadline is still written, the
+//!   margin below the server's timeout covers it) is refused before its first
+//!   byte with [`ConnectionExpired`], which is always safe to retry.
 //! * **A live response is never cut**: only a connection whose previous
 //!   response has ended is ever closed, however long a streaming response
 //!   pauses between chunks.

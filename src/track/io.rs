@@ -57,6 +57,15 @@ impl Drop for CloseGuard {
     }
 }
 
+/// How long after its idle deadline a request may still be written on a
+/// connection. hyper checks an idle connection (reads it, where an expired
+/// one reads EOF and the request is retried by hyper-util) just before it
+/// writes; a request that passed that check a moment before the deadline is
+/// written a moment after it, which the margin below the server's idle
+/// timeout covers. Refusing it would fail a request hyper-util does not
+/// retry. Only a connection left unpolled well past its deadline is refused.
+const WRITE_GRACE: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// The error a poisoned connection's IO fails with.
 fn poisoned() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, Poisoned)
@@ -193,7 +202,7 @@ impl<T: AsyncWrite> Counting<T> {
             // on an expired connection is refused before its first byte.
             if let Some(deadline) = state.idle_deadline() {
                 let now = Instant::now();
-                if now >= deadline {
+                if now >= crate::clock::deadline(deadline, WRITE_GRACE) {
                     let since = state.idle_since().unwrap_or(deadline);
                     let refused = ConnectionExpired {
                         idle: now.saturating_duration_since(since),

@@ -506,3 +506,48 @@ fn tracker_gives_back_its_inner_connector() {
     *track.get_mut() = 8;
     assert_eq!(track.into_inner(), 8);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_well_past_the_deadline_is_refused_before_any_byte() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut io = TokioIo::new(io);
+    // One exchange: a request out, a response in, its end marked.
+    io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::io::AsyncReadExt::read(&mut io, &mut buf)
+        .await
+        .unwrap();
+    assert!(n > 0);
+    state.end_exchange(1);
+    state.set_expiry(Some(ms(100)));
+    let written = state.bytes_written();
+    // Just past the deadline (hyper checked it a moment before): allowed.
+    advance(ms(110)).await;
+    io.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(state.exchange().number(), 2);
+    read_request(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = tokio::io::AsyncReadExt::read(&mut io, &mut buf)
+        .await
+        .unwrap();
+    state.end_exchange(2);
+    let written_2 = state.bytes_written();
+    assert!(written_2 > written);
+    // Left unpolled well past it: refused, typed, nothing written.
+    advance(ms(200)).await;
+    let err = io.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap_err();
+    let expired = crate::find_cause::<crate::idle_expiry::ConnectionExpired>(&err)
+        .unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(expired.limit(), ms(100));
+    assert!(expired.idle() >= ms(200));
+    assert_eq!(state.bytes_written(), written_2, "nothing written");
+    assert_eq!(state.exchange().number(), 2, "no exchange opened");
+}
