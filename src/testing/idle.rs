@@ -109,15 +109,16 @@ impl IdleClosingServer {
         self.counters.responses.get()
     }
 
-    /// Requests with `method` whose bodies were read completely and that were
-    /// answered. Methods other than the nine standard ones are not counted
+    /// Requests with `method` whose bodies were read completely and that the
+    /// server then answered (counted just before the answer is written, so a
+    /// client holding its response always finds its request counted). Methods other than the nine standard ones are not counted
     /// one by one: for them this returns the total over all of them.
     pub fn requests_by_method(&self, method: &Method) -> u64 {
         self.counters.method(method).get()
     }
 
-    /// POST requests whose bodies were read completely and that were
-    /// answered; `requests_by_method(&Method::POST)`.
+    /// POST requests whose bodies were read completely and that the server
+    /// answered (counted as for [`requests_by_method`](Self::requests_by_method)).
     pub fn posts(&self) -> u64 {
         self.requests_by_method(&Method::POST)
     }
@@ -127,7 +128,7 @@ impl IdleClosingServer {
         self.counters.idle_closes.get()
     }
 
-    /// Distinct `Idempotency-Key` values among the requests answered. The
+    /// Distinct `Idempotency-Key` values among the requests processed. The
     /// server remembers at most 65536 keys; see
     /// [`untracked_keys`](Self::untracked_keys).
     pub fn distinct_keys(&self) -> u64 {
@@ -237,13 +238,16 @@ async fn serve(
         served += 1;
         let last = !head.keep_alive || config.max_requests.is_some_and(|max| served >= max);
         let response = if last { &close } else { &keep_alive };
-        conn.write_all(without_body(response, config.response_body.len(), &head))
-            .await?;
-        counters.responses.inc();
+        // Counted as processed before the answer goes out: a client that has
+        // its response must find its request counted, however the server
+        // task is scheduled.
         counters.method(&head.method).inc();
         if let Some(key) = &head.idempotency_key {
             counters.keys.record(key.as_bytes());
         }
+        conn.write_all(without_body(response, config.response_body.len(), &head))
+            .await?;
+        counters.responses.inc();
         if last {
             return conn.shutdown().await;
         }

@@ -88,7 +88,9 @@ impl ResetServer {
         self.counters.requests.get()
     }
 
-    /// Requests answered completely: the requests the server processed.
+    /// Requests answered: the requests the server processed (counted just
+    /// before the answer is written, so a client holding its response always
+    /// finds it counted).
     pub fn responses(&self) -> u64 {
         self.counters.responses.get()
     }
@@ -193,9 +195,11 @@ async fn serve(
         let close = ["Connection: close".to_owned()];
         let extra: &[String] = if head.keep_alive { &[] } else { &close };
         let response = ok_response(body.as_bytes(), extra);
+        // Counted before the answer goes out, so a client holding its
+        // response always finds it counted.
+        counters.responses.inc();
         conn.write_all(without_body(&response, body.len(), &head))
             .await?;
-        counters.responses.inc();
         if !head.keep_alive {
             return conn.shutdown().await;
         }
