@@ -154,7 +154,10 @@ async fn demo() -> Result<(), BoxError> {
             server,
         ]);
         if let Err(e) = &o.status {
-            println!("{name}: {}", common::chain(e.as_ref()));
+            println!(
+                "{name}: {}",
+                tower_conn_lifecycle::testing::error_chain(e.as_ref())
+            );
         }
     };
 
@@ -274,7 +277,10 @@ async fn external(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("error: {}", common::chain(e.as_ref()));
+            println!(
+                "error: {}",
+                tower_conn_lifecycle::testing::error_chain(e.as_ref())
+            );
             let phase =
                 find_cause::<Elapsed>(e.as_ref()).map_or("other".into(), |e| e.phase().to_string());
             println!(
@@ -294,7 +300,10 @@ async fn main() -> ExitCode {
         match demo().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", common::chain(e.as_ref()));
+                eprintln!(
+                    "error: {}",
+                    tower_conn_lifecycle::testing::error_chain(e.as_ref())
+                );
                 ExitCode::FAILURE
             }
         }

@@ -21,7 +21,7 @@ use tower_conn_lifecycle::retry::{
     RetryOnStaleConnectionLayer, RetryReason, Rule, IDEMPOTENCY_KEY,
 };
 use tower_conn_lifecycle::testing::{
-    Http2FaultServer, IdleClosingServer, ResetServer, SilentServer,
+    Http2FaultServer, IdleClosingServer, ResetServer, Rng, SilentServer,
 };
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnections, TrackConnectionsLayer, TrackStats,
@@ -116,23 +116,6 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         sleep(POLL).await;
-    }
-}
-
-/// A tiny xorshift generator: deterministic per seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

@@ -70,6 +70,23 @@ async fn handshake(io: Io) -> http1::SendRequest<Full<Bytes>> {
     send
 }
 
+/// One whole GET exchange: the request out, `response` back, its body read
+/// to the end and the exchange's end marked, as a request-plane layer does.
+async fn complete_exchange(
+    send: &mut http1::SendRequest<Full<Bytes>>,
+    server: &mut DuplexStream,
+    state: &ConnectionState,
+    response: &[u8],
+) {
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(server).await;
+    server.write_all(response).await.unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), state);
+    let mut end = ExchangeEnd::for_response(&res);
+    res.into_body().collect().await.unwrap();
+    end.end();
+}
+
 fn get() -> http::Request<Full<Bytes>> {
     http::Request::get("/").body(Full::default()).unwrap()
 }
@@ -252,16 +269,13 @@ async fn a_failed_first_write_opens_its_own_exchange() {
     );
     let (mut send, conn) = http1::handshake::<_, Full<Bytes>>(io).await.unwrap();
     tokio::spawn(conn);
-    let res = tokio::spawn(send.send_request(get()));
-    read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
-    let mut end = ExchangeEnd::for_response(&res);
-    res.into_body().collect().await.unwrap();
-    end.end();
+    complete_exchange(
+        &mut send,
+        &mut server,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
+    )
+    .await;
     assert!(state.exchange().response_started());
     send.ready().await.unwrap();
     // The next request's first write fails.
@@ -283,16 +297,13 @@ async fn a_failed_first_write_opens_its_own_exchange() {
 async fn a_request_hyper_never_wrote_opens_no_exchange() {
     let (io, state, mut server) = pipe(1 << 16);
     let mut send = handshake(io).await;
-    let res = tokio::spawn(send.send_request(get()));
-    read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
-    let mut end = ExchangeEnd::for_response(&res);
-    res.into_body().collect().await.unwrap();
-    end.end();
+    complete_exchange(
+        &mut send,
+        &mut server,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
+    )
+    .await;
     send.ready().await.unwrap();
     // The server closes while the connection is idle: hyper reads EOF before
     // it writes the next request, which fails as canceled.
@@ -364,20 +375,16 @@ async fn abandoning_an_upload_closes_the_connection_at_once() {
 async fn abandon_of_an_ended_exchange_does_nothing() {
     let (io, state, mut server) = pipe(1 << 16);
     let mut send = handshake(io).await;
-    let res = tokio::spawn(send.send_request(get()));
-    read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
-    let mut end = ExchangeEnd::for_response(&res);
-    res.into_body().collect().await.unwrap();
-    end.end();
-    drop(end);
+    complete_exchange(
+        &mut send,
+        &mut server,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
+    )
+    .await;
+    // (the helper has dropped its ended marker: that never poisons either)
     state.abandon(1);
     assert!(!state.is_poisoned());
-    // And a dropped marker of a finished exchange never poisons either.
     send.ready().await.unwrap();
     assert!(!state.is_closed());
 }

@@ -96,16 +96,7 @@ pub fn client(
 > + Clone
        + Send
        + 'static {
-    let connect = Connect {
-        tcp: track.layer(HttpConnector::new()),
-        layer,
-    };
-    PoolClient {
-        cache: cache::builder()
-            .executor(hyper_util::rt::TokioExecutor::new())
-            .build(connect),
-        checkouts: CHECKOUTS,
-    }
+    client_with_checkouts(layer, track, CHECKOUTS)
 }
 
 /// See [`client`].
