@@ -37,7 +37,7 @@ impl Origin {
     }
 
     /// Nanoseconds since the origin; saturates (584 years) rather than wraps.
-    fn stamp(&self, t: Instant) -> u64 {
+    pub(crate) fn stamp(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.0).as_nanos()).unwrap_or(NEVER - 1)
     }
 
@@ -57,6 +57,18 @@ impl Stamp {
 
     pub(crate) fn set(&self, origin: &Origin, t: Instant) {
         self.0.store(origin.stamp(t), Ordering::Release);
+    }
+
+    /// Stores a value already converted by [`Origin::stamp`] (one clock
+    /// conversion shared by several stamps taken at the same instant).
+    pub(crate) fn set_raw(&self, nanos: u64) {
+        self.0.store(nanos, Ordering::Release);
+    }
+
+    /// The stored nanoseconds since the origin, if set.
+    pub(crate) fn raw(&self) -> Option<u64> {
+        let v = self.0.load(Ordering::Acquire);
+        (v != NEVER).then_some(v)
     }
 
     pub(crate) fn is_set(&self) -> bool {

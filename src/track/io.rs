@@ -39,6 +39,9 @@ pin_project! {
         // The waker last handed to the state, to skip re-registering the
         // same task (hyper's connection task) on every pending read.
         registered: Option<Waker>,
+        // Bytes were written since the last successful flush: only such a
+        // flush is stamped (hyper flushes several times per request).
+        unflushed: bool,
         guard: CloseGuard,
     }
 }
@@ -193,15 +196,15 @@ impl<T: AsyncWrite> Counting<T> {
         turn: &mut Turn,
         state: &ConnectionState,
         buf: &[u8],
-    ) -> io::Result<Option<Instant>> {
+    ) -> io::Result<Option<u64>> {
         if state.is_poisoned() {
             return Err(poisoned());
         }
         if *turn != Turn::Writing {
+            let now = Instant::now();
             // The last resort of idle expiry: a request about to be written
             // on an expired connection is refused before its first byte.
             if let Some(deadline) = state.idle_deadline() {
-                let now = Instant::now();
                 if now >= crate::clock::deadline(deadline, WRITE_GRACE) {
                     let since = state.idle_since().unwrap_or(deadline);
                     let refused = ConnectionExpired {
@@ -216,17 +219,24 @@ impl<T: AsyncWrite> Counting<T> {
                 state.set_http2();
             }
             *turn = Turn::Writing;
-            let now = Instant::now();
+            let now = state.stamp(now);
             state.open_exchange(now);
             return Ok(Some(now));
         }
         Ok(None)
     }
 
-    fn wrote(state: &ConnectionState, res: &Poll<io::Result<usize>>, opened: Option<Instant>) {
+    fn wrote(
+        state: &ConnectionState,
+        res: &Poll<io::Result<usize>>,
+        opened: Option<u64>,
+        unflushed: &mut bool,
+    ) {
         match res {
             Poll::Ready(Ok(n)) if *n > 0 => {
-                state.on_write(*n, opened.unwrap_or_else(Instant::now));
+                let now = opened.unwrap_or_else(|| state.stamp(Instant::now()));
+                state.on_write(*n, now);
+                *unflushed = true;
             }
             Poll::Ready(Err(_)) => state.on_write_error(),
             _ => {}
@@ -244,7 +254,7 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
         let state = &this.guard.state;
         let opened = Self::before_write(this.turn, state, buf)?;
         let res = this.inner.poll_write(cx, buf);
-        Self::wrote(state, &res, opened);
+        Self::wrote(state, &res, opened, this.unflushed);
         res
     }
 
@@ -261,7 +271,7 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
             .map_or(&[][..], |b| &b[..]);
         let opened = Self::before_write(this.turn, state, first)?;
         let res = this.inner.poll_write_vectored(cx, bufs);
-        Self::wrote(state, &res, opened);
+        Self::wrote(state, &res, opened, this.unflushed);
         res
     }
 
@@ -276,7 +286,9 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
         }
         let res = this.inner.poll_flush(cx);
         if let Poll::Ready(Ok(())) = res {
-            this.guard.state.on_flush();
+            if std::mem::take(this.unflushed) {
+                this.guard.state.on_flush();
+            }
         }
         res
     }
@@ -317,6 +329,7 @@ impl<T> TrackedIo<T> {
                 turn: Turn::Idle,
                 expiry_timer: None,
                 registered: None,
+                unflushed: false,
                 guard: CloseGuard { state, open },
             }),
         }

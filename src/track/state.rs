@@ -171,7 +171,9 @@ impl ConnectionState {
         self.load(&self.inner.last_read)
     }
 
-    /// When the client last flushed the connection successfully.
+    /// When the client last flushed the connection successfully after
+    /// writing (flushes that follow no write are not stamped: the earlier
+    /// stamp already covers every byte).
     ///
     /// hyper flushes the IO only after its own write buffer is empty, so a
     /// flush at or after the last write means every queued byte reached the
@@ -384,22 +386,26 @@ impl ConnectionState {
             .is_ok()
     }
 
-    /// Opens a new exchange at a request's first write attempt. An exchange
-    /// still in flight (no request-side marker saw its end) is completed now.
-    pub(crate) fn open_exchange(&self, now: Instant) {
+    /// Nanoseconds since the connection's origin at `now`: the one clock
+    /// conversion the IO shares between the stamps it takes at one instant.
+    pub(crate) fn stamp(&self, now: Instant) -> u64 {
+        self.inner.origin.stamp(now)
+    }
+
+    /// Opens a new exchange at a request's first write attempt (`now` from
+    /// [`stamp`](Self::stamp)). An exchange still in flight (no request-side
+    /// marker saw its end) is completed now.
+    pub(crate) fn open_exchange(&self, now: u64) {
         self.complete_current();
         let inner = &self.inner;
-        let origin = &inner.origin;
-        let idle = self
-            .load(&inner.idle_since)
-            .or_else(|| self.last_read())
-            .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
-        inner.exchange_idle_before.store(
-            u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Release,
-        );
+        let idle = inner
+            .idle_since
+            .raw()
+            .or_else(|| inner.last_read.raw())
+            .map_or(0, |r| now.saturating_sub(r));
+        inner.exchange_idle_before.store(idle, Ordering::Release);
         inner.exchange_first_read.clear();
-        inner.exchange_start.set(origin, now);
+        inner.exchange_start.set_raw(now);
         inner
             .exchange_written_base
             .store(self.bytes_written(), Ordering::Release);
@@ -414,23 +420,26 @@ impl ConnectionState {
             .store(ExchangeOutcome::InFlight as u8, Ordering::Release);
     }
 
-    pub(crate) fn on_write(&self, n: usize, now: Instant) {
+    /// `n` bytes written at `now` (from [`stamp`](Self::stamp)).
+    pub(crate) fn on_write(&self, n: usize, now: u64) {
         self.inner
             .bytes_written
             .fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.last_write.set(&self.inner.origin, now);
+        self.inner.last_write.set_raw(now);
     }
 
     pub(crate) fn on_read(&self, n: usize, first_of_response: bool) {
-        let now = Instant::now();
-        let origin = &self.inner.origin;
+        let now = self.stamp(Instant::now());
+        let inner = &self.inner;
         if first_of_response {
-            self.inner.exchange_first_read.set(origin, now);
+            inner.exchange_first_read.set_raw(now);
         }
-        self.inner.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.last_read.set(origin, now);
+        inner.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        inner.last_read.set_raw(now);
     }
 
+    /// A flush succeeded after bytes were written (the IO skips flushes
+    /// that follow no write: the earlier stamp already covers them).
     pub(crate) fn on_flush(&self) {
         self.inner
             .last_flush
@@ -477,8 +486,9 @@ impl ConnectionState {
         if !self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Completed) {
             return false;
         }
-        let at = self.last_read().unwrap_or_else(Instant::now);
-        self.inner.idle_since.set(&self.inner.origin, at);
+        let at = (self.inner.last_read.raw())
+            .unwrap_or_else(|| self.stamp(Instant::now()));
+        self.inner.idle_since.set_raw(at);
         true
     }
 
