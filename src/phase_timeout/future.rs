@@ -40,7 +40,9 @@ pin_project! {
 pub(crate) struct Watch {
     limits: Limits,
     issued: Instant,
-    progress: Arc<Progress>,
+    /// The body's upload progress; `None` for a body that was empty from the
+    /// start (its upload is the request head: ended when issued, no bytes).
+    progress: Option<Arc<Progress>>,
     capture: Option<ConnectionCapture>,
     /// When this request could first write (connection known), if known yet,
     /// and the id of that connection (when tracked): hyper-util may retry a
@@ -59,7 +61,7 @@ impl<F> ResponseFuture<F> {
         inner: F,
         limits: Limits,
         issued: Instant,
-        progress: Arc<Progress>,
+        progress: Option<Arc<Progress>>,
         capture: Option<ConnectionCapture>,
     ) -> Self {
         let watch = Watch {
@@ -102,6 +104,24 @@ impl Watch {
             .map_or_else(|| far_future(self.issued), |d| deadline(self.issued, d))
     }
 
+    /// When the last body frame was pulled by the connection.
+    fn last_frame(&self) -> Option<Instant> {
+        self.progress.as_ref()?.last_frame()
+    }
+
+    /// When the body was known to end.
+    fn body_end(&self) -> Option<Instant> {
+        match &self.progress {
+            Some(progress) => progress.body_end(),
+            None => Some(self.issued),
+        }
+    }
+
+    /// Body bytes pulled so far.
+    fn body_bytes(&self) -> u64 {
+        self.progress.as_ref().map_or(0, |p| p.bytes())
+    }
+
     fn total_deadline(&self) -> Option<(Duration, Instant)> {
         self.limits.total.map(|t| (t, deadline(self.issued, t)))
     }
@@ -118,7 +138,7 @@ impl Watch {
 
     fn elapsed(&self, phase: Phase, waiting: Waiting, limit: Duration, since: Instant) -> Elapsed {
         let now = Instant::now();
-        let (sent, received) = self.socket_bytes().unwrap_or((self.progress.bytes(), 0));
+        let (sent, received) = self.socket_bytes().unwrap_or((self.body_bytes(), 0));
         Elapsed::new(
             phase,
             waiting,
@@ -191,7 +211,7 @@ impl Watch {
         };
         let moved = matches!((self.connected, id), (Some((_, Some(old))), Some(new)) if old != new);
         if self.connected.is_none() || moved {
-            let last_frame = self.progress.last_frame();
+            let last_frame = self.last_frame();
             self.connected = match (&captured, last_frame) {
                 (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
                 (Captured::Untracked, _) => Some(self.handed.or(last_frame).unwrap_or(now)),
@@ -217,7 +237,7 @@ impl Watch {
         // progress says nothing about this request's, so a multiplexed
         // request is judged by its own body frames, like an untracked one.
         let socket = tracked.filter(|state| !state.is_http2());
-        let last_frame = self.progress.last_frame();
+        let last_frame = self.last_frame();
         let cadence = self.cadence().unwrap_or(Duration::MAX);
         let Some((connected, _)) = self.connected else {
             // Still waiting for a connection: that is the connect phase,
@@ -262,7 +282,7 @@ impl Watch {
     /// when `socket` is this request's own connection, otherwise when its body
     /// ended.
     fn upload_done(&self, socket: Option<&ConnectionState>) -> Option<Instant> {
-        let body_end = self.progress.body_end()?;
+        let body_end = self.body_end()?;
         let Some(state) = socket else {
             return Some(body_end);
         };
@@ -282,7 +302,7 @@ impl Watch {
     ) -> Response<ResponseBody<B>> {
         self.pending.disarm();
         let end = ExchangeEnd::for_response(&response);
-        let sent = self.progress.bytes();
+        let sent = self.body_bytes();
         response.map(|body| {
             ResponseBody::new(
                 body,

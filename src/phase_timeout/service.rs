@@ -75,8 +75,15 @@ where
         // Captured even without send/read limits: a timed-out or dropped
         // request's connection is poisoned through it.
         let capture = Some(ConnectionCapture::get_or_insert(&mut req));
-        let progress = Arc::new(Progress::new(issued));
-        let req = req.map(|b| RequestBody::with_progress(b, Arc::clone(&progress)));
+        // A body that is already at its end is never polled by hyper (the
+        // upload is the request head): it needs no shared progress record.
+        let (req, progress) = if req.body().is_end_stream() {
+            (req.map(RequestBody::new), None)
+        } else {
+            let progress = Arc::new(Progress::new(issued));
+            let req = req.map(|b| RequestBody::with_progress(b, Arc::clone(&progress)));
+            (req, Some(progress))
+        };
         ResponseFuture::new(self.inner.call(req), limits, issued, progress, capture)
     }
 }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
@@ -29,8 +30,9 @@ pin_project! {
         S: Service<Request<B>>,
     {
         #[pin]
-        state: State<S::Future>,
-        service: S,
+        state: State<S, S::Future>,
+        // The service retries are cloned from.
+        spare: Arc<S>,
         // The request for the next attempt.
         backup: Option<Request<B>>,
         // The connection capture of the attempt in flight.
@@ -43,12 +45,15 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     #[derive(Debug)]
-    enum State<F> {
+    enum State<S, F> {
         Called {
             #[pin]
             future: F,
         },
-        Retrying,
+        // A clone of the spare, waiting to be ready for the next attempt.
+        Retrying {
+            service: S,
+        },
     }
 }
 
@@ -58,14 +63,14 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        service: S,
+        spare: Arc<S>,
         backup: Request<B>,
         session: Session<B>,
         capture: ConnectionCapture,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
-            service,
+            spare,
             backup: Some(backup),
             pending: PendingExchange::new(Some(capture.clone())),
             capture: Some(capture),
@@ -76,7 +81,7 @@ where
 
 impl<S, B, RB> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
     B: Clone,
     RB: Body,
@@ -112,13 +117,14 @@ where
                         // the next attempt goes to another one at once.
                         Some(wait) => {
                             let () = wait.into_inner();
-                            this.state.set(State::Retrying);
+                            let service = S::clone(this.spare);
+                            this.state.set(State::Retrying { service });
                         }
                         None => return Poll::Ready(result.map(with_exchange_end)),
                     }
                 }
-                StateProj::Retrying => {
-                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                StateProj::Retrying { service } => {
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let Some(req) = this.backup.take() else {
                         // Unreachable: `Retrying` is only entered with a backup.
                         return Poll::Ready(Err("retry without a request".into()));
@@ -126,7 +132,7 @@ where
                     *this.backup = Some(duplicate(&req));
                     *this.capture = req.extensions().get::<ConnectionCapture>().cloned();
                     *this.pending = PendingExchange::new(this.capture.clone());
-                    let future = this.service.call(req);
+                    let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
             }

@@ -126,7 +126,7 @@ impl<M> RetryOnStaleConnectionLayer<M> {
     }
 }
 
-impl<S, M: Clone> Layer<S> for RetryOnStaleConnectionLayer<M> {
+impl<S: Clone, M: Clone> Layer<S> for RetryOnStaleConnectionLayer<M> {
     type Service = RetryOnStaleConnection<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -1,5 +1,6 @@
 //! The [`RetryOnStaleConnection`] service.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -27,21 +28,31 @@ use crate::BoxError;
 /// error, except errors of the inner service's `poll_ready`, passed on as
 /// they are.
 ///
-/// The inner service must be `Clone` (hyper-util's client is): each
-/// request's future keeps a clone for its retries, the way tower's `Retry`
-/// does. Clones of this service share the layer's budget.
+/// The inner service must be `Clone` (hyper-util's client is). The first
+/// attempt of every request goes to the service `poll_ready` was called on;
+/// a retry goes to a fresh clone of a spare copy kept since construction
+/// (shared by clones of this service), so a request that is not retried,
+/// nearly all of them, clones nothing. Clones of this service share the
+/// layer's budget.
 #[derive(Clone, Debug)]
 pub struct RetryOnStaleConnection<S, M = CloneBody> {
     inner: S,
+    spare: Arc<S>,
     layer: RetryOnStaleConnectionLayer<M>,
 }
 
-impl<S, M> RetryOnStaleConnection<S, M> {
+impl<S: Clone, M> RetryOnStaleConnection<S, M> {
     /// Wraps `inner` with the settings of `layer`.
     pub fn new(inner: S, layer: RetryOnStaleConnectionLayer<M>) -> Self {
-        RetryOnStaleConnection { inner, layer }
+        RetryOnStaleConnection {
+            spare: Arc::new(inner.clone()),
+            inner,
+            layer,
+        }
     }
+}
 
+impl<S, M> RetryOnStaleConnection<S, M> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -58,20 +69,18 @@ impl<S, M> RetryOnStaleConnection<S, M> {
     }
 
     /// Sends the first attempt of `req` with the service `poll_ready` was
-    /// called on, leaving a clone in its place (as tower does).
+    /// called on; retries, if any, clone the spare.
     fn start<B>(&mut self, mut req: Request<B>, session: Session<B>) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
         B: Clone,
     {
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
         // Copied before the capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
         let capture = ConnectionCapture::get_or_insert(&mut req);
-        let future = service.call(req);
-        ResponseFuture::new(future, service, backup, session, capture)
+        let future = self.inner.call(req);
+        ResponseFuture::new(future, Arc::clone(&self.spare), backup, session, capture)
     }
 }
 
