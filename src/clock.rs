@@ -41,7 +41,7 @@ impl Origin {
         u64::try_from(t.saturating_duration_since(self.0).as_nanos()).unwrap_or(NEVER - 1)
     }
 
-    fn at(&self, stamp: u64) -> Option<Instant> {
+    pub(crate) fn at(&self, stamp: u64) -> Option<Instant> {
         (stamp != NEVER).then(|| self.0 + Duration::from_nanos(stamp))
     }
 }
@@ -69,10 +69,6 @@ impl Stamp {
     pub(crate) fn raw(&self) -> Option<u64> {
         let v = self.0.load(Ordering::Acquire);
         (v != NEVER).then_some(v)
-    }
-
-    pub(crate) fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed) != NEVER
     }
 
     pub(crate) fn clear(&self) {

@@ -54,6 +54,29 @@ pub(crate) fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
     best.map(Duration::from_secs)
 }
 
+/// Whether the headers have a `Keep-Alive` line and a `Connection` line.
+///
+/// Most responses have neither and only a few header names: one pass over
+/// the names (standard ones compare as enum tags) is cheaper than two hashed
+/// lookups. Many names fall back to the lookups.
+pub(crate) fn mentions(headers: &HeaderMap) -> (bool, bool) {
+    if headers.keys_len() > 12 {
+        return (
+            headers.contains_key(KEEP_ALIVE),
+            headers.contains_key(CONNECTION),
+        );
+    }
+    let (mut keep_alive, mut connection) = (false, false);
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            connection = true;
+        } else if *name == KEEP_ALIVE {
+            keep_alive = true;
+        }
+    }
+    (keep_alive, connection)
+}
+
 /// Whether the response says the connection closes after it
 /// (`Connection: close`, any case, among other tokens).
 pub(crate) fn connection_close(headers: &HeaderMap) -> bool {
@@ -143,6 +166,27 @@ mod tests {
                 map.append(CONNECTION, HeaderValue::from_str(l).unwrap());
             }
             assert_eq!(connection_close(&map), *want, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn mentions_finds_both_names_with_few_and_with_many_headers() {
+        for extra in [0usize, 20] {
+            let mut map = HeaderMap::new();
+            for i in 0..extra {
+                map.insert(
+                    HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            map.insert("content-length", HeaderValue::from_static("0"));
+            assert_eq!(mentions(&map), (false, false), "{extra} fillers");
+            map.insert("Keep-Alive", HeaderValue::from_static("timeout=5"));
+            assert_eq!(mentions(&map), (true, false), "{extra} fillers");
+            map.insert("CONNECTION", HeaderValue::from_static("close"));
+            assert_eq!(mentions(&map), (true, true), "{extra} fillers");
+            map.remove("keep-alive");
+            assert_eq!(mentions(&map), (false, true), "{extra} fillers");
         }
     }
 }

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use super::hint::{connection_close, keep_alive_timeout};
+use super::hint::{connection_close, keep_alive_timeout, mentions};
 use super::learn::{Learner, Origin, DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER};
 use super::IdleExpiry;
 use crate::track::{ConnectionState, Event, Observer};
@@ -179,7 +179,8 @@ impl IdleExpiryLayer {
             c.margin.max(rtt.saturating_mul(2))
         };
         let mut limit = c.expiry;
-        if let Some(hint) = keep_alive_timeout(headers) {
+        let (keep_alive, connection) = mentions(headers);
+        if let Some(hint) = keep_alive.then(|| keep_alive_timeout(headers)).flatten() {
             limit = limit.min(hint.saturating_sub(margin()));
             shared.stats.inner.hints.fetch_add(1, Ordering::Relaxed);
         }
@@ -188,7 +189,9 @@ impl IdleExpiryLayer {
                 limit = limit.min(estimate.saturating_sub(margin()));
             }
         }
-        if connection_close(headers) || c.max_requests.is_some_and(|max| state.requests() >= max) {
+        if (connection && connection_close(headers))
+            || c.max_requests.is_some_and(|max| state.requests() >= max)
+        {
             limit = Duration::ZERO;
         }
         state.set_expiry(Some(limit));

@@ -36,6 +36,8 @@ pin_project! {
         turn: Turn,
         // Armed only while the connection is known idle and has an expiry.
         expiry_timer: Option<Pin<Box<Sleep>>>,
+        // The timer was last polled with the waker in `registered`.
+        timer_polled: bool,
         // The waker last handed to the state, to skip re-registering the
         // same task (hyper's connection task) on every pending read.
         registered: Option<Waker>,
@@ -100,9 +102,23 @@ impl<T> Counting<T> {
     fn idle_expired(
         state: &ConnectionState,
         timer: &mut Option<Pin<Box<Sleep>>>,
+        polled: &mut bool,
         cx: &mut Context<'_>,
     ) -> bool {
-        let Some(deadline) = state.idle_deadline() else {
+        let Some(deadline_raw) = state.idle_deadline_raw() else {
+            return false;
+        };
+        // The fast path of a busy connection: the timer already holds this
+        // task's waker (`polled`), is armed no later than the deadline and
+        // has not fired, so it wakes the task in time; no clock read.
+        if *polled {
+            if let (Some(sleep), Some(armed)) = (timer.as_ref(), state.timer_at_raw()) {
+                if armed <= deadline_raw && !sleep.is_elapsed() {
+                    return false;
+                }
+            }
+        }
+        let Some(deadline) = state.at(deadline_raw) else {
             return false;
         };
         let now = Instant::now();
@@ -127,9 +143,11 @@ impl<T> Counting<T> {
             sleep.as_mut().reset(deadline);
             state.timer_armed(deadline);
             if sleep.as_mut().poll(cx).is_ready() {
+                *polled = false;
                 return Instant::now() >= deadline;
             }
         }
+        *polled = true;
         false
     }
 }
@@ -170,13 +188,14 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
                 {
                     state.register(cx.waker());
                     *this.registered = Some(cx.waker().clone());
+                    *this.timer_polled = false;
                 }
                 // Checked after registering, so a poison or an end of
                 // exchange that raced with this poll still wakes the task.
                 if state.is_poisoned() {
                     return Poll::Ready(Err(poisoned()));
                 }
-                if Self::idle_expired(state, this.expiry_timer, cx) {
+                if Self::idle_expired(state, this.expiry_timer, this.timer_polled, cx) {
                     // EOF on an idle connection: hyper closes it and its pool
                     // drops it without an error; a request about to use it is
                     // retried by hyper-util on a new connection.
@@ -328,6 +347,7 @@ impl<T> TrackedIo<T> {
                 inner: TokioIo::new(inner),
                 turn: Turn::Idle,
                 expiry_timer: None,
+                timer_polled: false,
                 registered: None,
                 unflushed: false,
                 guard: CloseGuard { state, open },

@@ -232,15 +232,39 @@ impl ConnectionState {
     /// and while a request has been promised the connection (see
     /// [`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection)).
     pub fn idle_deadline(&self) -> Option<Instant> {
+        self.idle_deadline_raw()
+            .and_then(|raw| self.inner.origin.at(raw))
+    }
+
+    /// [`idle_deadline`](Self::idle_deadline) in nanoseconds since the
+    /// origin: the IO's hot path compares it with its timer without
+    /// converting instants.
+    pub(crate) fn idle_deadline_raw(&self) -> Option<u64> {
+        let inner = &self.inner;
         // The common case, checked with two loads: nothing to expire.
-        if self.inner.expiry.load(Ordering::Relaxed) == NO_EXPIRY && !self.inner.retire_at.is_set()
+        let expiry = inner.expiry.load(Ordering::Relaxed);
+        let retire = inner.retire_at.raw();
+        if expiry == NO_EXPIRY && retire.is_none() {
+            return None;
+        }
+        if inner.claimed.load(Ordering::Acquire)
+            || self.outcome() != ExchangeOutcome::Completed
+            || self.is_closed()
         {
             return None;
         }
-        if self.inner.claimed.load(Ordering::Acquire) {
-            return None;
-        }
-        self.idle_deadline_from(self.idle_since()?)
+        let since = inner.idle_since.raw()?;
+        Some(deadline_raw(since, expiry, retire))
+    }
+
+    /// Where the IO's expiry timer is armed, in nanoseconds since the origin.
+    pub(crate) fn timer_at_raw(&self) -> Option<u64> {
+        self.inner.timer_at.raw()
+    }
+
+    /// An instant from nanoseconds since the origin.
+    pub(crate) fn at(&self, raw: u64) -> Option<Instant> {
+        self.inner.origin.at(raw)
     }
 
     /// Promises the idle connection to a request that is about to be written:
@@ -253,12 +277,13 @@ impl ConnectionState {
     }
 
     fn idle_deadline_from(&self, idle_since: Instant) -> Option<Instant> {
-        let by_idle = self.expiry().map(|e| crate::clock::deadline(idle_since, e));
-        let retire = self.load(&self.inner.retire_at).map(|r| r.max(idle_since));
-        match (by_idle, retire) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let since = self.inner.origin.stamp(idle_since);
+        let expiry = self.inner.expiry.load(Ordering::Acquire);
+        let retire = self.inner.retire_at.raw();
+        if expiry == NO_EXPIRY && retire.is_none() {
+            return None;
         }
+        self.inner.origin.at(deadline_raw(since, expiry, retire))
     }
 
     /// The refusal error if the connection expired by `now`: it was closed
@@ -486,8 +511,7 @@ impl ConnectionState {
         if !self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Completed) {
             return false;
         }
-        let at = (self.inner.last_read.raw())
-            .unwrap_or_else(|| self.stamp(Instant::now()));
+        let at = (self.inner.last_read.raw()).unwrap_or_else(|| self.stamp(Instant::now()));
         self.inner.idle_since.set_raw(at);
         true
     }
@@ -497,10 +521,10 @@ impl ConnectionState {
     pub(crate) fn end_exchange(&self, number: u64) {
         if self.requests() == number && self.complete_current() {
             // The IO needs waking only if its expiry timer would fire too
-            // late for this idle period (or is not armed at all).
-            if let Some(deadline) = self.idle_deadline() {
-                match self.load(&self.inner.timer_at) {
-                    Some(armed) if armed <= deadline && armed > Instant::now() => {}
+            // late for this idle period (or is not armed at all, or fired).
+            if let Some(deadline) = self.idle_deadline_raw() {
+                match self.inner.timer_at.raw() {
+                    Some(armed) if armed <= deadline && armed > self.stamp(Instant::now()) => {}
                     _ => self.wake(),
                 }
             }
@@ -550,6 +574,19 @@ impl ConnectionState {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+}
+
+/// The idle deadline in nanoseconds since the origin: `since` plus the
+/// expiry (`NO_EXPIRY` for none), or the retirement if that comes first
+/// (never before `since`). At least one of the two is set by the caller.
+fn deadline_raw(since: u64, expiry: u64, retire: Option<u64>) -> u64 {
+    // Below `u64::MAX`, which reads back as "never".
+    let by_idle = (expiry != NO_EXPIRY).then(|| since.saturating_add(expiry).min(NO_EXPIRY - 1));
+    let retire = retire.map(|r| r.max(since));
+    match (by_idle, retire) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(NO_EXPIRY - 1),
     }
 }
 
