@@ -50,9 +50,11 @@ pin_project! {
             #[pin]
             future: F,
         },
-        // A clone of the spare, waiting to be ready for the next attempt.
+        // A clone of the spare, waiting to be ready for the next attempt
+        // (boxed: retries are rare, and an inline service would make every
+        // request's future larger, and costlier to move, by its size).
         Retrying {
-            service: S,
+            service: Box<S>,
         },
     }
 }
@@ -117,7 +119,7 @@ where
                         // the next attempt goes to another one at once.
                         Some(wait) => {
                             let () = wait.into_inner();
-                            let service = S::clone(this.spare);
+                            let service = Box::new(S::clone(this.spare));
                             this.state.set(State::Retrying { service });
                         }
                         None => return Poll::Ready(result.map(with_exchange_end)),
