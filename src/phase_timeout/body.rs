@@ -80,7 +80,10 @@ pin_project! {
     pub struct RequestBody<B: Body> {
         #[pin]
         inner: B,
-        rest: Option<B::Data>,
+        // The unsent part of a frame larger than `MAX_FRAME` (boxed: rare,
+        // and the request, body included, is moved several times inside
+        // hyper, so every byte of it costs on every request).
+        rest: Option<Box<B::Data>>,
         progress: Option<Arc<Progress>>,
     }
 }
@@ -134,7 +137,7 @@ impl<B: Body> Body for RequestBody<B> {
                     Ok(mut data) => {
                         let piece = take_piece(&mut data);
                         if data.has_remaining() {
-                            *this.rest = Some(data);
+                            *this.rest = Some(Box::new(data));
                         }
                         Frame::data(piece)
                     }
