@@ -98,7 +98,16 @@ where
                     let result = ready!(future.poll(cx));
                     // A response or an error: this attempt was not abandoned.
                     this.pending.disarm();
-                    let mut result = result.map_err(Into::into);
+                    // The common case first, moving the response as little
+                    // as possible: a success is never retried.
+                    let err = match result {
+                        Ok(mut response) => {
+                            this.session.succeeded(&mut response);
+                            return Poll::Ready(Ok(with_exchange_end(response)));
+                        }
+                        Err(err) => err.into(),
+                    };
+                    let mut result = Err(err);
                     let retry = match this.backup.as_mut() {
                         Some(req) => {
                             if result.is_err() {

@@ -108,6 +108,15 @@ impl<B> Session<B> {
         }
     }
 
+    /// A response arrived: it carries the [`Retried`] record if it needed
+    /// retries (what [`Policy::retry`] does with a success, without moving
+    /// the response through a `Result`).
+    pub(crate) fn succeeded<RB>(&self, response: &mut Response<RB>) {
+        if self.retried.count > 0 {
+            response.extensions_mut().insert(self.retried.clone());
+        }
+    }
+
     /// The limits a retry-safe failure must also pass.
     fn allow(&self, req: &Request<B>, reason: RetryReason) -> Result<RetryReason, Rule> {
         if !(self.replayable)(req.body()) {
@@ -158,9 +167,7 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
     ) -> Option<Ready<()>> {
         let err = match result {
             Ok(response) => {
-                if self.retried.count > 0 {
-                    response.extensions_mut().insert(self.retried.clone());
-                }
+                self.succeeded(response);
                 return None;
             }
             Err(err) => err,
