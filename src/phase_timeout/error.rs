@@ -85,6 +85,17 @@ impl Elapsed {
         bytes_sent: u64,
         bytes_received: u64,
     ) -> Self {
+        // Every `Elapsed` is a timeout that fired: one debug event each
+        // (a disabled event costs one relaxed load at its callsite).
+        tracing::debug!(
+            phase = %phase,
+            ?waiting,
+            ?limit,
+            ?elapsed,
+            bytes_sent,
+            bytes_received,
+            "request timed out"
+        );
         Elapsed {
             phase,
             waiting,
