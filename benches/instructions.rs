@@ -24,6 +24,10 @@
 //! then disabled but a dispatcher exists, which shows what disabled events
 //! cost. Without valgrind it says how to install it and exits successfully.
 //!
+//! `cargo bench --bench instructions -- --keep` keeps the callgrind profiles
+//! (paths on stderr): `callgrind_annotate --inclusive=yes FILE` shows where a
+//! layer's instructions go (compare a `LONG` profile with bare's).
+//!
 //! `cargo bench --bench instructions -- --child --variant NAME --workload
 //! get|post64k --requests N [--info-subscriber]` runs one child natively and
 //! prints its allocation count.
@@ -148,9 +152,31 @@ fn child(args: &[String]) {
     if args.iter().any(|a| a == "--info-subscriber") {
         tracing::subscriber::set_global_default(InfoOnly).unwrap();
     }
+    // `--server-thread`: the server on a thread and runtime of its own, so
+    // that callgrind (`--separate-threads=yes`) counts the client alone on
+    // the main thread.
+    let (stop, server_thread, url) = if args.iter().any(|a| a == "--server-thread") {
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            common::runtime().block_on(async {
+                let server = HyperServer::start().await.unwrap();
+                url_tx.send(server.url()).unwrap();
+                let _ = stop_rx.await;
+            })
+        });
+        let url = url_rx.recv().unwrap();
+        (Some(stop_tx), Some(thread), Some(url))
+    } else {
+        (None, None, None)
+    };
     let allocations = common::runtime().block_on(async {
-        let server = HyperServer::start().await.unwrap();
-        let uri: http::Uri = server.url().parse().unwrap();
+        let server = match url {
+            Some(_) => None,
+            None => Some(HyperServer::start().await.unwrap()),
+        };
+        let url = url.unwrap_or_else(|| server.as_ref().unwrap().url());
+        let uri: http::Uri = url.parse().unwrap();
         macro_rules! go {
             ($w:ident) => {
                 with_client!(variant, <$w as Workload>::Body, |svc| {
@@ -165,6 +191,10 @@ fn child(args: &[String]) {
             other => panic!("unknown workload {other}"),
         }
     });
+    if let (Some(stop), Some(thread)) = (stop, server_thread) {
+        let _ = stop.send(());
+        thread.join().unwrap();
+    }
     println!("allocations {allocations}");
 }
 
@@ -185,38 +215,88 @@ fn allocations(row: Row, workload: &str) -> Option<f64> {
     Some(n as f64 / LONG as f64)
 }
 
+/// How a callgrind run counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// Client and server on one thread: the whole exchange.
+    Exchange,
+    /// The server on its own thread (`--server-thread`), callgrind with
+    /// `--separate-threads=yes`: the main thread's count is the client's.
+    Client,
+}
+
+/// A callgrind run in progress: the child and its profile's path.
+struct Run {
+    child: std::process::Child,
+    path: String,
+    count: Count,
+}
+
 /// Starts one callgrind run of a child.
-fn callgrind(row: Row, workload: &str, requests: usize) -> Option<(std::process::Child, String)> {
+fn callgrind(row: Row, workload: &str, requests: usize, count: Count) -> Option<Run> {
     let exe = std::env::current_exe().ok()?;
-    let out = std::env::temp_dir().join(format!(
-        "callgrind.tcl.{}.{workload}.{}.{}.{requests}",
-        std::process::id(),
-        row.variant.name(),
-        row.info_subscriber
-    ));
-    let child = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(exe)
-        .args(row.args(workload, requests))
+    let path = std::env::temp_dir()
+        .join(format!(
+            "callgrind.tcl.{}.{workload}.{}{}.{}.{requests}",
+            std::process::id(),
+            row.variant.name(),
+            if row.info_subscriber { "+info" } else { "" },
+            match count {
+                Count::Exchange => "exchange",
+                Count::Client => "client",
+            },
+        ))
+        .display()
+        .to_string();
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={path}"));
+    if count == Count::Client {
+        cmd.arg("--separate-threads=yes");
+    }
+    cmd.arg(exe).args(row.args(workload, requests));
+    if count == Count::Client {
+        cmd.arg("--server-thread");
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .ok()?;
-    Some((child, out.display().to_string()))
+    Some(Run { child, path, count })
 }
 
-/// Waits for a callgrind run and reads its total instruction count.
-fn instructions_of(run: Option<(std::process::Child, String)>) -> Option<u64> {
-    let (child, path) = run?;
+/// Waits for a callgrind run and reads its total instruction count (the
+/// main thread's for [`Count::Client`]).
+fn instructions_of(run: Option<Run>) -> Option<u64> {
+    let Run { child, path, count } = run?;
     let out = child.wait_with_output().ok()?;
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let _ = std::fs::remove_file(&path);
-    text.lines()
+    // With separate threads callgrind appends the thread number; thread 1
+    // is the main thread (the client's runtime).
+    let files: Vec<String> = match count {
+        Count::Exchange => vec![path.clone()],
+        Count::Client => vec![path.clone(), format!("{path}-01"), format!("{path}-02")],
+    };
+    let profile = match count {
+        Count::Exchange => path.clone(),
+        Count::Client => format!("{path}-01"),
+    };
+    let text = std::fs::read_to_string(&profile).ok();
+    for file in files {
+        if keep() {
+            if std::path::Path::new(&file).exists() {
+                eprintln!("kept {file}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+    text?
+        .lines()
         .find_map(|l| {
             l.strip_prefix("summary:")
                 .or_else(|| l.strip_prefix("totals:"))
@@ -224,14 +304,26 @@ fn instructions_of(run: Option<(std::process::Child, String)>) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// Instructions per request: `SHORT` and `LONG` under callgrind (run side
-/// by side: the counts do not depend on timing), difference over
-/// `LONG - SHORT`.
-fn instructions(row: Row, workload: &str) -> Option<f64> {
-    let short = callgrind(row, workload, SHORT);
-    let long = callgrind(row, workload, LONG);
-    let (short, long) = (instructions_of(short)?, instructions_of(long)?);
-    Some(long.saturating_sub(short) as f64 / (LONG - SHORT) as f64)
+/// Instructions per request, client alone and whole exchange: `SHORT` and
+/// `LONG` under callgrind (two at a time: the counts do not depend on
+/// timing), difference over `LONG - SHORT`.
+fn instructions(row: Row, workload: &str) -> (Option<f64>, Option<f64>) {
+    let per = |short: Option<u64>, long: Option<u64>| {
+        Some(long?.saturating_sub(short?) as f64 / (LONG - SHORT) as f64)
+    };
+    let mut result = [None, None];
+    for (i, count) in [Count::Client, Count::Exchange].into_iter().enumerate() {
+        let short = callgrind(row, workload, SHORT, count);
+        let long = callgrind(row, workload, LONG, count);
+        result[i] = per(instructions_of(short), instructions_of(long));
+    }
+    (result[0], result[1])
+}
+
+/// `--keep`: leave the callgrind profiles in the temporary directory (their
+/// paths go to stderr) for `callgrind_annotate`.
+fn keep() -> bool {
+    std::env::args().any(|a| a == "--keep")
 }
 
 fn percent(value: f64, base: f64) -> String {
@@ -256,37 +348,55 @@ fn main() {
         return;
     }
     println!(
-        "Per request, client + server on one current-thread runtime: instructions \
-         (callgrind, {LONG} - {SHORT} requests) and heap allocations ({LONG} requests), \
-         after {} warm-up requests.\n",
+        "Per request: instructions counted by callgrind ({LONG} - {SHORT} requests, \
+         after {} warm-up requests) for the client alone (server on its own thread) and \
+         for the whole exchange (client + server on one current-thread runtime); heap \
+         allocations of the whole exchange ({LONG} requests, natively).\n",
         common::WARM_UP
     );
-    println!("| workload | client | instructions | vs bare | allocations | vs bare |");
-    println!("|---|---|--:|--:|--:|--:|");
+    println!(
+        "| workload | client | client instructions | vs bare | exchange instructions \
+         | vs bare | allocations | vs bare |"
+    );
+    println!("|---|---|--:|--:|--:|--:|--:|--:|");
     for workload in [Get::NAME, Post64k::NAME] {
-        let mut base: Option<(f64, f64)> = None;
+        let mut base: Option<[f64; 3]> = None;
         for row in rows() {
             let allocs = allocations(row, workload);
-            let instr = instructions(row, workload);
-            let (instr_cell, instr_vs) = match (instr, base) {
-                (Some(i), Some((bi, _))) => (format!("{i:.0}"), percent(i, bi)),
-                (Some(i), None) => (format!("{i:.0}"), "—".to_string()),
-                (None, _) => ("failed".to_string(), String::new()),
-            };
-            let (alloc_cell, alloc_vs) = match (allocs, base) {
-                (Some(a), Some((_, ba))) => (format!("{a:.2}"), format!("{:+.2}", a - ba)),
-                (Some(a), None) => (format!("{a:.2}"), "—".to_string()),
-                (None, _) => ("failed".to_string(), String::new()),
-            };
-            if row.variant == Variant::Bare {
-                if let (Some(i), Some(a)) = (instr, allocs) {
-                    base = Some((i, a));
+            let (client, exchange) = instructions(row, workload);
+            let values = [client, exchange, allocs];
+            let mut cells = Vec::new();
+            for (i, value) in values.into_iter().enumerate() {
+                let allocation = i == 2;
+                match (value, base) {
+                    (Some(v), Some(b)) if allocation => {
+                        cells.push(format!("{v:.2}"));
+                        cells.push(format!("{:+.2}", v - b[i]));
+                    }
+                    (Some(v), Some(b)) => {
+                        cells.push(format!("{v:.0}"));
+                        cells.push(percent(v, b[i]));
+                    }
+                    (Some(v), None) => {
+                        cells.push(if allocation {
+                            format!("{v:.2}")
+                        } else {
+                            format!("{v:.0}")
+                        });
+                        cells.push("—".to_string());
+                    }
+                    (None, _) => {
+                        cells.push("failed".to_string());
+                        cells.push(String::new());
+                    }
                 }
             }
-            println!(
-                "| {workload} | {} | {instr_cell} | {instr_vs} | {alloc_cell} | {alloc_vs} |",
-                row.label()
-            );
+            if row.variant == Variant::Bare && !row.info_subscriber {
+                if let [Some(c), Some(e), Some(a)] = values {
+                    base = Some([c, e, a]);
+                }
+            }
+            println!("| {workload} | {} | {} |", row.label(), cells.join(" | "));
         }
     }
 }
