@@ -170,7 +170,7 @@ fn child(args: &[String]) {
     } else {
         (None, None, None)
     };
-    let allocations = common::runtime().block_on(async {
+    let (allocations, future_size) = common::runtime().block_on(async {
         let server = match url {
             Some(_) => None,
             None => Some(HyperServer::start().await.unwrap()),
@@ -181,7 +181,10 @@ fn child(args: &[String]) {
             ($w:ident) => {
                 with_client!(variant, <$w as Workload>::Body, |svc| {
                     let mut svc = svc;
-                    common::count_allocations(GLOBAL, &mut svc, $w, &uri, requests).await
+                    let size = common::future_size(&mut svc, $w, &uri).await;
+                    let allocations =
+                        common::count_allocations(GLOBAL, &mut svc, $w, &uri, requests).await;
+                    (allocations, size)
                 })
             };
         }
@@ -196,10 +199,12 @@ fn child(args: &[String]) {
         thread.join().unwrap();
     }
     println!("allocations {allocations}");
+    println!("future_size {future_size}");
 }
 
-/// Allocations per request, from one native child run of `LONG` requests.
-fn allocations(row: Row, workload: &str) -> Option<f64> {
+/// Allocations per request, from one native child run of `LONG` requests,
+/// and the size of the client's response future.
+fn allocations(row: Row, workload: &str) -> Option<(f64, usize)> {
     let exe = std::env::current_exe().ok()?;
     let out = Command::new(exe)
         .args(row.args(workload, LONG))
@@ -209,10 +214,14 @@ fn allocations(row: Row, workload: &str) -> Option<f64> {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    let n: usize = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("allocations ")?.trim().parse().ok())?;
-    Some(n as f64 / LONG as f64)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| -> Option<usize> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    };
+    let n = value("allocations ")?;
+    Some((n as f64 / LONG as f64, value("future_size ")?))
 }
 
 /// How a callgrind run counts.
@@ -351,18 +360,22 @@ fn main() {
         "Per request: instructions counted by callgrind ({LONG} - {SHORT} requests, \
          after {} warm-up requests) for the client alone (server on its own thread) and \
          for the whole exchange (client + server on one current-thread runtime); heap \
-         allocations of the whole exchange ({LONG} requests, natively).\n",
+         allocations of the whole exchange ({LONG} requests, natively); \
+         the size of the client's response future.\n",
         common::WARM_UP
     );
     println!(
         "| workload | client | client instructions | vs bare | exchange instructions \
-         | vs bare | allocations | vs bare |"
+         | vs bare | allocations | vs bare | future bytes |"
     );
-    println!("|---|---|--:|--:|--:|--:|--:|--:|");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|");
     for workload in [Get::NAME, Post64k::NAME] {
         let mut base: Option<[f64; 3]> = None;
         for row in rows() {
-            let allocs = allocations(row, workload);
+            let (allocs, size) = match allocations(row, workload) {
+                Some((a, size)) => (Some(a), size.to_string()),
+                None => (None, "failed".to_string()),
+            };
             let (client, exchange) = instructions(row, workload);
             let values = [client, exchange, allocs];
             let mut cells = Vec::new();
@@ -396,7 +409,11 @@ fn main() {
                     base = Some([c, e, a]);
                 }
             }
-            println!("| {workload} | {} | {} |", row.label(), cells.join(" | "));
+            println!(
+                "| {workload} | {} | {} | {size} |",
+                row.label(),
+                cells.join(" | ")
+            );
         }
     }
 }

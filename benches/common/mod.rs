@@ -260,6 +260,21 @@ pub async fn exchange<W: Workload, S: HttpClient<W::Body>>(svc: &mut S, w: W, ur
     res.into_body().collect().await.unwrap();
 }
 
+/// One request like [`exchange`], returning the size in bytes of the
+/// client's response future (moved at least once by whoever awaits it).
+pub async fn future_size<W: Workload, S: HttpClient<W::Body>>(
+    svc: &mut S,
+    w: W,
+    uri: &http::Uri,
+) -> usize {
+    let req = w.request(uri);
+    let fut = svc.ready().await.unwrap().call(req);
+    let size = std::mem::size_of_val(&fut);
+    let res = fut.await.unwrap();
+    res.into_body().collect().await.unwrap();
+    size
+}
+
 /// `n` sequential requests on one client (keep-alive: one connection).
 pub async fn sequential<W: Workload, S: HttpClient<W::Body>>(
     svc: &mut S,
