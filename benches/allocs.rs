@@ -1,5 +1,6 @@
-//! Heap allocations per request: bare hyper-util client vs the same client
-//! with the tracker on the connector and PhaseTimeout (all phases on).
+//! Heap allocations per request for every client variant and workload,
+//! natively (no valgrind needed): the allocation columns of
+//! `cargo bench --bench instructions`, on their own.
 //!
 //! `cargo bench --bench allocs` prints a table. Client and server share one
 //! current-thread runtime, so every allocation of the exchange is counted on
@@ -7,59 +8,46 @@
 
 mod common;
 
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower_conn_lifecycle::testing::HyperServer;
 
-use common::GetClient;
+use common::{with_client, Get, Post64k, Workload, VARIANTS};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 const REQUESTS: usize = 2000;
 
-async fn run<S: GetClient>(mut svc: S, uri: &http::Uri) -> f64 {
-    // Warm up: connection, pool entry, timer wheel.
-    for _ in 0..50 {
-        common::get(&mut svc, uri).await;
-    }
-    let region = Region::new(GLOBAL);
-    for _ in 0..REQUESTS {
-        common::get(&mut svc, uri).await;
-    }
-    region.change().allocations as f64 / REQUESTS as f64
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let server = HyperServer::start().await.unwrap();
         let uri: http::Uri = server.url().parse().unwrap();
-
-        let bare_allocs = run(common::bare(), &uri).await;
-        let tracker_allocs = run(common::tracker_only(), &uri).await;
-        let phases_allocs = run(common::phase_timeout_only(), &uri).await;
-        let layered_allocs = run(common::tracker_and_phase_timeout(), &uri).await;
-        let expiry_allocs = run(common::tracker_and_idle_expiry(), &uri).await;
-
-        println!("allocations per keep-alive GET (client + server, {REQUESTS} requests)");
-        let rows = [
-            ("bare hyper-util", bare_allocs),
-            ("tracker only", tracker_allocs),
-            ("PhaseTimeout only", phases_allocs),
-            ("tracker + PhaseTimeout", layered_allocs),
-            ("tracker + IdleExpiry", expiry_allocs),
-            (
-                "tracker + PhaseTimeout - bare",
-                layered_allocs - bare_allocs,
-            ),
-        ];
-        println!("| {:<30} | {:>19} |", "client", "allocations/request");
-        println!("|{}|{}|", "-".repeat(32), "-".repeat(21));
-        for (name, n) in rows {
-            println!("| {name:<30} | {n:>19.2} |");
+        println!(
+            "Heap allocations per request (client + server, {REQUESTS} requests after {} warm-up)\n",
+            common::WARM_UP
+        );
+        println!("| client | {} | vs bare | {} | vs bare |", Get::NAME, Post64k::NAME);
+        println!("|---|--:|--:|--:|--:|");
+        let mut base = None;
+        for &variant in VARIANTS {
+            macro_rules! count {
+                ($w:ident) => {
+                    with_client!(variant, <$w as Workload>::Body, |svc| {
+                        let mut svc = svc;
+                        common::count_allocations(GLOBAL, &mut svc, $w, &uri, REQUESTS).await
+                            as f64
+                            / REQUESTS as f64
+                    })
+                };
+            }
+            let (get, post) = (count!(Get), count!(Post64k));
+            let (bg, bp) = *base.get_or_insert((get, post));
+            println!(
+                "| {} | {get:.2} | {:+.2} | {post:.2} | {:+.2} |",
+                variant.name(),
+                get - bg,
+                post - bp
+            );
         }
     });
 }

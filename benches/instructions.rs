@@ -1,88 +1,311 @@
-//! Instructions per request, counted by valgrind's callgrind: deterministic
-//! on a noisy machine (the same binary and inputs give the same count
-//! whatever else the machine is doing).
+//! Instructions and heap allocations per request, for every client variant
+//! and workload: deterministic on a noisy machine (the same binary and inputs
+//! give the same counts whatever else the machine is doing).
 //!
 //! ```sh
 //! # needs valgrind (Debian/Ubuntu: apt-get install valgrind)
 //! cargo bench --bench instructions
 //! ```
 //!
-//! Each client variant runs twice under `valgrind --tool=callgrind`, with
-//! `SHORT` and `LONG` keep-alive GETs, on one current-thread runtime with the
-//! server (client and server instructions both count; the server's are the
-//! same in every row). The difference divided by `LONG - SHORT` is the cost
-//! per request with start-up and warm-up cancelled out. Without valgrind it
-//! says so and exits successfully.
+//! Each row runs this binary as a child three times, on one current-thread
+//! runtime with the kit's `HyperServer` (client and server both count; the
+//! server's share is the same in every row):
 //!
-//! `cargo bench --bench instructions -- --variant NAME --requests N` runs one
-//! variant natively (what valgrind is pointed at).
+//! * natively once, `LONG` requests after a warm-up, counting heap
+//!   allocations with `stats_alloc` (the child prints the count);
+//! * twice under `valgrind --tool=callgrind`, with `SHORT` and `LONG`
+//!   requests after the same warm-up. The difference divided by
+//!   `LONG - SHORT` is the instruction cost per request with start-up and
+//!   warm-up cancelled out.
+//!
+//! The last row of each workload is `full` with a tracing subscriber
+//! installed that is enabled for INFO and above and discards everything:
+//! the layers' `debug!` events (on timeout, expiry and retry paths only) are
+//! then disabled but a dispatcher exists, which shows what disabled events
+//! cost. Without valgrind it says how to install it and exits successfully.
+//!
+//! `cargo bench --bench instructions -- --keep` keeps the callgrind profiles
+//! (paths on stderr): `callgrind_annotate --inclusive=yes FILE` shows where a
+//! layer's instructions go (compare a `LONG` profile with bare's).
+//!
+//! `cargo bench --bench instructions -- --child --variant NAME --workload
+//! get|post64k --requests N [--info-subscriber]` runs one child natively and
+//! prints its allocation count.
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower_conn_lifecycle::testing::HyperServer;
+
+use common::{with_client, Get, Post64k, Variant, Workload, VARIANTS};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 const SHORT: usize = 500;
 const LONG: usize = 2500;
 
-const VARIANTS: &[&str] = &[
-    "bare",
-    "tracker",
-    "phase_timeout",
-    "tracker+phase_timeout",
-    "tracker+idle_expiry",
-];
-
-fn run_variant(variant: &str, requests: usize) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let server = HyperServer::start().await.unwrap();
-        let uri: http::Uri = server.url().parse().unwrap();
-        macro_rules! go {
-            ($svc:expr) => {{
-                let mut svc = $svc;
-                for _ in 0..requests {
-                    common::get(&mut svc, &uri).await;
-                }
-            }};
-        }
-        match variant {
-            "bare" => go!(common::bare()),
-            "tracker" => go!(common::tracker_only()),
-            "phase_timeout" => go!(common::phase_timeout_only()),
-            "tracker+phase_timeout" => go!(common::tracker_and_phase_timeout()),
-            "tracker+idle_expiry" => go!(common::tracker_and_idle_expiry()),
-            other => panic!("unknown variant {other}"),
-        }
-    });
+/// One row: a variant, maybe with the INFO-level subscriber.
+#[derive(Clone, Copy)]
+struct Row {
+    variant: Variant,
+    info_subscriber: bool,
 }
 
-/// Instructions callgrind counted for one run, or `None` if valgrind failed.
-fn count(variant: &str, requests: usize) -> Option<u64> {
+impl Row {
+    fn label(self) -> String {
+        if self.info_subscriber {
+            format!("{} + INFO subscriber", self.variant.name())
+        } else {
+            self.variant.name().to_string()
+        }
+    }
+
+    fn args(self, workload: &str, requests: usize) -> Vec<String> {
+        let mut args = vec![
+            "--child".to_string(),
+            "--variant".to_string(),
+            self.variant.name().to_string(),
+            "--workload".to_string(),
+            workload.to_string(),
+            "--requests".to_string(),
+            requests.to_string(),
+        ];
+        if self.info_subscriber {
+            args.push("--info-subscriber".to_string());
+        }
+        args
+    }
+}
+
+fn rows() -> Vec<Row> {
+    let mut rows: Vec<Row> = VARIANTS
+        .iter()
+        .map(|&variant| Row {
+            variant,
+            info_subscriber: false,
+        })
+        .collect();
+    rows.push(Row {
+        variant: Variant::Full,
+        info_subscriber: true,
+    });
+    rows
+}
+
+/// A subscriber enabled for INFO and above that discards everything: what
+/// an application logging at INFO has installed.
+struct InfoOnly;
+
+impl tracing::Subscriber for InfoOnly {
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if self.enabled(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::INFO)
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, _: &tracing::Event<'_>) {}
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// The child: warm up, then `requests` requests; prints the allocations
+/// counted during those.
+fn child(args: &[String]) {
+    let variant = arg(args, "--variant")
+        .and_then(Variant::parse)
+        .expect("--variant NAME");
+    let workload = arg(args, "--workload").unwrap_or(Get::NAME);
+    let requests: usize = arg(args, "--requests")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(SHORT);
+    if args.iter().any(|a| a == "--info-subscriber") {
+        tracing::subscriber::set_global_default(InfoOnly).unwrap();
+    }
+    // `--server-thread`: the server on a thread and runtime of its own, so
+    // that callgrind (`--separate-threads=yes`) counts the client alone on
+    // the main thread.
+    let (stop, server_thread, url) = if args.iter().any(|a| a == "--server-thread") {
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            common::runtime().block_on(async {
+                let server = HyperServer::start().await.unwrap();
+                url_tx.send(server.url()).unwrap();
+                let _ = stop_rx.await;
+            })
+        });
+        let url = url_rx.recv().unwrap();
+        (Some(stop_tx), Some(thread), Some(url))
+    } else {
+        (None, None, None)
+    };
+    let (allocations, future_size) = common::runtime().block_on(async {
+        let server = match url {
+            Some(_) => None,
+            None => Some(HyperServer::start().await.unwrap()),
+        };
+        let url = url.unwrap_or_else(|| server.as_ref().unwrap().url());
+        let uri: http::Uri = url.parse().unwrap();
+        macro_rules! go {
+            ($w:ident) => {
+                with_client!(variant, <$w as Workload>::Body, |svc| {
+                    let mut svc = svc;
+                    let size = common::future_size(&mut svc, $w, &uri).await;
+                    let allocations =
+                        common::count_allocations(GLOBAL, &mut svc, $w, &uri, requests).await;
+                    (allocations, size)
+                })
+            };
+        }
+        match workload {
+            Get::NAME => go!(Get),
+            Post64k::NAME => go!(Post64k),
+            other => panic!("unknown workload {other}"),
+        }
+    });
+    if let (Some(stop), Some(thread)) = (stop, server_thread) {
+        let _ = stop.send(());
+        thread.join().unwrap();
+    }
+    println!("allocations {allocations}");
+    println!("future_size {future_size}");
+}
+
+/// Allocations per request, from one native child run of `LONG` requests,
+/// and the size of the client's response future.
+fn allocations(row: Row, workload: &str) -> Option<(f64, usize)> {
     let exe = std::env::current_exe().ok()?;
-    let out = std::env::temp_dir().join(format!(
-        "callgrind.tcl.{}.{}.{requests}",
-        std::process::id(),
-        variant.replace('+', "_")
-    ));
-    let status = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(&exe)
-        .args(["--variant", variant, "--requests", &requests.to_string()])
+    let out = Command::new(exe)
+        .args(row.args(workload, LONG))
         .output()
         .ok()?;
-    if !status.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&status.stderr));
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    let text = std::fs::read_to_string(&out).ok()?;
-    let _ = std::fs::remove_file(&out);
-    text.lines()
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| -> Option<usize> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    };
+    let n = value("allocations ")?;
+    Some((n as f64 / LONG as f64, value("future_size ")?))
+}
+
+/// How a callgrind run counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// Client and server on one thread: the whole exchange.
+    Exchange,
+    /// The server on its own thread (`--server-thread`), callgrind with
+    /// `--separate-threads=yes`: the main thread's count is the client's.
+    Client,
+}
+
+/// A callgrind run in progress: the child and its profile's path.
+struct Run {
+    child: std::process::Child,
+    path: String,
+    count: Count,
+}
+
+/// Starts one callgrind run of a child.
+fn callgrind(row: Row, workload: &str, requests: usize, count: Count) -> Option<Run> {
+    let exe = std::env::current_exe().ok()?;
+    let path = std::env::temp_dir()
+        .join(format!(
+            "callgrind.tcl.{}.{workload}.{}{}.{}.{requests}",
+            std::process::id(),
+            row.variant.name(),
+            if row.info_subscriber { "+info" } else { "" },
+            match count {
+                Count::Exchange => "exchange",
+                Count::Client => "client",
+            },
+        ))
+        .display()
+        .to_string();
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={path}"));
+    if count == Count::Client {
+        cmd.arg("--separate-threads=yes");
+    }
+    cmd.arg(exe).args(row.args(workload, requests));
+    if count == Count::Client {
+        cmd.arg("--server-thread");
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    Some(Run { child, path, count })
+}
+
+/// Waits for a callgrind run and reads its total instruction count (the
+/// main thread's for [`Count::Client`]).
+fn instructions_of(run: Option<Run>) -> Option<u64> {
+    let Run { child, path, count } = run?;
+    let out = child.wait_with_output().ok()?;
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    // With separate threads callgrind appends the thread number; thread 1
+    // is the main thread (the client's runtime).
+    let files: Vec<String> = match count {
+        Count::Exchange => vec![path.clone()],
+        Count::Client => vec![path.clone(), format!("{path}-01"), format!("{path}-02")],
+    };
+    let profile = match count {
+        Count::Exchange => path.clone(),
+        Count::Client => format!("{path}-01"),
+    };
+    let text = std::fs::read_to_string(&profile).ok();
+    for file in files {
+        if keep() {
+            if std::path::Path::new(&file).exists() {
+                eprintln!("kept {file}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+    text?
+        .lines()
         .find_map(|l| {
             l.strip_prefix("summary:")
                 .or_else(|| l.strip_prefix("totals:"))
@@ -90,44 +313,107 @@ fn count(variant: &str, requests: usize) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// Instructions per request, client alone and whole exchange: `SHORT` and
+/// `LONG` under callgrind (two at a time: the counts do not depend on
+/// timing), difference over `LONG - SHORT`.
+fn instructions(row: Row, workload: &str) -> (Option<f64>, Option<f64>) {
+    let per = |short: Option<u64>, long: Option<u64>| {
+        Some(long?.saturating_sub(short?) as f64 / (LONG - SHORT) as f64)
+    };
+    let mut result = [None, None];
+    for (i, count) in [Count::Client, Count::Exchange].into_iter().enumerate() {
+        let short = callgrind(row, workload, SHORT, count);
+        let long = callgrind(row, workload, LONG, count);
+        result[i] = per(instructions_of(short), instructions_of(long));
+    }
+    (result[0], result[1])
+}
+
+/// `--keep`: leave the callgrind profiles in the temporary directory (their
+/// paths go to stderr) for `callgrind_annotate`.
+fn keep() -> bool {
+    std::env::args().any(|a| a == "--keep")
+}
+
+fn percent(value: f64, base: f64) -> String {
+    format!("{:+.1} %", 100.0 * (value - base) / base)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--variant") {
-        let variant = &args[i + 1];
-        let requests = args
-            .iter()
-            .position(|a| a == "--requests")
-            .and_then(|j| args.get(j + 1)?.parse().ok())
-            .unwrap_or(SHORT);
-        run_variant(variant, requests);
+    if args.iter().any(|a| a == "--child") {
+        child(&args);
         return;
     }
     if args.iter().any(|a| a == "--list") {
         return;
     }
     if Command::new("valgrind").arg("--version").output().is_err() {
-        println!("valgrind not found: install it to count instructions (see the docs at the top)");
+        println!(
+            "valgrind not found: install it to count instructions \
+             (Debian/Ubuntu: apt-get install valgrind), then run \
+             `cargo bench --bench instructions` again"
+        );
         return;
     }
     println!(
-        "instructions per keep-alive GET (client + server), callgrind, {LONG} - {SHORT} requests"
+        "Per request: instructions counted by callgrind ({LONG} - {SHORT} requests, \
+         after {} warm-up requests) for the client alone (server on its own thread) and \
+         for the whole exchange (client + server on one current-thread runtime); heap \
+         allocations of the whole exchange ({LONG} requests, natively); \
+         the size of the client's response future.\n",
+        common::WARM_UP
     );
     println!(
-        "| {:<24} | {:>14} | {:>8} |",
-        "client", "instructions", "vs bare"
+        "| workload | client | client instructions | vs bare | exchange instructions \
+         | vs bare | allocations | vs bare | future bytes |"
     );
-    println!("|{}|{}|{}|", "-".repeat(26), "-".repeat(16), "-".repeat(10));
-    let mut bare = None;
-    for variant in VARIANTS {
-        let (Some(short), Some(long)) = (count(variant, SHORT), count(variant, LONG)) else {
-            println!("| {variant:<24} | {:>14} | {:>8} |", "failed", "");
-            continue;
-        };
-        let per = long.saturating_sub(short) as f64 / (LONG - SHORT) as f64;
-        let base = *bare.get_or_insert(per);
-        println!(
-            "| {variant:<24} | {per:>14.0} | {:>7.1}% |",
-            100.0 * (per - base) / base
-        );
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    for workload in [Get::NAME, Post64k::NAME] {
+        let mut base: Option<[f64; 3]> = None;
+        for row in rows() {
+            let (allocs, size) = match allocations(row, workload) {
+                Some((a, size)) => (Some(a), size.to_string()),
+                None => (None, "failed".to_string()),
+            };
+            let (client, exchange) = instructions(row, workload);
+            let values = [client, exchange, allocs];
+            let mut cells = Vec::new();
+            for (i, value) in values.into_iter().enumerate() {
+                let allocation = i == 2;
+                match (value, base) {
+                    (Some(v), Some(b)) if allocation => {
+                        cells.push(format!("{v:.2}"));
+                        cells.push(format!("{:+.2}", v - b[i]));
+                    }
+                    (Some(v), Some(b)) => {
+                        cells.push(format!("{v:.0}"));
+                        cells.push(percent(v, b[i]));
+                    }
+                    (Some(v), None) => {
+                        cells.push(if allocation {
+                            format!("{v:.2}")
+                        } else {
+                            format!("{v:.0}")
+                        });
+                        cells.push("—".to_string());
+                    }
+                    (None, _) => {
+                        cells.push("failed".to_string());
+                        cells.push(String::new());
+                    }
+                }
+            }
+            if row.variant == Variant::Bare && !row.info_subscriber {
+                if let [Some(c), Some(e), Some(a)] = values {
+                    base = Some([c, e, a]);
+                }
+            }
+            println!(
+                "| {workload} | {} | {} | {size} |",
+                row.label(),
+                cells.join(" | ")
+            );
+        }
     }
 }

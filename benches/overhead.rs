@@ -1,181 +1,165 @@
-//! Overhead of the tracker, PhaseTimeout and RetryOnStaleConnection over a
-//! bare hyper-util client: keep-alive GETs on loopback against a healthy
-//! server (so Retry never retries), all variants measured in the same run.
+//! Wall-clock overhead of each layered client over a bare hyper-util client,
+//! interleaved so that machine drift (frequency, other processes, thermal)
+//! hits both sides equally.
 //!
-//! `cargo bench --bench overhead`
+//! ```sh
+//! cargo bench --bench overhead             # every variant
+//! cargo bench --bench overhead -- full     # only the named variants
+//! ```
+//!
+//! For each layered variant and scenario, `ROUNDS` rounds each time one
+//! batch on the bare client and one on the layered client, alternating
+//! which goes first. A batch is `SEQUENTIAL` keep-alive requests one after
+//! the other, or `CONCURRENT_BATCHES` × `CONCURRENCY` requests at once (a
+//! `JoinSet`). Client and server share one current-thread runtime, so a
+//! batch's time is the CPU the whole exchange costs. The table gives the
+//! median time per request of each side and the median over rounds of
+//! `bare time / layered time`: the throughput of the layered client relative
+//! to bare (1.000 = the same, 0.970 = 3 % fewer requests per second), with
+//! the middle half of the per-round ratios as a noise gauge.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use http_body_util::Empty;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use tokio::runtime::Runtime;
-use tower::ServiceBuilder;
-use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
-use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::testing::HyperServer;
-use tower_conn_lifecycle::track::TrackConnectionsLayer;
 
-use common::GetClient;
+use common::{with_client, Get, HttpClient, Post64k, Variant, Workload, VARIANTS};
 
-/// RetryOnStaleConnection around a client with no tracker.
-fn retry_only() -> impl GetClient<Future: Send> {
-    ServiceBuilder::new()
-        .layer(RetryOnStaleConnectionLayer::new())
-        .service(
-            Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new()),
-        )
+const ROUNDS: usize = 100;
+const SEQUENTIAL: usize = 200;
+const CONCURRENCY: usize = 32;
+const CONCURRENT_BATCHES: usize = 16;
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Sequential,
+    Concurrent,
 }
 
-/// The recommended stack: Retry over PhaseTimeout over a tracked client (the
-/// two layers share one connection capture per request).
-fn tracker_retry_and_phase_timeout() -> impl GetClient<Future: Send> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    ServiceBuilder::new()
-        .layer(RetryOnStaleConnectionLayer::new())
-        .layer(
-            PhaseTimeoutLayer::new()
-                .send(Duration::from_secs(5))
-                .read(Duration::from_secs(5))
-                .total(Duration::from_secs(10)),
-        )
-        .service(
-            Client::builder(TokioExecutor::new()).build::<_, RequestBody<Empty<Bytes>>>(connector),
-        )
+impl Mode {
+    fn requests(self) -> usize {
+        match self {
+            Mode::Sequential => SEQUENTIAL,
+            Mode::Concurrent => CONCURRENCY * CONCURRENT_BATCHES,
+        }
+    }
 }
 
-/// RetryOnStaleConnection around a client whose connector is tracked: the
-/// stack the retry rules are exact for.
-fn tracker_and_retry() -> impl GetClient<Future: Send> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    ServiceBuilder::new()
-        .layer(RetryOnStaleConnectionLayer::new())
-        .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector))
-}
-
-/// Concurrent requests per iteration of the throughput benchmark.
-const BATCH: usize = 32;
-
-fn sequential<S: GetClient>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    rt: &Runtime,
-    uri: &http::Uri,
-    name: &str,
-    svc: S,
-) {
-    group.bench_function(name, |b| {
-        b.to_async(rt).iter(|| {
-            let mut svc = svc.clone();
-            let uri = uri.clone();
-            async move { common::get(&mut svc, &uri).await }
-        });
-    });
-}
-
-async fn batch<S>(svc: S, uri: http::Uri)
+/// One timed batch; returns the time per request.
+async fn batch<W, S>(svc: &mut S, w: W, uri: &http::Uri, mode: Mode) -> Duration
 where
-    S: GetClient<Future: Send>,
+    W: Workload,
+    S: HttpClient<W::Body, Future: Send>,
 {
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..BATCH {
-        let mut svc = svc.clone();
-        let uri = uri.clone();
-        set.spawn(async move { common::get(&mut svc, &uri).await });
+    let start = Instant::now();
+    match mode {
+        Mode::Sequential => common::sequential(svc, w, uri, SEQUENTIAL).await,
+        Mode::Concurrent => {
+            for _ in 0..CONCURRENT_BATCHES {
+                common::concurrent(svc, w, uri, CONCURRENCY).await;
+            }
+        }
     }
-    while let Some(r) = set.join_next().await {
-        r.unwrap();
+    start.elapsed() / mode.requests() as u32
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Interleaved rounds of `bare` and `layered`; prints one table row.
+async fn compare<W, A, L>(
+    name: &str,
+    scenario: &str,
+    mut bare: A,
+    mut layered: L,
+    w: W,
+    uri: &http::Uri,
+    mode: Mode,
+) where
+    W: Workload,
+    A: HttpClient<W::Body, Future: Send>,
+    L: HttpClient<W::Body, Future: Send>,
+{
+    // Warm up both: connections, pool entries, timers.
+    batch(&mut bare, w, uri, mode).await;
+    batch(&mut layered, w, uri, mode).await;
+    let (mut b, mut l, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (tb, tl) = if round % 2 == 0 {
+            let tb = batch(&mut bare, w, uri, mode).await;
+            (tb, batch(&mut layered, w, uri, mode).await)
+        } else {
+            let tl = batch(&mut layered, w, uri, mode).await;
+            (batch(&mut bare, w, uri, mode).await, tl)
+        };
+        b.push(tb.as_secs_f64() * 1e6);
+        l.push(tl.as_secs_f64() * 1e6);
+        ratio.push(tb.as_secs_f64() / tl.as_secs_f64());
     }
+    let (b, l, ratio) = (sorted(b), sorted(l), sorted(ratio));
+    println!(
+        "| {scenario} | {name} | {:.1} | {:.1} | {:.3} | {:.3}–{:.3} |",
+        quantile(&b, 0.5),
+        quantile(&l, 0.5),
+        quantile(&ratio, 0.5),
+        quantile(&ratio, 0.25),
+        quantile(&ratio, 0.75),
+    );
 }
 
-fn bench(c: &mut Criterion) {
-    // One thread for client and server: the numbers are CPU per exchange,
-    // not scheduling noise between cores.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt.block_on(HyperServer::start()).unwrap();
-    let uri: http::Uri = server.url().parse().unwrap();
-    let (bare, layered, retry) = rt.block_on(async {
-        (
-            common::bare(),
-            common::tracker_and_phase_timeout(),
-            tracker_and_retry(),
-        )
+fn main() {
+    // Variant names on the command line restrict the run (cargo's own
+    // `--bench` flag is ignored).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let variants: Vec<Variant> = VARIANTS
+        .iter()
+        .copied()
+        .filter(|v| *v != Variant::Bare)
+        .filter(|v| only.is_empty() || only.iter().any(|o| o == v.name()))
+        .collect();
+    let started = Instant::now();
+    common::runtime().block_on(async {
+        let server = HyperServer::start().await.unwrap();
+        let uri: http::Uri = server.url().parse().unwrap();
+        println!(
+            "Wall clock per request, bare vs layered interleaved: {ROUNDS} rounds, \
+             {SEQUENTIAL} sequential or {CONCURRENT_BATCHES} x {CONCURRENCY} concurrent \
+             requests per batch; client and server on one current-thread runtime.\n"
+        );
+        println!("| scenario | client | bare µs | layered µs | throughput vs bare | middle half |");
+        println!("|---|---|--:|--:|--:|--:|");
+        macro_rules! scenario {
+            ($label:expr, $w:ident, $mode:expr) => {
+                for &variant in &variants {
+                    with_client!(variant, <$w as Workload>::Body, |layered| {
+                        compare(
+                            variant.name(),
+                            $label,
+                            common::bare::<<$w as Workload>::Body>(),
+                            layered,
+                            $w,
+                            &uri,
+                            $mode,
+                        )
+                        .await
+                    })
+                }
+            };
+        }
+        scenario!("GET", Get, Mode::Sequential);
+        scenario!("GET x32", Get, Mode::Concurrent);
+        scenario!("POST 64 KiB", Post64k, Mode::Sequential);
     });
-
-    let mut group = c.benchmark_group("keepalive_get");
-    group.throughput(Throughput::Elements(1));
-    sequential(&mut group, &rt, &uri, "bare_hyper_util", bare.clone());
-    sequential(
-        &mut group,
-        &rt,
-        &uri,
-        "tracker_only",
-        common::tracker_only(),
-    );
-    sequential(
-        &mut group,
-        &rt,
-        &uri,
-        "tracker+idle_expiry",
-        common::tracker_and_idle_expiry(),
-    );
-    sequential(
-        &mut group,
-        &rt,
-        &uri,
-        "phase_timeout_only",
-        common::phase_timeout_only(),
-    );
-    sequential(
-        &mut group,
-        &rt,
-        &uri,
-        "tracker+phase_timeout",
-        layered.clone(),
-    );
-    sequential(&mut group, &rt, &uri, "retry_only", retry_only());
-    sequential(&mut group, &rt, &uri, "tracker+retry", retry.clone());
-    sequential(
-        &mut group,
-        &rt,
-        &uri,
-        "tracker+retry+phase_timeout",
-        tracker_retry_and_phase_timeout(),
-    );
-    group.finish();
-
-    let mut group = c.benchmark_group("keepalive_get_x32");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("bare_hyper_util", |b| {
-        b.to_async(&rt).iter(|| batch(bare.clone(), uri.clone()));
-    });
-    group.bench_function("tracker+phase_timeout", |b| {
-        b.to_async(&rt).iter(|| batch(layered.clone(), uri.clone()));
-    });
-    group.bench_function("tracker+retry", |b| {
-        b.to_async(&rt).iter(|| batch(retry.clone(), uri.clone()));
-    });
-    group.finish();
-    drop(server);
+    println!("\n(took {:.0} s)", started.elapsed().as_secs_f64());
 }
-
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(30)
-        .measurement_time(Duration::from_secs(4))
-        .warm_up_time(Duration::from_secs(1));
-    targets = bench
-}
-criterion_main!(benches);

@@ -1,20 +1,151 @@
-//! The clients and the request loop shared by the overhead benchmarks.
-#![allow(dead_code)]
+//! What every overhead benchmark shares: the one list of client variants,
+//! the workloads, and the request loop.
+//!
+//! A variant is a plain value ([`Variant`]); [`with_client!`] turns it into
+//! the concrete client type with a `match`, so each arm is monomorphised and
+//! nothing in the measured path is boxed or dynamically dispatched (a boxed
+//! service or future would add the same cost to every row, bare included).
+//! Likewise a workload is a type ([`Get`], [`Post64k`]) fixing the request
+//! body type at compile time.
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::fmt::Debug;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer};
 
-/// The clients compared, all sending `GET` with an empty body.
-pub trait GetClient:
-    Service<http::Request<Empty<Bytes>>, Response = http::Response<Self::Body>, Error = Self::Err>
+/// The client variants, in table order. `Bare` is the baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// hyper-util's legacy `Client` over `HttpConnector`, as it comes.
+    Bare,
+    /// `TrackConnectionsLayer` on the connector, nothing on the request plane.
+    Tracker,
+    /// `PhaseTimeout` alone (send 5 s, read 5 s, total 10 s), no tracker.
+    PhaseTimeout,
+    /// `IdleExpiry` (90 s) over a tracked client: it needs the tracker.
+    IdleExpiry,
+    /// `RetryOnStaleConnection` alone, no tracker.
+    Retry,
+    /// The one-call client, `client::builder()`: connect timeout 5 s and the
+    /// same phase limits; Retry → PhaseTimeout → IdleExpiry → hyper-util over
+    /// ConnectTimeout → Track → SharedTls (passes `http://` through) →
+    /// HttpConnector.
+    Full,
+}
+
+/// Every variant, `Bare` first.
+pub const VARIANTS: &[Variant] = &[
+    Variant::Bare,
+    Variant::Tracker,
+    Variant::PhaseTimeout,
+    Variant::IdleExpiry,
+    Variant::Retry,
+    Variant::Full,
+];
+
+impl Variant {
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare",
+            Variant::Tracker => "tracker",
+            Variant::PhaseTimeout => "phase_timeout",
+            Variant::IdleExpiry => "idle_expiry",
+            Variant::Retry => "retry",
+            Variant::Full => "full",
+        }
+    }
+
+    /// What the row is, for the tables.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::Bare => "hyper-util legacy Client, HttpConnector",
+            Variant::Tracker => "+ TrackConnections on the connector",
+            Variant::PhaseTimeout => "+ PhaseTimeout (send 5 s, read 5 s, total 10 s)",
+            Variant::IdleExpiry => "+ tracker + IdleExpiry 90 s",
+            Variant::Retry => "+ RetryOnStaleConnection",
+            Variant::Full => "client::builder(): every layer",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Variant> {
+        VARIANTS.iter().copied().find(|v| v.name() == name)
+    }
+}
+
+/// A request body type the variants can all be built for.
+pub trait ReqBody:
+    http_body::Body<Data = Bytes, Error = std::convert::Infallible>
+    + Clone
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+{
+}
+impl<B> ReqBody for B where
+    B: http_body::Body<Data = Bytes, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
+
+/// A workload: which request every iteration sends.
+pub trait Workload: Copy + Send + 'static {
+    type Body: ReqBody;
+    /// The name used on the command line and in tables.
+    const NAME: &'static str;
+    /// One request to `uri`. Must not copy or allocate anything that the
+    /// client does not (the 64 KiB payload is a `'static` `Bytes`).
+    fn request(self, uri: &http::Uri) -> http::Request<Self::Body>;
+}
+
+/// A keep-alive `GET` with an empty body.
+#[derive(Clone, Copy, Debug)]
+pub struct Get;
+
+impl Workload for Get {
+    type Body = Empty<Bytes>;
+    const NAME: &'static str = "get";
+    fn request(self, uri: &http::Uri) -> http::Request<Empty<Bytes>> {
+        http::Request::get(uri.clone()).body(Empty::new()).unwrap()
+    }
+}
+
+/// The 64 KiB upload's payload: static, so cloning it neither copies nor
+/// allocates.
+static PAYLOAD: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+/// A keep-alive `POST` with a 64 KiB `Full<Bytes>` body (read completely by
+/// the server, which answers with its length).
+#[derive(Clone, Copy, Debug)]
+pub struct Post64k;
+
+impl Workload for Post64k {
+    type Body = Full<Bytes>;
+    const NAME: &'static str = "post64k";
+    fn request(self, uri: &http::Uri) -> http::Request<Full<Bytes>> {
+        http::Request::post(uri.clone())
+            .body(Full::new(Bytes::from_static(&PAYLOAD)))
+            .unwrap()
+    }
+}
+
+/// The clients compared, for request bodies `B`.
+pub trait HttpClient<B>:
+    Service<http::Request<B>, Response = http::Response<Self::Body>, Error = Self::Err>
     + Clone
     + Send
     + 'static
@@ -23,18 +154,18 @@ pub trait GetClient:
     type Err: Debug;
 }
 
-impl<S, B> GetClient for S
+impl<S, B, RB> HttpClient<B> for S
 where
-    S: Service<http::Request<Empty<Bytes>>, Response = http::Response<B>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Error: Debug,
-    B: http_body::Body<Error: Debug, Data: Send> + Send,
+    RB: http_body::Body<Error: Debug, Data: Send> + Send,
 {
-    type Body = B;
+    type Body = RB;
     type Err = S::Error;
 }
 
 /// All phases on, with limits that never fire on loopback.
-fn phases() -> PhaseTimeoutLayer {
+pub fn phases() -> PhaseTimeoutLayer {
     PhaseTimeoutLayer::new()
         .send(Duration::from_secs(5))
         .read(Duration::from_secs(5))
@@ -48,43 +179,161 @@ fn tracked() -> TrackConnections<HttpConnector> {
 }
 
 /// hyper-util's client as it comes.
-pub fn bare() -> impl GetClient<Future: Send> {
-    Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new())
+pub fn bare<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    Client::builder(TokioExecutor::new()).build::<_, B>(HttpConnector::new())
 }
 
 /// The tracker on the connector, nothing on the request plane.
-pub fn tracker_only() -> impl GetClient<Future: Send> {
-    Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(tracked())
+pub fn tracker<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    Client::builder(TokioExecutor::new()).build::<_, B>(tracked())
 }
 
 /// PhaseTimeout without the tracker.
-pub fn phase_timeout_only() -> impl GetClient<Future: Send> {
+pub fn phase_timeout<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     ServiceBuilder::new().layer(phases()).service(
-        Client::builder(TokioExecutor::new())
-            .build::<_, RequestBody<Empty<Bytes>>>(HttpConnector::new()),
-    )
-}
-
-/// The tracker and PhaseTimeout, all phases on.
-pub fn tracker_and_phase_timeout() -> impl GetClient<Future: Send> {
-    ServiceBuilder::new().layer(phases()).service(
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Empty<Bytes>>>(tracked()),
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<B>>(HttpConnector::new()),
     )
 }
 
 /// The tracker and IdleExpiry (a 90 s expiry: never fires on this workload,
 /// so the cost measured is the bookkeeping on every response).
-pub fn tracker_and_idle_expiry() -> impl GetClient<Future: Send> {
+pub fn idle_expiry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     ServiceBuilder::new()
-        .layer(tower_conn_lifecycle::idle_expiry::IdleExpiryLayer::new(
-            Duration::from_secs(90),
-        ))
-        .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(tracked()))
+        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
+        .service(Client::builder(TokioExecutor::new()).build::<_, B>(tracked()))
 }
 
-/// One keep-alive GET, body read to the end.
-pub async fn get<S: GetClient>(svc: &mut S, uri: &http::Uri) {
-    let req = http::Request::get(uri.clone()).body(Empty::new()).unwrap();
+/// RetryOnStaleConnection around a client with no tracker (a healthy server:
+/// it never retries, so the cost is the per-request bookkeeping).
+pub fn retry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build::<_, B>(HttpConnector::new()))
+}
+
+/// The one-call client with every layer.
+pub fn full<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    tower_conn_lifecycle::client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeouts(phases())
+        .build::<B>()
+}
+
+/// Binds `$svc` to the client of `$variant` for the body type `$body` and
+/// evaluates `$run` with it: one monomorphised arm per variant, no boxing.
+macro_rules! with_client {
+    ($variant:expr, $body:ty, |$svc:ident| $run:expr) => {
+        match $variant {
+            $crate::common::Variant::Bare => {
+                let $svc = $crate::common::bare::<$body>();
+                $run
+            }
+            $crate::common::Variant::Tracker => {
+                let $svc = $crate::common::tracker::<$body>();
+                $run
+            }
+            $crate::common::Variant::PhaseTimeout => {
+                let $svc = $crate::common::phase_timeout::<$body>();
+                $run
+            }
+            $crate::common::Variant::IdleExpiry => {
+                let $svc = $crate::common::idle_expiry::<$body>();
+                $run
+            }
+            $crate::common::Variant::Retry => {
+                let $svc = $crate::common::retry::<$body>();
+                $run
+            }
+            $crate::common::Variant::Full => {
+                let $svc = $crate::common::full::<$body>();
+                $run
+            }
+        }
+    };
+}
+pub(crate) use with_client;
+
+/// One request of workload `w`, response body read to the end.
+pub async fn exchange<W: Workload, S: HttpClient<W::Body>>(svc: &mut S, w: W, uri: &http::Uri) {
+    let req = w.request(uri);
     let res = svc.ready().await.unwrap().call(req).await.unwrap();
     res.into_body().collect().await.unwrap();
+}
+
+/// One request like [`exchange`], returning the size in bytes of the
+/// client's response future (moved at least once by whoever awaits it).
+pub async fn future_size<W: Workload, S: HttpClient<W::Body>>(
+    svc: &mut S,
+    w: W,
+    uri: &http::Uri,
+) -> usize {
+    let req = w.request(uri);
+    let fut = svc.ready().await.unwrap().call(req);
+    let size = std::mem::size_of_val(&fut);
+    let res = fut.await.unwrap();
+    res.into_body().collect().await.unwrap();
+    size
+}
+
+/// `n` sequential requests on one client (keep-alive: one connection).
+pub async fn sequential<W: Workload, S: HttpClient<W::Body>>(
+    svc: &mut S,
+    w: W,
+    uri: &http::Uri,
+    n: usize,
+) {
+    for _ in 0..n {
+        exchange(svc, w, uri).await;
+    }
+}
+
+/// `concurrency` requests at once (a `JoinSet` of tasks, each with a clone
+/// of the client), waited for together.
+pub async fn concurrent<W, S>(svc: &S, w: W, uri: &http::Uri, concurrency: usize)
+where
+    W: Workload,
+    S: HttpClient<W::Body, Future: Send>,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let mut svc = svc.clone();
+        let uri = uri.clone();
+        set.spawn(async move { exchange(&mut svc, w, &uri).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// Requests sent before anything is counted: the connection, the pool entry,
+/// the timer wheel and every lazily built structure exist afterwards.
+pub const WARM_UP: usize = 50;
+
+/// Heap allocations (client and server: they share the thread) during `n`
+/// requests on `svc`, after [`WARM_UP`] requests. `alloc` is the bench's
+/// `#[global_allocator]`.
+pub async fn count_allocations<W, S>(
+    alloc: &'static stats_alloc::StatsAlloc<std::alloc::System>,
+    svc: &mut S,
+    w: W,
+    uri: &http::Uri,
+    n: usize,
+) -> usize
+where
+    W: Workload,
+    S: HttpClient<W::Body>,
+{
+    sequential(svc, w, uri, WARM_UP).await;
+    let region = stats_alloc::Region::new(alloc);
+    sequential(svc, w, uri, n).await;
+    region.change().allocations
+}
+
+/// A current-thread runtime: client and server on one thread, so the numbers
+/// are CPU per exchange, not scheduling between cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
