@@ -81,17 +81,19 @@ impl Row {
 }
 
 fn rows() -> Vec<Row> {
-    let mut rows: Vec<Row> = VARIANTS
-        .iter()
-        .map(|&variant| Row {
+    let mut rows = Vec::new();
+    for &variant in VARIANTS {
+        rows.push(Row {
             variant,
             info_subscriber: false,
-        })
-        .collect();
-    rows.push(Row {
-        variant: Variant::Full,
-        info_subscriber: true,
-    });
+        });
+        if variant == Variant::Full {
+            rows.push(Row {
+                variant,
+                info_subscriber: true,
+            });
+        }
+    }
     rows
 }
 

@@ -40,6 +40,16 @@ pub enum Variant {
     /// ConnectTimeout → Track → SharedTls (passes `http://` through) →
     /// HttpConnector.
     Full,
+    /// Reference, not a layer: bare hyper-util with its own pool timer
+    /// (`pool_timer(TokioTimer)`, as reqwest sets it). What any armed tokio
+    /// timer costs a runtime (work at every park), which the layers with
+    /// timers pay too.
+    BareTimer,
+    /// Reference, not a layer: bare hyper-util plus a layer that only takes
+    /// the connection capture (`ConnectionCapture::get_or_insert`, hyper-util's
+    /// `capture_connection`), the part of PhaseTimeout and Retry that lets
+    /// them see a request's connection before its response exists.
+    Capture,
 }
 
 /// Every variant, `Bare` first.
@@ -50,6 +60,8 @@ pub const VARIANTS: &[Variant] = &[
     Variant::IdleExpiry,
     Variant::Retry,
     Variant::Full,
+    Variant::BareTimer,
+    Variant::Capture,
 ];
 
 impl Variant {
@@ -62,6 +74,8 @@ impl Variant {
             Variant::IdleExpiry => "idle_expiry",
             Variant::Retry => "retry",
             Variant::Full => "full",
+            Variant::BareTimer => "ref_pool_timer",
+            Variant::Capture => "ref_capture",
         }
     }
 
@@ -74,6 +88,8 @@ impl Variant {
             Variant::IdleExpiry => "+ tracker + IdleExpiry 90 s",
             Variant::Retry => "+ RetryOnStaleConnection",
             Variant::Full => "client::builder(): every layer",
+            Variant::BareTimer => "reference: hyper-util's own pool timer armed",
+            Variant::Capture => "reference: hyper-util's capture_connection alone",
         }
     }
 
@@ -219,6 +235,44 @@ pub fn full<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
         .build::<B>()
 }
 
+/// Bare hyper-util with its pool timer (a reference row).
+pub fn bare_timer<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build::<_, B>(HttpConnector::new())
+}
+
+/// Takes the request's connection capture and passes the request on: the
+/// capture's cost alone (a reference row).
+#[derive(Clone, Debug)]
+pub struct CaptureOnly<S>(S);
+
+impl<S, B> Service<http::Request<B>> for CaptureOnly<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
+        tower_conn_lifecycle::track::ConnectionCapture::get_or_insert(&mut req);
+        self.0.call(req)
+    }
+}
+
+/// Bare hyper-util behind [`CaptureOnly`] (a reference row).
+pub fn capture<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    CaptureOnly(Client::builder(TokioExecutor::new()).build::<_, B>(HttpConnector::new()))
+}
+
 /// Binds `$svc` to the client of `$variant` for the body type `$body` and
 /// evaluates `$run` with it: one monomorphised arm per variant, no boxing.
 macro_rules! with_client {
@@ -246,6 +300,14 @@ macro_rules! with_client {
             }
             $crate::common::Variant::Full => {
                 let $svc = $crate::common::full::<$body>();
+                $run
+            }
+            $crate::common::Variant::BareTimer => {
+                let $svc = $crate::common::bare_timer::<$body>();
+                $run
+            }
+            $crate::common::Variant::Capture => {
+                let $svc = $crate::common::capture::<$body>();
                 $run
             }
         }
