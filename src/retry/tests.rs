@@ -362,3 +362,89 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(mut fut: F) -> Option
     })
     .await
 }
+
+/// An inner service that counts its clones and fails its first `fail` calls
+/// with a reset that wrote nothing (retry-safe for any method).
+#[derive(Debug)]
+struct Counting {
+    clones: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    fail: usize,
+}
+
+impl Clone for Counting {
+    fn clone(&self) -> Self {
+        self.clones
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counting {
+            clones: self.clones.clone(),
+            calls: self.calls.clone(),
+            fail: self.fail,
+        }
+    }
+}
+
+impl Service<Request<Body>> for Counting {
+    type Response = Response<Empty<Bytes>>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<Empty<Bytes>>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::future::ready(if n < self.fail {
+            Err(Box::new(expired()) as BoxError)
+        } else {
+            Ok(Response::new(Empty::new()))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_is_not_retried_clones_no_service_and_a_retry_clones_one() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let inner = Counting {
+        clones: Default::default(),
+        calls: Default::default(),
+        fail: 1,
+    };
+    let (clones, calls) = (inner.clones.clone(), inner.calls.clone());
+    let mut svc = RetryOnStaleConnectionLayer::new().layer(inner);
+    let at_construction = clones.load(Relaxed);
+    // The first request fails once (nothing written) and is retried: one
+    // clone of the spare for the retry.
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request(http::Method::POST))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.extensions().get::<Retried>().map(Retried::count),
+        Some(1)
+    );
+    assert_eq!(calls.load(Relaxed), 2);
+    assert_eq!(clones.load(Relaxed), at_construction + 1);
+    // Requests that succeed at once clone nothing.
+    for _ in 0..10 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(http::Method::GET))
+            .await
+            .unwrap();
+        assert!(res.extensions().get::<Retried>().is_none());
+    }
+    assert_eq!(calls.load(Relaxed), 12);
+    assert_eq!(clones.load(Relaxed), at_construction + 1);
+}
