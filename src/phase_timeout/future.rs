@@ -20,9 +20,6 @@ use crate::clock::{deadline, far_future};
 use crate::track::{Captured, ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange};
 use crate::BoxError;
 
-/// Shortest re-check interval while the connection is not yet known.
-const MIN_RECHECK: Duration = Duration::from_millis(1);
-
 pin_project! {
     /// Response future of [`PhaseTimeout`](super::PhaseTimeout).
     #[derive(Debug)]
@@ -39,6 +36,8 @@ pin_project! {
 #[derive(Debug)]
 pub(crate) struct Watch {
     limits: Limits,
+    /// The first phase whose limit is zero: the request fails untried.
+    zero: Option<Phase>,
     issued: Instant,
     /// The body's upload progress; `None` for a body that was empty from the
     /// start (its upload is the request head: ended when issued, no bytes).
@@ -56,16 +55,41 @@ pub(crate) struct Watch {
     pending: PendingExchange,
 }
 
+/// A request's limits with what follows from them, worked out once per
+/// layer rather than per request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    limits: Limits,
+    /// The first phase whose limit is zero (see [`Limits::zero`]).
+    zero: Option<Phase>,
+    /// When the first timer check comes after the request is issued.
+    first_check: Option<Duration>,
+}
+
+impl Plan {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Plan {
+            zero: limits.zero(),
+            first_check: limits.first_check(),
+            limits,
+        }
+    }
+}
+
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: F,
-        limits: Limits,
+        plan: Plan,
         issued: Instant,
         progress: Option<Arc<Progress>>,
         capture: Option<ConnectionCapture>,
     ) -> Self {
+        let first = plan
+            .first_check
+            .map_or_else(|| far_future(issued), |d| deadline(issued, d));
         let watch = Watch {
-            limits,
+            limits: plan.limits,
+            zero: plan.zero,
             issued,
             progress,
             pending: PendingExchange::new(capture.clone()),
@@ -75,35 +99,13 @@ impl<F> ResponseFuture<F> {
         };
         ResponseFuture {
             inner,
-            sleep: tokio::time::sleep_until(watch.first_check()),
+            sleep: tokio::time::sleep_until(first),
             watch,
         }
     }
 }
 
 impl Watch {
-    /// The shortest of the configured limits, used as the re-check cadence
-    /// while the phase is not yet known.
-    fn cadence(&self) -> Option<Duration> {
-        [self.limits.send, self.limits.read]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| (d / 4).max(MIN_RECHECK))
-    }
-
-    /// The first timer check: the first limit, or one cadence in when `send`
-    /// or `read` is set, so that a capture filled on another task (not
-    /// during one of this future's inner polls) is seen soon enough.
-    fn first_check(&self) -> Instant {
-        let l = &self.limits;
-        [l.send, l.read, l.total, self.cadence()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map_or_else(|| far_future(self.issued), |d| deadline(self.issued, d))
-    }
-
     /// When the last body frame was pulled by the connection.
     fn last_frame(&self) -> Option<Instant> {
         self.progress.as_ref()?.last_frame()
@@ -238,7 +240,7 @@ impl Watch {
         // request is judged by its own body frames, like an untracked one.
         let socket = tracked.filter(|state| !state.is_http2());
         let last_frame = self.last_frame();
-        let cadence = self.cadence().unwrap_or(Duration::MAX);
+        let cadence = self.limits.cadence().unwrap_or(Duration::MAX);
         let Some((connected, _)) = self.connected else {
             // Still waiting for a connection: that is the connect phase,
             // bounded by `ConnectTimeout` and `total`, not by send or read.
@@ -326,7 +328,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(phase) = this.watch.limits.zero() {
+        if let Some(phase) = this.watch.zero {
             // A zero limit is already spent: fail without trying, so the
             // outcome never depends on what happens to be ready.
             return Poll::Ready(Err(this.watch.zero_elapsed(phase).into()));

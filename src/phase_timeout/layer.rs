@@ -6,6 +6,9 @@ use tower_layer::Layer;
 
 use super::{Phase, PhaseTimeout};
 
+/// Shortest re-check interval while the connection is not yet known.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+
 /// The resolved limits for one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -19,6 +22,27 @@ impl Limits {
     /// Whether any limit needs to know the request's connection.
     pub(crate) fn watches_connection(&self) -> bool {
         self.send.is_some() || self.read.is_some()
+    }
+
+    /// The shortest of `send` and `read`, a quarter of it (at least 1 ms):
+    /// the re-check cadence while the phase is not yet known.
+    pub(crate) fn cadence(&self) -> Option<Duration> {
+        [self.send, self.read]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| (d / 4).max(MIN_RECHECK))
+    }
+
+    /// When the first timer check comes, after the request is issued: the
+    /// first limit, or one cadence in when `send` or `read` is set, so that a
+    /// capture filled on another task (not during one of the future's inner
+    /// polls) is seen soon enough. `None`: no limit at all.
+    pub(crate) fn first_check(&self) -> Option<Duration> {
+        [self.send, self.read, self.total, self.cadence()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub(crate) fn any(&self) -> bool {

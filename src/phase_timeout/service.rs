@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::body::{Progress, RequestBody, ResponseBody};
-use super::future::ResponseFuture;
+use super::future::{Plan, ResponseFuture};
 use super::{PhaseOverride, PhaseTimeoutLayer};
 use crate::track::ConnectionCapture;
 use crate::BoxError;
@@ -27,12 +27,19 @@ use crate::BoxError;
 pub struct PhaseTimeout<S> {
     inner: S,
     layer: PhaseTimeoutLayer,
+    /// The layer's limits and what follows from them, resolved once (a
+    /// request with a [`PhaseOverride`] resolves its own).
+    plan: Plan,
 }
 
 impl<S> PhaseTimeout<S> {
     /// Wraps `inner` with the limits of `layer`.
     pub fn new(inner: S, layer: PhaseTimeoutLayer) -> Self {
-        PhaseTimeout { inner, layer }
+        PhaseTimeout {
+            inner,
+            plan: Plan::new(layer.limits()),
+            layer,
+        }
     }
 
     /// The wrapped service.
@@ -67,9 +74,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let limits = match req.extensions().get::<PhaseOverride>() {
-            Some(o) => o.apply(&self.layer),
-            None => self.layer.limits(),
+        let plan = match req.extensions().get::<PhaseOverride>() {
+            Some(o) => Plan::new(o.apply(&self.layer)),
+            None => self.plan,
         };
         let issued = Instant::now();
         // Captured even without send/read limits: a timed-out or dropped
@@ -84,6 +91,6 @@ where
             let req = req.map(|b| RequestBody::with_progress(b, Arc::clone(&progress)));
             (req, Some(progress))
         };
-        ResponseFuture::new(self.inner.call(req), limits, issued, progress, capture)
+        ResponseFuture::new(self.inner.call(req), plan, issued, progress, capture)
     }
 }
