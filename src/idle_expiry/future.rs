@@ -60,11 +60,14 @@ where
             // hyper's own connections do not copy extras into responses.
             response.extensions_mut().insert(state);
         }
-        if let Some(state) = response.extensions().get::<ConnectionState>() {
-            this.layer
-                .on_response(state, response.headers(), this.origin.as_ref());
-        }
-        let end = ExchangeEnd::for_response(&response);
+        let end = match response.extensions().get::<ConnectionState>() {
+            Some(state) => {
+                this.layer
+                    .on_response(state, response.headers(), this.origin.as_ref());
+                ExchangeEnd::for_state(state, response.body())
+            }
+            None => ExchangeEnd::none(),
+        };
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
     }
 }

@@ -164,8 +164,9 @@ impl IdleExpiryLayer {
         let shared = &self.shared;
         let learner = &shared.learner;
         let learning = c.learn && learner.is_learning();
-        let now = Instant::now();
-        if let (Some(origin), true) = (origin, learning && state.requests() > 1) {
+        // The clock is read only while learning (the common case reads none).
+        let now = learning.then(Instant::now);
+        if let (Some(origin), Some(now)) = (origin, now.filter(|_| state.requests() > 1)) {
             learner.reused(origin, state.info().idle_before(), now);
         }
         // The margin below an announced or learned timeout: twice the
@@ -184,7 +185,7 @@ impl IdleExpiryLayer {
             limit = limit.min(hint.saturating_sub(margin()));
             shared.stats.inner.hints.fetch_add(1, Ordering::Relaxed);
         }
-        if learning {
+        if let Some(now) = now {
             if let Some(estimate) = origin.and_then(|o| learner.estimate(o, now)) {
                 limit = limit.min(estimate.saturating_sub(margin()));
             }

@@ -129,9 +129,15 @@ impl ExchangeEnd {
     /// (the state is in its extensions). Ends the exchange at once when the
     /// body is already complete (HEAD, 204, 304, `Content-Length: 0`).
     pub(crate) fn for_response<B: Body>(response: &http::Response<B>) -> Self {
-        let Some(state) = response.extensions().get::<ConnectionState>() else {
-            return Self::none();
-        };
+        match response.extensions().get::<ConnectionState>() {
+            Some(state) => Self::for_state(state, response.body()),
+            None => Self::none(),
+        }
+    }
+
+    /// [`for_response`](Self::for_response) for a caller that has already
+    /// looked up the response's connection `state`.
+    pub(crate) fn for_state<B: Body>(state: &ConnectionState, body: &B) -> Self {
         let mut number = state.requests();
         // hyper returns a connection whose response had no body to the pool
         // right away; if another request has already opened exchange
@@ -142,7 +148,7 @@ impl ExchangeEnd {
         let mut end = ExchangeEnd {
             target: Some((state.clone(), number)),
         };
-        if response.body().is_end_stream() {
+        if body.is_end_stream() {
             end.end();
         }
         end
