@@ -56,8 +56,10 @@
 //! connection type is sealed (it must stay reqwest's own).
 //!
 //! Counting costs one clock read and a few relaxed atomic operations per
-//! successful socket read or write, plus storing the connection task's waker
-//! when the socket is not ready. The per-connection state is under 256 bytes.
+//! successful socket read and per write turn, plus storing the connection
+//! task's waker when the socket is not ready: about 1.5 k instructions and
+//! one allocation per keep-alive request on loopback (the README's
+//! Performance section). The per-connection state is under 256 bytes.
 //!
 //! # Example
 //!
