@@ -11,15 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 use tower_conn_lifecycle::client;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
-use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryOnStaleConnectionLayer, RetryReason};
+use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryReason};
 use tower_conn_lifecycle::testing::{
     IdleClosingServer, ResetServer, SeedWorkload, StopReadingServer, ThrottledReader,
 };
-use tower_conn_lifecycle::track::TrackConnectionsLayer;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 const IDLE: Duration = Duration::from_millis(200);
@@ -142,23 +141,7 @@ async fn idle_expiry_refusal_is_retried_and_the_server_sees_no_byte_of_it() {
     let server = IdleClosingServer::start(Duration::from_secs(30))
         .await
         .unwrap();
-    let layer = IdleExpiryLayer::new(Duration::from_millis(50)).learn(false);
-    // One checkout per attempt: an expired connection's refusal reaches Retry.
-    let pool = composable::client_with_checkouts(layer.clone(), TrackConnectionsLayer::new(), 1);
-    let client = ServiceBuilder::new()
-        .layer(RetryOnStaleConnectionLayer::new())
-        .service(pool);
-    let post = || {
-        http::Request::post(server.url())
-            .body(Full::new(Bytes::from_static(b"once")))
-            .unwrap()
-    };
-    let res = client.clone().oneshot(post()).await.unwrap();
-    res.into_body().collect().await.unwrap();
-    // The pooled connection sits idle past its expiry, but stays in the
-    // pool (claimed by nothing): its checkout is refused before any byte.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let res = client.clone().oneshot(post()).await.unwrap();
+    let res = composable::post_again_after_expiry(&server.url()).await;
     let retried = res
         .extensions()
         .get::<Retried>()

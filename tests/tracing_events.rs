@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::find_cause;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
-use tower_conn_lifecycle::retry::{Retried, RetryOnStaleConnectionLayer};
+use tower_conn_lifecycle::retry::Retried;
 use tower_conn_lifecycle::testing::{IdleClosingServer, SilentServer};
 use tower_conn_lifecycle::track::TrackConnectionsLayer;
 use tracing::field::{Field, Visit};
@@ -166,21 +166,7 @@ fn a_retry_is_one_debug_event_naming_its_reason() {
         let server = IdleClosingServer::start(Duration::from_secs(30))
             .await
             .unwrap();
-        let layer = IdleExpiryLayer::new(Duration::from_millis(50)).learn(false);
-        let pool =
-            composable::client_with_checkouts(layer.clone(), TrackConnectionsLayer::new(), 1);
-        let client = ServiceBuilder::new()
-            .layer(RetryOnStaleConnectionLayer::new())
-            .service(pool);
-        let post = || {
-            http::Request::post(server.url())
-                .body(Full::new(Bytes::from_static(b"once")))
-                .unwrap()
-        };
-        let res = client.clone().oneshot(post()).await.unwrap();
-        res.into_body().collect().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let res = client.clone().oneshot(post()).await.unwrap();
+        let res = composable::post_again_after_expiry(&server.url()).await;
         assert_eq!(
             res.extensions().get::<Retried>().map(Retried::count),
             Some(1)

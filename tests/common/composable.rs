@@ -1,7 +1,8 @@
 //! An HTTP/1 client built from hyper-util's composable pool
 //! (`client::pool::cache`), hyper's `client::conn::http1` handshake, the
 //! tracker and IdleExpiry's per-connection service. Shared by
-//! `tests/idle_expiry.rs`, `tests/full_stack.rs` and `examples/composable_pool.rs`.
+//! `tests/idle_expiry.rs`, `tests/full_stack.rs`, `tests/tracing_events.rs` and
+//! `examples/composable_pool.rs`.
 #![allow(dead_code)] // each includer uses part of it
 
 use std::future::Future;
@@ -49,6 +50,35 @@ pub fn client_with_checkouts(
             }),
         checkouts,
     }
+}
+
+/// A POST on a pooled connection whose expiry is 50 ms, 150 ms of idleness,
+/// and a second POST through `RetryOnStaleConnection` on a pool allowed one
+/// checkout per attempt: the expired connection's refusal reaches Retry,
+/// which sends the request again. Returns the second response (body unread).
+pub async fn post_again_after_expiry(
+    url: &str,
+) -> http::Response<TrackedBody<TrackedBody<hyper::body::Incoming>>> {
+    use http_body_util::BodyExt;
+    let layer = IdleExpiryLayer::new(std::time::Duration::from_millis(50)).learn(false);
+    let client = tower::ServiceBuilder::new()
+        .layer(tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer::new())
+        .service(client_with_checkouts(
+            layer,
+            TrackConnectionsLayer::new(),
+            1,
+        ));
+    let post = || {
+        http::Request::post(url)
+            .body(Full::new(Bytes::from_static(b"once")))
+            .unwrap()
+    };
+    let res = client.clone().oneshot(post()).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    // The pooled connection sits idle past its expiry, but stays in the
+    // pool (claimed by nothing): its checkout is refused before any byte.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    client.clone().oneshot(post()).await.unwrap()
 }
 
 /// Makes one tracked HTTP/1 connection and wraps it with IdleExpiry.
