@@ -75,6 +75,31 @@ fn h2_client() -> Retrying<Plain<Tracked>> {
         .service(client)
 }
 
+/// Sends `n` concurrent requests (`method`, distinct bodies) through the
+/// HTTP/2 client and returns each one's body and retry record.
+async fn h2_batch(
+    method: Method,
+    url: &str,
+    n: usize,
+) -> Vec<Result<(Bytes, Option<Retried>), BoxError>> {
+    let svc = h2_client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let svc = svc.clone();
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .body(Full::new(Bytes::from(format!("request-{i}"))))
+            .unwrap();
+        tasks.spawn(async move { send(&svc, req).await });
+    }
+    let mut results = Vec::with_capacity(n);
+    while let Some(result) = tasks.join_next().await {
+        results.push(result.unwrap());
+    }
+    results
+}
+
 fn request(method: Method, url: &str, body: &'static [u8]) -> http::Request<Full<Bytes>> {
     http::Request::builder()
         .method(method)
@@ -566,18 +591,9 @@ async fn h2_goaway_in_a_batch_every_request_succeeds_once() {
         .start()
         .await
         .unwrap();
-    let svc = h2_client();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..BATCH {
-        let svc = svc.clone();
-        let req = http::Request::put(server.url())
-            .body(Full::new(Bytes::from(format!("request-{i}"))))
-            .unwrap();
-        tasks.spawn(async move { send(&svc, req).await });
-    }
     let mut retries = 0;
-    while let Some(result) = tasks.join_next().await {
-        let (body, retried) = result.unwrap().unwrap();
+    for result in h2_batch(Method::PUT, &server.url(), BATCH).await {
+        let (body, retried) = result.unwrap();
         assert_eq!(body, "ok");
         retries += retried.map_or(0, |r| {
             assert!(r
@@ -774,18 +790,9 @@ async fn h2_several_refused_streams_in_a_batch_are_each_retried_once() {
         .start()
         .await
         .unwrap();
-    let svc = h2_client();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..BATCH {
-        let svc = svc.clone();
-        let req = http::Request::post(server.url())
-            .body(Full::new(Bytes::from(format!("request-{i}"))))
-            .unwrap();
-        tasks.spawn(async move { send(&svc, req).await });
-    }
     let mut retried = 0;
-    while let Some(result) = tasks.join_next().await {
-        let (_, r) = result.unwrap().unwrap();
+    for result in h2_batch(Method::POST, &server.url(), BATCH).await {
+        let (_, r) = result.unwrap();
         if let Some(r) = r {
             assert_eq!(r.reasons(), [RetryReason::RefusedStream]);
             retried += 1;
