@@ -110,14 +110,11 @@ where
                     let mut result = Err(err);
                     let retry = match this.backup.as_mut() {
                         Some(req) => {
-                            if result.is_err() {
-                                // The policy judges the failed attempt by its
-                                // own connection (and replaces the capture
-                                // for the next attempt). Only failures pay for
-                                // this; a success never clones a capture.
-                                if let Some(capture) = this.capture.take() {
-                                    req.extensions_mut().insert(capture);
-                                }
+                            // The policy judges the failed attempt by its own
+                            // connection (and replaces the capture for the
+                            // next attempt).
+                            if let Some(capture) = this.capture.take() {
+                                req.extensions_mut().insert(capture);
                             }
                             this.session.retry(req, &mut result)
                         }

@@ -253,8 +253,7 @@ impl ConnectionState {
         {
             return None;
         }
-        let since = inner.idle_since.raw()?;
-        Some(deadline_raw(since, expiry, retire))
+        deadline_raw(inner.idle_since.raw()?, expiry, retire)
     }
 
     /// Where the IO's expiry timer is armed, in nanoseconds since the origin.
@@ -277,13 +276,13 @@ impl ConnectionState {
     }
 
     fn idle_deadline_from(&self, idle_since: Instant) -> Option<Instant> {
-        let since = self.inner.origin.stamp(idle_since);
-        let expiry = self.inner.expiry.load(Ordering::Acquire);
-        let retire = self.inner.retire_at.raw();
-        if expiry == NO_EXPIRY && retire.is_none() {
-            return None;
-        }
-        self.inner.origin.at(deadline_raw(since, expiry, retire))
+        let inner = &self.inner;
+        let raw = deadline_raw(
+            inner.origin.stamp(idle_since),
+            inner.expiry.load(Ordering::Acquire),
+            inner.retire_at.raw(),
+        )?;
+        inner.origin.at(raw)
     }
 
     /// The refusal error if the connection expired by `now`: it was closed
@@ -511,7 +510,11 @@ impl ConnectionState {
         if !self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Completed) {
             return false;
         }
-        let at = (self.inner.last_read.raw()).unwrap_or_else(|| self.stamp(Instant::now()));
+        let at = self
+            .inner
+            .last_read
+            .raw()
+            .unwrap_or_else(|| self.stamp(Instant::now()));
         self.inner.idle_since.set_raw(at);
         true
     }
@@ -579,14 +582,14 @@ impl ConnectionState {
 
 /// The idle deadline in nanoseconds since the origin: `since` plus the
 /// expiry (`NO_EXPIRY` for none), or the retirement if that comes first
-/// (never before `since`). At least one of the two is set by the caller.
-fn deadline_raw(since: u64, expiry: u64, retire: Option<u64>) -> u64 {
+/// (never before `since`); `None` when there is neither.
+fn deadline_raw(since: u64, expiry: u64, retire: Option<u64>) -> Option<u64> {
     // Below `u64::MAX`, which reads back as "never".
     let by_idle = (expiry != NO_EXPIRY).then(|| since.saturating_add(expiry).min(NO_EXPIRY - 1));
     let retire = retire.map(|r| r.max(since));
     match (by_idle, retire) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b).unwrap_or(NO_EXPIRY - 1),
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
