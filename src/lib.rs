@@ -156,19 +156,34 @@ pub fn find_cause<'a, T>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
 where
     T: std::error::Error + 'static,
 {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        cur = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io
+    causes(err).find_map(|e| e.downcast_ref::<T>())
+}
+
+/// The longest error chain looked at (a guard against cyclic or
+/// pathological chains).
+const MAX_CHAIN: usize = 32;
+
+/// `err` and its causes: the one chain walker of the crate (used by
+/// [`find_cause`], the retry classifier and the testing kit's printer).
+/// It looks inside `io::Error` and `h2::Error`, whose `source()` skips the
+/// error they carry.
+pub(crate) fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |&e| {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io
                 .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    None
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if let Some(io) = h2.get_io() {
+                return Some(io as &(dyn std::error::Error + 'static));
+            }
+        }
+        e.source()
+    })
+    .take(MAX_CHAIN)
 }
 
 pub mod client;

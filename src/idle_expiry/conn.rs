@@ -115,12 +115,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The request passing through defines the attempt: it opens here,
+        // before hyper writes a byte of it (its upload is not followed, so
+        // the response's end completes the exchange).
+        let number = self.state.begin_request(true, std::time::Duration::ZERO);
         let inner = ErrInto::new(self.inner.call(req));
         ResponseFuture::new(
             inner,
             self.layer.clone(),
             self.origin,
-            Some(self.state.clone()),
+            Some((self.state.clone(), number)),
+            None,
         )
     }
 }

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use super::learn::Origin;
 use super::IdleExpiryLayer;
-use crate::track::{ConnectionState, ExchangeEnd, TrackedBody};
+use crate::track::{ConnectionCapture, ConnectionState, ExchangeEnd, TrackedBody};
 use crate::BoxError;
 
 pin_project! {
@@ -24,9 +24,12 @@ pin_project! {
         inner: F,
         layer: IdleExpiryLayer,
         origin: Option<Origin>,
-        // The connection, when known up front (composable pools); otherwise
-        // read from the response's extensions.
-        state: Option<ConnectionState>,
+        // The connection and the attempt's number on it, when known up
+        // front (composable pools); otherwise read from the response's
+        // extensions.
+        state: Option<(ConnectionState, u64)>,
+        // The request's attempt record, when a layer above captured it.
+        capture: Option<ConnectionCapture>,
     }
 }
 
@@ -35,13 +38,15 @@ impl<F> ResponseFuture<F> {
         inner: F,
         layer: IdleExpiryLayer,
         origin: Option<Origin>,
-        state: Option<ConnectionState>,
+        state: Option<(ConnectionState, u64)>,
+        capture: Option<ConnectionCapture>,
     ) -> Self {
         ResponseFuture {
             inner,
             layer,
             origin,
             state,
+            capture,
         }
     }
 }
@@ -56,18 +61,20 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
-        if let Some(state) = this.state.take() {
-            // hyper's own connections do not copy extras into responses.
-            response.extensions_mut().insert(state);
-        }
-        let end = match response.extensions().get::<ConnectionState>() {
-            Some(state) => {
+        let end = match this.state.take() {
+            Some((state, number)) => {
+                // hyper's own connections do not copy extras into responses.
+                response.extensions_mut().insert(state.clone());
+                ExchangeEnd::for_attempt(state, number, true, false, &response)
+            }
+            None => ExchangeEnd::for_request(this.capture.as_ref(), &response),
+        };
+        if let Some(state) = response.extensions().get::<ConnectionState>() {
+            if !state.is_upgraded() {
                 this.layer
                     .on_response(state, response.headers(), this.origin.as_ref());
-                ExchangeEnd::for_state(state, response.body())
             }
-            None => ExchangeEnd::none(),
-        };
+        }
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
     }
 }

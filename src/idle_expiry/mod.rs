@@ -119,14 +119,13 @@
 //! ```
 
 mod conn;
-mod error;
 pub mod future;
 mod hint;
 mod layer;
 mod learn;
 mod service;
 
+pub use crate::track::ConnectionExpired;
 pub use conn::{Http1Connection, IdleExpiryConnection};
-pub use error::ConnectionExpired;
 pub use layer::{IdleExpiryLayer, IdleExpiryStats, DEFAULT_MARGIN};
 pub use service::IdleExpiry;

@@ -9,7 +9,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::learn::Origin;
 use super::IdleExpiryLayer;
-use crate::track::TrackedBody;
+use crate::track::{ConnectionCapture, TrackedBody};
 
 /// Request-plane service made by [`IdleExpiryLayer`], for hyper-util's legacy
 /// `Client` over a [`TrackConnections`](crate::track::TrackConnections)
@@ -67,6 +67,15 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let origin = Origin::of(req.uri());
-        ResponseFuture::new(self.inner.call(req), self.layer.clone(), origin, None)
+        // The attempt record a layer above captured (PhaseTimeout, Retry):
+        // read, never created here.
+        let capture = req.extensions().get::<ConnectionCapture>().cloned();
+        ResponseFuture::new(
+            self.inner.call(req),
+            self.layer.clone(),
+            origin,
+            None,
+            capture,
+        )
     }
 }

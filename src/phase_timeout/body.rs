@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::{Elapsed, Waiting};
 use super::Phase;
 use crate::clock::{deadline, far_future, Origin, Stamp};
-use crate::track::{observe_frame, ExchangeEnd};
+use crate::track::{observe_frame, ConnectionCapture, ExchangeEnd};
 use crate::BoxError;
 
 /// Data frames larger than this are split (zero-copy for `Bytes`) so upload
@@ -84,29 +84,78 @@ pin_project! {
         // and the request, body included, is moved several times inside
         // hyper, so every byte of it costs on every request).
         rest: Option<Box<B::Data>>,
-        progress: Option<Arc<Progress>>,
+        upload: Upload,
+    }
+}
+
+/// Where a request body reports its upload: the layer's progress record
+/// and the tracker's attempt record. The upload ends at the first of: the
+/// body reports its end, or the body is dropped (hyper drops a
+/// `Content-Length` body as soon as it has written that many bytes, whether
+/// or not the body ever reports its end; and drops any body whose request
+/// failed).
+#[derive(Debug)]
+struct Upload {
+    progress: Option<Arc<Progress>>,
+    capture: Option<ConnectionCapture>,
+    ended: bool,
+}
+
+impl Upload {
+    fn end(&mut self, at: Instant) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        if let Some(p) = &self.progress {
+            p.end(at);
+        }
+        if let Some(c) = &self.capture {
+            c.upload_ended();
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.ended && (self.progress.is_some() || self.capture.is_some()) {
+            self.end(Instant::now());
+        }
     }
 }
 
 impl<B: Body> RequestBody<B> {
     /// Wraps a body without progress reporting (frames are still split).
     pub fn new(inner: B) -> Self {
-        RequestBody {
-            inner,
-            rest: None,
-            progress: None,
-        }
+        Self::tracked(inner, None, None)
     }
 
-    pub(crate) fn with_progress(inner: B, progress: Arc<Progress>) -> Self {
+    /// A body that reports its upload to `progress` (the send limit) and
+    /// announces its attempt through `capture` (the tracker).
+    pub(crate) fn tracked(
+        inner: B,
+        progress: Option<Arc<Progress>>,
+        capture: Option<ConnectionCapture>,
+    ) -> Self {
+        if let Some(c) = &capture {
+            c.hook();
+        }
+        let mut upload = Upload {
+            progress,
+            capture,
+            ended: false,
+        };
         if inner.is_end_stream() {
-            // hyper never polls an empty body: its upload is the request head.
-            progress.end(progress.origin.instant());
+            // hyper never polls an empty body: its upload is the request
+            // head (the attempt learns it when it begins).
+            if let Some(p) = &upload.progress {
+                p.end(p.origin.instant());
+            }
+            upload.progress = None;
         }
         RequestBody {
             inner,
             rest: None,
-            progress: Some(progress),
+            upload,
         }
     }
 }
@@ -144,42 +193,55 @@ impl<B: Body> Body for RequestBody<B> {
                     Err(frame) => {
                         // Trailers (or an unknown frame): pass through as is.
                         let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
-                        if let Some(p) = this.progress.as_ref() {
-                            p.end(Instant::now());
-                        }
+                        this.upload.end(Instant::now());
                         return Poll::Ready(Some(Ok(frame)));
                     }
                 },
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
-                    if let Some(p) = this.progress.as_ref() {
-                        p.end(Instant::now());
-                    }
+                    this.upload.end(Instant::now());
                     return Poll::Ready(None);
                 }
             }
         };
-        if let Some(p) = this.progress.as_ref() {
+        let upload = this.upload;
+        if upload.progress.is_some() || upload.capture.is_some() {
             let now = Instant::now();
-            p.frame(frame.data_ref().map_or(0, Buf::remaining), now);
+            if let Some(p) = &upload.progress {
+                p.frame(frame.data_ref().map_or(0, Buf::remaining), now);
+            }
             if this.rest.is_none() && this.inner.is_end_stream() {
-                p.end(now);
+                upload.end(now);
             }
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_none() && self.inner.is_end_stream()
+        let end = self.rest.is_none() && self.inner.is_end_stream();
+        // hyper asks this on the connection's task right before it writes
+        // the request head: the moment the attempt begins on the wire.
+        if let Some(c) = &self.upload.capture {
+            c.begin(end);
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
         if let Some(rest) = &self.rest {
             let extra = rest.remaining() as u64;
-            hint.set_lower(hint.lower().saturating_add(extra));
-            if let Some(upper) = hint.upper() {
-                hint.set_upper(upper.saturating_add(extra));
+            // The upper bound first: `set_lower` refuses a lower bound above
+            // the current upper one.
+            match hint.upper() {
+                Some(upper) => {
+                    let lower = hint.lower().saturating_add(extra);
+                    let upper = upper.saturating_add(extra);
+                    hint = SizeHint::new();
+                    hint.set_upper(upper);
+                    hint.set_lower(lower);
+                }
+                None => hint.set_lower(hint.lower().saturating_add(extra)),
             }
         }
         hint

@@ -155,18 +155,10 @@ impl Watch {
     /// connection is tracked and HTTP/1 (the socket carries this exchange
     /// alone); `None` otherwise, and the body frames tell instead.
     fn socket_bytes(&self) -> Option<(u64, u64)> {
-        let Captured::Tracked(state) = self.capture.as_ref()?.get() else {
-            return None;
-        };
-        if state.is_http2() {
-            return None;
-        }
-        // The tracker opens an exchange at its first write: until this
-        // request has written, the current exchange is an earlier one.
-        if state.last_write().is_none_or(|w| w < self.issued) {
-            return Some((0, 0));
-        }
-        let exchange = state.exchange();
+        // The attempt's own record, from the moment the request announced
+        // itself to its connection (before that, nothing of it is on the
+        // wire and the body frames say as much).
+        let exchange = self.capture.as_ref()?.exchange()?;
         Some((exchange.bytes_written(), exchange.bytes_read()))
     }
 
@@ -303,7 +295,7 @@ impl Watch {
         response: Response<B>,
     ) -> Response<ResponseBody<B>> {
         self.pending.disarm();
-        let end = ExchangeEnd::for_response(&response);
+        let end = ExchangeEnd::for_request(self.capture.as_ref(), &response);
         let sent = self.body_bytes();
         response.map(|body| {
             ResponseBody::new(

@@ -81,16 +81,12 @@ where
         let issued = Instant::now();
         // Captured even without send/read limits: a timed-out or dropped
         // request's connection is poisoned through it.
-        let capture = Some(ConnectionCapture::get_or_insert(&mut req));
+        let capture = ConnectionCapture::get_or_insert(&mut req);
         // A body that is already at its end is never polled by hyper (the
         // upload is the request head): it needs no shared progress record.
-        let (req, progress) = if req.body().is_end_stream() {
-            (req.map(RequestBody::new), None)
-        } else {
-            let progress = Arc::new(Progress::new(issued));
-            let req = req.map(|b| RequestBody::with_progress(b, Arc::clone(&progress)));
-            (req, Some(progress))
-        };
-        ResponseFuture::new(self.inner.call(req), plan, issued, progress, capture)
+        // Either way the body announces the attempt to its connection.
+        let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new(issued)));
+        let req = req.map(|b| RequestBody::tracked(b, progress.clone(), Some(capture.clone())));
+        ResponseFuture::new(self.inner.call(req), plan, issued, progress, Some(capture))
     }
 }

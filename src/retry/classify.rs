@@ -14,8 +14,8 @@ use std::io;
 
 use http::{HeaderName, Method, Request};
 
-use crate::idle_expiry::ConnectionExpired;
 use crate::phase_timeout::{Elapsed, Phase};
+use crate::track::ConnectionExpired;
 use crate::track::{Captured, ConnectionCapture, ConnectionState, ExchangeOutcome};
 
 /// The request header that makes a non-idempotent request safe to retry
@@ -23,9 +23,6 @@ use crate::track::{Captured, ConnectionCapture, ConnectionState, ExchangeOutcome
 /// `draft-ietf-httpapi-idempotency-key-header`). Its presence counts; the
 /// value is the server's business.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-
-/// The longest error chain looked at (a guard against pathological chains).
-const MAX_CHAIN: usize = 32;
 
 /// Why a request was retried: the rule that proved it safe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -234,14 +231,9 @@ pub(crate) fn classify(facts: &Facts, retry_connect_timeouts: bool) -> Result<Re
 /// The facts about a failed attempt of `req` (the request as it will be
 /// re-sent, whose [`ConnectionCapture`] belongs to the failed attempt).
 pub(crate) fn facts<B>(req: &Request<B>, err: &(dyn Error + 'static)) -> Facts {
-    let captured = connection_of(err).unwrap_or_else(|| {
-        req.extensions()
-            .get::<ConnectionCapture>()
-            .map_or(Captured::Pending, ConnectionCapture::get)
-    });
     Facts {
         signal: signal(err),
-        wire: wire(&captured),
+        wire: wire(req.extensions().get::<ConnectionCapture>(), err),
         idempotent: is_idempotent(req.method()) || req.headers().contains_key(IDEMPOTENCY_KEY),
     }
 }
@@ -260,20 +252,77 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
 fn connection_of(err: &(dyn Error + 'static)) -> Option<Captured> {
     let client = crate::find_cause::<hyper_util::client::legacy::Error>(err)?;
     let connected = client.connect_info()?;
-    let mut extensions = http::Extensions::new();
-    connected.get_extras(&mut extensions);
-    Some(match extensions.remove::<ConnectionState>() {
+    Some(match crate::track::state_of(connected) {
         Some(state) => Captured::Tracked(state),
         None => Captured::Untracked,
     })
 }
 
-/// What the tracker saw of the latest attempt on `captured`.
+/// What the tracker saw of the failed attempt on the wire. Each answer
+/// names the fact it trusts:
 ///
-/// An exchange opens at a request's first write attempt, so an attempt
-/// that never tried to write leaves the previous exchange current (its
-/// outcome `Completed`), or none at all on a new connection.
-pub(crate) fn wire(captured: &Captured) -> Wire {
+/// | fact | wire |
+/// |---|---|
+/// | the attempt announced itself on a tracked HTTP/1 connection, and its exact record shows 0 bytes accepted | nothing written (never, once the connection is closed) |
+/// | … its record shows bytes, or is inexact (a write failed inside TLS) | written: reused? any response byte (1xx and partial heads included) since it began? |
+/// | the request carries the announcing hook, hyper-util gave it a connection, and it never announced itself | nothing written: hyper never took it to write |
+/// | no hook: the tracker's inferred exchange (exact only) | as above, from the order of reads and writes |
+/// | HTTP/2, no tracker, or an inexact inferred record | unknown |
+pub(crate) fn wire(capture: Option<&ConnectionCapture>, err: &(dyn Error + 'static)) -> Wire {
+    let captured = || {
+        connection_of(err)
+            .unwrap_or_else(|| capture.map_or(Captured::Pending, ConnectionCapture::get))
+    };
+    if let Some(capture) = capture {
+        if let Some((state, number)) = capture.begun() {
+            return attempt_wire(state, number);
+        }
+        if capture.is_announced() {
+            // Announced on a connection without a tracker.
+            return Wire::Unknown;
+        }
+        if capture.is_hooked() {
+            // hyper-util fills the capture before it hands the request to
+            // its connection, and hyper announces a request before writing
+            // its head: filled but never announced is never written. (A
+            // client that never fills captures, such as reqwest, proves
+            // nothing.)
+            // (The capture itself, not the error's connection: an inner
+            // client of its own, such as reqwest's, reports connections
+            // this request's capture never saw.)
+            return match capture.get() {
+                Captured::Tracked(state) if state.is_closed() => Wire::NeverWritten,
+                Captured::Tracked(_) | Captured::Untracked => Wire::NothingWritten,
+                Captured::Pending => Wire::Unknown,
+            };
+        }
+    }
+    inferred_wire(&captured())
+}
+
+/// The record of attempt `number` on `state`.
+fn attempt_wire(state: &ConnectionState, number: u64) -> Wire {
+    if number == 0 || state.is_http2() || state.requests() != number {
+        return Wire::Unknown;
+    }
+    let exchange = state.exchange();
+    match (exchange.nothing_written(), state.is_closed()) {
+        (true, true) => Wire::NeverWritten,
+        (true, false) => Wire::NothingWritten,
+        (false, _) => Wire::Written {
+            reused: exchange.is_reused(),
+            response_started: exchange.response_started(),
+        },
+    }
+}
+
+/// What the tracker inferred of the latest exchange on `captured`, for a
+/// request that does not announce itself.
+///
+/// The IO opens an exchange at a request's first write attempt, so an
+/// attempt that never tried to write leaves the previous exchange current
+/// (its outcome `Completed`), or none at all on a new connection.
+fn inferred_wire(captured: &Captured) -> Wire {
     let Captured::Tracked(state) = captured else {
         return Wire::Unknown;
     };
@@ -281,6 +330,9 @@ pub(crate) fn wire(captured: &Captured) -> Wire {
         return Wire::Unknown;
     }
     let exchange = state.exchange();
+    if !exchange.is_exact() {
+        return Wire::Unknown;
+    }
     let nothing_written = match exchange.outcome() {
         ExchangeOutcome::None | ExchangeOutcome::Completed => true,
         _ => exchange.bytes_written() == 0,
@@ -293,21 +345,6 @@ pub(crate) fn wire(captured: &Captured) -> Wire {
             response_started: exchange.response_started(),
         },
     }
-}
-
-/// `err` and its causes, looking inside `io::Error` and `h2::Error` (whose
-/// `source()` skips the error they carry).
-fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
-    std::iter::successors(Some(err), |&e| {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return io.get_ref().map(|inner| inner as &(dyn Error + 'static));
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.get_io().map(|io| io as &(dyn Error + 'static));
-        }
-        e.source()
-    })
-    .take(MAX_CHAIN)
 }
 
 /// What the error chain says, strongest signal first.
@@ -323,7 +360,7 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
         closed: bool,
     }
     let mut seen = Seen::default();
-    for e in chain(err) {
+    for e in crate::causes(err) {
         if e.is::<ConnectionExpired>() {
             seen.not_written = true;
         } else if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
@@ -621,8 +658,8 @@ mod tests {
 
     #[test]
     fn wire_without_a_tracked_connection_is_unknown() {
-        assert_eq!(wire(&Captured::Pending), Wire::Unknown);
-        assert_eq!(wire(&Captured::Untracked), Wire::Unknown);
+        assert_eq!(inferred_wire(&Captured::Pending), Wire::Unknown);
+        assert_eq!(inferred_wire(&Captured::Untracked), Wire::Unknown);
     }
 
     #[test]

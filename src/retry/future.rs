@@ -103,7 +103,8 @@ where
                     let err = match result {
                         Ok(mut response) => {
                             this.session.succeeded(&mut response);
-                            return Poll::Ready(Ok(with_exchange_end(response)));
+                            let end = ExchangeEnd::for_request(this.capture.as_ref(), &response);
+                            return Poll::Ready(Ok(response.map(|b| TrackedBody::new(b, end))));
                         }
                         Err(err) => err.into(),
                     };
@@ -128,7 +129,12 @@ where
                             let service = Box::new(S::clone(this.spare));
                             this.state.set(State::Retrying { service });
                         }
-                        None => return Poll::Ready(result.map(with_exchange_end)),
+                        None => {
+                            return Poll::Ready(result.map(|response| {
+                                let end = ExchangeEnd::for_response(&response);
+                                response.map(|b| TrackedBody::new(b, end))
+                            }))
+                        }
                     }
                 }
                 StateProj::Retrying { service } => {
@@ -146,10 +152,4 @@ where
             }
         }
     }
-}
-
-/// Wraps the body so that its end ends the tracker's exchange.
-fn with_exchange_end<B: Body>(response: Response<B>) -> Response<TrackedBody<B>> {
-    let end = ExchangeEnd::for_response(&response);
-    response.map(|body| TrackedBody::new(body, end))
 }

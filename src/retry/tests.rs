@@ -13,7 +13,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_test::mock;
 
 use super::*;
-use crate::idle_expiry::ConnectionExpired;
+use crate::track::ConnectionExpired;
 use crate::BoxError;
 
 type Body = Full<Bytes>;

@@ -369,16 +369,8 @@ impl Error for SeedTimeout {}
 /// cause's text is shown once); looks inside `io::Error`s too.
 pub fn error_chain(err: &(dyn Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(err);
-    while let Some(e) = cur {
+    for e in crate::causes(err) {
         let text = e.to_string();
-        cur = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn Error + 'static))
-                .filter(|inner| inner.to_string() != text),
-            None => e.source(),
-        };
         if parts.last() != Some(&text) {
             parts.push(text);
         }

@@ -1,9 +1,13 @@
-//! The one place that captures a request's connection.
+//! The one place that captures a request's connection, and the record of
+//! the attempt that request makes on it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use http::Request;
-use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, Connected};
 
-use super::ConnectionState;
+use super::{ConnectionState, Exchange};
 
 /// The connection a request was (or will be) sent on, shared by every layer
 /// of this crate that needs it.
@@ -25,9 +29,44 @@ use super::ConnectionState;
 /// 2.7 k instructions and 7 small allocations per request on loopback (the
 /// README's Performance section, row `ref_capture`). Taking it once per
 /// request, whatever the number of layers, keeps that cost from adding up.
+///
+/// A capture belongs to one *attempt*: one request handed to one
+/// connection. Besides the connection it carries that attempt's record,
+/// which the tracker fills in when the request announces itself to its
+/// connection (see [`begin`](Self::begin)), so every layer reads the same
+/// facts about what *this request* did on the wire.
 #[derive(Clone, Debug)]
 pub struct ConnectionCapture {
     inner: CaptureConnection,
+    attempt: Arc<Attempt>,
+}
+
+/// What one request did on its connection (shared by the clones of its
+/// [`ConnectionCapture`]).
+#[derive(Debug)]
+struct Attempt {
+    /// The connection and the attempt's number on it, from the moment the
+    /// request announced itself (just before hyper wrote its head); `None`
+    /// inside when that connection is not tracked.
+    begun: OnceLock<Option<(ConnectionState, u64)>>,
+    /// A request body with this capture's hook was built: the request will
+    /// announce itself before its head is written.
+    hooked: AtomicBool,
+    /// The request's body ended before (or without) the attempt beginning.
+    upload_done: AtomicBool,
+    /// A response-end marker owns this attempt's exchange already.
+    marker_taken: AtomicBool,
+    /// The request's method is CONNECT (a success turns the connection into
+    /// a tunnel).
+    connect: bool,
+}
+
+/// The tracker's state in hyper-util's connection extras: the one decoder
+/// of `Connected::extra`.
+pub(crate) fn state_of(connected: &Connected) -> Option<ConnectionState> {
+    let mut extensions = http::Extensions::new();
+    connected.get_extras(&mut extensions);
+    extensions.remove::<ConnectionState>()
 }
 
 /// What a [`ConnectionCapture`] knows right now (crate-internal: the public
@@ -58,8 +97,16 @@ impl ConnectionCapture {
                 return existing.clone();
             }
         }
+        let attempt = Arc::new(Attempt {
+            begun: OnceLock::new(),
+            upload_done: AtomicBool::new(false),
+            hooked: AtomicBool::new(false),
+            marker_taken: AtomicBool::new(false),
+            connect: req.method() == http::Method::CONNECT,
+        });
         let capture = ConnectionCapture {
             inner: capture_connection(req),
+            attempt,
         };
         req.extensions_mut().insert(capture.clone());
         capture
@@ -70,15 +117,99 @@ impl ConnectionCapture {
         let meta = self.inner.connection_metadata();
         match meta.as_ref() {
             None => Captured::Pending,
-            Some(connected) => {
-                let mut extensions = http::Extensions::new();
-                connected.get_extras(&mut extensions);
-                match extensions.remove::<ConnectionState>() {
-                    Some(state) => Captured::Tracked(state),
-                    None => Captured::Untracked,
-                }
-            }
+            Some(connected) => match state_of(connected) {
+                Some(state) => Captured::Tracked(state),
+                None => Captured::Untracked,
+            },
         }
+    }
+
+    /// The request announces itself to its connection: called by the
+    /// request body's hook on the connection's task, right before hyper
+    /// writes the request head (hyper asks the body `is_end_stream` there),
+    /// when hyper-util has already filled the capture. Opens the attempt's
+    /// exchange on a tracked HTTP/1 connection; once per attempt.
+    /// `body_empty`: the body has nothing to send (its upload is the head).
+    pub(crate) fn begin(&self, body_empty: bool) {
+        let attempt = &*self.attempt;
+        if attempt.begun.get().is_some() {
+            return;
+        }
+        let meta = self.inner.connection_metadata();
+        let Some(connected) = meta.as_ref() else {
+            return;
+        };
+        let Some(state) = state_of(connected) else {
+            let _ = attempt.begun.set(None);
+            return;
+        };
+        // A tracker inside TLS never sees ALPN; the outer connector's
+        // `Connected` does.
+        if connected.is_negotiated_h2() {
+            state.set_http2();
+        }
+        drop(meta);
+        let empty = body_empty || attempt.upload_done.load(Ordering::Acquire);
+        let number = state.begin_request(empty, super::io::WRITE_GRACE);
+        let _ = attempt.begun.set(Some((state, number)));
+    }
+
+    /// A request body that calls [`begin`](Self::begin) and
+    /// [`upload_ended`](Self::upload_ended) carries this capture: until the
+    /// attempt begins, nothing of the request has been written.
+    pub(crate) fn hook(&self) {
+        self.attempt.hooked.store(true, Ordering::Release);
+    }
+
+    /// Whether the request announced itself to a connection (tracked or
+    /// not).
+    pub(crate) fn is_announced(&self) -> bool {
+        self.attempt.begun.get().is_some()
+    }
+
+    /// Whether a request body announces this attempt (see [`hook`](Self::hook)).
+    pub(crate) fn is_hooked(&self) -> bool {
+        self.attempt.hooked.load(Ordering::Acquire)
+    }
+
+    /// The request body ended (it reported its end, or hyper dropped it once
+    /// it was written): the attempt's upload is over.
+    pub(crate) fn upload_ended(&self) {
+        let attempt = &*self.attempt;
+        if attempt.upload_done.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(Some((state, number))) = attempt.begun.get() {
+            state.upload_ended(*number);
+        }
+    }
+
+    /// The connection and number of this attempt, once it has begun on a
+    /// tracked connection (`number` is 0 on HTTP/2).
+    pub(crate) fn begun(&self) -> Option<(&ConnectionState, u64)> {
+        match self.attempt.begun.get() {
+            Some(Some((state, number))) => Some((state, *number)),
+            _ => None,
+        }
+    }
+
+    /// This attempt's exchange on an HTTP/1 connection, while it is the
+    /// connection's current one.
+    pub(crate) fn exchange(&self) -> Option<Exchange> {
+        let (state, number) = self.begun()?;
+        let exchange = state.exchange();
+        (number != 0 && !state.is_http2() && exchange.number() == number).then_some(exchange)
+    }
+
+    /// Takes the right to own the attempt's response-end marker: `true` for
+    /// the first caller (the innermost layer sees the response first).
+    pub(crate) fn take_marker(&self) -> bool {
+        !self.attempt.marker_taken.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the request's method is CONNECT.
+    pub(crate) fn is_connect(&self) -> bool {
+        self.attempt.connect
     }
 
     /// Whether a connection is known yet, without building its extras (no

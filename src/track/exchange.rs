@@ -68,6 +68,7 @@ pub struct Exchange {
     pub(super) bytes_written: u64,
     pub(super) bytes_read: u64,
     pub(super) outcome: ExchangeOutcome,
+    pub(super) exact: bool,
 }
 
 impl Exchange {
@@ -106,49 +107,114 @@ impl Exchange {
     pub fn outcome(&self) -> ExchangeOutcome {
         self.outcome
     }
+
+    /// Whether the byte counts are proof of what reached the wire. `false`
+    /// when a write failed inside an IO that can fail after part of the
+    /// same call went out (a TLS stream: what was written is unknown), or
+    /// when the exchange's start was inferred from the order of reads and
+    /// writes while the previous exchange was still open (a client stack
+    /// whose requests do not announce themselves, see the
+    /// [module docs](super)). Nothing about an inexact record proves that
+    /// nothing was written.
+    pub fn is_exact(&self) -> bool {
+        self.exact
+    }
+
+    /// Whether the record proves that no byte of this exchange's request
+    /// was accepted by the connection.
+    pub fn nothing_written(&self) -> bool {
+        self.exact && self.bytes_written == 0
+    }
 }
 
 /// The request side of the tracker: ends the exchange whose response it
 /// follows, or abandons it (poisoning the connection) when dropped first.
 ///
-/// Every response body of this crate's request-plane layers holds one; the
-/// marks are keyed by exchange number and idempotent, so any number of them
-/// in one stack agree.
+/// Every response body of this crate's request-plane layers holds one, but
+/// only one per attempt *owns* the exchange (the innermost layer's: it sees
+/// the response first, see [`ConnectionCapture::take_marker`]); the others
+/// only read the record. Marks are keyed by attempt number, so a late mark
+/// never touches a later exchange.
 #[derive(Debug, Default)]
 pub(crate) struct ExchangeEnd {
     target: Option<(ConnectionState, u64)>,
+    owner: bool,
 }
 
 impl ExchangeEnd {
     /// A marker that does nothing (untracked connection).
     pub(crate) fn none() -> Self {
-        ExchangeEnd { target: None }
-    }
-
-    /// The marker for a response that just arrived on a tracked connection
-    /// (the state is in its extensions). Ends the exchange at once when the
-    /// body is already complete (HEAD, 204, 304, `Content-Length: 0`).
-    pub(crate) fn for_response<B: Body>(response: &http::Response<B>) -> Self {
-        match response.extensions().get::<ConnectionState>() {
-            Some(state) => Self::for_state(state, response.body()),
-            None => Self::none(),
+        ExchangeEnd {
+            target: None,
+            owner: false,
         }
     }
 
-    /// [`for_response`](Self::for_response) for a caller that has already
-    /// looked up the response's connection `state`.
-    pub(crate) fn for_state<B: Body>(state: &ConnectionState, body: &B) -> Self {
-        let mut number = state.requests();
-        // hyper returns a connection whose response had no body to the pool
-        // right away; if another request has already opened exchange
-        // `number`, it has not read a byte yet, while ours has.
-        if number > 1 && !state.exchange().response_started() {
-            number -= 1;
+    /// The marker for a response on a tracked connection (the state is in
+    /// its extensions), for a stack without the request's capture.
+    pub(crate) fn for_response<B: Body>(response: &http::Response<B>) -> Self {
+        Self::for_request(None, response)
+    }
+
+    /// The marker for the response to the attempt `capture` records (or,
+    /// without one, the response's own connection). Ends the exchange at
+    /// once when the body is already complete (HEAD, 204, 304,
+    /// `Content-Length: 0`) and the upload is over; marks the connection
+    /// upgraded on `101 Switching Protocols` or a successful `CONNECT`.
+    pub(crate) fn for_request<B: Body>(
+        capture: Option<&ConnectionCapture>,
+        response: &http::Response<B>,
+    ) -> Self {
+        let owner = capture.is_none_or(ConnectionCapture::take_marker);
+        let connect = capture.is_some_and(ConnectionCapture::is_connect);
+        let (state, number) = match capture.and_then(ConnectionCapture::begun) {
+            Some((state, number)) => (state.clone(), number),
+            None => {
+                let Some(state) = response.extensions().get::<ConnectionState>() else {
+                    return Self::none();
+                };
+                // Without an announced attempt: hyper returns a connection
+                // whose response had no body to the pool right away; if
+                // another request has already opened exchange `number`, it
+                // has not read a byte yet, while ours has.
+                let mut number = state.requests();
+                if number > 1 && !state.exchange().response_started() {
+                    number -= 1;
+                }
+                (state.clone(), number)
+            }
+        };
+        Self::for_attempt(state, number, owner, connect, response)
+    }
+
+    /// The marker for attempt `number` on `state` (`owner`: this marker
+    /// ends or abandons it; `connect`: the request was a CONNECT).
+    pub(crate) fn for_attempt<B: Body>(
+        state: ConnectionState,
+        number: u64,
+        owner: bool,
+        connect: bool,
+        response: &http::Response<B>,
+    ) -> Self {
+        if response.version() == http::Version::HTTP_2 {
+            // A tracker inside TLS learns it here at the latest.
+            state.set_http2();
+        }
+        let status = response.status();
+        if status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+            if owner {
+                state.set_upgraded();
+            }
+            return Self::none();
+        }
+        if number == 0 || state.is_http2() {
+            return Self::none();
         }
         let mut end = ExchangeEnd {
-            target: Some((state.clone(), number)),
+            target: Some((state, number)),
+            owner,
         };
-        if body.is_end_stream() {
+        if response.body().is_end_stream() {
             end.end();
         }
         end
@@ -164,17 +230,25 @@ impl ExchangeEnd {
         (!state.is_http2() && exchange.number() == *number).then_some(exchange)
     }
 
-    /// The exchange ended normally.
+    /// The response ended normally. The owner ends the exchange; if the
+    /// request's upload is still running (the server answered early), the
+    /// exchange stays open until the upload ends, and dropping the marker
+    /// first abandons it (hyper would otherwise upload on to a server that
+    /// has already answered).
     pub(crate) fn end(&mut self) {
         if let Some((state, number)) = self.target.take() {
-            state.end_exchange(number);
+            if self.owner && !state.end_exchange(number) {
+                self.target = Some((state, number));
+            }
         }
     }
 
-    /// Poisons the connection if the exchange has not ended yet.
+    /// Poisons the connection if the owned exchange has not ended yet.
     pub(crate) fn abandon(&mut self) {
         if let Some((state, number)) = self.target.take() {
-            state.abandon(number);
+            if self.owner {
+                state.abandon(number);
+            }
         }
     }
 }
@@ -213,10 +287,22 @@ impl PendingExchange {
         let Some(capture) = self.capture.take() else {
             return;
         };
+        if let Some((state, number)) = capture.begun() {
+            // The attempt announced itself: abandon exactly it.
+            if state.abandon(number) {
+                capture.poison();
+            }
+            return;
+        }
+        if capture.is_hooked() {
+            // The request would have announced itself before its head was
+            // written: it was not, so hyper drops it unwritten.
+            return;
+        }
         if let Captured::Tracked(state) = capture.get() {
             // HTTP/2 streams are abandoned by hyper itself (RST_STREAM); the
             // connection is shared and stays.
-            if state.in_flight() && !state.is_http2() {
+            if state.in_flight() && !state.is_http2() && !state.is_request_defined() {
                 state.abandon(state.requests());
                 capture.poison();
             }

@@ -10,7 +10,10 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::{ConnectionState, ExchangeEnd, PendingExchange, TrackStats, TrackedBody, TrackedIo};
+use super::{
+    ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange, TrackStats, TrackedBody,
+    TrackedIo,
+};
 
 pin_project! {
     /// Future of [`TrackConnections`](super::TrackConnections).
@@ -36,6 +39,7 @@ impl<F> TrackFuture<F> {
 impl<F, T, E> Future for TrackFuture<F>
 where
     F: Future<Output = Result<T, E>>,
+    T: 'static,
 {
     type Output = Result<TrackedIo<T>, E>;
 
@@ -54,13 +58,18 @@ pin_project! {
     pub struct InfoFuture<F> {
         #[pin]
         inner: F,
+        capture: ConnectionCapture,
         pending: PendingExchange,
     }
 }
 
 impl<F> InfoFuture<F> {
-    pub(super) fn new(inner: F, pending: PendingExchange) -> Self {
-        InfoFuture { inner, pending }
+    pub(super) fn new(inner: F, capture: ConnectionCapture) -> Self {
+        InfoFuture {
+            inner,
+            pending: PendingExchange::new(Some(capture.clone())),
+            capture,
+        }
     }
 }
 
@@ -85,7 +94,7 @@ where
         {
             response.extensions_mut().insert(info);
         }
-        let end = ExchangeEnd::for_response(&response);
+        let end = ExchangeEnd::for_request(Some(this.capture), &response);
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
     }
 }

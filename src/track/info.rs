@@ -9,7 +9,7 @@ use tower_service::Service;
 use http_body::Body;
 
 use super::future::InfoFuture;
-use super::{ConnectionCapture, ConnectionState, PendingExchange, TrackedBody};
+use super::{ConnectionCapture, ConnectionState, TrackedBody};
 
 /// What happened on the connection for one request: a response extension, in
 /// the spirit of curl's `-w` variables and Go's `httptrace`.
@@ -150,7 +150,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
-        let pending = PendingExchange::new(Some(ConnectionCapture::get_or_insert(&mut req)));
-        InfoFuture::new(self.inner.call(req), pending)
+        let capture = ConnectionCapture::get_or_insert(&mut req);
+        InfoFuture::new(self.inner.call(req), capture)
     }
 }

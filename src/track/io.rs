@@ -13,8 +13,9 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::{ConnectionState, Event};
-use crate::idle_expiry::ConnectionExpired;
+use super::ConnectionExpired;
+use super::{ConnectionState, Event, ExchangeOutcome};
+use std::any::TypeId;
 
 /// Where the connection is in its request/response cycle, as seen by the IO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,10 @@ pin_project! {
         // Bytes were written since the last successful flush: only such a
         // flush is stamped (hyper flushes several times per request).
         unflushed: bool,
+        // A failed write of the inner IO wrote nothing of that call (a
+        // plain TCP socket: one `send` that either reports bytes or fails).
+        // Any other IO (TLS) may fail after part of the call went out.
+        atomic_writes: bool,
         guard: CloseGuard,
     }
 }
@@ -69,7 +74,7 @@ impl Drop for CloseGuard {
 /// written a moment after it, which the margin below the server's idle
 /// timeout covers. Refusing it would fail a request hyper-util does not
 /// retry. Only a connection left unpolled well past its deadline is refused.
-const WRITE_GRACE: std::time::Duration = std::time::Duration::from_millis(25);
+pub(super) const WRITE_GRACE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// The error a poisoned connection's IO fails with.
 fn poisoned() -> io::Error {
@@ -220,6 +225,13 @@ impl<T: AsyncWrite> Counting<T> {
             return Err(poisoned());
         }
         if *turn != Turn::Writing {
+            if state.is_upgraded() {
+                // The caller's tunnel: nothing to count as exchanges.
+                return Ok(None);
+            }
+            if state.is_request_defined() {
+                return Self::before_announced_write(turn, state);
+            }
             let now = Instant::now();
             // The last resort of idle expiry: a request about to be written
             // on an expired connection is refused before its first byte.
@@ -239,10 +251,35 @@ impl<T: AsyncWrite> Counting<T> {
             }
             *turn = Turn::Writing;
             let now = state.stamp(now);
-            state.open_exchange(now);
+            // A read→write turn while the previous exchange is still open
+            // (no request-side end seen) may be the same request going on
+            // (after a 1xx or an early response): the new record cannot
+            // prove what this request wrote.
+            let inexact = state.requests() > 0 && state.outcome() == ExchangeOutcome::InFlight;
+            state.open_exchange(now, inexact);
             return Ok(Some(now));
         }
         Ok(None)
+    }
+
+    /// The first write of a turn on a connection whose requests announce
+    /// themselves: the attempt is already open (a read→write turn inside it
+    /// is the same request going on, after a 1xx or an early response).
+    /// Refuses the write if the attempt began on an expired connection.
+    fn before_announced_write(turn: &mut Turn, state: &ConnectionState) -> io::Result<Option<u64>> {
+        if let Some(refused) = state.take_refusal() {
+            state.notify(Event::Refused);
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, refused));
+        }
+        *turn = Turn::Writing;
+        if state.outcome() == ExchangeOutcome::InFlight {
+            return Ok(None);
+        }
+        // A request that did not announce itself (its body has no hook)
+        // after a completed exchange: it opens its own.
+        let now = state.stamp(Instant::now());
+        state.open_exchange(now, false);
+        Ok(Some(now))
     }
 
     fn wrote(
@@ -250,6 +287,7 @@ impl<T: AsyncWrite> Counting<T> {
         res: &Poll<io::Result<usize>>,
         opened: Option<u64>,
         unflushed: &mut bool,
+        atomic: bool,
     ) {
         match res {
             Poll::Ready(Ok(n)) if *n > 0 => {
@@ -257,7 +295,7 @@ impl<T: AsyncWrite> Counting<T> {
                 state.on_write(*n, now);
                 *unflushed = true;
             }
-            Poll::Ready(Err(_)) => state.on_write_error(),
+            Poll::Ready(Err(_)) => state.on_write_error(!atomic),
             _ => {}
         }
     }
@@ -273,7 +311,7 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
         let state = &this.guard.state;
         let opened = Self::before_write(this.turn, state, buf)?;
         let res = this.inner.poll_write(cx, buf);
-        Self::wrote(state, &res, opened, this.unflushed);
+        Self::wrote(state, &res, opened, this.unflushed, *this.atomic_writes);
         res
     }
 
@@ -290,7 +328,7 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
             .map_or(&[][..], |b| &b[..]);
         let opened = Self::before_write(this.turn, state, first)?;
         let res = this.inner.poll_write_vectored(cx, bufs);
-        Self::wrote(state, &res, opened, this.unflushed);
+        Self::wrote(state, &res, opened, this.unflushed, *this.atomic_writes);
         res
     }
 
@@ -339,8 +377,10 @@ pub struct TrackedIo<T> {
     io: TokioIo<Counting<TokioIo<T>>>,
 }
 
-impl<T> TrackedIo<T> {
+impl<T: 'static> TrackedIo<T> {
     pub(crate) fn new(inner: T, state: ConnectionState, open: Arc<AtomicU64>) -> Self {
+        let atomic_writes = TypeId::of::<T>() == TypeId::of::<TokioIo<tokio::net::TcpStream>>()
+            || TypeId::of::<T>() == TypeId::of::<tokio::net::TcpStream>();
         open.fetch_add(1, Ordering::Relaxed);
         TrackedIo {
             io: TokioIo::new(Counting {
@@ -350,11 +390,14 @@ impl<T> TrackedIo<T> {
                 timer_polled: false,
                 registered: None,
                 unflushed: false,
+                atomic_writes,
                 guard: CloseGuard { state, open },
             }),
         }
     }
+}
 
+impl<T> TrackedIo<T> {
     /// The live state of this connection.
     pub fn state(&self) -> &ConnectionState {
         &self.io.inner().guard.state

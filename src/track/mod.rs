@@ -81,16 +81,18 @@
 
 mod capture;
 mod exchange;
+mod expired;
 pub mod future;
 mod info;
 mod io;
 mod service;
 mod state;
 
-pub(crate) use capture::Captured;
 pub use capture::ConnectionCapture;
+pub(crate) use capture::{state_of, Captured};
 pub(crate) use exchange::{observe_frame, ExchangeEnd, PendingExchange};
 pub use exchange::{Exchange, ExchangeOutcome, TrackedBody};
+pub use expired::ConnectionExpired;
 pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};

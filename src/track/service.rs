@@ -100,6 +100,7 @@ impl<C> TrackConnections<C> {
 impl<C, R> Service<R> for TrackConnections<C>
 where
     C: Service<R>,
+    C::Response: 'static,
 {
     type Response = TrackedIo<C::Response>;
     type Error = C::Error;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::exchange::{Exchange, ExchangeOutcome};
+use super::ConnectionExpired;
 use crate::clock::{Origin, Stamp};
 
 /// Process-wide connection id counter (a counter, not a map: it never grows).
@@ -89,6 +90,29 @@ pub(crate) struct Inner {
     claimed: AtomicBool,
     closed: AtomicBool,
     http2: AtomicBool,
+    /// Requests on this connection announce their own attempts (the request
+    /// body's hook, [`begin_request`](ConnectionState::begin_request)): the
+    /// IO no longer infers exchanges from read→write turns.
+    request_defined: AtomicBool,
+    /// The current attempt's request body has not ended yet (set only for
+    /// attempts announced by their request).
+    upload_pending: AtomicBool,
+    /// The current attempt's response ended (request side) while its upload
+    /// was still pending: it completes when the upload ends.
+    response_ended: AtomicBool,
+    /// The current record may undercount what was written: a write failed
+    /// inside an IO that can fail after partial progress, or the exchange
+    /// was inferred from a read→write turn while the previous one was still
+    /// open.
+    inexact: AtomicBool,
+    /// The connection became the caller's tunnel (101 Switching Protocols,
+    /// a successful CONNECT): no expiry, no poisoning, no learning.
+    upgraded: AtomicBool,
+    /// Set when an announced attempt began on a connection idle past its
+    /// deadline (plus the write grace): the IO refuses its first write.
+    /// The idle time and the limit in nanoseconds (`NO_EXPIRY`: none owed).
+    refuse_idle: AtomicU64,
+    refuse_limit: AtomicU64,
     /// The waker of the task that last found the IO pending.
     waker: Mutex<Option<Waker>>,
 }
@@ -122,6 +146,13 @@ impl ConnectionState {
                 claimed: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 http2: AtomicBool::new(false),
+                request_defined: AtomicBool::new(false),
+                upload_pending: AtomicBool::new(false),
+                response_ended: AtomicBool::new(false),
+                inexact: AtomicBool::new(false),
+                upgraded: AtomicBool::new(false),
+                refuse_idle: AtomicU64::new(0),
+                refuse_limit: AtomicU64::new(NO_EXPIRY),
                 waker: Mutex::new(None),
             }),
         }
@@ -250,6 +281,7 @@ impl ConnectionState {
         if inner.claimed.load(Ordering::Acquire)
             || self.outcome() != ExchangeOutcome::Completed
             || self.is_closed()
+            || self.is_upgraded()
         {
             return None;
         }
@@ -287,7 +319,10 @@ impl ConnectionState {
 
     /// The refusal error if the connection expired by `now`: it was closed
     /// at its expiry, or it is known idle past its deadline.
-    pub(crate) fn expired_at(&self, now: Instant) -> Option<crate::idle_expiry::ConnectionExpired> {
+    pub(crate) fn expired_at(&self, now: Instant) -> Option<ConnectionExpired> {
+        if self.is_upgraded() {
+            return None;
+        }
         let since = self.load(&self.inner.idle_since)?;
         let deadline = if self.was_expired() {
             self.idle_deadline_from(since)?
@@ -301,7 +336,7 @@ impl ConnectionState {
             }
             deadline
         };
-        Some(crate::idle_expiry::ConnectionExpired {
+        Some(ConnectionExpired {
             idle: now.saturating_duration_since(since),
             limit: deadline.saturating_duration_since(since),
         })
@@ -374,6 +409,7 @@ impl ConnectionState {
             bytes_written: written,
             bytes_read: read,
             outcome,
+            exact: !self.inner.inexact.load(Ordering::Acquire),
         }
     }
 
@@ -419,9 +455,12 @@ impl ConnectionState {
     /// Opens a new exchange at a request's first write attempt (`now` from
     /// [`stamp`](Self::stamp)). An exchange still in flight (no request-side
     /// marker saw its end) is completed now.
-    pub(crate) fn open_exchange(&self, now: u64) {
+    pub(crate) fn open_exchange(&self, now: u64, inexact: bool) {
         self.complete_current();
         let inner = &self.inner;
+        inner.upload_pending.store(false, Ordering::Relaxed);
+        inner.response_ended.store(false, Ordering::Relaxed);
+        inner.inexact.store(inexact, Ordering::Release);
         let idle = inner
             .idle_since
             .raw()
@@ -442,6 +481,90 @@ impl ConnectionState {
         inner
             .outcome
             .store(ExchangeOutcome::InFlight as u8, Ordering::Release);
+    }
+
+    /// A request announces itself on this connection right before hyper
+    /// writes its head (the request body's hook, on the connection's own
+    /// task): a new attempt opens, the previous exchange (if still open)
+    /// completes, and the IO stops inferring exchanges from byte turns.
+    /// Returns the attempt's number. On HTTP/2 (streams share the socket) and
+    /// on an upgraded connection nothing opens: `0`.
+    ///
+    /// If the connection had been idle past its deadline (plus the write
+    /// grace), the IO refuses the attempt's first write with
+    /// [`ConnectionExpired`]: nothing of it is written.
+    pub(crate) fn begin_request(&self, body_empty: bool, grace: Duration) -> u64 {
+        if self.is_http2() || self.is_upgraded() {
+            return 0;
+        }
+        let inner = &self.inner;
+        let now = Instant::now();
+        if let Some(deadline) = self.idle_deadline() {
+            if now >= crate::clock::deadline(deadline, grace) {
+                let since = self.idle_since().unwrap_or(deadline);
+                let idle = now.saturating_duration_since(since);
+                let limit = deadline.saturating_duration_since(since);
+                inner.refuse_idle.store(nanos(idle), Ordering::Relaxed);
+                inner
+                    .refuse_limit
+                    .store(nanos(limit).min(NO_EXPIRY - 1), Ordering::Release);
+            }
+        }
+        inner.request_defined.store(true, Ordering::Release);
+        self.open_exchange(self.stamp(now), false);
+        inner.upload_pending.store(!body_empty, Ordering::Release);
+        self.requests()
+    }
+
+    /// Whether requests on this connection announce their own attempts.
+    pub(crate) fn is_request_defined(&self) -> bool {
+        self.inner.request_defined.load(Ordering::Acquire)
+    }
+
+    /// The refusal the IO owes the current attempt's first write, if its
+    /// connection had expired when it began.
+    pub(crate) fn take_refusal(&self) -> Option<ConnectionExpired> {
+        let inner = &self.inner;
+        if inner.refuse_limit.load(Ordering::Relaxed) == NO_EXPIRY {
+            return None;
+        }
+        let limit = inner.refuse_limit.swap(NO_EXPIRY, Ordering::AcqRel);
+        (limit != NO_EXPIRY).then(|| ConnectionExpired {
+            idle: Duration::from_nanos(inner.refuse_idle.load(Ordering::Relaxed)),
+            limit: Duration::from_nanos(limit),
+        })
+    }
+
+    /// The request body of attempt `number` ended (it reported its end, or
+    /// hyper dropped it once written). If its response had already ended
+    /// (an early final response), the exchange completes now.
+    pub(crate) fn upload_ended(&self, number: u64) {
+        if number == 0 || self.requests() != number {
+            return;
+        }
+        let inner = &self.inner;
+        if inner.upload_pending.swap(false, Ordering::AcqRel)
+            && inner.response_ended.load(Ordering::Acquire)
+        {
+            self.end_exchange(number);
+        }
+    }
+
+    /// The connection became the caller's tunnel (a `101 Switching
+    /// Protocols` or a successful `CONNECT` answered attempt `number`): the
+    /// exchange is over for this crate, which from now on neither expires,
+    /// poisons nor learns from the connection.
+    pub(crate) fn set_upgraded(&self) {
+        self.inner.upgraded.store(true, Ordering::Release);
+        self.inner.upload_pending.store(false, Ordering::Release);
+        self.complete_current();
+    }
+
+    /// Whether the connection was upgraded (`101 Switching Protocols`, or a
+    /// successful `CONNECT`): it is the caller's tunnel, which this crate
+    /// never expires, closes or learns from.
+    pub fn is_upgraded(&self) -> bool {
+        self.inner.upgraded.load(Ordering::Acquire)
     }
 
     /// `n` bytes written at `now` (from [`stamp`](Self::stamp)).
@@ -470,8 +593,13 @@ impl ConnectionState {
             .set(&self.inner.origin, Instant::now());
     }
 
-    /// A write of the current exchange failed.
-    pub(crate) fn on_write_error(&self) {
+    /// A write of the current exchange failed. `inexact`: the IO that failed
+    /// may have put part of the refused bytes on the wire first (a TLS
+    /// stream), so the record no longer proves how much was written.
+    pub(crate) fn on_write_error(&self, inexact: bool) {
+        if inexact {
+            self.inner.inexact.store(true, Ordering::Release);
+        }
         self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::WriteFailed);
         self.on_close();
     }
@@ -479,7 +607,7 @@ impl ConnectionState {
     /// EOF or a read error: the peer closed (or reset) the connection.
     pub(crate) fn on_peer_close(&self) {
         if let Some(since) = self.idle_since() {
-            if !self.is_poisoned() && !self.was_expired() {
+            if !self.is_poisoned() && !self.was_expired() && !self.is_upgraded() {
                 let idle = Instant::now().saturating_duration_since(since);
                 self.notify(Event::ServerIdleClose(idle));
             }
@@ -519,10 +647,23 @@ impl ConnectionState {
         true
     }
 
-    /// Marks exchange `number` completed (its response body ended). Does
-    /// nothing if a later exchange has opened since, or it already ended.
-    pub(crate) fn end_exchange(&self, number: u64) {
-        if self.requests() == number && self.complete_current() {
+    /// Marks exchange `number`'s response ended (its body ended). The
+    /// exchange completes unless its request's upload is still running (an
+    /// early final response): then it completes when the upload ends, and
+    /// `false` says so. Does nothing if a later exchange has opened since,
+    /// or it already ended.
+    pub(crate) fn end_exchange(&self, number: u64) -> bool {
+        if self.requests() != number {
+            return true;
+        }
+        if self.inner.upload_pending.load(Ordering::Acquire) {
+            self.inner.response_ended.store(true, Ordering::Release);
+            // The upload may have ended in between: then complete here.
+            if self.inner.upload_pending.load(Ordering::Acquire) {
+                return false;
+            }
+        }
+        if self.complete_current() {
             // The IO needs waking only if its expiry timer would fire too
             // late for this idle period (or is not armed at all, or fired).
             if let Some(deadline) = self.idle_deadline_raw() {
@@ -532,6 +673,7 @@ impl ConnectionState {
                 }
             }
         }
+        true
     }
 
     /// The IO armed its expiry timer at `at`.
@@ -542,17 +684,22 @@ impl ConnectionState {
     /// Poisons the connection because exchange `number` was abandoned: the
     /// IO fails its next read or write and hyper closes it. Does nothing if
     /// that exchange already ended normally or a later one has opened.
-    pub(crate) fn abandon(&self, number: u64) {
-        if self.requests() != number || self.is_http2() {
-            return;
+    pub(crate) fn abandon(&self, number: u64) -> bool {
+        if self.requests() != number || self.is_http2() || self.is_upgraded() {
+            return false;
         }
         if self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Abandoned) {
             self.poison();
+            return true;
         }
+        false
     }
 
     /// Poisons the connection unconditionally and wakes its IO.
     pub(crate) fn poison(&self) {
+        if self.is_upgraded() {
+            return;
+        }
         self.inner.poisoned.store(true, Ordering::Release);
         self.wake();
     }
@@ -578,6 +725,11 @@ impl ConnectionState {
             w.wake();
         }
     }
+}
+
+/// A duration in nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The idle deadline in nanoseconds since the origin: `since` plus the

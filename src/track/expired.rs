@@ -1,4 +1,5 @@
-//! The refusal error.
+//! The refusal error of an expired connection (the tracker's IO owns the
+//! expiry mechanism; [`IdleExpiry`](crate::idle_expiry) sets the expiry).
 
 use std::fmt;
 use std::time::Duration;
