@@ -41,6 +41,7 @@ use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryReason, Rule, IDEMPOTENCY_KEY};
 use tower_conn_lifecycle::testing::{error_chain, Rng};
+use tower_conn_lifecycle::track::ConnectionInfo;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 const KIB: usize = 1024;
@@ -384,12 +385,17 @@ impl Failure {
     }
 }
 
-/// Sends `req` and reads the whole response body; `Ok` carries the status
-/// and the retry record.
-async fn send(
-    client: &Client<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Option<Retried>), Failure> {
+/// A complete response, as the client saw it.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    retried: Option<Retried>,
+    /// The tracker's `ConnectionInfo` says the connection was reused.
+    reused: bool,
+}
+
+/// Sends `req` and reads the whole response body.
+async fn send(client: &Client<Full<Bytes>>, req: Request<Full<Bytes>>) -> Result<Answer, Failure> {
     let res = match timeout(STEP_LIMIT, client.clone().oneshot(req)).await {
         Ok(Ok(res)) => res,
         Ok(Err(e)) => return Err(Failure::of(&e)),
@@ -397,8 +403,13 @@ async fn send(
     };
     let status = res.status();
     let retried = res.extensions().get::<Retried>().cloned();
+    let reused = ConnectionInfo::of(&res).is_some_and(|info| info.is_reused());
     match timeout(STEP_LIMIT, res.into_body().collect()).await {
-        Ok(Ok(_)) => Ok((status, retried)),
+        Ok(Ok(_)) => Ok(Answer {
+            status,
+            retried,
+            reused,
+        }),
         Ok(Err(e)) => Err(Failure::of(&e)),
         Err(_) => panic!("a response body did not end within {STEP_LIMIT:?}"),
     }
@@ -482,7 +493,7 @@ async fn early_case(early: Early, kind: Kind, reused: bool) -> (String, bool) {
             .unwrap();
         let got = send(&client, warm).await;
         assert!(
-            matches!(got, Ok((StatusCode::OK, None))),
+            matches!(&got, Ok(a) if a.status == StatusCode::OK && a.retried.is_none()),
             "warm-up failed: {got:?}"
         );
         sleep(POOL_SETTLE).await;
@@ -516,9 +527,9 @@ async fn early_case(early: Early, kind: Kind, reused: bool) -> (String, bool) {
         ));
     }
     let outcome = match &got {
-        Ok((status, retried)) => {
-            problems.push(format!("succeeded: {status}, {retried:?}"));
-            format!("Ok({status}, {retried:?})")
+        Ok(answer) => {
+            problems.push(format!("succeeded: {answer:?}"));
+            format!("{answer:?}")
         }
         Err(f) => {
             if f.rule != Some(Rule::ResponseStarted) {
@@ -1095,7 +1106,8 @@ enum Action {
     Answer,
     /// Send a `100` or `103` after the head, then as `Answer`.
     Informational,
-    /// Read part of the body, send `HTTP/1.1 500 Internal`, reset.
+    /// Read part of the body, stop reading, send `HTTP/1.1 500 Internal`
+    /// (half the time; else a `100` or a `103`), reset.
     PartialHeadReset,
     /// Read part of the body, send a complete final response, read a bit
     /// more, reset mid-upload.
@@ -1193,11 +1205,19 @@ async fn hostile_conn(mut conn: Conn, hostile: Arc<Hostile>) {
                 idle_close = hostile.with(|rng| rng.unit() < 0.2);
             }
             Action::PartialHeadReset => {
-                let (part, wait, hold) =
-                    hostile.with(|rng| (part_of(rng, len), below(rng, pause), below(rng, pause)));
+                let (part, wait, hold, early) = hostile.with(|rng| {
+                    let early = match rng.unit() {
+                        r if r < 0.5 => Early::PartialErrorHead,
+                        r if r < 0.75 => Early::Continue100,
+                        _ => Early::EarlyHints103,
+                    };
+                    // Long enough for a large upload to fill the buffers.
+                    let wait = Duration::from_millis(10) + below(rng, pause);
+                    (part_of(rng, len), wait, below(rng, pause), early)
+                });
                 conn.skip_body(part).await;
                 sleep(wait).await;
-                conn.write(Early::PartialErrorHead.bytes()).await;
+                conn.write(early.bytes()).await;
                 sleep(hold).await;
                 conn.reset();
                 return;
@@ -1235,7 +1255,7 @@ struct Sent {
     method: Method,
     keyed: bool,
     len: usize,
-    result: Result<(StatusCode, Option<Retried>), Failure>,
+    result: Result<Answer, Failure>,
 }
 
 fn random_request(
@@ -1250,9 +1270,9 @@ fn random_request(
     let len = match rng.unit() {
         _ if !post => 0,
         r if r < 0.5 => (size * KIB as f64) as usize,
-        r if r < 0.85 => KIB + (size * (63 * KIB) as f64) as usize,
-        r if r < 0.97 => 64 * KIB + (size * (448 * KIB) as f64) as usize,
-        _ => 512 * KIB + (size * (RANDOM_MAX_BODY - 512 * KIB) as f64) as usize,
+        r if r < 0.8 => KIB + (size * (63 * KIB) as f64) as usize,
+        r if r < 0.9 => 64 * KIB + (size * (960 * KIB) as f64) as usize,
+        _ => MIB + (size * (RANDOM_MAX_BODY - MIB) as f64) as usize,
     };
     let method = if post { Method::POST } else { Method::GET };
     let mut req = Request::builder()
@@ -1294,8 +1314,12 @@ async fn randomized_hostile_server() {
             let hostile = hostile.clone();
             Arc::new(RawServer::start(move |conn| hostile_conn(conn, hostile.clone())).await)
         };
+        // Learning off: the server's idle closes (a few ms) would otherwise
+        // teach the client not to reuse connections at all, and the faults
+        // on reused connections would go untested.
         let client = client::builder()
             .connect_timeout(Duration::from_secs(2))
+            .idle_expiry(IdleExpiryLayer::new(Duration::from_secs(90)).learn(false))
             .timeouts(PhaseTimeoutLayer::new().total(RANDOM_TOTAL))
             .build::<Full<Bytes>>();
         let big = Bytes::from(vec![b'r'; RANDOM_MAX_BODY]);
@@ -1320,10 +1344,16 @@ async fn randomized_hostile_server() {
                         len,
                         result,
                     });
-                    if rng.unit() < 0.3 {
-                        // Gaps let idle closes race the next request.
-                        sleep(below(&mut rng, Duration::from_millis(20))).await;
-                    }
+                    // A short gap lets the pool take the connection back
+                    // (without one, the next request opens a new
+                    // connection); longer ones let idle closes race the
+                    // next request. Neither is an assertion.
+                    let gap = if rng.unit() < 0.7 {
+                        Duration::from_millis(1) + below(&mut rng, Duration::from_millis(2))
+                    } else {
+                        below(&mut rng, Duration::from_millis(20))
+                    };
+                    sleep(gap).await;
                 }
                 sent
             });
@@ -1340,7 +1370,7 @@ async fn randomized_hostile_server() {
         let mut duplicates: BTreeMap<&str, usize> = BTreeMap::new();
         let mut chains: BTreeMap<String, usize> = BTreeMap::new();
         let mut violations = Vec::new();
-        let (mut ok, mut bytes) = (0, 0usize);
+        let (mut ok, mut reused_ok, mut bytes) = (0, 0, 0usize);
         for s in &all {
             bytes += s.len;
             let heads = c.heads_of(&s.id);
@@ -1350,8 +1380,11 @@ async fn randomized_hostile_server() {
                 _ => "GET",
             };
             let client_retries = match &s.result {
-                Ok((_, retried)) => {
+                Ok(Answer {
+                    retried, reused, ..
+                }) => {
                     ok += 1;
+                    reused_ok += usize::from(*reused);
                     if let Some(r) = retried {
                         for reason in r.reasons() {
                             *retries_by_reason.entry(format!("{reason:?}")).or_default() += 1;
@@ -1397,7 +1430,10 @@ async fn randomized_hostile_server() {
             }
         }
         println!("seed                 {seed}");
-        println!("requests             {} ({ok} ok) in {took:?}", all.len());
+        println!(
+            "requests             {} ({ok} ok, {reused_ok} of them on a reused connection) in {took:?}",
+            all.len()
+        );
         println!("request body bytes   {bytes}");
         println!(
             "server               {} connections, {} heads, {} bytes read",
@@ -1406,6 +1442,14 @@ async fn randomized_hostile_server() {
             c.bytes_read.load(Ordering::SeqCst)
         );
         println!("server actions       {:?}", hostile.actions.lock().unwrap());
+        let expiry = client.expiry_stats();
+        println!(
+            "client               {:?}; expiry: {} expired, {} refused, {} server idle closes",
+            client.connection_stats(),
+            expiry.expired(),
+            expiry.refused(),
+            expiry.server_idle_closes()
+        );
         println!("errors by rule       {errors_by_rule:?}");
         println!("retries by reason    {retries_by_reason:?}");
         println!("duplicate heads      {duplicates:?}");
