@@ -1124,7 +1124,7 @@ const RANDOM_REQUESTS: usize = 2000;
 /// Concurrent tasks sharing one client (one pool).
 const RANDOM_TASKS: usize = 4;
 /// The randomized run stops early (and fails its count) after this.
-const RANDOM_RUN_LIMIT: Duration = Duration::from_secs(150);
+const RANDOM_RUN_LIMIT: Duration = Duration::from_secs(120);
 /// The client's total limit per attempt.
 const RANDOM_TOTAL: Duration = Duration::from_secs(10);
 const RANDOM_MAX_BODY: usize = 4 * MIB;
