@@ -100,6 +100,10 @@ pub(crate) struct Inner {
     /// The current attempt's response ended (request side) while its upload
     /// was still pending: it completes when the upload ends.
     response_ended: AtomicBool,
+    /// Bytes were written since the last successful flush. hyper flushes
+    /// only once its write buffer is empty, so after the body ended (hyper
+    /// took its last bytes) the upload is on the wire at the next flush.
+    unflushed: AtomicBool,
     /// The current record may undercount what was written: a write failed
     /// inside an IO that can fail after partial progress, or the exchange
     /// was inferred from a read→write turn while the previous one was still
@@ -149,6 +153,7 @@ impl ConnectionState {
                 request_defined: AtomicBool::new(false),
                 upload_pending: AtomicBool::new(false),
                 response_ended: AtomicBool::new(false),
+                unflushed: AtomicBool::new(false),
                 inexact: AtomicBool::new(false),
                 upgraded: AtomicBool::new(false),
                 refuse_idle: AtomicU64::new(0),
@@ -546,6 +551,7 @@ impl ConnectionState {
         if inner.upload_pending.swap(false, Ordering::AcqRel)
             && inner.response_ended.load(Ordering::Acquire)
         {
+            // Completes now if the last bytes were flushed, else at the flush.
             self.end_exchange(number);
         }
     }
@@ -573,6 +579,7 @@ impl ConnectionState {
             .bytes_written
             .fetch_add(n as u64, Ordering::Relaxed);
         self.inner.last_write.set_raw(now);
+        self.inner.unflushed.store(true, Ordering::Release);
     }
 
     pub(crate) fn on_read(&self, n: usize, first_of_response: bool) {
@@ -588,9 +595,22 @@ impl ConnectionState {
     /// A flush succeeded after bytes were written (the IO skips flushes
     /// that follow no write: the earlier stamp already covers them).
     pub(crate) fn on_flush(&self) {
-        self.inner
-            .last_flush
-            .set(&self.inner.origin, Instant::now());
+        let inner = &self.inner;
+        inner.last_flush.set(&inner.origin, Instant::now());
+        inner.unflushed.store(false, Ordering::Release);
+        // An early final response waiting for its upload to reach the wire.
+        if inner.response_ended.load(Ordering::Acquire)
+            && !inner.upload_pending.load(Ordering::Acquire)
+        {
+            self.end_exchange(self.requests());
+        }
+    }
+
+    /// Whether the current attempt's request is entirely on the wire: its
+    /// body ended (or it had none) and every byte hyper took was flushed.
+    fn upload_on_wire(&self) -> bool {
+        !self.inner.upload_pending.load(Ordering::Acquire)
+            && !self.inner.unflushed.load(Ordering::Acquire)
     }
 
     /// A write of the current exchange failed. `inexact`: the IO that failed
@@ -656,10 +676,11 @@ impl ConnectionState {
         if self.requests() != number {
             return true;
         }
-        if self.inner.upload_pending.load(Ordering::Acquire) {
+        if self.is_request_defined() && !self.upload_on_wire() {
             self.inner.response_ended.store(true, Ordering::Release);
-            // The upload may have ended in between: then complete here.
-            if self.inner.upload_pending.load(Ordering::Acquire) {
+            // The upload may have reached the wire in between: then
+            // complete here.
+            if !self.upload_on_wire() {
                 return false;
             }
         }

@@ -558,3 +558,396 @@ async fn a_write_well_past_the_deadline_is_refused_before_any_byte() {
     assert_eq!(state.bytes_written(), written_2, "nothing written");
     assert_eq!(state.exchange().number(), 2, "no exchange opened");
 }
+
+// ---------------------------------------------------------------------------
+// Attempts announced by their request (what PhaseTimeout's request body does
+// through the connection capture: announce right before hyper writes the
+// head, report the upload's end when the body ends or is dropped), driven
+// here straight against the state.
+
+/// A request body that announces its attempt to `state` when hyper asks
+/// `is_end_stream` before writing the head, sends `data` in one frame, then
+/// either ends or (`hang`) stays pending forever, and reports its upload's
+/// end when it ends or is dropped.
+struct Announcing {
+    data: Option<Bytes>,
+    len: u64,
+    hang: bool,
+    state: ConnectionState,
+    number: Arc<AtomicU64>,
+}
+
+impl Announcing {
+    fn new(state: &ConnectionState, data: Bytes, hang: bool) -> (Self, Arc<AtomicU64>) {
+        let number = Arc::new(AtomicU64::new(0));
+        let body = Announcing {
+            len: data.len() as u64,
+            data: Some(data).filter(|d| !d.is_empty()),
+            hang,
+            state: state.clone(),
+            number: number.clone(),
+        };
+        (body, number)
+    }
+
+    fn upload_ended(&self) {
+        let n = self.number.load(std::sync::atomic::Ordering::Acquire);
+        self.state.upload_ended(n);
+    }
+}
+
+impl http_body::Body for Announcing {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        match self.data.take() {
+            Some(d) => Poll::Ready(Some(Ok(http_body::Frame::data(d)))),
+            None if self.hang => Poll::Pending,
+            None => {
+                self.upload_ended();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.data.is_none() && !self.hang;
+        if self.number.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            let n = self.state.begin_request(end, ms(25));
+            self.number.store(n, std::sync::atomic::Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+impl Drop for Announcing {
+    fn drop(&mut self) {
+        self.upload_ended();
+    }
+}
+
+async fn announcing_handshake(io: Io) -> http1::SendRequest<Announcing> {
+    let (send, conn) = http1::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// Reads exactly one request head from the server end.
+async fn read_head(server: &mut DuplexStream) -> usize {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(server.read(&mut byte).await.unwrap(), 1, "request head");
+        buf.push(byte[0]);
+    }
+    buf.len()
+}
+
+async fn drain(server: &mut DuplexStream, n: usize) {
+    let mut body = vec![0u8; n];
+    server.read_exact(&mut body).await.unwrap();
+}
+
+fn post(body: Announcing) -> http::Request<Announcing> {
+    http::Request::post("/").body(body).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_1xx_during_an_upload_is_the_same_attempt() {
+    // The pipe holds 16 KiB: the 256 KiB upload is written in many turns,
+    // with response bytes (a 100 Continue, a 103) read in between.
+    let (io, state, mut server) = pipe(16 << 10);
+    let mut send = announcing_handshake(io).await;
+    let (body, number) = Announcing::new(&state, Bytes::from(vec![b'x'; 256 << 10]), false);
+    let res = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    drain(&mut server, 32 << 10).await;
+    server
+        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        .await
+        .unwrap();
+    drain(&mut server, 32 << 10).await;
+    server
+        .write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n")
+        .await
+        .unwrap();
+    drain(&mut server, 32 << 10).await;
+    assert_eq!(number.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Then the server goes away mid-upload.
+    drop(server);
+    assert!(res.await.unwrap().is_err());
+    let e = state.exchange();
+    assert_eq!(e.number(), 1, "the rest of the upload opened no exchange");
+    assert_eq!(state.requests(), 1);
+    assert!(e.bytes_written() > 96 << 10, "{e:?}");
+    assert!(
+        e.response_started(),
+        "the 1xx bytes count as response bytes"
+    );
+    assert!(!e.nothing_written());
+    assert!(!e.is_reused());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_final_response_then_drop_closes_the_connection() {
+    let (io, state, mut server) = pipe(16 << 10);
+    let mut send = announcing_handshake(io).await;
+    let (body, _) = Announcing::new(&state, Bytes::from(vec![b'x'; 1 << 20]), false);
+    let res = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    drain(&mut server, 8 << 10).await;
+    server
+        .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    assert_eq!(res.status(), 413);
+    let end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &res);
+    // The response is complete, the upload is not: still in flight.
+    assert!(state.in_flight());
+    assert!(!state.is_poisoned());
+    drop(end);
+    drop(res);
+    assert!(
+        state.is_poisoned(),
+        "dropping the early answer stops the upload"
+    );
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::Abandoned);
+    // hyper's connection task fails and drops the IO: the server sees EOF
+    // after at most what the pipe held.
+    let mut rest = Vec::new();
+    tokio::time::timeout(ms(10), server.read_to_end(&mut rest))
+        .await
+        .expect("closed at once")
+        .unwrap();
+    assert!(rest.len() < 1 << 20, "{}", rest.len());
+    assert!(state.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_final_response_completes_when_the_upload_ends() {
+    let (io, state, mut server) = pipe(16 << 10);
+    let mut send = announcing_handshake(io).await;
+    let len = 64 << 10;
+    let (body, _) = Announcing::new(&state, Bytes::from(vec![b'x'; len]), false);
+    let res = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let res = tokio::time::timeout(ms(100), res)
+        .await
+        .expect("early response");
+    let res = with_state(res.unwrap().unwrap(), &state);
+    let end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &res);
+    assert!(state.in_flight(), "the upload is still running");
+    // The server reads the rest: the body ends, the exchange completes.
+    tokio::time::timeout(ms(100), drain(&mut server, len))
+        .await
+        .expect("drained");
+    for _ in 0..10 {
+        advance(ms(1)).await;
+    }
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
+    drop(end);
+    assert!(!state.is_poisoned());
+    assert!(state.idle_since().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upgraded_connection_is_never_expired_nor_poisoned() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let (mut send, conn) = http1::handshake(io).await.unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let (body, _) = Announcing::new(&state, Bytes::new(), false);
+    let req = http::Request::get("/")
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(body)
+        .unwrap();
+    let res = tokio::spawn(send.send_request(req));
+    read_head(&mut server).await;
+    server
+        .write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &res);
+    assert!(state.is_upgraded());
+    drop(end);
+    // An expiry of zero, and a long silence: the tunnel stays.
+    state.set_expiry(Some(Duration::ZERO));
+    let upgraded = hyper::upgrade::on(res).await.unwrap();
+    let mut tunnel = TokioIo::new(upgraded);
+    for round in 0..5u8 {
+        advance(ms(700)).await;
+        tunnel.write_all(&[round; 3]).await.unwrap();
+        let mut got = [0u8; 3];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(&got).await.unwrap();
+        let mut back = [0u8; 3];
+        tunnel.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [round; 3]);
+    }
+    assert!(!state.is_closed() && !state.was_expired());
+    assert_eq!(state.idle_deadline(), None);
+    // A late abandon of the upgrading exchange does nothing either.
+    state.abandon(1);
+    state.poison();
+    assert!(!state.is_poisoned());
+    tunnel.write_all(b"end").await.unwrap();
+    let mut got = [0u8; 3];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(state.requests(), 1, "tunnel writes open no exchange");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_end_of_an_empty_response_never_ends_the_next_attempt() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = announcing_handshake(io).await;
+    let (body, _) = Announcing::new(&state, Bytes::new(), false);
+    let first = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let first = with_state(first.await.unwrap().unwrap(), &state);
+    // hyper hands the connection on before the first response's marker
+    // exists: the next attempt begins.
+    send.ready().await.unwrap();
+    let (body, _) = Announcing::new(&state, Bytes::new(), false);
+    let second = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    assert_eq!(state.requests(), 2);
+    // The first response's marker, late: keyed to attempt 1, it touches
+    // nothing of attempt 2.
+    let end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &first);
+    drop(end);
+    assert!(state.in_flight());
+    assert!(!state.is_poisoned());
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::InFlight);
+    server
+        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let second = with_state(second.await.unwrap().unwrap(), &state);
+    let _end = ExchangeEnd::for_attempt(state.clone(), 2, true, false, &second);
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_content_length_body_that_never_ends_ends_its_upload_when_hyper_drops_it() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = announcing_handshake(io).await;
+    let (body, _) = Announcing::new(&state, Bytes::from_static(b"0123456789"), true);
+    let res = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    drain(&mut server, 10).await;
+    tokio::task::yield_now().await;
+    // hyper wrote the ten bytes and dropped the body (it never polls a
+    // `Content-Length` body past its length): the upload is over.
+    server
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let _end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &res);
+    assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_error_inside_a_non_socket_io_is_inexact() {
+    // A duplex pipe is not a plain TCP socket: a failed write may (for all
+    // the tracker knows) have sent part of itself, as TLS can.
+    let (client, _server) = tokio::io::duplex(1 << 16);
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let now = Instant::now();
+    let state = ConnectionState::new(now, now);
+    let io = TrackedIo::new(
+        TokioIo::new(FailingWrites {
+            inner: client,
+            fail: fail.clone(),
+        }),
+        state.clone(),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (mut send, conn) = http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let (body, _) = Announcing::new(&state, Bytes::from(vec![b'x'; 4096]), false);
+    let err = send.send_request(post(body)).await.unwrap_err();
+    let e = state.exchange();
+    assert_eq!(e.number(), 1, "{err}");
+    assert_eq!(e.bytes_written(), 0);
+    assert!(!e.is_exact());
+    assert!(
+        !e.nothing_written(),
+        "an inexact record never proves nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_begun_on_an_expired_connection_is_refused_before_a_byte() {
+    let now = Instant::now();
+    let state = ConnectionState::new(now, now);
+    assert_eq!(state.begin_request(true, ms(25)), 1);
+    state.on_read(10, true);
+    assert!(state.end_exchange(1));
+    state.set_expiry(Some(ms(100)));
+    // Announced within the grace: written.
+    advance(ms(110)).await;
+    assert_eq!(state.begin_request(true, ms(25)), 2);
+    assert!(state.take_refusal().is_none());
+    state.on_read(10, true);
+    assert!(state.end_exchange(2));
+    // Announced well past it: the IO owes a refusal, once.
+    advance(ms(300)).await;
+    assert_eq!(state.begin_request(true, ms(25)), 3);
+    let refused = state.take_refusal().expect("refused");
+    assert_eq!(refused.limit(), ms(100));
+    assert!(refused.idle() >= ms(300));
+    assert!(state.take_refusal().is_none());
+    assert!(state.exchange().nothing_written());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poison_before_an_announced_write_writes_nothing() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let mut send = announcing_handshake(io).await;
+    let (body, _) = Announcing::new(&state, Bytes::new(), false);
+    let first = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    server
+        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let first = with_state(first.await.unwrap().unwrap(), &state);
+    let _end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &first);
+    send.ready().await.unwrap();
+    // A poison lands between hyper's read and its next write.
+    state.poison();
+    let (body, _) = Announcing::new(&state, Bytes::new(), false);
+    let err = send.send_request(post(body)).await.unwrap_err();
+    let e = state.exchange();
+    // hyper reads first: the poisoned read closes the connection and the
+    // request is canceled unannounced; if it had been announced, its
+    // record proves nothing was written.
+    match e.number() {
+        1 => assert!(err.is_canceled(), "{err}"),
+        _ => assert!(e.nothing_written(), "{err}: {e:?}"),
+    }
+}
