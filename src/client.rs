@@ -38,8 +38,14 @@
 //!   expires: it reads each response's `Keep-Alive` and sets the connection's
 //!   expiry before anything else sees the response.
 //! * On the connector, **ConnectTimeout outermost** bounds TCP *and* TLS,
-//!   and the **tracker outside TLS** sees the whole connection set-up (its
-//!   byte counts are TLS records on `https://`).
+//!   and the **tracker outside TLS** wraps the TLS stream: it sees the
+//!   whole connection set-up and ALPN, and its byte counts are the HTTP
+//!   bytes (plaintext), not TLS records. A write that fails inside TLS may
+//!   have sent part of itself, so the tracker never counts it as "nothing
+//!   written".
+//! * **PhaseTimeout's request body announces each attempt** to its
+//!   connection right before hyper writes the head, so the tracker's record
+//!   of what a request did on the wire is exact (see [`crate::track`]).
 //!
 //! Defaults: a 90 s idle expiry with learning (announced and learned server
 //! limits lower it per connection), one safe retry, and no connect, send,

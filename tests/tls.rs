@@ -761,6 +761,50 @@ mod composition {
     /// Generous: a loopback TCP + TLS handshake takes milliseconds.
     const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
+    /// A tracker placed *inside* TLS (the TLS connector wraps it) sees
+    /// ciphertext and never ALPN; the request side tells it the connection
+    /// is HTTP/2, so HTTP/1 rules (exchange counting, poisoning) are never
+    /// applied to a multiplexed connection.
+    #[tokio::test]
+    async fn a_tracker_inside_tls_learns_the_connection_is_http2() {
+        use tower::ServiceExt;
+        use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+        bounded(async {
+            let ca = Ca::new("test ca");
+            let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+            let connector = ServiceBuilder::new()
+                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .layer(TrackConnectionsLayer::new())
+                .service(tcp());
+            let client: Client<_, RequestBody<Empty<Bytes>>> =
+                Client::builder(TokioExecutor::new()).build(connector);
+            let client = ServiceBuilder::new()
+                .layer(PhaseTimeoutLayer::new().read(CONNECT_LIMIT))
+                .service(client);
+            for round in 1..=2u64 {
+                let req = http::Request::get(server.url("localhost"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let response = client.clone().oneshot(req).await.unwrap();
+                assert_eq!(response.version(), Version::HTTP_2);
+                let state = response
+                    .extensions()
+                    .get::<ConnectionState>()
+                    .expect("the tracker's state in the response extensions")
+                    .clone();
+                assert!(state.is_http2(), "round {round}");
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"HTTP/2.0");
+                assert!(!state.is_poisoned());
+            }
+            assert_eq!(server.requests(), 2);
+            let (kind, _, alpn) = expect_done(server.next_handshake().await);
+            assert_eq!(kind, Some(HandshakeKind::Full));
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn connect_timeout_over_tracker_over_shared_tls() {
         bounded(async {

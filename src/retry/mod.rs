@@ -19,12 +19,12 @@
 //! |---|---|
 //! | any timeout (send, read, total, hyper's, `io::ErrorKind::TimedOut`) | never ([`Rule::Timeout`]), unless the tracker saw the attempt write nothing on a connection that is now closed |
 //! | connect-phase [`Elapsed`](crate::phase_timeout::Elapsed) | only with [`retry_connect_timeouts`](RetryOnStaleConnectionLayer::retry_connect_timeouts) |
-//! | nothing written: [`ConnectionExpired`](crate::idle_expiry::ConnectionExpired), hyper's "canceled" | always, any method |
+//! | nothing written: [`ConnectionExpired`](crate::track::ConnectionExpired), hyper's "canceled" | always, any method |
 //! | HTTP/2 `REFUSED_STREAM`; graceful `GOAWAY` above the stream | always, any method |
 //! | the connection could not be established | never ([`Rule::ConnectFailed`]) |
 //! | not a connection failure (protocol, body, user errors) | never ([`Rule::NotConnectionFailure`]) |
-//! | reset / EOF / broken pipe, and the tracker saw no byte written | always, any method |
-//! | … after any response byte arrived | never ([`Rule::ResponseStarted`]) |
+//! | reset / EOF / broken pipe, and the tracker proves no byte of this request was written | always, any method |
+//! | … after any response byte arrived since this request began (a `100 Continue`, a `103 Early Hints`, part of a head or an early final response count) | never ([`Rule::ResponseStarted`]) |
 //! | … on a new connection | never ([`Rule::FreshConnection`]: a real error) |
 //! | … on a reused connection, before any response byte | idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or an [`Idempotency-Key`](IDEMPOTENCY_KEY) header; otherwise never ([`Rule::NotIdempotent`]) |
 //!
@@ -38,6 +38,28 @@
 //! and each [`RetryReason`]). Every error is a [`NotRetried`] naming the
 //! rule, e.g. `not retried: POST without Idempotency-Key on a reused
 //! connection`, with the last attempt's error as its `source()`.
+//!
+//! # What the tracker's record proves
+//!
+//! Each attempt is one request handed to one connection. When the stack has
+//! [`PhaseTimeout`](crate::phase_timeout) below this layer (the one-call
+//! client does), the request body announces the attempt to its connection
+//! on hyper's connection task, right before hyper writes the request head,
+//! so the record holds exactly what *this* request did on the wire, however
+//! its reads and writes interleave (a 1xx or an early answer during an
+//! upload is the same attempt). "No byte written" is trusted only when:
+//!
+//! * the request was announced and its record shows no byte accepted by
+//!   the connection, with no write that failed inside an IO that can fail
+//!   after partial progress (a TLS stream: such a record is *inexact* and
+//!   proves nothing; a plain TCP socket's failed write wrote nothing);
+//! * or hyper-util handed the request to a connection and it never
+//!   announced itself (hyper never took it to write).
+//!
+//! Without the announcing body (the tracker alone under this layer) the
+//! tracker infers exchanges from the order of reads and writes; a record
+//! inferred while the previous exchange was still open is inexact and the
+//! layer then treats the wire as unknown (below).
 //!
 //! # Without the tracker
 //!

@@ -13,19 +13,48 @@
 //!
 //! # The lifecycle of an exchange
 //!
-//! * The IO opens an exchange at the first *write attempt* of a request, so
-//!   a request whose first write fails still has its own record
-//!   ([`ExchangeOutcome::WriteFailed`], zero bytes written).
+//! An exchange (an *attempt*) is one request handed to one connection. Its
+//! boundaries are defined by the request, never guessed from the order of
+//! reads and writes:
+//!
+//! * **Begin.** When [`PhaseTimeout`](crate::phase_timeout) is in the stack,
+//!   its request body announces the attempt to its connection (through the
+//!   request's [`ConnectionCapture`]) when hyper asks it `is_end_stream` on
+//!   the connection's task, right before it writes the request head. From
+//!   then on every byte written and read on that HTTP/1 connection belongs
+//!   to this attempt until the next one is announced: the rest of an upload
+//!   that continues after a `100 Continue`, a `103 Early Hints` or an early
+//!   final response is the same attempt, and any response byte (1xx
+//!   included) counts as "the response started". On hyper-util's
+//!   composable pools the per-connection service
+//!   ([`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection))
+//!   opens the attempt as the request passes through it. Without either
+//!   (the tracker alone, or under layers that do not wrap the request
+//!   body), the IO opens an exchange at a request's first write attempt
+//!   after reads; one opened while the previous exchange was still open is
+//!   marked inexact ([`Exchange::is_exact`]), because it may be the same
+//!   request going on.
+//! * **Upload end.** The request's upload is over when its body reports its
+//!   end, or when hyper drops it (hyper stops polling a `Content-Length` body
+//!   once it has that many bytes, whether or not the body ever says it
+//!   ended), and its bytes are on the wire at hyper's next flush.
+//! * **End.** The response side ends the exchange as
+//!   [`Completed`](ExchangeOutcome::Completed) when the response body ends
+//!   — at head time for an empty body (HEAD, 204, 304, `Content-Length: 0`)
+//!   — and the upload is on the wire. An early final response (a `413`
+//!   while the upload runs) leaves the exchange open until the upload ends;
+//!   dropping that response first abandons it (below), so hyper does not
+//!   upload on to a server that already answered. One marker per attempt
+//!   owns the end (the innermost of this crate's layers; the others only
+//!   read), keyed by the attempt's number, so the late end of response A
+//!   never ends request B's exchange.
 //! * EOF or a reset while an exchange is in flight ends it as
 //!   [`ClosedBeforeResponse`](ExchangeOutcome::ClosedBeforeResponse) or
-//!   [`ClosedDuringResponse`](ExchangeOutcome::ClosedDuringResponse).
-//! * The request side ends it as [`Completed`](ExchangeOutcome::Completed)
-//!   when the response body ends — at head time for an empty body (HEAD,
-//!   204, 304, `Content-Length: 0`). Every request-plane layer of this crate
-//!   does this through one tracker-owned marker ([`ConnectionInfoLayer`] is
-//!   the layer for stacks with no other); marks are keyed by exchange number,
-//!   so the late end of response A never ends request B's exchange. With no
-//!   such layer, an exchange completes when the next one opens.
+//!   [`ClosedDuringResponse`](ExchangeOutcome::ClosedDuringResponse); a
+//!   failed write as [`WriteFailed`](ExchangeOutcome::WriteFailed). A write
+//!   that fails inside an IO that may fail after part of the same call went
+//!   out (anything but a plain TCP socket, TLS in particular) makes the
+//!   record inexact: it no longer proves what was written.
 //! * The connection is idle from the last byte read for the completed
 //!   exchange ([`ConnectionState::idle_since`]): the wire time, which is when
 //!   the server's idle clock started, not when a slow caller reached the end
@@ -37,6 +66,18 @@
 //!   connection task and wakes it), hyper closes the socket, and hyper-util's
 //!   pool never hands the connection out again. Without this, hyper keeps
 //!   writing an abandoned upload until the server closes the connection.
+//! * **Upgrades.** A `101 Switching Protocols` (or a successful `CONNECT`)
+//!   turns the connection into the caller's tunnel
+//!   ([`ConnectionState::is_upgraded`]): from then on the tracker neither
+//!   expires it, poisons it, nor reports its closes for learning, and its
+//!   reads and writes open no exchange.
+//!
+//! The tracker also owns the idle expiry mechanism: the deadline, the EOF
+//! that closes a known-idle connection at its expiry, the promise of an
+//! idle connection to a request ([`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection)
+//! claims it) and the last-resort refusal, [`ConnectionExpired`], of a
+//! request written well past the deadline. [`IdleExpiry`](crate::idle_expiry)
+//! only decides the expiry.
 //!
 //! Request-plane layers find the state of a request's connection through
 //! [`ConnectionCapture::get_or_insert`], the single place in this crate that

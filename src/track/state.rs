@@ -32,20 +32,16 @@ const NO_EXPIRY: u64 = u64::MAX;
 ///
 /// # Exchanges
 ///
-/// An *exchange* is one request and its response. The IO opens a new one at
-/// the first write attempt that follows the previous exchange (so a request
-/// whose very first write fails still gets its own record), and records its
-/// bytes and how it ended ([`exchange()`](Self::exchange)). The end of a
-/// response is marked from the request side, by the response body of any of
-/// this crate's request-plane layers (each uses the tracker's own marker,
-/// keyed by exchange number, so a late body end of an earlier exchange never
-/// touches a later one). With no such layer, an exchange is marked completed
-/// when the next one opens.
+/// An *exchange* is one request and its response on this connection (one
+/// attempt). It opens when the request announces itself right before its
+/// head is written (or, for a request that does not, at its first write
+/// attempt), and records its bytes and how it ended
+/// ([`exchange()`](Self::exchange)); see the [module docs](super) for the
+/// whole lifecycle and what makes a record exact.
 ///
-/// Exchange counting is exact for HTTP/1.1, where a request's first write
-/// follows the previous response's reads. On HTTP/2 connections
-/// ([`is_http2`](Self::is_http2)) it counts bursts of writes that follow reads,
-/// which is only an approximation of streams.
+/// On HTTP/2 connections ([`is_http2`](Self::is_http2)) the socket carries
+/// every stream at once: requests open no exchange there, and the counts
+/// belong to the connection.
 #[derive(Clone)]
 pub struct ConnectionState {
     pub(crate) inner: Arc<Inner>,

@@ -551,8 +551,7 @@ async fn a_write_well_past_the_deadline_is_refused_before_any_byte() {
     // Left unpolled well past it: refused, typed, nothing written.
     advance(ms(200)).await;
     let err = io.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap_err();
-    let expired = crate::find_cause::<crate::idle_expiry::ConnectionExpired>(&err)
-        .unwrap_or_else(|| panic!("{err}"));
+    let expired = crate::find_cause::<ConnectionExpired>(&err).unwrap_or_else(|| panic!("{err}"));
     assert_eq!(expired.limit(), ms(100));
     assert!(expired.idle() >= ms(200));
     assert_eq!(state.bytes_written(), written_2, "nothing written");
