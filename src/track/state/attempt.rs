@@ -1,0 +1,297 @@
+//! The exchange state machine: attempts opened by their request (or
+//! inferred by the IO), their upload, their end, abandonment and upgrades.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{nanos, ConnectionState, Event, NO_EXPIRY};
+use crate::track::{Exchange, ExchangeOutcome};
+
+impl ConnectionState {
+    /// Whether an exchange is in flight: from the first write attempt of a
+    /// request until its response ends (see the type's docs for who marks
+    /// that), or the connection closes.
+    pub fn in_flight(&self) -> bool {
+        self.outcome() == ExchangeOutcome::InFlight && !self.is_closed()
+    }
+
+    /// Since when the connection has been known idle: the instant of the last
+    /// byte read for the exchange that ended. `None` while an exchange is in
+    /// flight, before the first exchange ended, and once closed.
+    ///
+    /// This is the wire time, not when the caller finished reading the body:
+    /// the server's idle clock starts when it wrote its last byte.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.outcome() != ExchangeOutcome::Completed || self.is_closed() {
+            return None;
+        }
+        self.load(&self.inner.idle_since)
+    }
+
+    /// Whether the connection was poisoned: an exchange on it was abandoned
+    /// (timed out, or its response future or body dropped before the end), so
+    /// it is closed and never handed to another request.
+    #[inline]
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the current (latest) exchange.
+    pub fn exchange(&self) -> Exchange {
+        let outcome = self.outcome();
+        let number = self.requests();
+        let written = self
+            .bytes_written()
+            .saturating_sub(self.inner.exchange_written_base.load(Ordering::Acquire));
+        let read = self
+            .bytes_read()
+            .saturating_sub(self.inner.exchange_read_base.load(Ordering::Acquire));
+        Exchange {
+            connection_id: self.id(),
+            number,
+            bytes_written: written,
+            bytes_read: read,
+            outcome,
+            exact: !self.inner.inexact.load(Ordering::Acquire),
+        }
+    }
+
+    /// Snapshot of the current exchange, for a response that just arrived.
+    pub(crate) fn info(&self) -> crate::track::ConnectionInfo {
+        let start = self.load(&self.inner.exchange_start);
+        let first_read = self.load(&self.inner.exchange_first_read);
+        let last_write = self.last_write();
+        let since = |end: Option<Instant>| match (start, end) {
+            (Some(s), Some(e)) => Some(e.saturating_duration_since(s)),
+            _ => None,
+        };
+        crate::track::ConnectionInfo {
+            id: self.id(),
+            request_number: self.requests(),
+            idle_before: Duration::from_nanos(
+                self.inner.exchange_idle_before.load(Ordering::Acquire),
+            ),
+            connect: self.connect_duration(),
+            upload: since(last_write.filter(|_| first_read.is_some())),
+            first_byte: since(first_read),
+        }
+    }
+
+    pub(crate) fn outcome(&self) -> ExchangeOutcome {
+        ExchangeOutcome::from_u8(self.inner.outcome.load(Ordering::Acquire))
+    }
+
+    /// Moves the outcome from `from` to `to`; false if it was not `from`.
+    fn transition(&self, from: ExchangeOutcome, to: ExchangeOutcome) -> bool {
+        self.inner
+            .outcome
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Opens a new exchange at a request's first write attempt (`now` from
+    /// [`stamp`](Self::stamp)). An exchange still in flight (no request-side
+    /// marker saw its end) is completed now.
+    pub(crate) fn open_exchange(&self, now: u64, inexact: bool) {
+        self.complete_current();
+        let inner = &self.inner;
+        inner.upload_pending.store(false, Ordering::Relaxed);
+        inner.response_ended.store(false, Ordering::Relaxed);
+        inner.inexact.store(inexact, Ordering::Release);
+        let idle = inner
+            .idle_since
+            .raw()
+            .or_else(|| inner.last_read.raw())
+            .map_or(0, |r| now.saturating_sub(r));
+        inner.exchange_idle_before.store(idle, Ordering::Release);
+        inner.exchange_first_read.clear();
+        inner.exchange_start.set_raw(now);
+        inner
+            .exchange_written_base
+            .store(self.bytes_written(), Ordering::Release);
+        inner
+            .exchange_read_base
+            .store(self.bytes_read(), Ordering::Release);
+        inner.idle_since.clear();
+        inner.claimed.store(false, Ordering::Release);
+        inner.requests.fetch_add(1, Ordering::AcqRel);
+        inner
+            .outcome
+            .store(ExchangeOutcome::InFlight as u8, Ordering::Release);
+    }
+
+    /// A request announces itself on this connection right before hyper
+    /// writes its head (the request body's hook, on the connection's own
+    /// task): a new attempt opens, the previous exchange (if still open)
+    /// completes, and the IO stops inferring exchanges from byte turns.
+    /// Returns the attempt's number. On HTTP/2 (streams share the socket) and
+    /// on an upgraded connection nothing opens: `0`.
+    ///
+    /// If the connection had been idle past its deadline (plus the write
+    /// grace), the IO refuses the attempt's first write with
+    /// [`ConnectionExpired`]: nothing of it is written.
+    pub(crate) fn begin_request(&self, body_empty: bool, grace: Duration) -> u64 {
+        if self.is_http2() || self.is_upgraded() {
+            return 0;
+        }
+        let inner = &self.inner;
+        let now = Instant::now();
+        if let Some(deadline) = self.idle_deadline() {
+            if now >= crate::clock::deadline(deadline, grace) {
+                let since = self.idle_since().unwrap_or(deadline);
+                let idle = now.saturating_duration_since(since);
+                let limit = deadline.saturating_duration_since(since);
+                inner.refuse_idle.store(nanos(idle), Ordering::Relaxed);
+                inner
+                    .refuse_limit
+                    .store(nanos(limit).min(NO_EXPIRY - 1), Ordering::Release);
+            }
+        }
+        inner.request_defined.store(true, Ordering::Release);
+        self.open_exchange(self.stamp(now), false);
+        inner.upload_pending.store(!body_empty, Ordering::Release);
+        self.requests()
+    }
+
+    /// Whether requests on this connection announce their own attempts.
+    pub(crate) fn is_request_defined(&self) -> bool {
+        self.inner.request_defined.load(Ordering::Acquire)
+    }
+
+    /// The request body of attempt `number` ended (it reported its end, or
+    /// hyper dropped it once written). If its response had already ended
+    /// (an early final response), the exchange completes now.
+    pub(crate) fn upload_ended(&self, number: u64) {
+        if number == 0 || self.requests() != number {
+            return;
+        }
+        let inner = &self.inner;
+        if inner.upload_pending.swap(false, Ordering::AcqRel)
+            && inner.response_ended.load(Ordering::Acquire)
+        {
+            // Completes now if the last bytes were flushed, else at the flush.
+            self.end_exchange(number);
+        }
+    }
+
+    /// The connection became the caller's tunnel (a `101 Switching
+    /// Protocols` or a successful `CONNECT` answered attempt `number`): the
+    /// exchange is over for this crate, which from now on neither expires,
+    /// poisons nor learns from the connection.
+    pub(crate) fn set_upgraded(&self) {
+        self.inner.upgraded.store(true, Ordering::Release);
+        self.inner.upload_pending.store(false, Ordering::Release);
+        self.complete_current();
+    }
+
+    /// Whether the connection was upgraded (`101 Switching Protocols`, or a
+    /// successful `CONNECT`): it is the caller's tunnel, which this crate
+    /// never expires, closes or learns from.
+    pub fn is_upgraded(&self) -> bool {
+        self.inner.upgraded.load(Ordering::Acquire)
+    }
+
+    /// Whether the current attempt's request is entirely on the wire: its
+    /// body ended (or it had none) and every byte hyper took was flushed.
+    fn upload_on_wire(&self) -> bool {
+        !self.inner.upload_pending.load(Ordering::Acquire)
+            && !self.inner.unflushed.load(Ordering::Acquire)
+    }
+
+    /// A write of the current exchange failed. `inexact`: the IO that failed
+    /// may have put part of the refused bytes on the wire first (a TLS
+    /// stream), so the record no longer proves how much was written.
+    pub(crate) fn on_write_error(&self, inexact: bool) {
+        if inexact {
+            self.inner.inexact.store(true, Ordering::Release);
+        }
+        self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::WriteFailed);
+        self.on_close();
+    }
+
+    /// EOF or a read error: the peer closed (or reset) the connection.
+    pub(crate) fn on_peer_close(&self) {
+        if let Some(since) = self.idle_since() {
+            if !self.is_poisoned() && !self.was_expired() && !self.is_upgraded() {
+                let idle = Instant::now().saturating_duration_since(since);
+                self.notify(Event::ServerIdleClose(idle));
+            }
+        }
+        let to = if self.exchange().bytes_read == 0 {
+            ExchangeOutcome::ClosedBeforeResponse
+        } else {
+            ExchangeOutcome::ClosedDuringResponse
+        };
+        self.transition(ExchangeOutcome::InFlight, to);
+        self.on_close();
+    }
+
+    /// Completes the current exchange if it is still in flight.
+    fn complete_current(&self) -> bool {
+        if !self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Completed) {
+            return false;
+        }
+        let at = self
+            .inner
+            .last_read
+            .raw()
+            .unwrap_or_else(|| self.stamp(Instant::now()));
+        self.inner.idle_since.set_raw(at);
+        true
+    }
+
+    /// Marks exchange `number`'s response ended (its body ended). The
+    /// exchange completes unless its request's upload is still running (an
+    /// early final response): then it completes when the upload ends, and
+    /// `false` says so. Does nothing if a later exchange has opened since,
+    /// or it already ended.
+    pub(crate) fn end_exchange(&self, number: u64) -> bool {
+        if self.requests() != number {
+            return true;
+        }
+        if self.is_request_defined() && !self.upload_on_wire() {
+            self.inner.response_ended.store(true, Ordering::Release);
+            // The upload may have reached the wire in between: then
+            // complete here.
+            if !self.upload_on_wire() {
+                return false;
+            }
+        }
+        if self.complete_current() {
+            // The IO needs waking only if its expiry timer would fire too
+            // late for this idle period (or is not armed at all, or fired).
+            if let Some(deadline) = self.idle_deadline_raw() {
+                match self.inner.timer_at.raw() {
+                    Some(armed) if armed <= deadline && armed > self.stamp(Instant::now()) => {}
+                    _ => self.wake(),
+                }
+            }
+        }
+        true
+    }
+
+    /// Poisons the connection because exchange `number` was abandoned: the
+    /// IO fails its next read or write and hyper closes it. Does nothing if
+    /// that exchange already ended normally or a later one has opened.
+    pub(crate) fn abandon(&self, number: u64) -> bool {
+        if self.requests() != number || self.is_http2() || self.is_upgraded() {
+            return false;
+        }
+        if self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Abandoned) {
+            self.poison();
+            return true;
+        }
+        false
+    }
+
+    /// Poisons the connection unconditionally and wakes its IO.
+    pub(crate) fn poison(&self) {
+        if self.is_upgraded() {
+            return;
+        }
+        self.inner.poisoned.store(true, Ordering::Release);
+        self.wake();
+    }
+}

@@ -1,0 +1,208 @@
+//! The idle expiry mechanism: the effective expiry, the idle deadline, the
+//! promise of an idle connection to a request, the refusal owed to one
+//! begun past the deadline, and the events told to IdleExpiry.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{ConnectionState, NO_EXPIRY};
+use crate::track::{ConnectionExpired, ExchangeOutcome};
+
+impl ConnectionState {
+    /// The connection's effective idle expiry (configured, or learned from
+    /// the server), if one was set by [`IdleExpiry`](crate::idle_expiry).
+    pub fn expiry(&self) -> Option<Duration> {
+        match self.inner.expiry.load(Ordering::Acquire) {
+            NO_EXPIRY => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Sets the effective idle expiry and wakes the IO so a known-idle
+    /// connection re-arms its timer.
+    pub(crate) fn set_expiry(&self, expiry: Option<Duration>) {
+        let nanos = expiry.map_or(NO_EXPIRY, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(NO_EXPIRY - 1)
+        });
+        let old = self.inner.expiry.swap(nanos, Ordering::AcqRel);
+        // Only a known-idle connection has a timer to re-arm; one in flight
+        // arms it when its exchange ends.
+        if old != nanos && self.idle_since().is_some() {
+            self.inner.timer_at.clear();
+            self.wake();
+        }
+    }
+
+    /// When the known-idle connection expires: [`idle_since`](Self::idle_since)
+    /// plus [`expiry`](Self::expiry), or its retirement (maximum age) if that
+    /// comes first. `None` unless the connection is known idle and has one,
+    /// and while a request has been promised the connection (see
+    /// [`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection)).
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        self.idle_deadline_raw()
+            .and_then(|raw| self.inner.origin.at(raw))
+    }
+
+    /// [`idle_deadline`](Self::idle_deadline) in nanoseconds since the
+    /// origin: the IO's hot path compares it with its timer without
+    /// converting instants.
+    pub(crate) fn idle_deadline_raw(&self) -> Option<u64> {
+        let inner = &self.inner;
+        // The common case, checked with two loads: nothing to expire.
+        let expiry = inner.expiry.load(Ordering::Relaxed);
+        let retire = inner.retire_at.raw();
+        if expiry == NO_EXPIRY && retire.is_none() {
+            return None;
+        }
+        if inner.claimed.load(Ordering::Acquire)
+            || self.outcome() != ExchangeOutcome::Completed
+            || self.is_closed()
+            || self.is_upgraded()
+        {
+            return None;
+        }
+        deadline_raw(inner.idle_since.raw()?, expiry, retire)
+    }
+
+    /// Where the IO's expiry timer is armed, in nanoseconds since the origin.
+    pub(crate) fn timer_at_raw(&self) -> Option<u64> {
+        self.inner.timer_at.raw()
+    }
+
+    /// An instant from nanoseconds since the origin.
+    pub(crate) fn at(&self, raw: u64) -> Option<Instant> {
+        self.inner.origin.at(raw)
+    }
+
+    /// Promises the idle connection to a request that is about to be written:
+    /// from now until that request's exchange opens, the IO neither closes
+    /// it at its expiry nor refuses the write, so a request accepted just
+    /// before the deadline is not failed just after it (the margin below the
+    /// server's timeout covers the difference).
+    pub(crate) fn claim(&self) {
+        self.inner.claimed.store(true, Ordering::Release);
+    }
+
+    fn idle_deadline_from(&self, idle_since: Instant) -> Option<Instant> {
+        let inner = &self.inner;
+        let raw = deadline_raw(
+            inner.origin.stamp(idle_since),
+            inner.expiry.load(Ordering::Acquire),
+            inner.retire_at.raw(),
+        )?;
+        inner.origin.at(raw)
+    }
+
+    /// The refusal error if the connection expired by `now`: it was closed
+    /// at its expiry, or it is known idle past its deadline.
+    pub(crate) fn expired_at(&self, now: Instant) -> Option<ConnectionExpired> {
+        if self.is_upgraded() {
+            return None;
+        }
+        let since = self.load(&self.inner.idle_since)?;
+        let deadline = if self.was_expired() {
+            self.idle_deadline_from(since)?
+        } else {
+            // Whether claimed or not: a promise that was never used does
+            // not make a stale connection fresh.
+            self.idle_since()?;
+            let deadline = self.idle_deadline_from(since)?;
+            if now < deadline {
+                return None;
+            }
+            deadline
+        };
+        Some(ConnectionExpired {
+            idle: now.saturating_duration_since(since),
+            limit: deadline.saturating_duration_since(since),
+        })
+    }
+
+    /// Sets when the connection retires (its maximum age): it is closed at
+    /// the first idle point after that instant.
+    pub(crate) fn set_retire_at(&self, at: Instant) {
+        self.inner.retire_at.set(&self.inner.origin, at);
+    }
+
+    /// Installs the observer told about this connection's expiry events
+    /// (the first one installed stays).
+    pub(crate) fn observe(&self, make: impl FnOnce() -> Arc<dyn Observer>) {
+        if self.inner.observer.get().is_none() {
+            let _ = self.inner.observer.set(make());
+        }
+    }
+
+    pub(crate) fn notify(&self, event: Event) {
+        if let Some(observer) = self.inner.observer.get() {
+            observer.event(event, self);
+        }
+    }
+
+    /// Whether the tracker closed the connection itself because it stayed
+    /// idle past its expiry (rather than the server closing it).
+    pub fn was_expired(&self) -> bool {
+        self.inner.expired.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn on_expired(&self) {
+        self.inner.expired.store(true, Ordering::Release);
+        self.inner.closed.store(true, Ordering::Release);
+        self.notify(Event::Expired);
+    }
+
+    /// The refusal the IO owes the current attempt's first write, if its
+    /// connection had expired when it began.
+    pub(crate) fn take_refusal(&self) -> Option<ConnectionExpired> {
+        let inner = &self.inner;
+        if inner.refuse_limit.load(Ordering::Relaxed) == NO_EXPIRY {
+            return None;
+        }
+        let limit = inner.refuse_limit.swap(NO_EXPIRY, Ordering::AcqRel);
+        (limit != NO_EXPIRY).then(|| ConnectionExpired {
+            idle: Duration::from_nanos(inner.refuse_idle.load(Ordering::Relaxed)),
+            limit: Duration::from_nanos(limit),
+        })
+    }
+
+    /// The IO armed its expiry timer at `at`.
+    pub(crate) fn timer_armed(&self, at: Instant) {
+        self.inner.timer_at.set(&self.inner.origin, at);
+    }
+}
+
+/// A duration in nanoseconds, saturating.
+pub(super) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The idle deadline in nanoseconds since the origin: `since` plus the
+/// expiry (`NO_EXPIRY` for none), or the retirement if that comes first
+/// (never before `since`); `None` when there is neither.
+fn deadline_raw(since: u64, expiry: u64, retire: Option<u64>) -> Option<u64> {
+    // Below `u64::MAX`, which reads back as "never".
+    let by_idle = (expiry != NO_EXPIRY).then(|| since.saturating_add(expiry).min(NO_EXPIRY - 1));
+    let retire = retire.map(|r| r.max(since));
+    match (by_idle, retire) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What the IO tells an [`Observer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The IO closed the idle connection at its expiry.
+    Expired,
+    /// A write was refused because the connection had expired.
+    Refused,
+    /// The server closed the connection after it had been idle this long.
+    ServerIdleClose(Duration),
+}
+
+/// Told about a connection's expiry events (IdleExpiry's learner and stats).
+pub(crate) trait Observer: Send + Sync {
+    fn event(&self, event: Event, state: &ConnectionState);
+}
