@@ -662,15 +662,33 @@ fn post(body: Announcing) -> http::Request<Announcing> {
     http::Request::post("/").body(body).unwrap()
 }
 
+type Pending = tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>;
+
+/// An announced POST of `len` bytes on a fresh connection whose pipe holds
+/// 16 KiB, up to the server having read its head: the state, the server's
+/// end, the response to come, the sender and the attempt's number.
+async fn start_upload(
+    len: usize,
+) -> (
+    ConnectionState,
+    DuplexStream,
+    Pending,
+    http1::SendRequest<Announcing>,
+    Arc<AtomicU64>,
+) {
+    let (io, state, mut server) = pipe(16 << 10);
+    let mut send = announcing_handshake(io).await;
+    let (body, number) = Announcing::new(&state, Bytes::from(vec![b'x'; len]), false);
+    let res = tokio::spawn(send.send_request(post(body)));
+    read_head(&mut server).await;
+    (state, server, res, send, number)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_1xx_during_an_upload_is_the_same_attempt() {
     // The pipe holds 16 KiB: the 256 KiB upload is written in many turns,
     // with response bytes (a 100 Continue, a 103) read in between.
-    let (io, state, mut server) = pipe(16 << 10);
-    let mut send = announcing_handshake(io).await;
-    let (body, number) = Announcing::new(&state, Bytes::from(vec![b'x'; 256 << 10]), false);
-    let res = tokio::spawn(send.send_request(post(body)));
-    read_head(&mut server).await;
+    let (state, mut server, res, _send, number) = start_upload(256 << 10).await;
     drain(&mut server, 32 << 10).await;
     server
         .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -700,11 +718,7 @@ async fn a_1xx_during_an_upload_is_the_same_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn an_early_final_response_then_drop_closes_the_connection() {
-    let (io, state, mut server) = pipe(16 << 10);
-    let mut send = announcing_handshake(io).await;
-    let (body, _) = Announcing::new(&state, Bytes::from(vec![b'x'; 1 << 20]), false);
-    let res = tokio::spawn(send.send_request(post(body)));
-    read_head(&mut server).await;
+    let (state, mut server, res, _send, _) = start_upload(1 << 20).await;
     drain(&mut server, 8 << 10).await;
     server
         .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
@@ -736,12 +750,8 @@ async fn an_early_final_response_then_drop_closes_the_connection() {
 
 #[tokio::test(start_paused = true)]
 async fn an_early_final_response_completes_when_the_upload_ends() {
-    let (io, state, mut server) = pipe(16 << 10);
-    let mut send = announcing_handshake(io).await;
     let len = 64 << 10;
-    let (body, _) = Announcing::new(&state, Bytes::from(vec![b'x'; len]), false);
-    let res = tokio::spawn(send.send_request(post(body)));
-    read_head(&mut server).await;
+    let (state, mut server, res, _send, _) = start_upload(len).await;
     server
         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
         .await
