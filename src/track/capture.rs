@@ -37,7 +37,8 @@ use super::{ConnectionState, Exchange};
 /// facts about what *this request* did on the wire.
 #[derive(Clone, Debug)]
 pub struct ConnectionCapture {
-    inner: CaptureConnection,
+    // One `Arc`: every layer and body holds a clone, and a clone of
+    // hyper-util's capture (a watch receiver) costs two atomic counters.
     attempt: Arc<Attempt>,
 }
 
@@ -45,6 +46,8 @@ pub struct ConnectionCapture {
 /// [`ConnectionCapture`]).
 #[derive(Debug)]
 struct Attempt {
+    /// hyper-util's capture of the connection.
+    inner: CaptureConnection,
     /// The connection and the attempt's number on it, from the moment the
     /// request announced itself (just before hyper wrote its head); `None`
     /// inside when that connection is not tracked.
@@ -63,10 +66,30 @@ struct Attempt {
 
 /// The tracker's state in hyper-util's connection extras: the one decoder
 /// of `Connected::extra`.
+///
+/// hyper-util hands extras out only through an `http::Extensions`; one per
+/// thread is kept (emptied after each use) so that reading them costs one
+/// boxed value, not a new map each time.
 pub(crate) fn state_of(connected: &Connected) -> Option<ConnectionState> {
-    let mut extensions = http::Extensions::new();
-    connected.get_extras(&mut extensions);
-    extensions.remove::<ConnectionState>()
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<http::Extensions> =
+            std::cell::RefCell::new(http::Extensions::new());
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut extensions) => {
+            connected.get_extras(&mut extensions);
+            let state = extensions.remove::<ConnectionState>();
+            // Another connector's extras (a proxy's, say) must not stay.
+            extensions.clear();
+            state
+        }
+        // Re-entered from inside a `Clone` of some extra: a fresh map.
+        Err(_) => {
+            let mut extensions = http::Extensions::new();
+            connected.get_extras(&mut extensions);
+            extensions.remove::<ConnectionState>()
+        }
+    })
 }
 
 /// What a [`ConnectionCapture`] knows right now (crate-internal: the public
@@ -93,28 +116,26 @@ impl ConnectionCapture {
     /// connection.
     pub fn get_or_insert<B>(req: &mut Request<B>) -> Self {
         if let Some(existing) = req.extensions().get::<ConnectionCapture>() {
-            if existing.inner.connection_metadata().is_none() {
+            if existing.attempt.inner.connection_metadata().is_none() {
                 return existing.clone();
             }
         }
         let attempt = Arc::new(Attempt {
+            inner: capture_connection(req),
             begun: OnceLock::new(),
             upload_done: AtomicBool::new(false),
             hooked: AtomicBool::new(false),
             marker_taken: AtomicBool::new(false),
             connect: req.method() == http::Method::CONNECT,
         });
-        let capture = ConnectionCapture {
-            inner: capture_connection(req),
-            attempt,
-        };
+        let capture = ConnectionCapture { attempt };
         req.extensions_mut().insert(capture.clone());
         capture
     }
 
     /// The connection as far as it is known now.
     pub(crate) fn get(&self) -> Captured {
-        let meta = self.inner.connection_metadata();
+        let meta = self.attempt.inner.connection_metadata();
         match meta.as_ref() {
             None => Captured::Pending,
             Some(connected) => match state_of(connected) {
@@ -135,7 +156,7 @@ impl ConnectionCapture {
         if attempt.begun.get().is_some() {
             return;
         }
-        let meta = self.inner.connection_metadata();
+        let meta = self.attempt.inner.connection_metadata();
         let Some(connected) = meta.as_ref() else {
             return;
         };
@@ -215,14 +236,14 @@ impl ConnectionCapture {
     /// Whether a connection is known yet, without building its extras (no
     /// allocation): cheap enough to ask after every poll.
     pub(crate) fn is_filled(&self) -> bool {
-        self.inner.connection_metadata().is_some()
+        self.attempt.inner.connection_metadata().is_some()
     }
 
     /// Marks the captured connection poisoned in hyper-util's pool, so it is
     /// never handed to another request (no effect before a connection is
     /// known).
     pub(crate) fn poison(&self) {
-        if let Some(connected) = self.inner.connection_metadata().as_ref() {
+        if let Some(connected) = self.attempt.inner.connection_metadata().as_ref() {
             connected.poison();
         }
     }
