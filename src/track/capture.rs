@@ -33,8 +33,9 @@ use super::{ConnectionState, Exchange};
 /// A capture belongs to one *attempt*: one request handed to one
 /// connection. Besides the connection it carries that attempt's record,
 /// which the tracker fills in when the request announces itself to its
-/// connection (see [`begin`](Self::begin)), so every layer reads the same
-/// facts about what *this request* did on the wire.
+/// connection (see the [module docs](super) on the lifecycle of an
+/// exchange), so every layer reads the same facts about what *this
+/// request* did on the wire.
 #[derive(Clone, Debug)]
 pub struct ConnectionCapture {
     // One `Arc`: every layer and body holds a clone, and a clone of
