@@ -493,3 +493,85 @@ async fn a_reissued_request_gets_a_fresh_capture() {
     assert_eq!(capture1.state().unwrap().id(), id1);
     assert_eq!(server.connections(), 2);
 }
+
+/// Through `PhaseTimeout` (whose request body announces each attempt) the
+/// tracker's record of an exchange is the request's: a `100 Continue` read
+/// in the middle of a large upload does not split it, on a new connection
+/// and on a reused one. (Without the announcement the read→write turn
+/// would open a second, inexact exchange.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_attempt_spans_a_1xx_in_the_middle_of_its_upload() {
+    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+
+    const BODY: usize = 4 << 20;
+    const LIMIT: Duration = Duration::from_secs(20);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicU64::new(0));
+    let server_heads = heads.clone();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        for _ in 0..2 {
+            // The head, then a little of the body, then a 1xx while the
+            // client is still writing, then the rest and the answer.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            server_heads.fetch_add(1, Ordering::SeqCst);
+            let mut body = vec![0u8; BODY];
+            stream.read_exact(&mut body[..16 << 10]).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .unwrap();
+            stream.read_exact(&mut body[16 << 10..]).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        }
+        // Keep the connection open until the client lets it go.
+        let _ = stream.read(&mut [0u8; 1]).await;
+    });
+
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let client = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().read(LIMIT))
+        .service(client);
+    for round in 1..=2u64 {
+        let req = http::Request::post(format!("http://{addr}/"))
+            .body(Full::new(Bytes::from(vec![b'x'; BODY])))
+            .unwrap();
+        let res = tokio::time::timeout(LIMIT, client.clone().oneshot(req))
+            .await
+            .expect("bounded")
+            .unwrap();
+        let state = res.extensions().get::<ConnectionState>().unwrap().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let e = state.exchange();
+        assert_eq!(e.number(), round, "one exchange per request: {e:?}");
+        assert_eq!(state.requests(), round);
+        assert!(e.is_exact(), "{e:?}");
+        assert!(e.bytes_written() > BODY as u64, "{e:?}");
+        assert!(e.response_started());
+        assert_eq!(e.is_reused(), round > 1);
+        assert_eq!(e.outcome(), ExchangeOutcome::Completed);
+        assert!(!state.is_poisoned());
+        // Let hyper-util put the connection back before the next round.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(heads.load(Ordering::SeqCst), 2);
+    drop(client);
+    tokio::time::timeout(LIMIT, server)
+        .await
+        .expect("server done")
+        .unwrap();
+}

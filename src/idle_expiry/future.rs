@@ -67,7 +67,7 @@ where
                 response.extensions_mut().insert(state.clone());
                 ExchangeEnd::for_attempt(state, number, true, false, &response)
             }
-            None => ExchangeEnd::for_request(this.capture.as_ref(), &response),
+            None => ExchangeEnd::for_request(this.capture.as_ref(), &response, false),
         };
         if let Some(state) = response.extensions().get::<ConnectionState>() {
             if !state.is_upgraded() {

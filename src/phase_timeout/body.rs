@@ -94,22 +94,20 @@ pin_project! {
 /// `Content-Length` body as soon as it has written that many bytes, whether
 /// or not the body ever reports its end; and drops any body whose request
 /// failed).
+///
+/// Both are let go once the upload ended (which is how it is remembered).
 #[derive(Debug)]
 struct Upload {
     progress: Option<Arc<Progress>>,
     capture: Option<ConnectionCapture>,
-    ended: bool,
 }
 
 impl Upload {
     fn end(&mut self, at: Instant) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
-        }
-        if let Some(p) = &self.progress {
+        if let Some(p) = self.progress.take() {
             p.end(at);
         }
-        if let Some(c) = &self.capture {
+        if let Some(c) = self.capture.take() {
             c.upload_ended();
         }
     }
@@ -117,7 +115,7 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if !self.ended && (self.progress.is_some() || self.capture.is_some()) {
+        if self.progress.is_some() || self.capture.is_some() {
             self.end(Instant::now());
         }
     }
@@ -139,11 +137,7 @@ impl<B: Body> RequestBody<B> {
         if let Some(c) = &capture {
             c.hook();
         }
-        let mut upload = Upload {
-            progress,
-            capture,
-            ended: false,
-        };
+        let mut upload = Upload { progress, capture };
         if inner.is_end_stream() {
             // hyper never polls an empty body: its upload is the request
             // head (the attempt learns it when it begins).

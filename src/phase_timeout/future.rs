@@ -295,7 +295,11 @@ impl Watch {
         response: Response<B>,
     ) -> Response<ResponseBody<B>> {
         self.pending.disarm();
-        let end = ExchangeEnd::for_request(self.capture.as_ref(), &response);
+        let end = ExchangeEnd::for_request(
+            self.capture.as_ref(),
+            &response,
+            self.limits.read_stall.is_some() || self.limits.total.is_some(),
+        );
         let sent = self.body_bytes();
         response.map(|body| {
             ResponseBody::new(

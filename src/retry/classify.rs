@@ -274,11 +274,13 @@ pub(crate) fn wire(capture: Option<&ConnectionCapture>, err: &(dyn Error + 'stat
             .unwrap_or_else(|| capture.map_or(Captured::Pending, ConnectionCapture::get))
     };
     if let Some(capture) = capture {
-        if let Some((state, number)) = capture.begun() {
+        if let Some((state, number)) = capture.verified_begun() {
             return attempt_wire(state, number);
         }
         if capture.is_announced() {
-            // Announced on a connection without a tracker.
+            // hyper took it to write, and no tracked IO (confirmed by the
+            // capture) opened its record: an untracked or HTTP/2
+            // connection.
             return Wire::Unknown;
         }
         if capture.is_hooked() {

@@ -103,7 +103,8 @@ where
                     let err = match result {
                         Ok(mut response) => {
                             this.session.succeeded(&mut response);
-                            let end = ExchangeEnd::for_request(this.capture.as_ref(), &response);
+                            let end =
+                                ExchangeEnd::for_request(this.capture.as_ref(), &response, false);
                             return Poll::Ready(Ok(response.map(|b| TrackedBody::new(b, end))));
                         }
                         Err(err) => err.into(),

@@ -49,10 +49,15 @@ pub struct ConnectionCapture {
 struct Attempt {
     /// hyper-util's capture of the connection.
     inner: CaptureConnection,
+    /// hyper took the request to write (the body's hook ran with the
+    /// capture filled).
+    announced: AtomicBool,
+    /// The body had nothing to send when the request was announced.
+    body_empty: AtomicBool,
     /// The connection and the attempt's number on it, from the moment the
-    /// request announced itself (just before hyper wrote its head); `None`
-    /// inside when that connection is not tracked.
-    begun: OnceLock<Option<(ConnectionState, u64)>>,
+    /// tracked IO paired the announcement with its next write (the request
+    /// head); `0` on HTTP/2.
+    begun: OnceLock<(ConnectionState, u64)>,
     /// A request body with this capture's hook was built: the request will
     /// announce itself before its head is written.
     hooked: AtomicBool,
@@ -63,6 +68,40 @@ struct Attempt {
     /// The request's method is CONNECT (a success turns the connection into
     /// a tunnel).
     connect: bool,
+}
+
+thread_local! {
+    /// The request hyper is about to write on this thread, and the task
+    /// (hyper's connection task) that announced it.
+    static ANNOUNCED: std::cell::RefCell<Option<(tokio::task::Id, ConnectionCapture)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Pairs the announcement of the request hyper is about to write with the
+/// tracked IO `state` of the connection writing it: called by the IO at the
+/// first write of a turn. hyper announces a request (the body's hook) and
+/// writes its head in the same poll of the connection's task, so the
+/// announcement is this task's. It is only taken where a new request can
+/// begin: never while the previous one's upload is still on its way (a
+/// write after a 1xx or an early answer continues that upload). The
+/// decisions that must never rest on a wrong pairing check it against the
+/// capture ([`ConnectionCapture::verified_begun`]).
+///
+/// Returns when the attempt opened (the stamp of the head's first write).
+pub(crate) fn pair_announcement(state: &ConnectionState) -> Option<u64> {
+    ANNOUNCED
+        .try_with(|slot| {
+            let mut slot = slot.try_borrow_mut().ok()?;
+            let (task, _) = slot.as_ref()?;
+            if Some(*task) != tokio::task::try_id() || !state.upload_on_wire() {
+                return None;
+            }
+            let (_, capture) = slot.take()?;
+            drop(slot);
+            capture.begin_on(state)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The tracker's state in hyper-util's connection extras: the one decoder
@@ -123,6 +162,8 @@ impl ConnectionCapture {
         }
         let attempt = Arc::new(Attempt {
             inner: capture_connection(req),
+            announced: AtomicBool::new(false),
+            body_empty: AtomicBool::new(false),
             begun: OnceLock::new(),
             upload_done: AtomicBool::new(false),
             hooked: AtomicBool::new(false),
@@ -146,34 +187,45 @@ impl ConnectionCapture {
         }
     }
 
-    /// The request announces itself to its connection: called by the
-    /// request body's hook on the connection's task, right before hyper
-    /// writes the request head (hyper asks the body `is_end_stream` there),
-    /// when hyper-util has already filled the capture. Opens the attempt's
-    /// exchange on a tracked HTTP/1 connection; once per attempt.
+    /// The request announces itself: called by the request body's hook on
+    /// the connection's task, right before hyper writes the request head
+    /// (hyper asks the body `is_end_stream` there), when hyper-util has
+    /// already filled the capture. The connection's tracked IO pairs the
+    /// announcement with its next write in the same poll of the same task
+    /// ([`pair_announcement`]) and opens the attempt there. Once per attempt.
     /// `body_empty`: the body has nothing to send (its upload is the head).
     pub(crate) fn begin(&self, body_empty: bool) {
         let attempt = &*self.attempt;
+        if attempt.announced.load(Ordering::Acquire) || !self.is_filled() {
+            return;
+        }
+        attempt.body_empty.store(body_empty, Ordering::Relaxed);
+        attempt.announced.store(true, Ordering::Release);
+        let Some(task) = tokio::task::try_id() else {
+            return;
+        };
+        let announced = (task, self.clone());
+        // A stale announcement (one no tracked IO took: an untracked or
+        // HTTP/2 connection) is replaced.
+        let _ = ANNOUNCED.try_with(|slot| {
+            if let Ok(mut slot) = slot.try_borrow_mut() {
+                *slot = Some(announced);
+            }
+        });
+    }
+
+    /// Opens this attempt on `state` (the tracked IO paired it with its
+    /// next write); returns when, in [`ConnectionState::stamp`] units.
+    fn begin_on(&self, state: &ConnectionState) -> Option<u64> {
+        let attempt = &*self.attempt;
         if attempt.begun.get().is_some() {
-            return;
+            return None;
         }
-        let meta = self.attempt.inner.connection_metadata();
-        let Some(connected) = meta.as_ref() else {
-            return;
-        };
-        let Some(state) = state_of(connected) else {
-            let _ = attempt.begun.set(None);
-            return;
-        };
-        // A tracker inside TLS never sees ALPN; the outer connector's
-        // `Connected` does.
-        if connected.is_negotiated_h2() {
-            state.set_http2();
-        }
-        drop(meta);
-        let empty = body_empty || attempt.upload_done.load(Ordering::Acquire);
-        let number = state.begin_request(empty, super::io::WRITE_GRACE);
-        let _ = attempt.begun.set(Some((state, number)));
+        let empty = attempt.body_empty.load(Ordering::Relaxed)
+            || attempt.upload_done.load(Ordering::Acquire);
+        let (number, at) = state.begin_request_stamped(empty, super::io::WRITE_GRACE);
+        let _ = attempt.begun.set((state.clone(), number));
+        Some(at)
     }
 
     /// A request body that calls [`begin`](Self::begin) and
@@ -183,10 +235,22 @@ impl ConnectionCapture {
         self.attempt.hooked.store(true, Ordering::Release);
     }
 
-    /// Whether the request announced itself to a connection (tracked or
-    /// not).
+    /// Whether hyper took the request to write (it announced itself), on
+    /// whatever connection.
     pub(crate) fn is_announced(&self) -> bool {
-        self.attempt.begun.get().is_some()
+        self.attempt.announced.load(Ordering::Acquire)
+    }
+
+    /// The attempt's connection and number when the tracker paired it, and
+    /// the capture (read now, off the hot path) confirms that connection;
+    /// `None` otherwise. For decisions that must never rest on a wrong
+    /// pairing: whether nothing was written, whether to poison.
+    pub(crate) fn verified_begun(&self) -> Option<(&ConnectionState, u64)> {
+        let (state, number) = self.begun()?;
+        match self.get() {
+            Captured::Tracked(captured) if captured.id() == state.id() => Some((state, number)),
+            _ => None,
+        }
     }
 
     /// Whether a request body announces this attempt (see [`hook`](Self::hook)).
@@ -201,7 +265,7 @@ impl ConnectionCapture {
         if attempt.upload_done.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(Some((state, number))) = attempt.begun.get() {
+        if let Some((state, number)) = attempt.begun.get() {
             state.upload_ended(*number);
         }
     }
@@ -209,10 +273,10 @@ impl ConnectionCapture {
     /// The connection and number of this attempt, once it has begun on a
     /// tracked connection (`number` is 0 on HTTP/2).
     pub(crate) fn begun(&self) -> Option<(&ConnectionState, u64)> {
-        match self.attempt.begun.get() {
-            Some(Some((state, number))) => Some((state, *number)),
-            _ => None,
-        }
+        self.attempt
+            .begun
+            .get()
+            .map(|(state, number)| (state, *number))
     }
 
     /// This attempt's exchange on an HTTP/1 connection, while it is the

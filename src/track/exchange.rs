@@ -153,7 +153,7 @@ impl ExchangeEnd {
     /// The marker for a response on a tracked connection (the state is in
     /// its extensions), for a stack without the request's capture.
     pub(crate) fn for_response<B: Body>(response: &http::Response<B>) -> Self {
-        Self::for_request(None, response)
+        Self::for_request(None, response, false)
     }
 
     /// The marker for the response to the attempt `capture` records (or,
@@ -161,13 +161,30 @@ impl ExchangeEnd {
     /// once when the body is already complete (HEAD, 204, 304,
     /// `Content-Length: 0`) and the upload is over; marks the connection
     /// upgraded on `101 Switching Protocols` or a successful `CONNECT`.
+    ///
+    /// A marker that does not own the exchange does nothing unless `reads`:
+    /// then it keeps the exchange for [`http1_exchange`](Self::http1_exchange).
     pub(crate) fn for_request<B: Body>(
         capture: Option<&ConnectionCapture>,
         response: &http::Response<B>,
+        reads: bool,
     ) -> Self {
         let owner = capture.is_none_or(ConnectionCapture::take_marker);
+        if !owner && !reads {
+            return Self::none();
+        }
         let connect = capture.is_some_and(ConnectionCapture::is_connect);
-        let (state, number) = match capture.and_then(ConnectionCapture::begun) {
+        // The paired attempt, confirmed by the response's own connection
+        // (hyper-util puts it in the extensions: a free check).
+        let paired = capture
+            .and_then(ConnectionCapture::begun)
+            .filter(|(state, _)| {
+                response
+                    .extensions()
+                    .get::<ConnectionState>()
+                    .is_none_or(|r| r.id() == state.id())
+            });
+        let (state, number) = match paired {
             Some((state, number)) => (state.clone(), number),
             None => {
                 let Some(state) = response.extensions().get::<ConnectionState>() else {
@@ -287,14 +304,14 @@ impl PendingExchange {
         let Some(capture) = self.capture.take() else {
             return;
         };
-        if let Some((state, number)) = capture.begun() {
+        if let Some((state, number)) = capture.verified_begun() {
             // The attempt announced itself: abandon exactly it.
             if state.abandon(number) {
                 capture.poison();
             }
             return;
         }
-        if capture.is_hooked() {
+        if capture.is_hooked() && !capture.is_announced() {
             // The request would have announced itself before its head was
             // written: it was not, so hyper drops it unwritten.
             return;
@@ -302,7 +319,7 @@ impl PendingExchange {
         if let Captured::Tracked(state) = capture.get() {
             // HTTP/2 streams are abandoned by hyper itself (RST_STREAM); the
             // connection is shared and stays.
-            if state.in_flight() && !state.is_http2() && !state.is_request_defined() {
+            if state.in_flight() && !state.is_http2() {
                 state.abandon(state.requests());
                 capture.poison();
             }

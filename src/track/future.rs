@@ -94,7 +94,7 @@ where
         {
             response.extensions_mut().insert(info);
         }
-        let end = ExchangeEnd::for_request(Some(this.capture), &response);
+        let end = ExchangeEnd::for_request(Some(this.capture), &response, false);
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
     }
 }

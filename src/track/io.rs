@@ -229,8 +229,11 @@ impl<T: AsyncWrite> Counting<T> {
                 // The caller's tunnel: nothing to count as exchanges.
                 return Ok(None);
             }
+            // The request hyper is about to write announced itself on this
+            // task: its attempt opens here, before its first byte.
+            let paired = super::capture::pair_announcement(state);
             if state.is_request_defined() {
-                return Self::before_announced_write(turn, state);
+                return Self::before_announced_write(turn, state).map(|opened| opened.or(paired));
             }
             let now = Instant::now();
             // The last resort of idle expiry: a request about to be written

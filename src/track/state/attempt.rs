@@ -133,26 +133,33 @@ impl ConnectionState {
     /// grace), the IO refuses the attempt's first write with
     /// [`ConnectionExpired`]: nothing of it is written.
     pub(crate) fn begin_request(&self, body_empty: bool, grace: Duration) -> u64 {
+        self.begin_request_stamped(body_empty, grace).0
+    }
+
+    /// [`begin_request`](Self::begin_request), also returning when the
+    /// attempt opened ([`stamp`](Self::stamp) units): the IO stamps the
+    /// head's first write with it instead of reading the clock again.
+    pub(crate) fn begin_request_stamped(&self, body_empty: bool, grace: Duration) -> (u64, u64) {
+        let now = self.stamp(Instant::now());
         if self.is_http2() || self.is_upgraded() {
-            return 0;
+            return (0, now);
         }
         let inner = &self.inner;
-        let now = Instant::now();
-        if let Some(deadline) = self.idle_deadline() {
-            if now >= crate::clock::deadline(deadline, grace) {
-                let since = self.idle_since().unwrap_or(deadline);
-                let idle = now.saturating_duration_since(since);
-                let limit = deadline.saturating_duration_since(since);
-                inner.refuse_idle.store(nanos(idle), Ordering::Relaxed);
+        if let Some(deadline) = self.idle_deadline_raw() {
+            if now >= deadline.saturating_add(nanos(grace)) {
+                let since = inner.idle_since.raw().unwrap_or(deadline).min(deadline);
+                inner
+                    .refuse_idle
+                    .store(now.saturating_sub(since), Ordering::Relaxed);
                 inner
                     .refuse_limit
-                    .store(nanos(limit).min(NO_EXPIRY - 1), Ordering::Release);
+                    .store((deadline - since).min(NO_EXPIRY - 1), Ordering::Release);
             }
         }
         inner.request_defined.store(true, Ordering::Release);
-        self.open_exchange(self.stamp(now), false);
+        self.open_exchange(now, false);
         inner.upload_pending.store(!body_empty, Ordering::Release);
-        self.requests()
+        (self.requests(), now)
     }
 
     /// Whether requests on this connection announce their own attempts.
@@ -195,7 +202,7 @@ impl ConnectionState {
 
     /// Whether the current attempt's request is entirely on the wire: its
     /// body ended (or it had none) and every byte hyper took was flushed.
-    fn upload_on_wire(&self) -> bool {
+    pub(crate) fn upload_on_wire(&self) -> bool {
         !self.inner.upload_pending.load(Ordering::Acquire)
             && !self.inner.unflushed.load(Ordering::Acquire)
     }
