@@ -175,14 +175,15 @@ impl ExchangeEnd {
         }
         let connect = capture.is_some_and(ConnectionCapture::is_connect);
         // The paired attempt, confirmed by the response's own connection
-        // (hyper-util puts it in the extensions: a free check).
+        // (hyper-util puts a tracked connection's state in the extensions:
+        // a cheap check that the pairing was right).
         let paired = capture
             .and_then(ConnectionCapture::begun)
             .filter(|(state, _)| {
                 response
                     .extensions()
                     .get::<ConnectionState>()
-                    .is_none_or(|r| r.id() == state.id())
+                    .is_some_and(|r| r.id() == state.id())
             });
         let (state, number) = match paired {
             Some((state, number)) => (state.clone(), number),
