@@ -43,9 +43,11 @@
 //!
 //! Each attempt is one request handed to one connection. When the stack has
 //! [`PhaseTimeout`](crate::phase_timeout) below this layer (the one-call
-//! client does), the request body announces the attempt to its connection
-//! on hyper's connection task, right before hyper writes the request head,
-//! so the record holds exactly what *this* request did on the wire, however
+//! client does), the request body announces the attempt on hyper's
+//! connection task, right before hyper writes the request head, and the
+//! connection's tracker opens it at the head's first write (the pairing is
+//! checked against the request's connection capture before the layer
+//! trusts it), so the record holds exactly what *this* request did on the wire, however
 //! its reads and writes interleave (a 1xx or an early answer during an
 //! upload is the same attempt). "No byte written" is trusted only when:
 //!

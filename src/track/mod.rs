@@ -18,9 +18,17 @@
 //! reads and writes:
 //!
 //! * **Begin.** When [`PhaseTimeout`](crate::phase_timeout) is in the stack,
-//!   its request body announces the attempt to its connection (through the
-//!   request's [`ConnectionCapture`]) when hyper asks it `is_end_stream` on
-//!   the connection's task, right before it writes the request head. From
+//!   its request body announces the attempt (its [`ConnectionCapture`]'s
+//!   record) when hyper asks it `is_end_stream` on the connection's task,
+//!   right before it writes the request head; the connection's tracked IO
+//!   takes the announcement at the head's first write, in the same poll of
+//!   the same task, and opens the attempt there (never while the previous
+//!   request's upload is still on its way). Every decision that must not
+//!   rest on a wrong pairing — that nothing was written, which connection to
+//!   poison, which exchange a response ends — checks it against the
+//!   capture or the response's own connection first; an announcement no
+//!   tracked IO took (an untracked or HTTP/2 connection) proves only that
+//!   hyper took the request to write. From
 //!   then on every byte written and read on that HTTP/1 connection belongs
 //!   to this attempt until the next one is announced: the rest of an upload
 //!   that continues after a `100 Continue`, a `103 Early Hints` or an early
