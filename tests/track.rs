@@ -119,17 +119,8 @@ async fn state_is_dropped_with_the_connection() {
 
 #[tokio::test]
 async fn in_flight_ends_with_the_response_body_under_phase_timeout() {
-    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
-
     let server = HyperServer::start().await.unwrap();
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
-    let client = ServiceBuilder::new()
-        .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(5)))
-        .service(client);
+    let client = phased_client(Duration::from_secs(5));
     for n in 1..=2u64 {
         let req = http::Request::post(server.url())
             .body(Full::new(Bytes::from_static(b"abc")))
@@ -501,8 +492,6 @@ async fn a_reissued_request_gets_a_fresh_capture() {
 /// would open a second, inexact exchange.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announced_attempt_spans_a_1xx_in_the_middle_of_its_upload() {
-    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
-
     const BODY: usize = 4 << 20;
     const LIMIT: Duration = Duration::from_secs(20);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -537,14 +526,7 @@ async fn an_announced_attempt_spans_a_1xx_in_the_middle_of_its_upload() {
         let _ = stream.read(&mut [0u8; 1]).await;
     });
 
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
-    let client = ServiceBuilder::new()
-        .layer(PhaseTimeoutLayer::new().read(LIMIT))
-        .service(client);
+    let client = phased_client(LIMIT);
     for round in 1..=2u64 {
         let req = http::Request::post(format!("http://{addr}/"))
             .body(Full::new(Bytes::from(vec![b'x'; BODY])))
@@ -574,4 +556,24 @@ async fn an_announced_attempt_spans_a_1xx_in_the_middle_of_its_upload() {
         .await
         .expect("server done")
         .unwrap();
+}
+
+/// PhaseTimeout (`read` limit) over hyper-util's client on a tracked
+/// connector: the stack whose request bodies announce their attempts.
+fn phased_client(
+    read: Duration,
+) -> tower_conn_lifecycle::phase_timeout::PhaseTimeout<
+    Client<
+        TrackConnections<HttpConnector>,
+        tower_conn_lifecycle::phase_timeout::RequestBody<Full<Bytes>>,
+    >,
+> {
+    use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().read(read))
+        .service(client)
 }

@@ -662,6 +662,23 @@ fn post(body: Announcing) -> http::Request<Announcing> {
     http::Request::post("/").body(body).unwrap()
 }
 
+/// An announced POST with an empty body, answered `204 No Content`: the
+/// response, its marker not created yet.
+async fn announced_204(
+    send: &mut http1::SendRequest<Announcing>,
+    server: &mut DuplexStream,
+    state: &ConnectionState,
+) -> http::Response<hyper::body::Incoming> {
+    let (body, _) = Announcing::new(state, Bytes::new(), false);
+    let res = tokio::spawn(send.send_request(post(body)));
+    read_head(server).await;
+    server
+        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    with_state(res.await.unwrap().unwrap(), state)
+}
+
 type Pending = tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>;
 
 /// An announced POST of `len` bytes on a fresh connection whose pipe holds
@@ -828,14 +845,7 @@ async fn an_upgraded_connection_is_never_expired_nor_poisoned() {
 async fn a_late_end_of_an_empty_response_never_ends_the_next_attempt() {
     let (io, state, mut server) = pipe(1 << 16);
     let mut send = announcing_handshake(io).await;
-    let (body, _) = Announcing::new(&state, Bytes::new(), false);
-    let first = tokio::spawn(send.send_request(post(body)));
-    read_head(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-        .await
-        .unwrap();
-    let first = with_state(first.await.unwrap().unwrap(), &state);
+    let first = announced_204(&mut send, &mut server, &state).await;
     // hyper hands the connection on before the first response's marker
     // exists: the next attempt begins.
     send.ready().await.unwrap();
@@ -937,14 +947,7 @@ async fn an_attempt_begun_on_an_expired_connection_is_refused_before_a_byte() {
 async fn a_poison_before_an_announced_write_writes_nothing() {
     let (io, state, mut server) = pipe(1 << 16);
     let mut send = announcing_handshake(io).await;
-    let (body, _) = Announcing::new(&state, Bytes::new(), false);
-    let first = tokio::spawn(send.send_request(post(body)));
-    read_head(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-        .await
-        .unwrap();
-    let first = with_state(first.await.unwrap().unwrap(), &state);
+    let first = announced_204(&mut send, &mut server, &state).await;
     let _end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &first);
     send.ready().await.unwrap();
     // A poison lands between hyper's read and its next write.
