@@ -805,6 +805,60 @@ mod composition {
         .await;
     }
 
+    /// A tracker inside TLS on HTTP/1: its IO sees the handshake's writes
+    /// and reads first, yet each request's attempt opens at its head (the
+    /// announcement pairs with the head's first write), so the record of
+    /// the exchange is the request's and exact.
+    #[tokio::test]
+    async fn a_tracker_inside_tls_records_each_http1_request_exactly() {
+        use tower::ServiceExt;
+        use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+        use tower_conn_lifecycle::track::ExchangeOutcome;
+        bounded(async {
+            let ca = Ca::new("test ca");
+            let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+            let connector = ServiceBuilder::new()
+                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .layer(TrackConnectionsLayer::new())
+                .service(tcp());
+            let client: Client<_, RequestBody<Empty<Bytes>>> =
+                Client::builder(TokioExecutor::new()).build(connector);
+            let client = ServiceBuilder::new()
+                .layer(PhaseTimeoutLayer::new().read(CONNECT_LIMIT))
+                .service(client);
+            let mut numbers = Vec::new();
+            for _ in 0..2 {
+                let req = http::Request::get(server.url("localhost"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let response = client.clone().oneshot(req).await.unwrap();
+                assert_eq!(response.version(), Version::HTTP_11);
+                let state = response
+                    .extensions()
+                    .get::<ConnectionState>()
+                    .expect("the tracker's state in the response extensions")
+                    .clone();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"HTTP/1.1");
+                let e = state.exchange();
+                assert!(e.is_exact(), "{e:?}");
+                assert_eq!(e.outcome(), ExchangeOutcome::Completed, "{e:?}");
+                assert!(!state.is_http2() && !state.is_poisoned());
+                numbers.push((state.id(), e.number()));
+                // Let hyper-util put the connection back for the next one.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // The same connection, one exchange after the other.
+            assert_eq!(numbers[0].0, numbers[1].0);
+            assert_eq!(numbers[1].1, numbers[0].1 + 1);
+            assert_eq!(server.requests(), 2);
+            let (kind, _, alpn) = expect_done(server.next_handshake().await);
+            assert_eq!(kind, Some(HandshakeKind::Full));
+            assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn connect_timeout_over_tracker_over_shared_tls() {
         bounded(async {

@@ -81,9 +81,10 @@ thread_local! {
 /// tracked IO `state` of the connection writing it: called by the IO at the
 /// first write of a turn. hyper announces a request (the body's hook) and
 /// writes its head in the same poll of the connection's task, so the
-/// announcement is this task's. It is only taken where a new request can
-/// begin: never while the previous one's upload is still on its way (a
-/// write after a 1xx or an early answer continues that upload). The
+/// announcement is this task's, and this write is the head's. It pairs only
+/// where a new request can begin: never while the previous one's upload is
+/// still on its way (then the announcement is dropped, and the attempt's
+/// record stays unknown rather than risk pairing with a later write). The
 /// decisions that must never rest on a wrong pairing check it against the
 /// capture ([`ConnectionCapture::verified_begun`]).
 ///
@@ -93,11 +94,17 @@ pub(crate) fn pair_announcement(state: &ConnectionState) -> Option<u64> {
         .try_with(|slot| {
             let mut slot = slot.try_borrow_mut().ok()?;
             let (task, _) = slot.as_ref()?;
-            if Some(*task) != tokio::task::try_id() || !state.upload_on_wire() {
+            if Some(*task) != tokio::task::try_id() {
                 return None;
             }
+            // This task's announcement is taken here whether it pairs or
+            // not: this write is the head's, and a declined announcement
+            // must never pair with a later write of the same task.
             let (_, capture) = slot.take()?;
             drop(slot);
+            if !state.upload_on_wire() {
+                return None;
+            }
             capture.begin_on(state)
         })
         .ok()

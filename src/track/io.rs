@@ -224,14 +224,16 @@ impl<T: AsyncWrite> Counting<T> {
         if state.is_poisoned() {
             return Err(poisoned());
         }
-        if *turn != Turn::Writing {
-            if state.is_upgraded() {
-                // The caller's tunnel: nothing to count as exchanges.
-                return Ok(None);
-            }
-            // The request hyper is about to write announced itself on this
-            // task: its attempt opens here, before its first byte.
-            let paired = super::capture::pair_announcement(state);
+        if state.is_upgraded() {
+            // The caller's tunnel: nothing to count as exchanges.
+            return Ok(None);
+        }
+        // If the request hyper is about to write announced itself on this
+        // task, this is its head's first write (asked at every write: the
+        // head may follow the connection's own writes, a TLS handshake's
+        // when the tracker sits inside TLS): its attempt opens here.
+        let paired = super::capture::pair_announcement(state);
+        if *turn != Turn::Writing || paired.is_some() {
             if state.is_request_defined() {
                 return Self::before_announced_write(turn, state).map(|opened| opened.or(paired));
             }
