@@ -21,6 +21,15 @@ pub struct ConnectionExpired {
 }
 
 impl ConnectionExpired {
+    /// The refusal of a connection idle for `idle` nanoseconds against a
+    /// limit of `limit` nanoseconds (the tracker's raw units).
+    pub(crate) fn from_nanos(idle: u64, limit: u64) -> Self {
+        ConnectionExpired {
+            idle: Duration::from_nanos(idle),
+            limit: Duration::from_nanos(limit),
+        }
+    }
+
     /// How long the connection had been idle when the write was refused.
     pub fn idle(&self) -> Duration {
         self.idle

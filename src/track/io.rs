@@ -76,6 +76,13 @@ impl Drop for CloseGuard {
 /// retry. Only a connection left unpolled well past its deadline is refused.
 pub(super) const WRITE_GRACE: std::time::Duration = std::time::Duration::from_millis(25);
 
+/// The error a write refused on an expired connection fails with (nothing
+/// of it was written), told to the observer.
+fn refuse(state: &ConnectionState, refused: ConnectionExpired) -> io::Error {
+    state.notify(Event::Refused);
+    io::Error::new(io::ErrorKind::ConnectionAborted, refused)
+}
+
 /// The error a poisoned connection's IO fails with.
 fn poisoned() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, Poisoned)
@@ -237,25 +244,16 @@ impl<T: AsyncWrite> Counting<T> {
             if state.is_request_defined() {
                 return Self::before_announced_write(turn, state).map(|opened| opened.or(paired));
             }
-            let now = Instant::now();
+            let now = state.stamp(Instant::now());
             // The last resort of idle expiry: a request about to be written
             // on an expired connection is refused before its first byte.
-            if let Some(deadline) = state.idle_deadline() {
-                if now >= crate::clock::deadline(deadline, WRITE_GRACE) {
-                    let since = state.idle_since().unwrap_or(deadline);
-                    let refused = ConnectionExpired {
-                        idle: now.saturating_duration_since(since),
-                        limit: deadline.saturating_duration_since(since),
-                    };
-                    state.notify(Event::Refused);
-                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, refused));
-                }
+            if let Some((idle, limit)) = state.overdue(now, WRITE_GRACE) {
+                return Err(refuse(state, ConnectionExpired::from_nanos(idle, limit)));
             }
             if state.requests() == 0 && buf.starts_with(b"PRI * HTTP/2.0") {
                 state.set_http2();
             }
             *turn = Turn::Writing;
-            let now = state.stamp(now);
             // A read→write turn while the previous exchange is still open
             // (no request-side end seen) may be the same request going on
             // (after a 1xx or an early response): the new record cannot
@@ -273,8 +271,7 @@ impl<T: AsyncWrite> Counting<T> {
     /// Refuses the write if the attempt began on an expired connection.
     fn before_announced_write(turn: &mut Turn, state: &ConnectionState) -> io::Result<Option<u64>> {
         if let Some(refused) = state.take_refusal() {
-            state.notify(Event::Refused);
-            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, refused));
+            return Err(refuse(state, refused));
         }
         *turn = Turn::Writing;
         if state.outcome() == ExchangeOutcome::InFlight {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{nanos, ConnectionState, Event, NO_EXPIRY};
+use super::{ConnectionState, Event, NO_EXPIRY};
 use crate::track::{Exchange, ExchangeOutcome};
 
 impl ConnectionState {
@@ -145,16 +145,11 @@ impl ConnectionState {
             return (0, now);
         }
         let inner = &self.inner;
-        if let Some(deadline) = self.idle_deadline_raw() {
-            if now >= deadline.saturating_add(nanos(grace)) {
-                let since = inner.idle_since.raw().unwrap_or(deadline).min(deadline);
-                inner
-                    .refuse_idle
-                    .store(now.saturating_sub(since), Ordering::Relaxed);
-                inner
-                    .refuse_limit
-                    .store((deadline - since).min(NO_EXPIRY - 1), Ordering::Release);
-            }
+        if let Some((idle, limit)) = self.overdue(now, grace) {
+            inner.refuse_idle.store(idle, Ordering::Relaxed);
+            inner
+                .refuse_limit
+                .store(limit.min(NO_EXPIRY - 1), Ordering::Release);
         }
         inner.request_defined.store(true, Ordering::Release);
         self.open_exchange(now, false);

@@ -153,6 +153,25 @@ impl ConnectionState {
         self.notify(Event::Expired);
     }
 
+    /// How far the known-idle connection is past its deadline plus `grace`
+    /// at `now` ([`stamp`](Self::stamp) units): `(idle, limit)` in
+    /// nanoseconds, `None` while it is not (or has no deadline). What both
+    /// the IO's last-resort refusal and an attempt announced on an expired
+    /// connection go by.
+    pub(crate) fn overdue(&self, now: u64, grace: Duration) -> Option<(u64, u64)> {
+        let deadline = self.idle_deadline_raw()?;
+        if now < deadline.saturating_add(nanos(grace)) {
+            return None;
+        }
+        let since = self
+            .inner
+            .idle_since
+            .raw()
+            .unwrap_or(deadline)
+            .min(deadline);
+        Some((now.saturating_sub(since), deadline - since))
+    }
+
     /// The refusal the IO owes the current attempt's first write, if its
     /// connection had expired when it began.
     pub(crate) fn take_refusal(&self) -> Option<ConnectionExpired> {
@@ -161,9 +180,8 @@ impl ConnectionState {
             return None;
         }
         let limit = inner.refuse_limit.swap(NO_EXPIRY, Ordering::AcqRel);
-        (limit != NO_EXPIRY).then(|| ConnectionExpired {
-            idle: Duration::from_nanos(inner.refuse_idle.load(Ordering::Relaxed)),
-            limit: Duration::from_nanos(limit),
+        (limit != NO_EXPIRY).then(|| {
+            ConnectionExpired::from_nanos(inner.refuse_idle.load(Ordering::Relaxed), limit)
         })
     }
 
@@ -174,7 +192,7 @@ impl ConnectionState {
 }
 
 /// A duration in nanoseconds, saturating.
-pub(super) fn nanos(d: Duration) -> u64 {
+fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -15,7 +15,6 @@ use tokio::time::Instant;
 
 use super::exchange::ExchangeOutcome;
 use crate::clock::{Origin, Stamp};
-use expiry::nanos;
 pub(crate) use expiry::{Event, Observer};
 
 /// Process-wide connection id counter (a counter, not a map: it never grows).
