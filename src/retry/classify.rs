@@ -16,7 +16,7 @@ use http::{HeaderName, Method, Request};
 
 use crate::phase_timeout::{Elapsed, Phase};
 use crate::track::ConnectionExpired;
-use crate::track::{Captured, ConnectionCapture, ConnectionState, ExchangeOutcome};
+use crate::track::{Captured, ConnectionCapture, ConnectionState, Exchange, ExchangeOutcome};
 
 /// The request header that makes a non-idempotent request safe to retry
 /// after a stale-connection failure: `Idempotency-Key` (IETF
@@ -269,10 +269,6 @@ fn connection_of(err: &(dyn Error + 'static)) -> Option<Captured> {
 /// | no hook: the tracker's inferred exchange (exact only) | as above, from the order of reads and writes |
 /// | HTTP/2, no tracker, or an inexact inferred record | unknown |
 pub(crate) fn wire(capture: Option<&ConnectionCapture>, err: &(dyn Error + 'static)) -> Wire {
-    let captured = || {
-        connection_of(err)
-            .unwrap_or_else(|| capture.map_or(Captured::Pending, ConnectionCapture::get))
-    };
     if let Some(capture) = capture {
         if let Some((state, number)) = capture.verified_begun() {
             return attempt_wire(state, number);
@@ -286,12 +282,10 @@ pub(crate) fn wire(capture: Option<&ConnectionCapture>, err: &(dyn Error + 'stat
         if capture.is_hooked() {
             // hyper-util fills the capture before it hands the request to
             // its connection, and hyper announces a request before writing
-            // its head: filled but never announced is never written. (A
-            // client that never fills captures, such as reqwest, proves
-            // nothing.)
-            // (The capture itself, not the error's connection: an inner
-            // client of its own, such as reqwest's, reports connections
-            // this request's capture never saw.)
+            // its head: filled but never announced is never written. Only
+            // the capture itself counts, not the error's connection: a
+            // client that never fills captures (reqwest) proves nothing, and
+            // reports connections of its own this capture never saw.
             return match capture.get() {
                 Captured::Tracked(state) if state.is_closed() => Wire::NeverWritten,
                 Captured::Tracked(_) | Captured::Untracked => Wire::NothingWritten,
@@ -299,16 +293,23 @@ pub(crate) fn wire(capture: Option<&ConnectionCapture>, err: &(dyn Error + 'stat
             };
         }
     }
-    inferred_wire(&captured())
+    let captured = connection_of(err)
+        .unwrap_or_else(|| capture.map_or(Captured::Pending, ConnectionCapture::get));
+    inferred_wire(&captured)
 }
 
 /// The record of attempt `number` on `state`.
 fn attempt_wire(state: &ConnectionState, number: u64) -> Wire {
-    if number == 0 || state.is_http2() || state.requests() != number {
-        return Wire::Unknown;
+    match state.exchange_of(number) {
+        Some(exchange) => record_wire(&exchange, exchange.nothing_written(), state.is_closed()),
+        None => Wire::Unknown,
     }
-    let exchange = state.exchange();
-    match (exchange.nothing_written(), state.is_closed()) {
+}
+
+/// A record's answer: `nothing_written` is what the caller could prove
+/// from it; a connection now `closed` can never write the rest.
+fn record_wire(exchange: &Exchange, nothing_written: bool, closed: bool) -> Wire {
+    match (nothing_written, closed) {
         (true, true) => Wire::NeverWritten,
         (true, false) => Wire::NothingWritten,
         (false, _) => Wire::Written {
@@ -339,14 +340,7 @@ fn inferred_wire(captured: &Captured) -> Wire {
         ExchangeOutcome::None | ExchangeOutcome::Completed => true,
         _ => exchange.bytes_written() == 0,
     };
-    match (nothing_written, state.is_closed()) {
-        (true, true) => Wire::NeverWritten,
-        (true, false) => Wire::NothingWritten,
-        (false, _) => Wire::Written {
-            reused: exchange.is_reused(),
-            response_started: exchange.response_started(),
-        },
-    }
+    record_wire(&exchange, nothing_written, state.is_closed())
 }
 
 /// What the error chain says, strongest signal first.

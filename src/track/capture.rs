@@ -290,8 +290,7 @@ impl ConnectionCapture {
     /// connection's current one.
     pub(crate) fn exchange(&self) -> Option<Exchange> {
         let (state, number) = self.begun()?;
-        let exchange = state.exchange();
-        (number != 0 && !state.is_http2() && exchange.number() == number).then_some(exchange)
+        state.exchange_of(number)
     }
 
     /// Takes the right to own the attempt's response-end marker: `true` for

@@ -244,8 +244,7 @@ impl ExchangeEnd {
     /// exchange).
     pub(crate) fn http1_exchange(&self) -> Option<Exchange> {
         let (state, number) = self.target.as_ref()?;
-        let exchange = state.exchange();
-        (!state.is_http2() && exchange.number() == *number).then_some(exchange)
+        state.exchange_of(*number)
     }
 
     /// The response ended normally. The owner ends the exchange; if the

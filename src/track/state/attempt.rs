@@ -58,6 +58,14 @@ impl ConnectionState {
         }
     }
 
+    /// Attempt `number`'s exchange while it is the current one on an HTTP/1
+    /// connection, where the socket carries it alone; `None` on HTTP/2
+    /// (streams share the socket), for attempt 0 and once a later one opened.
+    pub(crate) fn exchange_of(&self, number: u64) -> Option<Exchange> {
+        let exchange = self.exchange();
+        (number != 0 && !self.is_http2() && exchange.number() == number).then_some(exchange)
+    }
+
     /// Snapshot of the current exchange, for a response that just arrived.
     pub(crate) fn info(&self) -> crate::track::ConnectionInfo {
         let start = self.load(&self.inner.exchange_start);
