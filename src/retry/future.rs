@@ -103,9 +103,10 @@ where
                     let err = match result {
                         Ok(mut response) => {
                             this.session.succeeded(&mut response);
-                            let end =
-                                ExchangeEnd::for_request(this.capture.as_ref(), &response, false);
-                            return Poll::Ready(Ok(response.map(|b| TrackedBody::new(b, end))));
+                            return Poll::Ready(Ok(with_exchange_end(
+                                response,
+                                this.capture.as_ref(),
+                            )));
                         }
                         Err(err) => err.into(),
                     };
@@ -130,12 +131,7 @@ where
                             let service = Box::new(S::clone(this.spare));
                             this.state.set(State::Retrying { service });
                         }
-                        None => {
-                            return Poll::Ready(result.map(|response| {
-                                let end = ExchangeEnd::for_response(&response);
-                                response.map(|b| TrackedBody::new(b, end))
-                            }))
-                        }
+                        None => return Poll::Ready(result.map(|r| with_exchange_end(r, None))),
                     }
                 }
                 StateProj::Retrying { service } => {
@@ -153,4 +149,14 @@ where
             }
         }
     }
+}
+
+/// Wraps the body with the marker that ends the tracker's exchange (owned
+/// only if no layer below this one took the attempt's marker first).
+fn with_exchange_end<B: Body>(
+    response: Response<B>,
+    capture: Option<&ConnectionCapture>,
+) -> Response<TrackedBody<B>> {
+    let end = ExchangeEnd::for_request(capture, &response, false);
+    response.map(|body| TrackedBody::new(body, end))
 }

@@ -150,12 +150,6 @@ impl ExchangeEnd {
         }
     }
 
-    /// The marker for a response on a tracked connection (the state is in
-    /// its extensions), for a stack without the request's capture.
-    pub(crate) fn for_response<B: Body>(response: &http::Response<B>) -> Self {
-        Self::for_request(None, response, false)
-    }
-
     /// The marker for the response to the attempt `capture` records (or,
     /// without one, the response's own connection). Ends the exchange at
     /// once when the body is already complete (HEAD, 204, 304,

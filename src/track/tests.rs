@@ -82,7 +82,7 @@ async fn complete_exchange(
     read_request(server).await;
     server.write_all(response).await.unwrap();
     let res = with_state(res.await.unwrap().unwrap(), state);
-    let mut end = ExchangeEnd::for_response(&res);
+    let mut end = ExchangeEnd::for_request(None, &res, false);
     res.into_body().collect().await.unwrap();
     end.end();
 }
@@ -114,7 +114,7 @@ async fn exchanges_are_numbered_and_counted_per_exchange() {
             .await
             .unwrap();
         let res = with_state(res.await.unwrap().unwrap(), &state);
-        let mut end = ExchangeEnd::for_response(&res);
+        let mut end = ExchangeEnd::for_request(None, &res, false);
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         end.end();
@@ -142,7 +142,7 @@ async fn late_body_end_of_an_earlier_exchange_leaves_the_next_in_flight() {
         .unwrap();
     let a = with_state(a.await.unwrap().unwrap(), &state);
     // Response A's marker is taken at head time (exchange 1)...
-    let mut end_a = ExchangeEnd::for_response(&a);
+    let mut end_a = ExchangeEnd::for_request(None, &a, false);
     // ...but its caller is slow: hyper has the whole body off the wire and
     // hands the connection to request B first.
     let body_a = a.into_body();
@@ -164,7 +164,7 @@ async fn late_body_end_of_an_earlier_exchange_leaves_the_next_in_flight() {
         .await
         .unwrap();
     let b = with_state(b.await.unwrap().unwrap(), &state);
-    let mut end_b = ExchangeEnd::for_response(&b);
+    let mut end_b = ExchangeEnd::for_request(None, &b, false);
     b.into_body().collect().await.unwrap();
     end_b.end();
     assert!(!state.in_flight());
@@ -186,7 +186,7 @@ async fn empty_bodies_end_the_exchange_at_head_time() {
         server.write_all(head).await.unwrap();
         let res = with_state(res.await.unwrap().unwrap(), &state);
         // The body is never polled.
-        let _end = ExchangeEnd::for_response(&res);
+        let _end = ExchangeEnd::for_request(None, &res, false);
         assert!(!state.in_flight(), "response {i}: {state:?}");
         assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
         assert!(state.idle_since().is_some());
@@ -201,7 +201,7 @@ async fn empty_bodies_end_the_exchange_at_head_time() {
         .await
         .unwrap();
     let res = with_state(res.await.unwrap().unwrap(), &state);
-    let _end = ExchangeEnd::for_response(&res);
+    let _end = ExchangeEnd::for_request(None, &res, false);
     assert!(!state.in_flight(), "HEAD: {state:?}");
 }
 
@@ -400,7 +400,7 @@ async fn a_body_dropped_before_its_end_poisons_the_connection() {
         .await
         .unwrap();
     let res = with_state(res.await.unwrap().unwrap(), &state);
-    let end = ExchangeEnd::for_response(&res);
+    let end = ExchangeEnd::for_request(None, &res, false);
     drop(res);
     drop(end);
     assert!(state.is_poisoned());
@@ -425,7 +425,7 @@ async fn an_idle_connection_past_its_expiry_reads_eof_and_closes() {
         .await
         .unwrap();
     let res = with_state(res.await.unwrap().unwrap(), &state);
-    let _end = ExchangeEnd::for_response(&res);
+    let _end = ExchangeEnd::for_request(None, &res, false);
     let idle_since = state.idle_since().expect("known idle");
     state.set_expiry(Some(ms(500)));
     assert_eq!(state.idle_deadline(), Some(idle_since + ms(500)));
@@ -455,7 +455,7 @@ async fn a_slow_response_is_never_expired() {
         .await
         .unwrap();
     let res = with_state(res.await.unwrap().unwrap(), &state);
-    let mut end = ExchangeEnd::for_response(&res);
+    let mut end = ExchangeEnd::for_request(None, &res, false);
     let mut body = Box::pin(res.into_body());
     for _ in 0..3 {
         // Gaps twice the expiry between chunks.
@@ -484,7 +484,7 @@ async fn a_claimed_connection_is_not_expired_under_its_request() {
         .await
         .unwrap();
     let res = with_state(res.await.unwrap().unwrap(), &state);
-    let _end = ExchangeEnd::for_response(&res);
+    let _end = ExchangeEnd::for_request(None, &res, false);
     state.set_expiry(Some(ms(100)));
     advance(ms(99)).await;
     send.ready().await.unwrap();
