@@ -761,39 +761,66 @@ mod composition {
     /// Generous: a loopback TCP + TLS handshake takes milliseconds.
     const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
+    /// PhaseTimeout (whose request bodies announce their attempts) over
+    /// hyper-util's client, with the tracker placed *inside* TLS.
+    struct InsideTls {
+        client: tower_conn_lifecycle::phase_timeout::PhaseTimeout<InsideTlsPool>,
+    }
+
+    type InsideTlsPool = Client<
+        SharedTlsConnector<tower_conn_lifecycle::track::TrackConnections<HttpConnector>>,
+        tower_conn_lifecycle::phase_timeout::RequestBody<Empty<Bytes>>,
+    >;
+
+    impl InsideTls {
+        fn new(ca: &Ca) -> Self {
+            let connector = ServiceBuilder::new()
+                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .layer(TrackConnectionsLayer::new())
+                .service(tcp());
+            let client = Client::builder(TokioExecutor::new()).build(connector);
+            let client = ServiceBuilder::new()
+                .layer(
+                    tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer::new()
+                        .read(CONNECT_LIMIT),
+                )
+                .service(client);
+            InsideTls { client }
+        }
+
+        /// GETs `server` by name: the HTTP version, the connection's
+        /// tracked state and the body (the server's view of the version).
+        async fn get(&self, server: &TestServer) -> (Version, ConnectionState, Bytes) {
+            use tower::ServiceExt;
+            let req = http::Request::get(server.url("localhost"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = self.client.clone().oneshot(req).await.unwrap();
+            let version = response.version();
+            let state = response
+                .extensions()
+                .get::<ConnectionState>()
+                .expect("the tracker's state in the response extensions")
+                .clone();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (version, state, body)
+        }
+    }
+
     /// A tracker placed *inside* TLS (the TLS connector wraps it) sees
     /// ciphertext and never ALPN; the request side tells it the connection
     /// is HTTP/2, so HTTP/1 rules (exchange counting, poisoning) are never
     /// applied to a multiplexed connection.
     #[tokio::test]
     async fn a_tracker_inside_tls_learns_the_connection_is_http2() {
-        use tower::ServiceExt;
-        use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
         bounded(async {
             let ca = Ca::new("test ca");
             let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
-            let connector = ServiceBuilder::new()
-                .layer(SharedTlsLayer::from_config(ca.client_config()))
-                .layer(TrackConnectionsLayer::new())
-                .service(tcp());
-            let client: Client<_, RequestBody<Empty<Bytes>>> =
-                Client::builder(TokioExecutor::new()).build(connector);
-            let client = ServiceBuilder::new()
-                .layer(PhaseTimeoutLayer::new().read(CONNECT_LIMIT))
-                .service(client);
+            let client = InsideTls::new(&ca);
             for round in 1..=2u64 {
-                let req = http::Request::get(server.url("localhost"))
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                let response = client.clone().oneshot(req).await.unwrap();
-                assert_eq!(response.version(), Version::HTTP_2);
-                let state = response
-                    .extensions()
-                    .get::<ConnectionState>()
-                    .expect("the tracker's state in the response extensions")
-                    .clone();
+                let (version, state, body) = client.get(&server).await;
+                assert_eq!(version, Version::HTTP_2);
                 assert!(state.is_http2(), "round {round}");
-                let body = response.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(&body[..], b"HTTP/2.0");
                 assert!(!state.is_poisoned());
             }
@@ -811,34 +838,15 @@ mod composition {
     /// the exchange is the request's and exact.
     #[tokio::test]
     async fn a_tracker_inside_tls_records_each_http1_request_exactly() {
-        use tower::ServiceExt;
-        use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
         use tower_conn_lifecycle::track::ExchangeOutcome;
         bounded(async {
             let ca = Ca::new("test ca");
             let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
-            let connector = ServiceBuilder::new()
-                .layer(SharedTlsLayer::from_config(ca.client_config()))
-                .layer(TrackConnectionsLayer::new())
-                .service(tcp());
-            let client: Client<_, RequestBody<Empty<Bytes>>> =
-                Client::builder(TokioExecutor::new()).build(connector);
-            let client = ServiceBuilder::new()
-                .layer(PhaseTimeoutLayer::new().read(CONNECT_LIMIT))
-                .service(client);
+            let client = InsideTls::new(&ca);
             let mut numbers = Vec::new();
             for _ in 0..2 {
-                let req = http::Request::get(server.url("localhost"))
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                let response = client.clone().oneshot(req).await.unwrap();
-                assert_eq!(response.version(), Version::HTTP_11);
-                let state = response
-                    .extensions()
-                    .get::<ConnectionState>()
-                    .expect("the tracker's state in the response extensions")
-                    .clone();
-                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let (version, state, body) = client.get(&server).await;
+                assert_eq!(version, Version::HTTP_11);
                 assert_eq!(&body[..], b"HTTP/1.1");
                 let e = state.exchange();
                 assert!(e.is_exact(), "{e:?}");
