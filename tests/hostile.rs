@@ -85,33 +85,49 @@ struct Counters {
     heads: AtomicUsize,
     bytes_read: AtomicU64,
     /// Per `x-req-id`: the index of the connection each of its heads came on.
-    by_id: Mutex<HashMap<String, Vec<usize>>>,
+    by_id: ById<usize>,
+}
+
+/// Something recorded per request head, by the head's `x-req-id`.
+#[derive(Debug)]
+struct ById<T>(Mutex<HashMap<String, Vec<T>>>);
+
+impl<T> Default for ById<T> {
+    fn default() -> Self {
+        ById(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T: Clone> ById<T> {
+    fn push(&self, head: &Head, value: T) {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(head.header(REQ_ID).unwrap_or("-").to_owned())
+            .or_default()
+            .push(value);
+    }
+
+    /// What was recorded for this request id, in order.
+    fn of(&self, id: &str) -> Vec<T> {
+        self.0.lock().unwrap().get(id).cloned().unwrap_or_default()
+    }
 }
 
 impl Counters {
     fn record_head(&self, head: &Head, conn: usize) {
         self.heads.fetch_add(1, Ordering::SeqCst);
-        self.by_id
-            .lock()
-            .unwrap()
-            .entry(head.header(REQ_ID).unwrap_or("-").to_owned())
-            .or_default()
-            .push(conn);
+        self.by_id.push(head, conn);
     }
 
     /// How many heads arrived with this request id.
     fn heads_of(&self, id: &str) -> usize {
-        self.by_id.lock().unwrap().get(id).map_or(0, Vec::len)
+        self.by_id.of(id).len()
     }
 
     /// The connections the heads of this request id arrived on.
     fn conns_of(&self, id: &str) -> Vec<usize> {
-        self.by_id
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .unwrap_or_default()
+        self.by_id.of(id)
     }
 }
 
@@ -1168,7 +1184,7 @@ struct Hostile {
     rng: Mutex<Rng>,
     actions: Mutex<BTreeMap<Action, usize>>,
     /// Per `x-req-id`: what the server did with each of its heads.
-    by_id: Mutex<HashMap<String, Vec<Action>>>,
+    by_id: ById<Action>,
 }
 
 impl Hostile {
@@ -1182,21 +1198,11 @@ impl Hostile {
 
     fn record(&self, head: &Head, action: Action) {
         self.count(action);
-        self.by_id
-            .lock()
-            .unwrap()
-            .entry(head.header(REQ_ID).unwrap_or("-").to_owned())
-            .or_default()
-            .push(action);
+        self.by_id.push(head, action);
     }
 
     fn actions_of(&self, id: &str) -> Vec<Action> {
-        self.by_id
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .unwrap_or_default()
+        self.by_id.of(id)
     }
 
     fn request_action(&self) -> Action {
@@ -1378,7 +1384,7 @@ async fn randomized_hostile_server() {
         let hostile = Arc::new(Hostile {
             rng: Mutex::new(Rng::new(seed ^ 0x5eed_5e7e)),
             actions: Mutex::new(BTreeMap::new()),
-            by_id: Mutex::new(HashMap::new()),
+            by_id: ById::default(),
         });
         let server = {
             let hostile = hostile.clone();
