@@ -136,11 +136,13 @@ async fn late_body_end_of_an_earlier_exchange_leaves_the_next_in_flight() {
     let mut send = handshake(io).await;
     let a = tokio::spawn(send.send_request(get()));
     read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")
-        .await
-        .unwrap();
-    let a = with_state(a.await.unwrap().unwrap(), &state);
+    let a = answer(
+        &mut server,
+        a,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+    )
+    .await;
     // Response A's marker is taken at head time (exchange 1)...
     let mut end_a = ExchangeEnd::for_request(None, &a, false);
     // ...but its caller is slow: hyper has the whole body off the wire and
@@ -159,11 +161,13 @@ async fn late_body_end_of_an_earlier_exchange_leaves_the_next_in_flight() {
     assert!(state.in_flight(), "{state:?}");
     assert_eq!(state.exchange().number(), 2);
     assert_eq!(state.exchange().outcome(), ExchangeOutcome::InFlight);
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb")
-        .await
-        .unwrap();
-    let b = with_state(b.await.unwrap().unwrap(), &state);
+    let b = answer(
+        &mut server,
+        b,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+    )
+    .await;
     let mut end_b = ExchangeEnd::for_request(None, &b, false);
     b.into_body().collect().await.unwrap();
     end_b.end();
@@ -196,11 +200,13 @@ async fn empty_bodies_end_the_exchange_at_head_time() {
     let head = http::Request::head("/").body(Full::default()).unwrap();
     let res = tokio::spawn(send.send_request(head));
     read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let res = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+    )
+    .await;
     let _end = ExchangeEnd::for_request(None, &res, false);
     assert!(!state.in_flight(), "HEAD: {state:?}");
 }
@@ -395,11 +401,13 @@ async fn a_body_dropped_before_its_end_poisons_the_connection() {
     let mut send = handshake(io).await;
     let res = tokio::spawn(send.send_request(get()));
     read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nx")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let res = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nx",
+    )
+    .await;
     let end = ExchangeEnd::for_request(None, &res, false);
     drop(res);
     drop(end);
@@ -420,11 +428,13 @@ async fn an_idle_connection_past_its_expiry_reads_eof_and_closes() {
     let conn = tokio::spawn(conn);
     let res = tokio::spawn(send.send_request(http::Request::get("/").body(Empty::new()).unwrap()));
     read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let res = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
     let _end = ExchangeEnd::for_request(None, &res, false);
     let idle_since = state.idle_since().expect("known idle");
     state.set_expiry(Some(ms(500)));
@@ -450,11 +460,13 @@ async fn a_slow_response_is_never_expired() {
     let mut send = handshake(io).await;
     let res = tokio::spawn(send.send_request(get()));
     read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let res = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await;
     let mut end = ExchangeEnd::for_request(None, &res, false);
     let mut body = Box::pin(res.into_body());
     for _ in 0..3 {
@@ -479,11 +491,13 @@ async fn a_claimed_connection_is_not_expired_under_its_request() {
     let get = || http::Request::get("/").body(Empty::<Bytes>::new()).unwrap();
     let res = tokio::spawn(send.send_request(get()));
     read_request(&mut server).await;
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let res = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
     let _end = ExchangeEnd::for_request(None, &res, false);
     state.set_expiry(Some(ms(100)));
     advance(ms(99)).await;
@@ -672,10 +686,18 @@ async fn announced_204(
     let (body, _) = Announcing::new(state, Bytes::new(), false);
     let res = tokio::spawn(send.send_request(post(body)));
     read_head(server).await;
-    server
-        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-        .await
-        .unwrap();
+    answer(server, res, state, b"HTTP/1.1 204 No Content\r\n\r\n").await
+}
+
+/// The server writes `response`; the client's response to come (`res`)
+/// then arrives, carrying the tracker's state as hyper-util's would.
+async fn answer(
+    server: &mut DuplexStream,
+    res: Pending,
+    state: &ConnectionState,
+    response: &[u8],
+) -> http::Response<hyper::body::Incoming> {
+    server.write_all(response).await.unwrap();
     with_state(res.await.unwrap().unwrap(), state)
 }
 
@@ -737,11 +759,13 @@ async fn a_1xx_during_an_upload_is_the_same_attempt() {
 async fn an_early_final_response_then_drop_closes_the_connection() {
     let (state, mut server, res, _send, _) = start_upload(1 << 20).await;
     drain(&mut server, 8 << 10).await;
-    server
-        .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let res = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
     assert_eq!(res.status(), 413);
     let end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &res);
     // The response is complete, the upload is not: still in flight.
@@ -860,11 +884,13 @@ async fn a_late_end_of_an_empty_response_never_ends_the_next_attempt() {
     assert!(state.in_flight());
     assert!(!state.is_poisoned());
     assert_eq!(state.exchange().outcome(), ExchangeOutcome::InFlight);
-    server
-        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-        .await
-        .unwrap();
-    let second = with_state(second.await.unwrap().unwrap(), &state);
+    let second = answer(
+        &mut server,
+        second,
+        &state,
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    )
+    .await;
     let _end = ExchangeEnd::for_attempt(state.clone(), 2, true, false, &second);
     assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
 }
@@ -880,11 +906,13 @@ async fn a_content_length_body_that_never_ends_ends_its_upload_when_hyper_drops_
     tokio::task::yield_now().await;
     // hyper wrote the ten bytes and dropped the body (it never polls a
     // `Content-Length` body past its length): the upload is over.
-    server
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .unwrap();
-    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let res = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
     let _end = ExchangeEnd::for_attempt(state.clone(), 1, true, false, &res);
     assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
 }
