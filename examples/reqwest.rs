@@ -59,7 +59,7 @@ async fn main() -> Result<(), tower_conn_lifecycle::BoxError> {
             println!(
                 "blackhole: failed after {} ms: {}",
                 started.elapsed().as_millis(),
-                tower_conn_lifecycle::testing::error_chain(&err)
+                tower_conn_lifecycle::ErrorChain(&err)
             );
             println!(
                 "  is_timeout()={} is_connect()={}",

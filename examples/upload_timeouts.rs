@@ -156,7 +156,7 @@ async fn demo() -> Result<(), BoxError> {
         if let Err(e) = &o.status {
             println!(
                 "{name}: {}",
-                tower_conn_lifecycle::testing::error_chain(e.as_ref())
+                tower_conn_lifecycle::ErrorChain(e.as_ref())
             );
         }
     };
@@ -279,7 +279,7 @@ async fn external(args: &[String]) -> ExitCode {
         Err(e) => {
             println!(
                 "error: {}",
-                tower_conn_lifecycle::testing::error_chain(e.as_ref())
+                tower_conn_lifecycle::ErrorChain(e.as_ref())
             );
             let phase =
                 find_cause::<Elapsed>(e.as_ref()).map_or("other".into(), |e| e.phase().to_string());
@@ -302,7 +302,7 @@ async fn main() -> ExitCode {
             Err(e) => {
                 eprintln!(
                     "error: {}",
-                    tower_conn_lifecycle::testing::error_chain(e.as_ref())
+                    tower_conn_lifecycle::ErrorChain(e.as_ref())
                 );
                 ExitCode::FAILURE
             }

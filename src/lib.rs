@@ -137,54 +137,9 @@
 /// Each layer documents which concrete errors can be downcast from it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The first `T` in `err` or its [`source()`](std::error::Error::source)
-/// chain, also looking inside `std::io::Error`s (whose `source()` skips the
-/// custom error they carry).
-///
-/// hyper-util, hyper and reqwest wrap the errors of connectors and IO, so
-/// this crate's typed errors are usually found a few causes down.
-///
-/// ```
-/// use tower_conn_lifecycle::{find_cause, phase_timeout::Elapsed, BoxError};
-///
-/// let io = std::io::Error::other("reset");
-/// let err: BoxError = Box::new(io);
-/// assert!(find_cause::<std::io::Error>(err.as_ref()).is_some());
-/// assert!(find_cause::<Elapsed>(err.as_ref()).is_none());
-/// ```
-pub fn find_cause<'a, T>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T>
-where
-    T: std::error::Error + 'static,
-{
-    causes(err).find_map(|e| e.downcast_ref::<T>())
-}
-
-/// The longest error chain looked at (a guard against cyclic or
-/// pathological chains).
-const MAX_CHAIN: usize = 32;
-
-/// `err` and its causes: the one chain walker of the crate (used by
-/// [`find_cause`], the retry classifier and the testing kit's printer).
-/// It looks inside `io::Error` and `h2::Error`, whose `source()` skips the
-/// error they carry.
-pub(crate) fn causes<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(err), |&e| {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static));
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            if let Some(io) = h2.get_io() {
-                return Some(io as &(dyn std::error::Error + 'static));
-            }
-        }
-        e.source()
-    })
-    .take(MAX_CHAIN)
-}
+mod error;
+pub use error::{find_cause, ErrorChain};
+pub(crate) use error::causes;
 
 pub mod client;
 mod clock;

@@ -293,7 +293,10 @@ async fn post_seed_race_never_duplicates_and_names_the_rule() {
     for (rule, text) in &tally.errors {
         assert_eq!(*rule, Rule::NotIdempotent, "{text}");
         assert!(
-            text.starts_with("not retried: POST without Idempotency-Key on a reused connection"),
+            text.starts_with("POST http://127.0.0.1:")
+                && text.ends_with(
+                    "; not retried: not idempotent, no Idempotency-Key (reused connection)"
+                ),
             "{text}"
         );
     }
@@ -353,9 +356,11 @@ async fn reset_on_a_fresh_connection_is_returned_after_one_attempt() {
     let e = not_retried(&err);
     assert_eq!(e.rule(), Rule::FreshConnection);
     assert_eq!(e.retries(), 0);
-    assert_eq!(
-        err.to_string(),
-        "not retried: GET failed on a new connection"
+    let text = err.to_string();
+    assert!(
+        text.starts_with("GET http://127.0.0.1:")
+            && text.ends_with("; not retried: the connection was new, not a stale one"),
+        "{text}"
     );
     assert_eq!(server.attempts(), 1);
     assert_eq!(server.connections(), 1);
@@ -430,9 +435,10 @@ async fn part_of_the_response_head_then_reset_is_not_retried() {
         .await
         .unwrap_err();
     assert_eq!(not_retried(&err).rule(), Rule::ResponseStarted);
-    assert_eq!(
-        err.to_string(),
-        "not retried: GET failed after part of the response arrived"
+    let text = err.to_string();
+    assert!(
+        text.ends_with("; not retried: part of the response had arrived"),
+        "{text}"
     );
     assert_eq!((server.attempts(), server.connections()), (2, 1));
 }
@@ -491,9 +497,10 @@ async fn body_past_the_replay_limit_is_not_retried() {
     let e = not_retried(&err);
     assert_eq!(e.rule(), Rule::BodyNotReplayable);
     assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
-    assert_eq!(
-        err.to_string(),
-        "not retried: PUT body went past the 65536-byte replay buffer"
+    let text = err.to_string();
+    assert!(
+        text.ends_with("; not retried: the body went past the 65536-byte replay buffer"),
+        "{text}"
     );
     // One attempt of the large request, none processed.
     assert_eq!((server.attempts(), server.responses()), (2, 1));
@@ -752,7 +759,14 @@ async fn read_timeout_under_retry_is_never_retried() {
     let res = timeout(STEP_LIMIT, svc.oneshot(req)).await.unwrap();
     let err = res.map(|_| ()).unwrap_err();
     assert_eq!(not_retried(&err).rule(), Rule::Timeout);
-    assert_eq!(err.to_string(), "not retried: PUT timed out");
+    // The display names the phase and limit; no retry was in question.
+    let text = err.to_string();
+    assert!(
+        text.starts_with("PUT http://127.0.0.1:")
+            && text.contains(": read timed out after ")
+            && !text.contains("not retried"),
+        "{text}"
+    );
     eventually("the server to read the request", || server.requests() == 1).await;
     assert_eq!(server.connections(), 1);
 }

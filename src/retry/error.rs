@@ -3,9 +3,10 @@
 use std::error::Error;
 use std::fmt;
 
-use http::Method;
+use http::{Method, Uri};
 
 use super::{RetryReason, Rule};
+use crate::error::WhatHappened;
 use crate::BoxError;
 
 /// A request failed and was not retried; [`rule()`](Self::rule) says which
@@ -17,8 +18,21 @@ use crate::BoxError;
 /// with [`find_cause`](crate::find_cause), which also finds the
 /// `NotRetried` itself when another layer wraps it.
 ///
-/// Display: `not retried: POST without Idempotency-Key on a reused
-/// connection`.
+/// Its display says what happened first, then, only where a retry was in
+/// question (the failure was a connection failure), why none was made:
+///
+/// ```text
+/// GET http://10.0.0.7:8080: read timed out after 5s: no response head since the upload finished (0 bytes sent, 0 bytes received)
+/// GET http://10.0.0.7:8080: connect failed: Connection refused (os error 111)
+/// POST http://10.0.0.7:8080: connection closed before message completed; not retried: not idempotent, no Idempotency-Key (reused connection)
+/// ```
+///
+/// The destination is the URI's scheme, host and port (never its user
+/// info, path or query). What happened is the first typed fact of this
+/// crate in the chain ([`Elapsed`](crate::phase_timeout::Elapsed) with its
+/// phase and limit, [`ConnectionExpired`](crate::track::ConnectionExpired),
+/// a TLS failure), else the chain's root cause; the whole chain is
+/// [`ErrorChain`](crate::ErrorChain)'s to print.
 ///
 /// ```
 /// use tower_conn_lifecycle::retry::{NotRetried, Rule};
@@ -33,6 +47,7 @@ use crate::BoxError;
 pub struct NotRetried {
     rule: Rule,
     method: Method,
+    uri: Option<Uri>,
     retries: usize,
     safe: Option<RetryReason>,
     replay_limit: Option<usize>,
@@ -45,12 +60,19 @@ impl NotRetried {
         NotRetried {
             rule,
             method,
+            uri: None,
             retries: 0,
             safe: None,
             replay_limit: None,
             reuse_known: true,
             source,
         }
+    }
+
+    /// The request's URI, for the display (scheme, host and port only).
+    pub(crate) fn uri(mut self, uri: &Uri) -> Self {
+        self.uri = Some(uri.clone());
+        self
     }
 
     pub(crate) fn retries_made(mut self, retries: usize) -> Self {
@@ -105,32 +127,63 @@ impl NotRetried {
 impl fmt::Display for NotRetried {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.method;
-        f.write_str("not retried: ")?;
+        write!(f, "{m}")?;
+        if let Some(host) = self.uri.as_ref().and_then(Uri::host) {
+            // Scheme, host and port only: no user info, path or query (they
+            // may carry credentials).
+            f.write_str(" ")?;
+            if let Some(scheme) = self.uri.as_ref().and_then(Uri::scheme_str) {
+                write!(f, "{scheme}://")?;
+            }
+            f.write_str(host)?;
+            if let Some(port) = self.uri.as_ref().and_then(Uri::port_u16) {
+                write!(f, ":{port}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if self.rule == Rule::ConnectFailed {
+            f.write_str("connect failed: ")?;
+        }
+        write!(f, "{}", WhatHappened(self.source.as_ref()))?;
+        // Only where a retry was in question does the display say why none
+        // was made: a timeout, a failed connect or an error that is not a
+        // connection failure is never a stale connection.
         match self.rule {
-            Rule::Timeout => write!(f, "{m} timed out"),
-            Rule::ConnectTimeout => {
-                f.write_str("connect timed out (connect-timeout retries are off)")
+            Rule::Timeout
+            | Rule::ConnectTimeout
+            | Rule::ConnectFailed
+            | Rule::NotConnectionFailure => {
+                return match self.retries {
+                    0 => Ok(()),
+                    1 => f.write_str(" (after 1 retry)"),
+                    n => write!(f, " (after {n} retries)"),
+                }
             }
-            Rule::ConnectFailed => f.write_str("the connection could not be established"),
-            Rule::NotConnectionFailure => write!(f, "{m} failed, not by a connection failure"),
-            Rule::ResponseStarted => write!(f, "{m} failed after part of the response arrived"),
-            Rule::FreshConnection => write!(f, "{m} failed on a new connection"),
+            _ => f.write_str("; not retried: ")?,
+        }
+        match self.rule {
+            Rule::ResponseStarted => f.write_str("part of the response had arrived"),
+            Rule::FreshConnection => f.write_str("the connection was new, not a stale one"),
             Rule::NotIdempotent if self.reuse_known => {
-                write!(f, "{m} without Idempotency-Key on a reused connection")
+                f.write_str("not idempotent, no Idempotency-Key (reused connection)")
             }
-            Rule::NotIdempotent => write!(
-                f,
-                "{m} without Idempotency-Key; connection reuse unknown (untracked)"
+            Rule::NotIdempotent => f.write_str(
+                "not idempotent, no Idempotency-Key (connection reuse unknown: untracked)",
             ),
             Rule::BodyNotReplayable => match self.replay_limit {
-                Some(limit) => write!(f, "{m} body went past the {limit}-byte replay buffer"),
-                None => write!(f, "{m} body cannot be replayed"),
+                Some(limit) => write!(f, "the body went past the {limit}-byte replay buffer"),
+                None => f.write_str("the body cannot be replayed"),
             },
             Rule::RetriesExhausted => match self.retries {
+                0 => f.write_str("retries are off (limit 0)"),
                 1 => f.write_str("retry limit reached after 1 retry"),
                 n => write!(f, "retry limit reached after {n} retries"),
             },
             Rule::BudgetExhausted => f.write_str("retry budget exhausted"),
+            Rule::Timeout
+            | Rule::ConnectTimeout
+            | Rule::ConnectFailed
+            | Rule::NotConnectionFailure => Ok(()),
         }
     }
 }
@@ -150,11 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn display_names_the_rule_and_keeps_the_cause() {
-        let e = NotRetried::new(Rule::NotIdempotent, Method::POST, reset());
+    fn display_says_what_happened_then_why_no_retry() {
+        let uri = Uri::from_static("http://user:secret@10.0.0.7:8080/upload?token=t");
+        let e = NotRetried::new(Rule::NotIdempotent, Method::POST, reset()).uri(&uri);
         assert_eq!(
             e.to_string(),
-            "not retried: POST without Idempotency-Key on a reused connection"
+            "POST http://10.0.0.7:8080: connection reset; \
+             not retried: not idempotent, no Idempotency-Key (reused connection)"
         );
         assert_eq!(e.rule(), Rule::NotIdempotent);
         let source = e.source().unwrap();
@@ -165,27 +220,48 @@ mod tests {
         let e = NotRetried::new(Rule::NotIdempotent, Method::PATCH, reset()).reuse_unknown();
         assert_eq!(
             e.to_string(),
-            "not retried: PATCH without Idempotency-Key; connection reuse unknown (untracked)"
+            "PATCH: connection reset; \
+             not retried: not idempotent, no Idempotency-Key (connection reuse unknown: untracked)"
         );
         let e = NotRetried::new(Rule::BodyNotReplayable, Method::PUT, reset())
             .replay_limit(Some(65536))
             .otherwise_safe(RetryReason::StaleConnection);
         assert_eq!(
             e.to_string(),
-            "not retried: PUT body went past the 65536-byte replay buffer"
+            "PUT: connection reset; not retried: the body went past the 65536-byte replay buffer"
         );
         assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
         let e = NotRetried::new(Rule::RetriesExhausted, Method::GET, reset()).retries_made(2);
         assert_eq!(
             e.to_string(),
-            "not retried: retry limit reached after 2 retries"
+            "GET: connection reset; not retried: retry limit reached after 2 retries"
         );
         assert_eq!(e.retries(), 2);
         let e = NotRetried::new(Rule::FreshConnection, Method::GET, reset());
-        assert_eq!(e.to_string(), "not retried: GET failed on a new connection");
-        // Found through wrappers; the display never repeats the source.
+        assert_eq!(
+            e.to_string(),
+            "GET: connection reset; not retried: the connection was new, not a stale one"
+        );
+        // No retry was in question: no "not retried"; retries made before
+        // the final failure are still told.
+        let refused: BoxError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        let e = NotRetried::new(Rule::ConnectFailed, Method::GET, refused)
+            .uri(&Uri::from_static("https://example.com/x"));
+        assert_eq!(
+            e.to_string(),
+            "GET https://example.com: connect failed: Connection refused (os error 111)"
+        );
+        let e = NotRetried::new(Rule::NotConnectionFailure, Method::GET, reset()).retries_made(1);
+        assert_eq!(e.to_string(), "GET: connection reset (after 1 retry)");
+        // Found through wrappers; the chain printer shows the cause once.
         let boxed: BoxError = Box::new(e);
         assert!(crate::find_cause::<NotRetried>(boxed.as_ref()).is_some());
-        assert!(!boxed.to_string().contains("reset"));
+        assert_eq!(
+            crate::ErrorChain(boxed.as_ref()).to_string(),
+            "GET: connection reset (after 1 retry)"
+        );
     }
 }

@@ -197,6 +197,7 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
             Err(rule) => {
                 let source = std::mem::replace(err, Box::new(Taken));
                 let mut refused = NotRetried::new(rule, req.method().clone(), source)
+                    .uri(req.uri())
                     .retries_made(self.retried.count);
                 if let Ok(reason) = safe {
                     refused = refused.otherwise_safe(reason);

@@ -112,7 +112,8 @@ async fn post_reset_is_not_retried_and_says_why() {
     assert_eq!(e.retries(), 0);
     assert_eq!(
         err.to_string(),
-        "not retried: POST without Idempotency-Key; connection reuse unknown (untracked)"
+        "POST http://127.0.0.1:1: connection reset; \
+         not retried: not idempotent, no Idempotency-Key (connection reuse unknown: untracked)"
     );
     let source = std::error::Error::source(e).unwrap();
     assert_eq!(
@@ -159,7 +160,7 @@ async fn attempts_are_bounded() {
     assert_eq!(e.retry_safe_reason(), Some(RetryReason::ConnectionClosed));
     assert_eq!(
         err.to_string(),
-        "not retried: retry limit reached after 1 retry"
+        "GET http://127.0.0.1:1: connection reset; not retried: retry limit reached after 1 retry"
     );
     assert_eq!(server.await.unwrap().len(), 2);
 
@@ -208,7 +209,10 @@ async fn budget_is_shared_by_clones_and_refuses_storms() {
     let err = svc.oneshot(request(http::Method::GET)).await.unwrap_err();
     let e = not_retried(&err);
     assert_eq!(e.rule(), Rule::BudgetExhausted);
-    assert_eq!(err.to_string(), "not retried: retry budget exhausted");
+    assert_eq!(
+        err.to_string(),
+        "GET http://127.0.0.1:1: connection reset; not retried: retry budget exhausted"
+    );
     assert_eq!(server.await.unwrap().len(), 3);
 }
 
@@ -311,7 +315,7 @@ async fn streamed_body_past_the_limit_is_not_retried() {
     assert_eq!(e.retry_safe_reason(), Some(RetryReason::ConnectionClosed));
     assert_eq!(
         err.to_string(),
-        "not retried: PUT body went past the 2500-byte replay buffer"
+        "PUT: connection reset; not retried: the body went past the 2500-byte replay buffer"
     );
     assert_eq!(server.await.unwrap(), (4000, false));
 }

@@ -76,5 +76,5 @@ pub use http2::{Http2FaultServer, Http2FaultServerBuilder};
 pub use hyper_server::HyperServer;
 pub use idle::{IdleClosingServer, IdleClosingServerBuilder};
 pub use reset::{ResetServer, ResetServerBuilder};
-pub use seed::{error_chain, Rng, Sample, SeedReport, SeedTimeout, SeedWorkload};
+pub use seed::{Rng, Sample, SeedReport, SeedTimeout, SeedWorkload};
 pub use throttle::{ThrottledReader, ThrottledReaderBuilder};

@@ -324,7 +324,7 @@ impl SeedReport {
         let mut chains = BTreeMap::new();
         for s in &self.samples {
             if let Err(e) = &s.outcome {
-                *chains.entry(error_chain(e.as_ref())).or_default() += 1;
+                *chains.entry(crate::ErrorChain(e.as_ref()).to_string()).or_default() += 1;
             }
         }
         chains
@@ -364,19 +364,6 @@ impl std::fmt::Display for SeedTimeout {
 }
 
 impl Error for SeedTimeout {}
-
-/// An error and its sources joined by ` <- ` (a wrapper repeating its
-/// cause's text is shown once); looks inside `io::Error`s too.
-pub fn error_chain(err: &(dyn Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for e in crate::causes(err) {
-        let text = e.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-    }
-    parts.join(" <- ")
-}
 
 /// A tiny xorshift generator: deterministic per seed, no dependency.
 #[derive(Debug, Clone)]

@@ -70,23 +70,24 @@ where
     type Output = Result<MaybeHttpsStream<T>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match self.project().state.project() {
-            StateProj::Failed { error } => Err(error.take().expect("polled after completion")),
+        Poll::Ready(match self.project().state.project() {
+            StateProj::Failed { error } => {
+                Err(error.take().expect("polled after completion").into())
+            }
+            // Plain http: the inner connector's error as it is, not a TLS
+            // error.
             StateProj::Http { future } => ready!(future.poll(cx))
                 .map(MaybeHttpsStream::Http)
-                .map_err(TlsConnectError::connect),
-            StateProj::Https { future } => {
-                return Poll::Ready(ready!(future.as_mut().poll(cx)).map_err(|e| {
-                    // The inner connector's errors were typed on the way in;
-                    // anything else is the handshake's.
-                    match e.downcast::<TlsConnectError>() {
-                        Ok(typed) => typed as BoxError,
-                        Err(e) => TlsConnectError::handshake(e).into(),
-                    }
-                }));
-            }
-        };
-        Poll::Ready(result.map_err(Into::into))
+                .map_err(Into::into),
+            StateProj::Https { future } => ready!(future.as_mut().poll(cx)).map_err(|e| {
+                // The inner connector's errors were typed on the way in;
+                // anything else is the handshake's.
+                match e.downcast::<TlsConnectError>() {
+                    Ok(typed) => typed as BoxError,
+                    Err(e) => TlsConnectError::handshake(e).into(),
+                }
+            }),
+        })
     }
 }
 

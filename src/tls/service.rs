@@ -51,9 +51,12 @@ use crate::BoxError;
 ///
 /// # Errors
 ///
-/// The service's error is a [`BoxError`] holding a [`TlsConnectError`]; the
-/// inner connector's error and the [`rustls::Error`] are reachable through
-/// `source()`.
+/// For `https://`, the service's error is a [`BoxError`] holding a
+/// [`TlsConnectError`]; the inner connector's error and the
+/// [`rustls::Error`] are reachable through `source()`. For `http://`, a
+/// failed connect is the inner connector's error as it is (no TLS was
+/// involved). An error of the inner connector's `poll_ready` (before the
+/// scheme is known) is a [`TlsConnectErrorKind::Connect`].
 ///
 /// # Cloning
 ///

@@ -349,20 +349,27 @@ async fn unusable_uris_fail_before_the_inner_connector_is_called() {
 }
 
 #[tokio::test]
-async fn inner_failures_are_connect_errors_for_both_schemes() {
+async fn inner_failures_are_connect_errors_for_https_and_untouched_for_http() {
     let inner = Recorder::default();
     let mut connector =
         SharedTlsConnector::from_config(inner.clone(), Arc::new(Ca::new().client_config()));
-    for uri in [
-        "https://localhost:1/",
-        "HTTPS://[::1]:1/",
-        "http://localhost:1/",
-    ] {
+    for uri in ["https://localhost:1/", "HTTPS://[::1]:1/"] {
         let err = connect_err(&mut connector, uri).await;
         assert_eq!(err.kind(), TlsConnectErrorKind::Connect, "{uri}");
         let io = err.source().unwrap().downcast_ref::<io::Error>().unwrap();
         assert_eq!(io.to_string(), "recorded");
     }
+    // A plain http:// connect failure is not a TLS error: the inner
+    // connector's error comes back as it is.
+    let err = connector
+        .ready()
+        .await
+        .unwrap()
+        .call(Uri::from_static("http://localhost:1/"))
+        .await
+        .unwrap_err();
+    assert!(!err.is::<TlsConnectError>(), "{err:?}");
+    assert_eq!(err.downcast_ref::<io::Error>().unwrap().to_string(), "recorded");
     // The inner connector got each URI unchanged.
     let calls: Vec<String> = inner.calls().iter().map(Uri::to_string).collect();
     assert_eq!(
