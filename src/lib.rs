@@ -17,8 +17,8 @@
 //!   send and read are *stall* limits, and every timeout error names its
 //!   [`Phase`](phase_timeout::Phase);
 //! * [`track`] — the connection tracker the other layers build on: live
-//!   per-connection state and a [`ConnectionInfo`](track::ConnectionInfo)
-//!   response extension (reused? idle time? time to first byte?);
+//!   per-connection state, and [`ConnectionInfo::of(&response)`](track::ConnectionInfo::of)
+//!   (reused? idle time? time to first byte?);
 #![cfg_attr(
     feature = "tls",
     doc = "* [`tls`] — one lazily built rustls configuration shared by every client in the process;"

@@ -50,12 +50,14 @@ pub(crate) enum Waiting {
 ///
 /// Returned, boxed as [`BoxError`](crate::BoxError), by
 /// [`PhaseTimeout`](super::PhaseTimeout)'s response future and by its
-/// response body ([`ResponseBody`](super::ResponseBody)): find it there with
-/// `err.downcast_ref::<Elapsed>()`. [`ConnectTimeout`](super::ConnectTimeout)
-/// returns it inside an `io::Error` of kind `TimedOut` (so timeout checks
-/// by that kind, such as reqwest's `is_timeout()`, still match), and
-/// hyper-util's client and reqwest wrap errors further: there use
-/// [`find_cause`](crate::find_cause), which looks through all of these.
+/// response body ([`ResponseBody`](super::ResponseBody)).
+/// [`ConnectTimeout`](super::ConnectTimeout) returns it inside an
+/// `io::Error` of kind `TimedOut` (so timeout checks by that kind, such as
+/// reqwest's `is_timeout()`, still match), and hyper-util's client, the
+/// retry layer and reqwest wrap errors further. Find it with
+/// [`find_cause`](crate::find_cause), which looks through all of these,
+/// rather than `downcast_ref` (the crate docs' [Errors](crate#errors) table
+/// says which type is on top in which stack).
 ///
 /// ```
 /// use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase};

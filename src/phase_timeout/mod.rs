@@ -116,6 +116,7 @@
 //!     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody,
 //! };
 //! use tower_conn_lifecycle::track::TrackConnectionsLayer;
+//! use tower_conn_lifecycle::{find_cause, ErrorChain};
 //!
 //! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 //! let connector = ServiceBuilder::new()
@@ -136,9 +137,11 @@
 //! let req = http::Request::post("http://127.0.0.1:8080/upload").body(body)?;
 //! match client.oneshot(req).await {
 //!     Ok(res) => println!("{}", res.into_body().collect().await?.to_bytes().len()),
-//!     Err(e) => match e.downcast_ref::<Elapsed>() {
+//!     // `find_cause`, not `downcast_ref`: whatever wraps the timeout (the
+//!     // retry layer, hyper-util, an `io::Error`), it finds it.
+//!     Err(e) => match find_cause::<Elapsed>(e.as_ref()) {
 //!         Some(t) if t.phase() == Phase::Send => eprintln!("upload stalled: {t}"),
-//!         _ => eprintln!("{e}"),
+//!         _ => eprintln!("{}", ErrorChain(e.as_ref())),
 //!     },
 //! }
 //! # Ok(())

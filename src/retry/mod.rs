@@ -35,9 +35,15 @@
 //! allows it ([`Rule::BudgetExhausted`]). A retry is sent at once, with a
 //! fresh connection capture, and logged as a `tracing` debug event; a
 //! response that needed retries carries a [`Retried`] extension (how many,
-//! and each [`RetryReason`]). Every error is a [`NotRetried`] naming the
-//! rule, e.g. `not retried: POST without Idempotency-Key on a reused
-//! connection`, with the last attempt's error as its `source()`.
+//! and each [`RetryReason`]). Every error of the response future is a
+//! [`NotRetried`]: its [`rule()`](NotRetried::rule) says why no retry was
+//! made, its `source()` is the last attempt's error, and its display says
+//! what happened first and why it was not retried only where a retry was in
+//! question, e.g. `POST http://10.0.0.7:8080: connection closed before
+//! message completed; not retried: not idempotent, no Idempotency-Key
+//! (reused connection)` or `GET http://10.0.0.7:8080: read timed out after
+//! 5s: …`. Errors of the response *body* are not wrapped (nothing can be
+//! retried once a response was returned).
 //!
 //! # What the tracker's record proves
 //!

@@ -11,15 +11,24 @@ use http_body::Body;
 use super::future::InfoFuture;
 use super::{ConnectionCapture, ConnectionState, TrackedBody};
 
-/// What happened on the connection for one request: a response extension, in
-/// the spirit of curl's `-w` variables and Go's `httptrace`.
+/// What happened on the connection for one request, in the spirit of curl's
+/// `-w` variables and Go's `httptrace`: reused or not, idle before, connect,
+/// upload and time to first byte.
 ///
-/// Inserted by [`ConnectionInfoLayer`]; [`ConnectionInfo::of`] also derives it
-/// from a response that only carries the tracker's [`ConnectionState`] (any
-/// response from hyper-util's client over a
-/// [`TrackConnections`](super::TrackConnections) connector does).
+/// Get it with [`ConnectionInfo::of(&response)`](ConnectionInfo::of), which
+/// works on every response that came over a tracked connection: from the
+/// one-call [`client`](crate::client), from hyper-util's client over a
+/// [`TrackConnections`](super::TrackConnections) connector, whatever layers
+/// are above. It reads the tracker's [`ConnectionState`] extension, so take
+/// it as soon as the response arrives (the state moves on with the
+/// connection's next request). [`ConnectionInfoLayer`] takes that snapshot
+/// for you when the head arrives and stores it as a `ConnectionInfo`
+/// response extension, which `of` then returns; without that layer,
+/// `response.extensions().get::<ConnectionInfo>()` is `None`.
 ///
-/// Durations are measured on the socket by the tracker's IO.
+/// Durations are measured on the socket by the tracker's IO, between the
+/// socket operations it sees: a request small enough to go out in one write
+/// has an [`upload_duration`](Self::upload_duration) of exactly zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionInfo {
     pub(super) id: u64,
@@ -71,7 +80,9 @@ impl ConnectionInfo {
     }
 
     /// From this request's first byte written to its last byte written before
-    /// the response started.
+    /// the response started: `Some(0ns)` when the whole request went out in
+    /// one socket write (any small request), `None` when nothing of it was
+    /// written before the response started.
     pub fn upload_duration(&self) -> Option<Duration> {
         self.upload
     }

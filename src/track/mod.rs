@@ -89,9 +89,9 @@
 //!
 //! Request-plane layers find the state of a request's connection through
 //! [`ConnectionCapture::get_or_insert`], the single place in this crate that
-//! captures connections (so several layers can share one capture), and
-//! responses carry a [`ConnectionInfo`] snapshot when wrapped in
-//! [`ConnectionInfoLayer`].
+//! captures connections (so several layers can share one capture).
+//! [`ConnectionInfo::of`] tells any response's connection story;
+//! [`ConnectionInfoLayer`] stores it as a response extension.
 //!
 //! The state lives in an `Arc` owned by the connection; it is dropped with the
 //! connection and the last response that refers to it. Nothing global grows:
