@@ -154,10 +154,7 @@ async fn demo() -> Result<(), BoxError> {
             server,
         ]);
         if let Err(e) = &o.status {
-            println!(
-                "{name}: {}",
-                tower_conn_lifecycle::ErrorChain(e.as_ref())
-            );
+            println!("{name}: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
         }
     };
 
@@ -277,10 +274,7 @@ async fn external(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!(
-                "error: {}",
-                tower_conn_lifecycle::ErrorChain(e.as_ref())
-            );
+            println!("error: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
             let phase =
                 find_cause::<Elapsed>(e.as_ref()).map_or("other".into(), |e| e.phase().to_string());
             println!(
@@ -300,10 +294,7 @@ async fn main() -> ExitCode {
         match demo().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!(
-                    "error: {}",
-                    tower_conn_lifecycle::ErrorChain(e.as_ref())
-                );
+                eprintln!("error: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
                 ExitCode::FAILURE
             }
         }

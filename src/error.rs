@@ -179,7 +179,10 @@ mod tests {
     #[test]
     fn chain_joins_every_cause_once() {
         let root = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
-        let err = Wrap("client error (Connect)", Box::new(Wrap("tcp connect error", Box::new(root))));
+        let err = Wrap(
+            "client error (Connect)",
+            Box::new(Wrap("tcp connect error", Box::new(root))),
+        );
         assert_eq!(
             ErrorChain(&err).to_string(),
             "client error (Connect): tcp connect error: refused"

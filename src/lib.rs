@@ -138,8 +138,8 @@
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 mod error;
-pub use error::{find_cause, ErrorChain};
 pub(crate) use error::causes;
+pub use error::{find_cause, ErrorChain};
 
 pub mod client;
 mod clock;

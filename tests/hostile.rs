@@ -41,8 +41,8 @@ use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryReason, Rule, IDEMPOTENCY_KEY};
 use tower_conn_lifecycle::testing::Rng;
-use tower_conn_lifecycle::ErrorChain;
 use tower_conn_lifecycle::track::ConnectionInfo;
+use tower_conn_lifecycle::ErrorChain;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 const KIB: usize = 1024;

@@ -161,6 +161,17 @@ impl fmt::Display for NotRetried {
             }
             _ => f.write_str("; not retried: ")?,
         }
+        self.why_not(f)?;
+        match self.safe {
+            Some(reason) => write!(f, ", though retry-safe: {reason}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl NotRetried {
+    /// The rule, for the display.
+    fn why_not(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.rule {
             Rule::ResponseStarted => f.write_str("part of the response had arrived"),
             Rule::FreshConnection => f.write_str("the connection was new, not a stale one"),
@@ -228,7 +239,8 @@ mod tests {
             .otherwise_safe(RetryReason::StaleConnection);
         assert_eq!(
             e.to_string(),
-            "PUT: connection reset; not retried: the body went past the 65536-byte replay buffer"
+            "PUT: connection reset; not retried: the body went past the 65536-byte replay buffer, \
+             though retry-safe: reused connection closed before any response byte"
         );
         assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
         let e = NotRetried::new(Rule::RetriesExhausted, Method::GET, reset()).retries_made(2);

@@ -324,7 +324,9 @@ impl SeedReport {
         let mut chains = BTreeMap::new();
         for s in &self.samples {
             if let Err(e) = &s.outcome {
-                *chains.entry(crate::ErrorChain(e.as_ref()).to_string()).or_default() += 1;
+                *chains
+                    .entry(crate::ErrorChain(e.as_ref()).to_string())
+                    .or_default() += 1;
             }
         }
         chains

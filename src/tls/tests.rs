@@ -369,7 +369,10 @@ async fn inner_failures_are_connect_errors_for_https_and_untouched_for_http() {
         .await
         .unwrap_err();
     assert!(!err.is::<TlsConnectError>(), "{err:?}");
-    assert_eq!(err.downcast_ref::<io::Error>().unwrap().to_string(), "recorded");
+    assert_eq!(
+        err.downcast_ref::<io::Error>().unwrap().to_string(),
+        "recorded"
+    );
     // The inner connector got each URI unchanged.
     let calls: Vec<String> = inner.calls().iter().map(Uri::to_string).collect();
     assert_eq!(
