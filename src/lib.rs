@@ -76,6 +76,40 @@
 //! without the tracker, observing less (body frames instead of socket bytes);
 //! each layer's docs say what changes.
 //!
+//! # Errors
+//!
+//! Every layer's error is a [`BoxError`]. Whatever the stack, two things
+//! hold: the top-level error's `Display` says what happened (a timeout's
+//! phase and limit, a failed connect's destination and cause, the rule of a
+//! refused retry), and [`find_cause`] finds the typed facts anywhere in the
+//! chain (it looks inside `io::Error`s, which `source()` does not).
+//! [`ErrorChain`] prints the whole chain on one line, each cause once:
+//!
+//! ```text
+//! GET http://10.0.0.7:8080: read timed out after 5s: no response head since the upload finished (41 bytes sent, 0 bytes received)
+//! POST http://10.0.0.7:8080: Connection reset by peer (os error 104); not retried: not idempotent, no Idempotency-Key (reused connection): client error (SendRequest): connection error
+//! ```
+//!
+//! Which concrete type is on top depends on the stack, which is why
+//! `downcast_ref` on the top is the wrong test and `find_cause` the right
+//! one:
+//!
+//! | failure | with [`retry`] on top (the one-call [`client`]) | [`phase_timeout`] on top, no retry | `find_cause` finds |
+//! |---|---|---|---|
+//! | connect refused, DNS, TLS handshake | [`NotRetried`](retry::NotRetried) ([`Rule::ConnectFailed`](retry::Rule::ConnectFailed)) | hyper-util's `client::legacy::Error` (`is_connect()`) | `std::io::Error` (the OS error), hyper-util's `ConnectError`, `TlsConnectError` and `rustls::Error` with `tls` |
+//! | connect timeout ([`ConnectTimeout`](phase_timeout::ConnectTimeout)) | `NotRetried` (`Rule::ConnectTimeout`) | hyper-util's `Error` | [`Elapsed`](phase_timeout::Elapsed) with `Phase::Connect`, inside an `io::Error` of kind `TimedOut` |
+//! | send stall, no head in time, `total` before the head | `NotRetried` (`Rule::Timeout`) | `Elapsed` | `Elapsed` with its phase |
+//! | body stall, `total` during the body (from the response body) | `Elapsed` (body errors are never wrapped: nothing is retried once a response was returned) | `Elapsed` | `Elapsed` |
+//! | connection lost during the body | hyper's `Error` (from the body) | hyper's `Error` | `std::io::Error` when the OS reported one |
+//! | a stale-connection failure that was not retried (or an unrecognised one) | `NotRetried` with the [`Rule`](retry::Rule) | hyper-util's `Error` | hyper's `Error`, `std::io::Error`, `h2::Error` |
+//! | write refused on an expired connection | never seen with the defaults: hyper-util retries it (nothing was written), and so does [`retry`]; with both off, `NotRetried` (`Rule::RetriesExhausted`, [`RetryReason::NothingWritten`](retry::RetryReason::NothingWritten)) over hyper-util's `Canceled` | hyper-util's `Error` (`Canceled`) | the `NotRetried`; on a composable pool, [`ConnectionExpired`](track::ConnectionExpired) from the connection's `poll_ready` |
+//!
+//! A plain `http://` connect failure through the `tls` feature's connector
+//! is the inner connector's error, not a `TlsConnectError`. Through the
+//! `reqwest` feature's adapter the top is a `reqwest::Error` for what
+//! reqwest reports (connect, IO) and `find_cause` finds the same types
+//! below it.
+//!
 //! # Example
 //!
 //! The whole stack in one call ([`client`] documents its order and why):
