@@ -294,7 +294,7 @@ async fn post_seed_race_never_duplicates_and_names_the_rule() {
         assert_eq!(*rule, Rule::NotIdempotent, "{text}");
         assert!(
             text.starts_with("POST http://127.0.0.1:")
-                && text.ends_with(
+                && text.contains(
                     "; not retried: not idempotent, no Idempotency-Key (reused connection)"
                 ),
             "{text}"
@@ -499,7 +499,7 @@ async fn body_past_the_replay_limit_is_not_retried() {
     assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
     let text = err.to_string();
     assert!(
-        text.ends_with("; not retried: the body went past the 65536-byte replay buffer"),
+        text.contains("; not retried: the body went past the 65536-byte replay buffer, "),
         "{text}"
     );
     // One attempt of the large request, none processed.

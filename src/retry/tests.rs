@@ -160,7 +160,8 @@ async fn attempts_are_bounded() {
     assert_eq!(e.retry_safe_reason(), Some(RetryReason::ConnectionClosed));
     assert_eq!(
         err.to_string(),
-        "GET http://127.0.0.1:1: connection reset; not retried: retry limit reached after 1 retry"
+        "GET http://127.0.0.1:1: connection reset; not retried: retry limit reached after 1 retry, \
+         though retry-safe: connection closed before a response head (reuse unknown)"
     );
     assert_eq!(server.await.unwrap().len(), 2);
 
@@ -211,7 +212,8 @@ async fn budget_is_shared_by_clones_and_refuses_storms() {
     assert_eq!(e.rule(), Rule::BudgetExhausted);
     assert_eq!(
         err.to_string(),
-        "GET http://127.0.0.1:1: connection reset; not retried: retry budget exhausted"
+        "GET http://127.0.0.1:1: connection reset; not retried: retry budget exhausted, \
+         though retry-safe: connection closed before a response head (reuse unknown)"
     );
     assert_eq!(server.await.unwrap().len(), 3);
 }
@@ -315,7 +317,8 @@ async fn streamed_body_past_the_limit_is_not_retried() {
     assert_eq!(e.retry_safe_reason(), Some(RetryReason::ConnectionClosed));
     assert_eq!(
         err.to_string(),
-        "PUT: connection reset; not retried: the body went past the 2500-byte replay buffer"
+        "PUT: connection reset; not retried: the body went past the 2500-byte replay buffer, \
+         though retry-safe: connection closed before a response head (reuse unknown)"
     );
     assert_eq!(server.await.unwrap(), (4000, false));
 }
