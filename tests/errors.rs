@@ -151,6 +151,20 @@ fn post(url: &str, body: Bytes) -> Request<Full<Bytes>> {
     Request::post(url).body(Full::new(body)).unwrap()
 }
 
+/// The defaults with `timeouts`.
+fn limited(timeouts: PhaseTimeoutLayer) -> Settings {
+    Settings {
+        timeouts,
+        ..Settings::default()
+    }
+}
+
+/// The retry layer's `NotRetried` is in the chain, refused by `rule`.
+fn refused_by(err: &BoxError, rule: Rule) {
+    let refused = find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(refused.rule(), rule, "{err}");
+}
+
 fn elapsed(err: &BoxError, phase: Phase) {
     let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed: {err}"));
     assert_eq!((e.phase(), e.limit()), (phase, LIMIT), "{err}");
@@ -224,10 +238,7 @@ async fn connect_refused_names_the_destination_and_the_os_error() {
                             || e.get_ref().is_some()),
                     "{io:?}"
                 );
-                assert_eq!(
-                    find_cause::<NotRetried>(err.as_ref()).unwrap().rule(),
-                    Rule::ConnectFailed
-                );
+                refused_by(err, Rule::ConnectFailed);
                 assert!(find_cause::<Elapsed>(err.as_ref()).is_none());
             },
         );
@@ -256,10 +267,7 @@ async fn connect_timeout_names_the_phase_and_limit() {
             &["connect timed out after 300ms"],
             |err| {
                 elapsed(err, Phase::Connect);
-                assert_eq!(
-                    find_cause::<NotRetried>(err.as_ref()).unwrap().rule(),
-                    Rule::ConnectTimeout
-                );
+                refused_by(err, Rule::ConnectTimeout);
             },
         );
     }
@@ -269,10 +277,7 @@ async fn connect_timeout_names_the_phase_and_limit() {
 async fn send_stall_names_the_phase_and_the_bytes_sent() {
     for stack in STACKS {
         let server = StopReadingServer::start(1024).await.unwrap();
-        let settings = Settings {
-            timeouts: PhaseTimeoutLayer::new().send(LIMIT),
-            ..Settings::default()
-        };
+        let settings = limited(PhaseTimeoutLayer::new().send(LIMIT));
         let body = Bytes::from(vec![7u8; 32 << 20]);
         let outcome = fail(stack, settings, vec![post(&server.url(), body)], nothing).await;
         check(
@@ -283,10 +288,7 @@ async fn send_stall_names_the_phase_and_the_bytes_sent() {
             &["send timed out after 300ms: no upload progress"],
             |err| {
                 elapsed(err, Phase::Send);
-                assert_eq!(
-                    find_cause::<NotRetried>(err.as_ref()).unwrap().rule(),
-                    Rule::Timeout
-                );
+                refused_by(err, Rule::Timeout);
             },
         );
         assert_eq!(server.connections(), 1, "{stack:?}: one attempt");
@@ -298,10 +300,7 @@ async fn send_stall_names_the_phase_and_the_bytes_sent() {
 async fn head_timeout_names_the_phase_and_limit() {
     for stack in STACKS {
         let server = SilentServer::start().await.unwrap();
-        let settings = Settings {
-            timeouts: PhaseTimeoutLayer::new().read(LIMIT),
-            ..Settings::default()
-        };
+        let settings = limited(PhaseTimeoutLayer::new().read(LIMIT));
         let outcome = fail(stack, settings, vec![get(&server.url())], nothing).await;
         check(
             stack,
@@ -314,10 +313,7 @@ async fn head_timeout_names_the_phase_and_limit() {
             ],
             |err| {
                 elapsed(err, Phase::Read);
-                assert_eq!(
-                    find_cause::<NotRetried>(err.as_ref()).unwrap().rule(),
-                    Rule::Timeout
-                );
+                refused_by(err, Rule::Timeout);
             },
         );
         assert_eq!(server.requests(), 1, "{stack:?}: never retried");
@@ -333,10 +329,7 @@ async fn body_stall_is_the_elapsed_itself() {
             .start()
             .await
             .unwrap();
-        let settings = Settings {
-            timeouts: PhaseTimeoutLayer::new().read(LIMIT),
-            ..Settings::default()
-        };
+        let settings = limited(PhaseTimeoutLayer::new().read(LIMIT));
         let outcome = fail(stack, settings, vec![get(&server.url())], nothing).await;
         check(
             stack,
@@ -455,10 +448,7 @@ async fn refused_retry_says_what_happened_and_why_not() {
                 "; not retried: not idempotent, no Idempotency-Key (reused connection)",
             ],
             |err| {
-                assert_eq!(
-                    find_cause::<NotRetried>(err.as_ref()).unwrap().rule(),
-                    Rule::NotIdempotent
-                );
+                refused_by(err, Rule::NotIdempotent);
             },
         );
         assert_eq!(
