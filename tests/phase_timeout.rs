@@ -653,6 +653,72 @@ async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
     assert_eq!(server.requests(), 1);
 }
 
+/// Over inner services that never reveal their connection (hyper-util's
+/// capture stays empty), a request whose body is empty at the call has its
+/// read clock start at the call: a bodiless GET to a silent server fails in
+/// the read phase on time, and the server saw the request. Two ways to hide
+/// it: a wrapper that rebuilds the request without its extensions (as
+/// reqwest does) in front of hyper-util's client, and hyper's own HTTP/1
+/// connection (what a composable pool runs), which keeps them until it
+/// writes the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_over_services_that_hide_the_connection() {
+    let server = SilentServer::start().await.unwrap();
+    let read = ms(1000);
+    let hyper = Client::builder(TokioExecutor::new())
+        .build::<_, RequestBody<Full<Bytes>>>(HttpConnector::new());
+    let rebuilding = tower::service_fn(move |req: http::Request<RequestBody<Full<Bytes>>>| {
+        let (parts, body) = req.into_parts();
+        let mut fresh = http::Request::new(body);
+        *fresh.method_mut() = parts.method;
+        *fresh.uri_mut() = parts.uri;
+        *fresh.headers_mut() = parts.headers;
+        let fut = hyper.request(fresh);
+        async move { fut.await.map_err(BoxError::from) }
+    });
+    let addr = server.addr();
+    let own_connection = tower::service_fn(move |req: http::Request<RequestBody<Full<Bytes>>>| {
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            send.send_request(req).await.map_err(BoxError::from)
+        }
+    });
+    let services: [(&str, TestClient); 2] = [
+        (
+            "rebuilding",
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(PhaseTimeoutLayer::new().read(read))
+                    .service(rebuilding),
+            ),
+        ),
+        (
+            "own connection",
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(PhaseTimeoutLayer::new().read(read))
+                    .service(own_connection),
+            ),
+        ),
+    ];
+    for (i, (name, svc)) in services.into_iter().enumerate() {
+        let start = Instant::now();
+        let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+        let took = start.elapsed();
+        let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{name}: {err}"));
+        assert_eq!((e.phase(), e.limit()), (Phase::Read, read), "{name}: {err}");
+        assert!(
+            took >= read && took <= read + SLACK,
+            "{name}: fired after {took:?}"
+        );
+        assert_eq!(server.requests(), i as u64 + 1, "{name}");
+    }
+    assert_eq!(server.connections(), 2);
+}
+
 /// Waits (bounded) until `cond` holds; false if it never did.
 async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + limit;
