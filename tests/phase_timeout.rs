@@ -683,15 +683,15 @@ async fn bodiless_read_over_services_that_hide_the_connection() {
         async move { fut.await.map_err(BoxError::from) }
     });
     let addr = server.addr();
-    let own_connection = tower::service_fn(move |req: http::Request<RequestBody<Full<Bytes>>>| {
-        async move {
+    let own_connection = tower::service_fn(
+        move |req: http::Request<RequestBody<Full<Bytes>>>| async move {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             let (mut send, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
             send.send_request(req).await.map_err(BoxError::from)
-        }
-    });
+        },
+    );
     let services: [(&str, TestClient); 2] = [
         (
             "rebuilding",

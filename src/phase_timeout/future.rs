@@ -219,14 +219,19 @@ impl Watch {
         let revealed = self.assumed && !matches!(captured, Captured::Pending);
         if self.connected.is_none() || moved || revealed {
             self.assumed = false;
-            let shown = self.last_frame().or_else(|| self.progress.as_ref()?.body_end());
+            let shown = self
+                .last_frame()
+                .or_else(|| self.progress.as_ref()?.body_end());
             self.connected = match (&captured, shown) {
                 (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
                 (Captured::Untracked, _) => Some(self.handed.or(shown).unwrap_or(now)),
                 (Captured::Pending, Some(shown)) => Some(shown),
                 (Captured::Pending, None) => {
                     let hidden = self.progress.is_none()
-                        && self.capture.as_ref().is_some_and(ConnectionCapture::is_hidden);
+                        && self
+                            .capture
+                            .as_ref()
+                            .is_some_and(ConnectionCapture::is_hidden);
                     self.assumed = hidden;
                     hidden.then_some(self.issued)
                 }

@@ -397,7 +397,10 @@ async fn bodiless_read_over_a_hidden_connection_starts_at_the_call() {
     let layer = PhaseTimeoutLayer::new().read(read).total(ms(5000));
     for inner in [Hides::DropsIt, Hides::AsksTheBody] {
         for (body, err_took) in [
-            ("empty", bodiless_over(Empty::<Bytes>::new(), inner, layer).await),
+            (
+                "empty",
+                bodiless_over(Empty::<Bytes>::new(), inner, layer).await,
+            ),
             ("zero hint", bodiless_over(ZeroHint, inner, layer).await),
         ] {
             let (err, took) = err_took;
