@@ -278,3 +278,34 @@ fn idle_expiry_with_the_tracker_does_not_warn() {
         .collect();
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+/// `ConnectionInfoLayer` over an untracked connector has nothing to insert:
+/// it says so once (per process: the layer keeps no state).
+#[test]
+fn connection_info_without_the_tracker_warns_once() {
+    use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionInfoLayer};
+
+    let recorder = Recorder::default();
+    recorder.run(async {
+        let server = IdleClosingServer::start(Duration::from_secs(30))
+            .await
+            .unwrap();
+        let client = ServiceBuilder::new()
+            .layer(ConnectionInfoLayer::new())
+            .service(
+                Client::builder(TokioExecutor::new())
+                    .build::<_, Empty<Bytes>>(HttpConnector::new()),
+            );
+        for _ in 0..3 {
+            let req = http::Request::get(server.url()).body(Empty::new()).unwrap();
+            let res = client.clone().oneshot(req).await.unwrap();
+            assert!(ConnectionInfo::of(&res).is_none());
+            res.into_body().collect().await.unwrap();
+        }
+        assert_eq!(server.requests(), 3);
+    });
+    let warnings =
+        recorder.with_message("ConnectionInfoLayer: a response came without a tracked connection");
+    assert_eq!(warnings.len(), 1, "{:?}", recorder.lines());
+    assert!(warnings[0].contains("level=WARN"), "{warnings:?}");
+}
