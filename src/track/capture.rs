@@ -299,8 +299,11 @@ impl ConnectionCapture {
         }
         // hyper-util's receiver says "closed" only through
         // `wait_for_connection_metadata`, ready at once (with `None`) when
-        // the request's end of the capture is gone unfilled. Polled once on
-        // a clone (the original stays untouched), with a waker nobody needs.
+        // the request's end of the capture is gone unfilled (hyper-util's
+        // own tests pin that; a version whose future stayed pending would
+        // leave only the check above). Polled once on a clone (the original
+        // stays untouched), with a waker nobody needs; tokio's cooperative
+        // budget may make it pending now and then: the next check asks again.
         let mut receiver = attempt.inner.clone();
         let wait = std::pin::pin!(receiver.wait_for_connection_metadata());
         let released = match wait.poll(&mut Context::from_waker(Waker::noop())) {
