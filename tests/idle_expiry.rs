@@ -130,6 +130,8 @@ async fn seed_race_bare_fails_and_idle_expiry_does_not() {
         }
     }
     assert!(layer.stats().expired() > 0);
+    // Both kinds of client showed the layer every connection.
+    assert_eq!(layer.stats().untracked_responses(), 0);
 }
 
 /// Polls every future to completion concurrently (no extra dependency).
@@ -480,6 +482,7 @@ async fn an_expired_connection_gets_zero_bytes_and_the_request_goes_elsewhere() 
     assert_eq!(server.connections(), 2);
     assert_eq!(server.requests(), 2);
     assert_eq!(stats.expired(), 1);
+    assert_eq!(stats.untracked_responses(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,6 +527,7 @@ async fn the_pool_form_refuses_an_expired_connection_with_the_typed_error() {
     assert!(expired.idle() >= Duration::from_millis(50));
     assert_eq!(state.bytes_written(), written, "nothing written");
     assert_eq!(server.requests(), 1);
+    assert_eq!(layer.stats().untracked_responses(), 0);
 }
 
 use tower::Layer;

@@ -310,17 +310,23 @@ async fn total_fires_through_a_slow_body() {
 async fn blackhole_fails_in_the_connect_phase() {
     let hole = Blackhole::start().await.unwrap();
     let connect = Duration::from_millis(300);
-    let svc = client(
-        connect,
+    // A bodiless GET with a `read` limit shorter than the connect: on
+    // hyper-util's client the empty capture is the connect phase (the
+    // request is held, not handed to a service that hides its connection),
+    // so `read` has not started.
+    for phases in [
         PhaseTimeoutLayer::new().send(Duration::from_secs(5)),
-        true,
-    );
-    let start = Instant::now();
-    let err = svc.oneshot(get(&hole.url())).await.unwrap_err();
-    let took = start.elapsed();
-    let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
-    assert_eq!(e.phase(), Phase::Connect);
-    assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+        PhaseTimeoutLayer::new().read(Duration::from_millis(100)),
+    ] {
+        let svc = client(connect, phases, true);
+        let start = Instant::now();
+        let err = svc.oneshot(get(&hole.url())).await.unwrap_err();
+        let took = start.elapsed();
+        let e =
+            find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+        assert_eq!(e.phase(), Phase::Connect, "{phases:?}");
+        assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,6 +657,72 @@ async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
         "fired after {took:?}"
     );
     assert_eq!(server.requests(), 1);
+}
+
+/// Over inner services that never reveal their connection (hyper-util's
+/// capture stays empty), a request whose body is empty at the call has its
+/// read clock start at the call: a bodiless GET to a silent server fails in
+/// the read phase on time, and the server saw the request. Two ways to hide
+/// it: a wrapper that rebuilds the request without its extensions (as
+/// reqwest does) in front of hyper-util's client, and hyper's own HTTP/1
+/// connection (what a composable pool runs), which keeps them until it
+/// writes the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_read_over_services_that_hide_the_connection() {
+    let server = SilentServer::start().await.unwrap();
+    let read = ms(1000);
+    let hyper = Client::builder(TokioExecutor::new())
+        .build::<_, RequestBody<Full<Bytes>>>(HttpConnector::new());
+    let rebuilding = tower::service_fn(move |req: http::Request<RequestBody<Full<Bytes>>>| {
+        let (parts, body) = req.into_parts();
+        let mut fresh = http::Request::new(body);
+        *fresh.method_mut() = parts.method;
+        *fresh.uri_mut() = parts.uri;
+        *fresh.headers_mut() = parts.headers;
+        let fut = hyper.request(fresh);
+        async move { fut.await.map_err(BoxError::from) }
+    });
+    let addr = server.addr();
+    let own_connection = tower::service_fn(
+        move |req: http::Request<RequestBody<Full<Bytes>>>| async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            send.send_request(req).await.map_err(BoxError::from)
+        },
+    );
+    let services: [(&str, TestClient); 2] = [
+        (
+            "rebuilding",
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(PhaseTimeoutLayer::new().read(read))
+                    .service(rebuilding),
+            ),
+        ),
+        (
+            "own connection",
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(PhaseTimeoutLayer::new().read(read))
+                    .service(own_connection),
+            ),
+        ),
+    ];
+    for (i, (name, svc)) in services.into_iter().enumerate() {
+        let start = Instant::now();
+        let err = svc.oneshot(get(&server.url())).await.unwrap_err();
+        let took = start.elapsed();
+        let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{name}: {err}"));
+        assert_eq!((e.phase(), e.limit()), (Phase::Read, read), "{name}: {err}");
+        assert!(
+            took >= read && took <= read + SLACK,
+            "{name}: fired after {took:?}"
+        );
+        assert_eq!(server.requests(), i as u64 + 1, "{name}");
+    }
+    assert_eq!(server.connections(), 2);
 }
 
 /// Waits (bounded) until `cond` holds; false if it never did.

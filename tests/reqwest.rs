@@ -250,28 +250,36 @@ async fn read_clock_through_reqwest_starts_when_the_body_is_sent() {
     );
 }
 
-/// A request without a body never shows reqwest's connection, so `send`
-/// and `read` cannot start (see the module docs); `total` bounds it.
+/// A request without a body never shows reqwest's connection; reqwest drops
+/// the request's extensions in its `call`, so the layer knows the service
+/// hides it and starts `read` at the call (it used to wait for `total`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn total_bounds_a_bodyless_request_through_reqwest() {
-    const TOTAL: Duration = Duration::from_millis(400);
+async fn read_bounds_a_bodyless_request_through_reqwest() {
+    const READ: Duration = Duration::from_millis(1000);
     let server = SilentServer::start().await.unwrap();
-    let svc = PhaseTimeoutLayer::new()
-        .read(Duration::from_millis(100))
-        .total(TOTAL)
-        .layer(ReqwestService::new(builder().build().unwrap()));
+    let client = builder().build().unwrap();
+    for total in [None, Some(Duration::from_secs(10))] {
+        let requests = server.requests();
+        let svc = PhaseTimeoutLayer::new()
+            .read(READ)
+            .total(total)
+            .layer(ReqwestService::new(client.clone()));
 
-    let start = Instant::now();
-    let req = Request::get(server.url())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let err = bounded(svc.oneshot(req)).await.unwrap_err();
-    let took = start.elapsed();
-    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
-        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
-    assert_eq!(e.phase(), Phase::Total, "{err}");
-    assert!(took >= TOTAL && took <= TOTAL + SLACK, "{took:?}");
-    assert_eq!(server.requests(), 1);
+        let start = Instant::now();
+        let req = Request::get(server.url())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let err = bounded(svc.oneshot(req)).await.unwrap_err();
+        let took = start.elapsed();
+        let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
+            .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+        assert_eq!((e.phase(), e.limit()), (Phase::Read, READ), "{err}");
+        assert!(took >= READ && took <= READ + SLACK, "{took:?}");
+        assert!(e.elapsed() >= READ && e.elapsed() <= took, "{e:?}");
+        assert_eq!(e.bytes_sent(), 0);
+        // The server read the one request, and was still silent.
+        assert_eq!(server.requests(), requests + 1, "total = {total:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

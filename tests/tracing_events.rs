@@ -1,6 +1,7 @@
 //! Every timeout, expiry and retry is one `tracing` debug event (target
-//! `tower_conn_lifecycle::…`), recorded here by a minimal subscriber against
-//! the testing kit's loopback servers.
+//! `tower_conn_lifecycle::…`), and a layer that cannot work in its stack
+//! (no tracker) says so once, as a warning; recorded here by a minimal
+//! subscriber against the testing kit's loopback servers.
 //!
 //! Each test runs its own current-thread runtime inside the subscriber's
 //! scope, so events from the connection tasks (the IO's expiry) are seen too.
@@ -93,6 +94,7 @@ impl Subscriber for Recorder {
             fields: String::new(),
         };
         event.record(&mut line);
+        let _ = write!(line.fields, " level={}", event.metadata().level());
         self.lines
             .lock()
             .unwrap()
@@ -181,4 +183,129 @@ fn a_retry_is_one_debug_event_naming_its_reason() {
         retries[0].contains("reason=nothing of the request was written"),
         "{retries:?}"
     );
+}
+
+/// How long hyper-util's spawned task may take to return a finished
+/// connection to its pool.
+const POOL_RETURN: Duration = Duration::from_millis(200);
+
+/// IdleExpiry over hyper-util's client whose connector is *not* tracked can
+/// expire nothing: connections are reused past the expiry. It says so: every
+/// such response is counted, and the first one per layer (clones included)
+/// is one warning.
+#[test]
+fn idle_expiry_without_the_tracker_warns_once_per_layer_and_counts() {
+    const EXPIRY: Duration = Duration::from_millis(50);
+    let recorder = Recorder::default();
+    let layer = IdleExpiryLayer::new(EXPIRY).learn(false);
+    let other = IdleExpiryLayer::new(EXPIRY).learn(false);
+    recorder.run(async {
+        let server = IdleClosingServer::start(Duration::from_secs(30))
+            .await
+            .unwrap();
+        // One bare client (no tracker on its connector), wrapped by two
+        // clones of `layer` and by an unrelated layer.
+        let bare =
+            Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(HttpConnector::new());
+        let first = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(bare.clone());
+        let second = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(bare.clone());
+        let third = ServiceBuilder::new().layer(other.clone()).service(bare);
+        let get = || http::Request::get(server.url()).body(Empty::new()).unwrap();
+        for _ in 0..2 {
+            let res = first.clone().oneshot(get()).await.unwrap();
+            res.into_body().collect().await.unwrap();
+            // Idle well past the expiry: a tracked connection would be
+            // closed by now.
+            tokio::time::sleep(EXPIRY * 3).await;
+        }
+        let res = second.oneshot(get()).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        // hyper-util puts a finished connection back into its pool from a
+        // spawned task: give it that moment (generous; microseconds when
+        // idle), or the next request opens a second connection.
+        tokio::time::sleep(POOL_RETURN).await;
+        let res = third.oneshot(get()).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        // Server side: one connection served all four requests, reused past
+        // the expiry every time.
+        assert_eq!((server.connections(), server.requests()), (1, 4));
+    });
+    assert_eq!(layer.stats().untracked_responses(), 3);
+    assert_eq!(other.stats().untracked_responses(), 1);
+    assert_eq!((layer.stats().expired(), layer.stats().refused()), (0, 0));
+    let warnings =
+        recorder.with_message("IdleExpiryLayer: a response came without a tracked connection");
+    assert_eq!(warnings.len(), 2, "one per layer: {:?}", recorder.lines());
+    for w in &warnings {
+        assert!(w.contains("level=WARN"), "{w}");
+        assert!(w.contains("TrackConnectionsLayer"), "{w}");
+    }
+}
+
+/// The same stack with the tracker warns about nothing and counts nothing
+/// untracked.
+#[test]
+fn idle_expiry_with_the_tracker_does_not_warn() {
+    let recorder = Recorder::default();
+    let layer = IdleExpiryLayer::new(Duration::from_secs(30)).learn(false);
+    recorder.run(async {
+        let server = IdleClosingServer::start(Duration::from_secs(30))
+            .await
+            .unwrap();
+        let connector = ServiceBuilder::new()
+            .layer(TrackConnectionsLayer::new())
+            .service(HttpConnector::new());
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector));
+        for _ in 0..2 {
+            let req = http::Request::get(server.url()).body(Empty::new()).unwrap();
+            let res = client.clone().oneshot(req).await.unwrap();
+            res.into_body().collect().await.unwrap();
+            tokio::time::sleep(POOL_RETURN).await;
+        }
+        assert_eq!((server.connections(), server.requests()), (1, 2));
+    });
+    assert_eq!(layer.stats().untracked_responses(), 0);
+    let warnings: Vec<_> = recorder
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("level=WARN"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// `ConnectionInfoLayer` over an untracked connector has nothing to insert:
+/// it says so once (per process: the layer keeps no state).
+#[test]
+fn connection_info_without_the_tracker_warns_once() {
+    use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionInfoLayer};
+
+    let recorder = Recorder::default();
+    recorder.run(async {
+        let server = IdleClosingServer::start(Duration::from_secs(30))
+            .await
+            .unwrap();
+        let client = ServiceBuilder::new()
+            .layer(ConnectionInfoLayer::new())
+            .service(
+                Client::builder(TokioExecutor::new())
+                    .build::<_, Empty<Bytes>>(HttpConnector::new()),
+            );
+        for _ in 0..3 {
+            let req = http::Request::get(server.url()).body(Empty::new()).unwrap();
+            let res = client.clone().oneshot(req).await.unwrap();
+            assert!(ConnectionInfo::of(&res).is_none());
+            res.into_body().collect().await.unwrap();
+        }
+        assert_eq!(server.requests(), 3);
+    });
+    let warnings =
+        recorder.with_message("ConnectionInfoLayer: a response came without a tracked connection");
+    assert_eq!(warnings.len(), 1, "{:?}", recorder.lines());
+    assert!(warnings[0].contains("level=WARN"), "{warnings:?}");
 }

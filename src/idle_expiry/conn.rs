@@ -39,6 +39,14 @@ use crate::BoxError;
 /// The tracked IO also closes the connection at its expiry by itself, so an
 /// idle pooled connection does not linger.
 ///
+/// This is the form of the layer for composable pools: it is given the
+/// tracker's state of its connection, so it always has one. An
+/// [`IdleExpiry`](super::IdleExpiry) around the pool as a whole sees no
+/// connection in hyper's responses and can expire nothing (it counts them in
+/// [`IdleExpiryStats::untracked_responses`](super::IdleExpiryStats::untracked_responses)
+/// and warns). As everywhere, a connection the tracker knows is HTTP/2 gets
+/// no expiry.
+///
 /// Errors are [`BoxError`]: the inner service's error, or
 /// [`ConnectionExpired`](super::ConnectionExpired) from `poll_ready`.
 #[derive(Debug)]

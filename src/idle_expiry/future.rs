@@ -69,11 +69,15 @@ where
             }
             None => ExchangeEnd::for_request(this.capture.as_ref(), &response, false),
         };
-        if let Some(state) = response.extensions().get::<ConnectionState>() {
-            if !state.is_upgraded() {
-                this.layer
-                    .on_response(state, response.headers(), this.origin.as_ref());
+        match response.extensions().get::<ConnectionState>() {
+            Some(state) => {
+                if !state.is_upgraded() {
+                    this.layer
+                        .on_response(state, response.headers(), this.origin.as_ref());
+                }
             }
+            // Nothing to expire: not silently (a misconfigured stack).
+            None => this.layer.on_untracked(response.version()),
         }
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
     }

@@ -1,6 +1,6 @@
 //! `IdleExpiryLayer`: the configuration, the shared learner and stats.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,23 @@ pub const DEFAULT_MARGIN: Duration = Duration::from_millis(50);
 
 /// Request-plane layer that keeps requests off connections the server is
 /// about to close. See the [module docs](super) for how it works.
+///
+/// **It needs the connection tracker.** Everything it does acts on the
+/// tracker's per-connection state, so it works only where that state is:
+///
+/// * hyper-util's legacy `Client` whose connector is wrapped by
+///   [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) (HTTP/1;
+///   on HTTP/2 connections it sets nothing, by design: the server's `GOAWAY`
+///   says when it stops);
+/// * hyper-util's composable pools, with each connection wrapped by
+///   [`connection`](Self::connection) (not the pool as a whole);
+/// * not reqwest, whose connections cannot be tracked.
+///
+/// Around anything else every response passes through untouched and its
+/// connection is reused as if the layer were not there. That is never
+/// silent: each such response is counted in
+/// [`IdleExpiryStats::untracked_responses`], and the first one is logged as
+/// a `tracing` warning (once per layer and its clones).
 ///
 /// `expiry` is the longest a connection may sit idle before it is closed
 /// instead of reused; announced (`Keep-Alive: timeout=N`) and learned idle
@@ -66,6 +83,11 @@ pub(crate) struct Shared {
 impl IdleExpiryLayer {
     /// A layer that reuses a connection only while it has been idle for less
     /// than `expiry`.
+    ///
+    /// Put [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) on
+    /// the client's connector too (or use [`connection`](Self::connection) on
+    /// a composable pool): without the tracker the layer cannot expire
+    /// anything, and says so (see the [type docs](Self)).
     pub fn new(expiry: Duration) -> Self {
         IdleExpiryLayer {
             config: Config {
@@ -149,6 +171,12 @@ impl IdleExpiryLayer {
         super::IdleExpiryConnection::new(inner, state, Origin::of(target), self.clone())
     }
 
+    /// A response without the tracker's state: counted, and the first one
+    /// warned about (see [`IdleExpiryStats::untracked_responses`]).
+    pub(crate) fn on_untracked(&self, version: http::Version) {
+        self.shared.stats.untracked(version);
+    }
+
     /// Applies what a response says and what was learned to its connection:
     /// the effective expiry, retirement and the observer of idle closes.
     pub(crate) fn on_response(
@@ -230,6 +258,9 @@ struct Counters {
     server_idle_closes: AtomicU64,
     learned: AtomicU64,
     hints: AtomicU64,
+    untracked: AtomicU64,
+    /// The warning about untracked responses was logged.
+    warned: AtomicBool,
 }
 
 impl IdleExpiryStats {
@@ -257,6 +288,40 @@ impl IdleExpiryStats {
     /// Responses whose `Keep-Alive: timeout=N` was applied.
     pub fn hints(&self) -> u64 {
         self.inner.hints.load(Ordering::Relaxed)
+    }
+
+    /// Responses that came without the tracker's
+    /// [`ConnectionState`](crate::track::ConnectionState), on which the
+    /// layer could do nothing: their connections are reused, and may go
+    /// stale, as if the layer were not there. Anything but `0` is a
+    /// misconfiguration: the client's connector is not wrapped by
+    /// [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) (or
+    /// something between them hides its `Connected` extras), the layer wraps
+    /// a composable pool instead of each of its connections
+    /// ([`IdleExpiryLayer::connection`]), or the client is reqwest, which
+    /// cannot be tracked. The first such response is also logged as a
+    /// `tracing` warning.
+    pub fn untracked_responses(&self) -> u64 {
+        self.inner.untracked.load(Ordering::Relaxed)
+    }
+
+    /// Counts a response without the tracker's state, and warns about the
+    /// first one (once per set of stats: per layer and its clones).
+    fn untracked(&self, version: http::Version) {
+        let c = &*self.inner;
+        c.untracked.fetch_add(1, Ordering::Relaxed);
+        // The flag is read first: after the first warning, untracked
+        // responses cost one relaxed load and the add above.
+        if !c.warned.load(Ordering::Relaxed) && !c.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                ?version,
+                "IdleExpiryLayer: a response came without a tracked connection, so its \
+                 connection gets no idle expiry; wrap the client's connector with \
+                 TrackConnectionsLayer (or, on a composable pool, each connection with \
+                 IdleExpiryLayer::connection). Logged once; IdleExpiryStats::untracked_responses \
+                 counts them all"
+            );
+        }
     }
 }
 

@@ -78,6 +78,9 @@
 //!
 //! # Which clients
 //!
+//! The layer needs the connection tracker ([`crate::track`]): every decision
+//! acts on the tracker's state of the response's connection.
+//!
 //! * **hyper-util's legacy `Client`** (HTTP/1.1): put
 //!   [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) on the
 //!   connector and [`IdleExpiryLayer`] around the client. On HTTP/2
@@ -86,10 +89,18 @@
 //! * **hyper-util's composable pools** (`client::pool::cache`, feature
 //!   `client-pool`): wrap each connection's service with
 //!   [`IdleExpiryLayer::connection`]; see [`IdleExpiryConnection`] and
-//!   `examples/composable_pool.rs`.
+//!   `examples/composable_pool.rs`. (The layer around the pool as a whole
+//!   sees no connection: hyper's own connections publish no tracker state.)
 //! * **reqwest**: its connections are sealed (no tracker), so idle expiry
 //!   cannot be applied; use its `pool_idle_timeout` below the server's idle
 //!   timeout and `RetryOnStaleConnection`.
+//!
+//! A response that arrives without the tracker's state (any of the stacks
+//! the layer does not fit) passes through untouched, its connection reused
+//! as if the layer were not there; so that a missing tracker never goes
+//! unnoticed, it is counted in [`IdleExpiryStats::untracked_responses`] and
+//! the first one is logged as a `tracing` warning (once per layer and its
+//! clones; later ones cost one relaxed atomic add).
 //!
 //! Every connection event (expired, refused, server idle close) is a
 //! `tracing` debug event and is counted in [`IdleExpiryStats`].

@@ -21,9 +21,13 @@ use crate::track::{ConnectionCapture, TrackedBody};
 /// the exchange, from which the tracker's IO counts the idle time and closes
 /// the connection at its expiry. Errors are the inner service's.
 ///
-/// Without the tracker (the response carries no
-/// [`ConnectionState`](crate::track::ConnectionState)) it does nothing but
-/// pass responses through.
+/// **It needs the tracker.** A response that carries no
+/// [`ConnectionState`](crate::track::ConnectionState) (an untracked
+/// connector, a composable pool wrapped as a whole, reqwest) passes through
+/// untouched and its connection gets no expiry; it is counted in
+/// [`IdleExpiryStats::untracked_responses`](super::IdleExpiryStats::untracked_responses)
+/// and the first one is logged as a `tracing` warning (once per layer and
+/// its clones), so a stack that misses the tracker does not go unnoticed.
 #[derive(Clone, Debug)]
 pub struct IdleExpiry<S> {
     inner: S,

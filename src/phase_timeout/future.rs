@@ -47,6 +47,10 @@ pub(crate) struct Watch {
     /// and the id of that connection (when tracked): hyper-util may retry a
     /// request on a new connection, and the clocks follow it.
     connected: Option<(Instant, Option<u64>)>,
+    /// `connected` is the call, because the inner service hides its
+    /// connection and the body was empty (see [`Watch::observe`]); a capture
+    /// filled later still wins.
+    assumed: bool,
     /// When the capture was first seen filled, right after an inner poll:
     /// the instant hyper-util handed the request to its connection.
     handed: Option<Instant>,
@@ -95,6 +99,7 @@ impl<F> ResponseFuture<F> {
             pending: PendingExchange::new(capture.clone()),
             capture,
             connected: None,
+            assumed: false,
             handed: None,
         };
         ResponseFuture {
@@ -194,6 +199,13 @@ impl Watch {
     /// Notes the request's connection if it has just become known (or, when
     /// tracked, changed after one of hyper-util's transparent retries), and
     /// returns what the capture says.
+    ///
+    /// An inner service that hides its connection
+    /// ([`ConnectionCapture::is_hidden`]: reqwest, hyper's own connections)
+    /// never fills the capture. There the body shows the connection: its
+    /// first frame pulled, or its end. A body that was empty at the call
+    /// shows nothing, so the request counts as handed over at the call:
+    /// `read` then runs from the call (the rule in the module docs).
     fn observe(&mut self, now: Instant) -> Captured {
         let captured = self
             .capture
@@ -204,13 +216,25 @@ impl Watch {
             _ => None,
         };
         let moved = matches!((self.connected, id), (Some((_, Some(old))), Some(new)) if old != new);
-        if self.connected.is_none() || moved {
-            let last_frame = self.last_frame();
-            self.connected = match (&captured, last_frame) {
+        let revealed = self.assumed && !matches!(captured, Captured::Pending);
+        if self.connected.is_none() || moved || revealed {
+            self.assumed = false;
+            let shown = self
+                .last_frame()
+                .or_else(|| self.progress.as_ref()?.body_end());
+            self.connected = match (&captured, shown) {
                 (Captured::Tracked(s), _) => Some(s.connected_at().max(self.issued)),
-                (Captured::Untracked, _) => Some(self.handed.or(last_frame).unwrap_or(now)),
-                (Captured::Pending, Some(frame)) => Some(frame),
-                (Captured::Pending, None) => None,
+                (Captured::Untracked, _) => Some(self.handed.or(shown).unwrap_or(now)),
+                (Captured::Pending, Some(shown)) => Some(shown),
+                (Captured::Pending, None) => {
+                    let hidden = self.progress.is_none()
+                        && self
+                            .capture
+                            .as_ref()
+                            .is_some_and(ConnectionCapture::is_hidden);
+                    self.assumed = hidden;
+                    hidden.then_some(self.issued)
+                }
             }
             .map(|at| (at, id));
         }

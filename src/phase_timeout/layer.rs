@@ -73,6 +73,13 @@ impl Limits {
 ///   upload finished (not from when the request was issued); then, by
 ///   default, a stall limit between response-body frames
 ///   ([`read_body_stall`](Self::read_body_stall) changes that part alone).
+///   Over a service that hides its connection (reqwest, a composable pool),
+///   a request without a body counts from the call; see [`read`](Self::read).
+///
+/// `send` and `read` are most precise with the connection tracker on the
+/// connector of hyper-util's client (socket bytes, HTTP/1); without it they
+/// follow request-body frames, as the [module docs](super#how-progress-is-observed)
+/// describe.
 /// * `total` — a deadline from the call through the end of the response body.
 ///
 /// Every limit is off until set. Setters take `Duration` or `None` (switch
@@ -108,7 +115,16 @@ impl PhaseTimeoutLayer {
         Self::default()
     }
 
-    /// The upload stall limit.
+    /// The upload stall limit: fails after this long without upload
+    /// progress.
+    ///
+    /// Progress is bytes written to the socket when the connection is
+    /// tracked ([`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer)
+    /// on hyper-util's client, HTTP/1), request-body frames pulled otherwise.
+    /// The clock starts when the request has a connection: when hyper-util
+    /// hands it over, or, over a service that hides its connection (reqwest,
+    /// a composable pool), at the first body frame pulled. A request without
+    /// a body has nothing to upload: `send` never fires for it.
     pub fn send(mut self, limit: impl Into<Option<Duration>>) -> Self {
         self.send = limit.into();
         self
@@ -117,6 +133,22 @@ impl PhaseTimeoutLayer {
     /// The response-head limit after the upload, and (unless
     /// [`read_body_stall`](Self::read_body_stall) is set) the stall limit
     /// between response-body frames.
+    ///
+    /// The head limit starts when the upload finished:
+    ///
+    /// * with the tracker on an HTTP/1 connection, when hyper flushed the
+    ///   request's last byte to the socket;
+    /// * otherwise when the request body ended (its last frame pulled), and
+    ///   for a request without a body when hyper-util handed it to its
+    ///   connection;
+    /// * over a service that hides its connection (reqwest through
+    ///   `ReqwestService`, a composable pool, anything that never fills
+    ///   hyper-util's connection capture), a request whose body is empty at
+    ///   the call (`is_end_stream()`, or a size hint of exactly 0) starts it
+    ///   **at the call**, so a `GET` always has its limit; it then includes
+    ///   that service's own wait for a connection. A request with a body
+    ///   there starts it when the body ended. See the
+    ///   [module docs](super#over-a-service-that-hides-its-connection).
     pub fn read(mut self, limit: impl Into<Option<Duration>>) -> Self {
         self.read = limit.into();
         self

@@ -51,9 +51,42 @@
 //! filled: the clocks start when the request is handed to its connection.
 //! An inner service that spawns hyper-util's future onto another task is
 //! seen at the layer's next check instead, up to a quarter of the shortest
-//! `send`/`read` limit later. Inner services other
-//! than hyper-util's client never fill the capture: there, a request without
-//! a body is only bounded by `total`.
+//! `send`/`read` limit later. Inner services other than hyper-util's client
+//! never fill the capture: see the next section.
+//!
+//! # Over a service that hides its connection
+//!
+//! Only hyper-util's legacy client fills the connection capture. reqwest
+//! (through the `reqwest` module's `ReqwestService`), hyper-util's composable
+//! pools, hyper's own connections and wrappers that rebuild the request
+//! never do, so the layer cannot see when such a service got its
+//! connection. It recognises one when the request leaves with its capture
+//! still empty: the request body is asked for its end (hyper asks right
+//! before it writes the request head) before any connection was captured,
+//! or the inner service lets go of the request's extensions without filling
+//! the capture (reqwest drops them in its `call`, hyper's connections once
+//! the head is written). hyper-util's client keeps the request until it has
+//! a connection and fills the capture before writing, so it is never taken
+//! for one: there, waiting for a connection stays the connect phase. Then:
+//!
+//! * **A request whose body is empty at the call** (`is_end_stream()`, or a
+//!   size hint of exactly 0: a `GET`, a `HEAD`) counts as handed to its
+//!   connection *at the call*. It has nothing to upload, and its `read`
+//!   clock runs from the call, so a bodiless request always has its `read`
+//!   limit. That limit then also covers the service's own wait for a
+//!   connection (its pool, TCP and TLS), which the layer cannot tell apart:
+//!   set `read` above that service's connect timeout.
+//! * **A request with a body** shows its connection by its frames: `send`
+//!   starts at the first frame the connection pulls (the service's wait for
+//!   a connection before that is bounded by its own connect timeout and by
+//!   `total`, not by `send`), and `read` when the body has ended (its last
+//!   frame pulled; hyper may still hold part of it in its write buffer).
+//! * A service that keeps the request, never asks its body and never lets
+//!   it go is not recognised (nothing in hyper, hyper-util or reqwest does
+//!   that): a bodiless request there is bounded by `total` alone.
+//!
+//! The layer looks for this only while the capture is empty, at its timer
+//! checks: nothing is added to a request on hyper-util's client.
 //!
 //! # Zero and enormous limits
 //!
@@ -94,13 +127,15 @@
 //! * **hyper-util's composable pools** (`client::pool`) or any other
 //!   `Service<http::Request<B>>`: [`PhaseTimeoutLayer`] wraps them the same
 //!   way, but they do not fill hyper-util's connection capture, so progress
-//!   comes from request-body frames (see above); [`ConnectTimeoutLayer`] wraps
-//!   whatever makes their connections.
+//!   comes from request-body frames and a bodiless request's `read` runs
+//!   from the call (see above); [`ConnectTimeoutLayer`] wraps whatever makes
+//!   their connections.
 //! * **reqwest**: [`ConnectTimeoutLayer`] goes into
 //!   `ClientBuilder::connector_layer` (its timeout stays
 //!   `reqwest::Error::is_timeout()`); [`PhaseTimeoutLayer`] wraps the client
 //!   through the `reqwest` module's `ReqwestService` (feature `reqwest`),
-//!   with progress from request-body frames. See that module's docs and
+//!   with progress from request-body frames and the rules of a service
+//!   that hides its connection (above). See that module's docs and
 //!   `examples/reqwest.rs`.
 //!
 //! # Example

@@ -82,10 +82,13 @@ where
         // Captured even without send/read limits: a timed-out or dropped
         // request's connection is poisoned through it.
         let capture = ConnectionCapture::get_or_insert(&mut req);
-        // A body that is already at its end is never polled by hyper (the
-        // upload is the request head): it needs no shared progress record.
-        // Either way the body announces the attempt to its connection.
-        let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new(issued)));
+        // A body that is already at its end, or says it has exactly nothing
+        // to send, is empty: its upload is the request head, so it needs no
+        // shared progress record. Either way the body announces the attempt
+        // to its connection.
+        let body = req.body();
+        let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        let progress = (!empty).then(|| Arc::new(Progress::new(issued)));
         let req = req.map(|b| RequestBody::tracked(b, progress.clone(), Some(capture.clone())));
         ResponseFuture::new(self.inner.call(req), plan, issued, progress, Some(capture))
     }

@@ -311,6 +311,147 @@ async fn enormous_limits_never_fire_nor_panic() {
     server.await.unwrap();
 }
 
+// ------------------------------------ a service that hides its connection
+//
+// An inner service other than hyper-util's legacy client never fills the
+// connection capture. A body shows the connection by its frames; a request
+// whose body was empty at the call shows nothing, so once the layer knows
+// the service hides its connection, `read` runs from the call.
+
+/// What the inner service does with a request it got.
+#[derive(Clone, Copy, Debug)]
+enum Hides {
+    /// Drops the request (its extensions, the capture among them): reqwest
+    /// does in its `call`.
+    DropsIt,
+    /// Keeps the request and asks its body for its end, as hyper does right
+    /// before writing a head.
+    AsksTheBody,
+    /// Keeps the request, asks nothing: hyper-util's legacy client while it
+    /// waits for a connection.
+    Connecting,
+}
+
+/// A request body with nothing to send that does not say it has ended (a
+/// size hint of exactly 0 is as empty as `is_end_stream`).
+#[derive(Debug, Default)]
+struct ZeroHint;
+
+impl http_body::Body for ZeroHint {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(0)
+    }
+}
+
+/// Issues a bodiless GET through `inner` with `layer` and returns the error
+/// and when it came, after the call.
+async fn bodiless_over<B>(body: B, inner: Hides, layer: PhaseTimeoutLayer) -> (BoxError, Duration)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mock, mut handle) = mock::pair::<Request<RequestBody<B>>, Response<Empty<Bytes>>>();
+    let mut svc = PhaseTimeout::new(mock, layer);
+    let start = Instant::now();
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::get("/").body(body).unwrap());
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        let kept = match inner {
+            Hides::DropsIt => {
+                drop(req);
+                None
+            }
+            Hides::AsksTheBody => {
+                assert!(req.body().is_end_stream() || req.body().size_hint().exact() == Some(0));
+                Some(req)
+            }
+            Hides::Connecting => Some(req),
+        };
+        // The response never comes; the sender stays.
+        sleep(Duration::from_secs(3600)).await;
+        drop((kept, send, handle));
+    });
+    let err = fut.await.unwrap_err();
+    let took = start.elapsed();
+    server.abort();
+    (err, took)
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodiless_read_over_a_hidden_connection_starts_at_the_call() {
+    let read = ms(1000);
+    let layer = PhaseTimeoutLayer::new().read(read).total(ms(5000));
+    for inner in [Hides::DropsIt, Hides::AsksTheBody] {
+        for (body, err_took) in [
+            (
+                "empty",
+                bodiless_over(Empty::<Bytes>::new(), inner, layer).await,
+            ),
+            ("zero hint", bodiless_over(ZeroHint, inner, layer).await),
+        ] {
+            let (err, took) = err_took;
+            let e = elapsed(&err);
+            assert_eq!(e.phase(), Phase::Read, "{inner:?}, {body}: {err}");
+            // Exactly one limit after the call, on the paused clock.
+            assert_eq!((took, e.elapsed()), (read, read), "{inner:?}, {body}");
+            assert_eq!(e.bytes_sent(), 0);
+        }
+    }
+    // A request nobody has taken to write yet (the legacy client still
+    // connecting) is in the connect phase: `read` has not started.
+    let (err, took) = bodiless_over(Empty::<Bytes>::new(), Hides::Connecting, layer).await;
+    assert_eq!(elapsed(&err).phase(), Phase::Total, "{err}");
+    assert_eq!(took, ms(5000));
+}
+
+/// A request with a body over a hidden connection: `send` starts at the
+/// first frame pulled and `read` when the body ends, as without the
+/// tracker; the call itself starts neither.
+#[tokio::test(start_paused = true)]
+async fn body_over_a_hidden_connection_starts_at_its_frames() {
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().send(ms(500)).read(ms(1000)));
+    let (tx, body) = Channel::new(1);
+    let start = Instant::now();
+    let fut = issue(&mut svc, Request::post("/").body(body).unwrap()).await;
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        // 2 s before the connection pulls the body (reqwest connecting):
+        // no send stall while nothing was pulled.
+        sleep(ms(2000)).await;
+        let (parts, body) = req.into_parts();
+        drop(parts);
+        let n = drain(Request::new(body)).await.unwrap();
+        sleep(Duration::from_secs(3600)).await;
+        drop((send, handle));
+        n
+    });
+    // Three frames 100 ms apart, then the end.
+    tokio::spawn(feed(tx, 3, ms(100)));
+    let err = fut.await.unwrap_err();
+    let e = elapsed(&err);
+    assert_eq!(e.phase(), Phase::Read, "{err}");
+    assert_eq!(e.bytes_sent(), 3 * 1024);
+    // Pulled from 2.0 s (one frame was queued by then, the others follow
+    // 100 ms apart, the end 100 ms after the last, at 2.2 s): read fires 1 s
+    // after the end; no send stall during the 2 s nothing was pulled.
+    assert_eq!(start.elapsed(), ms(3200));
+    server.abort();
+}
+
 // ------------------------------------------------------------ the zero rule
 //
 // A zero limit is already spent, in every phase: what it bounds fails at its

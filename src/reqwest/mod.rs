@@ -46,11 +46,14 @@
 //! * **PhaseTimeout measures body frames, not the socket.** Upload progress
 //!   is request-body frames pulled by the connection, and the upload counts
 //!   as finished when its last frame was pulled (hyper may still be writing
-//!   its buffer). A request **without a body** never shows when it got its
-//!   connection, so its `send` and `read` (response-head) limits cannot
-//!   start: bound it with `total` (or a
-//!   [`PhaseOverride`](crate::phase_timeout::PhaseOverride)). The body stall
-//!   limit and `total` work as everywhere.
+//!   its buffer): `send` starts at the first frame pulled and `read` when
+//!   the body ended. A request **without a body** never shows when it got
+//!   its connection, so its `read` (response-head) limit runs from the call
+//!   (the layer knows reqwest hides the connection: it drops the request's
+//!   extensions): it then includes reqwest's wait for a connection, so set
+//!   it above the connect timeout. The body stall limit and `total` work as
+//!   everywhere. See
+//!   [PhaseTimeout over a service that hides its connection](crate::phase_timeout#over-a-service-that-hides-its-connection).
 //!
 //! reqwest's own `timeout`, `read_timeout` and `connect_timeout` can stay
 //! set alongside; they fail with reqwest's unnamed timeout error.

@@ -30,7 +30,9 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub enum RetryReason {
     /// Nothing of the request had been written: an
     /// [`IdleExpiry`](crate::idle_expiry) refusal, hyper's "canceled", or a
-    /// connection that failed before its first byte went out.
+    /// connection that failed before its first byte went out (that last
+    /// one is proven by the tracker only: without it such a failure counts
+    /// as written).
     NothingWritten,
     /// HTTP/2 `REFUSED_STREAM`: the server did not process the stream
     /// (RFC 9113 §8.7).
@@ -41,6 +43,8 @@ pub enum RetryReason {
     /// A reused HTTP/1 connection was reset or closed before any byte of the
     /// response arrived (the stale keep-alive race), and the request is
     /// idempotent or carries an [`Idempotency-Key`](IDEMPOTENCY_KEY).
+    /// Decided with the tracker only; without it the same failure is
+    /// [`ConnectionClosed`](Self::ConnectionClosed).
     StaleConnection,
     /// Without the tracker: the connection was reset or closed before a
     /// response head, and the request is idempotent or carries an
@@ -93,10 +97,14 @@ pub enum Rule {
     /// error, or one this layer does not recognise).
     NotConnectionFailure,
     /// Part of the response had arrived: the server was processing the
-    /// request.
+    /// request. Decided with the tracker only (any response byte, 1xx and
+    /// partial heads included); without it only a complete response head is
+    /// seen, and a failure before one falls to the idempotency rule.
     ResponseStarted,
     /// The connection was new: its failure is a real error, not a stale
-    /// connection.
+    /// connection. Decided with the tracker only; without it whether the
+    /// connection was new is unknown, and an idempotent or keyed request is
+    /// retried ([`RetryReason::ConnectionClosed`]).
     FreshConnection,
     /// The request is not idempotent and carries no
     /// [`Idempotency-Key`](IDEMPOTENCY_KEY): the server may have processed it.

@@ -24,6 +24,21 @@ use super::RetryOnStaleConnection;
 /// mode), or through a bounded [`ReplayBody`](super::ReplayBody) with
 /// [`replay_buffer`](Self::replay_buffer) for any other body.
 ///
+/// **Its reuse-dependent rules need the connection tracker**
+/// ([`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) on
+/// hyper-util's client, with [`PhaseTimeout`](crate::phase_timeout) below
+/// this layer for an exact record of each attempt): whether the failed
+/// connection was new or reused, whether any response byte had arrived,
+/// whether anything of the request was written. Without it (reqwest, a
+/// composable pool, an untracked connector, and HTTP/2 connections in any
+/// case) the layer still works, from the error chain alone, and errs on the
+/// side of not duplicating: a reset or EOF is retried only for idempotent
+/// or keyed requests, on new connections too
+/// ([`RetryReason::ConnectionClosed`](super::RetryReason::ConnectionClosed)),
+/// and a POST without a key never is (its [`NotRetried`](super::NotRetried)
+/// says reuse was unknown). See
+/// [the module docs](super#without-the-tracker).
+///
 /// A `Clone` of the layer copies the settings and **shares the budget**.
 ///
 /// ```
@@ -68,7 +83,8 @@ pub struct ReplayBuffer {
 
 impl RetryOnStaleConnectionLayer {
     /// A layer with at most one retry, no budget, connect timeouts not
-    /// retried, for `Clone` request bodies.
+    /// retried, for `Clone` request bodies. With the tracker on the client's
+    /// connector for its exact rules (see the [type docs](Self)).
     pub fn new() -> Self {
         Self::default()
     }

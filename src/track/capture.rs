@@ -1,8 +1,10 @@
 //! The one place that captures a request's connection, and the record of
 //! the attempt that request makes on it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use http::Request;
 use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, Connected};
@@ -52,6 +54,10 @@ struct Attempt {
     /// hyper took the request to write (the body's hook ran with the
     /// capture filled).
     announced: AtomicBool,
+    /// The body's hook ran while the capture was still empty: whatever is
+    /// writing the request never filled it (see
+    /// [`ConnectionCapture::is_hidden`]).
+    asked_unfilled: AtomicBool,
     /// The body had nothing to send when the request was announced.
     body_empty: AtomicBool,
     /// The connection and the attempt's number on it, from the moment the
@@ -170,6 +176,7 @@ impl ConnectionCapture {
         let attempt = Arc::new(Attempt {
             inner: capture_connection(req),
             announced: AtomicBool::new(false),
+            asked_unfilled: AtomicBool::new(false),
             body_empty: AtomicBool::new(false),
             begun: OnceLock::new(),
             upload_done: AtomicBool::new(false),
@@ -203,7 +210,16 @@ impl ConnectionCapture {
     /// `body_empty`: the body has nothing to send (its upload is the head).
     pub(crate) fn begin(&self, body_empty: bool) {
         let attempt = &*self.attempt;
-        if attempt.announced.load(Ordering::Acquire) || !self.is_filled() {
+        if attempt.announced.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.is_filled() {
+            // Asked with no connection captured: hyper-util's legacy client
+            // fills the capture before its connection ever sees the body, so
+            // this request is being written by something that hides its
+            // connection (reqwest, a composable pool, hyper's own
+            // connections). Nothing to pair; remembered for `is_hidden`.
+            attempt.asked_unfilled.store(true, Ordering::Relaxed);
             return;
         }
         attempt.body_empty.store(body_empty, Ordering::Relaxed);
@@ -258,6 +274,43 @@ impl ConnectionCapture {
             Captured::Tracked(captured) if captured.id() == state.id() => Some((state, number)),
             _ => None,
         }
+    }
+
+    /// Whether the service this request was handed to hides its
+    /// connection: the request left with its capture still empty. That is
+    /// known when
+    ///
+    /// * its body was asked for its end (hyper asks right before writing
+    ///   the request head; see [`begin`](Self::begin)) before any connection
+    ///   was captured, or
+    /// * the request's copy of hyper-util's capture was dropped unfilled:
+    ///   the inner service let the request's extensions go (reqwest does in
+    ///   its `call`; hyper's own connections once the head is encoded).
+    ///
+    /// hyper-util's legacy client carries the request, extensions included,
+    /// until it has a connection and fills the capture before writing, so
+    /// over it this stays `false` (a request it drops unfilled has failed,
+    /// and its error is on the way). Not for the hot path: the second check
+    /// clones the capture's receiver and polls it once.
+    pub(crate) fn is_hidden(&self) -> bool {
+        let attempt = &*self.attempt;
+        if attempt.asked_unfilled.load(Ordering::Relaxed) {
+            return true;
+        }
+        // hyper-util's receiver says "closed" only through
+        // `wait_for_connection_metadata`, ready at once (with `None`) when
+        // the request's end of the capture is gone unfilled (hyper-util's
+        // own tests pin that; a version whose future stayed pending would
+        // leave only the check above). Polled once on a clone (the original
+        // stays untouched), with a waker nobody needs; tokio's cooperative
+        // budget may make it pending now and then: the next check asks again.
+        let mut receiver = attempt.inner.clone();
+        let wait = std::pin::pin!(receiver.wait_for_connection_metadata());
+        let released = match wait.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(connected) => connected.is_none(),
+            Poll::Pending => false,
+        };
+        released
     }
 
     /// Whether a request body announces this attempt (see [`hook`](Self::hook)).

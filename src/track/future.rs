@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
 use http_body::Body;
@@ -87,14 +87,32 @@ where
         // by this future.
         this.pending.disarm();
         let mut response = result?;
-        if let Some(info) = response
+        match response
             .extensions()
             .get::<ConnectionState>()
             .map(ConnectionState::info)
         {
-            response.extensions_mut().insert(info);
+            Some(info) => {
+                response.extensions_mut().insert(info);
+            }
+            None => untracked_info(),
         }
         let end = ExchangeEnd::for_request(Some(this.capture), &response, false);
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
+    }
+}
+
+/// `WithConnectionInfo` got a response without the tracker's state: it has
+/// nothing to insert. Warned about once per process (the layer keeps no
+/// state of its own to warn once per layer); later ones cost one relaxed
+/// load.
+fn untracked_info() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.load(Ordering::Relaxed) && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "ConnectionInfoLayer: a response came without a tracked connection, so it carries \
+             no ConnectionInfo; wrap the client's connector with TrackConnectionsLayer. \
+             Logged once per process"
+        );
     }
 }

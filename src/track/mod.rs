@@ -93,6 +93,22 @@
 //! [`ConnectionInfo::of`] tells any response's connection story;
 //! [`ConnectionInfoLayer`] stores it as a response extension.
 //!
+//! # Layers that need the tracker
+//!
+//! [`ConnectionInfoLayer`] (its service [`WithConnectionInfo`]) and
+//! [`IdleExpiryLayer`](crate::idle_expiry::IdleExpiryLayer) do nothing
+//! without it: over a connector that is not wrapped by
+//! [`TrackConnectionsLayer`] (or a client that hides its connections:
+//! reqwest, a composable pool wrapped as a whole) their responses pass
+//! through untouched. Neither stays silent about it: the first such
+//! response is logged as a `tracing` warning (`IdleExpiryLayer` once per
+//! layer and its clones, and it counts them all in
+//! [`IdleExpiryStats::untracked_responses`](crate::idle_expiry::IdleExpiryStats::untracked_responses);
+//! `ConnectionInfoLayer`, which keeps no state, once per process).
+//! [`PhaseTimeout`](crate::phase_timeout) and
+//! [`RetryOnStaleConnection`](crate::retry) work without the tracker, on
+//! what they can observe (body frames; error chains), as their docs say.
+//!
 //! The state lives in an `Arc` owned by the connection; it is dropped with the
 //! connection and the last response that refers to it. Nothing global grows:
 //! the only process-wide item is the id counter.
