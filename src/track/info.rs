@@ -104,13 +104,20 @@ impl ConnectionInfo {
 /// connection, which is then closed at once and never handed to another
 /// request. Every other request-plane layer of this crate does the same
 /// marking itself; this layer is for stacks that use none of them.
+///
+/// **It needs the tracker.** Over a client whose connector is not wrapped
+/// by [`TrackConnectionsLayer`](super::TrackConnectionsLayer) (or one that
+/// hides its connections, such as reqwest) responses pass through without a
+/// `ConnectionInfo`; the first such response is logged once per process as
+/// a `tracing` warning.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnectionInfoLayer {
     _priv: (),
 }
 
 impl ConnectionInfoLayer {
-    /// A new layer.
+    /// A new layer; the client below it needs a tracked connector (see
+    /// above).
     pub fn new() -> Self {
         Self::default()
     }
