@@ -77,7 +77,7 @@ impl Ca {
 
     /// A client configuration trusting this CA, with the crate's defaults.
     fn client_config(&self) -> Arc<ClientConfig> {
-        Arc::new(config_with_roots(self.roots()))
+        Arc::new(config_with_roots(self.roots()).unwrap())
     }
 
     fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
@@ -560,7 +560,7 @@ async fn session_store_is_bounded() {
         const BOUND: usize = 3;
         let ca = Ca::new("test ca");
         let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
-        let mut config = config_with_roots(ca.roots());
+        let mut config = config_with_roots(ca.roots()).unwrap();
         config.resumption = Resumption::in_memory_sessions(BOUND * TICKETS_PER_SERVER);
         let config = Arc::new(config);
         let addr = server.addr;
@@ -724,9 +724,9 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
                 tokio::spawn(async move {
                     barrier.wait().await;
                     if i % 2 == 0 {
-                        shared_config()
+                        shared_config().unwrap()
                     } else {
-                        connector.config()
+                        connector.config().unwrap()
                     }
                 })
             })
@@ -742,7 +742,7 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
             [b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         assert!(Arc::ptr_eq(
-            &SharedTlsLayer::new().layer(tcp()).config(),
+            &SharedTlsLayer::new().layer(tcp()).config().unwrap(),
             &configs[0]
         ));
         assert_eq!(shared_config_build_count(), 1);
