@@ -96,13 +96,19 @@ async fn run() -> Result<(), Error> {
         CryptoProvider::get_default().is_none(),
         "no process default yet",
     )?;
-    match tls::shared_config() {
-        Ok(_) => check(CRATE_PROVIDER, "shared_config() built on the crate's provider")?,
-        Err(e) => check(
-            !CRATE_PROVIDER && e.kind() == TlsConnectErrorKind::NoCryptoProvider,
-            format_args!("shared_config() without a provider: a typed error ({e})"),
-        )?,
-    }
+    let early = match tls::shared_config() {
+        Ok(shared) => {
+            check(CRATE_PROVIDER, "shared_config() built on the crate's provider")?;
+            Some(shared)
+        }
+        Err(e) => {
+            check(
+                !CRATE_PROVIDER && e.kind() == TlsConnectErrorKind::NoCryptoProvider,
+                format_args!("shared_config() without a provider: a typed error ({e})"),
+            )?;
+            None
+        }
+    };
     let one_call = client::builder().build::<Empty<Bytes>>();
     let res = one_call
         .clone()
@@ -160,11 +166,19 @@ async fn run() -> Result<(), Error> {
             return again_reqwest(&plain_url).await;
         }
     };
-    if let Some(default) = CryptoProvider::get_default() {
-        check(
+    match (&early, CryptoProvider::get_default()) {
+        // Built once, before rustls installed a default: it keeps the
+        // crate's provider.
+        (Some(early), _) => check(
+            Arc::ptr_eq(&shared, early),
+            "the shared configuration was built once, on the crate's provider",
+        )?,
+        // Built now, after the install.
+        (None, Some(default)) => check(
             Arc::ptr_eq(shared.crypto_provider(), default),
             "the shared configuration uses the process default",
-        )?;
+        )?,
+        (None, None) => check(false, "a provider behind the shared configuration")?,
     }
     let (tls_addr, roots) = start_tls(shared.crypto_provider().clone()).await?;
     let https = format!("https://{tls_addr}/");
