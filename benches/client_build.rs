@@ -36,7 +36,15 @@ fn client_build(c: &mut Criterion) {
         })
     });
     group.bench_function("reqwest_shared_tls", |b| {
-        b.iter(|| black_box(reqwest::Client::builder().shared_tls().unwrap().build().unwrap()))
+        b.iter(|| {
+            black_box(
+                reqwest::Client::builder()
+                    .shared_tls()
+                    .unwrap()
+                    .build()
+                    .unwrap(),
+            )
+        })
     });
     // `Client::new()` loads the OS roots (reqwest's platform verifier):
     // milliseconds per iteration, so fewer samples.

@@ -260,7 +260,8 @@ fn client(server: &H2Server, phases: PhaseTimeoutLayer) -> (TestClient, TrackSta
     let mut builder = Client::builder(TokioExecutor::new());
     let inner: BoxCloneService<_, _, BoxError> = match &server.roots {
         Some(roots) => {
-            let tls = SharedTlsLayer::from_config(Arc::new(config_with_roots(roots.clone()).unwrap()));
+            let tls =
+                SharedTlsLayer::from_config(Arc::new(config_with_roots(roots.clone()).unwrap()));
             let connector = ServiceBuilder::new().layer(track).layer(tls).service(http);
             BoxCloneService::new(
                 builder

@@ -48,7 +48,10 @@ async fn the_process_default_is_used_for_every_configuration_built_after_it() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&res.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
+    assert_eq!(
+        &res.into_body().collect().await.unwrap().to_bytes()[..],
+        b"ok"
+    );
     assert_eq!(
         server.next_group().await.unwrap(),
         Some(NamedGroup::secp256r1)

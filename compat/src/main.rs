@@ -28,7 +28,10 @@ use tower_conn_lifecycle::{client, find_cause};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// This crate's own provider feature is on.
-const CRATE_PROVIDER: bool = cfg!(any(feature = "lifecycle-ring", feature = "lifecycle-aws-lc-rs"));
+const CRATE_PROVIDER: bool = cfg!(any(
+    feature = "lifecycle-ring",
+    feature = "lifecycle-aws-lc-rs"
+));
 /// The providers rustls has compiled in, whoever turned them on.
 const RUSTLS_AWS_LC: bool = cfg!(any(
     feature = "reqwest-default-tls",
@@ -98,7 +101,10 @@ async fn run() -> Result<(), Error> {
     )?;
     let early = match tls::shared_config() {
         Ok(shared) => {
-            check(CRATE_PROVIDER, "shared_config() built on the crate's provider")?;
+            check(
+                CRATE_PROVIDER,
+                "shared_config() built on the crate's provider",
+            )?;
             Some(shared)
         }
         Err(e) => {
@@ -151,7 +157,11 @@ async fn run() -> Result<(), Error> {
             "  skipped: rustls has {} compiled in, so it panics here by its own rule \
              (no configuration of compat/run has two; with none, this graph would have \
              no rustls at all without tower-conn-lifecycle)",
-            if RUSTLS_AWS_LC { "two providers" } else { "no provider" }
+            if RUSTLS_AWS_LC {
+                "two providers"
+            } else {
+                "no provider"
+            }
         );
     }
 
@@ -185,7 +195,11 @@ async fn run() -> Result<(), Error> {
     let config = Arc::new(tls::config_with_roots(roots)?);
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    let body = get(SharedTlsConnector::from_config(http, config.clone()), &https).await?;
+    let body = get(
+        SharedTlsConnector::from_config(http, config.clone()),
+        &https,
+    )
+    .await?;
     check(&body[..] == b"tls", "SharedTlsConnector over https://")?;
     let res = client::builder()
         .tls_config(config.clone())

@@ -289,7 +289,11 @@ pub(crate) fn feature_provider() -> Option<Arc<CryptoProvider>> {
     #[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
     {
         static FEATURE: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-        Some(FEATURE.get_or_init(|| Arc::new(make_feature_provider())).clone())
+        Some(
+            FEATURE
+                .get_or_init(|| Arc::new(make_feature_provider()))
+                .clone(),
+        )
     }
     #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
     {

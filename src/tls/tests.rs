@@ -264,7 +264,10 @@ fn shared_config_is_built_once_and_used_by_default() {
     let of = |connector: SharedTlsConnector<_>| connector.config().unwrap();
     assert!(Arc::ptr_eq(&of(SharedTlsConnector::new(())), &config));
     assert!(Arc::ptr_eq(&of(SharedTlsLayer::new().layer(())), &config));
-    assert!(Arc::ptr_eq(&SharedTlsConnector::tcp().config().unwrap(), &config));
+    assert!(Arc::ptr_eq(
+        &SharedTlsConnector::tcp().config().unwrap(),
+        &config
+    ));
     assert_eq!(shared_config_build_count(), 1);
 }
 
@@ -283,7 +286,10 @@ fn alpn_override_of_the_shared_config_is_cloned_once_lazily() {
     assert!(Arc::ptr_eq(&third.config().unwrap(), &config));
     let shared = shared_config().unwrap();
     assert!(!Arc::ptr_eq(&shared, &config));
-    assert!(Arc::ptr_eq(shared.crypto_provider(), config.crypto_provider()));
+    assert!(Arc::ptr_eq(
+        shared.crypto_provider(),
+        config.crypto_provider()
+    ));
     assert_eq!(shared_config_build_count(), 1);
 }
 
