@@ -136,6 +136,9 @@ impl H2Server {
             Transport::H2c => (None, None),
             Transport::Tls => {
                 let (roots, chain, key) = test_pki();
+                // rustls 0.23.48 deprecates *ring*'s constructor (no post-quantum
+                // key exchange) and has no other; any provider serves a test server.
+                #[allow(deprecated)]
                 let mut config = ServerConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),
                 ))

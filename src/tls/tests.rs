@@ -152,8 +152,7 @@ impl Ca {
             .unwrap();
         let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
         let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(some_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
