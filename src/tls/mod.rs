@@ -54,8 +54,11 @@
 //! * The process-wide configuration, built lazily: [`SharedTlsConnector::new`]
 //!   resolves it at the first `https://` connect, so building a connector or
 //!   a client never loads certificates nor needs a crypto provider, and an
-//!   `http://`-only program never builds it. A hyper-rustls `HttpsConnector` takes its configuration when
-//!   it is built, so this connector builds one per `https://` connect (an
+//!   `http://`-only program never builds it. A build that fails for want of
+//!   a provider is not remembered: the next `https://` connect after one was
+//!   installed builds it. A hyper-rustls `HttpsConnector` takes its
+//!   configuration when it is built, so this connector builds one per
+//!   `https://` connect (an
 //!   `Arc` and the connector's boxed future; nothing per client) around the
 //!   inner connect, and routes `http://` around it (no allocation, no
 //!   configuration).
