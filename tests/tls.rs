@@ -117,6 +117,17 @@ fn good_leaf(ca: &Ca) -> Leaf {
 
 // ------------------------------------------------------------ test servers
 
+/// The crypto provider the crate's configurations use in this test binary
+/// (built without touching the shared configuration). The servers use it
+/// too, so both ends prefer the same key exchange group and a handshake is
+/// `Full`, not `FullWithHelloRetryRequest`, whichever provider that is.
+fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    config_with_roots(RootCertStore::empty())
+        .unwrap()
+        .crypto_provider()
+        .clone()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     /// TLS, ALPN `h2` + `http/1.1`, hyper-util's auto server.
@@ -159,16 +170,12 @@ impl TestServer {
     fn start_on(listener: TcpListener, leaf: &Leaf, mode: Mode) -> Self {
         let addr = listener.local_addr().unwrap();
         assert!(addr.ip().is_loopback());
-        // rustls 0.23.48 deprecates *ring*'s constructor (no post-quantum key
-        // exchange) and has no other; any provider serves a test server.
-        #[allow(deprecated)]
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
-                .unwrap();
+        let mut config = ServerConfig::builder_with_provider(client_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+            .unwrap();
         config.alpn_protocols = match mode {
             Mode::H2Capable => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             _ => vec![b"http/1.1".to_vec()],
