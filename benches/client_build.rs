@@ -17,10 +17,11 @@ use tower_conn_lifecycle::reqwest::ClientBuilderExt;
 use tower_conn_lifecycle::tls::{shared_config, SharedTlsConnector};
 
 fn client_build(c: &mut Criterion) {
-    // With this crate's `tls` feature reqwest has rustls but no crypto
-    // provider of its own: `Client::new()` uses the process default.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _config = shared_config();
+    let config = shared_config().expect("a crypto provider (this crate's `ring` feature)");
+    // With this crate's `reqwest-rustls` feature reqwest has rustls but no
+    // crypto provider of its own: `Client::new()` needs a process default.
+    // This installs the one the shared configuration uses.
+    let _ = config.crypto_provider().as_ref().clone().install_default();
     let mut group = c.benchmark_group("client_build");
 
     group.bench_function("hyper_util_no_tls", |b| {
@@ -35,7 +36,15 @@ fn client_build(c: &mut Criterion) {
         })
     });
     group.bench_function("reqwest_shared_tls", |b| {
-        b.iter(|| black_box(reqwest::Client::builder().shared_tls().build().unwrap()))
+        b.iter(|| {
+            black_box(
+                reqwest::Client::builder()
+                    .shared_tls()
+                    .unwrap()
+                    .build()
+                    .unwrap(),
+            )
+        })
     });
     // `Client::new()` loads the OS roots (reqwest's platform verifier):
     // milliseconds per iteration, so fewer samples.

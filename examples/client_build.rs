@@ -54,14 +54,14 @@ struct Row {
 }
 
 fn main() {
-    // With this crate's `tls` feature reqwest has rustls but no crypto
-    // provider of its own: `Client::new()` uses the process default.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-
     // The first use builds the shared configuration (loads the roots).
     let start = Instant::now();
-    let _config = shared_config();
+    let config = shared_config().expect("a crypto provider (this crate's `ring` feature)");
     let first_build = start.elapsed();
+    // With this crate's `reqwest-rustls` feature reqwest has rustls but no
+    // crypto provider of its own: `Client::new()` needs a process default.
+    // This installs the one the shared configuration uses.
+    let _ = config.crypto_provider().as_ref().clone().install_default();
 
     let reqwest_new = time(REQWEST_NEW_CLIENTS, || {
         black_box(reqwest::Client::new());
@@ -69,6 +69,7 @@ fn main() {
     let reqwest_shared = time(CLIENTS, || {
         let client = reqwest::Client::builder()
             .shared_tls()
+            .expect("the shared configuration")
             .build()
             .expect("reqwest client");
         black_box(client);

@@ -41,7 +41,7 @@ async fn main() -> Result<(), tower_conn_lifecycle::BoxError> {
     let started = std::time::Instant::now();
     let client = reqwest::Client::builder()
         .no_proxy()
-        .shared_tls()
+        .shared_tls()?
         .connector_layer(ConnectTimeoutLayer::new(Duration::from_millis(500)))
         .pool_idle_timeout(Duration::from_secs(30))
         .build()?;

@@ -21,7 +21,7 @@
 //!   (reused? idle time? time to first byte?);
 #![cfg_attr(
     feature = "tls",
-    doc = "* [`tls`] — one lazily built rustls configuration shared by every client in the process;"
+    doc = "* [`tls`] — one lazily built rustls configuration shared by every client in the process, on the application's crypto provider;"
 )]
 #![cfg_attr(
     feature = "reqwest",
@@ -36,17 +36,22 @@
 //!
 //! Like tower-http's, the optional parts are cargo features, and the default
 //! pulls in no TLS stack: a crate that adds this one for its timeouts
-//! compiles neither rustls nor ring.
+//! compiles neither rustls nor ring. Cargo turns a feature on for the whole
+//! graph, so the last column says what each feature enables in *other*
+//! crates, which the application's own code then sees too; only the
+//! features named after a provider or a reqwest TLS backend turn one on.
 //!
-//! | feature | enables |
-//! |---|---|
-//! | *(none)* | [`phase_timeout`], [`track`], [`idle_expiry`] and the other layers: always compiled |
-//! | `tls` | the `tls` module: `SharedTlsConnector` on hyper-rustls (rustls with the `ring` provider, webpki roots; no aws-lc) |
-//! | `native-roots` | `tls`, with the operating system's root certificates in the shared configuration (webpki's as a fallback) |
-//! | `testing` | the `testing` module: misbehaving loopback servers for tests |
-//! | `reqwest` | the `reqwest` module: `ReqwestService`, which makes a `reqwest::Client` a tower HTTP service (reqwest with its default features off) |
-//! | `tls` + `reqwest` | `reqwest::ClientBuilderExt` (the shared configuration in reqwest's builder), and reqwest's `rustls-no-provider` backend: ring, no aws-lc; see the `reqwest` module's docs |
-//! | `full` | `tls`, `testing` and `reqwest` (not `native-roots`: which roots to trust is a choice, not a capability) |
+//! | feature | enables here | enables in other crates |
+//! |---|---|---|
+//! | *(none)* | [`phase_timeout`], [`track`], [`idle_expiry`] and the other layers: always compiled | hyper's `client`, `http1`, `http2`; hyper-util's `client-legacy`, `http1`, `http2`, `tokio`; tokio's `time`, `net`, `rt`, `sync`; tower's `util`, `retry` |
+//! | `tls` | the `tls` module: `SharedTlsConnector` on hyper-rustls, webpki roots, and the application's rustls crypto provider (see the `tls` module docs) | rustls's `std` and `tls12`; hyper-rustls's `tls12` and `webpki-tokio` (webpki-roots). **No crypto provider**, no reqwest feature |
+//! | `native-roots` | `tls`, with the operating system's root certificates in the shared configuration (webpki's as a fallback) | as `tls`, and hyper-rustls's `native-tokio` (rustls-native-certs) |
+//! | `ring` | `tls`, with rustls's *ring* provider for an application that has none installed | as `tls`, and rustls's `ring`. An application whose rustls also has `aws_lc_rs` (reqwest's default features) then has both, and rustls's own `ClientConfig::builder()` in other crates panics unless a process default is installed |
+//! | `aws-lc-rs` | `tls`, with rustls's aws-lc-rs provider (post-quantum key exchange) for an application that has none installed; preferred over `ring` if both are on | as `tls`, and rustls's `aws_lc_rs` (a C build; nothing new if the application's rustls or reqwest already has it). With `ring` also in rustls, the same caveat as `ring` |
+//! | `testing` | the `testing` module: misbehaving loopback servers for tests | hyper's and hyper-util's `server`; tokio's `io-util`, `macros` |
+//! | `reqwest` | the `reqwest` module: `ReqwestService`, which makes a `reqwest::Client` a tower HTTP service | reqwest 0.13's `http2` (reqwest with its default features off: no TLS backend) |
+//! | `reqwest-rustls` | `reqwest` and `tls`, and `reqwest::ClientBuilderExt` (the shared configuration in reqwest's builder) | as `reqwest` and `tls`, and reqwest's `rustls-no-provider` for **every** reqwest 0.13 in the graph: a reqwest that had no TLS then needs a process default provider to build its own TLS (`reqwest::Client::new()` panics without one); see the `reqwest` module docs |
+//! | `full` | `tls`, `testing` and `reqwest` | as those three: no provider, no root store choice, no reqwest TLS backend |
 //!
 //! The layers have no feature of their own: they need no dependency beyond
 //! the crate's core (hyper, hyper-util, tokio, tower), and they use each

@@ -163,12 +163,11 @@ mod pki;
 async fn tls_with_a_test_ca_through_the_whole_stack() {
     use tower_conn_lifecycle::track::ConnectionInfo;
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = pki::Pki::new();
     let mut server = pki::TlsServer::start(&ca).await;
-    let config = std::sync::Arc::new(tower_conn_lifecycle::tls::config_with_roots(
-        ca.roots.clone(),
-    ));
+    let config = std::sync::Arc::new(
+        tower_conn_lifecycle::tls::config_with_roots(ca.roots.clone()).unwrap(),
+    );
     let client = layered(Duration::from_secs(90))
         .tls_config(config)
         .build::<Full<Bytes>>();

@@ -335,6 +335,7 @@ async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let connect = Duration::from_millis(300);
     let client =
         tower_conn_lifecycle::reqwest::ClientBuilderExt::shared_tls(reqwest::Client::builder())
+            .unwrap()
             .no_proxy()
             .connector_layer(ConnectTimeoutLayer::new(connect))
             .build()

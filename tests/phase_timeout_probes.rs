@@ -136,6 +136,9 @@ impl H2Server {
             Transport::H2c => (None, None),
             Transport::Tls => {
                 let (roots, chain, key) = test_pki();
+                // rustls 0.23.48 deprecates *ring*'s constructor (no post-quantum
+                // key exchange) and has no other; any provider serves a test server.
+                #[allow(deprecated)]
                 let mut config = ServerConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),
                 ))
@@ -260,7 +263,8 @@ fn client(server: &H2Server, phases: PhaseTimeoutLayer) -> (TestClient, TrackSta
     let mut builder = Client::builder(TokioExecutor::new());
     let inner: BoxCloneService<_, _, BoxError> = match &server.roots {
         Some(roots) => {
-            let tls = SharedTlsLayer::from_config(Arc::new(config_with_roots(roots.clone())));
+            let tls =
+                SharedTlsLayer::from_config(Arc::new(config_with_roots(roots.clone()).unwrap()));
             let connector = ServiceBuilder::new().layer(track).layer(tls).service(http);
             BoxCloneService::new(
                 builder

@@ -41,10 +41,10 @@ const KIB: usize = 1 << 10;
 const MB: usize = 1 << 20;
 
 /// reqwest's builder as every test here starts it: no system proxy, and the
-/// shared TLS configuration (with this crate's `tls` feature reqwest has no
-/// crypto provider of its own; see the `reqwest` module docs).
+/// shared TLS configuration (with this crate's `reqwest-rustls` feature
+/// reqwest has no crypto provider of its own; see the `reqwest` module docs).
 fn builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder().no_proxy().shared_tls()
+    reqwest::Client::builder().no_proxy().shared_tls().unwrap()
 }
 
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
@@ -391,7 +391,7 @@ async fn preconfigured_tls_config_is_what_reqwest_uses() {
     let pki = Pki::new();
     let mut server = TlsServer::start(&pki).await;
     // Built once, like the shared configuration; every client clones it.
-    let config = config_with_roots(pki.roots.clone());
+    let config = config_with_roots(pki.roots.clone()).unwrap();
 
     let first = tls_client(&config, &server);
     let res = bounded(first.get(server.url()).send()).await.unwrap();
@@ -416,6 +416,7 @@ async fn preconfigured_tls_config_is_what_reqwest_uses() {
         .no_proxy()
         .resolve("localhost", server.addr)
         .shared_tls()
+        .unwrap()
         .build()
         .unwrap();
     let err = bounded(shared.get(server.url()).send()).await.unwrap_err();
@@ -437,7 +438,7 @@ async fn shared_tls_builds_clients_from_one_configuration() {
     // reqwest rejects anything but a `rustls::ClientConfig` by value at
     // `build()`; the extension trait passes exactly that.
     let err = reqwest::Client::builder()
-        .tls_backend_preconfigured(tower_conn_lifecycle::tls::shared_config())
+        .tls_backend_preconfigured(tower_conn_lifecycle::tls::shared_config().unwrap())
         .build()
         .unwrap_err();
     assert!(err.is_builder(), "{err:?}");

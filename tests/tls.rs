@@ -77,7 +77,7 @@ impl Ca {
 
     /// A client configuration trusting this CA, with the crate's defaults.
     fn client_config(&self) -> Arc<ClientConfig> {
-        Arc::new(config_with_roots(self.roots()))
+        Arc::new(config_with_roots(self.roots()).unwrap())
     }
 
     fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
@@ -116,6 +116,17 @@ fn good_leaf(ca: &Ca) -> Leaf {
 }
 
 // ------------------------------------------------------------ test servers
+
+/// The crypto provider the crate's configurations use in this test binary
+/// (built without touching the shared configuration). The servers use it
+/// too, so both ends prefer the same key exchange group and a handshake is
+/// `Full`, not `FullWithHelloRetryRequest`, whichever provider that is.
+fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    config_with_roots(RootCertStore::empty())
+        .unwrap()
+        .crypto_provider()
+        .clone()
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -159,13 +170,12 @@ impl TestServer {
     fn start_on(listener: TcpListener, leaf: &Leaf, mode: Mode) -> Self {
         let addr = listener.local_addr().unwrap();
         assert!(addr.ip().is_loopback());
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
-                .unwrap();
+        let mut config = ServerConfig::builder_with_provider(client_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+            .unwrap();
         config.alpn_protocols = match mode {
             Mode::H2Capable => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             _ => vec![b"http/1.1".to_vec()],
@@ -560,7 +570,7 @@ async fn session_store_is_bounded() {
         const BOUND: usize = 3;
         let ca = Ca::new("test ca");
         let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
-        let mut config = config_with_roots(ca.roots());
+        let mut config = config_with_roots(ca.roots()).unwrap();
         config.resumption = Resumption::in_memory_sessions(BOUND * TICKETS_PER_SERVER);
         let config = Arc::new(config);
         let addr = server.addr;
@@ -724,9 +734,9 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
                 tokio::spawn(async move {
                     barrier.wait().await;
                     if i % 2 == 0 {
-                        shared_config()
+                        shared_config().unwrap()
                     } else {
-                        connector.config()
+                        connector.config().unwrap()
                     }
                 })
             })
@@ -742,7 +752,7 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
             [b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         assert!(Arc::ptr_eq(
-            &SharedTlsLayer::new().layer(tcp()).config(),
+            &SharedTlsLayer::new().layer(tcp()).config().unwrap(),
             &configs[0]
         ));
         assert_eq!(shared_config_build_count(), 1);

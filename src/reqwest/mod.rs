@@ -14,9 +14,9 @@
 //!    `reqwest::Error::is_timeout()` (and `is_connect()`) stay `true` and
 //!    [`find_cause::<Elapsed>`](crate::find_cause) names the phase.
 //! 2. **The shared rustls configuration**
-//!    ([`ClientBuilderExt::shared_tls`], with the `tls` feature): building a
-//!    client loads no certificates, and every client resumes the others'
-//!    TLS sessions.
+//!    (`ClientBuilderExt::shared_tls`, with the `reqwest-rustls` feature):
+//!    building a client loads no certificates, and every client resumes the
+//!    others' TLS sessions.
 //! 3. **Request-plane layers through [`ReqwestService`]**, which makes a
 //!    `reqwest::Client` a `tower::Service<http::Request<B>>`:
 //!    [`PhaseTimeoutLayer`](crate::phase_timeout::PhaseTimeoutLayer) works
@@ -62,18 +62,22 @@
 //!
 //! This module needs the `reqwest` feature, which adds reqwest with its
 //! default features off (no TLS, no system proxy lookup, no charset
-//! decoding; `http2` on). With the `tls` feature as well, it turns on
-//! reqwest's `rustls-no-provider` backend: rustls with no built-in crypto
-//! provider, so no aws-lc C build; the shared configuration brings `ring`.
-//! A reqwest client that builds its **own** TLS configuration then needs a
-//! process-wide provider, and reqwest's `build()` panics without one:
-//! give every builder [`shared_tls`](ClientBuilderExt::shared_tls) or
-//! [`tls_config`](ClientBuilderExt::tls_config), or install `ring` once with
-//! `rustls::crypto::ring::default_provider().install_default()`. (If your
-//! own reqwest dependency keeps its default `rustls` feature, aws-lc is its
-//! provider and nothing changes.)
+//! decoding; `http2` on): whatever TLS your own reqwest has is unchanged,
+//! also with this crate's `tls` feature.
+//!
+//! `ClientBuilderExt` (the shared configuration in reqwest's builder) needs
+//! reqwest's rustls backend, so it comes with its own feature,
+//! `reqwest-rustls`, which turns on reqwest's `rustls-no-provider` for every
+//! reqwest 0.13 in the graph. If your reqwest keeps its default `rustls`
+//! feature, that changes nothing (aws-lc-rs stays its provider). If your
+//! reqwest had no TLS, it now has rustls without a provider: a client that
+//! builds its **own** TLS configuration (`reqwest::Client::new()`, even for
+//! `http://`) then needs a process default, and reqwest's `build()` panics
+//! without one. So with `reqwest-rustls`, give every builder
+//! `shared_tls` or `tls_config`, or install a provider once at start-up
+//! (`rustls::crypto::aws_lc_rs::default_provider().install_default()`).
 #![cfg_attr(
-    feature = "tls",
+    feature = "reqwest-rustls",
     doc = r#"
 # Example
 
@@ -87,7 +91,7 @@ use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
 
 # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 let client = reqwest::Client::builder()
-    .shared_tls()
+    .shared_tls()?
     .connector_layer(ConnectTimeoutLayer::new(Duration::from_secs(1)))
     .pool_idle_timeout(Duration::from_secs(30))
     .build()?;
@@ -117,11 +121,11 @@ println!("{} {:?}", res.status(), res.into_body().collect().await?.to_bytes());
 
 pub mod future;
 mod service;
-#[cfg(feature = "tls")]
+#[cfg(feature = "reqwest-rustls")]
 mod tls;
 
 pub use future::ResponseFuture;
 pub use service::ReqwestService;
-#[cfg(feature = "tls")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+#[cfg(feature = "reqwest-rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-rustls")))]
 pub use tls::ClientBuilderExt;

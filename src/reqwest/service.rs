@@ -53,8 +53,8 @@ use crate::BoxError;
 /// use tower_conn_lifecycle::reqwest::ReqwestService;
 ///
 /// let client = reqwest::Client::builder().no_proxy();
-/// # #[cfg(feature = "tls")]
-/// # let client = tower_conn_lifecycle::reqwest::ClientBuilderExt::shared_tls(client);
+/// # #[cfg(feature = "reqwest-rustls")]
+/// # let client = tower_conn_lifecycle::reqwest::ClientBuilderExt::shared_tls(client).unwrap();
 /// let client = client.build().unwrap();
 /// let mut svc = ServiceBuilder::new()
 ///     .layer(

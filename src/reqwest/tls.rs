@@ -2,6 +2,8 @@
 
 use rustls::ClientConfig;
 
+use crate::tls::TlsConnectError;
+
 /// Gives a [`reqwest::ClientBuilder`] an already built rustls configuration,
 /// so building the client loads no certificates.
 ///
@@ -33,14 +35,22 @@ use rustls::ClientConfig;
 /// use tower_conn_lifecycle::reqwest::ClientBuilderExt;
 ///
 /// // Microseconds: the shared configuration is built once per process.
-/// let client = reqwest::Client::builder().shared_tls().build().unwrap();
+/// let client = reqwest::Client::builder().shared_tls()?.build()?;
 /// # let _ = client;
+/// # Ok::<_, tower_conn_lifecycle::BoxError>(())
 /// ```
 pub trait ClientBuilderExt: sealed::Sealed {
     /// Uses the process-wide [`shared_config`](crate::tls::shared_config)
     /// (built on first use; webpki roots, or the operating system's with the
-    /// `native-roots` feature).
-    fn shared_tls(self) -> ::reqwest::ClientBuilder;
+    /// `native-roots` feature; the crypto provider as the
+    /// [`tls`](crate::tls) module docs describe).
+    ///
+    /// # Errors
+    ///
+    /// [`NoCryptoProvider`](crate::tls::TlsConnectErrorKind::NoCryptoProvider)
+    /// when the shared configuration cannot be built: no process default and
+    /// neither this crate's `ring` nor its `aws-lc-rs` feature.
+    fn shared_tls(self) -> Result<::reqwest::ClientBuilder, TlsConnectError>;
 
     /// Uses `config`, for example one made by
     /// [`config_with_roots`](crate::tls::config_with_roots) for a private or
@@ -50,8 +60,8 @@ pub trait ClientBuilderExt: sealed::Sealed {
 }
 
 impl ClientBuilderExt for ::reqwest::ClientBuilder {
-    fn shared_tls(self) -> ::reqwest::ClientBuilder {
-        self.tls_config(&crate::tls::shared_config())
+    fn shared_tls(self) -> Result<::reqwest::ClientBuilder, TlsConnectError> {
+        Ok(self.tls_config(&*crate::tls::shared_config()?))
     }
 
     fn tls_config(self, config: &ClientConfig) -> ::reqwest::ClientBuilder {

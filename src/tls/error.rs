@@ -20,6 +20,13 @@ pub enum TlsConnectErrorKind {
     /// The TLS handshake failed; the source is the [`rustls::Error`] when
     /// rustls rejected the peer, otherwise the IO error.
     Tls,
+    /// No usable rustls crypto provider for the configuration this crate
+    /// builds: none is installed as the process default and neither of this
+    /// crate's `ring` and `aws-lc-rs` features is on (no source); or the
+    /// provider cannot make a TLS 1.3 or 1.2 client configuration (the
+    /// [`rustls::Error`] is the source). Nothing connected; `http://` is
+    /// unaffected. See the [`tls`](super) module docs.
+    NoCryptoProvider,
 }
 
 /// The error of [`SharedTlsConnector`](super::SharedTlsConnector).
@@ -31,6 +38,10 @@ pub enum TlsConnectErrorKind {
 /// `InvalidCertificate(NotValidForName)`) or an [`io::Error`] for
 /// [`TlsConnectErrorKind::Tls`], and the server-name parse error for
 /// [`TlsConnectErrorKind::InvalidServerName`].
+///
+/// It is also the error of the functions that build a configuration
+/// ([`shared_config`](super::shared_config) and its siblings), always of kind
+/// [`TlsConnectErrorKind::NoCryptoProvider`].
 pub struct TlsConnectError {
     kind: TlsConnectErrorKind,
     scheme: Option<String>,
@@ -58,6 +69,16 @@ impl TlsConnectError {
             source: Some(source.into()),
             ..Self::new(kind)
         }
+    }
+
+    /// No provider: see [`TlsConnectErrorKind::NoCryptoProvider`].
+    pub(crate) fn no_provider() -> Self {
+        Self::new(TlsConnectErrorKind::NoCryptoProvider)
+    }
+
+    /// A provider rustls cannot build a client configuration with.
+    pub(crate) fn unusable_provider(source: rustls::Error) -> Self {
+        Self::with_source(TlsConnectErrorKind::NoCryptoProvider, source)
     }
 
     /// A failure of the inner connector (its `poll_ready` or its connect).
@@ -126,6 +147,13 @@ impl fmt::Display for TlsConnectError {
             TlsConnectErrorKind::InvalidServerName => f.write_str("invalid tls server name"),
             TlsConnectErrorKind::Connect => f.write_str("connect failed"),
             TlsConnectErrorKind::Tls => f.write_str("tls handshake failed"),
+            TlsConnectErrorKind::NoCryptoProvider if self.source.is_some() => {
+                f.write_str("unusable rustls crypto provider")
+            }
+            TlsConnectErrorKind::NoCryptoProvider => f.write_str(
+                "no rustls crypto provider: install one as the process default, \
+                 or enable the `ring` or `aws-lc-rs` feature of tower-conn-lifecycle",
+            ),
         }
     }
 }

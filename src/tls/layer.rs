@@ -5,14 +5,16 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use tower_layer::Layer;
 
-use super::service::with_alpn;
-use super::{shared_config, SharedTlsConnector};
+use super::config::Source;
+use super::SharedTlsConnector;
 
 /// Wraps a connector in a [`SharedTlsConnector`].
 ///
-/// [`new`](Self::new) uses the process-wide [`shared_config`] (built lazily,
-/// at the first `https://` connect); [`from_config`](Self::from_config) a
-/// given configuration. A `Clone` of the layer, and every connector it makes,
+/// [`new`](Self::new) uses the process-wide [`shared_config`](super::shared_config)
+/// (built lazily, at the first `https://` connect, with the crypto provider
+/// the [`tls`](super) module docs describe); [`from_config`](Self::from_config)
+/// a given configuration (for example [`config_with_provider`](super::config_with_provider)'s,
+/// for a given provider). A `Clone` of the layer, and every connector it makes,
 /// shares the configuration `Arc` and so its TLS session cache.
 ///
 /// The inner connector receives `https://` URIs unchanged: hyper-util's
@@ -35,35 +37,37 @@ use super::{shared_config, SharedTlsConnector};
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct SharedTlsLayer {
-    config: Option<Arc<ClientConfig>>,
+    source: Source,
 }
 
 impl SharedTlsLayer {
-    /// A layer using the process-wide [`shared_config`].
+    /// A layer using the process-wide [`shared_config`](super::shared_config).
     pub fn new() -> Self {
-        Self { config: None }
+        Self {
+            source: Source::Shared,
+        }
     }
 
     /// A layer using `config` (custom roots, a test CA, client certificates,
     /// ...). See [`config_with_roots`](super::config_with_roots).
     pub fn from_config(config: Arc<ClientConfig>) -> Self {
         Self {
-            config: Some(config),
+            source: Source::Given(config),
         }
     }
 
     /// Offers these ALPN protocols instead of the configuration's (default
     /// [`DEFAULT_ALPN_PROTOCOLS`](super::DEFAULT_ALPN_PROTOCOLS)).
     ///
-    /// Clones the configuration once, now; roots, provider and session cache
-    /// stay shared with the original.
+    /// Clones the configuration once (a given one now, the shared one at
+    /// the first `https://` connect), for every connector this layer makes;
+    /// roots, provider and session cache stay shared with the original.
     pub fn alpn_protocols<I, P>(mut self, protocols: I) -> Self
     where
         I: IntoIterator<Item = P>,
         P: AsRef<[u8]>,
     {
-        let base = self.config.take().unwrap_or_else(shared_config);
-        self.config = Some(with_alpn(&base, protocols));
+        self.source = self.source.with_alpn(protocols);
         self
     }
 }
@@ -72,9 +76,6 @@ impl<C> Layer<C> for SharedTlsLayer {
     type Service = SharedTlsConnector<C>;
 
     fn layer(&self, inner: C) -> Self::Service {
-        match &self.config {
-            Some(config) => SharedTlsConnector::from_config(inner, config.clone()),
-            None => SharedTlsConnector::new(inner),
-        }
+        SharedTlsConnector::with_source(inner, self.source.clone())
     }
 }

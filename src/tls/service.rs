@@ -14,11 +14,12 @@ use rustls::ClientConfig;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use super::config::Source;
 use super::future::ResponseFuture;
-use super::{shared_config, TlsConnectError, TlsConnectErrorKind};
+use super::{TlsConnectError, TlsConnectErrorKind};
 use crate::BoxError;
 
-/// A connector that adds TLS (hyper-rustls, rustls with `ring`) to an inner
+/// A connector that adds TLS (hyper-rustls over rustls) to an inner
 /// connector for `https://` URIs and passes `http://` through untouched.
 ///
 /// It is a `Service<Uri>` on the connection plane, usable as hyper-util's
@@ -43,11 +44,13 @@ use crate::BoxError;
 ///
 /// # Configuration
 ///
-/// [`new`](Self::new) uses the process-wide [`shared_config`], resolved at
-/// the first `https://` connect (so building a connector or a client never
-/// loads certificates). [`from_config`](Self::from_config) takes any rustls
-/// configuration. TLS session resumption is shared by every connector (and
-/// every clone) using the same configuration `Arc`.
+/// [`new`](Self::new) uses the process-wide [`shared_config`](super::shared_config),
+/// resolved at the first `https://` connect (so building a connector or a
+/// client never loads certificates, and needs no crypto provider).
+/// [`from_config`](Self::from_config) takes any rustls configuration (for
+/// example [`config_with_provider`](super::config_with_provider)'s, for a
+/// given crypto provider). TLS session resumption is shared by every
+/// connector (and every clone) using the same configuration `Arc`.
 ///
 /// # Errors
 ///
@@ -56,7 +59,11 @@ use crate::BoxError;
 /// [`rustls::Error`] are reachable through `source()`. For `http://`, a
 /// failed connect is the inner connector's error as it is (no TLS was
 /// involved). An error of the inner connector's `poll_ready` (before the
-/// scheme is known) is a [`TlsConnectErrorKind::Connect`].
+/// scheme is known) is a [`TlsConnectErrorKind::Connect`]. Without a usable
+/// crypto provider (see the [`tls`](super) module docs) every `https://`
+/// connect fails, before connecting, with
+/// [`TlsConnectErrorKind::NoCryptoProvider`], until one is there; the
+/// connector never panics for want of one, and `http://` is unaffected.
 ///
 /// # Cloning
 ///
@@ -77,17 +84,17 @@ use crate::BoxError;
 #[derive(Clone, Debug)]
 pub struct SharedTlsConnector<C> {
     inner: C,
-    // `None`: the shared configuration, resolved on the first TLS connect.
-    config: Option<Arc<ClientConfig>>,
+    source: Source,
 }
 
 impl<C> SharedTlsConnector<C> {
-    /// Wraps `inner` with the process-wide [`shared_config`].
+    /// Wraps `inner` with the process-wide [`shared_config`](super::shared_config).
     pub fn new(inner: C) -> Self {
-        Self {
-            inner,
-            config: None,
-        }
+        Self::with_source(inner, Source::Shared)
+    }
+
+    pub(crate) fn with_source(inner: C, source: Source) -> Self {
+        Self { inner, source }
     }
 
     /// Wraps `inner` with a given rustls configuration (custom roots, a test
@@ -96,34 +103,35 @@ impl<C> SharedTlsConnector<C> {
     /// Its `alpn_protocols` decide HTTP/2: offer `h2` for hyper-util to use
     /// HTTP/2 where the server agrees.
     pub fn from_config(inner: C, config: Arc<ClientConfig>) -> Self {
-        Self {
-            inner,
-            config: Some(config),
-        }
+        Self::with_source(inner, Source::Given(config))
     }
 
     /// Offers these ALPN protocols instead of the configuration's, for
     /// example `[b"http/1.1"]` to never negotiate HTTP/2.
     ///
-    /// This clones the configuration once, now (building the shared one if
-    /// needed); the clone keeps the same roots, provider and session cache,
-    /// so resumption is still shared with the original.
+    /// This clones the configuration once: a configuration given to
+    /// [`from_config`](Self::from_config) now, the shared one at the first
+    /// `https://` connect (shared by every clone of this connector). The
+    /// clone keeps the same roots, provider and session cache, so
+    /// resumption is still shared with the original.
     pub fn alpn_protocols<I, P>(mut self, protocols: I) -> Self
     where
         I: IntoIterator<Item = P>,
         P: AsRef<[u8]>,
     {
-        self.config = Some(with_alpn(&self.config(), protocols));
+        self.source = self.source.with_alpn(protocols);
         self
     }
 
     /// The rustls configuration used for `https://` (building the shared one
     /// if this connector uses it and it is not built yet).
-    pub fn config(&self) -> Arc<ClientConfig> {
-        match &self.config {
-            Some(config) => config.clone(),
-            None => shared_config(),
-        }
+    ///
+    /// # Errors
+    ///
+    /// [`TlsConnectErrorKind::NoCryptoProvider`] if the shared configuration
+    /// cannot be built (see [`shared_config`](super::shared_config)).
+    pub fn config(&self) -> Result<Arc<ClientConfig>, TlsConnectError> {
+        self.source.resolve()
     }
 
     /// The inner connector.
@@ -145,22 +153,12 @@ impl<C> SharedTlsConnector<C> {
 impl SharedTlsConnector<HttpConnector> {
     /// A connector over hyper-util's [`HttpConnector`] (with
     /// `enforce_http(false)`, so it accepts `https://` URIs) using the
-    /// process-wide [`shared_config`].
+    /// process-wide [`shared_config`](super::shared_config).
     pub fn tcp() -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         Self::new(http)
     }
-}
-
-pub(crate) fn with_alpn<I, P>(config: &ClientConfig, protocols: I) -> Arc<ClientConfig>
-where
-    I: IntoIterator<Item = P>,
-    P: AsRef<[u8]>,
-{
-    let mut config = config.clone();
-    config.alpn_protocols = protocols.into_iter().map(|p| p.as_ref().to_vec()).collect();
-    Arc::new(config)
 }
 
 impl<C> Service<Uri> for SharedTlsConnector<C>
@@ -202,6 +200,10 @@ where
                 ))
             }
         };
+        let config = match self.source.resolve() {
+            Ok(config) => config,
+            Err(e) => return ResponseFuture::failed(e),
+        };
         // This connector's own `poll_ready` drove the inner one ready, so it
         // is called here; hyper-rustls gets the connect already under way and
         // the name already checked.
@@ -209,7 +211,7 @@ where
             .map_err(|e: C::Error| TlsConnectError::connect(e));
         let mut https = HttpsConnector::new(
             connect,
-            self.config(),
+            config,
             false,
             Arc::new(FixedServerNameResolver::new(name)),
         );

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector, HttpInfo};
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{
     CertificateError, ClientConfig, ClientConnection, Connection as TlsConnection, HandshakeKind,
@@ -21,7 +22,7 @@ use rustls::{
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
 
-use super::config::SESSION_CACHE_SERVERS;
+use super::config::{choose_provider, SESSION_CACHE_SERVERS};
 use super::*;
 use crate::BoxError;
 
@@ -137,7 +138,7 @@ impl Ca {
     fn client_config(&self) -> ClientConfig {
         let mut roots = RootCertStore::empty();
         roots.add(self.issuer.der().clone()).unwrap();
-        config_with_roots(roots)
+        config_with_roots(roots).unwrap()
     }
 
     /// A server configuration for `names`, offering `alpn`. Stateless
@@ -151,8 +152,7 @@ impl Ca {
             .unwrap();
         let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
         let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(some_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -223,7 +223,7 @@ fn alpn_override_shares_the_session_cache_but_not_the_alpn() {
     let server = ca.server_config(&["a.test"], &[b"h2", b"http/1.1"]);
     let base = Arc::new(ca.client_config());
     let layer = SharedTlsLayer::from_config(base.clone()).alpn_protocols([b"http/1.1"]);
-    let http1 = layer.layer(()).config();
+    let http1 = layer.layer(()).config().unwrap();
 
     assert!(!Arc::ptr_eq(&base, &http1));
     assert_eq!(base.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
@@ -253,20 +253,132 @@ fn separately_built_configs_do_not_share_sessions() {
 
 #[test]
 fn shared_config_is_built_once_and_used_by_default() {
-    let config = shared_config();
-    assert!(Arc::ptr_eq(&config, &shared_config()));
+    let config = shared_config().unwrap();
+    assert!(Arc::ptr_eq(&config, &shared_config().unwrap()));
     assert_eq!(shared_config_build_count(), 1);
     assert_eq!(
         config.alpn_protocols,
         [b"h2".to_vec(), b"http/1.1".to_vec()]
     );
-    assert!(Arc::ptr_eq(&SharedTlsConnector::new(()).config(), &config));
+    let of = |connector: SharedTlsConnector<_>| connector.config().unwrap();
+    assert!(Arc::ptr_eq(&of(SharedTlsConnector::new(())), &config));
+    assert!(Arc::ptr_eq(&of(SharedTlsLayer::new().layer(())), &config));
     assert!(Arc::ptr_eq(
-        &SharedTlsLayer::new().layer(()).config(),
+        &SharedTlsConnector::tcp().config().unwrap(),
         &config
     ));
-    assert!(Arc::ptr_eq(&SharedTlsConnector::tcp().config(), &config));
     assert_eq!(shared_config_build_count(), 1);
+}
+
+/// The shared configuration with other ALPN protocols is cloned once, at
+/// first use, for every clone of the connector (and every connector of the
+/// layer), and keeps the shared session cache and provider.
+#[test]
+fn alpn_override_of_the_shared_config_is_cloned_once_lazily() {
+    let layer = SharedTlsLayer::new().alpn_protocols([b"http/1.1"]);
+    let one = layer.layer(());
+    let other = one.clone();
+    let third = layer.layer(());
+    let config = one.config().unwrap();
+    assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+    assert!(Arc::ptr_eq(&other.config().unwrap(), &config));
+    assert!(Arc::ptr_eq(&third.config().unwrap(), &config));
+    let shared = shared_config().unwrap();
+    assert!(!Arc::ptr_eq(&shared, &config));
+    assert!(Arc::ptr_eq(
+        shared.crypto_provider(),
+        config.crypto_provider()
+    ));
+    assert_eq!(shared_config_build_count(), 1);
+}
+
+// ------------------------------------------------------- crypto provider
+
+/// A provider every rustls build here has: the crate's feature provider
+/// (the tests always have `ring`).
+fn some_provider() -> Arc<CryptoProvider> {
+    super::config::feature_provider().expect("tests run with the `ring` feature")
+}
+
+#[test]
+fn no_provider_is_a_typed_error_naming_the_fixes() {
+    let err = choose_provider(None, || None).unwrap_err();
+    assert_eq!(err.kind(), TlsConnectErrorKind::NoCryptoProvider);
+    assert!(err.source().is_none());
+    let message = err.to_string();
+    for fix in ["process default", "`ring`", "`aws-lc-rs`"] {
+        assert!(message.contains(fix), "{message}");
+    }
+}
+
+#[test]
+fn the_process_default_comes_before_the_feature_provider() {
+    let installed = Arc::new(CryptoProvider {
+        kx_groups: some_provider().kx_groups[..1].to_vec(),
+        ..(*some_provider()).clone()
+    });
+    let feature = some_provider();
+    let chosen = choose_provider(Some(&installed), || Some(feature.clone())).unwrap();
+    assert!(Arc::ptr_eq(&chosen, &installed));
+    let chosen = choose_provider(None, || Some(feature.clone())).unwrap();
+    assert!(Arc::ptr_eq(&chosen, &feature));
+}
+
+#[test]
+fn the_feature_provider_is_made_once_and_shared_by_configurations() {
+    let a = config_with_roots(RootCertStore::empty()).unwrap();
+    let b = config_with_roots(RootCertStore::empty()).unwrap();
+    // Nothing in this test binary installs a process default.
+    assert!(CryptoProvider::get_default().is_none());
+    assert!(Arc::ptr_eq(a.crypto_provider(), b.crypto_provider()));
+    assert!(Arc::ptr_eq(a.crypto_provider(), &some_provider()));
+}
+
+/// With `aws-lc-rs`, the post-quantum hybrid key exchange comes first (so
+/// its key share is the one sent), whatever rustls version or features.
+#[cfg(feature = "aws-lc-rs")]
+#[test]
+fn the_aws_lc_rs_feature_provider_prefers_post_quantum_key_exchange() {
+    let provider = some_provider();
+    assert_eq!(
+        provider.kx_groups[0].name(),
+        rustls::NamedGroup::X25519MLKEM768
+    );
+    // Nothing lost: the same groups as rustls's own provider.
+    let mut ours: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+    let mut theirs: Vec<_> = rustls::crypto::aws_lc_rs::default_provider()
+        .kx_groups
+        .iter()
+        .map(|g| g.name())
+        .collect();
+    ours.sort_by_key(|g| u16::from(*g));
+    theirs.sort_by_key(|g| u16::from(*g));
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn a_provider_that_cannot_make_a_client_config_is_a_typed_error() {
+    let useless = Arc::new(CryptoProvider {
+        cipher_suites: Vec::new(),
+        ..(*some_provider()).clone()
+    });
+    let err = config_with_provider(useless, None).unwrap_err();
+    assert_eq!(err.kind(), TlsConnectErrorKind::NoCryptoProvider);
+    assert!(err.rustls_error().is_some(), "{err:?}");
+    assert_eq!(err.to_string(), "unusable rustls crypto provider");
+}
+
+#[test]
+fn config_with_provider_uses_that_provider_and_the_crate_defaults() {
+    let provider = Arc::new((*some_provider()).clone());
+    let config = config_with_provider(provider.clone(), None).unwrap();
+    assert!(Arc::ptr_eq(config.crypto_provider(), &provider));
+    assert_eq!(
+        config.alpn_protocols,
+        [b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+    let with_roots = config_with_provider(provider.clone(), RootCertStore::empty()).unwrap();
+    assert!(Arc::ptr_eq(with_roots.crypto_provider(), &provider));
 }
 
 // ---------------------------------------- URI checks before any connect

@@ -73,13 +73,19 @@ impl TlsServer {
     pub async fn start(pki: &Pki) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(pki.leaf.clone(), pki.key.clone_key())
-                .unwrap();
+        // The provider the crate's configurations use in this process, so
+        // both ends prefer the same key exchange group (no HelloRetryRequest
+        // in the handshake kinds the tests check).
+        let provider = tower_conn_lifecycle::tls::config_with_roots(RootCertStore::empty())
+            .unwrap()
+            .crypto_provider()
+            .clone();
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(pki.leaf.clone(), pki.key.clone_key())
+            .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let requests = Arc::new(AtomicUsize::new(0));
