@@ -146,7 +146,7 @@ pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};
 pub use state::ConnectionState;
-pub(crate) use state::{Event, Observer};
+pub(crate) use state::{Event, Limits, Observer};
 
 #[cfg(test)]
 mod tests;

@@ -952,14 +952,14 @@ async fn an_attempt_begun_on_an_expired_connection_is_refused_before_a_byte() {
     let now = Instant::now();
     let state = ConnectionState::new(now, now);
     assert_eq!(state.begin_request(true, ms(25)), 1);
-    state.on_read(10, true);
+    state.on_read(10, true, true);
     assert!(state.end_exchange(1));
     state.set_expiry(Some(ms(100)));
     // Announced within the grace: written.
     advance(ms(110)).await;
     assert_eq!(state.begin_request(true, ms(25)), 2);
     assert!(state.take_refusal().is_none());
-    state.on_read(10, true);
+    state.on_read(10, true, true);
     assert!(state.end_exchange(2));
     // Announced well past it: the IO owes a refusal, once.
     advance(ms(300)).await;
