@@ -610,3 +610,163 @@ async fn http2_connections_are_left_alone() {
     assert_eq!(layer.stats().expired(), 0);
     server.abort();
 }
+
+// ---------------------------------------------------------------------------
+// Learning (issue 18): lost races, reloads, short and growing timeouts,
+// HTTP/2. Server-side counters decide.
+
+/// How long a test waits for a connection event it expects (a close the
+/// tracker must see): generous, for a loaded 2-core machine.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `done` every 5 ms until it holds or [`EVENT_WAIT`] passes.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn get_req(url: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(url).body(Full::default()).unwrap()
+}
+
+type Body = tower_conn_lifecycle::track::TrackedBody<hyper::body::Incoming>;
+type Boxed = tower::util::BoxCloneService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
+
+/// A client of `kind` with `layer`, boxed so both kinds fit one variable.
+fn client_of(kind: Kind, layer: &IdleExpiryLayer, track: &TrackConnectionsLayer) -> Boxed {
+    match kind {
+        Kind::Legacy => Boxed::new(
+            ServiceBuilder::new()
+                .map_err(BoxError::from)
+                .layer(layer.clone())
+                .service(legacy(track)),
+        ),
+        Kind::Pool => Boxed::new(composable::client(layer.clone(), track.clone())),
+    }
+}
+
+/// One GET through `client`, body read; returns the connection's state.
+async fn get_on(client: &Boxed, url: &str) -> ConnectionState {
+    let res = client.clone().oneshot(get_req(url)).await.unwrap();
+    let state = res.extensions().get::<ConnectionState>().unwrap().clone();
+    res.into_body().collect().await.unwrap();
+    state
+}
+
+/// The server closes each idle connection 0–5 ms *after* its nominal idle
+/// timeout (an event loop's late timer), so reuses at the edge mostly win
+/// and idle closes are rarely seen: the evidence is the race lost. The
+/// learner takes the first lost race as an observation; every connection of
+/// the origin (idle ones included) follows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_races_teach_the_idle_timeout_of_a_server_that_closes_late() {
+    const LATE: Duration = Duration::from_millis(5);
+    let start = || IdleClosingServer::builder(IDLE).close_delay(LATE).start();
+    let bare_server = start().await.unwrap();
+    let track = TrackConnectionsLayer::new();
+    let bare_plan = SeedWorkload::new(IDLE).method(Method::POST);
+    let bare_url = bare_server.url();
+    let bare = bare_plan.run(&bare_url, |_| legacy(&track));
+    // One shared layer (90 s configured, no header): only learning helps.
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90)).margin(MARGIN);
+    let servers = [start().await.unwrap(), start().await.unwrap()];
+    let runs = futures_join_all(vec![
+        seed_with(
+            Kind::Legacy,
+            &layer,
+            &servers[0],
+            SeedWorkload::new(IDLE).method(Method::POST),
+        ),
+        seed_with(
+            Kind::Pool,
+            &layer,
+            &servers[1],
+            SeedWorkload::new(IDLE).method(Method::POST),
+        ),
+    ]);
+    let (bare, reports) = tokio::join!(bare, runs);
+    let stats = layer.stats();
+    println!("bare client: {}", describe(&bare));
+    if bare.errors() == 0 {
+        println!("the race did not occur for the bare client in this run");
+    }
+    println!(
+        "layered: lost races {}, idle closes {}, learned {}, held {}, probes {}, healed {}",
+        stats.lost_races(),
+        stats.server_idle_closes(),
+        stats.learned(),
+        stats.held(),
+        stats.probes(),
+        stats.healed()
+    );
+    for ((kind, server), report) in [Kind::Legacy, Kind::Pool]
+        .iter()
+        .zip(&servers)
+        .zip(&reports)
+    {
+        println!(
+            "{kind:?}: {}; server: {} connections, {} POSTs, {} idle closes",
+            describe(report),
+            server.connections(),
+            server.posts(),
+            server.idle_closes()
+        );
+        assert_eq!(report.requests(), 1000, "{kind:?}");
+        // At most the first lost race per origin, nothing after it.
+        assert!(report.errors() <= 1, "{kind:?}: {}", describe(report));
+        // Server side: every success processed once, nothing else.
+        assert_eq!(server.posts() as usize, report.successes(), "{kind:?}");
+        assert!(
+            layer.learned_timeout(&server.url().parse().unwrap()).is_some(),
+            "{kind:?}: nothing learned"
+        );
+    }
+    assert!(stats.learned() >= 2);
+    assert_eq!(stats.healed(), 0, "a right estimate is never forgotten");
+}
+
+/// A reload closes an idle connection after 5 ms; the server otherwise
+/// keeps connections for seconds. One close below the floor is held, not
+/// applied: the next 20 sequential requests reuse one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
+    const GAP: Duration = Duration::from_millis(20);
+    for kind in [Kind::Legacy, Kind::Pool] {
+        let server = IdleClosingServer::start(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let layer = IdleExpiryLayer::new(Duration::from_secs(90));
+        let stats = layer.stats();
+        let track = TrackConnectionsLayer::new();
+        let url = server.url();
+        let client = client_of(kind, &layer, &track);
+        // Three connections idle (three at once, as a busy client has), then
+        // the reload closes them all a few ms later.
+        let mut states = Vec::new();
+        for state in futures_join_all((0..3).map(|_| get_on(&client, &url)).collect()).await {
+            states.push(state);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        server.close_idle();
+        wait_until("the reload's closes seen", || stats.server_idle_closes() >= 3).await;
+        assert_eq!(server.reload_closes(), 3, "{kind:?}");
+        assert_eq!(stats.held(), stats.server_idle_closes(), "{kind:?}");
+        assert_eq!(stats.learned(), 0, "{kind:?}");
+        assert_eq!(layer.learned_timeout(&url.parse().unwrap()), None);
+        // 20 sequential requests after the reload.
+        let before = server.connections();
+        for _ in 0..20 {
+            let state = get_on(&client, &url).await;
+            assert!(state.expiry().is_some_and(|e| e >= Duration::from_secs(1)));
+            tokio::time::sleep(GAP).await;
+        }
+        let used = server.connections() - before;
+        println!("{kind:?}: 20 requests after the reload used {used} connection(s)");
+        assert!(used <= 3, "{kind:?}: {used} connections");
+        assert_eq!(server.requests(), 23);
+        drop(states);
+    }
+}
