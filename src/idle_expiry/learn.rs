@@ -650,6 +650,12 @@ impl Learner {
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Times the map was locked so far.
+    #[cfg(test)]
+    pub(crate) fn locks(&self) -> usize {
+        self.locks.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -916,10 +922,10 @@ mod tests {
         let l = Learner::new(8, Duration::from_secs(60));
         let o = origin("a:80");
         l.observe(&o, ms(500), now());
-        let before = l.locks.load(Ordering::Relaxed);
+        let before = l.locks();
         let r = l.on_response(&o, Some(ms(100)), ms(50), ms(90_000), now());
         assert_eq!(r.unwrap().estimate, Some(ms(500)));
-        assert_eq!(l.locks.load(Ordering::Relaxed) - before, 1);
+        assert_eq!(l.locks() - before, 1);
     }
 
     #[test]

@@ -124,6 +124,8 @@ mod hint;
 mod layer;
 mod learn;
 mod service;
+#[cfg(test)]
+mod tests;
 
 pub use crate::track::ConnectionExpired;
 pub use conn::{Http1Connection, IdleExpiryConnection};
