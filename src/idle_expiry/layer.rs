@@ -367,11 +367,15 @@ impl OriginObserver {
     fn on_response(&self, state: &ConnectionState, origin: &Origin, margin: Duration, own: Duration) {
         let stats = &self.shared.stats.inner;
         let reused_after = (state.requests() > 1).then(|| state.info().idle_before());
-        let Some(learned) =
-            self.shared
-                .learner
-                .on_response(origin, reused_after, margin, own, Instant::now())
-        else {
+        let probing = self.probe.load(Ordering::Acquire) != NONE;
+        let Some(learned) = self.shared.learner.on_response(
+            origin,
+            reused_after,
+            margin,
+            own,
+            probing,
+            Instant::now(),
+        ) else {
             self.probe.store(NONE, Ordering::Relaxed);
             return;
         };
@@ -393,14 +397,16 @@ impl OriginObserver {
             Some(probe) => {
                 self.probe_reused.store(probe.reused, Ordering::Relaxed);
                 self.probe.store(nanos(probe.reach), Ordering::Release);
-                stats.probes.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    connection = state.id(),
-                    estimate = ?learned.estimate.unwrap_or_default(),
-                    reach = ?probe.reach,
-                    reused = probe.reused,
-                    "healing probe: the connection stays open past the learned limit"
-                );
+                if probe.started {
+                    stats.probes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        connection = state.id(),
+                        estimate = ?learned.estimate.unwrap_or_default(),
+                        reach = ?probe.reach,
+                        reused = probe.reused,
+                        "healing probe: the connection stays open past the learned limit"
+                    );
+                }
             }
             None => self.probe.store(NONE, Ordering::Release),
         }

@@ -53,10 +53,13 @@
 //!
 //! A suspect observation is *held*, not applied. It takes effect only when
 //! another suspect observation **agrees** with it: within the tolerance (a
-//! quarter of the larger, at least 5 ms) and seen at least the shorter of
-//! the two apart in time (the closes of one reload all arrive at once, each
-//! with its connection's own idle, so they never agree with each other). The
-//! two then lower the estimate to the smaller. A server whose timeout really
+//! quarter of the larger, plus 1 ms of jitter) and seen at least the shorter
+//! of the two apart in time (the closes of one reload all arrive at once,
+//! each with its connection's own idle, so they never agree with each
+//! other), with no reuse in between that succeeded after a longer idle (a
+//! server that resets connections at random keeps others longer; one whose
+//! timeout shrank does not). The two then lower the estimate to the
+//! smaller. A server whose timeout really
 //! is 50 ms is learned at its second idle close; two reloads must close
 //! connections idle for the same time, at different moments, to mislead it.
 //!
@@ -138,8 +141,9 @@ pub(crate) const DEFAULT_RELEARN_AFTER: Duration = Duration::from_secs(300);
 /// Below this idle, one close alone never lowers an estimate.
 pub(crate) const FLOOR: Duration = Duration::from_millis(100);
 
-/// The smallest tolerance between observations that agree.
-const TOLERANCE_MIN: Duration = Duration::from_millis(5);
+/// What the tolerance between two observations adds to a quarter of the
+/// larger (timer and scheduling jitter).
+const TOLERANCE_JITTER: Duration = Duration::from_millis(1);
 
 /// At most one healing probe per origin per this long (or twice its
 /// estimate, if longer).
@@ -200,10 +204,10 @@ impl Hasher for OriginHasher {
     }
 }
 
-/// The tolerance between two observations around `d`: a quarter, at least
-/// [`TOLERANCE_MIN`].
+/// The tolerance between two observations around `d`: a quarter, plus
+/// [`TOLERANCE_JITTER`].
 fn tolerance(d: Duration) -> Duration {
-    (d / 4).max(TOLERANCE_MIN)
+    d / 4 + TOLERANCE_JITTER
 }
 
 /// The idle limit an estimate puts on a connection whose margin is
@@ -264,6 +268,8 @@ pub(crate) struct Probe {
     /// Whether it is reused until then (an estimate below the floor), or
     /// only kept open.
     pub(crate) reused: bool,
+    /// Whether it starts now (rather than going on on the same connection).
+    pub(crate) started: bool,
 }
 
 /// What a response learns about its origin (one lock).
@@ -502,19 +508,26 @@ impl Learner {
             self.changed();
         }
         let estimate = entry.estimate.map(|e| e.idle);
+        let contradicted = entry.kept.filter(|k| k.idle > idle + tolerance(idle));
         let suspect = if idle < FLOOR {
             Some(Suspect::BelowFloor)
         } else if estimate.is_some_and(|e| idle < e / 2) {
             Some(Suspect::FarBelow)
-        } else if entry.kept.is_some_and(|k| k.idle > idle + tolerance(idle)) {
+        } else if contradicted.is_some() {
             Some(Suspect::Contradicted)
         } else {
             None
         };
+        // While the server keeps showing it keeps connections longer, closes
+        // below that never agree (a server that resets at random); once it
+        // has not for a while, two that agree say its timeout shrank.
+        let agreeable = contradicted.is_none_or(|k| {
+            now.saturating_duration_since(k.at) >= PROBE_EVERY.max(k.idle.saturating_mul(4))
+        });
         let verdict = match suspect {
             None => self.accept(entry, idle, now, false),
             Some(why) => {
-                let agreeing = entry.held.iter().flatten().find(|h| {
+                let agreeing = entry.held.iter().flatten().filter(|_| agreeable).find(|h| {
                     let (a, b) = (h.idle.min(idle), h.idle.max(idle));
                     b - a <= tolerance(b) && now.saturating_duration_since(h.at) >= a
                 });
@@ -583,8 +596,22 @@ impl Learner {
     }
 
     fn keep(&self, entry: &mut Entry, kept: Duration, now: Instant) -> Option<Duration> {
-        if entry.kept.is_none_or(|k| k.idle <= kept) {
-            entry.kept = Some(Dated { idle: kept, at: now });
+        // A new longest, or one close to it, says the server still keeps
+        // connections that long.
+        match &mut entry.kept {
+            Some(k) if kept + tolerance(kept) < k.idle => {}
+            slot => {
+                let idle = slot.map_or(kept, |k| k.idle.max(kept));
+                *slot = Some(Dated { idle, at: now });
+            }
+        }
+        // A close after an idle no longer than this, seen before it, was not
+        // the idle timeout (a server that resets connections at random, not
+        // by idle time).
+        for held in &mut entry.held {
+            if held.is_some_and(|h| h.idle <= kept) {
+                *held = None;
+            }
         }
         let estimate = entry.estimate?.idle;
         if refutes(estimate, kept) {
@@ -597,14 +624,16 @@ impl Learner {
     /// A response of `origin` on a connection whose margin is `margin` and
     /// own expiry (configured, announced) `own`, reused after `reused_after`
     /// if reused: records the reuse, and returns the origin's estimate and
-    /// whether this connection probes. One lock; `None` for an origin with
-    /// nothing learned.
+    /// whether this connection probes (`probing`: it already does, and goes
+    /// on while it lives). One lock; `None` for an origin with nothing
+    /// learned.
     pub(crate) fn on_response(
         &self,
         origin: &Origin,
         reused_after: Option<Duration>,
         margin: Duration,
         own: Duration,
+        probing: bool,
         now: Instant,
     ) -> Option<OnResponse> {
         let mut map = self.lock();
@@ -615,7 +644,8 @@ impl Learner {
         let refuted = reused_after.and_then(|k| self.keep(entry, k, now));
         let estimate = entry.estimate.map(|e| e.idle);
         let probe = estimate.and_then(|estimate| {
-            if entry.next_probe.is_some_and(|at| now < at) {
+            let start = !probing;
+            if start && entry.next_probe.is_some_and(|at| now < at) {
                 return None;
             }
             let limit = learned_limit(estimate, margin);
@@ -630,11 +660,17 @@ impl Learner {
             if reach <= limit {
                 return None;
             }
-            entry.next_probe = Some(crate::clock::deadline(
-                now,
-                PROBE_EVERY.max(estimate.saturating_mul(2)),
-            ));
-            Some(Probe { reach, reused })
+            if start {
+                entry.next_probe = Some(crate::clock::deadline(
+                    now,
+                    PROBE_EVERY.max(estimate.saturating_mul(2)),
+                ));
+            }
+            Some(Probe {
+                reach,
+                reused,
+                started: start,
+            })
         });
         Some(OnResponse {
             estimate,
@@ -770,16 +806,27 @@ mod tests {
         );
         assert_eq!(l.estimate(&o, now()), Some(ms(1000)));
         // A longer idle reused safely makes a close at 600 ms suspect.
-        let r = l.on_response(&o, Some(ms(900)), ms(50), ms(90_000), now());
+        let r = l.on_response(&o, Some(ms(900)), ms(50), ms(90_000), false, now());
         assert_eq!(r.unwrap().estimate, Some(ms(1000)));
         assert_eq!(
             l.observe(&o, ms(600), now()),
             Verdict::Held(Suspect::Contradicted)
         );
         assert_eq!(l.estimate(&o, now()), Some(ms(1000)));
-        // The server really changed: a second close agrees, and the kept
-        // record that contradicted it goes.
+        // While the server has recently kept a connection that long, closes
+        // below it never agree (a server resetting at random)...
         advance(ms(700)).await;
+        assert_eq!(
+            l.observe(&o, ms(590), now()),
+            Verdict::Held(Suspect::Contradicted)
+        );
+        // ...and a reuse after an idle at least as long drops them.
+        l.on_response(&o, Some(ms(650)), ms(50), ms(90_000), false, now());
+        assert!(matches!(l.observe(&o, ms(600), now()), Verdict::Held(_)));
+        // The server really changed: it has not kept one that long for 10 s,
+        // and a second close agrees; the kept record that contradicted it
+        // goes.
+        advance(Duration::from_secs(10)).await;
         assert!(lowered(ms(590))(l.observe(&o, ms(590), now())));
         assert!(lowered(ms(580))(l.observe(&o, ms(580), now())));
     }
@@ -792,7 +839,7 @@ mod tests {
         let l = Learner::new(8, Duration::from_secs(60));
         let o = origin("race:80");
         assert!(lowered(ms(201))(l.observe(&o, ms(201), now())));
-        let r = l.on_response(&o, None, ms(50), ms(90_000), now()).unwrap();
+        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
         assert_eq!(r.estimate, Some(ms(201)));
     }
 
@@ -803,16 +850,17 @@ mod tests {
         l.observe(&o, ms(200), now());
         // The first response after learning probes: kept open to 400 ms,
         // not reused (the estimate is above the floor).
-        let r = l.on_response(&o, None, ms(50), ms(90_000), now()).unwrap();
+        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
         assert_eq!(
             r.probe,
             Some(Probe {
                 reach: ms(400),
-                reused: false
+                reused: false,
+                started: true
             })
         );
         // At most one probe per 10 s.
-        let r = l.on_response(&o, None, ms(50), ms(90_000), now()).unwrap();
+        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
         assert_eq!(r.probe, None);
         // A close before twice the estimate confirms it...
         assert_eq!(l.kept(&o, ms(399), now()), None);
@@ -827,13 +875,13 @@ mod tests {
         // below it suspect.
         assert!(lowered(ms(2000))(l.observe(&o, ms(2000), now())));
         advance(Duration::from_secs(10)).await;
-        let r = l.on_response(&o, None, ms(50), ms(90_000), now()).unwrap();
+        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
         assert_eq!(r.probe.map(|p| p.reach), Some(ms(4000)));
         // No probe where learning does not lower the expiry.
         let p = origin("low-config:80");
         l.observe(&p, ms(1000), now());
         assert_eq!(
-            l.on_response(&p, None, ms(50), ms(500), now())
+            l.on_response(&p, None, ms(50), ms(500), false, now())
                 .unwrap()
                 .probe,
             None
@@ -849,18 +897,19 @@ mod tests {
         advance(Duration::from_secs(60)).await;
         assert!(lowered(ms(3))(l.observe(&o, ms(3), now())));
         // Reused up to the floor.
-        let r = l.on_response(&o, None, ms(50), ms(90_000), now()).unwrap();
+        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
         assert_eq!(
             r.probe,
             Some(Probe {
                 reach: FLOOR,
-                reused: true
+                reused: true,
+                started: true
             })
         );
         // The probe's next request, 20 ms later, gets its response: the
         // server keeps connections longer; reuse is back at once.
         let r = l
-            .on_response(&o, Some(ms(20)), ms(50), ms(90_000), now())
+            .on_response(&o, Some(ms(20)), ms(50), ms(90_000), false, now())
             .unwrap();
         assert_eq!(r.refuted, Some(ms(3)));
         assert_eq!(r.estimate, None);
@@ -893,7 +942,7 @@ mod tests {
         // A response for "a" marks it used, so "b" is the least recently
         // used.
         assert!(l
-            .on_response(&origin("a:1"), None, ms(50), ms(90_000), now())
+            .on_response(&origin("a:1"), None, ms(50), ms(90_000), false, now())
             .is_some());
         l.observe(&origin("d:1"), ms(200), now());
         assert_eq!(l.len(), 3);
@@ -912,7 +961,7 @@ mod tests {
         }
         // Responses for unknown origins add nothing.
         assert!(l
-            .on_response(&origin("zzz:1"), Some(ms(10)), ms(50), ms(90_000), now())
+            .on_response(&origin("zzz:1"), Some(ms(10)), ms(50), ms(90_000), false, now())
             .is_none());
         assert_eq!(l.len(), 3);
     }
@@ -923,7 +972,7 @@ mod tests {
         let o = origin("a:80");
         l.observe(&o, ms(500), now());
         let before = l.locks();
-        let r = l.on_response(&o, Some(ms(100)), ms(50), ms(90_000), now());
+        let r = l.on_response(&o, Some(ms(100)), ms(50), ms(90_000), false, now());
         assert_eq!(r.unwrap().estimate, Some(ms(500)));
         assert_eq!(l.locks() - before, 1);
     }
