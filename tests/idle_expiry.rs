@@ -745,14 +745,14 @@ async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
         let client = client_of(kind, &layer, &track);
         // Three connections idle (three at once, as a busy client has), then
         // the reload closes them all a few ms later.
-        let mut states = Vec::new();
-        for state in futures_join_all((0..3).map(|_| get_on(&client, &url)).collect()).await {
-            states.push(state);
-        }
+        futures_join_all((0..3).map(|_| get_on(&client, &url)).collect()).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
+        // (Usually three connections; a loaded machine may let one request
+        // reuse another's.)
+        let idle = server.connections();
         server.close_idle();
-        wait_until("the reload's closes seen", || stats.server_idle_closes() >= 3).await;
-        assert_eq!(server.reload_closes(), 3, "{kind:?}");
+        wait_until("the reload's closes", || server.reload_closes() == idle).await;
+        wait_until("the reload's closes seen", || stats.server_idle_closes() == idle).await;
         assert_eq!(stats.held(), stats.server_idle_closes(), "{kind:?}");
         assert_eq!(stats.learned(), 0, "{kind:?}");
         assert_eq!(layer.learned_timeout(&url.parse().unwrap()), None);
@@ -767,7 +767,6 @@ async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
         println!("{kind:?}: 20 requests after the reload used {used} connection(s)");
         assert!(used <= 3, "{kind:?}: {used} connections");
         assert_eq!(server.requests(), 23);
-        drop(states);
     }
 }
 

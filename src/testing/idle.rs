@@ -65,6 +65,9 @@ struct Counters {
     idle_timeout: AtomicU64,
     /// Wakes every connection waiting idle, to close it.
     reload: Notify,
+    /// Reloads so far: a connection whose response went out before the
+    /// latest is idle at it, even if its task has not begun waiting yet.
+    reloads: AtomicU64,
     reload_closes: Counter,
 }
 
@@ -113,9 +116,11 @@ impl IdleClosingServer {
     /// Closes every connection that is idle now (between requests), at
     /// once, like a server reload; counted in
     /// [`reload_closes`](Self::reload_closes), not
-    /// [`idle_closes`](Self::idle_closes). Connections busy with a request
-    /// are left alone.
+    /// [`idle_closes`](Self::idle_closes). A connection busy with a request
+    /// finishes it and is closed once idle; one still reading a request
+    /// head is left alone.
     pub fn close_idle(&self) {
+        self.counters.reloads.fetch_add(1, Ordering::SeqCst);
         self.counters.reload.notify_waiters();
     }
 
@@ -265,6 +270,7 @@ async fn serve(
 
     let mut first = true;
     let mut served = 0u64;
+    let mut reloads = counters.reloads.load(Ordering::SeqCst);
     loop {
         if !first {
             let idle = match counters.idle_timeout.load(Ordering::Relaxed) {
@@ -272,8 +278,15 @@ async fn serve(
                 nanos => Duration::from_nanos(nanos),
             };
             let idle = idle + config.close_delay.mul_f64(rng.unit());
-            // Registered before the wait, so a reload from now on reaches it.
+            // Registered before the check, so a reload from now on reaches
+            // it; one since the response went out closes it at once.
             let reload = counters.reload.notified();
+            tokio::pin!(reload);
+            reload.as_mut().enable();
+            if counters.reloads.load(Ordering::SeqCst) != reloads {
+                counters.reload_closes.inc();
+                return conn.shutdown().await;
+            }
             tokio::select! {
                 waited = tokio::time::timeout(idle, conn.wait_for_byte()) => match waited {
                     Err(_idle) => {
@@ -310,6 +323,8 @@ async fn serve(
         if let Some(key) = &head.idempotency_key {
             counters.keys.record(key.as_bytes());
         }
+        // A reload from here on closes the connection once it is idle.
+        reloads = counters.reloads.load(Ordering::SeqCst);
         conn.write_all(without_body(response, config.response_body.len(), &head))
             .await?;
         counters.responses.inc();
