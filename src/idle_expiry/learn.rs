@@ -41,27 +41,36 @@
 //!
 //! Closes that are not the idle timeout happen: a reload or restart, a load
 //! balancer's scale-in, a resume from suspend (the monotonic clock does not
-//! count the suspension, so the idle looks tiny), a connection limit. One of
-//! them must never collapse reuse, so an observation `d` is *suspect* when
+//! count the suspension, so the idle looks tiny), a connection limit, a
+//! server that resets connections at random. One of them must never
+//! collapse reuse, so an observation `d` is *suspect* when
 //!
 //! * it is below the **floor** of 100 ms (real servers' idle timeouts are
 //!   seconds: Node and Apache 5 s, nginx 75 s, load balancers 60 s; a close
 //!   after less than 100 ms idle is far more often one of the above), or
 //! * it is **far below** the current estimate (less than half), or
-//! * it is **contradicted**: a longer idle `k > d` plus the tolerance was
-//!   reused safely (or kept by a probe) within the last `relearn_after`.
+//! * it is **contradicted**: the server was seen keeping a connection idle
+//!   for longer than `d` plus the tolerance (a reuse that got its response,
+//!   a probe it did not close) within the last `relearn_after`.
 //!
 //! A suspect observation is *held*, not applied. It takes effect only when
-//! another suspect observation **agrees** with it: within the tolerance (a
-//! quarter of the larger, plus 1 ms of jitter) and seen at least the shorter
-//! of the two apart in time (the closes of one reload all arrive at once,
-//! each with its connection's own idle, so they never agree with each
-//! other), with no reuse in between that succeeded after a longer idle (a
-//! server that resets connections at random keeps others longer; one whose
-//! timeout shrank does not). The two then lower the estimate to the
-//! smaller. A server whose timeout really
-//! is 50 ms is learned at its second idle close; two reloads must close
-//! connections idle for the same time, at different moments, to mislead it.
+//! another suspect observation **agrees** with it:
+//!
+//! * within the **tolerance**: a quarter of the larger, plus 1 ms of timer
+//!   jitter;
+//! * seen at least the shorter of the two **apart in time**: the closes of
+//!   one reload all arrive at once, each with its connection's own idle, so
+//!   they never agree with each other;
+//! * with **no reuse in between** that got its response after an idle at
+//!   least as long (such a reuse drops the held observations it
+//!   contradicts), and, for contradicted observations, none that long for
+//!   10 s (or four times that idle): a server that resets connections at
+//!   random keeps showing longer reuse, one whose timeout shrank does not.
+//!
+//! The two then lower the estimate to the smaller. A server whose timeout
+//! really is 50 ms is learned at its second idle close; two reloads must
+//! close connections idle for the same time, at different moments, with no
+//! longer reuse in between, to mislead it.
 //!
 //! Any other observation applies alone: the estimate becomes `min(estimate,
 //! d)` (or `d` for an origin without one). One within the tolerance above
@@ -73,8 +82,10 @@
 //! than half the estimate: **a learned limit is never zero** (only
 //! `Connection: close`, `Keep-Alive: timeout=0`, request limits and the
 //! configuration may stop reuse). An estimate is shared live by every
-//! connection of its origin, including those already idle: the first lost
-//! race protects the next request on every other connection.
+//! connection of its origin, including those already idle (each connection
+//! reads it through a generation counter, without a lock, and looks it up
+//! again only after it changed): the first lost race protects the next
+//! request on every other connection.
 //!
 //! # Healing probes
 //!
@@ -82,22 +93,22 @@
 //! would ever contradict it, since the expiry keeps connections from being
 //! idle that long. So an origin whose expiry was lowered by learning *probes*:
 //! at a response, if no probe started within the last 10 s (or twice the
-//! estimate, if longer), that connection becomes the probe for its next idle
-//! period:
+//! estimate, if longer), that connection becomes the probe, for as long as
+//! it lives:
 //!
-//! * **Estimate at or above the floor**: the probe is kept open, unused,
-//!   until twice the estimate. Requests never go to it past the learned
-//!   limit (one that would is sent on another connection, as for any expired
-//!   connection), so probing risks nothing. If the server closes it first,
-//!   that is an idle close like any other (it confirms the estimate);
-//!   if it is still open at twice the estimate, the estimate was wrong.
+//! * **Estimate at or above the floor**: each time it goes idle, the probe
+//!   is kept open, unused, until twice the estimate. Requests never go to it
+//!   past the learned limit (one that would is sent on another connection,
+//!   as for any expired connection), so probing risks nothing. If the server
+//!   closes it first, that is an idle close like any other (it confirms the
+//!   estimate); if it is still open at twice the estimate, the estimate was
+//!   wrong.
 //! * **Estimate below the floor** (only reachable by agreement): the probe is
 //!   *reused* until twice the estimate, at least up to the floor. A response
 //!   after an idle beyond the estimate plus the tolerance refutes it, so a
 //!   client whose requests come at a steady gap gets its reuse back at the
 //!   first probe. Against a server whose timeout really is that short, a
-//!   request reaching the probe exactly at the server's close can race it,
-//!   at most one request per probe.
+//!   request reaching the probe exactly at the server's close can race it.
 //!
 //! A refuted estimate is forgotten at once (with its held observations), and
 //! the origin is learned again from its next close: a wrong estimate heals
@@ -112,16 +123,17 @@
 //! An early close within a factor two of the real timeout, that nothing
 //! contradicts, lowers reuse for idle times between the two (never
 //! correctness) until it is forgotten; so does a wrong estimate at or above
-//! the floor while every probe is interrupted by a request past the learned
-//! limit.
+//! the floor while every probe is taken by a request past the learned limit
+//! before it is twice the estimate idle.
 //!
 //! **Bound.** At most `capacity` origins are kept (default
 //! [`DEFAULT_ORIGINS`]); inserting one more evicts the least recently used
-//! (an intrusive list over one slab: O(1) per lookup and eviction). Each
-//! entry is under 150 bytes, so the map never grows past a few hundred KiB
-//! however many hosts a process talks to. A response on a connection whose
-//! origin has an estimate takes the map's lock once; an origin-less
-//! response, and every response while nothing has been learned at all, none.
+//! (an intrusive list over one slab: O(1) per lookup and eviction, no scan).
+//! Each origin takes about 200 bytes, so the default bound stays under
+//! 200 KiB however many hosts a process talks to. A response takes the map's
+//! lock at most once (to find its origin, record a reuse and maybe grant a
+//! probe), and not at all while nothing has been learned; the expiry checks
+//! between responses take it only after an estimate changed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
