@@ -633,7 +633,8 @@ fn get_req(url: &str) -> http::Request<Full<Bytes>> {
 }
 
 type Body = tower_conn_lifecycle::track::TrackedBody<hyper::body::Incoming>;
-type Boxed = tower::util::BoxCloneService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
+type Boxed =
+    tower::util::BoxCloneService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
 
 /// A client of `kind` with `layer`, boxed so both kinds fit one variable.
 fn client_of(kind: Kind, layer: &IdleExpiryLayer, track: &TrackConnectionsLayer) -> Boxed {
@@ -720,7 +721,9 @@ async fn lost_races_teach_the_idle_timeout_of_a_server_that_closes_late() {
         // Server side: every success processed once, nothing else.
         assert_eq!(server.posts() as usize, report.successes(), "{kind:?}");
         assert!(
-            layer.learned_timeout(&server.url().parse().unwrap()).is_some(),
+            layer
+                .learned_timeout(&server.url().parse().unwrap())
+                .is_some(),
             "{kind:?}: nothing learned"
         );
     }
@@ -752,7 +755,10 @@ async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
         let idle = server.connections();
         server.close_idle();
         wait_until("the reload's closes", || server.reload_closes() == idle).await;
-        wait_until("the reload's closes seen", || stats.server_idle_closes() == idle).await;
+        wait_until("the reload's closes seen", || {
+            stats.server_idle_closes() == idle
+        })
+        .await;
         assert_eq!(stats.held(), stats.server_idle_closes(), "{kind:?}");
         assert_eq!(stats.learned(), 0, "{kind:?}");
         assert_eq!(layer.learned_timeout(&url.parse().unwrap()), None);
@@ -789,12 +795,19 @@ async fn a_short_idle_timeout_is_learned_after_two_observations() {
             wait_until("an idle close", || stats.server_idle_closes() >= observed).await;
             if observed == 1 {
                 assert_eq!(stats.held(), 1, "{kind:?}");
-                assert_eq!(layer.learned_timeout(&uri), None, "{kind:?}: one is not enough");
+                assert_eq!(
+                    layer.learned_timeout(&uri),
+                    None,
+                    "{kind:?}: one is not enough"
+                );
             }
         }
         let learned = layer.learned_timeout(&uri).expect("learned after two");
         println!("{kind:?}: learned {learned:?}");
-        assert!(learned >= SHORT && learned < SHORT + MARGIN, "{kind:?}: {learned:?}");
+        assert!(
+            learned >= SHORT && learned < SHORT + MARGIN,
+            "{kind:?}: {learned:?}"
+        );
         assert_eq!((stats.agreed(), stats.learned()), (1, 1), "{kind:?}");
         // Reuse below the learned limit (half the estimate here: the default
         // 50 ms margin would leave nothing), none above it; no error.
@@ -855,7 +868,11 @@ async fn a_timeout_that_grows_is_relearned_upward_with_one_probe() {
     wait_until("the probe closed", || probe.is_closed()).await;
     assert!(probe.was_expired(), "the server closed the probe");
     assert_eq!(stats.healed(), 1);
-    assert_eq!(layer.learned_timeout(&uri), None, "the estimate was forgotten");
+    assert_eq!(
+        layer.learned_timeout(&uri),
+        None,
+        "the estimate was forgotten"
+    );
 
     // The next connection: the configured expiry again, until the server's
     // new idle close teaches 2 s.
@@ -863,7 +880,10 @@ async fn a_timeout_that_grows_is_relearned_upward_with_one_probe() {
     assert_eq!(state.expiry(), Some(Duration::from_secs(90)));
     wait_until("the 2 s idle close", || stats.server_idle_closes() >= 2).await;
     let grown = layer.learned_timeout(&uri).expect("re-learned");
-    println!("learned {first:?}, then {grown:?} after {} probe(s)", stats.probes());
+    println!(
+        "learned {first:?}, then {grown:?} after {} probe(s)",
+        stats.probes()
+    );
     assert!(
         grown >= Duration::from_secs(2) && grown < Duration::from_secs(2) + MARGIN,
         "{grown:?}"
@@ -963,7 +983,10 @@ async fn http2_goaway_on_idle_is_not_learned_from() {
         // gone (GOAWAY) and opens a new one.
         tokio::time::sleep(idle * 2).await;
     }
-    let (conns, requests) = (counts.0.load(Ordering::SeqCst), counts.1.load(Ordering::SeqCst));
+    let (conns, requests) = (
+        counts.0.load(Ordering::SeqCst),
+        counts.1.load(Ordering::SeqCst),
+    );
     println!("h2: {conns} connections, {requests} requests, {errors} errors");
     assert_eq!(errors, 0);
     assert_eq!(requests, 6);

@@ -210,7 +210,7 @@ impl IdleExpiryLayer {
                 origin.copied(),
                 c.learn,
                 generation,
-                c.margin,
+                margin(),
             ))
         });
         // The clock and the learner's lock only while learning (the common
@@ -364,7 +364,13 @@ impl OriginObserver {
     /// A response on the connection, while learning: one lock on the
     /// learner records the reuse, reads the estimate and maybe grants a
     /// probe.
-    fn on_response(&self, state: &ConnectionState, origin: &Origin, margin: Duration, own: Duration) {
+    fn on_response(
+        &self,
+        state: &ConnectionState,
+        origin: &Origin,
+        margin: Duration,
+        own: Duration,
+    ) {
         let stats = &self.shared.stats.inner;
         let reused_after = (state.requests() > 1).then(|| state.info().idle_before());
         let probing = self.probe.load(Ordering::Acquire) != NONE;
@@ -382,8 +388,7 @@ impl OriginObserver {
         self.margin.store(nanos(margin), Ordering::Relaxed);
         self.estimate
             .store(learned.estimate.map_or(NONE, nanos), Ordering::Relaxed);
-        self.generation
-            .store(learned.generation, Ordering::Release);
+        self.generation.store(learned.generation, Ordering::Release);
         if let Some(estimate) = learned.refuted {
             stats.healed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -514,7 +519,11 @@ impl Observer for OriginObserver {
             }
             Event::ServerIdleClose(idle) => {
                 stats.server_idle_closes.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(connection = state.id(), ?idle, "server closed an idle connection");
+                tracing::debug!(
+                    connection = state.id(),
+                    ?idle,
+                    "server closed an idle connection"
+                );
                 self.observe(state, idle, "idle close");
             }
             Event::LostRace(idle) => {

@@ -851,7 +851,9 @@ mod tests {
         let l = Learner::new(8, Duration::from_secs(60));
         let o = origin("race:80");
         assert!(lowered(ms(201))(l.observe(&o, ms(201), now())));
-        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
+        let r = l
+            .on_response(&o, None, ms(50), ms(90_000), false, now())
+            .unwrap();
         assert_eq!(r.estimate, Some(ms(201)));
     }
 
@@ -862,7 +864,9 @@ mod tests {
         l.observe(&o, ms(200), now());
         // The first response after learning probes: kept open to 400 ms,
         // not reused (the estimate is above the floor).
-        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
+        let r = l
+            .on_response(&o, None, ms(50), ms(90_000), false, now())
+            .unwrap();
         assert_eq!(
             r.probe,
             Some(Probe {
@@ -872,7 +876,9 @@ mod tests {
             })
         );
         // At most one probe per 10 s.
-        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
+        let r = l
+            .on_response(&o, None, ms(50), ms(90_000), false, now())
+            .unwrap();
         assert_eq!(r.probe, None);
         // A close before twice the estimate confirms it...
         assert_eq!(l.kept(&o, ms(399), now()), None);
@@ -887,7 +893,9 @@ mod tests {
         // below it suspect.
         assert!(lowered(ms(2000))(l.observe(&o, ms(2000), now())));
         advance(Duration::from_secs(10)).await;
-        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
+        let r = l
+            .on_response(&o, None, ms(50), ms(90_000), false, now())
+            .unwrap();
         assert_eq!(r.probe.map(|p| p.reach), Some(ms(4000)));
         // No probe where learning does not lower the expiry.
         let p = origin("low-config:80");
@@ -909,7 +917,9 @@ mod tests {
         advance(Duration::from_secs(60)).await;
         assert!(lowered(ms(3))(l.observe(&o, ms(3), now())));
         // Reused up to the floor.
-        let r = l.on_response(&o, None, ms(50), ms(90_000), false, now()).unwrap();
+        let r = l
+            .on_response(&o, None, ms(50), ms(90_000), false, now())
+            .unwrap();
         assert_eq!(
             r.probe,
             Some(Probe {
@@ -973,7 +983,14 @@ mod tests {
         }
         // Responses for unknown origins add nothing.
         assert!(l
-            .on_response(&origin("zzz:1"), Some(ms(10)), ms(50), ms(90_000), false, now())
+            .on_response(
+                &origin("zzz:1"),
+                Some(ms(10)),
+                ms(50),
+                ms(90_000),
+                false,
+                now()
+            )
             .is_none());
         assert_eq!(l.len(), 3);
     }

@@ -1039,7 +1039,8 @@ async fn a_late_drain_counts_idle_from_before_the_drain() {
     read_request(&mut server).await;
     let t0 = Instant::now();
     let body = vec![b'x'; 256 * 1024];
-    let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
     response.extend_from_slice(&body);
     server.write_all(&response).await.unwrap();
     let res = with_state(res.await.unwrap().unwrap(), &state);
@@ -1053,7 +1054,11 @@ async fn a_late_drain_counts_idle_from_before_the_drain() {
     assert!(!state.in_flight());
     let (last_read, idle_since) = (state.last_read().unwrap(), state.idle_since().unwrap());
     assert!(last_read >= t0 + ms(150), "drained late");
-    assert!(idle_since < t0 + ms(10), "idle from before the drain: {:?}", idle_since - t0);
+    assert!(
+        idle_since < t0 + ms(10),
+        "idle from before the drain: {:?}",
+        idle_since - t0
+    );
     // The server closes 200 ms after it finished writing: the observed idle
     // is 200 ms, not the 50 ms since the drain.
     advance(ms(50)).await;
@@ -1082,7 +1087,10 @@ async fn a_response_read_as_it_arrives_is_idle_from_its_last_byte() {
     advance(ms(120)).await;
     drop(server);
     settle(|| !events.0.lock().unwrap().is_empty()).await;
-    assert_eq!(events.0.lock().unwrap()[..], [Event::ServerIdleClose(ms(120))]);
+    assert_eq!(
+        events.0.lock().unwrap()[..],
+        [Event::ServerIdleClose(ms(120))]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1138,5 +1146,9 @@ async fn fresh_connections_and_started_responses_are_no_lost_race() {
     server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
     drop(server);
     assert!(res.await.unwrap().is_err());
-    assert!(events.0.lock().unwrap().is_empty(), "{:?}", events.0.lock().unwrap());
+    assert!(
+        events.0.lock().unwrap().is_empty(),
+        "{:?}",
+        events.0.lock().unwrap()
+    );
 }

@@ -189,9 +189,9 @@ impl ConnectionState {
     /// The IO closed the known-idle connection at its expiry (the server had
     /// not closed it).
     pub(crate) fn on_expired(&self) {
-        let idle = self
-            .idle_since()
-            .map_or(Duration::ZERO, |since| Instant::now().saturating_duration_since(since));
+        let idle = self.idle_since().map_or(Duration::ZERO, |since| {
+            Instant::now().saturating_duration_since(since)
+        });
         self.inner.expired.store(true, Ordering::Release);
         self.inner.closed.store(true, Ordering::Release);
         self.notify(Event::Expired(idle));
