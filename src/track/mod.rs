@@ -155,7 +155,7 @@ pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};
 pub use state::ConnectionState;
-pub(crate) use state::{Event, Limits, Observer};
+pub(crate) use state::{learned_changed, Event, Limits, Observer};
 
 #[cfg(test)]
 mod tests;

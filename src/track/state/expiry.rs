@@ -36,12 +36,37 @@ impl ConnectionState {
     /// The connection's own expiry combined with the learned limits its
     /// observer reports (the origin's estimate, shared live by all its
     /// connections, and a healing probe's longer close).
+    #[inline]
     fn limits(&self) -> Limits {
-        let own = self.inner.expiry.load(Ordering::Acquire);
-        let learned = match self.inner.observer.get() {
+        let inner = &self.inner;
+        let own = inner.expiry.load(Ordering::Acquire);
+        // The common case, two loads: the observer had nothing learned for
+        // this connection and nothing learned changed since.
+        if inner.unlearned_at.load(Ordering::Relaxed) == super::epoch() {
+            return Limits {
+                reuse: own,
+                close: own,
+            };
+        }
+        self.limits_asked(own)
+    }
+
+    /// [`limits`](Self::limits), asking the observer.
+    #[cold]
+    fn limits_asked(&self, own: u64) -> Limits {
+        let inner = &self.inner;
+        let epoch = super::epoch();
+        let learned = match inner.observer.get() {
             Some(observer) => observer.learned(),
             None => Limits::NONE,
         };
+        if learned == Limits::NONE {
+            inner.unlearned_at.store(epoch, Ordering::Relaxed);
+            return Limits {
+                reuse: own,
+                close: own,
+            };
+        }
         let reuse = own.min(learned.reuse);
         Limits {
             reuse,
@@ -103,6 +128,9 @@ impl ConnectionState {
         let since = inner.idle_since.raw()?;
         let limits = self.limits();
         let reuse = deadline_raw(since, limits.reuse, retire)?;
+        if limits.close == limits.reuse {
+            return Some((reuse, reuse));
+        }
         let close = deadline_raw(since, limits.close, retire).unwrap_or(reuse);
         Some((reuse, close.max(reuse)))
     }

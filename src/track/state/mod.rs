@@ -17,11 +17,27 @@ use super::exchange::ExchangeOutcome;
 use crate::clock::{Origin, Stamp};
 pub(crate) use expiry::{Event, Limits, Observer};
 
+pub(super) fn epoch() -> u64 {
+    LEARNED_EPOCH.load(Ordering::Acquire)
+}
+
 /// Process-wide connection id counter (a counter, not a map: it never grows).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// `u64::MAX` nanoseconds in an expiry field: no expiry.
 const NO_EXPIRY: u64 = u64::MAX;
+
+/// Process-wide count of changes to anything learned (a counter, not a map:
+/// it never grows). A connection whose observer reported no learned limits
+/// at the current count skips asking again: the common case (nothing
+/// learned for its origin) costs the expiry checks two loads.
+static LEARNED_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Something learned changed (IdleExpiry's learner): connections ask their
+/// observers again.
+pub(crate) fn learned_changed() {
+    LEARNED_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
 
 /// Live state of one tracked connection.
 ///
@@ -89,6 +105,9 @@ pub(crate) struct Inner {
     timer_at: Stamp,
     /// Told about expiries, refusals and server idle closes (IdleExpiry).
     observer: OnceLock<Arc<dyn Observer>>,
+    /// The [`LEARNED_EPOCH`] at which the observer last reported no learned
+    /// limits (`u64::MAX`: not asked yet).
+    unlearned_at: AtomicU64,
     poisoned: AtomicBool,
     /// The IO closed the connection itself because its idle expiry passed.
     expired: AtomicBool,
@@ -153,6 +172,7 @@ impl ConnectionState {
                 retire_at: Stamp::never(),
                 timer_at: Stamp::never(),
                 observer: OnceLock::new(),
+                unlearned_at: AtomicU64::new(u64::MAX),
                 poisoned: AtomicBool::new(false),
                 expired: AtomicBool::new(false),
                 claimed: AtomicBool::new(false),
