@@ -465,6 +465,7 @@ impl Learner {
 
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        crate::track::learned_changed();
     }
 
     /// Whether anything has been learned at all (read without the lock).
