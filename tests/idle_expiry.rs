@@ -745,18 +745,17 @@ async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
         let stats = layer.stats();
         let track = TrackConnectionsLayer::new();
         let url = server.url();
-        let client = client_of(kind, &layer, &track);
-        // Three connections idle (three at once, as a busy client has), then
-        // the reload closes them all a few ms later.
-        futures_join_all((0..3).map(|_| get_on(&client, &url)).collect()).await;
+        // Three connections idle at once (three clients sharing the layer,
+        // as a busy process has), then the reload closes them all a few ms
+        // later.
+        let clients: Vec<_> = (0..3).map(|_| client_of(kind, &layer, &track)).collect();
+        futures_join_all(clients.iter().map(|c| get_on(c, &url)).collect()).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        // (Usually three connections; a loaded machine may let one request
-        // reuse another's.)
-        let idle = server.connections();
+        assert_eq!(server.connections(), 3, "{kind:?}");
         server.close_idle();
-        wait_until("the reload's closes", || server.reload_closes() == idle).await;
+        wait_until("the reload's closes", || server.reload_closes() == 3).await;
         wait_until("the reload's closes seen", || {
-            stats.server_idle_closes() == idle
+            stats.server_idle_closes() == 3
         })
         .await;
         assert_eq!(stats.held(), stats.server_idle_closes(), "{kind:?}");
@@ -765,7 +764,7 @@ async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
         // 20 sequential requests after the reload.
         let before = server.connections();
         for _ in 0..20 {
-            let state = get_on(&client, &url).await;
+            let state = get_on(&clients[0], &url).await;
             assert!(state.expiry().is_some_and(|e| e >= Duration::from_secs(1)));
             tokio::time::sleep(GAP).await;
         }
