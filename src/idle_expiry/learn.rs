@@ -50,8 +50,9 @@
 //!   after less than 100 ms idle is far more often one of the above), or
 //! * it is **far below** the current estimate (less than half), or
 //! * it is **contradicted**: the server was seen keeping a connection idle
-//!   for longer than `d` plus the tolerance (a reuse that got its response,
-//!   a probe it did not close) within the last `relearn_after`.
+//!   for clearly longer than `d` (by more than a thirty-second of `d` plus
+//!   1 ms of jitter: a reuse that got its response, a probe it did not
+//!   close) within the last `relearn_after`.
 //!
 //! A suspect observation is *held*, not applied. It takes effect only when
 //! another suspect observation **agrees** with it:
@@ -93,8 +94,8 @@
 //! would ever contradict it, since the expiry keeps connections from being
 //! idle that long. So an origin whose expiry was lowered by learning *probes*:
 //! at a response, if no probe started within the last 10 s (or twice the
-//! estimate, if longer), that connection becomes the probe, for as long as
-//! it lives:
+//! estimate, if longer; 1 s for an estimate below the floor, where reuse is
+//! nearly gone), that connection becomes the probe, for as long as it lives:
 //!
 //! * **Estimate at or above the floor**: each time it goes idle, the probe
 //!   is kept open, unused, until twice the estimate. Requests never go to it
@@ -161,6 +162,10 @@ const TOLERANCE_JITTER: Duration = Duration::from_millis(1);
 /// estimate, if longer).
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(10);
 
+/// The same for an estimate below the floor: reuse is nearly gone there, so
+/// a wrong one must heal fast.
+pub(crate) const PROBE_EVERY_BELOW_FLOOR: Duration = Duration::from_secs(1);
+
 /// Suspect observations remembered per origin while they wait for one that
 /// agrees.
 const HELD: usize = 2;
@@ -220,6 +225,15 @@ impl Hasher for OriginHasher {
 /// [`TOLERANCE_JITTER`].
 fn tolerance(d: Duration) -> Duration {
     d / 4 + TOLERANCE_JITTER
+}
+
+/// How much longer than a close after `d` a kept idle must be to contradict
+/// it: a server's timer jitter (a thirty-second) plus
+/// [`TOLERANCE_JITTER`]. Below a real idle timeout, reuse succeeds up to it
+/// and races are lost from about it; a server that kept connections
+/// clearly longer did not close this one for being idle.
+fn slack(d: Duration) -> Duration {
+    d / 32 + TOLERANCE_JITTER
 }
 
 /// The idle limit an estimate puts on a connection whose margin is
@@ -521,7 +535,7 @@ impl Learner {
             self.changed();
         }
         let estimate = entry.estimate.map(|e| e.idle);
-        let contradicted = entry.kept.filter(|k| k.idle > idle + tolerance(idle));
+        let contradicted = entry.kept.filter(|k| k.idle > idle + slack(idle));
         let suspect = if idle < FLOOR {
             Some(Suspect::BelowFloor)
         } else if estimate.is_some_and(|e| idle < e / 2) {
@@ -674,10 +688,12 @@ impl Learner {
                 return None;
             }
             if start {
-                entry.next_probe = Some(crate::clock::deadline(
-                    now,
-                    PROBE_EVERY.max(estimate.saturating_mul(2)),
-                ));
+                let every = if reused {
+                    PROBE_EVERY_BELOW_FLOOR
+                } else {
+                    PROBE_EVERY.max(estimate.saturating_mul(2))
+                };
+                entry.next_probe = Some(crate::clock::deadline(now, every));
             }
             Some(Probe {
                 reach,
