@@ -81,12 +81,13 @@
 //!   below the floor of 100 ms, below half the estimate, or below an idle
 //!   the server was recently seen to keep is *held*: it applies only when a
 //!   second one agrees (within a quarter plus 1 ms, seen apart in time, with
-//!   no longer reuse in between). Any other observation lowers the estimate
+//!   no longer reuse in between, and, below a kept idle, only once the server
+//!   has not kept one that long for a while). Any other observation lowers the estimate
 //!   to itself at once. A learned limit is the estimate minus the margin,
 //!   never less than half the estimate: never zero.
 //! * **Healing probes.** An origin whose expiry learning lowered lets one
-//!   connection at a time (at most one new one every 10 s) test the
-//!   estimate: kept open, unused, until twice the estimate (below the floor:
+//!   connection at a time (at most one new one every 10 s, every 1 s below
+//!   the floor) test the estimate: kept open, unused, until twice the estimate (below the floor:
 //!   reused until then, at least up to the floor). A server that keeps it
 //!   that long, or answers it after an idle beyond the estimate, refutes the
 //!   estimate, which is forgotten at once and learned again from the next
