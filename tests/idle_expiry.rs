@@ -661,7 +661,9 @@ async fn get_on(client: &Boxed, url: &str) -> ConnectionState {
 /// timeout (an event loop's late timer), so reuses at the edge mostly win
 /// and idle closes are rarely seen: the evidence is the race lost. The
 /// learner takes the first lost race as an observation; every connection of
-/// the origin (idle ones included) follows at once.
+/// the origin (idle ones included) follows at once, so no request sent
+/// after it fails (usually one error per origin; requests written in the
+/// same instant as the first can lose with it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_races_teach_the_idle_timeout_of_a_server_that_closes_late() {
     const LATE: Duration = Duration::from_millis(5);
@@ -715,9 +717,35 @@ async fn lost_races_teach_the_idle_timeout_of_a_server_that_closes_late() {
             server.posts(),
             server.idle_closes()
         );
+        let failed: Vec<_> = report
+            .samples()
+            .iter()
+            .filter(|s| s.outcome().is_err())
+            .collect();
+        println!(
+            "{kind:?}: failed (task, index, sent at): {:?}",
+            failed
+                .iter()
+                .map(|s| (s.task(), s.index(), s.started()))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(report.requests(), 1000, "{kind:?}");
-        // At most the first lost race per origin, nothing after it.
-        assert!(report.errors() <= 1, "{kind:?}: {}", describe(report));
+        // The first lost race, and only requests already on their way when
+        // it was lost: the tasks' timers fire on the same 1 ms tick, so a
+        // few can be written in the same instant. Nothing sent after the
+        // first failure was seen fails.
+        if let Some(seen) = failed.iter().map(|s| s.started() + s.latency()).min() {
+            let late: Vec<_> = failed
+                .iter()
+                .filter(|s| s.started() > seen)
+                .map(|s| (s.task(), s.index()))
+                .collect();
+            assert!(
+                late.is_empty(),
+                "{kind:?}: failed after the first: {late:?}"
+            );
+        }
+        assert!(report.errors() <= 4, "{kind:?}: {}", describe(report));
         // Server side: every success processed once, nothing else.
         assert_eq!(server.posts() as usize, report.successes(), "{kind:?}");
         assert!(
