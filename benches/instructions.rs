@@ -24,6 +24,9 @@
 //! then disabled but a dispatcher exists, which shows what disabled events
 //! cost. Without valgrind it says how to install it and exits successfully.
 //!
+//! `cargo bench --bench instructions -- idle_expiry` runs only `bare` (the
+//! baseline) and the named variants' rows.
+//!
 //! `cargo bench --bench instructions -- --keep` keeps the callgrind profiles
 //! (paths on stderr): `callgrind_annotate --inclusive=yes FILE` shows where a
 //! layer's instructions go (compare a `LONG` profile with bare's).
@@ -80,9 +83,22 @@ impl Row {
     }
 }
 
+/// Every row, or (when names are given on the command line, e.g. `cargo
+/// bench --bench instructions -- idle_expiry`) `bare` and the named
+/// variants' rows.
 fn rows() -> Vec<Row> {
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let mut rows = Vec::new();
     for &variant in VARIANTS {
+        if !names.is_empty()
+            && variant != Variant::Bare
+            && !names.iter().any(|n| n == variant.name())
+        {
+            continue;
+        }
         rows.push(Row {
             variant,
             info_subscriber: false,

@@ -132,6 +132,54 @@ async fn idle_closing_reuses_within_idle_timeout_then_closes() {
     );
 }
 
+/// A reload closes every idle connection at once; a late close and a new
+/// idle timeout set while running apply to the next idle periods.
+#[tokio::test]
+async fn idle_closing_reload_late_close_and_new_timeout() {
+    // A long timeout: only the reload can close these.
+    let server = IdleClosingServer::builder(Duration::from_secs(30))
+        .close_delay(Duration::from_millis(40))
+        .start()
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(GET).await.unwrap();
+        bounded("response", read_response(&mut stream))
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    server.close_idle();
+    for stream in &mut streams {
+        assert!(
+            closed_within(stream, SLACK).await,
+            "not closed by the reload"
+        );
+    }
+    assert_eq!((server.reload_closes(), server.idle_closes()), (2, 0));
+
+    // Now 100 ms, closed up to 40 ms late: never before 100 ms.
+    server.set_idle_timeout(Duration::from_millis(100));
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    stream.write_all(GET).await.unwrap();
+    bounded("response", read_response(&mut stream))
+        .await
+        .unwrap();
+    // Real clock: the server's idle timer is what is under test.
+    let idle_start = Instant::now();
+    assert!(closed_within(&mut stream, SLACK).await, "not closed");
+    // (The server's idle clock started a moment before ours.)
+    assert!(
+        idle_start.elapsed() >= Duration::from_millis(90),
+        "closed too early: {:?}",
+        idle_start.elapsed()
+    );
+    assert_eq!((server.reload_closes(), server.idle_closes()), (2, 1));
+    assert_eq!(server.requests(), 3);
+}
+
 #[tokio::test]
 async fn idle_closing_options_posts_and_connection_close() {
     const THINK: Duration = Duration::from_millis(100);

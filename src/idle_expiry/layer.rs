@@ -9,9 +9,11 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::hint::{connection_close, keep_alive_timeout, mentions};
-use super::learn::{Learner, Origin, DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER};
+use super::learn::{
+    learned_limit, Learner, Origin, Verdict, DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER,
+};
 use super::IdleExpiry;
-use crate::track::{ConnectionState, Event, Observer};
+use crate::track::{ConnectionState, Event, Limits, Observer};
 
 /// The smallest safety margin kept below an announced or learned idle
 /// timeout, by default.
@@ -152,6 +154,14 @@ impl IdleExpiryLayer {
         self.shared.learner.len()
     }
 
+    /// The idle timeout learned for `uri`'s origin (scheme, host, port), if
+    /// one is trusted now; connections to it are reused while idle for
+    /// less than this minus their margin (never less than half of it).
+    pub fn learned_timeout(&self, uri: &http::Uri) -> Option<Duration> {
+        let origin = Origin::of(uri)?;
+        self.shared.learner.estimate(&origin, Instant::now())
+    }
+
     /// The counters shared by every service this layer (and its clones) make.
     pub fn stats(&self) -> IdleExpiryStats {
         self.shared.stats.clone()
@@ -191,12 +201,10 @@ impl IdleExpiryLayer {
         let c = &self.config;
         let shared = &self.shared;
         let learner = &shared.learner;
+        // Read before the check: an estimate learned after it bumps the
+        // generation, and the connection looks it up then.
+        let generation = learner.generation();
         let learning = c.learn && learner.is_learning();
-        // The clock is read only while learning (the common case reads none).
-        let now = learning.then(Instant::now);
-        if let (Some(origin), Some(now)) = (origin, now.filter(|_| state.requests() > 1)) {
-            learner.reused(origin, state.info().idle_before(), now);
-        }
         // The margin below an announced or learned timeout: twice the
         // connection's round trip (its connect time or, if shorter, this
         // exchange's time to first byte), at least the configured floor.
@@ -213,27 +221,33 @@ impl IdleExpiryLayer {
             limit = limit.min(hint.saturating_sub(margin()));
             shared.stats.inner.hints.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(now) = now {
-            if let Some(estimate) = origin.and_then(|o| learner.estimate(o, now)) {
-                limit = limit.min(estimate.saturating_sub(margin()));
-            }
-        }
         if (connection && connection_close(headers))
             || c.max_requests.is_some_and(|max| state.requests() >= max)
         {
             limit = Duration::ZERO;
         }
+        // The connection's own expiry; what is learned for its origin is
+        // applied live by its observer (below), also while it sits idle.
         state.set_expiry(Some(limit));
         if let Some(age) = c.max_age {
             state.set_retire_at(crate::clock::deadline(state.connected_at(), age));
         }
-        state.observe(|| {
-            Arc::new(OriginObserver {
-                shared: Arc::clone(&self.shared),
-                origin: origin.copied(),
-                learn: c.learn,
-            })
+        let observer = state.observe(|| {
+            Arc::new(OriginObserver::new(
+                Arc::clone(&self.shared),
+                origin.copied(),
+                c.learn,
+                generation,
+                margin(),
+            ))
         });
+        // The clock and the learner's lock only while learning (the common
+        // case takes neither).
+        if let (true, Some(origin)) = (learning, origin) {
+            if let Some(observer) = observer.as_any().downcast_ref::<OriginObserver>() {
+                observer.on_response(state, origin, margin(), limit);
+            }
+        }
     }
 }
 
@@ -261,6 +275,12 @@ struct Counters {
     untracked: AtomicU64,
     /// The warning about untracked responses was logged.
     warned: AtomicBool,
+    // Learning: observations, estimate changes, healing probes.
+    lost_races: AtomicU64,
+    held: AtomicU64,
+    agreed: AtomicU64,
+    probes: AtomicU64,
+    healed: AtomicU64,
 }
 
 impl IdleExpiryStats {
@@ -280,7 +300,8 @@ impl IdleExpiryStats {
         self.inner.server_idle_closes.load(Ordering::Relaxed)
     }
 
-    /// Server idle closes that changed a learned estimate.
+    /// Observations (server idle closes and lost races) that set or lowered
+    /// an origin's learned estimate, [`agreed`](Self::agreed) ones included.
     pub fn learned(&self) -> u64 {
         self.inner.learned.load(Ordering::Relaxed)
     }
@@ -325,25 +346,234 @@ impl IdleExpiryStats {
     }
 }
 
-/// Told by a connection's IO about its expiry events.
+// Learning's counters, kept apart from the ones above.
+impl IdleExpiryStats {
+    /// Requests on reused connections that failed before any byte of their
+    /// response arrived (the stale keep-alive race, lost): each is an
+    /// observation of the origin's idle timeout, like an idle close.
+    pub fn lost_races(&self) -> u64 {
+        self.inner.lost_races.load(Ordering::Relaxed)
+    }
+
+    /// Observations held back instead of applied: below the floor, far
+    /// below the estimate, or below a longer idle the server kept (a reload,
+    /// a scale-in, a resume from suspend), waiting for another that agrees.
+    pub fn held(&self) -> u64 {
+        self.inner.held.load(Ordering::Relaxed)
+    }
+
+    /// Estimates set or lowered by two held observations that agreed (also
+    /// counted in [`learned`](Self::learned)).
+    pub fn agreed(&self) -> u64 {
+        self.inner.agreed.load(Ordering::Relaxed)
+    }
+
+    /// Healing probes started: connections of an origin whose expiry
+    /// learning lowered, kept open (or, below the floor, reused) past the
+    /// learned limit to test the estimate.
+    pub fn probes(&self) -> u64 {
+        self.inner.probes.load(Ordering::Relaxed)
+    }
+
+    /// Estimates forgotten because the server was seen keeping a connection
+    /// longer (a probe it did not close, a reuse past the estimate): wrong
+    /// estimates healed.
+    pub fn healed(&self) -> u64 {
+        self.inner.healed.load(Ordering::Relaxed)
+    }
+}
+
+/// `u64::MAX` in the observer's nanosecond fields: none.
+const NONE: u64 = u64::MAX;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(NONE - 1)
+}
+
+/// Told by a connection's IO about its expiry events, and asked by it for
+/// the limits learned for its origin.
 #[derive(Debug)]
 struct OriginObserver {
     shared: Arc<Shared>,
     origin: Option<Origin>,
     learn: bool,
+    // Learning: the origin's estimate as of the learner's `generation`, this
+    // connection's margin, and its healing probe for this idle period.
+    generation: AtomicU64,
+    estimate: AtomicU64,
+    margin: AtomicU64,
+    probe: AtomicU64,
+    probe_reused: AtomicBool,
+}
+
+impl OriginObserver {
+    fn new(
+        shared: Arc<Shared>,
+        origin: Option<Origin>,
+        learn: bool,
+        generation: u64,
+        margin: Duration,
+    ) -> Self {
+        OriginObserver {
+            shared,
+            origin,
+            learn,
+            generation: AtomicU64::new(generation),
+            estimate: AtomicU64::new(NONE),
+            margin: AtomicU64::new(nanos(margin)),
+            probe: AtomicU64::new(NONE),
+            probe_reused: AtomicBool::new(false),
+        }
+    }
+
+    /// A response on the connection, while learning: one lock on the
+    /// learner records the reuse, reads the estimate and maybe grants a
+    /// probe.
+    fn on_response(
+        &self,
+        state: &ConnectionState,
+        origin: &Origin,
+        margin: Duration,
+        own: Duration,
+    ) {
+        let stats = &self.shared.stats.inner;
+        let reused_after = (state.requests() > 1).then(|| state.info().idle_before());
+        let probing = self.probe.load(Ordering::Acquire) != NONE;
+        let Some(learned) = self.shared.learner.on_response(
+            origin,
+            reused_after,
+            margin,
+            own,
+            probing,
+            Instant::now(),
+        ) else {
+            self.probe.store(NONE, Ordering::Relaxed);
+            return;
+        };
+        self.margin.store(nanos(margin), Ordering::Relaxed);
+        self.estimate
+            .store(learned.estimate.map_or(NONE, nanos), Ordering::Relaxed);
+        self.generation.store(learned.generation, Ordering::Release);
+        if let Some(estimate) = learned.refuted {
+            stats.healed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                connection = state.id(),
+                ?estimate,
+                reused_after = ?reused_after.unwrap_or_default(),
+                "reuse after a longer idle refuted the learned idle timeout; forgotten"
+            );
+        }
+        match learned.probe {
+            Some(probe) => {
+                self.probe_reused.store(probe.reused, Ordering::Relaxed);
+                self.probe.store(nanos(probe.reach), Ordering::Release);
+                if probe.started {
+                    stats.probes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        connection = state.id(),
+                        estimate = ?learned.estimate.unwrap_or_default(),
+                        reach = ?probe.reach,
+                        reused = probe.reused,
+                        "healing probe: the connection stays open past the learned limit"
+                    );
+                }
+            }
+            None => self.probe.store(NONE, Ordering::Release),
+        }
+    }
+
+    /// Looks the origin's estimate up again (it changed since the last
+    /// look).
+    fn refresh(&self, generation: u64) {
+        let estimate = self
+            .origin
+            .and_then(|o| self.shared.learner.estimate(&o, Instant::now()));
+        self.estimate
+            .store(estimate.map_or(NONE, nanos), Ordering::Relaxed);
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// An observation of the origin's idle timeout (idle close, lost race).
+    fn observe(&self, state: &ConnectionState, idle: Duration, kind: &'static str) {
+        let stats = &self.shared.stats.inner;
+        // A connection that was not to be reused (own expiry zero:
+        // `Connection: close`, a request limit) says nothing about the
+        // server's idle timeout.
+        let reusable = state.own_expiry().is_some_and(|e| !e.is_zero());
+        let verdict = match (&self.origin, self.learn && reusable) {
+            (Some(origin), true) => self.shared.learner.observe(origin, idle, Instant::now()),
+            _ => {
+                tracing::debug!(connection = state.id(), ?idle, kind, "not learned from");
+                return;
+            }
+        };
+        match verdict {
+            Verdict::Lowered { from, to, agreed } => {
+                stats.learned.fetch_add(1, Ordering::Relaxed);
+                if agreed {
+                    stats.agreed.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(
+                    connection = state.id(),
+                    ?idle,
+                    kind,
+                    ?from,
+                    ?to,
+                    agreed,
+                    "learned idle timeout lowered"
+                );
+            }
+            Verdict::Held(why) => {
+                stats.held.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    connection = state.id(),
+                    ?idle,
+                    kind,
+                    ?why,
+                    "observation held until another agrees"
+                );
+            }
+            Verdict::Confirmed | Verdict::Unchanged => {
+                tracing::debug!(
+                    connection = state.id(),
+                    ?idle,
+                    kind,
+                    ?verdict,
+                    "learned idle timeout kept"
+                );
+            }
+        }
+    }
 }
 
 impl Observer for OriginObserver {
     fn event(&self, event: Event, state: &ConnectionState) {
         let stats = &self.shared.stats.inner;
         match event {
-            Event::Expired => {
+            Event::Expired(idle) => {
                 stats.expired.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     connection = state.id(),
                     expiry = ?state.expiry(),
+                    ?idle,
                     "idle connection expired; closed"
                 );
+                // A probe the server did not close: kept at least this long.
+                if self.probe.load(Ordering::Acquire) != NONE {
+                    let refuted = self
+                        .origin
+                        .filter(|_| self.learn)
+                        .and_then(|o| self.shared.learner.kept(&o, idle, Instant::now()));
+                    if let Some(estimate) = refuted {
+                        stats.healed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            connection = state.id(),
+                            ?estimate,
+                            ?idle,
+                            "healing probe outlived the learned idle timeout; forgotten"
+                        );
+                    }
+                }
             }
             Event::Refused => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -354,26 +584,59 @@ impl Observer for OriginObserver {
             }
             Event::ServerIdleClose(idle) => {
                 stats.server_idle_closes.fetch_add(1, Ordering::Relaxed);
-                // A connection that was not to be reused (expiry zero:
-                // `Connection: close`, a request limit) says nothing about
-                // the server's idle timeout.
-                let reusable = state.expiry().is_some_and(|e| !e.is_zero());
-                let learned = match (&self.origin, self.learn && reusable) {
-                    (Some(origin), true) => {
-                        self.shared.learner.idle_close(origin, idle, Instant::now())
-                    }
-                    _ => false,
-                };
-                if learned {
-                    stats.learned.fetch_add(1, Ordering::Relaxed);
-                }
                 tracing::debug!(
                     connection = state.id(),
                     ?idle,
-                    learned,
                     "server closed an idle connection"
                 );
+                self.observe(state, idle, "idle close");
+            }
+            Event::LostRace(idle) => {
+                stats.lost_races.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    connection = state.id(),
+                    ?idle,
+                    "request on a reused connection failed before any response byte"
+                );
+                self.observe(state, idle, "lost race");
             }
         }
+    }
+
+    fn learned(&self) -> Limits {
+        if !self.learn {
+            return Limits::NONE;
+        }
+        let generation = self.shared.learner.generation();
+        if generation != self.generation.load(Ordering::Acquire) {
+            self.refresh(generation);
+        }
+        let estimate = self.estimate.load(Ordering::Relaxed);
+        if estimate == NONE {
+            return Limits::NONE;
+        }
+        let limit = learned_limit(
+            Duration::from_nanos(estimate),
+            Duration::from_nanos(self.margin.load(Ordering::Relaxed)),
+        );
+        let reuse = nanos(limit);
+        match self.probe.load(Ordering::Acquire) {
+            NONE => Limits {
+                reuse,
+                close: reuse,
+            },
+            reach if self.probe_reused.load(Ordering::Relaxed) => Limits {
+                reuse: reuse.max(reach),
+                close: reuse.max(reach),
+            },
+            reach => Limits {
+                reuse,
+                close: reuse.max(reach),
+            },
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

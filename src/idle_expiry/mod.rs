@@ -12,7 +12,8 @@
 //!   previous response (the tracker's
 //!   [`idle_since`](crate::track::ConnectionState::idle_since)), which is
 //!   when the server's idle clock started, not from when the caller finished
-//!   reading the body.
+//!   reading the body (nor, when the end of a response sat in the socket
+//!   buffer until a slow reader drained it, from the drain).
 //! * **Closed from the read side, before anything is written.** The
 //!   tracker's IO arms a timer when its connection becomes known idle and
 //!   returns EOF to hyper at the expiry, so hyper closes it and hyper-util's
@@ -36,17 +37,22 @@
 //!   by the margin. `Connection: close` means no reuse. Malformed or absurd
 //!   values are ignored by a documented rule (see the `hint` rules below).
 //! * **Learned limits**: most servers announce nothing. The tracker sees the
-//!   server's FIN on idle pooled connections, and how long they had been
-//!   idle; the layer learns each origin's idle timeout from those closes and
-//!   expires that origin's connections a margin before it, with no
-//!   configuration. The rule, its bound and its worst case are below.
+//!   server's FIN on idle pooled connections, and the requests on reused
+//!   connections that fail before any response byte (the race, lost), with
+//!   how long the connection had been idle; the layer learns each origin's
+//!   idle timeout from those closes and expires that origin's connections a
+//!   margin before it, with no configuration. A close that is not the idle
+//!   timeout (a reload, a scale-in, a resume from suspend) never collapses
+//!   reuse. The rule, its bound and its worst case are below.
 //! * **Optional limits**: [`max_age`](IdleExpiryLayer::max_age) and
 //!   [`max_requests`](IdleExpiryLayer::max_requests), applied at the same
 //!   idle point (never mid-response).
 //!
 //! The effective expiry of a connection is the smallest of the configured
 //! expiry, the announced timeout minus the margin, and the learned timeout
-//! minus the margin; zero means the connection is not reused.
+//! minus the margin (never less than half the learned timeout); zero means
+//! the connection is not reused, and only the configuration, `Connection:
+//! close`, `Keep-Alive: timeout=0` and request limits can make it zero.
 //!
 //! # Reading `Keep-Alive`
 //!
@@ -59,22 +65,61 @@
 //! # Learning
 //!
 //! Per origin (scheme, host, port) the layer keeps an estimate of the
-//! server's idle timeout: the shortest idle after which the server was seen
-//! closing a connection that was eligible for reuse. A close after a
-//! *shorter* idle than one that was recently reused safely is not an idle
-//! timeout (a restart, a connection limit) and is ignored. Observations are
-//! trusted for five minutes (configurable with
-//! [`learner`](IdleExpiryLayer::learner)), after which they are forgotten and
-//! learned again: that is how an estimate recovers upward.
+//! server's idle timeout, shared by the clones of the layer and applied
+//! live to every connection of the origin, idle ones included (the first
+//! lost race protects the next request on every other connection).
 //!
-//! *Worst case*: until an origin's first idle close is seen (and again for
-//! the first one after an estimate was forgotten), its requests can race the
-//! server exactly as without this layer; put `RetryOnStaleConnection` above
-//! it for those. A close that was not an idle timeout and that no longer safe
-//! reuse contradicts lowers reuse for that origin until it is forgotten,
-//! never correctness. *Bound*: at most 1024 origins (configurable), least
-//! recently used evicted first; estimates are shared by the clones of one
-//! layer, so every client built from it learns together.
+//! * **Observations.** An *idle close* after `d` (the server closed a
+//!   connection idle for `d` that this layer had not closed and that was
+//!   eligible for reuse) and a *lost race* after `d` (a request on a
+//!   connection reused after idle `d` failed before any byte of its
+//!   response) both bound the timeout from above: the server closed the
+//!   connection by `d` (plus the request's flight time, which the margin
+//!   covers). A server that closes slightly after its nominal timeout
+//!   rarely shows an idle close; its lost races teach the same thing.
+//! * **Robust to closes that are not the idle timeout.** An observation
+//!   below the floor of 100 ms, below half the estimate, or below an idle
+//!   the server was recently seen to keep is *held*: it applies only when a
+//!   second one agrees (within a quarter plus 1 ms, seen apart in time, with
+//!   no longer reuse in between, and, below a kept idle, only once the server
+//!   has not kept one that long for a while). Any other observation lowers the estimate
+//!   to itself at once. A learned limit is the estimate minus the margin,
+//!   never less than half the estimate: never zero.
+//! * **Healing probes.** An origin whose expiry learning lowered lets one
+//!   connection at a time (at most one new one every 10 s, every 1 s below
+//!   the floor) test the estimate: kept open, unused, until twice the estimate (below the floor:
+//!   reused until then, at least up to the floor). A server that keeps it
+//!   that long, or answers it after an idle beyond the estimate, refutes the
+//!   estimate, which is forgotten at once and learned again from the next
+//!   close: a timeout that grows from 200 ms to 2 s is re-learned with one
+//!   probe and one observation.
+//! * **HTTP/2** teaches nothing and gets no learned expiry: an HTTP/2 server
+//!   closes an idle connection with GOAWAY, hyper stops using it, and the
+//!   streams it did not process are refused, which is safe to retry.
+//! * Estimates, held observations and the longest idle kept are trusted for
+//!   five minutes (configurable with [`learner`](IdleExpiryLayer::learner)),
+//!   then forgotten and learned again.
+//!
+//! The whole rule and why each observation is sound are in the `learn`
+//! module's source docs.
+//!
+//! *Worst case*: until an origin's first observation (and after it was
+//! forgotten) its requests can race the server exactly as without this
+//! layer; put `RetryOnStaleConnection` above it for those. An early close
+//! within a factor two of the real timeout that nothing contradicts lowers
+//! reuse for idle times between the two (never correctness) until it is
+//! forgotten. *Bound*: at most 1024 origins (configurable), least recently
+//! used evicted first in O(1); a response takes the learner's lock at most
+//! once, and not at all while nothing has been learned.
+//! Every observation, estimate change and probe is a `tracing` debug event
+//! and is counted in [`IdleExpiryStats`]
+//! ([`server_idle_closes`](IdleExpiryStats::server_idle_closes),
+//! [`lost_races`](IdleExpiryStats::lost_races),
+//! [`held`](IdleExpiryStats::held), [`learned`](IdleExpiryStats::learned),
+//! [`agreed`](IdleExpiryStats::agreed), [`probes`](IdleExpiryStats::probes),
+//! [`healed`](IdleExpiryStats::healed));
+//! [`learned_timeout`](IdleExpiryLayer::learned_timeout) tells what is
+//! learned for an origin.
 //!
 //! # Which clients
 //!
@@ -102,8 +147,8 @@
 //! the first one is logged as a `tracing` warning (once per layer and its
 //! clones; later ones cost one relaxed atomic add).
 //!
-//! Every connection event (expired, refused, server idle close) is a
-//! `tracing` debug event and is counted in [`IdleExpiryStats`].
+//! Every connection event (expired, refused, server idle close, lost race)
+//! is a `tracing` debug event and is counted in [`IdleExpiryStats`].
 //!
 //! # Example
 //!
@@ -135,6 +180,8 @@ mod hint;
 mod layer;
 mod learn;
 mod service;
+#[cfg(test)]
+mod tests;
 
 pub use crate::track::ConnectionExpired;
 pub use conn::{Http1Connection, IdleExpiryConnection};

@@ -1,13 +1,16 @@
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::http1::Conn;
 use super::keys::KeySet;
+use super::seed::Rng;
 use super::server::{impl_addr, ok_response, start, without_body, Counter, Running};
 
 /// An HTTP/1.1 keep-alive server that closes idle connections exactly like
@@ -19,6 +22,12 @@ use super::server::{impl_addr, ok_response, start, without_body, Counter, Runnin
 /// stale keep-alive race this crate exists to survive. As in Go, the idle
 /// timer only runs between requests, not before a connection's first one.
 /// A request with `Connection: close` is answered and the connection closed.
+///
+/// It can also close *slightly after* its nominal idle timeout, like an
+/// event loop whose timer runs late ([`close_delay`](IdleClosingServerBuilder::close_delay)),
+/// close every idle connection at once, like a reload
+/// ([`close_idle`](IdleClosingServer::close_idle)), and change its idle
+/// timeout while running ([`set_idle_timeout`](IdleClosingServer::set_idle_timeout)).
 ///
 /// Every request body is read completely before the response is written.
 /// Answered requests that carry an `Idempotency-Key` header are counted by
@@ -39,6 +48,7 @@ pub struct IdleClosingServerBuilder {
     response_body: Bytes,
     think_time: Duration,
     max_requests: Option<u64>,
+    close_delay: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +60,15 @@ struct Counters {
     by_method: [Counter; METHODS.len()],
     other_methods: Counter,
     keys: KeySet,
+    /// The idle timeout set while running, in nanoseconds (0: the
+    /// builder's).
+    idle_timeout: AtomicU64,
+    /// Wakes every connection waiting idle, to close it.
+    reload: Notify,
+    /// Reloads so far: a connection whose response went out before the
+    /// latest is idle at it, even if its task has not begun waiting yet.
+    reloads: AtomicU64,
+    reload_closes: Counter,
 }
 
 /// The methods counted one by one; any other method is counted together.
@@ -90,7 +109,33 @@ impl IdleClosingServer {
             response_body: Bytes::from_static(b"ok"),
             think_time: Duration::ZERO,
             max_requests: None,
+            close_delay: Duration::ZERO,
         }
+    }
+
+    /// Closes every connection that is idle now (between requests), at
+    /// once, like a server reload; counted in
+    /// [`reload_closes`](Self::reload_closes), not
+    /// [`idle_closes`](Self::idle_closes). A connection busy with a request
+    /// finishes it and is closed once idle; one still reading a request
+    /// head is left alone.
+    pub fn close_idle(&self) {
+        self.counters.reloads.fetch_add(1, Ordering::SeqCst);
+        self.counters.reload.notify_waiters();
+    }
+
+    /// Changes the idle timeout for every idle period that starts from now
+    /// on (one already running keeps its timer).
+    pub fn set_idle_timeout(&self, idle_timeout: Duration) {
+        let nanos = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.counters
+            .idle_timeout
+            .store(nanos.max(1), Ordering::Relaxed);
+    }
+
+    /// Connections closed by [`close_idle`](Self::close_idle).
+    pub fn reload_closes(&self) -> u64 {
+        self.counters.reload_closes.get()
     }
 
     /// Connections accepted.
@@ -190,6 +235,18 @@ impl IdleClosingServerBuilder {
         self
     }
 
+    /// Closes each idle connection up to this much *after* `idle_timeout`: a
+    /// delay drawn uniformly from `[0, max)` for every idle period (default
+    /// zero: exactly at the timeout). A server whose close is scheduled
+    /// slightly late, like an event loop's timer: a client reusing a
+    /// connection right at the nominal timeout mostly wins the race, so
+    /// idle closes are rarely observed and the races it loses are the
+    /// evidence.
+    pub fn close_delay(mut self, max: Duration) -> Self {
+        self.close_delay = max;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving.
     pub async fn start(self) -> io::Result<IdleClosingServer> {
         let (running, counters) = start(self, serve).await?;
@@ -202,7 +259,7 @@ async fn serve(
     config: Arc<IdleClosingServerBuilder>,
     counters: Arc<Counters>,
 ) -> io::Result<()> {
-    counters.connections.inc();
+    let mut rng = Rng::new(counters.connections.next());
     let mut extra = Vec::new();
     if let Some(hint) = config.keep_alive_header {
         extra.push(format!("Keep-Alive: timeout={}", hint.as_secs()));
@@ -213,16 +270,37 @@ async fn serve(
 
     let mut first = true;
     let mut served = 0u64;
+    let mut reloads = counters.reloads.load(Ordering::SeqCst);
     loop {
         if !first {
-            match tokio::time::timeout(config.idle_timeout, conn.wait_for_byte()).await {
-                Err(_idle) => {
-                    counters.idle_closes.inc();
+            let idle = match counters.idle_timeout.load(Ordering::Relaxed) {
+                0 => config.idle_timeout,
+                nanos => Duration::from_nanos(nanos),
+            };
+            let idle = idle + config.close_delay.mul_f64(rng.unit());
+            // Registered before the check, so a reload from now on reaches
+            // it; one since the response went out closes it at once.
+            let reload = counters.reload.notified();
+            tokio::pin!(reload);
+            reload.as_mut().enable();
+            if counters.reloads.load(Ordering::SeqCst) != reloads {
+                counters.reload_closes.inc();
+                return conn.shutdown().await;
+            }
+            tokio::select! {
+                waited = tokio::time::timeout(idle, conn.wait_for_byte()) => match waited {
+                    Err(_idle) => {
+                        counters.idle_closes.inc();
+                        return conn.shutdown().await;
+                    }
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => return Ok(()),
+                    Ok(Err(e)) => return Err(e),
+                },
+                () = reload => {
+                    counters.reload_closes.inc();
                     return conn.shutdown().await;
                 }
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Ok(()),
-                Ok(Err(e)) => return Err(e),
             }
         }
         first = false;
@@ -245,6 +323,8 @@ async fn serve(
         if let Some(key) = &head.idempotency_key {
             counters.keys.record(key.as_bytes());
         }
+        // A reload from here on closes the connection once it is idle.
+        reloads = counters.reloads.load(Ordering::SeqCst);
         conn.write_all(without_body(response, config.response_body.len(), &head))
             .await?;
         counters.responses.inc();

@@ -12,7 +12,7 @@
 //!
 //! | Server | What it does | Use it to test |
 //! |---|---|---|
-//! | [`IdleClosingServer`] | keep-alive, closes a connection idle for exactly `idle_timeout` (Go's `IdleTimeout`), optional `Keep-Alive: timeout=N` header | the stale keep-alive race, idle expiry, retries; counts requests by method and `Idempotency-Key` |
+//! | [`IdleClosingServer`] | keep-alive, closes a connection idle for exactly `idle_timeout` (Go's `IdleTimeout`) or slightly after it, optional `Keep-Alive: timeout=N` header; closes every idle connection on demand (a reload); its timeout can change while running | the stale keep-alive race, idle expiry and learning, retries; counts requests by method and `Idempotency-Key` |
 //! | [`ThrottledReader`] | reads request bodies at N bytes/s, answers with the count | send/stall timeouts against slow but moving uploads |
 //! | [`StopReadingServer`] | stops reading after N body bytes, never answers | send timeouts against a zero window |
 //! | [`SilentServer`] | reads each request completely, never answers | waiting for the response head |

@@ -63,6 +63,7 @@ pub struct Sample {
     task: usize,
     index: usize,
     gap: Duration,
+    started: Duration,
     latency: Duration,
     outcome: Result<Response<()>, BoxError>,
 }
@@ -81,6 +82,11 @@ impl Sample {
     /// The pause before it (zero for a task's first request).
     pub fn gap(&self) -> Duration {
         self.gap
+    }
+
+    /// When it was sent, since the run started (one clock for every task).
+    pub fn started(&self) -> Duration {
+        self.started
     }
 
     /// From the call to the end of the response body.
@@ -196,7 +202,7 @@ impl SeedWorkload {
             let svc = client(task);
             let plan = self.clone();
             let url = url.to_owned();
-            tasks.spawn(async move { plan.task(task, svc, url, stop_at).await });
+            tasks.spawn(async move { plan.task(task, svc, url, start, stop_at).await });
         }
         let mut samples = Vec::new();
         while let Some(done) = tasks.join_next().await {
@@ -217,6 +223,7 @@ impl SeedWorkload {
         task: usize,
         mut svc: S,
         url: String,
+        run_start: Instant,
         stop_at: Instant,
     ) -> Vec<Sample>
     where
@@ -251,6 +258,7 @@ impl SeedWorkload {
                         task,
                         index: i,
                         gap,
+                        started: run_start.elapsed(),
                         latency: Duration::ZERO,
                         outcome: Err(e.into()),
                     });
@@ -281,6 +289,7 @@ impl SeedWorkload {
                 task,
                 index: i,
                 gap,
+                started: started.duration_since(run_start),
                 latency: started.elapsed(),
                 outcome,
             });

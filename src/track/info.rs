@@ -67,7 +67,10 @@ impl ConnectionInfo {
     }
 
     /// How long the connection sat idle (since the previous response's last
-    /// byte) before this request's first byte; zero on a new connection.
+    /// byte, or, if that response was drained late from the socket buffer,
+    /// since the connection was last caught up with the server: see
+    /// [`ConnectionState::idle_since`](super::ConnectionState::idle_since))
+    /// before this request's first byte; zero on a new connection.
     pub fn idle_before(&self) -> Duration {
         self.idle_before
     }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::ConnectionExpired;
-use super::{ConnectionState, Event, ExchangeOutcome};
+use super::{ConnectionState, ExchangeOutcome};
 use std::any::TypeId;
 
 /// Where the connection is in its request/response cycle, as seen by the IO.
@@ -45,6 +45,9 @@ pin_project! {
         // Bytes were written since the last successful flush: only such a
         // flush is stamped (hyper flushes several times per request).
         unflushed: bool,
+        // The last read found nothing: bytes the next one returns arrived
+        // while the connection waited for them (see `ConnectionState::idle_since`).
+        read_pending: bool,
         // A failed write of the inner IO wrote nothing of that call (a
         // plain TCP socket: one `send` that either reports bytes or fails).
         // Any other IO (TLS) may fail after part of the call went out.
@@ -79,7 +82,7 @@ pub(super) const WRITE_GRACE: std::time::Duration = std::time::Duration::from_mi
 /// The error a write refused on an expired connection fails with (nothing
 /// of it was written), told to the observer.
 fn refuse(state: &ConnectionState, refused: ConnectionExpired) -> io::Error {
-    state.notify(Event::Refused);
+    state.on_refused();
     io::Error::new(io::ErrorKind::ConnectionAborted, refused)
 }
 
@@ -102,8 +105,9 @@ impl std::fmt::Display for Poisoned {
 impl std::error::Error for Poisoned {}
 
 impl<T> Counting<T> {
-    /// Whether the idle connection's expiry has passed; otherwise makes
-    /// sure the expiry timer will wake the task by then.
+    /// Whether the idle connection's expiry has passed (it must not be
+    /// reused any more); otherwise makes sure the expiry timer will wake the
+    /// task by the time the IO should close it.
     ///
     /// One timer per connection, allocated once and re-armed lazily: it is
     /// left armed at an earlier deadline (a previous idle period's) rather
@@ -111,52 +115,61 @@ impl<T> Counting<T> {
     /// checked and the timer moved to it. With a long expiry and a busy
     /// connection that is one timer operation per expiry period, not per
     /// request.
+    ///
+    /// A connection IdleExpiry keeps open past the end of its reuse (a
+    /// healing probe, see `idle_expiry`) closes at the later instant: the
+    /// timer is armed there, and any poll in between (a request about to use
+    /// it) finds it expired.
     fn idle_expired(
         state: &ConnectionState,
         timer: &mut Option<Pin<Box<Sleep>>>,
         polled: &mut bool,
         cx: &mut Context<'_>,
     ) -> bool {
-        let Some(deadline_raw) = state.idle_deadline_raw() else {
+        let Some((reuse_raw, close_raw)) = state.idle_deadlines_raw() else {
             return false;
         };
         // The fast path of a busy connection: the timer already holds this
-        // task's waker (`polled`), is armed no later than the deadline and
-        // has not fired, so it wakes the task in time; no clock read.
+        // task's waker (`polled`), is armed no later than the end of reuse
+        // and has not fired, so now is before it; no clock read.
         if *polled {
             if let (Some(sleep), Some(armed)) = (timer.as_ref(), state.timer_at_raw()) {
-                if armed <= deadline_raw && !sleep.is_elapsed() {
+                if armed <= reuse_raw && !sleep.is_elapsed() {
                     return false;
                 }
             }
         }
-        let Some(deadline) = state.at(deadline_raw) else {
-            return false;
-        };
         let now = Instant::now();
-        if now >= deadline {
+        if state.stamp(now) >= reuse_raw {
             return true;
         }
+        let (Some(reuse), Some(close)) = (state.at(reuse_raw), state.at(close_raw)) else {
+            return false;
+        };
         let sleep = match timer {
             Some(sleep) => {
-                if deadline < sleep.deadline() {
-                    sleep.as_mut().reset(deadline);
-                    state.timer_armed(deadline);
+                // Moved when it would fire too late, or (lingering past the
+                // end of reuse) between the end of reuse and the close, where
+                // it would close the connection early.
+                let armed = sleep.deadline();
+                if close < armed || (armed >= reuse && armed != close) {
+                    sleep.as_mut().reset(close);
+                    state.timer_armed(close);
                 }
                 sleep
             }
             None => {
-                state.timer_armed(deadline);
-                timer.insert(Box::pin(tokio::time::sleep_until(deadline)))
+                state.timer_armed(close);
+                timer.insert(Box::pin(tokio::time::sleep_until(close)))
             }
         };
         if sleep.as_mut().poll(cx).is_ready() {
             // Fired at an earlier deadline: move it to this one.
-            sleep.as_mut().reset(deadline);
-            state.timer_armed(deadline);
+            sleep.as_mut().reset(close);
+            state.timer_armed(close);
             if sleep.as_mut().poll(cx).is_ready() {
                 *polled = false;
-                return Instant::now() >= deadline;
+                return Instant::now() >= reuse;
             }
         }
         *polled = true;
@@ -185,7 +198,7 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
                     if first {
                         *this.turn = Turn::Reading;
                     }
-                    state.on_read(n, first);
+                    state.on_read(n, first, std::mem::take(this.read_pending));
                 } else if buf.remaining() > 0 {
                     // EOF: the peer closed its side.
                     state.on_peer_close();
@@ -193,6 +206,7 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
             }
             Poll::Ready(Err(_)) => state.on_peer_close(),
             Poll::Pending => {
+                *this.read_pending = true;
                 if !this
                     .registered
                     .as_ref()
@@ -392,6 +406,7 @@ impl<T: 'static> TrackedIo<T> {
                 timer_polled: false,
                 registered: None,
                 unflushed: false,
+                read_pending: false,
                 atomic_writes,
                 guard: CloseGuard { state, open },
             }),

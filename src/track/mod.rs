@@ -66,7 +66,16 @@
 //! * The connection is idle from the last byte read for the completed
 //!   exchange ([`ConnectionState::idle_since`]): the wire time, which is when
 //!   the server's idle clock started, not when a slow caller reached the end
-//!   of the body.
+//!   of the body. When the end of the response sat in the socket buffer
+//!   until a slow reader drained it, the server may have finished long
+//!   before the last read: idle then counts from the last moment the
+//!   connection was caught up (its last read of bytes it waited for, or its
+//!   last write), which can only overestimate it, never make it look near
+//!   zero.
+//! * A request on a reused connection that fails (EOF, reset, failed write)
+//!   before any byte of its response is a *lost race*: the tracker tells
+//!   IdleExpiry how long the connection had been idle, which bounds the
+//!   server's idle timeout like an idle close.
 //! * When a request-plane layer of this crate gives up on an HTTP/1 exchange
 //!   (a timeout, or the response future or body dropped before the end), it
 //!   poisons the connection ([`ExchangeOutcome::Abandoned`]): the IO fails
@@ -162,7 +171,7 @@ pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};
 pub use state::ConnectionState;
-pub(crate) use state::{Event, Observer};
+pub(crate) use state::{learned_changed, Event, Limits, Observer};
 
 #[cfg(test)]
 mod tests;

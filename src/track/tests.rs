@@ -952,14 +952,14 @@ async fn an_attempt_begun_on_an_expired_connection_is_refused_before_a_byte() {
     let now = Instant::now();
     let state = ConnectionState::new(now, now);
     assert_eq!(state.begin_request(true, ms(25)), 1);
-    state.on_read(10, true);
+    state.on_read(10, true, true);
     assert!(state.end_exchange(1));
     state.set_expiry(Some(ms(100)));
     // Announced within the grace: written.
     advance(ms(110)).await;
     assert_eq!(state.begin_request(true, ms(25)), 2);
     assert!(state.take_refusal().is_none());
-    state.on_read(10, true);
+    state.on_read(10, true, true);
     assert!(state.end_exchange(2));
     // Announced well past it: the IO owes a refusal, once.
     advance(ms(300)).await;
@@ -990,4 +990,165 @@ async fn a_poison_before_an_announced_write_writes_nothing() {
         1 => assert!(err.is_canceled(), "{err}"),
         _ => assert!(e.nothing_written(), "{err}: {e:?}"),
     }
+}
+
+/// Records what the IO tells its observer.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<Event>>);
+
+impl Observer for Recorder {
+    fn event(&self, event: Event, _: &ConnectionState) {
+        self.0.lock().unwrap().push(event);
+    }
+
+    fn learned(&self) -> Limits {
+        Limits::NONE
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn record(state: &ConnectionState) -> Arc<Recorder> {
+    let recorder = Arc::new(Recorder::default());
+    let installed = recorder.clone();
+    state.observe(|| installed);
+    recorder
+}
+
+/// Lets the spawned connection task run until `done` or 1 s of paused time.
+async fn settle(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(ms(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_drain_counts_idle_from_before_the_drain() {
+    // The pipe holds the whole response: the server is done writing at t0,
+    // its idle clock starts there; the client's reader comes for most of
+    // the body 150 ms later.
+    let (io, state, mut server) = pipe(1 << 20);
+    let events = record(&state);
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    let t0 = Instant::now();
+    let body = vec![b'x'; 256 * 1024];
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    response.extend_from_slice(&body);
+    server.write_all(&response).await.unwrap();
+    let res = with_state(res.await.unwrap().unwrap(), &state);
+    let mut end = ExchangeEnd::for_request(None, &res, false);
+    let mut body = Box::pin(res.into_body());
+    body.frame().await.unwrap().unwrap();
+    advance(ms(150)).await;
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(!rest.is_empty(), "most of the body was read late");
+    end.end();
+    assert!(!state.in_flight());
+    let (last_read, idle_since) = (state.last_read().unwrap(), state.idle_since().unwrap());
+    assert!(last_read >= t0 + ms(150), "drained late");
+    assert!(
+        idle_since < t0 + ms(10),
+        "idle from before the drain: {:?}",
+        idle_since - t0
+    );
+    // The server closes 200 ms after it finished writing: the observed idle
+    // is 200 ms, not the 50 ms since the drain.
+    advance(ms(50)).await;
+    drop(server);
+    settle(|| !events.0.lock().unwrap().is_empty()).await;
+    let events = events.0.lock().unwrap().clone();
+    match events[..] {
+        [Event::ServerIdleClose(idle)] => assert!(idle >= ms(199), "{idle:?}"),
+        _ => panic!("{events:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_read_as_it_arrives_is_idle_from_its_last_byte() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let events = record(&state);
+    let mut send = handshake(io).await;
+    complete_exchange(
+        &mut send,
+        &mut server,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    assert_eq!(state.idle_since(), state.last_read());
+    advance(ms(120)).await;
+    drop(server);
+    settle(|| !events.0.lock().unwrap().is_empty()).await;
+    assert_eq!(
+        events.0.lock().unwrap()[..],
+        [Event::ServerIdleClose(ms(120))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reused_connection_closed_before_its_response_is_a_lost_race() {
+    let (io, state, mut server) = pipe(1 << 16);
+    let events = record(&state);
+    let mut send = handshake(io).await;
+    complete_exchange(
+        &mut send,
+        &mut server,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    advance(ms(300)).await;
+    send.ready().await.unwrap();
+    let res = tokio::spawn(send.send_request(get()));
+    // The server's idle timer fired as the request arrived: it closes
+    // without a byte of response.
+    read_request(&mut server).await;
+    drop(server);
+    assert!(res.await.unwrap().is_err());
+    let events = events.0.lock().unwrap().clone();
+    assert_eq!(events[..], [Event::LostRace(ms(300))], "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_connections_and_started_responses_are_no_lost_race() {
+    // A new connection's first request: a real error, not the idle timeout.
+    let (io, state, mut server) = pipe(1 << 16);
+    let events = record(&state);
+    let mut send = handshake(io).await;
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    drop(server);
+    assert!(res.await.unwrap().is_err());
+    assert!(events.0.lock().unwrap().is_empty());
+    // A reused connection whose response had started.
+    let (io, state, mut server) = pipe(1 << 16);
+    let events = record(&state);
+    let mut send = handshake(io).await;
+    complete_exchange(
+        &mut send,
+        &mut server,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    advance(ms(50)).await;
+    send.ready().await.unwrap();
+    let res = tokio::spawn(send.send_request(get()));
+    read_request(&mut server).await;
+    server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+    drop(server);
+    assert!(res.await.unwrap().is_err());
+    assert!(
+        events.0.lock().unwrap().is_empty(),
+        "{:?}",
+        events.0.lock().unwrap()
+    );
 }

@@ -17,12 +17,21 @@ impl ConnectionState {
         self.outcome() == ExchangeOutcome::InFlight && !self.is_closed()
     }
 
-    /// Since when the connection has been known idle: the instant of the last
-    /// byte read for the exchange that ended. `None` while an exchange is in
-    /// flight, before the first exchange ended, and once closed.
+    /// Since when the connection has been known idle: the last moment of the
+    /// exchange that ended at which the client was caught up with the
+    /// server. `None` while an exchange is in flight, before the first
+    /// exchange ended, and once closed.
     ///
-    /// This is the wire time, not when the caller finished reading the body:
-    /// the server's idle clock starts when it wrote its last byte.
+    /// This is wire time, not when the caller finished reading the body: the
+    /// server's idle clock starts when it wrote its last byte. Normally it is
+    /// the instant the last response bytes were read, having arrived while
+    /// the connection waited for them. When the end of a response sat in
+    /// the socket buffer until a slow reader drained it, the server may have
+    /// finished writing any time after the connection was last caught up
+    /// (its last read of bytes it waited for, or its last write), so the
+    /// idle time counts from there: it can only be overestimated, never made
+    /// to look near zero by a late drain, and the expiry errs toward closing
+    /// early.
     pub fn idle_since(&self) -> Option<Instant> {
         if self.outcome() != ExchangeOutcome::Completed || self.is_closed() {
             return None;
@@ -217,6 +226,7 @@ impl ConnectionState {
         if inexact {
             self.inner.inexact.store(true, Ordering::Release);
         }
+        self.notify_lost_race();
         self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::WriteFailed);
         self.on_close();
     }
@@ -228,6 +238,8 @@ impl ConnectionState {
                 let idle = Instant::now().saturating_duration_since(since);
                 self.notify(Event::ServerIdleClose(idle));
             }
+        } else {
+            self.notify_lost_race();
         }
         let to = if self.exchange().bytes_read == 0 {
             ExchangeOutcome::ClosedBeforeResponse
@@ -238,17 +250,39 @@ impl ConnectionState {
         self.on_close();
     }
 
+    /// Tells the observer about a lost race: the current exchange, on a
+    /// reused HTTP/1 connection, is failing (EOF, reset, failed write) before
+    /// any byte of its response arrived, after the connection had been idle
+    /// for the exchange's idle-before time. The server closed the connection
+    /// while the request was on its way: like an idle close, an upper bound
+    /// of its idle timeout. Not when this crate closed the connection itself
+    /// (poisoned, expired, refused) or on a tunnel.
+    fn notify_lost_race(&self) {
+        if self.outcome() == ExchangeOutcome::InFlight
+            && self.requests() > 1
+            && !self.exchange().response_started()
+            && !self.is_poisoned()
+            && !self.was_expired()
+            && !self.is_upgraded()
+            && !self.is_http2()
+        {
+            let idle = self.inner.exchange_idle_before.load(Ordering::Acquire);
+            self.notify(Event::LostRace(Duration::from_nanos(idle)));
+        }
+    }
+
     /// Completes the current exchange if it is still in flight.
     fn complete_current(&self) -> bool {
         if !self.transition(ExchangeOutcome::InFlight, ExchangeOutcome::Completed) {
             return false;
         }
-        let at = self
-            .inner
-            .last_read
-            .raw()
-            .unwrap_or_else(|| self.stamp(Instant::now()));
-        self.inner.idle_since.set_raw(at);
+        let inner = &self.inner;
+        let at = match (inner.last_read.raw(), inner.caught_up.raw()) {
+            (Some(read), Some(caught_up)) => read.min(caught_up),
+            (Some(read), None) => read,
+            (None, _) => self.stamp(Instant::now()),
+        };
+        inner.idle_since.set_raw(at);
         true
     }
 

@@ -12,17 +12,70 @@ use super::{ConnectionState, NO_EXPIRY};
 use crate::track::{ConnectionExpired, ExchangeOutcome};
 
 impl ConnectionState {
-    /// The connection's effective idle expiry (configured, or learned from
-    /// the server), if one was set by [`IdleExpiry`](crate::idle_expiry).
+    /// The connection's effective idle expiry (configured, announced by the
+    /// server, or learned from its origin's idle closes), if
+    /// [`IdleExpiry`](crate::idle_expiry) set one: the longest idle after
+    /// which it is still reused.
     pub fn expiry(&self) -> Option<Duration> {
+        match self.limits().reuse {
+            NO_EXPIRY => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// The expiry IdleExpiry set on this connection itself (configured,
+    /// announced, limits), without what its origin's learned idle timeout
+    /// adds.
+    pub(crate) fn own_expiry(&self) -> Option<Duration> {
         match self.inner.expiry.load(Ordering::Acquire) {
             NO_EXPIRY => None,
             nanos => Some(Duration::from_nanos(nanos)),
         }
     }
 
-    /// Sets the effective idle expiry and wakes the IO so a known-idle
-    /// connection re-arms its timer.
+    /// The connection's own expiry combined with the learned limits its
+    /// observer reports (the origin's estimate, shared live by all its
+    /// connections, and a healing probe's longer close).
+    #[inline]
+    fn limits(&self) -> Limits {
+        let inner = &self.inner;
+        let own = inner.expiry.load(Ordering::Acquire);
+        // The common case, two loads: the observer had nothing learned for
+        // this connection and nothing learned changed since.
+        if inner.unlearned_at.load(Ordering::Relaxed) == super::epoch() {
+            return Limits {
+                reuse: own,
+                close: own,
+            };
+        }
+        self.limits_asked(own)
+    }
+
+    /// [`limits`](Self::limits), asking the observer.
+    #[cold]
+    fn limits_asked(&self, own: u64) -> Limits {
+        let inner = &self.inner;
+        let epoch = super::epoch();
+        let learned = match inner.observer.get() {
+            Some(observer) => observer.learned(),
+            None => Limits::NONE,
+        };
+        if learned == Limits::NONE {
+            inner.unlearned_at.store(epoch, Ordering::Relaxed);
+            return Limits {
+                reuse: own,
+                close: own,
+            };
+        }
+        let reuse = own.min(learned.reuse);
+        Limits {
+            reuse,
+            close: reuse.max(own.min(learned.close)),
+        }
+    }
+
+    /// Sets the connection's own idle expiry and wakes the IO so a
+    /// known-idle connection re-arms its timer.
     pub(crate) fn set_expiry(&self, expiry: Option<Duration>) {
         let nanos = expiry.map_or(NO_EXPIRY, |d| {
             u64::try_from(d.as_nanos()).unwrap_or(NO_EXPIRY - 1)
@@ -36,25 +89,33 @@ impl ConnectionState {
         }
     }
 
-    /// When the known-idle connection expires: [`idle_since`](Self::idle_since)
-    /// plus [`expiry`](Self::expiry), or its retirement (maximum age) if that
-    /// comes first. `None` unless the connection is known idle and has one,
-    /// and while a request has been promised the connection (see
+    /// When the known-idle connection expires (is no longer reused):
+    /// [`idle_since`](Self::idle_since) plus [`expiry`](Self::expiry), or its
+    /// retirement (maximum age) if that comes first. `None` unless the
+    /// connection is known idle and has one, and while a request has been
+    /// promised the connection (see
     /// [`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection)).
     pub fn idle_deadline(&self) -> Option<Instant> {
-        self.idle_deadline_raw()
-            .and_then(|raw| self.inner.origin.at(raw))
+        self.idle_deadlines_raw()
+            .and_then(|(reuse, _)| self.inner.origin.at(reuse))
     }
 
-    /// [`idle_deadline`](Self::idle_deadline) in nanoseconds since the
-    /// origin: the IO's hot path compares it with its timer without
-    /// converting instants.
+    /// When the known-idle connection closes, in nanoseconds since the
+    /// origin: where the IO arms its timer (the end of reuse, or later for a
+    /// healing probe).
     pub(crate) fn idle_deadline_raw(&self) -> Option<u64> {
+        self.idle_deadlines_raw().map(|(_, close)| close)
+    }
+
+    /// The end of reuse and the close of the known-idle connection, in
+    /// nanoseconds since the origin: the IO's hot path compares them with its
+    /// timer without converting instants.
+    pub(crate) fn idle_deadlines_raw(&self) -> Option<(u64, u64)> {
         let inner = &self.inner;
-        // The common case, checked with two loads: nothing to expire.
+        // The common case, checked with three loads: nothing to expire.
         let expiry = inner.expiry.load(Ordering::Relaxed);
         let retire = inner.retire_at.raw();
-        if expiry == NO_EXPIRY && retire.is_none() {
+        if expiry == NO_EXPIRY && retire.is_none() && inner.observer.get().is_none() {
             return None;
         }
         if inner.claimed.load(Ordering::Acquire)
@@ -64,7 +125,14 @@ impl ConnectionState {
         {
             return None;
         }
-        deadline_raw(inner.idle_since.raw()?, expiry, retire)
+        let since = inner.idle_since.raw()?;
+        let limits = self.limits();
+        let reuse = deadline_raw(since, limits.reuse, retire)?;
+        if limits.close == limits.reuse {
+            return Some((reuse, reuse));
+        }
+        let close = deadline_raw(since, limits.close, retire).unwrap_or(reuse);
+        Some((reuse, close.max(reuse)))
     }
 
     /// Where the IO's expiry timer is armed, in nanoseconds since the origin.
@@ -90,7 +158,7 @@ impl ConnectionState {
         let inner = &self.inner;
         let raw = deadline_raw(
             inner.origin.stamp(idle_since),
-            inner.expiry.load(Ordering::Acquire),
+            self.limits().reuse,
             inner.retire_at.raw(),
         )?;
         inner.origin.at(raw)
@@ -128,11 +196,9 @@ impl ConnectionState {
     }
 
     /// Installs the observer told about this connection's expiry events
-    /// (the first one installed stays).
-    pub(crate) fn observe(&self, make: impl FnOnce() -> Arc<dyn Observer>) {
-        if self.inner.observer.get().is_none() {
-            let _ = self.inner.observer.set(make());
-        }
+    /// (the first one installed stays) and returns the one installed.
+    pub(crate) fn observe(&self, make: impl FnOnce() -> Arc<dyn Observer>) -> &Arc<dyn Observer> {
+        self.inner.observer.get_or_init(make)
     }
 
     pub(crate) fn notify(&self, event: Event) {
@@ -142,15 +208,27 @@ impl ConnectionState {
     }
 
     /// Whether the tracker closed the connection itself because it stayed
-    /// idle past its expiry (rather than the server closing it).
+    /// idle past its expiry, or refused a request on it for that reason
+    /// (rather than the server closing it).
     pub fn was_expired(&self) -> bool {
         self.inner.expired.load(Ordering::Acquire)
     }
 
+    /// The IO closed the known-idle connection at its expiry (the server had
+    /// not closed it).
     pub(crate) fn on_expired(&self) {
+        let idle = self.idle_since().map_or(Duration::ZERO, |since| {
+            Instant::now().saturating_duration_since(since)
+        });
         self.inner.expired.store(true, Ordering::Release);
         self.inner.closed.store(true, Ordering::Release);
-        self.notify(Event::Expired);
+        self.notify(Event::Expired(idle));
+    }
+
+    /// The IO refused a request's write because the connection had expired.
+    pub(crate) fn on_refused(&self) {
+        self.inner.expired.store(true, Ordering::Release);
+        self.notify(Event::Refused);
     }
 
     /// How far the known-idle connection is past its deadline plus `grace`
@@ -159,7 +237,7 @@ impl ConnectionState {
     /// the IO's last-resort refusal and an attempt announced on an expired
     /// connection go by.
     pub(crate) fn overdue(&self, now: u64, grace: Duration) -> Option<(u64, u64)> {
-        let deadline = self.idle_deadline_raw()?;
+        let (deadline, _) = self.idle_deadlines_raw()?;
         if now < deadline.saturating_add(nanos(grace)) {
             return None;
         }
@@ -212,15 +290,46 @@ fn deadline_raw(since: u64, expiry: u64, retire: Option<u64>) -> Option<u64> {
 /// What the IO tells an [`Observer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// The IO closed the idle connection at its expiry.
-    Expired,
+    /// The IO closed the idle connection at its expiry, after it had been
+    /// idle this long (the server had not closed it by then).
+    Expired(Duration),
     /// A write was refused because the connection had expired.
     Refused,
     /// The server closed the connection after it had been idle this long.
     ServerIdleClose(Duration),
+    /// A request on the reused connection failed (EOF, reset, failed write)
+    /// before any byte of its response arrived; the connection had been
+    /// idle this long when the request began.
+    LostRace(Duration),
 }
 
-/// Told about a connection's expiry events (IdleExpiry's learner and stats).
-pub(crate) trait Observer: Send + Sync {
+/// Limits on a connection's idle time in nanoseconds (`NO_EXPIRY`: none):
+/// it is reused while idle for less than `reuse`, and the IO closes it at
+/// `close` (never before `reuse`; later only for a healing probe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) reuse: u64,
+    pub(crate) close: u64,
+}
+
+impl Limits {
+    /// No limit.
+    pub(crate) const NONE: Limits = Limits {
+        reuse: NO_EXPIRY,
+        close: NO_EXPIRY,
+    };
+}
+
+/// Told about a connection's expiry events, and asked for the limits it
+/// learned (IdleExpiry's learner and stats).
+pub(crate) trait Observer: Send + Sync + 'static {
     fn event(&self, event: Event, state: &ConnectionState);
+
+    /// The learned limits on the connection's idle time, consulted live at
+    /// every expiry check (so a connection already idle follows its origin's
+    /// estimate as soon as it changes).
+    fn learned(&self) -> Limits;
+
+    /// The observer, for the layer that installed it.
+    fn as_any(&self) -> &dyn std::any::Any;
 }

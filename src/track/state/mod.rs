@@ -15,13 +15,29 @@ use tokio::time::Instant;
 
 use super::exchange::ExchangeOutcome;
 use crate::clock::{Origin, Stamp};
-pub(crate) use expiry::{Event, Observer};
+pub(crate) use expiry::{Event, Limits, Observer};
+
+pub(super) fn epoch() -> u64 {
+    LEARNED_EPOCH.load(Ordering::Acquire)
+}
 
 /// Process-wide connection id counter (a counter, not a map: it never grows).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// `u64::MAX` nanoseconds in an expiry field: no expiry.
 const NO_EXPIRY: u64 = u64::MAX;
+
+/// Process-wide count of changes to anything learned (a counter, not a map:
+/// it never grows). A connection whose observer reported no learned limits
+/// at the current count skips asking again: the common case (nothing
+/// learned for its origin) costs the expiry checks two loads.
+static LEARNED_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Something learned changed (IdleExpiry's learner): connections ask their
+/// observers again.
+pub(crate) fn learned_changed() {
+    LEARNED_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
 
 /// Live state of one tracked connection.
 ///
@@ -72,9 +88,15 @@ pub(crate) struct Inner {
     exchange_written_base: AtomicU64,
     exchange_read_base: AtomicU64,
     outcome: AtomicU8,
-    /// When the connection became idle: the last byte read for the exchange
-    /// that ended. Never while an exchange is in flight.
+    /// When the connection became idle: the last moment the client was
+    /// caught up with the server in the exchange that ended (see
+    /// [`idle_since`](ConnectionState::idle_since)). Never while an exchange
+    /// is in flight.
     idle_since: Stamp,
+    /// The last moment the client was caught up with the server: its last
+    /// write, or its last read of bytes that arrived while it waited for
+    /// them (not bytes that had been sitting in the socket buffer).
+    caught_up: Stamp,
     /// Effective idle expiry in nanoseconds, `NO_EXPIRY` when none.
     expiry: AtomicU64,
     /// When the connection retires (maximum age), applied at an idle point.
@@ -83,6 +105,9 @@ pub(crate) struct Inner {
     timer_at: Stamp,
     /// Told about expiries, refusals and server idle closes (IdleExpiry).
     observer: OnceLock<Arc<dyn Observer>>,
+    /// The [`LEARNED_EPOCH`] at which the observer last reported no learned
+    /// limits (`u64::MAX`: not asked yet).
+    unlearned_at: AtomicU64,
     poisoned: AtomicBool,
     /// The IO closed the connection itself because its idle expiry passed.
     expired: AtomicBool,
@@ -142,10 +167,12 @@ impl ConnectionState {
                 exchange_read_base: AtomicU64::new(0),
                 outcome: AtomicU8::new(ExchangeOutcome::None as u8),
                 idle_since: Stamp::never(),
+                caught_up: Stamp::never(),
                 expiry: AtomicU64::new(NO_EXPIRY),
                 retire_at: Stamp::never(),
                 timer_at: Stamp::never(),
                 observer: OnceLock::new(),
+                unlearned_at: AtomicU64::new(u64::MAX),
                 poisoned: AtomicBool::new(false),
                 expired: AtomicBool::new(false),
                 claimed: AtomicBool::new(false),
@@ -242,14 +269,21 @@ impl ConnectionState {
             .bytes_written
             .fetch_add(n as u64, Ordering::Relaxed);
         self.inner.last_write.set_raw(now);
+        self.inner.caught_up.set_raw(now);
         self.inner.unflushed.store(true, Ordering::Release);
     }
 
-    pub(crate) fn on_read(&self, n: usize, first_of_response: bool) {
+    /// `n` bytes read; `live`: they arrived while the IO waited for them (its
+    /// previous read found nothing), rather than sitting in the socket
+    /// buffer until a slow reader came for them.
+    pub(crate) fn on_read(&self, n: usize, first_of_response: bool, live: bool) {
         let now = self.stamp(Instant::now());
         let inner = &self.inner;
         if first_of_response {
             inner.exchange_first_read.set_raw(now);
+        }
+        if live {
+            inner.caught_up.set_raw(now);
         }
         inner.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         inner.last_read.set_raw(now);
