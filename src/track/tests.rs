@@ -1093,8 +1093,16 @@ async fn a_response_read_as_it_arrives_is_idle_from_its_last_byte() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_reused_connection_closed_before_its_response_is_a_lost_race() {
+/// A connection that completed one exchange and sat idle for `idle`, with a
+/// second GET now in flight on it: the request's task, the server side and
+/// the connection's recorded events.
+async fn second_request_after(
+    idle: Duration,
+) -> (
+    tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>,
+    DuplexStream,
+    Arc<Recorder>,
+) {
     let (io, state, mut server) = pipe(1 << 16);
     let events = record(&state);
     let mut send = handshake(io).await;
@@ -1105,9 +1113,14 @@ async fn a_reused_connection_closed_before_its_response_is_a_lost_race() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
     )
     .await;
-    advance(ms(300)).await;
+    advance(idle).await;
     send.ready().await.unwrap();
-    let res = tokio::spawn(send.send_request(get()));
+    (tokio::spawn(send.send_request(get())), server, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reused_connection_closed_before_its_response_is_a_lost_race() {
+    let (res, mut server, events) = second_request_after(ms(300)).await;
     // The server's idle timer fired as the request arrived: it closes
     // without a byte of response.
     read_request(&mut server).await;
@@ -1129,19 +1142,7 @@ async fn fresh_connections_and_started_responses_are_no_lost_race() {
     assert!(res.await.unwrap().is_err());
     assert!(events.0.lock().unwrap().is_empty());
     // A reused connection whose response had started.
-    let (io, state, mut server) = pipe(1 << 16);
-    let events = record(&state);
-    let mut send = handshake(io).await;
-    complete_exchange(
-        &mut send,
-        &mut server,
-        &state,
-        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-    )
-    .await;
-    advance(ms(50)).await;
-    send.ready().await.unwrap();
-    let res = tokio::spawn(send.send_request(get()));
+    let (res, mut server, events) = second_request_after(ms(50)).await;
     read_request(&mut server).await;
     server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
     drop(server);
