@@ -900,7 +900,12 @@ async fn a_timeout_that_grows_is_relearned_upward_with_one_probe() {
     assert_eq!(stats.probes(), 1);
     // Not reused past the learned limit, but kept open until 400 ms.
     assert_eq!(probe.expiry(), Some(first - MARGIN));
-    wait_until("the probe closed", || probe.is_closed()).await;
+    // The count lands a moment after the closed flag (the layer hears of the
+    // close from the tracker).
+    wait_until("the probe closed and healed", || {
+        probe.is_closed() && stats.healed() == 1
+    })
+    .await;
     assert!(probe.was_expired(), "the server closed the probe");
     assert_eq!(stats.healed(), 1);
     assert_eq!(
