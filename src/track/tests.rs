@@ -1032,9 +1032,7 @@ async fn a_late_drain_counts_idle_from_before_the_drain() {
     // The pipe holds the whole response: the server is done writing at t0,
     // its idle clock starts there; the client's reader comes for most of
     // the body 150 ms later.
-    let (io, state, mut server) = pipe(1 << 20);
-    let events = record(&state);
-    let mut send = handshake(io).await;
+    let (mut send, mut server, state, events) = recorded(1 << 20).await;
     let res = tokio::spawn(send.send_request(get()));
     read_request(&mut server).await;
     let t0 = Instant::now();
@@ -1071,11 +1069,30 @@ async fn a_late_drain_counts_idle_from_before_the_drain() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_response_read_as_it_arrives_is_idle_from_its_last_byte() {
-    let (io, state, mut server) = pipe(1 << 16);
+/// A tracked HTTP/1 connection over a pipe of `capacity` bytes whose
+/// events are recorded: the request sender, the server side, the state and
+/// the events.
+async fn recorded(
+    capacity: usize,
+) -> (
+    http1::SendRequest<Full<Bytes>>,
+    DuplexStream,
+    ConnectionState,
+    Arc<Recorder>,
+) {
+    let (io, state, server) = pipe(capacity);
     let events = record(&state);
-    let mut send = handshake(io).await;
+    (handshake(io).await, server, state, events)
+}
+
+/// [`recorded`], with one exchange completed on it.
+async fn after_one_exchange() -> (
+    http1::SendRequest<Full<Bytes>>,
+    DuplexStream,
+    ConnectionState,
+    Arc<Recorder>,
+) {
+    let (mut send, mut server, state, events) = recorded(1 << 16).await;
     complete_exchange(
         &mut send,
         &mut server,
@@ -1083,6 +1100,12 @@ async fn a_response_read_as_it_arrives_is_idle_from_its_last_byte() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
     )
     .await;
+    (send, server, state, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_read_as_it_arrives_is_idle_from_its_last_byte() {
+    let (_send, server, state, events) = after_one_exchange().await;
     assert_eq!(state.idle_since(), state.last_read());
     advance(ms(120)).await;
     drop(server);
@@ -1103,16 +1126,7 @@ async fn second_request_after(
     DuplexStream,
     Arc<Recorder>,
 ) {
-    let (io, state, mut server) = pipe(1 << 16);
-    let events = record(&state);
-    let mut send = handshake(io).await;
-    complete_exchange(
-        &mut send,
-        &mut server,
-        &state,
-        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-    )
-    .await;
+    let (mut send, server, _, events) = after_one_exchange().await;
     advance(idle).await;
     send.ready().await.unwrap();
     (tokio::spawn(send.send_request(get())), server, events)
@@ -1133,9 +1147,7 @@ async fn a_reused_connection_closed_before_its_response_is_a_lost_race() {
 #[tokio::test(start_paused = true)]
 async fn fresh_connections_and_started_responses_are_no_lost_race() {
     // A new connection's first request: a real error, not the idle timeout.
-    let (io, state, mut server) = pipe(1 << 16);
-    let events = record(&state);
-    let mut send = handshake(io).await;
+    let (mut send, mut server, _, events) = recorded(1 << 16).await;
     let res = tokio::spawn(send.send_request(get()));
     read_request(&mut server).await;
     drop(server);
