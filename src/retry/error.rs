@@ -128,15 +128,15 @@ impl fmt::Display for NotRetried {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.method;
         write!(f, "{m}")?;
-        if let Some(host) = self.uri.as_ref().and_then(Uri::host) {
+        if let Some((uri, host)) = self.uri.as_ref().and_then(|u| Some((u, u.host()?))) {
             // Scheme, host and port only: no user info, path or query (they
             // may carry credentials).
             f.write_str(" ")?;
-            if let Some(scheme) = self.uri.as_ref().and_then(Uri::scheme_str) {
+            if let Some(scheme) = uri.scheme_str() {
                 write!(f, "{scheme}://")?;
             }
             f.write_str(host)?;
-            if let Some(port) = self.uri.as_ref().and_then(Uri::port_u16) {
+            if let Some(port) = uri.port_u16() {
                 write!(f, ":{port}")?;
             }
         }
