@@ -9,10 +9,10 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{ErrInto, ResponseFuture};
+use super::future::{Attempt, ErrInto, ResponseFuture};
 use super::learn::Origin;
 use super::IdleExpiryLayer;
-use crate::track::{ConnectionState, TrackedBody};
+use crate::track::{ConnectionCapture, ConnectionState, TrackedBody};
 use crate::BoxError;
 
 /// One connection's service with idle expiry, for hyper-util's composable
@@ -49,7 +49,7 @@ use crate::BoxError;
 ///
 /// Errors are [`BoxError`]: the inner service's error, or
 /// [`ConnectionExpired`](super::ConnectionExpired) from `poll_ready`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct IdleExpiryConnection<S> {
     inner: S,
     state: ConnectionState,
@@ -75,7 +75,23 @@ impl<S> IdleExpiryConnection<S> {
     /// Whether the connection must not be used any more: it expired (or was
     /// closed at its expiry), or it is closed.
     pub fn is_expired(&self) -> bool {
-        self.state.is_closed() || self.state.expired_at(Instant::now()).is_some()
+        self.state.is_closed()
+            || self.state.is_poisoned()
+            || self.state.expired_at(Instant::now()).is_some()
+    }
+
+    /// Replaces the wrapped service, or fails with `f`'s error (the
+    /// engine's HTTP/2 pool keeps the cloneable half of a connection).
+    pub(crate) fn try_map_inner<T, E>(
+        self,
+        f: impl FnOnce(S) -> Result<T, E>,
+    ) -> Result<IdleExpiryConnection<T>, E> {
+        Ok(IdleExpiryConnection {
+            inner: f(self.inner)?,
+            state: self.state,
+            origin: self.origin,
+            layer: self.layer,
+        })
     }
 
     /// The tracker's state of this connection.
@@ -113,6 +129,10 @@ where
         if let Some(expired) = self.state.expired_at(Instant::now()) {
             return Poll::Ready(Err(expired.into()));
         }
+        if self.state.is_poisoned() {
+            // An abandoned exchange: hyper is closing it.
+            return Poll::Ready(Err(crate::track::ConnectionClosing.into()));
+        }
         let ready = self.inner.poll_ready(cx).map_err(Into::into);
         if let Poll::Ready(Ok(())) = ready {
             // Promised to the next `call`: the IO must not expire it between
@@ -124,15 +144,34 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // The request passing through defines the attempt: it opens here,
-        // before hyper writes a byte of it (its upload is not followed, so
-        // the response's end completes the exchange).
-        let number = self.state.begin_request(true, std::time::Duration::ZERO);
+        // before hyper writes a byte of it. With the one-call client's
+        // capture, the attempt is that capture's (its request body reports
+        // the upload's end, and the first marker owns the exchange's end);
+        // otherwise its upload is not followed, so the response's end
+        // completes the exchange.
+        let connect = req.method() == http::Method::CONNECT;
+        let (number, owner) = match ConnectionCapture::direct_of(&req) {
+            Some(capture) => {
+                // A hooked body reports its upload's end (at its end or drop).
+                let empty = !capture.is_hooked();
+                (capture.begin_direct(&self.state, empty), capture.take_marker())
+            }
+            None => (
+                self.state.begin_request(true, std::time::Duration::ZERO),
+                true,
+            ),
+        };
         let inner = ErrInto::new(self.inner.call(req));
         ResponseFuture::new(
             inner,
             self.layer.clone(),
             self.origin,
-            Some((self.state.clone(), number)),
+            Some(Attempt {
+                state: self.state.clone(),
+                number,
+                owner,
+                connect,
+            }),
             None,
         )
     }

@@ -15,6 +15,17 @@ use super::IdleExpiryLayer;
 use crate::track::{ConnectionCapture, ConnectionState, ExchangeEnd, TrackedBody};
 use crate::BoxError;
 
+/// The attempt a per-connection service opened: its connection, its
+/// number there, whether this future owns the exchange's end, and whether
+/// it is a CONNECT.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub(crate) state: ConnectionState,
+    pub(crate) number: u64,
+    pub(crate) owner: bool,
+    pub(crate) connect: bool,
+}
+
 pin_project! {
     /// Response future of [`IdleExpiry`](super::IdleExpiry) and
     /// [`IdleExpiryConnection`](super::IdleExpiryConnection).
@@ -27,7 +38,7 @@ pin_project! {
         // The connection and the attempt's number on it, when known up
         // front (composable pools); otherwise read from the response's
         // extensions.
-        state: Option<(ConnectionState, u64)>,
+        state: Option<Attempt>,
         // The request's attempt record, when a layer above captured it.
         capture: Option<ConnectionCapture>,
     }
@@ -38,7 +49,7 @@ impl<F> ResponseFuture<F> {
         inner: F,
         layer: IdleExpiryLayer,
         origin: Option<Origin>,
-        state: Option<(ConnectionState, u64)>,
+        state: Option<Attempt>,
         capture: Option<ConnectionCapture>,
     ) -> Self {
         ResponseFuture {
@@ -62,10 +73,15 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         let end = match this.state.take() {
-            Some((state, number)) => {
+            Some(Attempt {
+                state,
+                number,
+                owner,
+                connect,
+            }) => {
                 // hyper's own connections do not copy extras into responses.
                 response.extensions_mut().insert(state.clone());
-                ExchangeEnd::for_attempt(state, number, true, false, &response)
+                ExchangeEnd::for_attempt(state, number, owner, connect, &response)
             }
             None => ExchangeEnd::for_request(this.capture.as_ref(), &response, false),
         };

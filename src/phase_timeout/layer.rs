@@ -107,6 +107,8 @@ pub struct PhaseTimeoutLayer {
     read: Option<Duration>,
     read_stall: Option<Option<Duration>>,
     total: Option<Duration>,
+    /// Captures are filled by the one-call client's engine, not hyper-util.
+    direct_captures: bool,
 }
 
 impl PhaseTimeoutLayer {
@@ -165,6 +167,16 @@ impl PhaseTimeoutLayer {
     pub fn total(mut self, limit: impl Into<Option<Duration>>) -> Self {
         self.total = limit.into();
         self
+    }
+
+    /// The one-call client's engine fills this layer's captures itself.
+    pub(crate) fn with_direct_captures(mut self) -> Self {
+        self.direct_captures = true;
+        self
+    }
+
+    pub(crate) fn direct_captures(&self) -> bool {
+        self.direct_captures
     }
 
     pub(crate) fn limits(&self) -> Limits {

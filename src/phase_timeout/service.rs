@@ -81,7 +81,8 @@ where
         let issued = Instant::now();
         // Captured even without send/read limits: a timed-out or dropped
         // request's connection is poisoned through it.
-        let capture = ConnectionCapture::get_or_insert(&mut req);
+        let capture =
+            ConnectionCapture::get_or_insert_with(&mut req, self.layer.direct_captures());
         // A body that is already at its end, or says it has exactly nothing
         // to send, is empty: its upload is the request head, so it needs no
         // shared progress record. Either way the body announces the attempt

@@ -365,7 +365,7 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
     }
     let mut seen = Seen::default();
     for e in crate::causes(err) {
-        if e.is::<ConnectionExpired>() {
+        if e.is::<ConnectionExpired>() || e.is::<crate::track::ConnectionClosing>() {
             seen.not_written = true;
         } else if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
             if elapsed.phase() == Phase::Connect {
@@ -387,6 +387,8 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
             seen.go_away |= remote && h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
         } else if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             seen.connect |= client.is_connect();
+        } else if e.is::<crate::client::ConnectError>() {
+            seen.connect = true;
         } else if let Some(io) = e.downcast_ref::<io::Error>() {
             match io.kind() {
                 // `ConnectTimeout`'s own shape: the `Elapsed` inside (next in

@@ -55,6 +55,9 @@ pub(crate) struct Settings {
     pub(crate) max_retries: usize,
     pub(crate) retry_connect_timeouts: bool,
     pub(crate) budget: Option<Arc<dyn Budget + Send + Sync>>,
+    /// Captures are filled by the one-call client's engine, not hyper-util
+    /// (see `ConnectionCapture::get_or_insert_with`).
+    pub(crate) direct_captures: bool,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
             max_retries: 1,
             retry_connect_timeouts: false,
             budget: None,
+            direct_captures: false,
         }
     }
 }
@@ -191,7 +195,7 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
                 // The next attempt gets its own capture: this one points at
                 // the failed attempt's connection.
                 req.extensions_mut().remove::<ConnectionCapture>();
-                ConnectionCapture::get_or_insert(req);
+                ConnectionCapture::get_or_insert_with(req, self.settings.direct_captures);
                 Some(ready(()))
             }
             Err(rule) => {

@@ -78,7 +78,8 @@ impl<S, M> RetryOnStaleConnection<S, M> {
         // Copied before the capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
-        let capture = ConnectionCapture::get_or_insert(&mut req);
+        let capture =
+            ConnectionCapture::get_or_insert_with(&mut req, self.layer.settings.direct_captures);
         let future = self.inner.call(req);
         ResponseFuture::new(future, Arc::clone(&self.spare), backup, session, capture)
     }

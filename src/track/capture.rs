@@ -45,12 +45,25 @@ pub struct ConnectionCapture {
     attempt: Arc<Attempt>,
 }
 
+/// Where a capture learns its connection.
+#[derive(Debug)]
+enum Source {
+    /// hyper-util's legacy client fills its `capture_connection` handle when
+    /// it checks a connection out of its pool.
+    Hyper(CaptureConnection),
+    /// The per-connection service of this crate's composable-pool engine
+    /// (the one-call [`Client`](crate::client::Client)) sets it as the
+    /// request passes through: no watch channel, no copy of hyper-util's
+    /// `Connected`.
+    Direct(OnceLock<ConnectionState>),
+}
+
 /// What one request did on its connection (shared by the clones of its
 /// [`ConnectionCapture`]).
 #[derive(Debug)]
 struct Attempt {
-    /// hyper-util's capture of the connection.
-    inner: CaptureConnection,
+    /// How the connection becomes known.
+    inner: Source,
     /// hyper took the request to write (the body's hook ran with the
     /// capture filled).
     announced: AtomicBool,
@@ -168,13 +181,26 @@ impl ConnectionCapture {
     /// retried or re-issued request never reads an earlier attempt's
     /// connection.
     pub fn get_or_insert<B>(req: &mut Request<B>) -> Self {
+        Self::get_or_insert_with(req, false)
+    }
+
+    /// [`get_or_insert`](Self::get_or_insert); a capture created here is
+    /// filled by the engine's per-connection service (`direct`) instead of
+    /// hyper-util's `capture_connection`. A request already carrying an
+    /// unfilled capture keeps it, whatever its kind.
+    pub(crate) fn get_or_insert_with<B>(req: &mut Request<B>, direct: bool) -> Self {
         if let Some(existing) = req.extensions().get::<ConnectionCapture>() {
-            if existing.attempt.inner.connection_metadata().is_none() {
+            if !existing.is_filled() {
                 return existing.clone();
             }
         }
+        let inner = if direct {
+            Source::Direct(OnceLock::new())
+        } else {
+            Source::Hyper(capture_connection(req))
+        };
         let attempt = Arc::new(Attempt {
-            inner: capture_connection(req),
+            inner,
             announced: AtomicBool::new(false),
             asked_unfilled: AtomicBool::new(false),
             body_empty: AtomicBool::new(false),
@@ -189,9 +215,50 @@ impl ConnectionCapture {
         capture
     }
 
+    /// The request's capture if the engine's per-connection service is to
+    /// fill it (see [`begin_direct`](Self::begin_direct)).
+    pub(crate) fn direct_of<B>(req: &Request<B>) -> Option<&Self> {
+        req.extensions()
+            .get::<ConnectionCapture>()
+            .filter(|c| matches!(c.attempt.inner, Source::Direct(_)))
+    }
+
+    /// The engine's per-connection service hands the request to `state`'s
+    /// connection, which is idle and ready for it (hyper's HTTP/1
+    /// connection takes a request only once the previous exchange is over):
+    /// fills the capture and opens the attempt there, before hyper writes a
+    /// byte. `body_empty`: nothing to upload, or nobody reports the upload's
+    /// end (no request body of this crate carries the capture). Returns the
+    /// attempt's number (`0` on HTTP/2, or if it had begun already).
+    pub(crate) fn begin_direct(&self, state: &ConnectionState, body_empty: bool) -> u64 {
+        let attempt = &*self.attempt;
+        let Source::Direct(slot) = &attempt.inner else {
+            return 0;
+        };
+        if slot.set(state.clone()).is_err() || attempt.begun.get().is_some() {
+            return 0;
+        }
+        let empty = body_empty || attempt.upload_done.load(Ordering::Acquire);
+        let number = state.begin_request(empty, std::time::Duration::ZERO);
+        let _ = attempt.begun.set((state.clone(), number));
+        attempt.body_empty.store(empty, Ordering::Relaxed);
+        // The body's hook finds the attempt announced and does nothing.
+        attempt.announced.store(true, Ordering::Release);
+        number
+    }
+
     /// The connection as far as it is known now.
     pub(crate) fn get(&self) -> Captured {
-        let meta = self.attempt.inner.connection_metadata();
+        let hyper = match &self.attempt.inner {
+            Source::Hyper(hyper) => hyper,
+            Source::Direct(slot) => {
+                return match slot.get() {
+                    Some(state) => Captured::Tracked(state.clone()),
+                    None => Captured::Pending,
+                }
+            }
+        };
+        let meta = hyper.connection_metadata();
         match meta.as_ref() {
             None => Captured::Pending,
             Some(connected) => match state_of(connected) {
@@ -297,6 +364,10 @@ impl ConnectionCapture {
         if attempt.asked_unfilled.load(Ordering::Relaxed) {
             return true;
         }
+        let Source::Hyper(hyper) = &attempt.inner else {
+            // The engine fills it before its connection asks the body.
+            return false;
+        };
         // hyper-util's receiver says "closed" only through
         // `wait_for_connection_metadata`, ready at once (with `None`) when
         // the request's end of the capture is gone unfilled (hyper-util's
@@ -304,7 +375,7 @@ impl ConnectionCapture {
         // leave only the check above). Polled once on a clone (the original
         // stays untouched), with a waker nobody needs; tokio's cooperative
         // budget may make it pending now and then: the next check asks again.
-        let mut receiver = attempt.inner.clone();
+        let mut receiver = hyper.clone();
         let wait = std::pin::pin!(receiver.wait_for_connection_metadata());
         let released = match wait.poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(connected) => connected.is_none(),
@@ -360,15 +431,22 @@ impl ConnectionCapture {
     /// Whether a connection is known yet, without building its extras (no
     /// allocation): cheap enough to ask after every poll.
     pub(crate) fn is_filled(&self) -> bool {
-        self.attempt.inner.connection_metadata().is_some()
+        match &self.attempt.inner {
+            Source::Hyper(hyper) => hyper.connection_metadata().is_some(),
+            Source::Direct(slot) => slot.get().is_some(),
+        }
     }
 
     /// Marks the captured connection poisoned in hyper-util's pool, so it is
     /// never handed to another request (no effect before a connection is
     /// known).
     pub(crate) fn poison(&self) {
-        if let Some(connected) = self.attempt.inner.connection_metadata().as_ref() {
-            connected.poison();
+        // The engine's connections are poisoned through their state (the
+        // abandoned exchange), which its per-connection service checks.
+        if let Source::Hyper(hyper) = &self.attempt.inner {
+            if let Some(connected) = hyper.connection_metadata().as_ref() {
+                connected.poison();
+            }
         }
     }
 

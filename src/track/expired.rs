@@ -52,3 +52,21 @@ impl fmt::Display for ConnectionExpired {
 }
 
 impl std::error::Error for ConnectionExpired {}
+
+/// A pooled connection was refused before anything of a request was
+/// written because an earlier exchange on it was abandoned (a timeout, a
+/// dropped response): hyper is closing it. Like [`ConnectionExpired`], it
+/// makes a request always safe to retry; the one-call client's checkout
+/// simply takes another connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionClosing;
+
+impl fmt::Display for ConnectionClosing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "connection closing (an earlier exchange on it was abandoned); nothing was written",
+        )
+    }
+}
+
+impl std::error::Error for ConnectionClosing {}

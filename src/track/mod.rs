@@ -167,6 +167,7 @@ pub(crate) use capture::{state_of, Captured};
 pub(crate) use exchange::{observe_frame, ExchangeEnd, PendingExchange};
 pub use exchange::{Exchange, ExchangeOutcome, TrackedBody};
 pub use expired::ConnectionExpired;
+pub(crate) use expired::ConnectionClosing;
 pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};

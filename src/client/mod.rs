@@ -61,18 +61,22 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::idle_expiry::{IdleExpiry, IdleExpiryLayer, IdleExpiryStats};
+use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
 use crate::phase_timeout::{
     ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody,
 };
 use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
 use crate::BoxError;
+
+mod engine;
+
+pub(crate) use engine::ConnectError;
+use engine::{Engine, PooledBody};
 
 #[cfg(feature = "tls")]
 type Transport = crate::tls::SharedTlsConnector<HttpConnector>;
@@ -82,9 +86,8 @@ type Transport = HttpConnector;
 /// The connector of the one-call client.
 pub type Connector = ConnectTimeout<TrackConnections<Transport>>;
 
-type Pool<B> = hyper_util::client::legacy::Client<Connector, RequestBody<B>>;
-type Stack<B> = RetryOnStaleConnection<PhaseTimeout<IdleExpiry<Pool<B>>>>;
-type InnerBody = TrackedBody<ResponseBody<TrackedBody<hyper::body::Incoming>>>;
+type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
+type InnerBody = TrackedBody<ResponseBody<PooledBody>>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -96,6 +99,7 @@ pub struct Builder {
     track: TrackConnectionsLayer,
     #[cfg(feature = "tls")]
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    max_idle_per_origin: usize,
 }
 
 /// Starts a [`Builder`] with the defaults described in the [module docs](self).
@@ -108,8 +112,12 @@ pub fn builder() -> Builder {
         track: TrackConnectionsLayer::new(),
         #[cfg(feature = "tls")]
         tls: None,
+        max_idle_per_origin: DEFAULT_MAX_IDLE_PER_ORIGIN,
     }
 }
+
+/// The default of [`Builder::max_idle_per_origin`].
+pub const DEFAULT_MAX_IDLE_PER_ORIGIN: usize = 32;
 
 impl Builder {
     /// The connect timeout (TCP and TLS); `None` (the default) for none.
@@ -146,6 +154,15 @@ impl Builder {
         self
     }
 
+    /// The most idle connections kept per origin (scheme, host and port;
+    /// default [`DEFAULT_MAX_IDLE_PER_ORIGIN`]). The surplus, and every
+    /// expired connection, is closed when the client next opens a
+    /// connection. `0` keeps none (every request opens a connection).
+    pub fn max_idle_per_origin(mut self, max: usize) -> Self {
+        self.max_idle_per_origin = max;
+        self
+    }
+
     /// Builds the client for request bodies of type `B` (any `Clone` body:
     /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
     pub fn build<B>(self) -> Client<B>
@@ -165,12 +182,15 @@ impl Builder {
         let transport = http;
         let connector = ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
             .layer(self.track.layer(transport));
-        let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        let stack = self
-            .retry
-            .layer(self.timeouts.layer(self.idle_expiry.layer(pool)));
+        let engine = Engine::new(engine::Settings {
+            connector,
+            idle_expiry: self.idle_expiry.clone(),
+            stats: self.track.stats(),
+            max_idle_per_origin: self.max_idle_per_origin,
+        });
+        let mut retry = self.retry;
+        retry.settings.direct_captures = true;
+        let stack = retry.layer(self.timeouts.with_direct_captures().layer(engine));
         Client {
             inner: stack,
             connections: self.track.stats(),

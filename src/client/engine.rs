@@ -1,0 +1,567 @@
+//! The one-call client's engine: hyper-util's composable pools
+//! (`client::pool`) with this crate's per-connection services.
+//!
+//! ```text
+//! Engine (one boxed future per request)
+//!  origin map (pool::map, keyed by scheme and authority)
+//!   http://  → pool::cache of HTTP/1 connections
+//!   https:// → pool::negotiate: ALPN h2 → pool::singleton (one shared
+//!              HTTP/2 connection), otherwise pool::cache (HTTP/1)
+//!    per connection: IdleExpiryConnection (the tracker's exchange record,
+//!    idle expiry, learning) → Sender (hyper's conn::http1 / conn::http2)
+//!     over the connector: ConnectTimeout → TrackConnections → SharedTls → TCP
+//! ```
+//!
+//! Every request passes through its connection's own service, so the
+//! attempt's record is opened there, as the request is handed to the
+//! connection (see [`ConnectionCapture::begin_direct`]): no hyper-util
+//! connection capture, no spawned task per request.
+//!
+//! What hyper's connection API leaves to its caller is done here: the
+//! `Host` header and origin-form (authority-form for CONNECT) on HTTP/1;
+//! absolute URIs are required; a connection goes back to its pool only when
+//! its response body has ended (so a request never queues behind another's
+//! download); a checked-out connection refused before any byte (expired,
+//! closed, abandoned) is dropped and another taken; idle connections are
+//! bounded per origin and origins without connections are evicted.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::client::pool::{cache, map::Map, negotiate, singleton::Singleton};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::Connector;
+use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
+use crate::track::{TrackStats, TrackedBody};
+use crate::BoxError;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// How many pooled connections one request may find refused (expired,
+/// closed, abandoned: nothing was written on them) before it gives up with
+/// the last refusal, which [`retry`](crate::retry) then judges (always safe).
+const CHECKOUTS: usize = 8;
+
+/// Above this many origins, origins without a connection are evicted.
+const MAX_ORIGINS: usize = 256;
+
+/// A connection could not be established (TCP, TLS or the HTTP/2
+/// handshake): nothing of the request was sent.
+#[derive(Debug)]
+pub(crate) struct ConnectError(BoxError);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("client error (Connect)")
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// The request's URI is not absolute (scheme and authority): the one-call
+/// client needs both to choose a connection. Nothing was sent.
+#[derive(Debug)]
+pub(crate) struct NotAbsolute(Uri);
+
+impl std::fmt::Display for NotAbsolute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request URI `{}` is not absolute (it needs a scheme and a host)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotAbsolute {}
+
+/// One connection's sending half: hyper's HTTP/1 or HTTP/2 connection.
+pub(crate) enum Sender<B> {
+    Http1(hyper::client::conn::http1::SendRequest<B>),
+    Http2(H2Sender<B>),
+}
+
+/// The cloneable sending half of an HTTP/2 connection (what the
+/// singleton pool hands to every request).
+pub(crate) struct H2Sender<B>(hyper::client::conn::http2::SendRequest<B>);
+
+impl<B> Clone for H2Sender<B> {
+    fn clone(&self) -> Self {
+        H2Sender(self.0.clone())
+    }
+}
+
+impl<B> std::fmt::Debug for Sender<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sender::Http1(_) => "Sender::Http1",
+            Sender::Http2(_) => "Sender::Http2",
+        })
+    }
+}
+
+impl<B> std::fmt::Debug for H2Sender<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H2Sender")
+    }
+}
+
+/// What an HTTP/1 server expects that hyper's connection API leaves to its
+/// caller: a `Host` header and origin-form (authority-form for CONNECT).
+fn prepare_http1<B>(req: &mut Request<B>) {
+    let uri = req.uri();
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = host_header(uri) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let form = if req.method() == Method::CONNECT {
+        req.uri().authority().map(|a| Uri::from(a.clone()))
+    } else {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Some(Uri::from(path))
+    };
+    if let Some(form) = form {
+        *req.uri_mut() = form;
+    }
+}
+
+/// `host[:port]`, the port only when it is not the scheme's default.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match uri.port_u16().filter(|&p| p != default) {
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        None => HeaderValue::from_str(host).ok(),
+    }
+}
+
+impl<B> Service<Request<B>> for Sender<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        match self {
+            Sender::Http1(send) => send.poll_ready(cx),
+            Sender::Http2(send) => send.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self {
+            Sender::Http1(send) => {
+                prepare_http1(&mut req);
+                Box::pin(send.send_request(req))
+            }
+            Sender::Http2(send) => send.call(req),
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for H2Sender<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        *req.version_mut() = Version::HTTP_2;
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// One connection as the pools hold it.
+pub(crate) type Conn<B> = IdleExpiryConnection<Sender<B>>;
+type H2Conn<B> = IdleExpiryConnection<H2Sender<B>>;
+
+/// Makes one connection: the connector stack, then hyper's HTTP/1 or (ALPN
+/// `h2`) HTTP/2 handshake, its connection task spawned, wrapped in the
+/// connection's IdleExpiry service.
+pub(crate) struct Connect<B> {
+    parts: Arc<(Connector, IdleExpiryLayer)>,
+    _body: PhantomData<fn(B)>,
+}
+
+impl<B> Clone for Connect<B> {
+    fn clone(&self) -> Self {
+        Connect {
+            parts: self.parts.clone(),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<B> Service<Uri> for Connect<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Conn<B>;
+    type Error = BoxError;
+    type Future = BoxFuture<Conn<B>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let parts = self.parts.clone();
+        Box::pin(async move {
+            let (connector, layer) = &*parts;
+            let fail = |e: BoxError| -> BoxError { Box::new(ConnectError(e)) };
+            let io = connector
+                .clone()
+                .oneshot(uri.clone())
+                .await
+                .map_err(|e| fail(e.into()))?;
+            let state = io.state().clone();
+            let sender = if io.connected().is_negotiated_h2() {
+                let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                tokio::spawn(conn);
+                Sender::Http2(H2Sender(send))
+            } else {
+                let (send, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                // Upgrades (101, CONNECT) hand the IO to the caller.
+                tokio::spawn(conn.with_upgrades());
+                Sender::Http1(send)
+            };
+            Ok(layer.connection(sender, state, &uri))
+        })
+    }
+}
+
+/// The singleton's make service: the HTTP/2 connection negotiate found,
+/// as its cloneable half.
+struct ToHttp2<M, B>(M, PhantomData<fn(B)>);
+
+impl<M: Clone, B> Clone for ToHttp2<M, B> {
+    fn clone(&self) -> Self {
+        ToHttp2(self.0.clone(), PhantomData)
+    }
+}
+
+impl<M, B> Service<()> for ToHttp2<M, B>
+where
+    M: Service<(), Response = Conn<B>, Error = BoxError, Future = std::future::Ready<Result<Conn<B>, BoxError>>>,
+{
+    type Response = H2Conn<B>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<H2Conn<B>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        std::future::ready(self.0.call(()).into_inner().and_then(|conn| {
+            conn.try_map_inner(|sender| match sender {
+                Sender::Http2(send) => Ok(send),
+                Sender::Http1(_) => {
+                    Err("negotiate handed an HTTP/1 connection to the HTTP/2 pool".into())
+                }
+            })
+        }))
+    }
+}
+
+/// A layer from a closure (tower's `layer_fn`, without the `tower`
+/// feature it needs).
+#[derive(Clone)]
+struct LayerFn<F>(F);
+
+impl<F: Fn(S) -> T, S, T> tower_layer::Layer<S> for LayerFn<F> {
+    type Service = T;
+    fn layer(&self, inner: S) -> T {
+        (self.0)(inner)
+    }
+}
+
+/// An origin's pool: HTTP/1 only (`http://`), or negotiated by ALPN.
+#[derive(Clone)]
+enum Origin<P, N> {
+    Plain(P),
+    Tls(N),
+}
+
+/// The one-call client's engine: `Service<Request<B>>` over the composable
+/// pools; one boxed future per request.
+pub(crate) struct Engine<B> {
+    send: Arc<dyn Fn(Request<B>) -> BoxFuture<Response<PooledBody>> + Send + Sync>,
+}
+
+impl<B> Clone for Engine<B> {
+    fn clone(&self) -> Self {
+        Engine {
+            send: self.send.clone(),
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Engine<B> {
+    type Response = Response<PooledBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<PooledBody>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        (self.send)(req)
+    }
+}
+
+/// The settings the engine is built with.
+pub(crate) struct Settings {
+    pub(crate) connector: Connector,
+    pub(crate) idle_expiry: IdleExpiryLayer,
+    pub(crate) stats: TrackStats,
+    pub(crate) max_idle_per_origin: usize,
+}
+
+impl<B> Engine<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(settings: Settings) -> Self {
+        let Settings {
+            connector,
+            idle_expiry,
+            stats,
+            max_idle_per_origin,
+        } = settings;
+        let connect = Connect::<B> {
+            parts: Arc::new((connector, idle_expiry)),
+            _body: PhantomData,
+        };
+        let plain = {
+            let connect = connect.clone();
+            move || {
+                cache::builder()
+                    .executor(TokioExecutor::new())
+                    .build::<_, Uri>(connect.clone())
+            }
+        };
+        let tls = move || {
+            negotiate::builder()
+                .connect(connect.clone())
+                .inspect(|conn: &Conn<B>| matches!(conn.get_ref(), Sender::Http2(_)))
+                .fallback(LayerFn(|inspector| {
+                    cache::builder()
+                        .executor(TokioExecutor::new())
+                        .build::<_, Uri>(inspector)
+                }))
+                .upgrade(LayerFn(|inspected| {
+                    Singleton::new(ToHttp2::<_, B>(inspected, PhantomData))
+                }))
+                .build::<Uri>()
+        };
+        let origins = Mutex::new(
+            Map::builder::<(Scheme, Authority)>()
+                .keys(|key: &(Scheme, Authority)| key.clone())
+                .values(move |(scheme, _): &(Scheme, Authority)| {
+                    if *scheme == Scheme::HTTPS {
+                        Origin::Tls(tls())
+                    } else {
+                        Origin::Plain(plain())
+                    }
+                })
+                .build(),
+        );
+        // The connection count when the pools were last swept.
+        let swept = AtomicU64::new(0);
+        let keep = max_idle_per_origin;
+        let send = move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
+            let key = match (req.uri().scheme(), req.uri().authority()) {
+                (Some(scheme), Some(authority)) => (scheme.clone(), authority.clone()),
+                _ => {
+                    let err: BoxError = Box::new(NotAbsolute(req.uri().clone()));
+                    return Box::pin(std::future::ready(Err(err)));
+                }
+            };
+            let origin = {
+                let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
+                // After a new connection, the cold path: drop expired and
+                // surplus idle connections, and origins left with none.
+                let opened = stats.opened();
+                if swept.swap(opened, Ordering::Relaxed) != opened {
+                    let mut count = 0;
+                    origins.retain(|_, _| {
+                        count += 1;
+                        true
+                    });
+                    let all = count > MAX_ORIGINS;
+                    origins.retain(|k, origin| {
+                        let this = *k == key;
+                        if !this && !all {
+                            return true;
+                        }
+                        let mut kept = 0;
+                        let mut idle = |conn: &mut Conn<B>| {
+                            kept += 1;
+                            kept <= keep && !conn.is_expired()
+                        };
+                        let empty = match origin {
+                            Origin::Plain(cache) => {
+                                cache.retain(&mut idle);
+                                cache.is_empty()
+                            }
+                            Origin::Tls(negotiate) => {
+                                negotiate.fallback_mut().retain(&mut idle);
+                                negotiate.upgrade_mut().retain(|c| !c.is_expired());
+                                negotiate.fallback_mut().is_empty()
+                                    && negotiate.upgrade_mut().is_empty()
+                            }
+                        };
+                        // Evicted only when there are too many origins:
+                        // an origin's pool looks empty while all of its
+                        // connections are checked out.
+                        this || !empty
+                    });
+                }
+                origins.service(&key).clone()
+            };
+            match origin {
+                Origin::Plain(pool) => Box::pin(send_on(pool, req)),
+                Origin::Tls(pool) => Box::pin(send_on(pool, req)),
+            }
+        };
+        Engine {
+            send: Arc::new(send),
+        }
+    }
+}
+
+/// Checks a connection out of `pool` and sends `req` on it: a connection
+/// refused before any byte (its `poll_ready` failed: expired, closed,
+/// abandoned) is dropped by the pool and another taken, up to
+/// [`CHECKOUTS`].
+async fn send_on<P, C, B>(mut pool: P, req: Request<B>) -> Result<Response<PooledBody>, BoxError>
+where
+    P: Service<Uri, Response = C>,
+    P::Error: Into<BoxError>,
+    C: Service<Request<B>, Response = Response<TrackedBody<Incoming>>, Error = BoxError>
+        + Send
+        + Sync
+        + 'static,
+{
+    let target = req.uri().clone();
+    let mut last = None;
+    for _ in 0..CHECKOUTS {
+        let mut conn = pool
+            .ready()
+            .await
+            .map_err(Into::into)?
+            .call(target.clone())
+            .await
+            .map_err(Into::into)?;
+        if let Err(refused) = conn.ready().await {
+            last = Some(refused);
+            continue;
+        }
+        let response = conn.call(req).await?;
+        return Ok(response.map(|body| PooledBody::new(body, Box::new(conn))));
+    }
+    Err(last.unwrap_or_else(|| "no connection".into()))
+}
+
+pin_project! {
+    /// The engine's response body: holds its connection's pool checkout
+    /// until the body has ended, so the connection goes back to its pool
+    /// only when it can take the next request.
+    pub(crate) struct PooledBody {
+        #[pin]
+        inner: TrackedBody<Incoming>,
+        checkout: Option<Box<dyn Send + Sync>>,
+    }
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("inner", &self.inner)
+            .field("pooled", &self.checkout.is_some())
+            .finish()
+    }
+}
+
+impl PooledBody {
+    fn new(inner: TrackedBody<Incoming>, checkout: Box<dyn Send + Sync>) -> Self {
+        let checkout = (!inner.is_end_stream()).then_some(checkout);
+        PooledBody { inner, checkout }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        if frame.is_none() || this.inner.is_end_stream() {
+            // Back to the pool (or dropped, if it failed).
+            this.checkout.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
