@@ -97,7 +97,9 @@ impl Future for ReqwestFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Sent { pending } => Poll::Ready(ready!(pending.poll(cx)).map(Into::into)),
-            StateProj::Refused { err } => Poll::Ready(Err(err.take().expect("polled after completion"))),
+            StateProj::Refused { err } => {
+                Poll::Ready(Err(err.take().expect("polled after completion")))
+            }
         }
     }
 }
