@@ -18,7 +18,7 @@
 //!   `LONG - SHORT` is the instruction cost per request with start-up and
 //!   warm-up cancelled out.
 //!
-//! The last row of each workload is `full` with a tracing subscriber
+//! After `full` comes a row of `full` with a tracing subscriber
 //! installed that is enabled for INFO and above and discards everything:
 //! the layers' `debug!` events (on timeout, expiry and retry paths only) are
 //! then disabled but a dispatcher exists, which shows what disabled events

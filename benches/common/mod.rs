@@ -9,16 +9,19 @@
 //! body type at compile time.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod composable;
+pub mod reqwest_client;
+
 use std::fmt::Debug;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer, RequestBody};
 use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer};
 
@@ -27,6 +30,9 @@ use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer};
 pub enum Variant {
     /// hyper-util's legacy `Client` over `HttpConnector`, as it comes.
     Bare,
+    /// hyper-util's composable pool (`client::pool::cache`) over hyper's
+    /// HTTP/1 connections, no layers (see [`composable`]).
+    BareComposable,
     /// `TrackConnectionsLayer` on the connector, nothing on the request plane.
     Tracker,
     /// `PhaseTimeout` alone (send 5 s, read 5 s, total 10 s), no tracker.
@@ -35,11 +41,18 @@ pub enum Variant {
     IdleExpiry,
     /// `RetryOnStaleConnection` alone, no tracker.
     Retry,
-    /// The one-call client, `client::builder()`: connect timeout 5 s and the
-    /// same phase limits; Retry → PhaseTimeout → IdleExpiry → hyper-util over
-    /// ConnectTimeout → Track → SharedTls (passes `http://` through) →
-    /// HttpConnector.
+    /// The one-call client's stack as it was built on hyper-util's legacy
+    /// client, assembled by hand (so that it stays measured whatever engine
+    /// `client::builder()` uses): Retry → PhaseTimeout (the same limits) →
+    /// IdleExpiry 90 s → legacy client with `TokioTimer` over ConnectTimeout
+    /// 5 s → Track → HttpConnector (no TLS).
+    HandStack,
+    /// The one-call client, `client::builder()`, with connect timeout 5 s
+    /// and the same phase limits: every layer, on whatever engine it uses.
     Full,
+    /// `reqwest::Client` 0.13, HTTP/1 only, connect timeout 5 s, total 10 s,
+    /// behind a minimal `Service<http::Request>` (see [`reqwest_client`]).
+    Reqwest,
     /// Reference, not a layer: bare hyper-util with its own pool timer
     /// (`pool_timer(TokioTimer)`, as reqwest sets it). What any armed tokio
     /// timer costs a runtime (work at every park), which the layers with
@@ -55,11 +68,14 @@ pub enum Variant {
 /// Every variant, `Bare` first.
 pub const VARIANTS: &[Variant] = &[
     Variant::Bare,
+    Variant::BareComposable,
     Variant::Tracker,
     Variant::PhaseTimeout,
     Variant::IdleExpiry,
     Variant::Retry,
+    Variant::HandStack,
     Variant::Full,
+    Variant::Reqwest,
     Variant::BareTimer,
     Variant::Capture,
 ];
@@ -69,11 +85,14 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Bare => "bare",
+            Variant::BareComposable => "bare_composable",
             Variant::Tracker => "tracker",
             Variant::PhaseTimeout => "phase_timeout",
             Variant::IdleExpiry => "idle_expiry",
             Variant::Retry => "retry",
+            Variant::HandStack => "hand_stack",
             Variant::Full => "full",
+            Variant::Reqwest => "reqwest",
             Variant::BareTimer => "ref_pool_timer",
             Variant::Capture => "ref_capture",
         }
@@ -83,11 +102,18 @@ impl Variant {
     pub fn describe(self) -> &'static str {
         match self {
             Variant::Bare => "hyper-util legacy Client, HttpConnector",
+            Variant::BareComposable => {
+                "hyper-util composable pool (pool::cache) + http1 handshake, no layers"
+            }
             Variant::Tracker => "+ TrackConnections on the connector",
             Variant::PhaseTimeout => "+ PhaseTimeout (send 5 s, read 5 s, total 10 s)",
             Variant::IdleExpiry => "+ tracker + IdleExpiry 90 s",
             Variant::Retry => "+ RetryOnStaleConnection",
-            Variant::Full => "client::builder(): every layer",
+            Variant::HandStack => {
+                "every layer by hand on the legacy Client (today's client::builder() stack)"
+            }
+            Variant::Full => "client::builder(): every layer, limits set",
+            Variant::Reqwest => "reqwest 0.13 Client, HTTP/1 only, connect 5 s, total 10 s",
             Variant::BareTimer => "reference: hyper-util's own pool timer armed",
             Variant::Capture => "reference: hyper-util's capture_connection alone",
         }
@@ -227,6 +253,33 @@ pub fn retry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
         .service(Client::builder(TokioExecutor::new()).build::<_, B>(HttpConnector::new()))
 }
 
+/// hyper-util's composable pool, no layers.
+pub fn bare_composable<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    composable::client::<B>()
+}
+
+/// Every layer assembled by hand on hyper-util's legacy client: what
+/// `client::Builder::build` did on that engine, minus TLS.
+pub fn hand_stack<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    let connector = ServiceBuilder::new()
+        .layer(ConnectTimeoutLayer::new(Duration::from_secs(5)))
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let pool = Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .build::<_, RequestBody<B>>(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(phases())
+        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
+        .service(pool)
+}
+
+/// reqwest 0.13 as it comes.
+pub fn reqwest<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    reqwest_client::client::<B>()
+}
+
 /// The one-call client with every layer.
 pub fn full<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     tower_conn_lifecycle::client::builder()
@@ -238,7 +291,7 @@ pub fn full<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
 /// Bare hyper-util with its pool timer (a reference row).
 pub fn bare_timer<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     Client::builder(TokioExecutor::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(TokioTimer::new())
         .build::<_, B>(HttpConnector::new())
 }
 
@@ -282,6 +335,10 @@ macro_rules! with_client {
                 let $svc = $crate::common::bare::<$body>();
                 $run
             }
+            $crate::common::Variant::BareComposable => {
+                let $svc = $crate::common::bare_composable::<$body>();
+                $run
+            }
             $crate::common::Variant::Tracker => {
                 let $svc = $crate::common::tracker::<$body>();
                 $run
@@ -298,8 +355,16 @@ macro_rules! with_client {
                 let $svc = $crate::common::retry::<$body>();
                 $run
             }
+            $crate::common::Variant::HandStack => {
+                let $svc = $crate::common::hand_stack::<$body>();
+                $run
+            }
             $crate::common::Variant::Full => {
                 let $svc = $crate::common::full::<$body>();
+                $run
+            }
+            $crate::common::Variant::Reqwest => {
+                let $svc = $crate::common::reqwest::<$body>();
                 $run
             }
             $crate::common::Variant::BareTimer => {
