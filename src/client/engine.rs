@@ -25,6 +25,7 @@
 //! closed, abandoned) is dropped and another taken; idle connections are
 //! bounded per origin and origins without connections are evicted.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -33,12 +34,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::client::pool::{cache, map::Map, negotiate, singleton::Singleton};
+use hyper_util::client::pool::{cache, negotiate, singleton::Singleton};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
@@ -95,7 +96,8 @@ impl std::error::Error for NotAbsolute {}
 
 /// One connection's sending half: hyper's HTTP/1 or HTTP/2 connection.
 pub(crate) enum Sender<B> {
-    Http1(hyper::client::conn::http1::SendRequest<B>),
+    /// With the origin's `Host` header, built once per connection.
+    Http1(hyper::client::conn::http1::SendRequest<B>, Option<HeaderValue>),
     Http2(H2Sender<B>),
 }
 
@@ -112,7 +114,7 @@ impl<B> Clone for H2Sender<B> {
 impl<B> std::fmt::Debug for Sender<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Sender::Http1(_) => "Sender::Http1",
+            Sender::Http1(..) => "Sender::Http1",
             Sender::Http2(_) => "Sender::Http2",
         })
     }
@@ -126,11 +128,10 @@ impl<B> std::fmt::Debug for H2Sender<B> {
 
 /// What an HTTP/1 server expects that hyper's connection API leaves to its
 /// caller: a `Host` header and origin-form (authority-form for CONNECT).
-fn prepare_http1<B>(req: &mut Request<B>) {
-    let uri = req.uri();
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(host) = host_header(uri) {
-            req.headers_mut().insert(header::HOST, host);
+fn prepare_http1<B>(req: &mut Request<B>, host: &Option<HeaderValue>) {
+    if let Some(host) = host {
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, host.clone());
         }
     }
     let form = if req.method() == Method::CONNECT {
@@ -173,15 +174,15 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
         match self {
-            Sender::Http1(send) => send.poll_ready(cx),
+            Sender::Http1(send, _) => send.poll_ready(cx),
             Sender::Http2(send) => send.poll_ready(cx),
         }
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self {
-            Sender::Http1(send) => {
-                prepare_http1(&mut req);
+            Sender::Http1(send, host) => {
+                prepare_http1(&mut req, host);
                 Box::pin(send.send_request(req))
             }
             Sender::Http2(send) => send.call(req),
@@ -269,7 +270,7 @@ where
                     .map_err(|e| fail(e.into()))?;
                 // Upgrades (101, CONNECT) hand the IO to the caller.
                 tokio::spawn(conn.with_upgrades());
-                Sender::Http1(send)
+                Sender::Http1(send, host_header(&uri))
             };
             Ok(layer.connection(sender, state, &uri))
         })
@@ -302,7 +303,7 @@ where
         std::future::ready(self.0.call(()).into_inner().and_then(|conn| {
             conn.try_map_inner(|sender| match sender {
                 Sender::Http2(send) => Ok(send),
-                Sender::Http1(_) => {
+                Sender::Http1(..) => {
                     Err("negotiate handed an HTTP/1 connection to the HTTP/2 pool".into())
                 }
             })
@@ -327,6 +328,13 @@ impl<F: Fn(S) -> T, S, T> tower_layer::Layer<S> for LayerFn<F> {
 enum Origin<P, N> {
     Plain(P),
     Tls(N),
+}
+
+/// The engine's origin maps, typed by the pools its closures make.
+type OriginMap<P, N> = HashMap<Box<str>, Origin<P, N>>;
+
+fn origin_maps<P, N>(_: &impl Fn() -> P, _: &impl Fn() -> N) -> [OriginMap<P, N>; 3] {
+    [HashMap::new(), HashMap::new(), HashMap::new()]
 }
 
 /// The one-call client's engine: `Service<Request<B>>` over the composable
@@ -404,70 +412,80 @@ where
                 }))
                 .build::<Uri>()
         };
-        let origins = Mutex::new(
-            Map::builder::<(Scheme, Authority)>()
-                .keys(|key: &(Scheme, Authority)| key.clone())
-                .values(move |(scheme, _): &(Scheme, Authority)| {
-                    if *scheme == Scheme::HTTPS {
-                        Origin::Tls(tls())
-                    } else {
-                        Origin::Plain(plain())
-                    }
-                })
-                .build(),
-        );
+        // Per scheme (http, https, anything else: the connector's to
+        // refuse), keyed by the authority as written: looked up by `&str`,
+        // so a request allocates nothing and hashes a few bytes.
+        let origins = Mutex::new(origin_maps(&plain, &tls));
         // The connection count when the pools were last swept.
         let swept = AtomicU64::new(0);
         let keep = max_idle_per_origin;
         let send = move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
-            let key = match (req.uri().scheme(), req.uri().authority()) {
-                (Some(scheme), Some(authority)) => (scheme.clone(), authority.clone()),
-                _ => {
-                    let err: BoxError = Box::new(NotAbsolute(req.uri().clone()));
-                    return Box::pin(std::future::ready(Err(err)));
+            let uri = req.uri();
+            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+                let err: BoxError = Box::new(NotAbsolute(uri.clone()));
+                return Box::pin(std::future::ready(Err(err)));
+            };
+            let other;
+            let (slot, name) = match scheme.as_str() {
+                "http" => (0, authority.as_str()),
+                "https" => (1, authority.as_str()),
+                scheme => {
+                    other = format!("{scheme}://{authority}");
+                    (2, other.as_str())
                 }
             };
             let origin = {
                 let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
                 // After a new connection, the cold path: drop expired and
-                // surplus idle connections, and origins left with none.
+                // surplus idle connections (this origin's, or every
+                // origin's when there are too many, evicting those left
+                // with none).
                 let opened = stats.opened();
                 if swept.swap(opened, Ordering::Relaxed) != opened {
-                    let mut count = 0;
-                    origins.retain(|_, _| {
-                        count += 1;
-                        true
-                    });
-                    let all = count > MAX_ORIGINS;
-                    origins.retain(|k, origin| {
-                        let this = *k == key;
-                        if !this && !all {
-                            return true;
-                        }
-                        let mut kept = 0;
-                        let mut idle = |conn: &mut Conn<B>| {
-                            kept += 1;
-                            kept <= keep && !conn.is_expired()
-                        };
-                        let empty = match origin {
-                            Origin::Plain(cache) => {
-                                cache.retain(&mut idle);
-                                cache.is_empty()
+                    let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
+                    for (i, map) in origins.iter_mut().enumerate() {
+                        map.retain(|k: &Box<str>, origin| {
+                            let this = i == slot && **k == *name;
+                            if !this && !all {
+                                return true;
                             }
-                            Origin::Tls(negotiate) => {
-                                negotiate.fallback_mut().retain(&mut idle);
-                                negotiate.upgrade_mut().retain(|c| !c.is_expired());
-                                negotiate.fallback_mut().is_empty()
-                                    && negotiate.upgrade_mut().is_empty()
-                            }
-                        };
-                        // Evicted only when there are too many origins:
-                        // an origin's pool looks empty while all of its
-                        // connections are checked out.
-                        this || !empty
-                    });
+                            let mut kept = 0;
+                            let mut idle = |conn: &mut Conn<B>| {
+                                kept += 1;
+                                kept <= keep && !conn.is_expired()
+                            };
+                            let empty = match origin {
+                                Origin::Plain(cache) => {
+                                    cache.retain(&mut idle);
+                                    cache.is_empty()
+                                }
+                                Origin::Tls(negotiate) => {
+                                    negotiate.fallback_mut().retain(&mut idle);
+                                    negotiate.upgrade_mut().retain(|c| !c.is_expired());
+                                    negotiate.fallback_mut().is_empty()
+                                        && negotiate.upgrade_mut().is_empty()
+                                }
+                            };
+                            // Evicted only when there are too many origins:
+                            // an origin's pool looks empty while all of
+                            // its connections are checked out.
+                            this || !empty
+                        });
+                    }
                 }
-                origins.service(&key).clone()
+                let map = &mut origins[slot];
+                match map.get(name) {
+                    Some(origin) => origin.clone(),
+                    None => {
+                        let origin = if slot == 1 {
+                            Origin::Tls(tls())
+                        } else {
+                            Origin::Plain(plain())
+                        };
+                        map.insert(Box::from(name), origin.clone());
+                        origin
+                    }
+                }
             };
             match origin {
                 Origin::Plain(pool) => Box::pin(send_on(pool, req)),
