@@ -1,0 +1,274 @@
+//! The one-call client's engine (hyper-util's composable pools) does what a
+//! correct HTTP/1 client does and hyper's connection API leaves to its
+//! caller: `Host` and origin-form, a connection back in its pool only when
+//! its response body has ended, a bound on idle connections per origin, and
+//! a typed refusal of a URI it cannot route. Server-side facts decide.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{sleep, timeout, Instant};
+use tower::ServiceExt;
+use tower_conn_lifecycle::client::{self, Client};
+use tower_conn_lifecycle::retry::{NotRetried, Rule};
+use tower_conn_lifecycle::{find_cause, BoxError};
+
+/// Bounds every step: a hang fails the test instead of stalling CI.
+const STEP: Duration = Duration::from_secs(10);
+
+/// What the server saw.
+#[derive(Default)]
+struct Seen {
+    accepted: AtomicUsize,
+    closed: AtomicUsize,
+    /// (connection, request line, Host header) per request.
+    requests: Mutex<Vec<(usize, String, Option<String>)>>,
+    /// Requests of path `/hold` not answered yet.
+    holding: AtomicUsize,
+}
+
+/// A keep-alive HTTP/1 server on raw sockets. `/slow` sends its head and
+/// one byte of a 10-byte body, and the rest once `release` is notified;
+/// `/hold` answers once `hold` requests are waiting at the same time (so
+/// that many connections are in use at once); anything else answers `ok`.
+struct Server {
+    url: String,
+    seen: Arc<Seen>,
+    release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    async fn start(hold: usize) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Seen::default());
+        let release = Arc::new(Notify::new());
+        let (s, r) = (seen.clone(), release.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((io, _)) = listener.accept().await else {
+                    return;
+                };
+                let conn = s.accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(io, conn, s.clone(), r.clone(), hold));
+            }
+        });
+        Server {
+            url,
+            seen,
+            release,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.seen.accepted.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.seen.closed.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<(usize, String, Option<String>)> {
+        self.seen.requests.lock().unwrap().clone()
+    }
+}
+
+async fn serve(mut io: TcpStream, conn: usize, seen: Arc<Seen>, release: Arc<Notify>, hold: usize) {
+    let mut buf = Vec::new();
+    loop {
+        let head = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 4);
+                break head;
+            }
+            let mut chunk = [0u8; 4096];
+            match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    seen.closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let mut lines = head.lines();
+        let line = lines.next().unwrap_or_default().to_string();
+        let host = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.trim().to_string());
+        seen.requests
+            .lock()
+            .unwrap()
+            .push((conn, line.clone(), host));
+        let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+        let ok = match path.as_str() {
+            "/slow" => {
+                let first = io
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0")
+                    .await;
+                release.notified().await;
+                first.is_ok() && io.write_all(b"123456789").await.is_ok()
+            }
+            "/hold" => {
+                seen.holding.fetch_add(1, Ordering::SeqCst);
+                let deadline = Instant::now() + STEP;
+                while seen.holding.load(Ordering::SeqCst) < hold && Instant::now() < deadline {
+                    sleep(Duration::from_millis(5)).await;
+                }
+                io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_ok()
+            }
+            _ => io
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .is_ok(),
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+fn get(url: &str) -> Request<Empty<Bytes>> {
+    Request::get(url).body(Empty::new()).unwrap()
+}
+
+async fn fetch(client: &Client<Empty<Bytes>>, req: Request<Empty<Bytes>>) -> Result<Bytes, BoxError> {
+    let res = timeout(STEP, client.clone().oneshot(req))
+        .await
+        .expect("request hung")?;
+    Ok(timeout(STEP, res.into_body().collect())
+        .await
+        .expect("body hung")?
+        .to_bytes())
+}
+
+/// Waits (bounded) until `f` holds.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + STEP;
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_and_origin_form_on_one_reused_connection() {
+    let server = Server::start(0).await;
+    let client = client::builder().build::<Empty<Bytes>>();
+    let body = fetch(&client, get(&format!("{}/a/b?c=d", server.url)))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"ok");
+    // A Host the caller set is kept; a URI without a path asks for `/`.
+    let mut req = get(&server.url);
+    req.headers_mut()
+        .insert(http::header::HOST, "example.test".parse().unwrap());
+    fetch(&client, req).await.unwrap();
+    let authority = server.url.trim_start_matches("http://").to_string();
+    assert_eq!(
+        server.requests(),
+        vec![
+            (0, "GET /a/b?c=d HTTP/1.1".to_string(), Some(authority)),
+            (0, "GET / HTTP/1.1".to_string(), Some("example.test".to_string())),
+        ]
+    );
+    assert_eq!(server.accepted(), 1, "the connection was reused");
+    assert_eq!(client.connection_stats().opened(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_still_arriving_keeps_its_connection_out_of_the_pool() {
+    let server = Server::start(0).await;
+    let client = client::builder().build::<Empty<Bytes>>();
+    // The head of /slow arrives; its body stays open.
+    let slow = timeout(STEP, client.clone().oneshot(get(&format!("{}/slow", server.url))))
+        .await
+        .expect("head hung")
+        .unwrap();
+    // Another request meanwhile gets its own connection instead of queueing
+    // behind the unread body.
+    let body = fetch(&client, get(&format!("{}/next", server.url)))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(server.accepted(), 2);
+    // Once the slow body has ended, its connection serves the next request.
+    server.release.notify_one();
+    let rest = timeout(STEP, slow.into_body().collect())
+        .await
+        .expect("slow body hung")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"0123456789");
+    for _ in 0..3 {
+        fetch(&client, get(&format!("{}/again", server.url)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.accepted(), 2, "both connections were reused");
+    assert_eq!(server.requests().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_bound_are_closed() {
+    const BURST: usize = 4;
+    let server = Server::start(BURST).await;
+    let client = client::builder()
+        .max_idle_per_origin(1)
+        .build::<Empty<Bytes>>();
+    // BURST requests in flight at once: the server answers none until all
+    // have arrived, so each has its own connection.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..BURST {
+        let client = client.clone();
+        let url = format!("{}/hold", server.url);
+        burst.spawn(async move { fetch(&client, get(&url)).await.map(|_| ()) });
+    }
+    while let Some(done) = burst.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(server.accepted(), BURST);
+    // The next request finds the pool over its bound: all but one idle
+    // connection are closed (the server reads EOF), and it uses the one kept.
+    fetch(&client, get(&format!("{}/next", server.url)))
+        .await
+        .unwrap();
+    eventually("surplus idle connections closed", || {
+        server.closed() == BURST - 1
+    })
+    .await;
+    assert_eq!(server.accepted(), BURST, "no new connection");
+    assert_eq!(client.connection_stats().open_now(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uri_without_scheme_or_host_is_refused_typed_and_nothing_is_sent() {
+    let server = Server::start(0).await;
+    let client = client::builder().build::<Empty<Bytes>>();
+    for uri in ["/relative", "127.0.0.1:1"] {
+        let err = fetch(&client, get(uri)).await.unwrap_err();
+        let refused = find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(refused.rule(), Rule::NotConnectionFailure, "{err}");
+        assert!(err.to_string().contains("not absolute"), "{err}");
+    }
+    assert_eq!(client.connection_stats().opened(), 0);
+    assert_eq!(server.accepted(), 0);
+}
