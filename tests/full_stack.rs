@@ -189,8 +189,23 @@ async fn tls_with_a_test_ca_through_the_whole_stack() {
         assert_eq!(&body[..], b"HTTP/2.0");
     }
     assert_eq!(ids[0], ids[1], "one multiplexed connection, reused");
+    // Several streams at once share that connection (the engine's HTTP/2
+    // singleton): no second connection, every response whole.
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, req) = (client.clone(), get());
+        streams.spawn(async move {
+            let res = client.oneshot(req).await.unwrap();
+            let id = ConnectionInfo::of(&res).unwrap().connection_id();
+            (id, res.into_body().collect().await.unwrap().to_bytes())
+        });
+    }
+    while let Some(done) = streams.join_next().await {
+        let (id, body) = done.unwrap();
+        assert_eq!((id, &body[..]), (ids[0], &b"HTTP/2.0"[..]));
+    }
     assert!(server.next_handshake().await.is_ok());
-    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 10);
     assert_eq!(client.connection_stats().opened(), 1);
     // The same stack refuses a server its roots do not trust, typed.
     let untrusted = client::builder().build::<Full<Bytes>>();
@@ -205,7 +220,7 @@ async fn tls_with_a_test_ca_through_the_whole_stack() {
     );
     assert_eq!(
         server.requests.load(std::sync::atomic::Ordering::SeqCst),
-        2,
+        10,
         "no request reached the server over an untrusted connection"
     );
 }
