@@ -1,5 +1,5 @@
-//! The whole stack in one call: hyper-util's client with every layer of this
-//! crate in the right order.
+//! The whole stack in one call: every layer of this crate in the right
+//! order, on hyper-util's composable connection pools.
 //!
 //! ```
 //! use std::time::Duration;
@@ -22,30 +22,75 @@
 //! # The stack, outermost first, and why in this order
 //!
 //! ```text
-//! request plane                              connection plane (the connector)
-//! RetryOnStaleConnection                     ConnectTimeout
-//!  PhaseTimeout (send / read / total)         TrackConnections
-//!   IdleExpiry                                 SharedTlsConnector (feature `tls`)
-//!    hyper_util::client::legacy::Client ──────▶  HttpConnector
+//! request plane                          per origin, per connection
+//! RetryOnStaleConnection                 http://  pool::cache (HTTP/1)
+//!  PhaseTimeout (send / read / total)    https:// pool::negotiate by ALPN:
+//!   the engine: origin → pool →                   h2 → pool::singleton
+//!   checkout ───────────────────────────▶         else pool::cache
+//!                                         each connection: IdleExpiryConnection
+//!                                          → hyper's conn::http1 / conn::http2
+//!                                         made by: ConnectTimeout
+//!                                          → TrackConnections
+//!                                           → SharedTlsConnector (feature `tls`)
+//!                                            → HttpConnector
 //! ```
 //!
 //! * **Retry outermost**, so each attempt has its own timeouts, its own
-//!   connection capture and its own exchange on the wire, and a retry is
-//!   judged from what that attempt did.
+//!   record of the exchange on the wire, and a retry is judged from what
+//!   that attempt did.
 //! * **PhaseTimeout next**, so a timeout bounds one attempt (the retry layer
 //!   never retries a timeout that may have reached the server).
-//! * **IdleExpiry innermost**, next to the pool whose connections it
-//!   expires: it reads each response's `Keep-Alive` and sets the connection's
-//!   expiry before anything else sees the response.
-//! * On the connector, **ConnectTimeout outermost** bounds TCP *and* TLS,
-//!   and the **tracker outside TLS** wraps the TLS stream: it sees the
-//!   whole connection set-up and ALPN, and its byte counts are the HTTP
-//!   bytes (plaintext), not TLS records. A write that fails inside TLS may
-//!   have sent part of itself, so the tracker never counts it as "nothing
+//! * **The engine** keeps one pool per origin (scheme, host and port) from
+//!   hyper-util's composable pools, the design hyper's maintainers recommend
+//!   over the legacy client's pool: `pool::cache` for HTTP/1 connections,
+//!   and for `https://` `pool::negotiate`, which puts a connection that
+//!   negotiated `h2` in a `pool::singleton` (one connection shared by every
+//!   request) and the others in a cache.
+//! * **Every request passes through its connection's own service**
+//!   ([`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection)):
+//!   it refuses an expired connection before a byte is written (the engine
+//!   then takes another from the pool, up to eight, and opens a new one if
+//!   none is left), opens the attempt's record on the tracker right there
+//!   (no connection capture: the request's connection is known as it is
+//!   handed over), and reads each response's `Keep-Alive` before anything
+//!   else sees the response.
+//! * On the connector, **ConnectTimeout outermost** bounds TCP *and* TLS
+//!   (and the HTTP/2 handshake's wait is bounded by `total`), and the
+//!   **tracker outside TLS** wraps the TLS stream: it sees the whole
+//!   connection set-up and ALPN, and its byte counts are the HTTP bytes
+//!   (plaintext), not TLS records. A write that fails inside TLS may have
+//!   sent part of itself, so the tracker never counts it as "nothing
 //!   written".
-//! * **PhaseTimeout's request body announces each attempt** to its
-//!   connection right before hyper writes the head, so the tracker's record
-//!   of what a request did on the wire is exact (see [`crate::track`]).
+//!
+//! # What the engine does that hyper's connection API leaves to its caller
+//!
+//! * HTTP/1 requests get a `Host` header (unless they carry one) and
+//!   origin-form (`GET /path?query`; authority-form for `CONNECT`); HTTP/2
+//!   requests keep the absolute URI for `:scheme` and `:authority`.
+//! * A request's URI must be absolute (scheme and host): anything else is
+//!   refused before a connection is looked for, with a typed error (the
+//!   retry layer's [`NotRetried`](crate::retry::NotRetried), rule
+//!   `NotConnectionFailure`). `https://` needs the `tls` feature (and a
+//!   crypto provider); other schemes are the connector's to refuse.
+//! * An HTTP/1 connection goes back to its pool when its response body has
+//!   ended (read to the end, or at the head for an empty body), not when
+//!   the head arrived: a request never queues behind another request's
+//!   download. A body dropped before its end abandons the exchange, and
+//!   the connection is closed instead of reused.
+//! * `101 Switching Protocols` and `CONNECT` hand the connection to the
+//!   caller (`hyper::upgrade::on`).
+//! * Idle connections are bounded per origin
+//!   ([`Builder::max_idle_per_origin`]); expired ones close by themselves
+//!   (the tracker) and leave the pool at the next sweep, which runs when
+//!   the client next opens a connection. Origins left with no connection
+//!   are evicted once there are more than 256.
+//!
+//! The cost of all of it is about that of hyper-util's legacy client
+//! without any layer (the README's Performance section has the numbers):
+//! the legacy client's own pool, checkout and per-request task cost more
+//! than everything this crate adds. The layers still work on the legacy
+//! client for stacks built by hand ([`crate::phase_timeout`],
+//! [`crate::retry`], [`crate::idle_expiry`]).
 //!
 //! Defaults: a 90 s idle expiry with learning (announced and learned server
 //! limits lower it per connection), one safe retry, and no connect, send,
