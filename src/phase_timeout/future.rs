@@ -159,6 +159,7 @@ impl Watch {
             sent,
             received,
         )
+        .with_attempt(self.capture.clone())
     }
 
     /// This request's bytes on the socket, `(written, read)`, when its

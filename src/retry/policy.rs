@@ -188,10 +188,13 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
                     error = %err,
                     "retrying request after a stale-connection failure"
                 );
-                // The next attempt gets its own capture: this one points at
-                // the failed attempt's connection.
-                req.extensions_mut().remove::<ConnectionCapture>();
-                ConnectionCapture::get_or_insert(req);
+                // The next attempt gets its own capture if this one had one
+                // (the caller's): it points at the failed attempt's
+                // connection, and the copy of hyper-util's capture on the
+                // request would fill it again.
+                if req.extensions_mut().remove::<ConnectionCapture>().is_some() {
+                    ConnectionCapture::get_or_insert(req);
+                }
                 Some(ready(()))
             }
             Err(rule) => {

@@ -78,7 +78,15 @@ impl<S, M> RetryOnStaleConnection<S, M> {
         // Copied before the capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
-        let capture = ConnectionCapture::get_or_insert(&mut req);
+        // The layer takes no connection capture of its own (the module
+        // docs, "What it costs"): a capture the caller put on the request
+        // is this attempt's record, shared (a fresh one if it was filled by
+        // an earlier attempt).
+        let capture = req
+            .extensions()
+            .get::<ConnectionCapture>()
+            .is_some()
+            .then(|| ConnectionCapture::get_or_insert(&mut req));
         let future = self.inner.call(req);
         ResponseFuture::new(future, Arc::clone(&self.spare), backup, session, capture)
     }

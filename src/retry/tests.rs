@@ -103,6 +103,39 @@ async fn idempotent_request_reset_without_tracker_is_retried_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_layer_takes_no_capture_and_shares_the_callers() {
+    use crate::track::ConnectionCapture;
+    // No capture of its own, on the first attempt or a retry.
+    let (svc, handle) = setup(RetryOnStaleConnectionLayer::new());
+    let server = serve(handle, vec![Some(reset()), None]);
+    svc.oneshot(request(http::Method::GET)).await.unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(seen.len(), 2);
+    for (req, _) in &seen {
+        assert!(req.extensions().get::<ConnectionCapture>().is_none());
+    }
+    // The caller's capture is the first attempt's record; a retry gets a
+    // fresh one (the caller's keeps pointing at the first attempt).
+    let (svc, handle) = setup(RetryOnStaleConnectionLayer::new());
+    let server = serve(handle, vec![Some(reset()), None]);
+    let mut req = request(http::Method::GET);
+    // A flag set on the caller's shows through every clone of it.
+    ConnectionCapture::get_or_insert(&mut req).hook();
+    svc.oneshot(req).await.unwrap();
+    let seen = server.await.unwrap();
+    let hooked: Vec<_> = seen
+        .iter()
+        .map(|(req, _)| {
+            req.extensions()
+                .get::<ConnectionCapture>()
+                .unwrap()
+                .is_hooked()
+        })
+        .collect();
+    assert_eq!(hooked, [true, false]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn post_reset_is_not_retried_and_says_why() {
     let (svc, handle) = setup(RetryOnStaleConnectionLayer::new());
     let server = serve(handle, vec![Some(reset()), None]);
