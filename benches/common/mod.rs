@@ -31,10 +31,17 @@ pub enum Variant {
     Tracker,
     /// `PhaseTimeout` alone (send 5 s, read 5 s, total 10 s), no tracker.
     PhaseTimeout,
+    /// `PhaseTimeout` alone with `total` (10 s) only, no tracker: a bodiless
+    /// request takes no connection capture.
+    PhaseTimeoutTotal,
     /// `IdleExpiry` (90 s) over a tracked client: it needs the tracker.
     IdleExpiry,
     /// `RetryOnStaleConnection` alone, no tracker.
     Retry,
+    /// Every request-plane layer stacked by hand over a tracked client:
+    /// Retry → PhaseTimeout (send 5 s, read 5 s, total 10 s) → IdleExpiry
+    /// 90 s → hyper-util over Track → HttpConnector.
+    HandStack,
     /// The one-call client, `client::builder()`: connect timeout 5 s and the
     /// same phase limits; Retry → PhaseTimeout → IdleExpiry → hyper-util over
     /// ConnectTimeout → Track → SharedTls (passes `http://` through) →
@@ -57,8 +64,10 @@ pub const VARIANTS: &[Variant] = &[
     Variant::Bare,
     Variant::Tracker,
     Variant::PhaseTimeout,
+    Variant::PhaseTimeoutTotal,
     Variant::IdleExpiry,
     Variant::Retry,
+    Variant::HandStack,
     Variant::Full,
     Variant::BareTimer,
     Variant::Capture,
@@ -71,8 +80,10 @@ impl Variant {
             Variant::Bare => "bare",
             Variant::Tracker => "tracker",
             Variant::PhaseTimeout => "phase_timeout",
+            Variant::PhaseTimeoutTotal => "phase_timeout_total",
             Variant::IdleExpiry => "idle_expiry",
             Variant::Retry => "retry",
+            Variant::HandStack => "hand_stack",
             Variant::Full => "full",
             Variant::BareTimer => "ref_pool_timer",
             Variant::Capture => "ref_capture",
@@ -85,8 +96,10 @@ impl Variant {
             Variant::Bare => "hyper-util legacy Client, HttpConnector",
             Variant::Tracker => "+ TrackConnections on the connector",
             Variant::PhaseTimeout => "+ PhaseTimeout (send 5 s, read 5 s, total 10 s)",
+            Variant::PhaseTimeoutTotal => "+ PhaseTimeout (total 10 s only)",
             Variant::IdleExpiry => "+ tracker + IdleExpiry 90 s",
             Variant::Retry => "+ RetryOnStaleConnection",
+            Variant::HandStack => "Retry → PhaseTimeout → IdleExpiry, tracked, by hand",
             Variant::Full => "client::builder(): every layer",
             Variant::BareTimer => "reference: hyper-util's own pool timer armed",
             Variant::Capture => "reference: hyper-util's capture_connection alone",
@@ -211,6 +224,15 @@ pub fn phase_timeout<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     )
 }
 
+/// PhaseTimeout with `total` only, without the tracker.
+pub fn phase_timeout_total<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().total(Duration::from_secs(10)))
+        .service(
+            Client::builder(TokioExecutor::new()).build::<_, RequestBody<B>>(HttpConnector::new()),
+        )
+}
+
 /// The tracker and IdleExpiry (a 90 s expiry: never fires on this workload,
 /// so the cost measured is the bookkeeping on every response).
 pub fn idle_expiry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
@@ -225,6 +247,16 @@ pub fn retry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         .service(Client::builder(TokioExecutor::new()).build::<_, B>(HttpConnector::new()))
+}
+
+/// Every request-plane layer by hand, in the order the module docs give,
+/// over a tracked client.
+pub fn hand_stack<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(phases())
+        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
+        .service(Client::builder(TokioExecutor::new()).build::<_, RequestBody<B>>(tracked()))
 }
 
 /// The one-call client with every layer.
@@ -290,12 +322,20 @@ macro_rules! with_client {
                 let $svc = $crate::common::phase_timeout::<$body>();
                 $run
             }
+            $crate::common::Variant::PhaseTimeoutTotal => {
+                let $svc = $crate::common::phase_timeout_total::<$body>();
+                $run
+            }
             $crate::common::Variant::IdleExpiry => {
                 let $svc = $crate::common::idle_expiry::<$body>();
                 $run
             }
             $crate::common::Variant::Retry => {
                 let $svc = $crate::common::retry::<$body>();
+                $run
+            }
+            $crate::common::Variant::HandStack => {
+                let $svc = $crate::common::hand_stack::<$body>();
                 $run
             }
             $crate::common::Variant::Full => {

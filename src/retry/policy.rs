@@ -224,12 +224,8 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
 
 /// A copy of `req` for the next attempt (extensions are cloned; a
 /// connection capture among them is replaced before the copy is sent).
+/// `Request`'s own `Clone`: field by field, with no default head built and
+/// dropped first.
 pub(crate) fn duplicate<B: Clone>(req: &Request<B>) -> Request<B> {
-    let mut clone = Request::new(req.body().clone());
-    *clone.method_mut() = req.method().clone();
-    *clone.uri_mut() = req.uri().clone();
-    *clone.version_mut() = req.version();
-    *clone.headers_mut() = req.headers().clone();
-    *clone.extensions_mut() = req.extensions().clone();
-    clone
+    req.clone()
 }

@@ -364,6 +364,10 @@ pub(crate) fn observe_frame<B: Body, T, E>(
     frame: &Poll<Option<Result<T, E>>>,
     end: &mut ExchangeEnd,
 ) {
+    if end.target.is_none() {
+        // Nothing to mark (untracked, not the owner, or already ended).
+        return;
+    }
     match frame {
         Poll::Ready(None) => end.end(),
         Poll::Ready(Some(Ok(_))) if body.is_end_stream() => end.end(),

@@ -296,9 +296,15 @@ impl ConnectionState {
 
     /// A flush succeeded after bytes were written (the IO skips flushes
     /// that follow no write: the earlier stamp already covers them).
-    pub(crate) fn on_flush(&self) {
+    /// `at_last_write`: the IO's writes put bytes on the wire themselves (a
+    /// plain TCP socket, whose flush does nothing), so the flush is stamped
+    /// with the last write's stamp rather than a clock read.
+    pub(crate) fn on_flush(&self, at_last_write: bool) {
         let inner = &self.inner;
-        inner.last_flush.set(&inner.origin, Instant::now());
+        match inner.last_write.raw().filter(|_| at_last_write) {
+            Some(written) => inner.last_flush.set_raw(written),
+            None => inner.last_flush.set(&inner.origin, Instant::now()),
+        }
         inner.unflushed.store(false, Ordering::Release);
         // An early final response waiting for its upload to reach the wire.
         if inner.response_ended.load(Ordering::Acquire)
