@@ -907,16 +907,16 @@ async fn post_on_a_stale_connection_through_hand_stacks_is_never_duplicated() {
     }
 }
 
-/// Without a capture of the caller's, the layer takes none: dropping its
-/// future with the request in flight still closes the connection (hyper's
-/// dispatcher closes it when the response future is gone; with
-/// PhaseTimeout below, its capture poisons it too), and it is never reused.
+/// A request without a body takes no capture: dropping its future with the
+/// request in flight still closes the connection (hyper's dispatcher closes
+/// it when the response future is gone once the request is written), and it
+/// is never reused.
 #[tokio::test]
-async fn dropping_the_future_without_a_capture_closes_its_connection() {
+async fn dropping_a_bodiless_request_without_a_capture_closes_its_connection() {
     let server = SilentServer::start().await.unwrap();
     let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
-    for (i, method) in [Method::GET, Method::POST].into_iter().enumerate() {
-        let mut fut = Box::pin(svc.clone().oneshot(request(method, &server.url(), b"abc")));
+    for (i, method) in [Method::GET, Method::DELETE].into_iter().enumerate() {
+        let mut fut = Box::pin(svc.clone().oneshot(request(method, &server.url(), b"")));
         let seen = timeout(STEP_LIMIT, async {
             loop {
                 tokio::select! {
@@ -935,6 +935,41 @@ async fn dropping_the_future_without_a_capture_closes_its_connection() {
         .await;
     }
     assert_eq!((server.connections(), stats.opened()), (2, 2));
+}
+
+/// Mid-upload: a POST whose upload is stuck on a server that stopped
+/// reading, dropped by its caller, has its connection closed at once. hyper
+/// would write on (its dispatcher does not stop an upload whose response
+/// future is gone): the layer takes a capture for every request with a
+/// body, and abandons the attempt through it, without PhaseTimeout too.
+#[tokio::test]
+async fn dropping_the_future_mid_upload_closes_its_connection() {
+    let server = tower_conn_lifecycle::testing::StopReadingServer::start(64 * 1024)
+        .await
+        .unwrap();
+    let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
+    let req = http::Request::post(server.url())
+        .body(Full::new(Bytes::from(vec![b'u'; 32 << 20])))
+        .unwrap();
+    let mut fut = Box::pin(svc.oneshot(req));
+    let stuck = timeout(STEP_LIMIT, async {
+        loop {
+            tokio::select! {
+                _ = &mut fut => panic!("a server that stopped reading answered"),
+                _ = sleep(POLL) => if server.bytes_read() >= 64 * 1024 { break },
+            }
+        }
+    })
+    .await;
+    assert!(stuck.is_ok(), "the upload never reached the server");
+    // Let the socket buffers fill: the upload is stuck, not finished.
+    let _ = timeout(Duration::from_millis(200), &mut fut).await;
+    assert_eq!(stats.open_now(), 1);
+    drop(fut);
+    eventually("the abandoned upload's connection to close", || {
+        stats.open_now() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
