@@ -18,7 +18,7 @@ use crate::BoxError;
 /// safe; made by [`RetryOnStaleConnectionLayer`].
 ///
 /// * With the default [`CloneBody`] mode it takes `Request<B>` for any
-///   `B: Clone` and passes it on unchanged.
+///   `B: Body + Clone` and passes it on unchanged.
 /// * With [`ReplayBuffer`] it takes any `Request<B: Body>` and passes on
 ///   `Request<ReplayBody<B>>`.
 ///
