@@ -127,7 +127,8 @@
 //! what they can observe (body frames; error chains), as their docs say.
 //!
 //! The state lives in an `Arc` owned by the connection; it is dropped with the
-//! connection and the last response that refers to it. Nothing global grows:
+//! connection and the last response (or PhaseTimeout timeout error, which
+//! carries its attempt's capture) that refers to it. Nothing global grows:
 //! the only process-wide item is the id counter.
 //!
 //! Which clients: the tracker wraps any connector (`Service<Uri>` returning
