@@ -776,6 +776,81 @@ async fn abandoned_http1_upload_closes_its_connection() {
     assert_eq!(server.connections(), 2);
 }
 
+/// With `total` alone no clock watches the connection, yet a request with
+/// a body takes its capture (without one of the caller's): an upload
+/// stuck when the limit fires is abandoned through it and its connection
+/// closed at once (hyper would write on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_upload_under_total_alone_closes_its_connection() {
+    let server = StopReadingServer::start(MB as u64).await.unwrap();
+    let track = TrackConnectionsLayer::new();
+    let stats = track.stats();
+    let mut http = HttpConnector::new();
+    http.set_send_buffer_size(Some(64 * 1024));
+    let connector = ServiceBuilder::new().layer(track).service(http);
+    let inner =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let svc = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().total(ms(300)))
+        .service(inner);
+    let err = svc.oneshot(post(&server.url(), 50 * MB)).await.unwrap_err();
+    let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
+    assert_eq!(e.phase(), Phase::Total);
+    assert!(
+        eventually(SLACK, || stats.open_now() == 0).await,
+        "the abandoned upload's connection stayed open"
+    );
+    assert!(server.bytes_read() <= MB as u64);
+}
+
+/// A bodiless request with only a `total` limit takes no connection capture
+/// (nothing reads one): given up before its response head, by the timeout
+/// or by its caller, its connection is still closed (hyper's dispatcher
+/// closes it when the response future is gone) and never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_request_given_up_without_a_capture_closes_its_connection() {
+    let server = SilentServer::start().await.unwrap();
+    let track = TrackConnectionsLayer::new();
+    let stats = track.stats();
+    let connector = ServiceBuilder::new()
+        .layer(track)
+        .service(HttpConnector::new());
+    let inner =
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let total = ms(300);
+    let svc = ServiceBuilder::new()
+        .layer(PhaseTimeoutLayer::new().total(total))
+        .service(inner);
+    // The timeout.
+    let err = svc.clone().oneshot(get(&server.url())).await.unwrap_err();
+    let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
+    assert_eq!(e.phase(), Phase::Total);
+    assert!(
+        eventually(SLACK, || stats.open_now() == 0).await,
+        "timeout: the connection stayed open"
+    );
+    // The caller drops the future once the server has the request.
+    let call = svc.clone().oneshot(get(&server.url()));
+    let mut call = Box::pin(call);
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                _ = &mut call => panic!("a silent server answered"),
+                _ = tokio::time::sleep(ms(5)) => if server.requests() == 2 { break },
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the request never reached the server");
+    assert_eq!(stats.open_now(), 1);
+    drop(call);
+    assert!(
+        eventually(SLACK, || stats.open_now() == 0).await,
+        "drop: the connection stayed open"
+    );
+    assert_eq!((server.connections(), stats.opened()), (2, 2));
+}
+
 /// Hostile limits: `Duration::MAX` for send and read (in the layer or a
 /// per-request override) never fire nor overflow, and leave `total` in
 /// charge, on time.

@@ -796,6 +796,182 @@ async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() 
     assert_eq!((server.attempts(), server.responses()), (3, 2));
 }
 
+/// Retry over PhaseTimeout over a tracked client, stacked by hand, with
+/// `phases`: the layer takes no connection capture of its own; the
+/// attempt's record is PhaseTimeout's (when it took one) or the error's
+/// connection.
+fn hand_stack(phases: PhaseTimeoutLayer) -> Retrying<Phased<Full<Bytes>>> {
+    let connector = ServiceBuilder::new()
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(phases)
+        .service(client)
+}
+
+type HandStack = tower::util::BoxCloneService<
+    http::Request<Full<Bytes>>,
+    http::Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
+    BoxError,
+>;
+
+/// `svc` with its response body boxed, for a list of stacks.
+fn boxed<S, RB>(svc: S) -> HandStack
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<RB>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    tower::util::BoxCloneService::new(
+        svc.map_response(|r: http::Response<RB>| r.map(|b| b.map_err(Into::into).boxed_unsync())),
+    )
+}
+
+/// A POST reset on a reused connection after part of it was written, on
+/// every hand stack (with and without PhaseTimeout's `send`/`read` clocks,
+/// and Retry alone): never sent twice, refused as not idempotent on a
+/// connection known to be reused; the same request with an
+/// `Idempotency-Key`, and a GET, are retried as stale.
+#[tokio::test]
+async fn post_on_a_stale_connection_through_hand_stacks_is_never_duplicated() {
+    let limits = PhaseTimeoutLayer::new()
+        .send(Duration::from_secs(5))
+        .read(Duration::from_secs(5));
+    let stacks: Vec<(&str, HandStack)> = vec![
+        ("send/read", boxed(hand_stack(limits))),
+        (
+            "total",
+            boxed(hand_stack(
+                PhaseTimeoutLayer::new().total(Duration::from_secs(10)),
+            )),
+        ),
+        ("no limits", boxed(hand_stack(PhaseTimeoutLayer::new()))),
+        (
+            "retry alone",
+            boxed(tracked_client(RetryOnStaleConnectionLayer::new()).0),
+        ),
+    ];
+    for (name, svc) in stacks {
+        // The second request of every connection is reset after its first
+        // byte was read.
+        let server = ResetServer::builder()
+            .on_request(2)
+            .reset_after_bytes(1)
+            .start()
+            .await
+            .unwrap();
+        let body: &'static [u8] = &[b'p'; 20_000];
+        send(&svc, request(Method::POST, &server.url(), body))
+            .await
+            .unwrap();
+        let err = send(&svc, request(Method::POST, &server.url(), body))
+            .await
+            .unwrap_err();
+        let e = not_retried(&err);
+        assert_eq!((e.rule(), e.retries()), (Rule::NotIdempotent, 0), "{name}");
+        assert!(
+            err.to_string().ends_with("(reused connection)"),
+            "{name}: {err}"
+        );
+        assert_eq!((server.attempts(), server.resets()), (2, 1), "{name}");
+        // Keyed, and a GET: stale, retried once on a new connection.
+        let mut keyed = request(Method::POST, &server.url(), body);
+        keyed
+            .headers_mut()
+            .insert(IDEMPOTENCY_KEY, "k-1".parse().unwrap());
+        send(&svc, request(Method::GET, &server.url(), b""))
+            .await
+            .unwrap();
+        let (_, retried) = send(&svc, keyed).await.unwrap();
+        assert_eq!(
+            retried.map(|r| r.reasons().to_vec()),
+            Some(vec![RetryReason::StaleConnection]),
+            "{name}"
+        );
+        // The keyed retry was the new connection's first request.
+        let (_, retried) = send(&svc, request(Method::GET, &server.url(), b""))
+            .await
+            .unwrap();
+        assert_eq!(
+            retried.map(|r| r.reasons().to_vec()),
+            Some(vec![RetryReason::StaleConnection]),
+            "{name}"
+        );
+        assert_eq!((server.resets(), server.responses()), (3, 4), "{name}");
+    }
+}
+
+/// A request without a body takes no capture: dropping its future with the
+/// request in flight still closes the connection (hyper's dispatcher closes
+/// it when the response future is gone once the request is written), and it
+/// is never reused.
+#[tokio::test]
+async fn dropping_a_bodiless_request_without_a_capture_closes_its_connection() {
+    let server = SilentServer::start().await.unwrap();
+    let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
+    for (i, method) in [Method::GET, Method::DELETE].into_iter().enumerate() {
+        let mut fut = Box::pin(svc.clone().oneshot(request(method, &server.url(), b"")));
+        let seen = timeout(STEP_LIMIT, async {
+            loop {
+                tokio::select! {
+                    _ = &mut fut => panic!("a silent server answered"),
+                    _ = sleep(POLL) => if server.requests() == i as u64 + 1 { break },
+                }
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "the request never reached the server");
+        assert_eq!(stats.open_now(), 1);
+        drop(fut);
+        eventually("the abandoned connection to close", || {
+            stats.open_now() == 0
+        })
+        .await;
+    }
+    assert_eq!((server.connections(), stats.opened()), (2, 2));
+}
+
+/// Mid-upload: a POST whose upload is stuck on a server that stopped
+/// reading, dropped by its caller, has its connection closed at once. hyper
+/// would write on (its dispatcher does not stop an upload whose response
+/// future is gone): the layer takes a capture for every request with a
+/// body, and abandons the attempt through it, without PhaseTimeout too.
+#[tokio::test]
+async fn dropping_the_future_mid_upload_closes_its_connection() {
+    let server = tower_conn_lifecycle::testing::StopReadingServer::start(64 * 1024)
+        .await
+        .unwrap();
+    let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
+    let req = http::Request::post(server.url())
+        .body(Full::new(Bytes::from(vec![b'u'; 32 << 20])))
+        .unwrap();
+    let mut fut = Box::pin(svc.oneshot(req));
+    let stuck = timeout(STEP_LIMIT, async {
+        loop {
+            tokio::select! {
+                _ = &mut fut => panic!("a server that stopped reading answered"),
+                _ = sleep(POLL) => if server.bytes_read() >= 64 * 1024 { break },
+            }
+        }
+    })
+    .await;
+    assert!(stuck.is_ok(), "the upload never reached the server");
+    // Let the socket buffers fill: the upload is stuck, not finished.
+    let _ = timeout(Duration::from_millis(200), &mut fut).await;
+    assert_eq!(stats.open_now(), 1);
+    drop(fut);
+    eventually("the abandoned upload's connection to close", || {
+        stats.open_now() == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn h2_several_refused_streams_in_a_batch_are_each_retried_once() {
     const BATCH: usize = 10;

@@ -182,22 +182,35 @@ pub(crate) struct Origin(u64);
 impl Origin {
     /// The origin of a request URI; `None` for a relative URI.
     pub(crate) fn of(uri: &Uri) -> Option<Origin> {
-        // FNV-1a over "scheme://authority", host case folded: a few
-        // instructions per byte, no allocation.
-        fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-            const PRIME: u64 = 0x0000_0100_0000_01b3;
-            for &b in bytes {
-                h = (h ^ u64::from(b | 0x20)).wrapping_mul(PRIME);
+        // A multiply-rotate hash over "scheme" and "authority", eight bytes
+        // at a time, host case folded: a few instructions per word (it runs
+        // for every request), no allocation.
+        fn mix(mut h: u64, bytes: &[u8]) -> u64 {
+            const K: u64 = 0x9e37_79b9_7f4a_7c15;
+            // `| 0x20` on every byte folds ASCII letters' case (and maps a
+            // few punctuation bytes onto others, which only adds to the
+            // collision argument above).
+            const FOLD: u64 = 0x2020_2020_2020_2020;
+            let mut words = bytes.chunks_exact(8);
+            for word in &mut words {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(word);
+                h = (h ^ (u64::from_le_bytes(w) | FOLD))
+                    .wrapping_mul(K)
+                    .rotate_left(31);
             }
-            h
+            let rest = words.remainder();
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            // The length, so that "ab" and "ab" + padding never meet.
+            h = (h ^ (u64::from_le_bytes(w) | FOLD) ^ ((bytes.len() as u64) << 56))
+                .wrapping_mul(K)
+                .rotate_left(31);
+            h ^ (h >> 29)
         }
         let authority = uri.authority()?.as_str().as_bytes();
         let scheme = uri.scheme_str().unwrap_or("").as_bytes();
-        // `| 0x20` folds ASCII letters' case (and maps a few punctuation
-        // bytes onto others, which only adds to the collision argument
-        // above); the scheme's length keeps "a" + "bc" apart from "ab" + "c".
-        let h = fnv(0xcbf2_9ce4_8422_2325 ^ scheme.len() as u64, scheme);
-        Some(Origin(fnv(h, authority)))
+        Some(Origin(mix(mix(0xcbf2_9ce4_8422_2325, scheme), authority)))
     }
 }
 
@@ -1021,6 +1034,31 @@ mod tests {
         let r = l.on_response(&o, Some(ms(100)), ms(50), ms(90_000), false, now());
         assert_eq!(r.unwrap().estimate, Some(ms(500)));
         assert_eq!(l.locks() - before, 1);
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port_with_the_host_case_folded() {
+        let of = |s: &str| Origin::of(&s.parse().unwrap()).unwrap();
+        assert_eq!(
+            of("http://Example.COM:8080/a"),
+            of("http://example.com:8080/b?q")
+        );
+        let distinct = [
+            "http://example.com:8080/",
+            "http://example.com:8081/",
+            "https://example.com:8080/",
+            "http://example.co:8080/",
+            "http://exampl.ecom:8080/",
+            "http://a/",
+            "http://ab/",
+            "http://abcdefgh/",
+            "http://abcdefghi/",
+            "http://abcdefgh:1/",
+            "http://10.0.0.7:80/",
+            "http://10.0.0.8:80/",
+        ];
+        let hashes: std::collections::HashSet<_> = distinct.iter().map(|s| of(s)).collect();
+        assert_eq!(hashes.len(), distinct.len());
     }
 
     #[test]

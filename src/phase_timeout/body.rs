@@ -350,11 +350,16 @@ impl<B> ResponseBody<B> {
         if stall.is_none() && total.is_none() {
             return Self::unlimited(inner, end);
         }
-        let now = Instant::now();
+        // The stall clock starts now; without a stall limit no clock read.
+        let last_frame = if stall.is_some() {
+            Instant::now()
+        } else {
+            issued
+        };
         let timers = BodyTimers {
             stall,
             total: total.map(|t| (t, deadline(issued, t))),
-            last_frame: now,
+            last_frame,
             issued,
             sent,
             received: 0,

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::track::ConnectionCapture;
+
 /// The phase of a request that a timeout belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -68,7 +70,7 @@ pub(crate) enum Waiting {
 /// }
 /// # let _ = is_upload_stall;
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Elapsed {
     phase: Phase,
     waiting: Waiting,
@@ -76,6 +78,46 @@ pub struct Elapsed {
     elapsed: Duration,
     bytes_sent: u64,
     bytes_received: u64,
+    /// The timed-out attempt's record, when the request took one: how
+    /// [`RetryOnStaleConnection`](crate::retry) above judges what the
+    /// attempt wrote without taking a capture of its own.
+    attempt: Option<ConnectionCapture>,
+}
+
+impl PartialEq for Elapsed {
+    /// The timeout's facts; the attempt's record is not one of them.
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.phase,
+            self.waiting,
+            self.limit,
+            self.elapsed,
+            self.bytes_sent,
+            self.bytes_received,
+        ) == (
+            other.phase,
+            other.waiting,
+            other.limit,
+            other.elapsed,
+            other.bytes_sent,
+            other.bytes_received,
+        )
+    }
+}
+
+impl Eq for Elapsed {}
+
+impl fmt::Debug for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Elapsed")
+            .field("phase", &self.phase)
+            .field("waiting", &self.waiting)
+            .field("limit", &self.limit)
+            .field("elapsed", &self.elapsed)
+            .field("bytes_sent", &self.bytes_sent)
+            .field("bytes_received", &self.bytes_received)
+            .finish()
+    }
 }
 
 impl Elapsed {
@@ -105,7 +147,20 @@ impl Elapsed {
             elapsed,
             bytes_sent,
             bytes_received,
+            attempt: None,
         }
+    }
+
+    /// Carries the timed-out attempt's record (see [`attempt`](Self::attempt)).
+    pub(crate) fn with_attempt(mut self, attempt: Option<ConnectionCapture>) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The record of the attempt that timed out, when it took a connection
+    /// capture (PhaseTimeout's response future, before the head).
+    pub(crate) fn attempt(&self) -> Option<&ConnectionCapture> {
+        self.attempt.as_ref()
     }
 
     /// This timeout as an `io::Error` of kind `TimedOut` that carries it: how

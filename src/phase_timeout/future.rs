@@ -78,6 +78,11 @@ impl Plan {
             limits,
         }
     }
+
+    /// Whether a `send` or `read` limit needs the request's connection.
+    pub(crate) fn watches_connection(&self) -> bool {
+        self.limits.watches_connection()
+    }
 }
 
 impl<F> ResponseFuture<F> {
@@ -154,6 +159,7 @@ impl Watch {
             sent,
             received,
         )
+        .with_attempt(self.capture.clone())
     }
 
     /// This request's bytes on the socket, `(written, read)`, when its

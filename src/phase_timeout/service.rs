@@ -79,18 +79,41 @@ where
             None => self.plan,
         };
         let issued = Instant::now();
-        // Captured even without send/read limits: a timed-out or dropped
-        // request's connection is poisoned through it.
-        let capture =
-            ConnectionCapture::get_or_insert_with(&mut req, self.layer.direct_captures());
         // A body that is already at its end, or says it has exactly nothing
         // to send, is empty: its upload is the request head, so it needs no
-        // shared progress record. Either way the body announces the attempt
-        // to its connection.
+        // shared progress record.
         let body = req.body();
         let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        let direct = self.layer.direct_captures();
+        let capture = (direct || needs_capture(&req, &plan, empty))
+            .then(|| ConnectionCapture::get_or_insert_with(&mut req, direct));
         let progress = (!empty).then(|| Arc::new(Progress::new(issued)));
-        let req = req.map(|b| RequestBody::tracked(b, progress.clone(), Some(capture.clone())));
-        ResponseFuture::new(self.inner.call(req), plan, issued, progress, Some(capture))
+        let req = req.map(|b| RequestBody::tracked(b, progress.clone(), capture.clone()));
+        ResponseFuture::new(self.inner.call(req), plan, issued, progress, capture)
     }
+}
+
+/// Whether the request takes the connection capture (its attempt's record,
+/// [`ConnectionCapture::get_or_insert`]: hyper-util's `capture_connection`,
+/// the costliest per-request mechanism of the crate), which its body then
+/// announces to its connection. Only where something reads it:
+///
+/// * the `send` and `read` clocks watch the request's connection (when it
+///   was handed over, its socket progress) and poison it on a timeout;
+/// * a request with a body announces its attempt, so that the tracker's
+///   record of it stays exact through a `1xx` or an early response during
+///   the upload (what [`RetryOnStaleConnection`](crate::retry) above judges
+///   a failure by: "a response byte arrived", "nothing was written"), and an
+///   upload given up on (a `total` timeout, the future dropped) poisons its
+///   connection rather than leave hyper writing it;
+/// * the request already carries one (a layer above, or the caller, took
+///   it): it is shared, as before.
+///
+/// A request without a body and without those limits needs none: its
+/// record is the head alone, which the tracker infers exactly, its
+/// connection is closed by hyper itself if the request is given up before
+/// its response head (hyper's dispatcher sees the response future gone),
+/// and the response's own connection ends its exchange.
+fn needs_capture<B>(req: &Request<B>, plan: &Plan, empty: bool) -> bool {
+    plan.watches_connection() || !empty || req.extensions().get::<ConnectionCapture>().is_some()
 }

@@ -274,9 +274,21 @@ fn connection_of(err: &(dyn Error + 'static)) -> Option<Captured> {
 /// | the attempt announced itself on a tracked HTTP/1 connection, and its exact record shows 0 bytes accepted | nothing written (never, once the connection is closed) |
 /// | … its record shows bytes, or is inexact (a write failed inside TLS) | written: reused? any response byte (1xx and partial heads included) since it began? |
 /// | the request carries the announcing hook, hyper-util gave it a connection, and it never announced itself | nothing written: hyper never took it to write |
-/// | no hook: the tracker's inferred exchange (exact only) | as above, from the order of reads and writes |
+/// | no capture in reach (the layer takes none; a capture of PhaseTimeout's comes with its timeouts only): the latest exchange of the connection hyper-util's error names | as above: an exchange that ended before (or none) is nothing written by this attempt, which opens its own at its first write |
+/// | … on a connection whose requests do not announce themselves, the exchange inferred from the order of reads and writes (exact only) | as above |
 /// | HTTP/2, no tracker, or an inexact inferred record | unknown |
+///
+/// The latest exchange of the error's connection is the attempt's own
+/// record whenever the attempt wrote anything: hyper writes one request at
+/// a time on an HTTP/1 connection, and the tracked IO opens an exchange at
+/// a request's first write (at its announcement when it has one); a write
+/// the tracker cannot pair with a new attempt counts for the exchange in
+/// flight, whose record then shows bytes (written, never "nothing").
 pub(crate) fn wire(capture: Option<&ConnectionCapture>, err: &(dyn Error + 'static)) -> Wire {
+    // The attempt's record: the request's own capture (the caller's), or
+    // the one a PhaseTimeout timeout carries (its request took one).
+    // Without either, the error's connection tells (below).
+    let capture = capture.or_else(|| crate::find_cause::<Elapsed>(err)?.attempt());
     if let Some(capture) = capture {
         if let Some((state, number)) = capture.verified_begun() {
             return attempt_wire(state, number);
@@ -341,12 +353,19 @@ fn inferred_wire(captured: &Captured) -> Wire {
         return Wire::Unknown;
     }
     let exchange = state.exchange();
-    if !exchange.is_exact() {
+    // Where requests announce themselves (a request body's hook: every
+    // exchange is one request's, opened at its head's first write, and a
+    // read→write turn inside it is the same request going on), an inexact
+    // record only undercounts its bytes (a write failed inside TLS): like
+    // an announced attempt's own record, it never proves nothing written,
+    // and still tells reuse and response bytes. Elsewhere an inexact record
+    // may be another request's, and proves nothing.
+    if !exchange.is_exact() && !state.is_request_defined() {
         return Wire::Unknown;
     }
     let nothing_written = match exchange.outcome() {
         ExchangeOutcome::None | ExchangeOutcome::Completed => true,
-        _ => exchange.bytes_written() == 0,
+        _ => exchange.nothing_written(),
     };
     record_wire(&exchange, nothing_written, state.is_closed())
 }
@@ -660,6 +679,70 @@ mod tests {
         for (err, expected) in cases {
             assert_eq!(signal(err.as_ref()), expected, "{err:?}");
         }
+    }
+
+    /// A PhaseTimeout timeout carries its attempt's capture: the layer
+    /// above, which took none, judges the attempt by it (here: hooked, and
+    /// hyper never took it to write).
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn a_timeout_is_judged_by_the_capture_it_carries() {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::client::legacy::{connect::HttpConnector, Client};
+        use hyper_util::rt::TokioExecutor;
+        use tower::{service_fn, Layer, ServiceExt};
+
+        let server = crate::testing::HyperServer::start().await.unwrap();
+        let connector = crate::track::TrackConnectionsLayer::new().layer(HttpConnector::new());
+        let client =
+            Client::builder(TokioExecutor::new()).build::<_, Empty<bytes::Bytes>>(connector);
+        let mut req = Request::get(server.url()).body(Empty::new()).unwrap();
+        let capture = ConnectionCapture::get_or_insert(&mut req);
+        // As PhaseTimeout's request body does; this one never announces.
+        capture.hook();
+        let res = client.request(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        let state = capture.state().expect("tracked");
+
+        let never = service_fn(
+            |_: Request<crate::phase_timeout::RequestBody<Empty<bytes::Bytes>>>| {
+                std::future::pending::<Result<http::Response<Empty<bytes::Bytes>>, BoxError>>()
+            },
+        );
+        let err = crate::phase_timeout::PhaseTimeoutLayer::new()
+            .total(Duration::from_millis(1))
+            .layer(never)
+            .oneshot(Request::new(Empty::new()))
+            .await
+            .unwrap_err();
+        let elapsed = crate::find_cause::<Elapsed>(err.as_ref()).unwrap().clone();
+        assert_eq!(wire(None, &elapsed), Wire::Unknown);
+        let carried = elapsed.with_attempt(Some(capture));
+        assert_eq!(
+            carried,
+            *crate::find_cause::<Elapsed>(err.as_ref()).unwrap()
+        );
+        assert_eq!(
+            wire(None, &Wrap(boxed(carried.clone()))),
+            Wire::NothingWritten
+        );
+        // Once the connection is gone nothing of it can ever be written:
+        // the one timeout that is retried.
+        drop(client);
+        for _ in 0..400 {
+            if state.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(state.is_closed());
+        let f = Facts {
+            signal: signal(&carried),
+            wire: wire(None, &carried),
+            idempotent: true,
+        };
+        assert_eq!(f.wire, Wire::NeverWritten);
+        assert_eq!(classify(&f, false), Ok(RetryReason::NothingWritten));
     }
 
     #[test]

@@ -35,7 +35,8 @@ pin_project! {
         spare: Arc<S>,
         // The request for the next attempt.
         backup: Option<Request<B>>,
-        // The connection capture of the attempt in flight.
+        // The connection capture of the attempt in flight, when the
+        // caller's request carried one.
         capture: Option<ConnectionCapture>,
         session: Session<B>,
         pending: PendingExchange,
@@ -68,14 +69,14 @@ where
         spare: Arc<S>,
         backup: Request<B>,
         session: Session<B>,
-        capture: ConnectionCapture,
+        capture: Option<ConnectionCapture>,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
             spare,
             backup: Some(backup),
-            pending: PendingExchange::new(Some(capture.clone())),
-            capture: Some(capture),
+            pending: PendingExchange::new(capture.clone()),
+            capture,
             session,
         }
     }

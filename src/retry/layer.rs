@@ -20,8 +20,8 @@ use super::RetryOnStaleConnection;
 /// * Connect timeouts are not retried unless
 ///   [`retry_connect_timeouts`](Self::retry_connect_timeouts) is set.
 ///
-/// Request bodies are sent again by cloning (`B: Clone`, the default
-/// mode), or through a bounded [`ReplayBody`](super::ReplayBody) with
+/// Request bodies are sent again by cloning (`B: Body + Clone`, the
+/// default mode), or through a bounded [`ReplayBody`](super::ReplayBody) with
 /// [`replay_buffer`](Self::replay_buffer) for any other body.
 ///
 /// **Its reuse-dependent rules need the connection tracker**

@@ -88,7 +88,9 @@ pub(crate) struct Session<B> {
     replayable: fn(&B) -> bool,
     /// The replay buffer limit, for the refusal message.
     replay_limit: Option<usize>,
-    retried: Retried,
+    /// The retries made so far (boxed: most requests make none, and the
+    /// session lives in every request's response future).
+    retried: Option<Box<Retried>>,
 }
 
 impl<B> Session<B> {
@@ -105,10 +107,7 @@ impl<B> Session<B> {
             settings: settings.clone(),
             replayable,
             replay_limit,
-            retried: Retried {
-                count: 0,
-                reasons: Vec::new(),
-            },
+            retried: None,
         }
     }
 
@@ -116,9 +115,14 @@ impl<B> Session<B> {
     /// retries (what [`Policy::retry`] does with a success, without moving
     /// the response through a `Result`).
     pub(crate) fn succeeded<RB>(&self, response: &mut Response<RB>) {
-        if self.retried.count > 0 {
-            response.extensions_mut().insert(self.retried.clone());
+        if let Some(retried) = &self.retried {
+            response.extensions_mut().insert(Retried::clone(retried));
         }
+    }
+
+    /// Retries made so far.
+    fn retries(&self) -> usize {
+        self.retried.as_ref().map_or(0, |r| r.count)
     }
 
     /// The limits a retry-safe failure must also pass.
@@ -126,7 +130,7 @@ impl<B> Session<B> {
         if !(self.replayable)(req.body()) {
             return Err(Rule::BodyNotReplayable);
         }
-        if self.retried.count >= self.settings.max_retries {
+        if self.retries() >= self.settings.max_retries {
             return Err(Rule::RetriesExhausted);
         }
         if let Some(budget) = &self.settings.budget {
@@ -180,29 +184,39 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
         let safe = classify::classify(&facts, self.settings.retry_connect_timeouts);
         match safe.and_then(|reason| self.allow(req, reason)) {
             Ok(reason) => {
-                self.retried.count += 1;
-                if self.retried.reasons.len() < MAX_RECORDED {
-                    self.retried.reasons.push(reason);
+                let retried = self.retried.get_or_insert_with(|| {
+                    Box::new(Retried {
+                        count: 0,
+                        reasons: Vec::new(),
+                    })
+                });
+                retried.count += 1;
+                if retried.reasons.len() < MAX_RECORDED {
+                    retried.reasons.push(reason);
                 }
                 tracing::debug!(
                     method = %req.method(),
                     uri = %req.uri(),
-                    retry = self.retried.count,
+                    retry = self.retries(),
                     %reason,
                     error = %err,
                     "retrying request after a stale-connection failure"
                 );
-                // The next attempt gets its own capture: this one points at
-                // the failed attempt's connection.
-                req.extensions_mut().remove::<ConnectionCapture>();
-                ConnectionCapture::get_or_insert_with(req, self.settings.direct_captures);
+                // The next attempt gets its own capture if this one had one
+                // (the caller's, or the one-call client's): it points at the
+                // failed attempt's connection, and the copy of hyper-util's
+                // capture on the request would fill it again.
+                let direct = self.settings.direct_captures;
+                if req.extensions_mut().remove::<ConnectionCapture>().is_some() || direct {
+                    ConnectionCapture::get_or_insert_with(req, direct);
+                }
                 Some(ready(()))
             }
             Err(rule) => {
                 let source = std::mem::replace(err, Box::new(Taken));
                 let mut refused = NotRetried::new(rule, req.method().clone(), source)
                     .uri(req.uri())
-                    .retries_made(self.retried.count);
+                    .retries_made(self.retries());
                 if let Ok(reason) = safe {
                     refused = refused.otherwise_safe(reason);
                 }
@@ -225,12 +239,19 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
 
 /// A copy of `req` for the next attempt (extensions are cloned; a
 /// connection capture among them is replaced before the copy is sent).
+/// Empty header and extension maps are not cloned (the new request's own
+/// are empty already): a request without headers or extensions, the
+/// common `GET`, costs only its URI's and body's clones.
 pub(crate) fn duplicate<B: Clone>(req: &Request<B>) -> Request<B> {
     let mut clone = Request::new(req.body().clone());
     *clone.method_mut() = req.method().clone();
     *clone.uri_mut() = req.uri().clone();
     *clone.version_mut() = req.version();
-    *clone.headers_mut() = req.headers().clone();
-    *clone.extensions_mut() = req.extensions().clone();
+    if !req.headers().is_empty() {
+        *clone.headers_mut() = req.headers().clone();
+    }
+    if !req.extensions().is_empty() {
+        *clone.extensions_mut() = req.extensions().clone();
+    }
     clone
 }

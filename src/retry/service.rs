@@ -18,7 +18,7 @@ use crate::BoxError;
 /// safe; made by [`RetryOnStaleConnectionLayer`].
 ///
 /// * With the default [`CloneBody`] mode it takes `Request<B>` for any
-///   `B: Clone` and passes it on unchanged.
+///   `B: Body + Clone` and passes it on unchanged.
 /// * With [`ReplayBuffer`] it takes any `Request<B: Body>` and passes on
 ///   `Request<ReplayBody<B>>`.
 ///
@@ -73,13 +73,16 @@ impl<S, M> RetryOnStaleConnection<S, M> {
     fn start<B>(&mut self, mut req: Request<B>, session: Session<B>) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
-        B: Clone,
+        B: Body + Clone,
     {
         // Copied before the capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
-        let capture =
-            ConnectionCapture::get_or_insert_with(&mut req, self.layer.settings.direct_captures);
+        // The one-call client's engine fills its captures itself, at the
+        // cost of an `Arc`: every attempt takes one there.
+        let direct = self.layer.settings.direct_captures;
+        let capture = (direct || needs_capture(&req))
+            .then(|| ConnectionCapture::get_or_insert_with(&mut req, direct));
         let future = self.inner.call(req);
         ResponseFuture::new(future, Arc::clone(&self.spare), backup, session, capture)
     }
@@ -89,7 +92,7 @@ impl<S, B, RB> Service<Request<B>> for RetryOnStaleConnection<S, CloneBody>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
-    B: Clone,
+    B: Body + Clone,
     RB: Body,
 {
     type Response = Response<TrackedBody<RB>>;
@@ -127,4 +130,31 @@ where
         let session = Session::new(&self.layer.settings, ReplayBody::is_replayable, Some(limit));
         self.start(req.map(|body| ReplayBody::new(body, limit)), session)
     }
+}
+
+/// Whether the attempt takes the connection capture (hyper-util's
+/// `capture_connection`, the costliest per-request mechanism of the crate;
+/// shared with the layers below, which take the same one). Only where it
+/// is needed:
+///
+/// * the request has a body: an upload the caller gives up on (the future
+///   dropped) is abandoned through it, poisoning its connection, which is
+///   then closed at once (hyper itself would write the abandoned upload on
+///   until the server stops reading or closes); and a
+///   [`PhaseTimeout`](crate::phase_timeout) below announces the attempt
+///   with it, keeping the tracker's record of it exact through a `1xx` or
+///   an early response during the upload;
+/// * the caller put one on the request: it is the attempt's record, shared
+///   (a fresh one replaces it if an earlier attempt filled it).
+///
+/// A request without a body needs none. A failure is judged by the record
+/// in reach: this capture, the one a PhaseTimeout timeout carries, or the
+/// connection hyper-util's error names (the module docs, "What it costs");
+/// a bodiless request given up before its response head has its connection
+/// closed by hyper's dispatcher (the response future gone), and its
+/// response's own connection ends its exchange.
+fn needs_capture<B: Body>(req: &Request<B>) -> bool {
+    let body = req.body();
+    let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+    !empty || req.extensions().get::<ConnectionCapture>().is_some()
 }

@@ -103,6 +103,48 @@ async fn idempotent_request_reset_without_tracker_is_retried_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_capture_only_for_a_body_or_the_callers() {
+    use crate::track::ConnectionCapture;
+    let captured = |seen: &[(Request<()>, Bytes)]| -> Vec<bool> {
+        seen.iter()
+            .map(|(req, _)| req.extensions().get::<ConnectionCapture>().is_some())
+            .collect()
+    };
+    // A bodiless request: none, on the first attempt or a retry.
+    let (svc, handle) = setup(RetryOnStaleConnectionLayer::new());
+    let server = serve(handle, vec![Some(reset()), None]);
+    let mut bodiless = request(http::Method::GET);
+    *bodiless.body_mut() = Full::new(Bytes::new());
+    svc.oneshot(bodiless).await.unwrap();
+    assert_eq!(captured(&server.await.unwrap()), [false, false]);
+    // A body: one per attempt (its upload is abandoned through it).
+    let (svc, handle) = setup(RetryOnStaleConnectionLayer::new());
+    let server = serve(handle, vec![Some(reset()), None]);
+    svc.oneshot(request(http::Method::PUT)).await.unwrap();
+    assert_eq!(captured(&server.await.unwrap()), [true, true]);
+    // The caller's capture is the first attempt's record; a retry gets a
+    // fresh one (the caller's keeps pointing at the first attempt).
+    let (svc, handle) = setup(RetryOnStaleConnectionLayer::new());
+    let server = serve(handle, vec![Some(reset()), None]);
+    let mut req = request(http::Method::GET);
+    *req.body_mut() = Full::new(Bytes::new());
+    // A flag set on the caller's shows through every clone of it.
+    ConnectionCapture::get_or_insert(&mut req).hook();
+    svc.oneshot(req).await.unwrap();
+    let seen = server.await.unwrap();
+    let hooked: Vec<_> = seen
+        .iter()
+        .map(|(req, _)| {
+            req.extensions()
+                .get::<ConnectionCapture>()
+                .unwrap()
+                .is_hooked()
+        })
+        .collect();
+    assert_eq!(hooked, [true, false]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn post_reset_is_not_retried_and_says_why() {
     let (svc, handle) = setup(RetryOnStaleConnectionLayer::new());
     let server = serve(handle, vec![Some(reset()), None]);

@@ -196,6 +196,14 @@ impl ExchangeEnd {
                 (state.clone(), number)
             }
         };
+        // One owner per exchange, also among layers that share no capture
+        // (a layer took none): the first marker made, the innermost layer's.
+        // Claimed by a capture's owner too, for the capture-less layers
+        // above it.
+        let owner = owner && (number == 0 || state.is_http2() || state.claim_end(number));
+        if !owner && !reads {
+            return Self::none();
+        }
         Self::for_attempt(state, number, owner, connect, response)
     }
 
@@ -356,6 +364,10 @@ pub(crate) fn observe_frame<B: Body, T, E>(
     frame: &Poll<Option<Result<T, E>>>,
     end: &mut ExchangeEnd,
 ) {
+    if end.target.is_none() {
+        // Nothing to mark (untracked, not the owner, or already ended).
+        return;
+    }
     match frame {
         Poll::Ready(None) => end.end(),
         Poll::Ready(Some(Ok(_))) if body.is_end_stream() => end.end(),
@@ -386,5 +398,41 @@ impl<B: Body> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Markers made by layers that share no capture: the first (the
+    /// innermost layer's) owns the exchange, the others only read it (or do
+    /// nothing, when they do not read).
+    #[test]
+    fn one_owner_per_exchange_without_a_shared_capture() {
+        let now = Instant::now();
+        let state = ConnectionState::new(now, now);
+        state.open_exchange(state.stamp(now), false);
+        let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok")));
+        response.extensions_mut().insert(state.clone());
+        let inner = ExchangeEnd::for_request(None, &response, false);
+        let reader = ExchangeEnd::for_request(None, &response, true);
+        let outer = ExchangeEnd::for_request(None, &response, false);
+        assert!(inner.owner && inner.target.is_some());
+        assert!(!reader.owner && reader.http1_exchange().is_some());
+        assert!(outer.target.is_none());
+        let mut inner = inner;
+        inner.end();
+        drop((inner, reader, outer));
+        assert_eq!(state.exchange().outcome(), ExchangeOutcome::Completed);
+        // The next exchange (a byte of its response read) has an owner of
+        // its own.
+        state.open_exchange(state.stamp(Instant::now()), false);
+        state.on_read(1, true, true);
+        let next = ExchangeEnd::for_request(None, &response, false);
+        assert!(next.owner && next.target.is_some());
+        assert!(!state.is_poisoned());
     }
 }

@@ -46,9 +46,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let io = ready!(this.inner.poll(cx))?;
-        this.stats.opened.fetch_add(1, Ordering::Relaxed);
+        this.stats.counters.opened.fetch_add(1, Ordering::Relaxed);
         let state = ConnectionState::new(*this.started, Instant::now());
-        Poll::Ready(Ok(TrackedIo::new(io, state, this.stats.open.clone())))
+        Poll::Ready(Ok(TrackedIo::new(io, state, this.stats.counters.clone())))
     }
 }
 

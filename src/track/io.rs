@@ -2,7 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -13,6 +13,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::service::Counters;
 use super::ConnectionExpired;
 use super::{ConnectionState, ExchangeOutcome};
 use std::any::TypeId;
@@ -60,13 +61,13 @@ pin_project! {
 #[derive(Debug)]
 struct CloseGuard {
     state: ConnectionState,
-    open: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl Drop for CloseGuard {
     fn drop(&mut self) {
         self.state.on_close();
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -360,7 +361,7 @@ impl<T: AsyncWrite> AsyncWrite for Counting<T> {
         let res = this.inner.poll_flush(cx);
         if let Poll::Ready(Ok(())) = res {
             if std::mem::take(this.unflushed) {
-                this.guard.state.on_flush();
+                this.guard.state.on_flush(*this.atomic_writes);
             }
         }
         res
@@ -394,10 +395,10 @@ pub struct TrackedIo<T> {
 }
 
 impl<T: 'static> TrackedIo<T> {
-    pub(crate) fn new(inner: T, state: ConnectionState, open: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: T, state: ConnectionState, counters: Arc<Counters>) -> Self {
         let atomic_writes = TypeId::of::<T>() == TypeId::of::<TokioIo<tokio::net::TcpStream>>()
             || TypeId::of::<T>() == TypeId::of::<tokio::net::TcpStream>();
-        open.fetch_add(1, Ordering::Relaxed);
+        counters.open.fetch_add(1, Ordering::Relaxed);
         TrackedIo {
             io: TokioIo::new(Counting {
                 inner: TokioIo::new(inner),
@@ -408,7 +409,7 @@ impl<T: 'static> TrackedIo<T> {
                 unflushed: false,
                 read_pending: false,
                 atomic_writes,
-                guard: CloseGuard { state, open },
+                guard: CloseGuard { state, counters },
             }),
         }
     }

@@ -17,9 +17,12 @@
 //! boundaries are defined by the request, never guessed from the order of
 //! reads and writes:
 //!
-//! * **Begin.** When [`PhaseTimeout`](crate::phase_timeout) is in the stack,
-//!   its request body announces the attempt (its [`ConnectionCapture`]'s
-//!   record) when hyper asks it `is_end_stream` on the connection's task,
+//! * **Begin.** When [`PhaseTimeout`](crate::phase_timeout) is in the stack
+//!   and the request took a [`ConnectionCapture`] (a request with a body
+//!   always does; a bodiless one when PhaseTimeout has a `send` or `read`
+//!   limit, or a layer above took one), its request body announces the
+//!   attempt (its capture's record) when hyper asks it `is_end_stream` on
+//!   the connection's task,
 //!   right before it writes the request head; the connection's tracked IO
 //!   takes the announcement at the head's first write, in the same poll of
 //!   the same task, and opens the attempt there (never while the previous
@@ -37,8 +40,9 @@
 //!   composable pools the per-connection service
 //!   ([`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection))
 //!   opens the attempt as the request passes through it. Without either
-//!   (the tracker alone, or under layers that do not wrap the request
-//!   body), the IO opens an exchange at a request's first write attempt
+//!   (the tracker alone, under layers that do not wrap the request body, or
+//!   a bodiless request that took no capture), the IO opens an exchange at
+//!   a request's first write attempt
 //!   after reads; one opened while the previous exchange was still open is
 //!   marked inexact ([`Exchange::is_exact`]), because it may be the same
 //!   request going on.
@@ -53,9 +57,10 @@
 //!   while the upload runs) leaves the exchange open until the upload ends;
 //!   dropping that response first abandons it (below), so hyper does not
 //!   upload on to a server that already answered. One marker per attempt
-//!   owns the end (the innermost of this crate's layers; the others only
-//!   read), keyed by the attempt's number, so the late end of response A
-//!   never ends request B's exchange.
+//!   owns the end (the innermost of this crate's layers, whether or not
+//!   the layers share a capture; the others only read), keyed by the
+//!   attempt's number, so the late end of response A never ends request
+//!   B's exchange.
 //! * EOF or a reset while an exchange is in flight ends it as
 //!   [`ClosedBeforeResponse`](ExchangeOutcome::ClosedBeforeResponse) or
 //!   [`ClosedDuringResponse`](ExchangeOutcome::ClosedDuringResponse); a
@@ -98,7 +103,10 @@
 //!
 //! Request-plane layers find the state of a request's connection through
 //! [`ConnectionCapture::get_or_insert`], the single place in this crate that
-//! captures connections (so several layers can share one capture).
+//! captures connections (so several layers can share one capture), where
+//! they need it before a response exists (a send or read clock, an upload
+//! to abandon); otherwise through the response's own connection, or the
+//! connection hyper-util's error names.
 //! [`ConnectionInfo::of`] tells any response's connection story;
 //! [`ConnectionInfoLayer`] stores it as a response extension.
 //!
@@ -119,7 +127,8 @@
 //! what they can observe (body frames; error chains), as their docs say.
 //!
 //! The state lives in an `Arc` owned by the connection; it is dropped with the
-//! connection and the last response that refers to it. Nothing global grows:
+//! connection and the last response (or PhaseTimeout timeout error, which
+//! carries its attempt's capture) that refers to it. Nothing global grows:
 //! the only process-wide item is the id counter.
 //!
 //! Which clients: the tracker wraps any connector (`Service<Uri>` returning
@@ -130,8 +139,9 @@
 //! connection type is sealed (it must stay reqwest's own).
 //!
 //! Counting costs one clock read and a few relaxed atomic operations per
-//! successful socket read and per write turn, plus storing the connection
-//! task's waker when the socket is not ready: about 1.5 k instructions and
+//! successful socket read and per write turn (a flush of a plain TCP
+//! socket reuses its last write's stamp), plus storing the connection
+//! task's waker when the socket is not ready: about 1.4 k instructions and
 //! one allocation per keep-alive request on loopback (the README's
 //! Performance section). The per-connection state is under 256 bytes.
 //!

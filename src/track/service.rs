@@ -46,19 +46,27 @@ impl<C> Layer<C> for TrackConnectionsLayer {
 /// clones.
 #[derive(Clone, Debug, Default)]
 pub struct TrackStats {
-    pub(super) opened: Arc<AtomicU64>,
-    pub(super) open: Arc<AtomicU64>,
+    // One `Arc`: hyper-util's client clones its connector (this included)
+    // for every request.
+    pub(super) counters: Arc<Counters>,
+}
+
+/// The counters behind [`TrackStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) opened: AtomicU64,
+    pub(crate) open: AtomicU64,
 }
 
 impl TrackStats {
     /// Connections established so far.
     pub fn opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
+        self.counters.opened.load(Ordering::Relaxed)
     }
 
     /// Connections whose IO is still alive (opened and not yet dropped).
     pub fn open_now(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
+        self.counters.open.load(Ordering::Relaxed)
     }
 }
 

@@ -27,11 +27,7 @@ fn pipe(capacity: usize) -> (Io, ConnectionState, DuplexStream) {
     let (client, server) = tokio::io::duplex(capacity);
     let now = Instant::now();
     let state = ConnectionState::new(now, now);
-    let io = TrackedIo::new(
-        TokioIo::new(client),
-        state.clone(),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let io = TrackedIo::new(TokioIo::new(client), state.clone(), Default::default());
     (io, state, server)
 }
 
@@ -271,7 +267,7 @@ async fn a_failed_first_write_opens_its_own_exchange() {
             fail: fail.clone(),
         }),
         state.clone(),
-        Arc::new(AtomicU64::new(0)),
+        Default::default(),
     );
     let (mut send, conn) = http1::handshake::<_, Full<Bytes>>(io).await.unwrap();
     tokio::spawn(conn);
@@ -931,7 +927,7 @@ async fn a_write_error_inside_a_non_socket_io_is_inexact() {
             fail: fail.clone(),
         }),
         state.clone(),
-        Arc::new(AtomicU64::new(0)),
+        Default::default(),
     );
     let (mut send, conn) = http1::handshake(io).await.unwrap();
     tokio::spawn(conn);

@@ -316,6 +316,17 @@ impl ConnectionState {
         true
     }
 
+    /// Claims the end of exchange `number` for one response-end marker:
+    /// `true` for the first claim. The layers of a stack each make a marker
+    /// for the same response, innermost first; the first one ends (or
+    /// abandons) the exchange, the others only read it, also where no
+    /// connection capture is shared between them to tell them apart.
+    pub(crate) fn claim_end(&self, number: u64) -> bool {
+        // The low 32 bits: consecutive exchanges always differ.
+        let number = number as u32;
+        self.inner.end_claimed.swap(number, Ordering::AcqRel) != number
+    }
+
     /// Poisons the connection because exchange `number` was abandoned: the
     /// IO fails its next read or write and hyper closes it. Does nothing if
     /// that exchange already ended normally or a later one has opened.

@@ -6,7 +6,7 @@ mod attempt;
 mod expiry;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
@@ -126,6 +126,10 @@ pub(crate) struct Inner {
     /// The current attempt's response ended (request side) while its upload
     /// was still pending: it completes when the upload ends.
     response_ended: AtomicBool,
+    /// The exchange whose response-end marker is owned already (see
+    /// [`claim_end`](ConnectionState::claim_end)); its number's low 32 bits,
+    /// which fit in the padding the flags leave.
+    end_claimed: AtomicU32,
     /// Bytes were written since the last successful flush. hyper flushes
     /// only once its write buffer is empty, so after the body ended (hyper
     /// took its last bytes) the upload is on the wire at the next flush.
@@ -181,6 +185,7 @@ impl ConnectionState {
                 request_defined: AtomicBool::new(false),
                 upload_pending: AtomicBool::new(false),
                 response_ended: AtomicBool::new(false),
+                end_claimed: AtomicU32::new(0),
                 unflushed: AtomicBool::new(false),
                 inexact: AtomicBool::new(false),
                 upgraded: AtomicBool::new(false),
@@ -291,9 +296,15 @@ impl ConnectionState {
 
     /// A flush succeeded after bytes were written (the IO skips flushes
     /// that follow no write: the earlier stamp already covers them).
-    pub(crate) fn on_flush(&self) {
+    /// `at_last_write`: the IO's writes put bytes on the wire themselves (a
+    /// plain TCP socket, whose flush does nothing), so the flush is stamped
+    /// with the last write's stamp rather than a clock read.
+    pub(crate) fn on_flush(&self, at_last_write: bool) {
         let inner = &self.inner;
-        inner.last_flush.set(&inner.origin, Instant::now());
+        match inner.last_write.raw().filter(|_| at_last_write) {
+            Some(written) => inner.last_flush.set_raw(written),
+            None => inner.last_flush.set(&inner.origin, Instant::now()),
+        }
         inner.unflushed.store(false, Ordering::Release);
         // An early final response waiting for its upload to reach the wire.
         if inner.response_ended.load(Ordering::Acquire)
