@@ -47,7 +47,8 @@ use tower_service::Service;
 
 use super::Connector;
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
-use crate::track::{TrackStats, TrackedBody};
+use crate::phase_timeout::RequestBody;
+use crate::track::{ConnectionCapture, TrackStats, TrackedBody};
 use crate::BoxError;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -365,6 +366,17 @@ impl<B> Service<Request<B>> for Engine<B> {
     }
 }
 
+/// A request body that carries its attempt's capture (PhaseTimeout's).
+pub(crate) trait AttemptBody {
+    fn capture(&self) -> Option<&ConnectionCapture>;
+}
+
+impl<B: Body> AttemptBody for RequestBody<B> {
+    fn capture(&self) -> Option<&ConnectionCapture> {
+        RequestBody::capture(self)
+    }
+}
+
 /// The settings the engine is built with.
 pub(crate) struct Settings {
     pub(crate) connector: Connector,
@@ -375,7 +387,7 @@ pub(crate) struct Settings {
 
 impl<B> Engine<B>
 where
-    B: Body + Send + Unpin + 'static,
+    B: AttemptBody + Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -504,6 +516,7 @@ where
 /// [`CHECKOUTS`].
 async fn send_on<P, C, B>(mut pool: P, req: Request<B>) -> Result<Response<PooledBody>, BoxError>
 where
+    B: AttemptBody,
     P: Service<Uri, Response = C>,
     P::Error: Into<BoxError>,
     C: Service<Request<B>, Response = Response<TrackedBody<Incoming>>, Error = BoxError>
@@ -525,7 +538,10 @@ where
             last = Some(refused);
             continue;
         }
-        let response = conn.call(req).await?;
+        // The attempt's capture goes to the connection's service with the
+        // request (it opens the attempt's record there).
+        let capture = req.body().capture().cloned();
+        let response = ConnectionCapture::hand_over(capture, || conn.call(req)).await?;
         return Ok(response.map(|body| PooledBody::new(body, Box::new(conn))));
     }
     Err(last.unwrap_or_else(|| "no connection".into()))

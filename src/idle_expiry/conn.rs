@@ -150,7 +150,7 @@ where
         // otherwise its upload is not followed, so the response's end
         // completes the exchange.
         let connect = req.method() == http::Method::CONNECT;
-        let (number, owner) = match ConnectionCapture::direct_of(&req) {
+        let (number, owner) = match ConnectionCapture::direct_of(&req).as_ref() {
             Some(capture) => {
                 // A hooked body reports its upload's end (at its end or drop).
                 let empty = !capture.is_hooked();

@@ -122,6 +122,11 @@ impl Drop for Upload {
 }
 
 impl<B: Body> RequestBody<B> {
+    /// The attempt's capture, until the upload has ended.
+    pub(crate) fn capture(&self) -> Option<&ConnectionCapture> {
+        self.upload.capture.as_ref()
+    }
+
     /// Wraps a body without progress reporting (frames are still split).
     pub fn new(inner: B) -> Self {
         Self::tracked(inner, None, None)

@@ -84,9 +84,16 @@ where
         // shared progress record.
         let body = req.body();
         let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
-        let direct = self.layer.direct_captures();
-        let capture = (direct || needs_capture(&req, &plan, empty))
-            .then(|| ConnectionCapture::get_or_insert_with(&mut req, direct));
+        let capture = if self.layer.direct_captures() {
+            // The one-call client: the capture handed over by the retry
+            // layer above (or, for a retry, the one on the request).
+            Some(
+                ConnectionCapture::take_handed()
+                    .unwrap_or_else(|| ConnectionCapture::get_or_insert_with(&mut req, true)),
+            )
+        } else {
+            needs_capture(&req, &plan, empty).then(|| ConnectionCapture::get_or_insert(&mut req))
+        };
         let progress = (!empty).then(|| Arc::new(Progress::new(issued)));
         let req = req.map(|b| RequestBody::tracked(b, progress.clone(), capture.clone()));
         ResponseFuture::new(self.inner.call(req), plan, issued, progress, capture)

@@ -78,11 +78,23 @@ impl<S, M> RetryOnStaleConnection<S, M> {
         // Copied before the capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
-        // The one-call client's engine fills its captures itself, at the
-        // cost of an `Arc`: every attempt takes one there.
-        let direct = self.layer.settings.direct_captures;
-        let capture = (direct || needs_capture(&req))
-            .then(|| ConnectionCapture::get_or_insert_with(&mut req, direct));
+        if self.layer.settings.direct_captures {
+            // The one-call client: every attempt has a capture its engine
+            // fills, handed straight to the layer below (no extension map).
+            let connect = req.method() == http::Method::CONNECT;
+            let capture = ConnectionCapture::direct(connect);
+            let future = ConnectionCapture::hand_over(Some(capture.clone()), || {
+                self.inner.call(req)
+            });
+            return ResponseFuture::new(
+                future,
+                Arc::clone(&self.spare),
+                backup,
+                session,
+                Some(capture),
+            );
+        }
+        let capture = needs_capture(&req).then(|| ConnectionCapture::get_or_insert(&mut req));
         let future = self.inner.call(req);
         ResponseFuture::new(future, Arc::clone(&self.spare), backup, session, capture)
     }

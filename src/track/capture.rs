@@ -90,6 +90,13 @@ struct Attempt {
 }
 
 thread_local! {
+    /// A capture handed to the layer below (see
+    /// [`ConnectionCapture::hand_over`]).
+    static HANDED: std::cell::Cell<Option<ConnectionCapture>> =
+        const { std::cell::Cell::new(None) };
+}
+
+thread_local! {
     /// The request hyper is about to write on this thread, and the task
     /// (hyper's connection task) that announced it.
     static ANNOUNCED: std::cell::RefCell<Option<(tokio::task::Id, ConnectionCapture)>> =
@@ -215,12 +222,64 @@ impl ConnectionCapture {
         capture
     }
 
+    /// A capture the one-call client's engine fills (see
+    /// [`begin_direct`](Self::begin_direct)), for a request that is not put
+    /// on the request's extensions but handed from layer to layer
+    /// ([`hand_over`](Self::hand_over)): no extension map per request.
+    pub(crate) fn direct(connect: bool) -> Self {
+        ConnectionCapture {
+            attempt: Arc::new(Attempt {
+                inner: Source::Direct(OnceLock::new()),
+                announced: AtomicBool::new(false),
+                asked_unfilled: AtomicBool::new(false),
+                body_empty: AtomicBool::new(false),
+                begun: OnceLock::new(),
+                upload_done: AtomicBool::new(false),
+                hooked: AtomicBool::new(false),
+                marker_taken: AtomicBool::new(false),
+                connect,
+            }),
+        }
+    }
+
+    /// Runs `call` (a service's synchronous `call` of the layer below) with
+    /// `capture` handed to it: the layer below takes it with
+    /// [`take_handed`](Self::take_handed). Only the one-call client's
+    /// stack, whose layers call each other directly, hands captures over;
+    /// whatever is not taken is dropped when `call` returns.
+    pub(crate) fn hand_over<R>(capture: Option<Self>, call: impl FnOnce() -> R) -> R {
+        struct Restore(Option<ConnectionCapture>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                let _ = HANDED.try_with(|slot| slot.replace(previous));
+            }
+        }
+        let previous = HANDED.try_with(|slot| slot.replace(capture)).ok().flatten();
+        let _restore = Restore(previous);
+        call()
+    }
+
+    /// The capture the layer above handed over (see
+    /// [`hand_over`](Self::hand_over)), if it is still unfilled.
+    pub(crate) fn take_handed() -> Option<Self> {
+        HANDED
+            .try_with(|slot| slot.take())
+            .ok()
+            .flatten()
+            .filter(|c| matches!(c.attempt.inner, Source::Direct(_)) && !c.is_filled())
+    }
+
     /// The request's capture if the engine's per-connection service is to
-    /// fill it (see [`begin_direct`](Self::begin_direct)).
-    pub(crate) fn direct_of<B>(req: &Request<B>) -> Option<&Self> {
-        req.extensions()
-            .get::<ConnectionCapture>()
-            .filter(|c| matches!(c.attempt.inner, Source::Direct(_)))
+    /// fill it (see [`begin_direct`](Self::begin_direct)): the one handed
+    /// over, or the one on the request.
+    pub(crate) fn direct_of<B>(req: &Request<B>) -> Option<Self> {
+        Self::take_handed().or_else(|| {
+            req.extensions()
+                .get::<ConnectionCapture>()
+                .filter(|c| matches!(c.attempt.inner, Source::Direct(_)))
+                .cloned()
+        })
     }
 
     /// The engine's per-connection service hands the request to `state`'s
