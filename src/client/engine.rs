@@ -278,6 +278,36 @@ where
     }
 }
 
+/// Sends `req` on an HTTP/1 connection with hyper's own future, which the
+/// engine's request future then holds inline (through the `Service` trait
+/// it would have to be boxed: it cannot be named).
+fn send_http1<B>(
+    conn: &mut Conn<B>,
+    req: Request<B>,
+) -> impl Future<Output = Result<Response<TrackedBody<Incoming>>, BoxError>> + Send
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    conn.call_with(req, |sender, mut req| {
+        let sent = match sender {
+            Sender::Http1(send, host) => {
+                prepare_http1(&mut req, host);
+                Ok(send.send_request(req))
+            }
+            // Never on an `http://` origin (no ALPN), but correct anyway.
+            Sender::Http2(send) => Err(send.call(req)),
+        };
+        async move {
+            match sent {
+                Ok(http1) => http1.await,
+                Err(http2) => http2.await,
+            }
+        }
+    })
+}
+
 /// The singleton's make service: the HTTP/2 connection negotiate found,
 /// as its cloneable half.
 struct ToHttp2<M, B>(M, PhantomData<fn(B)>);
@@ -500,8 +530,11 @@ where
                 }
             };
             match origin {
-                Origin::Plain(pool) => Box::pin(send_on(pool, req)),
-                Origin::Tls(pool) => Box::pin(send_on(pool, req)),
+                // HTTP/1 only: hyper's own future, inline (no box).
+                Origin::Plain(pool) => {
+                    Box::pin(send_on(pool, req, |conn, req| send_http1(conn.inner_mut(), req)))
+                }
+                Origin::Tls(pool) => Box::pin(send_on(pool, req, Service::call)),
             }
         };
         Engine {
@@ -514,15 +547,17 @@ where
 /// refused before any byte (its `poll_ready` failed: expired, closed,
 /// abandoned) is dropped by the pool and another taken, up to
 /// [`CHECKOUTS`].
-async fn send_on<P, C, B>(mut pool: P, req: Request<B>) -> Result<Response<PooledBody>, BoxError>
+async fn send_on<P, C, B, F>(
+    mut pool: P,
+    req: Request<B>,
+    send: impl FnOnce(&mut C, Request<B>) -> F,
+) -> Result<Response<PooledBody>, BoxError>
 where
     B: AttemptBody,
     P: Service<Uri, Response = C>,
     P::Error: Into<BoxError>,
-    C: Service<Request<B>, Response = Response<TrackedBody<Incoming>>, Error = BoxError>
-        + Send
-        + Sync
-        + 'static,
+    C: Service<Request<B>, Error = BoxError> + Send + Sync + 'static,
+    F: Future<Output = Result<Response<TrackedBody<Incoming>>, BoxError>>,
 {
     let target = req.uri().clone();
     let mut last = None;
@@ -541,7 +576,7 @@ where
         // The attempt's capture goes to the connection's service with the
         // request (it opens the attempt's record there).
         let capture = req.body().capture().cloned();
-        let response = ConnectionCapture::hand_over(capture, || conn.call(req)).await?;
+        let response = ConnectionCapture::hand_over(capture, || send(&mut conn, req)).await?;
         return Ok(response.map(|body| PooledBody::new(body, Box::new(conn))));
     }
     Err(last.unwrap_or_else(|| "no connection".into()))

@@ -143,6 +143,22 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.call_with(req, |inner, req| inner.call(req))
+    }
+}
+
+impl<S> IdleExpiryConnection<S> {
+    /// [`call`](Service::call) with the inner service's send spelled out:
+    /// the one-call client's engine sends with hyper's own (unnameable)
+    /// future, which then needs no box.
+    pub(crate) fn call_with<B, F, RB, E>(
+        &mut self,
+        req: Request<B>,
+        send: impl FnOnce(&mut S, Request<B>) -> F,
+    ) -> ResponseFuture<ErrInto<F>>
+    where
+        F: Future<Output = Result<Response<RB>, E>>,
+    {
         // The request passing through defines the attempt: it opens here,
         // before hyper writes a byte of it. With the one-call client's
         // capture, the attempt is that capture's (its request body reports
@@ -161,7 +177,7 @@ where
                 true,
             ),
         };
-        let inner = ErrInto::new(self.inner.call(req));
+        let inner = ErrInto::new(send(&mut self.inner, req));
         ResponseFuture::new(
             inner,
             self.layer.clone(),
