@@ -220,6 +220,9 @@ type H2Conn<B> = IdleExpiryConnection<H2Sender<B>>;
 /// connection's IdleExpiry service.
 pub(crate) struct Connect<B> {
     parts: Arc<(Connector, IdleExpiryLayer)>,
+    /// The origin (scheme and authority) its pool connects to: a checkout
+    /// passes nothing (`()`), so a request copies no URI into its pool.
+    target: Arc<Uri>,
     _body: PhantomData<fn(B)>,
 }
 
@@ -227,12 +230,24 @@ impl<B> Clone for Connect<B> {
     fn clone(&self) -> Self {
         Connect {
             parts: self.parts.clone(),
+            target: self.target.clone(),
             _body: PhantomData,
         }
     }
 }
 
-impl<B> Service<Uri> for Connect<B>
+impl<B> Connect<B> {
+    /// The same connector for another origin.
+    fn to(&self, target: Uri) -> Self {
+        Connect {
+            parts: self.parts.clone(),
+            target: Arc::new(target),
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<B> Service<()> for Connect<B>
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -246,8 +261,9 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
+    fn call(&mut self, (): ()) -> Self::Future {
         let parts = self.parts.clone();
+        let uri = Uri::clone(&self.target);
         Box::pin(async move {
             let (connector, layer) = &*parts;
             let fail = |e: BoxError| -> BoxError { Box::new(ConnectError(e)) };
@@ -364,7 +380,7 @@ enum Origin<P, N> {
 /// The engine's origin maps, typed by the pools its closures make.
 type OriginMap<P, N> = HashMap<Box<str>, Origin<P, N>>;
 
-fn origin_maps<P, N>(_: &impl Fn() -> P, _: &impl Fn() -> N) -> [OriginMap<P, N>; 3] {
+fn origin_maps<P, N>(_: &impl Fn(Uri) -> P, _: &impl Fn(Uri) -> N) -> [OriginMap<P, N>; 3] {
     [HashMap::new(), HashMap::new(), HashMap::new()]
 }
 
@@ -430,29 +446,30 @@ where
         } = settings;
         let connect = Connect::<B> {
             parts: Arc::new((connector, idle_expiry)),
+            target: Arc::default(),
             _body: PhantomData,
         };
         let plain = {
             let connect = connect.clone();
-            move || {
+            move |target: Uri| {
                 cache::builder()
                     .executor(TokioExecutor::new())
-                    .build::<_, Uri>(connect.clone())
+                    .build::<_, ()>(connect.to(target))
             }
         };
-        let tls = move || {
+        let tls = move |target: Uri| {
             negotiate::builder()
-                .connect(connect.clone())
+                .connect(connect.to(target))
                 .inspect(|conn: &Conn<B>| matches!(conn.get_ref(), Sender::Http2(_)))
                 .fallback(LayerFn(|inspector| {
                     cache::builder()
                         .executor(TokioExecutor::new())
-                        .build::<_, Uri>(inspector)
+                        .build::<_, ()>(inspector)
                 }))
                 .upgrade(LayerFn(|inspected| {
                     Singleton::new(ToHttp2::<_, B>(inspected, PhantomData))
                 }))
-                .build::<Uri>()
+                .build::<()>()
         };
         // Per scheme (http, https, anything else: the connector's to
         // refuse), keyed by the authority as written: looked up by `&str`,
@@ -519,10 +536,17 @@ where
                 match map.get(name) {
                     Some(origin) => origin.clone(),
                     None => {
+                        // Scheme and authority: what the connector needs.
+                        let mut target = Uri::builder().scheme(scheme.clone());
+                        target = target.authority(authority.clone()).path_and_query("/");
+                        let target = match target.build() {
+                            Ok(target) => target,
+                            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+                        };
                         let origin = if slot == 1 {
-                            Origin::Tls(tls())
+                            Origin::Tls(tls(target))
                         } else {
-                            Origin::Plain(plain())
+                            Origin::Plain(plain(target))
                         };
                         map.insert(Box::from(name), origin.clone());
                         origin
@@ -554,19 +578,18 @@ async fn send_on<P, C, B, F>(
 ) -> Result<Response<PooledBody>, BoxError>
 where
     B: AttemptBody,
-    P: Service<Uri, Response = C>,
+    P: Service<(), Response = C>,
     P::Error: Into<BoxError>,
     C: Service<Request<B>, Error = BoxError> + Send + Sync + 'static,
     F: Future<Output = Result<Response<TrackedBody<Incoming>>, BoxError>>,
 {
-    let target = req.uri().clone();
     let mut last = None;
     for _ in 0..CHECKOUTS {
         let mut conn = pool
             .ready()
             .await
             .map_err(Into::into)?
-            .call(target.clone())
+            .call(())
             .await
             .map_err(Into::into)?;
         if let Err(refused) = conn.ready().await {
