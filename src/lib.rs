@@ -6,8 +6,9 @@
 //! with one `.layer()` line around hyper-util's client (or any tower HTTP
 //! service):
 //!
-//! * [`client`] — all of it in one call: hyper-util's client with every
-//!   layer below in the right order;
+//! * [`client`] — all of it in one call: every layer below in the right
+//!   order, on hyper-util's composable connection pools, for about what
+//!   hyper-util's legacy client costs with no layer at all;
 //! * [`retry`] — retry a request that died on a stale connection only when
 //!   that is provably safe; never duplicate a POST;
 //! * [`idle_expiry`] — never write a request on a keep-alive connection the
@@ -43,7 +44,7 @@
 //!
 //! | feature | enables here | enables in other crates |
 //! |---|---|---|
-//! | *(none)* | [`phase_timeout`], [`track`], [`idle_expiry`] and the other layers: always compiled | hyper's `client`, `http1`, `http2`; hyper-util's `client-legacy`, `http1`, `http2`, `tokio`; tokio's `time`, `net`, `rt`, `sync`; tower's `util`, `retry` |
+//! | *(none)* | [`phase_timeout`], [`track`], [`idle_expiry`] and the other layers: always compiled | hyper's `client`, `http1`, `http2`; hyper-util's `client-legacy`, `client-pool`, `http1`, `http2`, `tokio`; tokio's `time`, `net`, `rt`, `sync`; tower's `util`, `retry` |
 //! | `tls` | the `tls` module: `SharedTlsConnector` on hyper-rustls, webpki roots, and the application's rustls crypto provider (see the `tls` module docs) | rustls's `std` and `tls12`; hyper-rustls's `tls12` and `webpki-tokio` (webpki-roots). **No crypto provider**, no reqwest feature |
 //! | `native-roots` | `tls`, with the operating system's root certificates in the shared configuration (webpki's as a fallback) | as `tls`, and hyper-rustls's `native-tokio` (rustls-native-certs) |
 //! | `ring` | `tls`, with rustls's *ring* provider for an application that has none installed | as `tls`, and rustls's `ring`. An application whose rustls also has `aws_lc_rs` (reqwest's default features) then has both, and rustls's own `ClientConfig::builder()` in other crates panics unless a process default is installed |
