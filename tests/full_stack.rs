@@ -205,7 +205,10 @@ async fn tls_with_a_test_ca_through_the_whole_stack() {
         assert_eq!((id, &body[..]), (ids[0], &b"HTTP/2.0"[..]));
     }
     assert!(server.next_handshake().await.is_ok());
-    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 10);
+    assert_eq!(
+        server.requests.load(std::sync::atomic::Ordering::SeqCst),
+        10
+    );
     assert_eq!(client.connection_stats().opened(), 1);
     // The same stack refuses a server its roots do not trust, typed.
     let untrusted = client::builder().build::<Full<Bytes>>();

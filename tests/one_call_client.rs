@@ -150,7 +150,10 @@ fn get(url: &str) -> Request<Empty<Bytes>> {
     Request::get(url).body(Empty::new()).unwrap()
 }
 
-async fn fetch(client: &Client<Empty<Bytes>>, req: Request<Empty<Bytes>>) -> Result<Bytes, BoxError> {
+async fn fetch(
+    client: &Client<Empty<Bytes>>,
+    req: Request<Empty<Bytes>>,
+) -> Result<Bytes, BoxError> {
     let res = timeout(STEP, client.clone().oneshot(req))
         .await
         .expect("request hung")?;
@@ -187,7 +190,11 @@ async fn host_header_and_origin_form_on_one_reused_connection() {
         server.requests(),
         vec![
             (0, "GET /a/b?c=d HTTP/1.1".to_string(), Some(authority)),
-            (0, "GET / HTTP/1.1".to_string(), Some("example.test".to_string())),
+            (
+                0,
+                "GET / HTTP/1.1".to_string(),
+                Some("example.test".to_string())
+            ),
         ]
     );
     assert_eq!(server.accepted(), 1, "the connection was reused");
@@ -199,10 +206,13 @@ async fn a_response_body_still_arriving_keeps_its_connection_out_of_the_pool() {
     let server = Server::start(0).await;
     let client = client::builder().build::<Empty<Bytes>>();
     // The head of /slow arrives; its body stays open.
-    let slow = timeout(STEP, client.clone().oneshot(get(&format!("{}/slow", server.url))))
-        .await
-        .expect("head hung")
-        .unwrap();
+    let slow = timeout(
+        STEP,
+        client.clone().oneshot(get(&format!("{}/slow", server.url))),
+    )
+    .await
+    .expect("head hung")
+    .unwrap();
     // Another request meanwhile gets its own connection instead of queueing
     // behind the unread body.
     let body = fetch(&client, get(&format!("{}/next", server.url)))

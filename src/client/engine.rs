@@ -95,10 +95,16 @@ impl std::fmt::Display for NotAbsolute {
 
 impl std::error::Error for NotAbsolute {}
 
+/// hyper's send future, boxed (it cannot be named).
+type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+
 /// One connection's sending half: hyper's HTTP/1 or HTTP/2 connection.
 pub(crate) enum Sender<B> {
     /// With the origin's `Host` header, built once per connection.
-    Http1(hyper::client::conn::http1::SendRequest<B>, Option<HeaderValue>),
+    Http1(
+        hyper::client::conn::http1::SendRequest<B>,
+        Option<HeaderValue>,
+    ),
     Http2(H2Sender<B>),
 }
 
@@ -171,7 +177,7 @@ where
 {
     type Response = Response<Incoming>;
     type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+    type Future = SendFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
         match self {
@@ -199,7 +205,7 @@ where
 {
     type Response = Response<Incoming>;
     type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+    type Future = SendFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
         self.0.poll_ready(cx)
@@ -271,7 +277,7 @@ where
                 .clone()
                 .oneshot(uri.clone())
                 .await
-                .map_err(|e| fail(e.into()))?;
+                .map_err(fail)?;
             let state = io.state().clone();
             let sender = if io.connected().is_negotiated_h2() {
                 let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -336,7 +342,12 @@ impl<M: Clone, B> Clone for ToHttp2<M, B> {
 
 impl<M, B> Service<()> for ToHttp2<M, B>
 where
-    M: Service<(), Response = Conn<B>, Error = BoxError, Future = std::future::Ready<Result<Conn<B>, BoxError>>>,
+    M: Service<
+        (),
+        Response = Conn<B>,
+        Error = BoxError,
+        Future = std::future::Ready<Result<Conn<B>, BoxError>>,
+    >,
 {
     type Response = H2Conn<B>;
     type Error = BoxError;
@@ -503,7 +514,7 @@ where
                 if swept.swap(opened, Ordering::Relaxed) != opened {
                     let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
                     for (i, map) in origins.iter_mut().enumerate() {
-                        map.retain(|k: &Box<str>, origin| {
+                        map.retain(|k, origin| {
                             let this = i == slot && **k == *name;
                             if !this && !all {
                                 return true;
@@ -555,9 +566,9 @@ where
             };
             match origin {
                 // HTTP/1 only: hyper's own future, inline (no box).
-                Origin::Plain(pool) => {
-                    Box::pin(send_on(pool, req, |conn, req| send_http1(conn.inner_mut(), req)))
-                }
+                Origin::Plain(pool) => Box::pin(send_on(pool, req, |conn, req| {
+                    send_http1(conn.inner_mut(), req)
+                })),
                 Origin::Tls(pool) => Box::pin(send_on(pool, req, Service::call)),
             }
         };

@@ -170,7 +170,10 @@ impl<S> IdleExpiryConnection<S> {
             Some(capture) => {
                 // A hooked body reports its upload's end (at its end or drop).
                 let empty = !capture.is_hooked();
-                (capture.begin_direct(&self.state, empty), capture.take_marker())
+                (
+                    capture.begin_direct(&self.state, empty),
+                    capture.take_marker(),
+                )
             }
             None => (
                 self.state.begin_request(true, std::time::Duration::ZERO),

@@ -83,9 +83,8 @@ impl<S, M> RetryOnStaleConnection<S, M> {
             // fills, handed straight to the layer below (no extension map).
             let connect = req.method() == http::Method::CONNECT;
             let capture = ConnectionCapture::direct(connect);
-            let future = ConnectionCapture::hand_over(Some(capture.clone()), || {
-                self.inner.call(req)
-            });
+            let future =
+                ConnectionCapture::hand_over(Some(capture.clone()), || self.inner.call(req));
             return ResponseFuture::new(
                 future,
                 Arc::clone(&self.spare),

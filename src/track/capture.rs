@@ -206,18 +206,7 @@ impl ConnectionCapture {
         } else {
             Source::Hyper(capture_connection(req))
         };
-        let attempt = Arc::new(Attempt {
-            inner,
-            announced: AtomicBool::new(false),
-            asked_unfilled: AtomicBool::new(false),
-            body_empty: AtomicBool::new(false),
-            begun: OnceLock::new(),
-            upload_done: AtomicBool::new(false),
-            hooked: AtomicBool::new(false),
-            marker_taken: AtomicBool::new(false),
-            connect: req.method() == http::Method::CONNECT,
-        });
-        let capture = ConnectionCapture { attempt };
+        let capture = Self::new(inner, req.method() == http::Method::CONNECT);
         req.extensions_mut().insert(capture.clone());
         capture
     }
@@ -227,9 +216,13 @@ impl ConnectionCapture {
     /// on the request's extensions but handed from layer to layer
     /// ([`hand_over`](Self::hand_over)): no extension map per request.
     pub(crate) fn direct(connect: bool) -> Self {
+        Self::new(Source::Direct(OnceLock::new()), connect)
+    }
+
+    fn new(inner: Source, connect: bool) -> Self {
         ConnectionCapture {
             attempt: Arc::new(Attempt {
-                inner: Source::Direct(OnceLock::new()),
+                inner,
                 announced: AtomicBool::new(false),
                 asked_unfilled: AtomicBool::new(false),
                 body_empty: AtomicBool::new(false),
