@@ -1161,3 +1161,101 @@ async fn fresh_connections_and_started_responses_are_no_lost_race() {
         events.0.lock().unwrap()
     );
 }
+
+// ---------------------------------------------------------------------------
+// A bodiless request without a capture on a connection whose requests
+// announce themselves (`announce.rs`).
+
+/// How a test request's empty body tells its connection where it begins.
+enum Begins {
+    /// Straight against the state, as a capture's paired announcement does.
+    Announced(ConnectionState),
+    /// Through `announce::announce_bodiless`, as PhaseTimeout's body without
+    /// a capture does.
+    Bodiless,
+    /// Not at all.
+    Silent,
+}
+
+impl http_body::Body for Begins {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Begins::Announced(state) => {
+                state.begin_request(true, ms(25));
+            }
+            Begins::Bodiless => super::announce::announce_bodiless(),
+            Begins::Silent => {}
+        }
+        true
+    }
+}
+
+/// An announced request answered `204 No Content` (its response-end marker
+/// not made yet: the caller has not looked at it), then a bodiless request
+/// on the same connection (hyper writes it as soon as it has read the 204).
+/// Returns the exchange number the second request's head went to.
+async fn after_an_unmarked_announced_exchange(second: Begins) -> (ConnectionState, u64) {
+    let (io, state, mut server) = pipe(1 << 16);
+    let (mut send, conn) = http1::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let first = tokio::spawn(
+        send.send_request(
+            http::Request::post("/")
+                .body(Begins::Announced(state.clone()))
+                .unwrap(),
+        ),
+    );
+    read_head(&mut server).await;
+    let first = answer(
+        &mut server,
+        first,
+        &state,
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    )
+    .await;
+    assert_eq!(state.exchange().number(), 1);
+    send.ready().await.unwrap();
+    let res = tokio::spawn(send.send_request(http::Request::get("/").body(second).unwrap()));
+    read_head(&mut server).await;
+    let number = state.exchange().number();
+    // The first response's marker, made late: it must not end the second
+    // request's exchange.
+    ExchangeEnd::for_request(None, &first, false).end();
+    let second = answer(
+        &mut server,
+        res,
+        &state,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    drop(second);
+    (state, number)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bodiless_request_without_a_capture_opens_its_own_exchange() {
+    let (state, number) = after_an_unmarked_announced_exchange(Begins::Bodiless).await;
+    assert_eq!(number, 2);
+    assert_eq!(state.exchange().number(), 2);
+    assert!(state.exchange().is_exact());
+    // The first exchange's late marker left the second one in flight (not
+    // idle while its request is on the wire).
+    assert!(state.in_flight(), "{:?}", state.exchange());
+    assert!(state.idle_since().is_none());
+    // Without announcing itself, its head went to the first exchange (the
+    // hazard the bodiless announcement removes).
+    let (_, number) = after_an_unmarked_announced_exchange(Begins::Silent).await;
+    assert_eq!(number, 1);
+}
