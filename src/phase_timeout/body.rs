@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::{Elapsed, Waiting};
 use super::Phase;
 use crate::clock::{deadline, far_future, Origin, Stamp};
-use crate::track::{announce, observe_frame, ConnectionCapture, ExchangeEnd};
+use crate::track::{observe_frame, ConnectionCapture, ExchangeEnd};
 use crate::BoxError;
 
 /// Data frames larger than this are split (zero-copy for `Bytes`) so upload
@@ -100,17 +100,10 @@ pin_project! {
 struct Upload {
     progress: Option<Arc<Progress>>,
     capture: Option<ConnectionCapture>,
-    /// A body that PhaseTimeout made without a capture (one that is empty
-    /// at its head) still announces where its request begins
-    /// (`track::announce`); never [`RequestBody::new`]'s, and never once
-    /// the upload ended (hyper asks the body `is_end_stream` after its last
-    /// frame too).
-    announce: bool,
 }
 
 impl Upload {
     fn end(&mut self, at: Instant) {
-        self.announce = false;
         if let Some(p) = self.progress.take() {
             p.end(at);
         }
@@ -131,9 +124,7 @@ impl Drop for Upload {
 impl<B: Body> RequestBody<B> {
     /// Wraps a body without progress reporting (frames are still split).
     pub fn new(inner: B) -> Self {
-        let mut body = Self::tracked(inner, None, None);
-        body.upload.announce = false;
-        body
+        Self::tracked(inner, None, None)
     }
 
     /// A body that reports its upload to `progress` (the send limit) and
@@ -146,12 +137,7 @@ impl<B: Body> RequestBody<B> {
         if let Some(c) = &capture {
             c.hook();
         }
-        let announce = capture.is_none();
-        let mut upload = Upload {
-            progress,
-            capture,
-            announce,
-        };
+        let mut upload = Upload { progress, capture };
         if inner.is_end_stream() {
             // hyper never polls an empty body: its upload is the request
             // head (the attempt learns it when it begins).
@@ -230,11 +216,7 @@ impl<B: Body> Body for RequestBody<B> {
         // hyper asks this on the connection's task right before it writes
         // the request head: the moment the attempt begins on the wire.
         if let Some(c) = &self.upload.capture {
-            announce::clear_bodiless();
             c.begin(end);
-        } else if end && self.upload.announce {
-            // Once: hyper asks a bodiless request's body only at its head.
-            announce::announce_bodiless();
         }
         end
     }

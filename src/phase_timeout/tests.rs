@@ -718,37 +718,3 @@ fn services_give_back_their_inner_service() {
     assert_eq!(connect.into_inner(), 2);
     assert_eq!(ConnectTimeout::new(3u8, Duration::ZERO).into_inner(), 3);
 }
-
-/// Which request bodies announce a bodiless request without a capture
-/// (`track::announce`): PhaseTimeout's body that is empty at its head and
-/// took none, never one whose upload ended (hyper asks `is_end_stream`
-/// after the last frame too), never `RequestBody::new`'s.
-#[tokio::test]
-async fn only_a_bodiless_request_without_a_capture_announces_itself_so() {
-    use crate::track::{announce, ConnectionCapture, ConnectionState};
-    tokio::spawn(async {
-        let now = Instant::now();
-        let state = ConnectionState::new(now, now);
-        let announced = |body: &dyn Fn() -> bool| {
-            body();
-            announce::pair_bodiless(&state).is_some()
-        };
-        let bodiless = RequestBody::tracked(Empty::<Bytes>::new(), None, None);
-        assert!(announced(&|| bodiless.is_end_stream()));
-        let plain = RequestBody::new(Empty::<Bytes>::new());
-        assert!(!announced(&|| plain.is_end_stream()));
-        // A body with its capture, read to its end.
-        let mut req = Request::new(());
-        let capture = ConnectionCapture::get_or_insert(&mut req);
-        let progress = Arc::new(body::Progress::new(Instant::now()));
-        let mut uploaded = RequestBody::tracked(
-            Full::new(Bytes::from_static(b"abc")),
-            Some(progress),
-            Some(capture),
-        );
-        while uploaded.frame().await.is_some() {}
-        assert!(!announced(&|| uploaded.is_end_stream()));
-    })
-    .await
-    .unwrap();
-}

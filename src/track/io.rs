@@ -254,15 +254,7 @@ impl<T: AsyncWrite> Counting<T> {
         // task, this is its head's first write (asked at every write: the
         // head may follow the connection's own writes, a TLS handshake's
         // when the tracker sits inside TLS): its attempt opens here.
-        let paired = match super::capture::pair_announcement(state) {
-            Some(at) => {
-                super::announce::clear_bodiless();
-                Some(at)
-            }
-            // A bodiless request without a capture announces itself the
-            // same way (`announce`).
-            None => super::announce::pair_bodiless(state),
-        };
+        let paired = super::capture::pair_announcement(state);
         if *turn != Turn::Writing || paired.is_some() {
             if state.is_request_defined() {
                 return Self::before_announced_write(turn, state).map(|opened| opened.or(paired));

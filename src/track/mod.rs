@@ -163,7 +163,6 @@
 //! assert_eq!(stats.opened(), 0);
 //! ```
 
-pub(crate) mod announce;
 mod capture;
 mod exchange;
 mod expired;
