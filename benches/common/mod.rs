@@ -31,9 +31,6 @@ pub enum Variant {
     Tracker,
     /// `PhaseTimeout` alone (send 5 s, read 5 s, total 10 s), no tracker.
     PhaseTimeout,
-    /// `PhaseTimeout` alone with `total` (10 s) only, no tracker: a bodiless
-    /// request takes no connection capture.
-    PhaseTimeoutTotal,
     /// `IdleExpiry` (90 s) over a tracked client: it needs the tracker.
     IdleExpiry,
     /// `RetryOnStaleConnection` alone, no tracker.
@@ -64,7 +61,6 @@ pub const VARIANTS: &[Variant] = &[
     Variant::Bare,
     Variant::Tracker,
     Variant::PhaseTimeout,
-    Variant::PhaseTimeoutTotal,
     Variant::IdleExpiry,
     Variant::Retry,
     Variant::HandStack,
@@ -80,7 +76,6 @@ impl Variant {
             Variant::Bare => "bare",
             Variant::Tracker => "tracker",
             Variant::PhaseTimeout => "phase_timeout",
-            Variant::PhaseTimeoutTotal => "phase_timeout_total",
             Variant::IdleExpiry => "idle_expiry",
             Variant::Retry => "retry",
             Variant::HandStack => "hand_stack",
@@ -96,7 +91,6 @@ impl Variant {
             Variant::Bare => "hyper-util legacy Client, HttpConnector",
             Variant::Tracker => "+ TrackConnections on the connector",
             Variant::PhaseTimeout => "+ PhaseTimeout (send 5 s, read 5 s, total 10 s)",
-            Variant::PhaseTimeoutTotal => "+ PhaseTimeout (total 10 s only)",
             Variant::IdleExpiry => "+ tracker + IdleExpiry 90 s",
             Variant::Retry => "+ RetryOnStaleConnection",
             Variant::HandStack => "Retry → PhaseTimeout → IdleExpiry, tracked, by hand",
@@ -224,15 +218,6 @@ pub fn phase_timeout<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     )
 }
 
-/// PhaseTimeout with `total` only, without the tracker.
-pub fn phase_timeout_total<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
-    ServiceBuilder::new()
-        .layer(PhaseTimeoutLayer::new().total(Duration::from_secs(10)))
-        .service(
-            Client::builder(TokioExecutor::new()).build::<_, RequestBody<B>>(HttpConnector::new()),
-        )
-}
-
 /// The tracker and IdleExpiry (a 90 s expiry: never fires on this workload,
 /// so the cost measured is the bookkeeping on every response).
 pub fn idle_expiry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
@@ -320,10 +305,6 @@ macro_rules! with_client {
             }
             $crate::common::Variant::PhaseTimeout => {
                 let $svc = $crate::common::phase_timeout::<$body>();
-                $run
-            }
-            $crate::common::Variant::PhaseTimeoutTotal => {
-                let $svc = $crate::common::phase_timeout_total::<$body>();
                 $run
             }
             $crate::common::Variant::IdleExpiry => {
