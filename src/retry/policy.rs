@@ -199,7 +199,7 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
                     "retrying request after a stale-connection failure"
                 );
                 // The next attempt gets its own capture if this one had one
-                // (the caller's): it points at the failed attempt's
+                // (a body, or the caller's): it points at the failed attempt's
                 // connection, and the copy of hyper-util's capture on the
                 // request would fill it again.
                 if req.extensions_mut().remove::<ConnectionCapture>().is_some() {

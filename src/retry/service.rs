@@ -75,7 +75,7 @@ impl<S, M> RetryOnStaleConnection<S, M> {
         S: Service<Request<B>> + Clone,
         B: Body + Clone,
     {
-        // Copied before the capture goes in: the next attempt gets its own,
+        // Copied before a capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
         let capture = needs_capture(&req).then(|| ConnectionCapture::get_or_insert(&mut req));
