@@ -78,8 +78,9 @@
 //! Connection-plane layers wrap the connector; request-plane layers wrap the
 //! client. The tracker's per-connection state crosses between them through
 //! hyper-util's `Connected::extra` and, for the requests whose layers need
-//! it before a response exists, one shared connection capture
-//! ([`track::ConnectionCapture`]). Every request-plane layer also works
+//! it before a response exists (every request through
+//! [`phase_timeout`], one with a body through [`retry`]), one shared
+//! connection capture ([`track::ConnectionCapture`]). Every request-plane layer also works
 //! without the tracker, observing less (body frames instead of socket bytes);
 //! each layer's docs say what changes.
 //!

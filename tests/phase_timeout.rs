@@ -776,10 +776,10 @@ async fn abandoned_http1_upload_closes_its_connection() {
     assert_eq!(server.connections(), 2);
 }
 
-/// With `total` alone no clock watches the connection, yet a request with
-/// a body takes its capture (without one of the caller's): an upload
-/// stuck when the limit fires is abandoned through it and its connection
-/// closed at once (hyper would write on).
+/// With `total` alone no clock watches the connection, yet the request takes
+/// its capture (without one of the caller's): an upload stuck when the limit
+/// fires is abandoned through it and its connection closed at once (hyper
+/// would write on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_upload_under_total_alone_closes_its_connection() {
     let server = StopReadingServer::start(MB as u64).await.unwrap();
@@ -803,12 +803,11 @@ async fn stuck_upload_under_total_alone_closes_its_connection() {
     assert!(server.bytes_read() <= MB as u64);
 }
 
-/// A bodiless request with only a `total` limit takes no connection capture
-/// (nothing reads one): given up before its response head, by the timeout
-/// or by its caller, its connection is still closed (hyper's dispatcher
-/// closes it when the response future is gone) and never reused.
+/// A bodiless request with only a `total` limit, given up before its
+/// response head, by the timeout or by its caller: its connection is closed
+/// and never reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodiless_request_given_up_without_a_capture_closes_its_connection() {
+async fn bodiless_request_given_up_under_total_alone_closes_its_connection() {
     let server = SilentServer::start().await.unwrap();
     let track = TrackConnectionsLayer::new();
     let stats = track.stats();

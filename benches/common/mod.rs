@@ -37,9 +37,6 @@ pub enum Variant {
     Tracker,
     /// `PhaseTimeout` alone (send 5 s, read 5 s, total 10 s), no tracker.
     PhaseTimeout,
-    /// `PhaseTimeout` alone with `total` (10 s) only, no tracker: a bodiless
-    /// request takes no connection capture.
-    PhaseTimeoutTotal,
     /// `IdleExpiry` (90 s) over a tracked client: it needs the tracker.
     IdleExpiry,
     /// `RetryOnStaleConnection` alone, no tracker.
@@ -74,7 +71,6 @@ pub const VARIANTS: &[Variant] = &[
     Variant::BareComposable,
     Variant::Tracker,
     Variant::PhaseTimeout,
-    Variant::PhaseTimeoutTotal,
     Variant::IdleExpiry,
     Variant::Retry,
     Variant::HandStack,
@@ -92,7 +88,6 @@ impl Variant {
             Variant::BareComposable => "bare_composable",
             Variant::Tracker => "tracker",
             Variant::PhaseTimeout => "phase_timeout",
-            Variant::PhaseTimeoutTotal => "phase_timeout_total",
             Variant::IdleExpiry => "idle_expiry",
             Variant::Retry => "retry",
             Variant::HandStack => "hand_stack",
@@ -112,7 +107,6 @@ impl Variant {
             }
             Variant::Tracker => "+ TrackConnections on the connector",
             Variant::PhaseTimeout => "+ PhaseTimeout (send 5 s, read 5 s, total 10 s)",
-            Variant::PhaseTimeoutTotal => "+ PhaseTimeout (total 10 s only)",
             Variant::IdleExpiry => "+ tracker + IdleExpiry 90 s",
             Variant::Retry => "+ RetryOnStaleConnection",
             Variant::HandStack => {
@@ -243,15 +237,6 @@ pub fn phase_timeout<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     )
 }
 
-/// PhaseTimeout with `total` only, without the tracker.
-pub fn phase_timeout_total<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
-    ServiceBuilder::new()
-        .layer(PhaseTimeoutLayer::new().total(Duration::from_secs(10)))
-        .service(
-            Client::builder(TokioExecutor::new()).build::<_, RequestBody<B>>(HttpConnector::new()),
-        )
-}
-
 /// The tracker and IdleExpiry (a 90 s expiry: never fires on this workload,
 /// so the cost measured is the bookkeeping on every response).
 pub fn idle_expiry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
@@ -360,10 +345,6 @@ macro_rules! with_client {
             }
             $crate::common::Variant::PhaseTimeout => {
                 let $svc = $crate::common::phase_timeout::<$body>();
-                $run
-            }
-            $crate::common::Variant::PhaseTimeoutTotal => {
-                let $svc = $crate::common::phase_timeout_total::<$body>();
                 $run
             }
             $crate::common::Variant::IdleExpiry => {

@@ -78,11 +78,6 @@ impl Plan {
             limits,
         }
     }
-
-    /// Whether a `send` or `read` limit needs the request's connection.
-    pub(crate) fn watches_connection(&self) -> bool {
-        self.limits.watches_connection()
-    }
 }
 
 impl<F> ResponseFuture<F> {

@@ -112,18 +112,18 @@
 //!
 //! The per-request path arms one timer and reads atomics when it fires,
 //! re-arming if progress happened meanwhile; nothing wakes per byte. Its cost
-//! per request is one tokio timer, one allocation for a request with a body
-//! (its upload progress), and the request's connection capture
-//! (hyper-util's `capture_connection` and the attempt's record: about 2.8 k
-//! instructions and 8 small allocations on loopback, about half of the
-//! layer's cost) where something reads
-//! it: when a `send` or `read` limit is set (their clocks watch the
-//! connection), when the request has a body (its attempt then announces
-//! itself, which keeps the tracker's record of it exact for
-//! [`retry`](crate::retry) above), or when the request already carries one.
-//! A bodiless request with only `total` or `read_body_stall` takes none.
-//! The README's Performance section has the numbers and `cargo bench
-//! --bench instructions` measures them.
+//! per request is one connection capture (hyper-util's `capture_connection`
+//! and the attempt's record, shared with [`retry`](crate::retry) when both
+//! are stacked: about 2.8 k instructions and 8 small allocations on
+//! loopback, about half of the layer's cost), one tokio timer, and one
+//! allocation for a request with a body (its upload progress). The capture
+//! is taken for every request, also without a `send` or `read` limit: the
+//! request body announces the attempt with it, which makes the tracker's
+//! record of the exchange this request's own (and its end this request's
+//! end, also while other requests share the connection), and a timed-out
+//! or dropped request's connection is poisoned through it. The README's
+//! Performance section has the numbers and `cargo bench --bench
+//! instructions` measures them.
 //!
 //! # Which clients
 //!

@@ -81,46 +81,43 @@ where
         let issued = Instant::now();
         // A body that is already at its end, or says it has exactly nothing
         // to send, is empty: its upload is the request head, so it needs no
-        // shared progress record.
+        // shared progress record. Either way the body announces the attempt
+        // to its connection.
         let body = req.body();
         let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        // Taken for every request, whatever its limits (see below). The
+        // one-call client hands its own over from the retry layer above
+        // (or, for a retry, puts it on the request).
         let capture = if self.layer.direct_captures() {
-            // The one-call client: the capture handed over by the retry
-            // layer above (or, for a retry, the one on the request).
-            Some(
-                ConnectionCapture::take_handed()
-                    .unwrap_or_else(|| ConnectionCapture::get_or_insert_with(&mut req, true)),
-            )
+            ConnectionCapture::take_handed()
+                .unwrap_or_else(|| ConnectionCapture::get_or_insert_with(&mut req, true))
         } else {
-            needs_capture(&req, &plan, empty).then(|| ConnectionCapture::get_or_insert(&mut req))
+            ConnectionCapture::get_or_insert(&mut req)
         };
         let progress = (!empty).then(|| Arc::new(Progress::new(issued)));
-        let req = req.map(|b| RequestBody::tracked(b, progress.clone(), capture.clone()));
-        ResponseFuture::new(self.inner.call(req), plan, issued, progress, capture)
+        let req = req.map(|b| RequestBody::tracked(b, progress.clone(), Some(capture.clone())));
+        ResponseFuture::new(self.inner.call(req), plan, issued, progress, Some(capture))
     }
 }
 
-/// Whether the request takes the connection capture (its attempt's record,
-/// [`ConnectionCapture::get_or_insert`]: hyper-util's `capture_connection`,
-/// the costliest per-request mechanism of the crate), which its body then
-/// announces to its connection. Only where something reads it:
-///
-/// * the `send` and `read` clocks watch the request's connection (when it
-///   was handed over, its socket progress) and poison it on a timeout;
-/// * a request with a body announces its attempt, so that the tracker's
-///   record of it stays exact through a `1xx` or an early response during
-///   the upload (what [`RetryOnStaleConnection`](crate::retry) above judges
-///   a failure by: "a response byte arrived", "nothing was written"), and an
-///   upload given up on (a `total` timeout, the future dropped) poisons its
-///   connection rather than leave hyper writing it;
-/// * the request already carries one (a layer above, or the caller, took
-///   it): it is shared, as before.
-///
-/// A request without a body and without those limits needs none: its
-/// record is the head alone, which the tracker infers exactly, its
-/// connection is closed by hyper itself if the request is given up before
-/// its response head (hyper's dispatcher sees the response future gone),
-/// and the response's own connection ends its exchange.
-fn needs_capture<B>(req: &Request<B>, plan: &Plan, empty: bool) -> bool {
-    plan.watches_connection() || !empty || req.extensions().get::<ConnectionCapture>().is_some()
-}
+// Why every request takes the connection capture (hyper-util's
+// `capture_connection`, the costliest per-request mechanism of the crate),
+// even without a `send` or `read` limit:
+//
+// * its body announces the attempt with it, so the tracker's record is this
+//   request's: opened at its head's first write, exact through a `1xx` or
+//   an early response during an upload (what Retry above judges a failure
+//   by), and numbered, so the response-end marker ends exactly this
+//   request's exchange. Without it the marker guesses the exchange from the
+//   connection's state, and under concurrency (hyper hands a connection
+//   back to its pool as soon as it has read a response, and the next
+//   request can be written, and answered, before this caller's marker is
+//   made) it can end the next request's exchange while that is in flight:
+//   the connection then looks idle, and a close during that request counts
+//   as an idle close for IdleExpiry's learning (with bodiless requests
+//   taking none, `tests/hostile.rs`'s randomized test learned short idle
+//   timeouts from such closes, and lost reuse, several times as often). On
+//   a connection whose other requests announce themselves, an unannounced
+//   head can even be taken for more of the previous exchange.
+// * a timed-out or dropped request's connection is poisoned through it (an
+//   upload hyper would otherwise write on).

@@ -274,7 +274,7 @@ fn connection_of(err: &(dyn Error + 'static)) -> Option<Captured> {
 /// | the attempt announced itself on a tracked HTTP/1 connection, and its exact record shows 0 bytes accepted | nothing written (never, once the connection is closed) |
 /// | … its record shows bytes, or is inexact (a write failed inside TLS) | written: reused? any response byte (1xx and partial heads included) since it began? |
 /// | the request carries the announcing hook, hyper-util gave it a connection, and it never announced itself | nothing written: hyper never took it to write |
-/// | no capture in reach (the layer takes none; a capture of PhaseTimeout's comes with its timeouts only): the latest exchange of the connection hyper-util's error names | as above: an exchange that ended before (or none) is nothing written by this attempt, which opens its own at its first write |
+/// | no capture in reach (a bodiless request takes none in this layer; PhaseTimeout's comes with its timeouts only): the latest exchange of the connection hyper-util's error names | as above: an exchange that ended before (or none) is nothing written by this attempt, which opens its own at its first write |
 /// | … on a connection whose requests do not announce themselves, the exchange inferred from the order of reads and writes (exact only) | as above |
 /// | HTTP/2, no tracker, or an inexact inferred record | unknown |
 ///
@@ -682,8 +682,8 @@ mod tests {
     }
 
     /// A PhaseTimeout timeout carries its attempt's capture: the layer
-    /// above, which took none, judges the attempt by it (here: hooked, and
-    /// hyper never took it to write).
+    /// above, which took none for a bodiless request, judges the attempt by
+    /// it (here: hooked, and hyper never took it to write).
     #[cfg(feature = "testing")]
     #[tokio::test]
     async fn a_timeout_is_judged_by_the_capture_it_carries() {

@@ -35,8 +35,8 @@ pin_project! {
         spare: Arc<S>,
         // The request for the next attempt.
         backup: Option<Request<B>>,
-        // The connection capture of the attempt in flight, when the
-        // caller's request carried one.
+        // The connection capture of the attempt in flight, when it took one
+        // (a request with a body, or the caller's capture).
         capture: Option<ConnectionCapture>,
         session: Session<B>,
         pending: PendingExchange,

@@ -17,7 +17,7 @@
 //!
 //! | The failure | Retried? |
 //! |---|---|
-//! | any timeout (send, read, total, hyper's, `io::ErrorKind::TimedOut`) | never ([`Rule::Timeout`]), unless the tracker saw the attempt write nothing on a connection that is now closed (known for an attempt that took a connection capture: see [What it costs](#what-it-costs)) |
+//! | any timeout (send, read, total, hyper's, `io::ErrorKind::TimedOut`) | never ([`Rule::Timeout`]), unless the tracker saw the attempt write nothing on a connection that is now closed |
 //! | connect-phase [`Elapsed`](crate::phase_timeout::Elapsed) | only with [`retry_connect_timeouts`](RetryOnStaleConnectionLayer::retry_connect_timeouts) |
 //! | nothing written: [`ConnectionExpired`](crate::track::ConnectionExpired), hyper's "canceled" | always, any method |
 //! | HTTP/2 `REFUSED_STREAM`; graceful `GOAWAY` above the stream | always, any method |
@@ -50,9 +50,7 @@
 //!
 //! Each attempt is one request handed to one connection. When the stack has
 //! [`PhaseTimeout`](crate::phase_timeout) below this layer (the one-call
-//! client does) and the attempt took a connection capture (a request with a
-//! body always does; a bodiless one when PhaseTimeout has a `send` or
-//! `read` limit), the request body announces the attempt on hyper's
+//! client does), its request body announces the attempt on hyper's
 //! connection task, right before hyper writes the request head, and the
 //! connection's tracker opens it at the head's first write (the pairing is
 //! checked against the request's connection capture before the layer
@@ -67,13 +65,10 @@
 //! * or hyper-util handed the request to a connection and it never
 //!   announced itself (hyper never took it to write).
 //!
-//! Without the announcing body (the tracker alone under this layer, or a
-//! bodiless request that took no capture) the tracker infers exchanges from
-//! the order of reads and writes; a record inferred while the previous
-//! exchange was still open is inexact and the layer then treats the wire as
-//! unknown (below). A request with no body writes its head alone, so its
-//! inferred record is exact unless the server answered the previous request
-//! before it finished.
+//! Without the announcing body (the tracker alone under this layer) the
+//! tracker infers exchanges from the order of reads and writes; a record
+//! inferred while the previous exchange was still open is inexact and the
+//! layer then treats the wire as unknown (below).
 //!
 //! # Without the tracker
 //!
@@ -150,25 +145,22 @@
 //!
 //! * for a request **with a body**: an upload the caller gives up on is
 //!   abandoned through it (with the tracker, its connection is closed at
-//!   once; hyper alone would write the rest), and a PhaseTimeout below
-//!   announces the attempt with it, which keeps its record exact through a
-//!   `1xx` or an early response during the upload;
+//!   once; hyper alone would write the rest), also without PhaseTimeout;
 //! * when the caller put one on the request: it is the first attempt's
 //!   record (and each retry gets a fresh one).
 //!
-//! A **bodiless** request takes none here. Its failure is judged by the
-//! capture a PhaseTimeout below took (which comes with its timeouts) or,
-//! for a failure of hyper-util's client, by the connection that error names
-//! (hyper-util's `connect_info`, which carries the tracker's state): the
-//! latest exchange on that connection is the attempt's own whenever it
-//! wrote anything, as hyper writes one request at a time on an HTTP/1
-//! connection and the tracker opens an exchange at a request's first write.
-//! Every rule holds as with a capture of its own, with one exception on the
-//! side of not retrying: a timeout of a bodiless request whose PhaseTimeout
-//! took no capture (only `total` or `read_body_stall` set) cannot be proven
-//! unwritten and is never retried. A bodiless request given up before its
-//! response head has its connection closed by hyper itself (its dispatcher
-//! sees the response future gone).
+//! A **bodiless** request takes none here. With PhaseTimeout below (which
+//! takes one for every request and announces the attempt with it) nothing
+//! is lost: a timeout carries that capture, and a failure of hyper-util's
+//! client is judged by the connection the error names (hyper-util's
+//! `connect_info`, which carries the tracker's state), whose latest exchange
+//! is the attempt's own record whenever it wrote anything, as hyper writes
+//! one request at a time on an HTTP/1 connection and the tracker opens an
+//! exchange at a request's first write. Alone over the client, the layer
+//! judged bodiless requests that way before too (a capture no request body
+//! announces adds nothing to the error's connection), and a bodiless
+//! request given up before its response head has its connection closed by
+//! hyper itself (its dispatcher sees the response future gone).
 //!
 //! # Example
 //!

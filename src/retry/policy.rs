@@ -203,9 +203,9 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
                     "retrying request after a stale-connection failure"
                 );
                 // The next attempt gets its own capture if this one had one
-                // (the caller's, or the one-call client's): it points at the
-                // failed attempt's connection, and the copy of hyper-util's
-                // capture on the request would fill it again.
+                // (a body, the caller's, or the one-call client's): it points
+                // at the failed attempt's connection, and the copy of
+                // hyper-util's capture on the request would fill it again.
                 let direct = self.settings.direct_captures;
                 if req.extensions_mut().remove::<ConnectionCapture>().is_some() || direct {
                     ConnectionCapture::get_or_insert_with(req, direct);

@@ -75,7 +75,7 @@ impl<S, M> RetryOnStaleConnection<S, M> {
         S: Service<Request<B>> + Clone,
         B: Body + Clone,
     {
-        // Copied before the capture goes in: the next attempt gets its own,
+        // Copied before a capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
         if self.layer.settings.direct_captures {
@@ -151,10 +151,9 @@ where
 /// * the request has a body: an upload the caller gives up on (the future
 ///   dropped) is abandoned through it, poisoning its connection, which is
 ///   then closed at once (hyper itself would write the abandoned upload on
-///   until the server stops reading or closes); and a
-///   [`PhaseTimeout`](crate::phase_timeout) below announces the attempt
-///   with it, keeping the tracker's record of it exact through a `1xx` or
-///   an early response during the upload;
+///   until the server stops reading or closes); a
+///   [`PhaseTimeout`](crate::phase_timeout) below shares it rather than
+///   take its own;
 /// * the caller put one on the request: it is the attempt's record, shared
 ///   (a fresh one replaces it if an earlier attempt filled it).
 ///

@@ -17,12 +17,9 @@
 //! boundaries are defined by the request, never guessed from the order of
 //! reads and writes:
 //!
-//! * **Begin.** When [`PhaseTimeout`](crate::phase_timeout) is in the stack
-//!   and the request took a [`ConnectionCapture`] (a request with a body
-//!   always does; a bodiless one when PhaseTimeout has a `send` or `read`
-//!   limit, or a layer above took one), its request body announces the
-//!   attempt (its capture's record) when hyper asks it `is_end_stream` on
-//!   the connection's task,
+//! * **Begin.** When [`PhaseTimeout`](crate::phase_timeout) is in the stack,
+//!   its request body announces the attempt (its [`ConnectionCapture`]'s
+//!   record) when hyper asks it `is_end_stream` on the connection's task,
 //!   right before it writes the request head; the connection's tracked IO
 //!   takes the announcement at the head's first write, in the same poll of
 //!   the same task, and opens the attempt there (never while the previous
@@ -40,9 +37,8 @@
 //!   composable pools the per-connection service
 //!   ([`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection))
 //!   opens the attempt as the request passes through it. Without either
-//!   (the tracker alone, under layers that do not wrap the request body, or
-//!   a bodiless request that took no capture), the IO opens an exchange at
-//!   a request's first write attempt
+//!   (the tracker alone, or under layers that do not wrap the request
+//!   body), the IO opens an exchange at a request's first write attempt
 //!   after reads; one opened while the previous exchange was still open is
 //!   marked inexact ([`Exchange::is_exact`]), because it may be the same
 //!   request going on.
@@ -104,9 +100,9 @@
 //! Request-plane layers find the state of a request's connection through
 //! [`ConnectionCapture::get_or_insert`], the single place in this crate that
 //! captures connections (so several layers can share one capture), where
-//! they need it before a response exists (a send or read clock, an upload
-//! to abandon); otherwise through the response's own connection, or the
-//! connection hyper-util's error names.
+//! they need it before a response exists (PhaseTimeout's announcement and
+//! clocks, an upload to abandon); otherwise through the response's own
+//! connection, or the connection hyper-util's error names.
 //! [`ConnectionInfo::of`] tells any response's connection story;
 //! [`ConnectionInfoLayer`] stores it as a response extension.
 //!
