@@ -273,11 +273,7 @@ where
         Box::pin(async move {
             let (connector, layer) = &*parts;
             let fail = |e: BoxError| -> BoxError { Box::new(ConnectError(e)) };
-            let io = connector
-                .clone()
-                .oneshot(uri.clone())
-                .await
-                .map_err(fail)?;
+            let io = connector.clone().oneshot(uri.clone()).await.map_err(fail)?;
             let state = io.state().clone();
             let sender = if io.connected().is_negotiated_h2() {
                 let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
