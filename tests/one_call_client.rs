@@ -135,6 +135,22 @@ async fn serve(mut io: TcpStream, conn: usize, seen: Arc<Seen>, release: Arc<Not
                     .await
                     .is_ok()
             }
+            "/close" => {
+                // Answers, then closes the idle connection (no
+                // `Connection: close`: the client learns it from the FIN).
+                let _ = io
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                seen.closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            "/never" => {
+                // Never answers; waits for the client to give up.
+                let mut rest = [0u8; 64];
+                while matches!(io.read(&mut rest).await, Ok(n) if n > 0) {}
+                seen.closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
             _ => io
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await
@@ -281,4 +297,63 @@ async fn a_uri_without_scheme_or_host_is_refused_typed_and_nothing_is_sent() {
     }
     assert_eq!(client.connection_stats().opened(), 0);
     assert_eq!(server.accepted(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_server_closed_is_skipped_without_a_retry() {
+    let server = Server::start(0).await;
+    let client = client::builder().build::<Empty<Bytes>>();
+    fetch(&client, get(&format!("{}/close", server.url)))
+        .await
+        .unwrap();
+    eventually("the server closed its end", || server.closed() == 1).await;
+    // Give the client's connection task a moment to read the FIN (the
+    // checkout skips the connection either way; this makes the path taken
+    // the closed one rather than a write race).
+    sleep(Duration::from_millis(50)).await;
+    let res = timeout(
+        STEP,
+        client.clone().oneshot(get(&format!("{}/next", server.url))),
+    )
+    .await
+    .expect("request hung")
+    .unwrap();
+    assert!(
+        res.extensions()
+            .get::<tower_conn_lifecycle::retry::Retried>()
+            .is_none(),
+        "the closed connection was skipped at checkout, not retried"
+    );
+    assert_eq!(server.accepted(), 2);
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "nothing was sent on the closed one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_given_up_on_closes_its_connection_and_the_next_gets_another() {
+    let server = Server::start(0).await;
+    let client = client::builder().build::<Empty<Bytes>>();
+    // The caller gives up (drops the response future) before any answer.
+    let given_up = timeout(
+        Duration::from_millis(100),
+        client
+            .clone()
+            .oneshot(get(&format!("{}/never", server.url))),
+    )
+    .await;
+    assert!(given_up.is_err(), "the server never answers");
+    // Its connection is closed, not handed to the next request.
+    eventually("the abandoned connection closed", || server.closed() == 1).await;
+    let body = fetch(&client, get(&format!("{}/next", server.url)))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(server.accepted(), 2);
+    assert_eq!(
+        server.requests().iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
 }
