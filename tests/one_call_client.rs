@@ -357,3 +357,64 @@ async fn a_request_given_up_on_closes_its_connection_and_the_next_gets_another()
         vec![0, 1]
     );
 }
+
+/// A healing probe (a connection kept open past a learned estimate, unused,
+/// to see whether the server really closes that early) must survive the
+/// requests sent meanwhile: the checkout sets it aside instead of closing
+/// it, and the pool's sweep keeps open connections. Found by
+/// `tests/hostile.rs`'s randomized server: with probes closed at checkout,
+/// a wrongly short estimate was never healed and reuse collapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healing_probe_survives_the_requests_sent_while_it_rests() {
+    use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
+    use tower_conn_lifecycle::testing::IdleClosingServer;
+    use tower_conn_lifecycle::track::ConnectionState;
+    const IDLE: Duration = Duration::from_millis(200);
+    const MARGIN: Duration = Duration::from_millis(80);
+    let server = IdleClosingServer::start(IDLE).await.unwrap();
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90)).margin(MARGIN);
+    let stats = layer.stats();
+    let client = client::builder()
+        .idle_expiry(layer.clone())
+        .build::<Empty<Bytes>>();
+    let url = server.url();
+    let uri: http::Uri = url.parse().unwrap();
+    let state_of = |res: &http::Response<client::Body>| {
+        res.extensions().get::<ConnectionState>().unwrap().clone()
+    };
+    let res = client.clone().oneshot(get(&url)).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    eventually("the 200 ms idle close", || stats.server_idle_closes() >= 1).await;
+    let first = layer.learned_timeout(&uri).expect("learned");
+    // The server's timeout grows: the next connection is the probe.
+    server.set_idle_timeout(Duration::from_secs(2));
+    let res = client.clone().oneshot(get(&url)).await.unwrap();
+    let probe = state_of(&res);
+    res.into_body().collect().await.unwrap();
+    assert_eq!(stats.probes(), 1);
+    // Past its reuse, while it rests: a request gets another connection
+    // (a new one: the sweep runs too) and leaves the probe open.
+    sleep(first - MARGIN + Duration::from_millis(30)).await;
+    let res = client.clone().oneshot(get(&url)).await.unwrap();
+    let other = state_of(&res);
+    res.into_body().collect().await.unwrap();
+    assert_ne!(
+        other.id(),
+        probe.id(),
+        "the probe is not reused past its limit"
+    );
+    assert!(!probe.is_closed(), "the probe is still open");
+    eventually("the probe closed and healed", || {
+        probe.is_closed() && stats.healed() == 1
+    })
+    .await;
+    assert!(
+        probe.was_expired(),
+        "closed at its probe deadline, not by a checkout"
+    );
+    assert_eq!(
+        layer.learned_timeout(&uri),
+        None,
+        "the estimate was forgotten"
+    );
+}

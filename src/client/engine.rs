@@ -516,9 +516,12 @@ where
                                 return true;
                             }
                             let mut kept = 0;
+                            // Dead connections go; expired ones that are
+                            // still open stay (the tracker closes them at
+                            // their deadline; a healing probe is one).
                             let mut idle = |conn: &mut Conn<B>| {
                                 kept += 1;
-                                kept <= keep && !conn.is_expired()
+                                kept <= keep && !conn.is_dead()
                             };
                             let empty = match origin {
                                 Origin::Plain(cache) => {
@@ -527,7 +530,7 @@ where
                                 }
                                 Origin::Tls(negotiate) => {
                                     negotiate.fallback_mut().retain(&mut idle);
-                                    negotiate.upgrade_mut().retain(|c| !c.is_expired());
+                                    negotiate.upgrade_mut().retain(|c| !c.is_dead());
                                     negotiate.fallback_mut().is_empty()
                                         && negotiate.upgrade_mut().is_empty()
                                 }
@@ -562,10 +565,18 @@ where
             };
             match origin {
                 // HTTP/1 only: hyper's own future, inline (no box).
-                Origin::Plain(pool) => Box::pin(send_on(pool, req, |conn, req| {
-                    send_http1(conn.inner_mut(), req)
-                })),
-                Origin::Tls(pool) => Box::pin(send_on(pool, req, Service::call)),
+                Origin::Plain(pool) => Box::pin(send_on(
+                    pool,
+                    req,
+                    |conn| conn.inner().is_resting(),
+                    |conn, req| send_http1(conn.inner_mut(), req),
+                )),
+                Origin::Tls(pool) => Box::pin(send_on(
+                    pool,
+                    req,
+                    |conn| conn.fallback_ref().is_some_and(|c| c.inner().is_resting()),
+                    Service::call,
+                )),
             }
         };
         Engine {
@@ -581,6 +592,7 @@ where
 async fn send_on<P, C, B, F>(
     mut pool: P,
     req: Request<B>,
+    resting: impl Fn(&C) -> bool,
     send: impl FnOnce(&mut C, Request<B>) -> F,
 ) -> Result<Response<PooledBody>, BoxError>
 where
@@ -590,8 +602,13 @@ where
     C: Service<Request<B>, Error = BoxError> + Send + Sync + 'static,
     F: Future<Output = Result<Response<TrackedBody<Incoming>>, BoxError>>,
 {
-    let mut last = None;
-    for _ in 0..CHECKOUTS {
+    // Open connections idle past their reuse (a healing probe among them),
+    // kept out of the way until this request has its connection, then
+    // given back to the pool (no allocation unless there is one). Each one
+    // leaves the pool, so the loop ends: at worst with a new connection.
+    let mut aside = Vec::new();
+    let mut refused = 0;
+    loop {
         let mut conn = pool
             .ready()
             .await
@@ -599,8 +616,15 @@ where
             .call(())
             .await
             .map_err(Into::into)?;
-        if let Err(refused) = conn.ready().await {
-            last = Some(refused);
+        if resting(&conn) {
+            aside.push(conn);
+            continue;
+        }
+        if let Err(refusal) = conn.ready().await {
+            refused += 1;
+            if refused == CHECKOUTS {
+                return Err(refusal);
+            }
             continue;
         }
         // The attempt's capture goes to the connection's service with the
@@ -609,7 +633,6 @@ where
         let response = ConnectionCapture::hand_over(capture, || send(&mut conn, req)).await?;
         return Ok(response.map(|body| PooledBody::new(body, Box::new(conn))));
     }
-    Err(last.unwrap_or_else(|| "no connection".into()))
 }
 
 pin_project! {

@@ -80,6 +80,21 @@ impl<S> IdleExpiryConnection<S> {
             || self.state.expired_at(Instant::now()).is_some()
     }
 
+    /// Whether the connection is open but idle past the end of its reuse:
+    /// it must not take a request, but it is not to be closed either (the
+    /// tracker closes it at its own deadline; a healing probe stays open
+    /// past the estimate on purpose, to see whether the server closes it).
+    /// A pool checkout sets it aside rather than dropping it.
+    pub(crate) fn is_resting(&self) -> bool {
+        !self.is_dead() && self.state.expired_at(Instant::now()).is_some()
+    }
+
+    /// Whether the connection is closed, or closing (poisoned): a pool
+    /// drops it.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state.is_closed() || self.state.is_poisoned()
+    }
+
     /// Replaces the wrapped service, or fails with `f`'s error (the
     /// engine's HTTP/2 pool keeps the cloneable half of a connection).
     pub(crate) fn try_map_inner<T, E>(
