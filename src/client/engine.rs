@@ -243,10 +243,10 @@ impl<B> Clone for Connect<B> {
 }
 
 impl<B> Connect<B> {
-    /// The same connector for another origin.
-    fn to(&self, target: Uri) -> Self {
+    /// The connector stack and expiry layer `parts`, for `target`'s pool.
+    fn to(parts: &Arc<(Connector, IdleExpiryLayer)>, target: Uri) -> Self {
         Connect {
-            parts: self.parts.clone(),
+            parts: parts.clone(),
             target: Arc::new(target),
             _body: PhantomData,
         }
@@ -451,22 +451,18 @@ where
             stats,
             max_idle_per_origin,
         } = settings;
-        let connect = Connect::<B> {
-            parts: Arc::new((connector, idle_expiry)),
-            target: Arc::default(),
-            _body: PhantomData,
-        };
+        let parts = Arc::new((connector, idle_expiry));
         let plain = {
-            let connect = connect.clone();
+            let parts = parts.clone();
             move |target: Uri| {
                 cache::builder()
                     .executor(TokioExecutor::new())
-                    .build::<_, ()>(connect.to(target))
+                    .build::<_, ()>(Connect::<B>::to(&parts, target))
             }
         };
         let tls = move |target: Uri| {
             negotiate::builder()
-                .connect(connect.to(target))
+                .connect(Connect::<B>::to(&parts, target))
                 .inspect(|conn: &Conn<B>| matches!(conn.get_ref(), Sender::Http2(_)))
                 .fallback(LayerFn(|inspector| {
                     cache::builder()
@@ -502,7 +498,7 @@ where
             };
             let origin = {
                 let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
-                // After a new connection, the cold path: drop expired and
+                // After a new connection, the cold path: drop dead and
                 // surplus idle connections (this origin's, or every
                 // origin's when there are too many, evicting those left
                 // with none).
@@ -547,9 +543,12 @@ where
                     Some(origin) => origin.clone(),
                     None => {
                         // Scheme and authority: what the connector needs.
-                        let mut target = Uri::builder().scheme(scheme.clone());
-                        target = target.authority(authority.clone()).path_and_query("/");
-                        let target = match target.build() {
+                        let target = Uri::builder()
+                            .scheme(scheme.clone())
+                            .authority(authority.clone())
+                            .path_and_query("/")
+                            .build();
+                        let target = match target {
                             Ok(target) => target,
                             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
                         };
@@ -631,7 +630,7 @@ where
         // request (it opens the attempt's record there).
         let capture = req.body().capture().cloned();
         let response = ConnectionCapture::hand_over(capture, || send(&mut conn, req)).await?;
-        return Ok(response.map(|body| PooledBody::new(body, Box::new(conn))));
+        return Ok(response.map(|body| PooledBody::new(body, conn)));
     }
 }
 
@@ -656,8 +655,10 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
-    fn new(inner: TrackedBody<Incoming>, checkout: Box<dyn Send + Sync>) -> Self {
-        let checkout = (!inner.is_end_stream()).then_some(checkout);
+    /// Holds `checkout` until `inner` ends (boxed only then: a body that
+    /// has already ended gives its connection back at once).
+    fn new<C: Send + Sync + 'static>(inner: TrackedBody<Incoming>, checkout: C) -> Self {
+        let checkout = (!inner.is_end_stream()).then(|| Box::new(checkout) as Box<dyn Send + Sync>);
         PooledBody { inner, checkout }
     }
 }

@@ -75,9 +75,7 @@ impl<S> IdleExpiryConnection<S> {
     /// Whether the connection must not be used any more: it expired (or was
     /// closed at its expiry), or it is closed.
     pub fn is_expired(&self) -> bool {
-        self.state.is_closed()
-            || self.state.is_poisoned()
-            || self.state.expired_at(Instant::now()).is_some()
+        self.is_dead() || self.state.expired_at(Instant::now()).is_some()
     }
 
     /// Whether the connection is open but idle past the end of its reuse:

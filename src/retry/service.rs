@@ -78,23 +78,17 @@ impl<S, M> RetryOnStaleConnection<S, M> {
         // Copied before a capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
         let backup = duplicate(&req);
-        if self.layer.settings.direct_captures {
+        let (capture, future) = if self.layer.settings.direct_captures {
             // The one-call client: every attempt has a capture its engine
             // fills, handed straight to the layer below (no extension map).
-            let connect = req.method() == http::Method::CONNECT;
-            let capture = ConnectionCapture::direct(connect);
-            let future =
-                ConnectionCapture::hand_over(Some(capture.clone()), || self.inner.call(req));
-            return ResponseFuture::new(
-                future,
-                Arc::clone(&self.spare),
-                backup,
-                session,
-                Some(capture),
-            );
-        }
-        let capture = needs_capture(&req).then(|| ConnectionCapture::get_or_insert(&mut req));
-        let future = self.inner.call(req);
+            let capture = ConnectionCapture::direct(req.method() == http::Method::CONNECT);
+            let handed = Some(capture.clone());
+            let future = ConnectionCapture::hand_over(handed, || self.inner.call(req));
+            (Some(capture), future)
+        } else {
+            let capture = needs_capture(&req).then(|| ConnectionCapture::get_or_insert(&mut req));
+            (capture, self.inner.call(req))
+        };
         ResponseFuture::new(future, Arc::clone(&self.spare), backup, session, capture)
     }
 }
