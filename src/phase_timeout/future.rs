@@ -26,8 +26,9 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Sleep,
+        // The request's own timer, made only while it waits without the
+        // connection's (see `Watch::timer`).
+        sleep: Option<Pin<Box<Sleep>>>,
         watch: Watch,
     }
 }
@@ -57,6 +58,23 @@ pub(crate) struct Watch {
     /// Abandons the exchange (poisoning its connection) if this future is
     /// dropped or times out before the head.
     pending: PendingExchange,
+    /// When the timer next has to fire: the next check.
+    next: Instant,
+    /// The tracked HTTP/1 connection the request is in flight on, whose
+    /// timer it waits on instead of one of its own (see
+    /// `ConnectionState::poll_request_timer`); `None` before the connection
+    /// is known, on HTTP/2 (one timer per stream) and untracked.
+    timer: Option<ConnectionState>,
+    /// The capture was filled and `timer` decided.
+    timer_decided: bool,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(state) = &self.timer {
+            state.release_request_timer();
+        }
+    }
 }
 
 /// A request's limits with what follows from them, worked out once per
@@ -101,10 +119,13 @@ impl<F> ResponseFuture<F> {
             connected: None,
             assumed: false,
             handed: None,
+            next: first,
+            timer: None,
+            timer_decided: false,
         };
         ResponseFuture {
             inner,
-            sleep: tokio::time::sleep_until(first),
+            sleep: None,
             watch,
         }
     }
@@ -194,6 +215,26 @@ impl Watch {
                 .is_some_and(ConnectionCapture::is_filled)
         {
             self.handed = Some(Instant::now());
+        }
+    }
+
+    /// Once the request's connection is known: a tracked HTTP/1 connection
+    /// carries this exchange alone, so its timer serves the request and the
+    /// request's own (if it had to wait for the connection) goes.
+    fn decide_timer(&mut self, sleep: &mut Option<Pin<Box<Sleep>>>) {
+        let Some(capture) = &self.capture else {
+            self.timer_decided = true;
+            return;
+        };
+        if !capture.is_filled() {
+            return;
+        }
+        self.timer_decided = true;
+        if let Captured::Tracked(state) = capture.get() {
+            if !state.is_http2() {
+                self.timer = Some(state);
+                *sleep = None;
+            }
         }
     }
 
@@ -348,7 +389,7 @@ where
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Some(phase) = this.watch.zero {
             // A zero limit is already spent: fail without trying, so the
             // outcome never depends on what happens to be ready.
@@ -368,16 +409,30 @@ where
         if watch.limits.watches_connection() {
             watch.note_hand_over();
         }
+        if !watch.timer_decided {
+            watch.decide_timer(this.sleep);
+        }
         loop {
-            ready!(this.sleep.as_mut().poll(cx));
-            let next = match watch.check(Instant::now()) {
-                Ok(next) => next,
+            match &watch.timer {
+                Some(state) => ready!(state.poll_request_timer(watch.next, cx)),
+                None => {
+                    let next = watch.next;
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next)));
+                    if sleep.deadline() != next {
+                        sleep.as_mut().reset(next);
+                    }
+                    ready!(sleep.as_mut().poll(cx));
+                }
+            }
+            match watch.check(Instant::now()) {
+                Ok(next) => watch.next = next,
                 Err(elapsed) => {
                     watch.pending.abandon();
                     return Poll::Ready(Err(elapsed.into()));
                 }
-            };
-            this.sleep.as_mut().reset(next);
+            }
         }
     }
 }

@@ -9,9 +9,8 @@ use std::task::{Context, Poll, Waker};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
-use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::service::Counters;
 use super::ConnectionExpired;
@@ -36,10 +35,6 @@ pin_project! {
         #[pin]
         inner: T,
         turn: Turn,
-        // Armed only while the connection is known idle and has an expiry.
-        expiry_timer: Option<Pin<Box<Sleep>>>,
-        // The timer was last polled with the waker in `registered`.
-        timer_polled: bool,
         // The waker last handed to the state, to skip re-registering the
         // same task (hyper's connection task) on every pending read.
         registered: Option<Waker>,
@@ -105,79 +100,6 @@ impl std::fmt::Display for Poisoned {
 
 impl std::error::Error for Poisoned {}
 
-impl<T> Counting<T> {
-    /// Whether the idle connection's expiry has passed (it must not be
-    /// reused any more); otherwise makes sure the expiry timer will wake the
-    /// task by the time the IO should close it.
-    ///
-    /// One timer per connection, allocated once and re-armed lazily: it is
-    /// left armed at an earlier deadline (a previous idle period's) rather
-    /// than reset on every request; when it fires early the real deadline is
-    /// checked and the timer moved to it. With a long expiry and a busy
-    /// connection that is one timer operation per expiry period, not per
-    /// request.
-    ///
-    /// A connection IdleExpiry keeps open past the end of its reuse (a
-    /// healing probe, see `idle_expiry`) closes at the later instant: the
-    /// timer is armed there, and any poll in between (a request about to use
-    /// it) finds it expired.
-    fn idle_expired(
-        state: &ConnectionState,
-        timer: &mut Option<Pin<Box<Sleep>>>,
-        polled: &mut bool,
-        cx: &mut Context<'_>,
-    ) -> bool {
-        let Some((reuse_raw, close_raw)) = state.idle_deadlines_raw() else {
-            return false;
-        };
-        // The fast path of a busy connection: the timer already holds this
-        // task's waker (`polled`), is armed no later than the end of reuse
-        // and has not fired, so now is before it; no clock read.
-        if *polled {
-            if let (Some(sleep), Some(armed)) = (timer.as_ref(), state.timer_at_raw()) {
-                if armed <= reuse_raw && !sleep.is_elapsed() {
-                    return false;
-                }
-            }
-        }
-        let now = Instant::now();
-        if state.stamp(now) >= reuse_raw {
-            return true;
-        }
-        let (Some(reuse), Some(close)) = (state.at(reuse_raw), state.at(close_raw)) else {
-            return false;
-        };
-        let sleep = match timer {
-            Some(sleep) => {
-                // Moved when it would fire too late, or (lingering past the
-                // end of reuse) between the end of reuse and the close, where
-                // it would close the connection early.
-                let armed = sleep.deadline();
-                if close < armed || (armed >= reuse && armed != close) {
-                    sleep.as_mut().reset(close);
-                    state.timer_armed(close);
-                }
-                sleep
-            }
-            None => {
-                state.timer_armed(close);
-                timer.insert(Box::pin(tokio::time::sleep_until(close)))
-            }
-        };
-        if sleep.as_mut().poll(cx).is_ready() {
-            // Fired at an earlier deadline: move it to this one.
-            sleep.as_mut().reset(close);
-            state.timer_armed(close);
-            if sleep.as_mut().poll(cx).is_ready() {
-                *polled = false;
-                return Instant::now() >= reuse;
-            }
-        }
-        *polled = true;
-        false
-    }
-}
-
 impl<T: AsyncRead> AsyncRead for Counting<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -215,14 +137,13 @@ impl<T: AsyncRead> AsyncRead for Counting<T> {
                 {
                     state.register(cx.waker());
                     *this.registered = Some(cx.waker().clone());
-                    *this.timer_polled = false;
                 }
                 // Checked after registering, so a poison or an end of
                 // exchange that raced with this poll still wakes the task.
                 if state.is_poisoned() {
                     return Poll::Ready(Err(poisoned()));
                 }
-                if Self::idle_expired(state, this.expiry_timer, this.timer_polled, cx) {
+                if state.idle_expired() {
                     // EOF on an idle connection: hyper closes it and its pool
                     // drops it without an error; a request about to use it is
                     // retried by hyper-util on a new connection.
@@ -403,8 +324,6 @@ impl<T: 'static> TrackedIo<T> {
             io: TokioIo::new(Counting {
                 inner: TokioIo::new(inner),
                 turn: Turn::Idle,
-                expiry_timer: None,
-                timer_polled: false,
                 registered: None,
                 unflushed: false,
                 read_pending: false,

@@ -304,11 +304,12 @@ impl ConnectionState {
             }
         }
         if self.complete_current() {
-            // The IO needs waking only if its expiry timer would fire too
-            // late for this idle period (or is not armed at all, or fired).
-            if let Some(deadline) = self.idle_deadline_raw() {
+            // The IO needs waking only if the connection's timer would fire
+            // too late for this idle period, or between its end of reuse and
+            // its close (a healing probe's), or is not armed at all, or fired.
+            if let Some((reuse, _)) = self.idle_deadlines_raw() {
                 match self.inner.timer_at.raw() {
-                    Some(armed) if armed <= deadline && armed > self.stamp(Instant::now()) => {}
+                    Some(armed) if armed <= reuse && armed > self.stamp(Instant::now()) => {}
                     _ => self.wake(),
                 }
             }

@@ -100,13 +100,6 @@ impl ConnectionState {
             .and_then(|(reuse, _)| self.inner.origin.at(reuse))
     }
 
-    /// When the known-idle connection closes, in nanoseconds since the
-    /// origin: where the IO arms its timer (the end of reuse, or later for a
-    /// healing probe).
-    pub(crate) fn idle_deadline_raw(&self) -> Option<u64> {
-        self.idle_deadlines_raw().map(|(_, close)| close)
-    }
-
     /// The end of reuse and the close of the known-idle connection, in
     /// nanoseconds since the origin: the IO's hot path compares them with its
     /// timer without converting instants.

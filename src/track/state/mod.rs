@@ -4,10 +4,11 @@
 
 mod attempt;
 mod expiry;
+mod timer;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -147,8 +148,9 @@ pub(crate) struct Inner {
     /// The idle time and the limit in nanoseconds (`NO_EXPIRY`: none owed).
     refuse_idle: AtomicU64,
     refuse_limit: AtomicU64,
-    /// The waker of the task that last found the IO pending.
-    waker: Mutex<Option<Waker>>,
+    /// The connection's one timer (idle expiry, and the phase checks of
+    /// the request in flight on HTTP/1) and the tasks it wakes.
+    timer: Arc<timer::ConnTimer>,
 }
 
 impl ConnectionState {
@@ -191,7 +193,7 @@ impl ConnectionState {
                 upgraded: AtomicBool::new(false),
                 refuse_idle: AtomicU64::new(0),
                 refuse_limit: AtomicU64::new(NO_EXPIRY),
-                waker: Mutex::new(None),
+                timer: Arc::default(),
             }),
         }
     }
@@ -328,24 +330,12 @@ impl ConnectionState {
 
     /// Stores the waker of the task driving the IO (if it is a new one).
     pub(crate) fn register(&self, waker: &Waker) {
-        let mut slot = self.inner.waker.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
+        self.inner.timer.register_io(waker);
     }
 
     /// Wakes the task driving the IO, so it re-checks expiry and poison.
     pub(crate) fn wake(&self) {
-        let waker = self
-            .inner
-            .waker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.inner.timer.wake_io();
     }
 }
 
