@@ -26,9 +26,10 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        // The request's own timer, made only while it waits without the
+        // The request's own timer, made only when it does not wait on its
         // connection's (see `Watch::timer`).
-        sleep: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        sleep: Option<Sleep>,
         watch: Watch,
     }
 }
@@ -65,7 +66,7 @@ pub(crate) struct Watch {
     /// `ConnectionState::poll_request_timer`); `None` before the connection
     /// is known, on HTTP/2 (one timer per stream) and untracked.
     timer: Option<ConnectionState>,
-    /// The capture was filled and `timer` decided.
+    /// `timer` is decided (see [`Watch::decide_timer`]).
     timer_decided: bool,
 }
 
@@ -218,22 +219,17 @@ impl Watch {
         }
     }
 
-    /// Once the request's connection is known: a tracked HTTP/1 connection
-    /// carries this exchange alone, so its timer serves the request and the
-    /// request's own (if it had to wait for the connection) goes.
-    fn decide_timer(&mut self, sleep: &mut Option<Pin<Box<Sleep>>>) {
-        let Some(capture) = &self.capture else {
-            self.timer_decided = true;
-            return;
-        };
-        if !capture.is_filled() {
-            return;
-        }
+    /// Decided once, at the first poll that finds the request pending: a
+    /// request already begun on a tracked HTTP/1 connection (the one-call
+    /// client's, whose connection opens the attempt as the request is
+    /// handed over) waits on that connection's timer, which carries this
+    /// exchange alone; any other (still connecting, HTTP/2, untracked, or
+    /// handed to hyper-util's connection task) makes its own.
+    fn decide_timer(&mut self) {
         self.timer_decided = true;
-        if let Captured::Tracked(state) = capture.get() {
+        if let Some((state, _)) = self.capture.as_ref().and_then(ConnectionCapture::begun) {
             if !state.is_http2() {
-                self.timer = Some(state);
-                *sleep = None;
+                self.timer = Some(state.clone());
             }
         }
     }
@@ -389,7 +385,7 @@ where
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(phase) = this.watch.zero {
             // A zero limit is already spent: fail without trying, so the
             // outcome never depends on what happens to be ready.
@@ -410,20 +406,20 @@ where
             watch.note_hand_over();
         }
         if !watch.timer_decided {
-            watch.decide_timer(this.sleep);
+            watch.decide_timer();
         }
         loop {
             match &watch.timer {
                 Some(state) => ready!(state.poll_request_timer(watch.next, cx)),
                 None => {
-                    let next = watch.next;
-                    let sleep = this
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next)));
-                    if sleep.deadline() != next {
-                        sleep.as_mut().reset(next);
+                    let Some(mut sleep) = this.sleep.as_mut().as_pin_mut() else {
+                        this.sleep.set(Some(tokio::time::sleep_until(watch.next)));
+                        continue;
+                    };
+                    if sleep.deadline() != watch.next {
+                        sleep.as_mut().reset(watch.next);
                     }
-                    ready!(sleep.as_mut().poll(cx));
+                    ready!(sleep.poll(cx));
                 }
             }
             match watch.check(Instant::now()) {
