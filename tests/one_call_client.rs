@@ -368,7 +368,6 @@ async fn a_request_given_up_on_closes_its_connection_and_the_next_gets_another()
 async fn a_healing_probe_survives_the_requests_sent_while_it_rests() {
     use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
     use tower_conn_lifecycle::testing::IdleClosingServer;
-    use tower_conn_lifecycle::track::ConnectionState;
     const IDLE: Duration = Duration::from_millis(200);
     const MARGIN: Duration = Duration::from_millis(80);
     let server = IdleClosingServer::start(IDLE).await.unwrap();
@@ -379,9 +378,8 @@ async fn a_healing_probe_survives_the_requests_sent_while_it_rests() {
         .build::<Empty<Bytes>>();
     let url = server.url();
     let uri: http::Uri = url.parse().unwrap();
-    let state_of = |res: &http::Response<client::Body>| {
-        res.extensions().get::<ConnectionState>().unwrap().clone()
-    };
+    let state_of =
+        |res: &http::Response<client::Body>| res.body().connection_state().unwrap().clone();
     let res = client.clone().oneshot(get(&url)).await.unwrap();
     res.into_body().collect().await.unwrap();
     eventually("the 200 ms idle close", || stats.server_idle_closes() >= 1).await;
@@ -417,4 +415,44 @@ async fn a_healing_probe_survives_the_requests_sent_while_it_rests() {
         None,
         "the estimate was forgotten"
     );
+}
+
+/// The connection's story is on every response: in its body by default
+/// (no extension, so no allocation for it), where `ConnectionInfo::of`
+/// finds it; in the extensions too when asked, where it survives
+/// replacing the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_info_from_the_body_and_the_extension_on_request() {
+    use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionState};
+    let server = Server::start(0).await;
+    for extension in [false, true] {
+        let client = client::builder()
+            .connection_state_extension(extension)
+            .build::<Empty<Bytes>>();
+        let mut ids = Vec::new();
+        for n in 1..=2u64 {
+            let res = timeout(STEP, client.clone().oneshot(get(&server.url)))
+                .await
+                .expect("request hung")
+                .unwrap();
+            let info = ConnectionInfo::of(&res).expect("the one-call client tracks");
+            assert_eq!(info.is_reused(), n == 2, "request {n}");
+            let state = res.body().connection_state().expect("in the body").clone();
+            assert_eq!(state.id(), info.connection_id());
+            assert_eq!(
+                res.extensions().get::<ConnectionState>().is_some(),
+                extension,
+                "extension asked for: {extension}"
+            );
+            // Replacing the body keeps the extension, and only it.
+            let mapped = res.map(|body| body.boxed());
+            assert_eq!(ConnectionInfo::of(&mapped).is_some(), extension);
+            mapped.into_body().collect().await.unwrap();
+            ids.push(info.connection_id());
+        }
+        assert_eq!(ids[0], ids[1], "the second request reused the connection");
+    }
+    // Server-side: two connections (one per client), two requests each.
+    assert_eq!(server.accepted(), 2);
+    assert_eq!(server.seen.requests.lock().unwrap().len(), 4);
 }

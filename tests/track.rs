@@ -356,7 +356,7 @@ async fn check_exchanges<S, B>(client: S, server: &HyperServer, marks_end: bool)
 where
     S: tower::Service<http::Request<Full<Bytes>>, Response = http::Response<B>> + Clone,
     S::Error: std::fmt::Debug,
-    B: http_body::Body,
+    B: http_body::Body + 'static,
     B::Error: std::fmt::Debug,
 {
     let mut previous: Option<ConnectionState> = None;

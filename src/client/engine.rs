@@ -48,7 +48,7 @@ use tower_service::Service;
 use super::Connector;
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
 use crate::phase_timeout::RequestBody;
-use crate::track::{ConnectionCapture, TrackStats, TrackedBody};
+use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody};
 use crate::BoxError;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -225,7 +225,7 @@ type H2Conn<B> = IdleExpiryConnection<H2Sender<B>>;
 /// `h2`) HTTP/2 handshake, its connection task spawned, wrapped in the
 /// connection's IdleExpiry service.
 pub(crate) struct Connect<B> {
-    parts: Arc<(Connector, IdleExpiryLayer)>,
+    parts: Arc<(Connector, IdleExpiryLayer, bool)>,
     /// The origin (scheme and authority) its pool connects to: a checkout
     /// passes nothing (`()`), so a request copies no URI into its pool.
     target: Arc<Uri>,
@@ -244,7 +244,7 @@ impl<B> Clone for Connect<B> {
 
 impl<B> Connect<B> {
     /// The connector stack and expiry layer `parts`, for `target`'s pool.
-    fn to(parts: &Arc<(Connector, IdleExpiryLayer)>, target: Uri) -> Self {
+    fn to(parts: &Arc<(Connector, IdleExpiryLayer, bool)>, target: Uri) -> Self {
         Connect {
             parts: parts.clone(),
             target: Arc::new(target),
@@ -271,7 +271,7 @@ where
         let parts = self.parts.clone();
         let uri = Uri::clone(&self.target);
         Box::pin(async move {
-            let (connector, layer) = &*parts;
+            let (connector, layer, state_extension) = &*parts;
             let fail = |e: BoxError| -> BoxError { Box::new(ConnectError(e)) };
             let io = connector.clone().oneshot(uri.clone()).await.map_err(fail)?;
             let state = io.state().clone();
@@ -291,7 +291,12 @@ where
                 tokio::spawn(conn.with_upgrades());
                 Sender::Http1(send, host_header(&uri))
             };
-            Ok(layer.connection(sender, state, &uri))
+            let conn = layer.connection(sender, state, &uri);
+            Ok(if *state_extension {
+                conn
+            } else {
+                conn.without_state_extension()
+            })
         })
     }
 }
@@ -436,6 +441,8 @@ pub(crate) struct Settings {
     pub(crate) idle_expiry: IdleExpiryLayer,
     pub(crate) stats: TrackStats,
     pub(crate) max_idle_per_origin: usize,
+    /// Responses carry the connection's state in their extensions too.
+    pub(crate) state_extension: bool,
 }
 
 impl<B> Engine<B>
@@ -450,8 +457,11 @@ where
             idle_expiry,
             stats,
             max_idle_per_origin,
+            state_extension,
         } = settings;
-        let parts = Arc::new((connector, idle_expiry));
+        // The connector, the idle expiry and whether responses carry the
+        // connection's state in their extensions.
+        let parts = Arc::new((connector, idle_expiry, state_extension));
         let plain = {
             let parts = parts.clone();
             move |target: Uri| {
@@ -629,8 +639,14 @@ where
         // The attempt's capture goes to the connection's service with the
         // request (it opens the attempt's record there).
         let capture = req.body().capture().cloned();
-        let response = ConnectionCapture::hand_over(capture, || send(&mut conn, req)).await?;
-        return Ok(response.map(|body| PooledBody::new(body, conn)));
+        let response =
+            ConnectionCapture::hand_over(capture.clone(), || send(&mut conn, req)).await?;
+        // The connection's state, for the response body to carry.
+        let state = capture
+            .as_ref()
+            .and_then(ConnectionCapture::begun)
+            .map(|(state, _)| state.clone());
+        return Ok(response.map(|body| PooledBody::new(body, conn, state)));
     }
 }
 
@@ -642,6 +658,8 @@ pin_project! {
         #[pin]
         inner: TrackedBody<Incoming>,
         checkout: Option<Box<dyn Send + Sync>>,
+        // The response's connection (see `client::Body::connection_state`).
+        state: Option<ConnectionState>,
     }
 }
 
@@ -657,9 +675,22 @@ impl std::fmt::Debug for PooledBody {
 impl PooledBody {
     /// Holds `checkout` until `inner` ends (boxed only then: a body that
     /// has already ended gives its connection back at once).
-    fn new<C: Send + Sync + 'static>(inner: TrackedBody<Incoming>, checkout: C) -> Self {
+    fn new<C: Send + Sync + 'static>(
+        inner: TrackedBody<Incoming>,
+        checkout: C,
+        state: Option<ConnectionState>,
+    ) -> Self {
         let checkout = (!inner.is_end_stream()).then(|| Box::new(checkout) as Box<dyn Send + Sync>);
-        PooledBody { inner, checkout }
+        PooledBody {
+            inner,
+            checkout,
+            state,
+        }
+    }
+
+    /// The connection the response came over.
+    pub(crate) fn connection_state(&self) -> Option<&ConnectionState> {
+        self.state.as_ref()
     }
 }
 

@@ -146,6 +146,7 @@ pub struct Builder {
     #[cfg(feature = "tls")]
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     max_idle_per_origin: usize,
+    state_extension: bool,
 }
 
 /// Starts a [`Builder`] with the defaults described in the [module docs](self).
@@ -159,6 +160,7 @@ pub fn builder() -> Builder {
         #[cfg(feature = "tls")]
         tls: None,
         max_idle_per_origin: DEFAULT_MAX_IDLE_PER_ORIGIN,
+        state_extension: false,
     }
 }
 
@@ -209,6 +211,18 @@ impl Builder {
         self
     }
 
+    /// Whether each response also carries the tracker's
+    /// [`ConnectionState`](crate::track::ConnectionState) in its extensions
+    /// (default: no). It is always in the response [`Body`]
+    /// ([`Body::connection_state`], which
+    /// [`ConnectionInfo::of`](crate::track::ConnectionInfo::of) reads); the
+    /// extension survives replacing the body (`response.map(..)`), and
+    /// costs three allocations per response.
+    pub fn connection_state_extension(mut self, on: bool) -> Self {
+        self.state_extension = on;
+        self
+    }
+
     /// Builds the client for request bodies of type `B` (any `Clone` body:
     /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
     pub fn build<B>(self) -> Client<B>
@@ -233,6 +247,7 @@ impl Builder {
             idle_expiry: self.idle_expiry.clone(),
             stats: self.track.stats(),
             max_idle_per_origin: self.max_idle_per_origin,
+            state_extension: self.state_extension,
         });
         let mut retry = self.retry;
         retry.settings.direct_captures = true;
@@ -363,6 +378,18 @@ pin_project! {
     pub struct Body {
         #[pin]
         inner: InnerBody,
+    }
+}
+
+impl Body {
+    /// The tracker's state of the connection this response came over (the
+    /// one-call client's responses carry it in their body rather than in
+    /// their extensions, which would cost three allocations per response;
+    /// [`ConnectionInfo::of`](crate::track::ConnectionInfo::of) finds it
+    /// here). Take a snapshot as soon as the response arrives: the state
+    /// moves on with the connection's next request.
+    pub fn connection_state(&self) -> Option<&crate::track::ConnectionState> {
+        self.inner.get_ref().get_ref().connection_state()
     }
 }
 

@@ -55,6 +55,9 @@ pub struct IdleExpiryConnection<S> {
     state: ConnectionState,
     origin: Option<Origin>,
     layer: IdleExpiryLayer,
+    /// Responses carry the state in their extensions (off in the one-call
+    /// client, whose response body carries it instead).
+    publish: bool,
 }
 
 impl<S> IdleExpiryConnection<S> {
@@ -69,7 +72,16 @@ impl<S> IdleExpiryConnection<S> {
             state,
             origin,
             layer,
+            publish: true,
         }
+    }
+
+    /// Responses no longer carry the connection's state in their
+    /// extensions (three allocations per response): the one-call client's
+    /// response body carries it instead.
+    pub(crate) fn without_state_extension(mut self) -> Self {
+        self.publish = false;
+        self
     }
 
     /// Whether the connection must not be used any more: it expired (or was
@@ -104,6 +116,7 @@ impl<S> IdleExpiryConnection<S> {
             state: self.state,
             origin: self.origin,
             layer: self.layer,
+            publish: self.publish,
         })
     }
 
@@ -203,6 +216,7 @@ impl<S> IdleExpiryConnection<S> {
                 number,
                 owner,
                 connect,
+                publish: self.publish,
             }),
             None,
         )

@@ -16,14 +16,16 @@ use crate::track::{ConnectionCapture, ConnectionState, ExchangeEnd, TrackedBody}
 use crate::BoxError;
 
 /// The attempt a per-connection service opened: its connection, its
-/// number there, whether this future owns the exchange's end, and whether
-/// it is a CONNECT.
+/// number there, whether this future owns the exchange's end, whether it
+/// is a CONNECT, and whether the response carries the connection's state in
+/// its extensions (see [`IdleExpiryConnection`](super::IdleExpiryConnection)).
 #[derive(Debug)]
 pub(crate) struct Attempt {
     pub(crate) state: ConnectionState,
     pub(crate) number: u64,
     pub(crate) owner: bool,
     pub(crate) connect: bool,
+    pub(crate) publish: bool,
 }
 
 pin_project! {
@@ -72,24 +74,32 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
-        let end = match this.state.take() {
+        let (end, state) = match this.state.take() {
             Some(Attempt {
                 state,
                 number,
                 owner,
                 connect,
+                publish,
             }) => {
                 // hyper's own connections do not copy extras into responses.
-                response.extensions_mut().insert(state.clone());
-                ExchangeEnd::for_attempt(state, number, owner, connect, &response)
+                if publish {
+                    response.extensions_mut().insert(state.clone());
+                }
+                let end =
+                    ExchangeEnd::for_attempt(state.clone(), number, owner, connect, &response);
+                (end, Some(state))
             }
-            None => ExchangeEnd::for_request(this.capture.as_ref(), &response, false),
+            None => {
+                let end = ExchangeEnd::for_request(this.capture.as_ref(), &response, false);
+                (end, response.extensions().get::<ConnectionState>().cloned())
+            }
         };
-        match response.extensions().get::<ConnectionState>() {
+        match state {
             Some(state) => {
                 if !state.is_upgraded() {
                     this.layer
-                        .on_response(state, response.headers(), this.origin.as_ref());
+                        .on_response(&state, response.headers(), this.origin.as_ref());
                 }
             }
             // Nothing to expire: not silently (a misconfigured stack).

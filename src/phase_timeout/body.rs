@@ -333,6 +333,11 @@ impl BodyTimers {
 }
 
 impl<B> ResponseBody<B> {
+    /// The wrapped body.
+    pub(crate) fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
     /// A body with no limits at all (what the layer returns when every limit
     /// is off).
     pub(crate) fn unlimited(inner: B, end: ExchangeEnd) -> Self {

@@ -480,6 +480,13 @@ impl ConnectionCapture {
         self.attempt.connect
     }
 
+    /// Whether the connection's own service opens this attempt as the
+    /// request is handed over (the one-call client's captures): the attempt
+    /// it records is then this request's by construction.
+    pub(crate) fn is_direct(&self) -> bool {
+        matches!(self.attempt.inner, Source::Direct(_))
+    }
+
     /// Whether a connection is known yet, without building its extras (no
     /// allocation): cheap enough to ask after every poll.
     pub(crate) fn is_filled(&self) -> bool {

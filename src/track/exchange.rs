@@ -170,15 +170,19 @@ impl ExchangeEnd {
         let connect = capture.is_some_and(ConnectionCapture::is_connect);
         // The paired attempt, confirmed by the response's own connection
         // (hyper-util puts a tracked connection's state in the extensions:
-        // a cheap check that the pairing was right).
-        let paired = capture
-            .and_then(ConnectionCapture::begun)
-            .filter(|(state, _)| {
-                response
-                    .extensions()
-                    .get::<ConnectionState>()
-                    .is_some_and(|r| r.id() == state.id())
-            });
+        // a cheap check that the pairing was right). A direct capture's
+        // attempt was opened by the connection's service as this request
+        // passed: it needs no confirmation.
+        let paired = capture.and_then(|capture| {
+            let direct = capture.is_direct();
+            capture.begun().filter(|(state, _)| {
+                direct
+                    || response
+                        .extensions()
+                        .get::<ConnectionState>()
+                        .is_some_and(|r| r.id() == state.id())
+            })
+        });
         let (state, number) = match paired {
             Some((state, number)) => (state.clone(), number),
             None => {

@@ -44,11 +44,17 @@ impl ConnectionInfo {
     /// [`ConnectionInfoLayer`] put one there, otherwise a snapshot of the
     /// tracked connection's state (accurate when taken as soon as the response
     /// head arrives). `None` when the connection was not tracked.
-    pub fn of<B>(response: &http::Response<B>) -> Option<ConnectionInfo> {
+    pub fn of<B: 'static>(response: &http::Response<B>) -> Option<ConnectionInfo> {
         let ext = response.extensions();
-        ext.get::<ConnectionInfo>()
-            .copied()
-            .or_else(|| ext.get::<ConnectionState>().map(ConnectionState::info))
+        ext.get::<ConnectionInfo>().copied().or_else(|| {
+            let state = ext.get::<ConnectionState>().or_else(|| {
+                // The one-call client's responses carry it in their body.
+                let body: &dyn std::any::Any = response.body();
+                body.downcast_ref::<crate::client::Body>()?
+                    .connection_state()
+            });
+            state.map(ConnectionState::info)
+        })
     }
 
     /// The connection's process-unique id.
