@@ -2,8 +2,7 @@
 //! hyper-util client, announced and learned idle timeouts, forced expiry,
 //! streaming responses. Server-side counters decide.
 
-#[path = "common/composable.rs"]
-mod composable;
+mod common;
 
 use std::time::Duration;
 
@@ -17,6 +16,8 @@ use tower_conn_lifecycle::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
 use tower_conn_lifecycle::testing::{IdleClosingServer, SeedReport, SeedWorkload};
 use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionState, TrackConnectionsLayer};
 use tower_conn_lifecycle::BoxError;
+
+use common::composable;
 
 /// The seed server's idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);

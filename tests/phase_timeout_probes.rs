@@ -1,7 +1,7 @@
 //! PhaseTimeout on multiplexed HTTP/2 connections (issue 8, case 2), against
-//! real loopback hyper servers: over TLS with an rcgen test CA (ALPN `h2`,
-//! so the tracker learns HTTP/2 from the handshake) and over h2c (prior
-//! knowledge, so it learns it from the connection preface).
+//! real loopback hyper servers: over TLS with the test CA (ALPN `h2`, so the
+//! tracker learns HTTP/2 from the handshake) and over h2c (prior knowledge,
+//! so it learns it from the connection preface).
 //!
 //! On HTTP/2 the socket's progress belongs to the connection: a stalled
 //! stream must fail on time while another stream keeps the socket busy, and
@@ -9,6 +9,8 @@
 //!
 //! These tests run on the real clock. Each timing assertion allows a named,
 //! generous slack; nothing asserts on speed.
+
+mod common;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,9 +26,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{RootCertStore, ServerConfig};
+use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -42,6 +42,9 @@ use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
+
+use common::pki::Ca;
+use common::tls::provider;
 
 /// How late a timeout may fire on a loaded 2-core CI machine.
 const SLACK: Duration = Duration::from_millis(250);
@@ -107,26 +110,6 @@ impl Drop for H2Server {
     }
 }
 
-/// A test CA and a leaf for `127.0.0.1` signed by it.
-fn test_pki() -> (
-    RootCertStore,
-    Vec<CertificateDer<'static>>,
-    PrivateKeyDer<'static>,
-) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let key = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-    (roots, vec![leaf.der().clone()], key)
-}
-
 impl H2Server {
     async fn start(transport: Transport, windows: Windows) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -135,20 +118,9 @@ impl H2Server {
         let (roots, acceptor) = match transport {
             Transport::H2c => (None, None),
             Transport::Tls => {
-                let (roots, chain, key) = test_pki();
-                // rustls 0.23.48 deprecates *ring*'s constructor (no post-quantum
-                // key exchange) and has no other; any provider serves a test server.
-                #[allow(deprecated)]
-                let mut config = ServerConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-                config.alpn_protocols = vec![b"h2".to_vec()];
-                (Some(roots), Some(TlsAcceptor::from(Arc::new(config))))
+                let ca = Ca::new("test ca");
+                let config = ca.leaf(&["127.0.0.1"]).server_config(provider(), &[b"h2"]);
+                (Some(ca.roots()), Some(TlsAcceptor::from(Arc::new(config))))
             }
         };
         let counters = Arc::new(Counters::default());

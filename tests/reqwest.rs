@@ -6,10 +6,11 @@
 //! These tests run on the real clock (reqwest and real sockets). Each timing
 //! assertion allows a named, generous slack; nothing asserts on speed.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +29,9 @@ use tower_conn_lifecycle::testing::{
     Blackhole, HyperServer, SilentServer, StalledBodyServer, StopReadingServer,
 };
 use tower_conn_lifecycle::tls::config_with_roots;
+
+use common::pki::Ca;
+use common::tls::{Mode, TlsServer};
 
 /// How late a timeout may fire on a loaded 2-core CI machine (reqwest adds
 /// a task hop or two over hyper-util's client).
@@ -398,10 +402,6 @@ async fn stale_get_through_reqwest_is_retried_and_post_is_not() {
 
 // ------------------------------------------------------------------- TLS
 
-#[path = "common/pki.rs"]
-mod pki;
-use pki::{Pki, TlsServer};
-
 /// A reqwest client for `server` (its name pinned to the loopback address).
 fn tls_client(config: &ClientConfig, server: &TlsServer) -> reqwest::Client {
     reqwest::Client::builder()
@@ -414,25 +414,29 @@ fn tls_client(config: &ClientConfig, server: &TlsServer) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preconfigured_tls_config_is_what_reqwest_uses() {
-    let pki = Pki::new();
-    let mut server = TlsServer::start(&pki).await;
+    let ca = Ca::new("reqwest test ca");
+    let mut server = TlsServer::start(&ca.leaf(&["localhost"]), Mode::H2Capable).await;
+    let url = server.url("localhost").to_string();
     // Built once, like the shared configuration; every client clones it.
-    let config = config_with_roots(pki.roots.clone()).unwrap();
+    let config = config_with_roots(ca.roots()).unwrap();
 
     let first = tls_client(&config, &server);
-    let res = bounded(first.get(server.url()).send()).await.unwrap();
+    let res = bounded(first.get(&url).send()).await.unwrap();
     // The configuration's ALPN (`h2` first) reached the server.
     assert_eq!(res.version(), Version::HTTP_2);
     assert_eq!(res.text().await.unwrap(), "HTTP/2.0");
-    assert_eq!(server.next_handshake().await, Ok(Some(HandshakeKind::Full)));
+    assert_eq!(
+        server.next_handshake().await.map(|h| h.kind),
+        Ok(Some(HandshakeKind::Full))
+    );
 
     // A second client built from the same configuration shares its session
     // cache: its first connection resumes the first client's session.
     let second = tls_client(&config, &server);
-    let res = bounded(second.get(server.url()).send()).await.unwrap();
+    let res = bounded(second.get(&url).send()).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(
-        server.next_handshake().await,
+        server.next_handshake().await.map(|h| h.kind),
         Ok(Some(HandshakeKind::Resumed))
     );
 
@@ -445,14 +449,14 @@ async fn preconfigured_tls_config_is_what_reqwest_uses() {
         .unwrap()
         .build()
         .unwrap();
-    let err = bounded(shared.get(server.url()).send()).await.unwrap_err();
+    let err = bounded(shared.get(&url).send()).await.unwrap_err();
     let tls = find_cause::<rustls::Error>(&err).unwrap_or_else(|| panic!("{err:?}"));
     assert!(
         matches!(tls, rustls::Error::InvalidCertificate(_)),
         "{tls:?}"
     );
     assert!(server.next_handshake().await.is_err());
-    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(server.requests(), 2);
 }
 
 #[tokio::test]

@@ -6,8 +6,7 @@
 //! Each test runs its own current-thread runtime inside the subscriber's
 //! scope, so events from the connection tasks (the IO's expiry) are seen too.
 
-#[path = "common/composable.rs"]
-mod composable;
+mod common;
 
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
@@ -27,6 +26,8 @@ use tower_conn_lifecycle::track::TrackConnectionsLayer;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
+
+use common::composable;
 
 /// Records this crate's events at debug level and above as
 /// `"message field=value …"` lines.
