@@ -13,7 +13,6 @@
 mod common;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,9 +44,8 @@ use tower_conn_lifecycle::{find_cause, BoxError};
 
 use common::pki::Ca;
 use common::tls::provider;
+use common::{bounded, LATE};
 
-/// How late a timeout may fire on a loaded 2-core CI machine.
-const SLACK: Duration = Duration::from_millis(250);
 /// Upper bound for any single test; they take a few seconds.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// The send and read limits under test.
@@ -57,12 +55,6 @@ const KIB: u32 = 1024;
 const MIB: usize = 1 << 20;
 /// The healthy upload.
 const UPLOAD: usize = 8 * MIB;
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, f)
-        .await
-        .expect("test exceeded its time limit")
-}
 
 // ------------------------------------------------------------------ server
 
@@ -337,7 +329,7 @@ async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
     let e = expect_timeout(&stalled, Phase::Send);
     let took = stalled_at - start;
     assert!(
-        took >= LIMIT && took <= LIMIT + SLACK,
+        took >= LIMIT && took <= LIMIT + LATE,
         "{transport:?}: the stalled stream failed after {took:?}"
     );
     assert!(e.bytes_sent() < MIB as u64, "{e:?}");
@@ -345,7 +337,7 @@ async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
     assert_eq!(server.uploaded(), UPLOAD as u64);
     // The socket really stayed busy past the stalled stream's deadline.
     assert!(
-        healthy_at - start > LIMIT + SLACK,
+        healthy_at - start > LIMIT + LATE,
         "{:?}",
         healthy_at - start
     );
@@ -405,7 +397,7 @@ async fn healthy_stream_survives_a_stream_holding_the_window(transport: Transpor
     let e = expect_timeout(&stalled, Phase::Send);
     let took = stalled_at - start;
     assert!(
-        took >= LIMIT && took <= LIMIT + SLACK,
+        took >= LIMIT && took <= LIMIT + LATE,
         "{transport:?}: the stalled stream failed after {took:?}"
     );
     assert!(e.bytes_sent() < MIB as u64, "{e:?}");
@@ -457,14 +449,14 @@ async fn read_fires_on_time_beside_a_busy_stream(transport: Transport) {
 
     let e = expect_timeout(&silent, Phase::Read);
     assert!(
-        took >= LIMIT && took <= LIMIT + SLACK,
+        took >= LIMIT && took <= LIMIT + LATE,
         "{transport:?}: read fired after {took:?}"
     );
     assert!(e.elapsed() >= LIMIT && e.elapsed() <= took, "{e:?}");
     assert_eq!(e.bytes_sent(), 1000);
     assert_eq!(healthy.unwrap(), UPLOAD.to_string());
     assert!(
-        healthy_at - start > LIMIT + SLACK,
+        healthy_at - start > LIMIT + LATE,
         "{:?}",
         healthy_at - start
     );
@@ -473,44 +465,62 @@ async fn read_fires_on_time_beside_a_busy_stream(transport: Transport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_tls_stalled_stream_fails_on_time_beside_a_busy_one() {
-    bounded(stalled_stream_fails_on_time_beside_a_busy_one(
-        Transport::Tls,
-    ))
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        stalled_stream_fails_on_time_beside_a_busy_one(Transport::Tls),
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_stalled_stream_fails_on_time_beside_a_busy_one() {
-    bounded(stalled_stream_fails_on_time_beside_a_busy_one(
-        Transport::H2c,
-    ))
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        stalled_stream_fails_on_time_beside_a_busy_one(Transport::H2c),
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_tls_healthy_stream_survives_a_stream_holding_the_window() {
-    bounded(healthy_stream_survives_a_stream_holding_the_window(
-        Transport::Tls,
-    ))
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        healthy_stream_survives_a_stream_holding_the_window(Transport::Tls),
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_healthy_stream_survives_a_stream_holding_the_window() {
-    bounded(healthy_stream_survives_a_stream_holding_the_window(
-        Transport::H2c,
-    ))
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        healthy_stream_survives_a_stream_holding_the_window(Transport::H2c),
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_tls_read_fires_on_time_beside_a_busy_stream() {
-    bounded(read_fires_on_time_beside_a_busy_stream(Transport::Tls)).await;
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        read_fires_on_time_beside_a_busy_stream(Transport::Tls),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_read_fires_on_time_beside_a_busy_stream() {
-    bounded(read_fires_on_time_beside_a_busy_stream(Transport::H2c)).await;
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        read_fires_on_time_beside_a_busy_stream(Transport::H2c),
+    )
+    .await;
 }
 
 /// A caller that gives up on (drops) an upload mid-way on HTTP/2 resets that
@@ -539,10 +549,20 @@ async fn dropped_request_keeps_its_connection(transport: Transport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_tls_dropped_request_keeps_its_connection() {
-    bounded(dropped_request_keeps_its_connection(Transport::Tls)).await;
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        dropped_request_keeps_its_connection(Transport::Tls),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_dropped_request_keeps_its_connection() {
-    bounded(dropped_request_keeps_its_connection(Transport::H2c)).await;
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        dropped_request_keeps_its_connection(Transport::H2c),
+    )
+    .await;
 }

@@ -30,6 +30,7 @@ use tower_conn_lifecycle::testing::{
 };
 use tower_conn_lifecycle::tls::config_with_roots;
 
+use common::bounded;
 use common::pki::Ca;
 use common::tls::{Mode, TlsServer};
 
@@ -51,10 +52,6 @@ fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().no_proxy().shared_tls().unwrap()
 }
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(HANG, f).await.expect("the test hung")
-}
-
 // ------------------------------------------------------------ connect phase
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +64,9 @@ async fn connect_timeout_in_connector_layer_is_a_reqwest_timeout() {
         .unwrap();
 
     let start = Instant::now();
-    let err = bounded(client.get(hole.url()).send()).await.unwrap_err();
+    let err = bounded(HANG, "the request", client.get(hole.url()).send())
+        .await
+        .unwrap_err();
     let took = start.elapsed();
 
     // What reqwest users already check keeps matching.
@@ -90,9 +89,13 @@ async fn connect_timeout_in_connector_layer_lets_connects_through() {
         .build()
         .unwrap();
     for _ in 0..2 {
-        let res = bounded(client.post(server.url()).body("hello").send())
-            .await
-            .unwrap();
+        let res = bounded(
+            HANG,
+            "the request",
+            client.post(server.url()).body("hello").send(),
+        )
+        .await
+        .unwrap();
         assert_eq!(res.text().await.unwrap(), "5");
     }
     // reqwest's pool still reuses the connection made through the layer.
@@ -114,7 +117,9 @@ async fn adapter_converts_requests_and_responses() {
         .header("x-probe", "1")
         .body(Full::new(Bytes::from_static(b"hello")))
         .unwrap();
-    let res = bounded(svc.clone().oneshot(req)).await.unwrap();
+    let res = bounded(HANG, "the request", svc.clone().oneshot(req))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.version(), Version::HTTP_11);
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -127,7 +132,9 @@ async fn adapter_converts_requests_and_responses() {
     let req = Request::get(server.url())
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let res = bounded(svc.clone().oneshot(req)).await.unwrap();
+    let res = bounded(HANG, "the request", svc.clone().oneshot(req))
+        .await
+        .unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "0");
     assert_eq!((server.requests(), server.bytes_read()), (2, 5));
     // The clone shares the client's pool.
@@ -137,7 +144,9 @@ async fn adapter_converts_requests_and_responses() {
     let req = Request::get("/relative")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    let err = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap_err();
     assert!(err.is_builder(), "{err:?}");
     assert_eq!(server.requests(), 2);
 }
@@ -205,7 +214,9 @@ async fn send_stall_through_reqwest_fails_in_the_send_phase() {
 
     let (body, pulled) = RecordedBody::new(chunk, chunks);
     let req = Request::post(server.url()).body(body).unwrap();
-    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    let err = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap_err();
     let failed_at = Instant::now();
 
     let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
@@ -236,7 +247,9 @@ async fn read_clock_through_reqwest_starts_when_the_body_is_sent() {
 
     let (body, pulled) = RecordedBody::new(KIB, 4);
     let req = Request::post(server.url()).body(body).unwrap();
-    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    let err = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap_err();
     let failed_at = Instant::now();
 
     let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
@@ -273,7 +286,9 @@ async fn read_bounds_a_bodyless_request_through_reqwest() {
         let req = Request::get(server.url())
             .body(Empty::<Bytes>::new())
             .unwrap();
-        let err = bounded(svc.oneshot(req)).await.unwrap_err();
+        let err = bounded(HANG, "the request", svc.oneshot(req))
+            .await
+            .unwrap_err();
         let took = start.elapsed();
         let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
             .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
@@ -301,11 +316,13 @@ async fn body_stall_through_reqwest_fails_from_the_body() {
     let req = Request::get(server.url())
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let res = bounded(svc.oneshot(req)).await.unwrap();
+    let res = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap();
     let mut body = res.into_body();
     let mut received = 0;
     let err = loop {
-        match bounded(body.frame()).await {
+        match bounded(HANG, "a body frame", body.frame()).await {
             Some(Ok(frame)) => received += frame.into_data().map_or(0, |d| d.len()),
             Some(Err(err)) => break err,
             None => panic!("the stalled body ended"),
@@ -421,7 +438,9 @@ async fn preconfigured_tls_config_is_what_reqwest_uses() {
     let config = config_with_roots(ca.roots()).unwrap();
 
     let first = tls_client(&config, &server);
-    let res = bounded(first.get(&url).send()).await.unwrap();
+    let res = bounded(HANG, "the request", first.get(&url).send())
+        .await
+        .unwrap();
     // The configuration's ALPN (`h2` first) reached the server.
     assert_eq!(res.version(), Version::HTTP_2);
     assert_eq!(res.text().await.unwrap(), "HTTP/2.0");
@@ -433,7 +452,9 @@ async fn preconfigured_tls_config_is_what_reqwest_uses() {
     // A second client built from the same configuration shares its session
     // cache: its first connection resumes the first client's session.
     let second = tls_client(&config, &server);
-    let res = bounded(second.get(&url).send()).await.unwrap();
+    let res = bounded(HANG, "the request", second.get(&url).send())
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(
         server.next_handshake().await.map(|h| h.kind),
@@ -449,7 +470,9 @@ async fn preconfigured_tls_config_is_what_reqwest_uses() {
         .unwrap()
         .build()
         .unwrap();
-    let err = bounded(shared.get(&url).send()).await.unwrap_err();
+    let err = bounded(HANG, "the request", shared.get(&url).send())
+        .await
+        .unwrap_err();
     let tls = find_cause::<rustls::Error>(&err).unwrap_or_else(|| panic!("{err:?}"));
     assert!(
         matches!(tls, rustls::Error::InvalidCertificate(_)),

@@ -5,6 +5,8 @@
 //! client's reuse is what is under test. Every loop is bounded in count and
 //! time; nothing asserts on speed.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,37 +26,28 @@ use tower_conn_lifecycle::testing::{
     Http2FaultServer, IdleClosingServer, ResetServer, Rng, SilentServer,
 };
 use tower_conn_lifecycle::track::{
-    ConnectionCapture, ConnectionState, TrackConnections, TrackConnectionsLayer, TrackStats,
+    ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
+
+use common::{eventually, http2_only, Tracked, POLL, SLACK, STEP_LIMIT};
 
 /// The seed race's server idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);
 const TASKS: usize = 10;
 /// A seed race stops early (and fails its count) if it takes this long.
 const RACE_LIMIT: Duration = Duration::from_secs(120);
-/// Upper bound for any single step that must complete.
-const STEP_LIMIT: Duration = Duration::from_secs(10);
-/// How long to wait for a server-side counter to catch up.
-const SLACK: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(5);
 
 /// The read limit of the seed-race clients (see `race_client`): far above
 /// any loopback answer, far below `STEP_LIMIT`.
 const RACE_READ_LIMIT: Duration = Duration::from_secs(2);
 
-type Tracked = TrackConnections<HttpConnector>;
 type Retrying<S> = RetryOnStaleConnection<S>;
 type Plain<C> = Client<C, Full<Bytes>>;
 type Phased<B> = PhaseTimeout<Client<Tracked, RequestBody<B>>>;
 
 fn tracked_client(layer: RetryOnStaleConnectionLayer) -> (Retrying<Plain<Tracked>>, TrackStats) {
-    let track = TrackConnectionsLayer::new();
-    let stats = track.stats();
-    let connector = ServiceBuilder::new()
-        .layer(track)
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, stats) = common::tracked_client();
     (ServiceBuilder::new().layer(layer).service(client), stats)
 }
 
@@ -64,12 +57,7 @@ fn untracked_client(layer: RetryOnStaleConnectionLayer) -> Retrying<Plain<HttpCo
 }
 
 fn h2_client() -> Retrying<Plain<Tracked>> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(connector);
+    let (client, _) = common::tracked_client_with(&http2_only(), HttpConnector::new());
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         .service(client)
@@ -135,15 +123,6 @@ fn not_retried(err: &BoxError) -> &NotRetried {
     find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("not a NotRetried: {err:?}"))
 }
 
-/// Waits (at most `SLACK`) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SLACK;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(POLL).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The seed race: sequential requests, gaps uniform in [0.99, 1.0) x IDLE.
 
@@ -166,10 +145,7 @@ struct Tally {
 /// too). The limit turns it into a timeout, which the tracker proves safe to
 /// retry: nothing of it was written on a connection that is now closed.
 fn race_client() -> Retrying<Phased<Full<Bytes>>> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         // `total` as well: a request hyper never writes (see the rule table's
@@ -446,10 +422,7 @@ async fn part_of_the_response_head_then_reset_is_not_retried() {
 type Replaying = RetryOnStaleConnection<Client<Tracked, ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
 
 fn replaying_client() -> Replaying {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
         .service(client)
@@ -645,11 +618,14 @@ async fn dropping_the_future_abandons_the_attempt_and_closes_its_connection() {
     drop(fut);
     let state: ConnectionState = capture.state().expect("tracked");
     assert!(state.is_poisoned());
-    eventually("the abandoned connection to close", || {
+    eventually(SLACK, "the abandoned connection to close", || {
         stats.open_now() == 0
     })
     .await;
-    eventually("the server to see the close", || server.connections() == 1).await;
+    eventually(SLACK, "the server to see the close", || {
+        server.connections() == 1
+    })
+    .await;
     assert_eq!(server.requests(), 1);
 }
 
@@ -738,10 +714,7 @@ async fn connect_timeouts_are_retried_only_when_enabled() {
 type PhasedReplay = RetryOnStaleConnection<Phased<ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
 
 fn phased_client(phases: PhaseTimeoutLayer) -> PhasedReplay {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
         .layer(phases)
@@ -767,7 +740,10 @@ async fn read_timeout_under_retry_is_never_retried() {
             && !text.contains("not retried"),
         "{text}"
     );
-    eventually("the server to read the request", || server.requests() == 1).await;
+    eventually(SLACK, "the server to read the request", || {
+        server.requests() == 1
+    })
+    .await;
     assert_eq!(server.connections(), 1);
 }
 
@@ -801,10 +777,7 @@ async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() 
 /// attempt's record is PhaseTimeout's (when it took one) or the error's
 /// connection.
 fn hand_stack(phases: PhaseTimeoutLayer) -> Retrying<Phased<Full<Bytes>>> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         .layer(phases)
@@ -929,7 +902,7 @@ async fn dropping_a_bodiless_request_without_a_capture_closes_its_connection() {
         assert!(seen.is_ok(), "the request never reached the server");
         assert_eq!(stats.open_now(), 1);
         drop(fut);
-        eventually("the abandoned connection to close", || {
+        eventually(SLACK, "the abandoned connection to close", || {
             stats.open_now() == 0
         })
         .await;
@@ -966,7 +939,7 @@ async fn dropping_the_future_mid_upload_closes_its_connection() {
     let _ = timeout(Duration::from_millis(200), &mut fut).await;
     assert_eq!(stats.open_now(), 1);
     drop(fut);
-    eventually("the abandoned upload's connection to close", || {
+    eventually(SLACK, "the abandoned upload's connection to close", || {
         stats.open_now() == 0
     })
     .await;
@@ -1001,12 +974,10 @@ async fn h2_refused_stream_replays_a_streamed_body() {
         .start()
         .await
         .unwrap();
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build::<_, ReplayBody<Channel<Bytes>>>(connector);
+    let (client, _) = common::tracked_client_with::<ReplayBody<Channel<Bytes>>>(
+        &http2_only(),
+        HttpConnector::new(),
+    );
     let svc = ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
         .service(client);

@@ -5,10 +5,13 @@
 //! These tests must use the real clock: the servers' timers and the kernel's
 //! TCP behaviour are what is under test. Every wait is bounded.
 
+mod common;
+
 use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{bounded, eventually, POLL, SLACK, STEP_LIMIT};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -21,36 +24,10 @@ use tower_conn_lifecycle::testing::{
     StopReadingServer, ThrottledReader,
 };
 
-/// Generous margin for the scheduler on a loaded CI machine: how late an
-/// expected event (a close, a counter update) may be before a test fails.
-const SLACK: Duration = Duration::from_secs(2);
-
-/// Upper bound for any single exchange that should complete, so that a
-/// broken server fails the test instead of hanging it.
-const STEP_LIMIT: Duration = Duration::from_secs(10);
-
 /// How long to watch for something that must *not* happen (an answer, a
 /// completed write, a completed connect). Long enough that on loopback the
 /// thing would certainly have happened if the server were not misbehaving.
 const NEVER_WAIT: Duration = Duration::from_millis(500);
-
-/// How often counters are polled while waiting for them.
-const POLL: Duration = Duration::from_millis(5);
-
-async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    timeout(STEP_LIMIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not complete within {STEP_LIMIT:?}"))
-}
-
-/// Waits (at most `SLACK`) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SLACK;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(POLL).await;
-    }
-}
 
 /// Reads a response head; returns it and the body bytes read past it.
 async fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
@@ -106,7 +83,7 @@ async fn idle_closing_reuses_within_idle_timeout_then_closes() {
 
     for _ in 0..2 {
         stream.write_all(GET).await.unwrap();
-        let (head, body) = bounded("response", read_response(&mut stream))
+        let (head, body) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
             .await
             .unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -146,7 +123,7 @@ async fn idle_closing_reload_late_close_and_new_timeout() {
     for _ in 0..2 {
         let mut stream = TcpStream::connect(server.addr()).await.unwrap();
         stream.write_all(GET).await.unwrap();
-        bounded("response", read_response(&mut stream))
+        bounded(STEP_LIMIT, "response", read_response(&mut stream))
             .await
             .unwrap();
         streams.push(stream);
@@ -164,7 +141,7 @@ async fn idle_closing_reload_late_close_and_new_timeout() {
     server.set_idle_timeout(Duration::from_millis(100));
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     stream.write_all(GET).await.unwrap();
-    bounded("response", read_response(&mut stream))
+    bounded(STEP_LIMIT, "response", read_response(&mut stream))
         .await
         .unwrap();
     // Real clock: the server's idle timer is what is under test.
@@ -199,7 +176,7 @@ async fn idle_closing_options_posts_and_connection_close() {
     for request in requests {
         let start = Instant::now();
         stream.write_all(request).await.unwrap();
-        let (head, body) = bounded("response", read_response(&mut stream))
+        let (head, body) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
             .await
             .unwrap();
         // Real clock: think time delays the answer (a lower bound only).
@@ -215,7 +192,9 @@ async fn idle_closing_options_posts_and_connection_close() {
         .write_all(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
         .unwrap();
-    let (head, rest) = bounded("head", read_head(&mut stream)).await.unwrap();
+    let (head, rest) = bounded(STEP_LIMIT, "head", read_head(&mut stream))
+        .await
+        .unwrap();
     assert_eq!((content_length(&head), rest.len()), (5, 0));
 
     // Expect: 100-continue is honoured before the body is sent.
@@ -225,7 +204,7 @@ async fn idle_closing_options_posts_and_connection_close() {
         )
         .await
         .unwrap();
-    let (interim, rest) = bounded("100 continue", read_head(&mut stream))
+    let (interim, rest) = bounded(STEP_LIMIT, "100 continue", read_head(&mut stream))
         .await
         .unwrap();
     assert_eq!(
@@ -233,7 +212,7 @@ async fn idle_closing_options_posts_and_connection_close() {
         ("HTTP/1.1 100 Continue\r\n\r\n", 0)
     );
     stream.write_all(b"hi").await.unwrap();
-    let (_, body) = bounded("response", read_response(&mut stream))
+    let (_, body) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
         .await
         .unwrap();
     assert_eq!(body, b"hello");
@@ -243,7 +222,7 @@ async fn idle_closing_options_posts_and_connection_close() {
         .write_all(b"DELETE / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let (head, _) = bounded("response", read_response(&mut stream))
+    let (head, _) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
         .await
         .unwrap();
     assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
@@ -261,9 +240,13 @@ async fn idle_closing_serves_hyper_client_on_one_connection() {
         .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     for _ in 0..3 {
-        let response = bounded("request", client.get(server.url().parse().unwrap()))
-            .await
-            .unwrap();
+        let response = bounded(
+            STEP_LIMIT,
+            "request",
+            client.get(server.url().parse().unwrap()),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "ok");
@@ -282,7 +265,9 @@ async fn malformed_request_ends_only_its_connection() {
 
     let mut good = TcpStream::connect(server.addr()).await.unwrap();
     good.write_all(GET).await.unwrap();
-    bounded("response", read_response(&mut good)).await.unwrap();
+    bounded(STEP_LIMIT, "response", read_response(&mut good))
+        .await
+        .unwrap();
     assert_eq!((server.connections(), server.requests()), (2, 1));
 }
 
@@ -305,7 +290,7 @@ async fn throttled_reader_reads_at_its_rate() {
     let server = ThrottledReader::start(RATE).await.unwrap();
     // Real clock: the pace is what is under test. 200 KB at 100 KB/s takes
     // 2 s; only a lower bound is asserted.
-    let (body, took) = bounded("upload", upload(server.addr(), LEN)).await;
+    let (body, took) = bounded(STEP_LIMIT, "upload", upload(server.addr(), LEN)).await;
     assert_eq!(body, LEN.to_string().as_bytes());
     assert!(took >= Duration::from_millis(1500), "too fast: {took:?}");
     assert_eq!(server.bytes_read(), LEN as u64);
@@ -324,7 +309,7 @@ async fn throttled_reader_keeps_up_at_high_rate_and_thinks() {
         .unwrap();
     // 10 MiB at 50 MB/s is about 0.2 s; `bounded` fails the test if the
     // throttle cannot keep up at all.
-    let (body, took) = bounded("upload", upload(server.addr(), LEN)).await;
+    let (body, took) = bounded(STEP_LIMIT, "upload", upload(server.addr(), LEN)).await;
     assert_eq!(body, LEN.to_string().as_bytes());
     assert!(took >= THINK, "think time skipped: {took:?}");
     assert_eq!(server.bytes_read(), LEN as u64);
@@ -354,7 +339,10 @@ async fn stop_reading_server_stalls_the_upload() {
     .await;
     assert!(upload.is_err(), "upload of {BODY} bytes did not stall");
     assert!(written < BODY);
-    eventually("bytes_read == AFTER", || server.bytes_read() == AFTER).await;
+    eventually(SLACK, "bytes_read == AFTER", || {
+        server.bytes_read() == AFTER
+    })
+    .await;
     assert_eq!((server.connections(), server.requests()), (1, 1));
 
     // It really stopped: nothing more is read, even after a while.
@@ -371,7 +359,7 @@ async fn silent_server_reads_everything_and_never_answers() {
     request.extend_from_slice(GET);
     stream.write_all(&request).await.unwrap();
 
-    eventually("both requests read", || {
+    eventually(SLACK, "both requests read", || {
         server.requests() == 2 && server.bytes_read() == 5000
     })
     .await;
@@ -394,10 +382,12 @@ async fn stalled_body_server_sends_part_then_stalls() {
         .unwrap();
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     stream.write_all(GET).await.unwrap();
-    let (head, mut body) = bounded("head", read_head(&mut stream)).await.unwrap();
+    let (head, mut body) = bounded(STEP_LIMIT, "head", read_head(&mut stream))
+        .await
+        .unwrap();
     assert_eq!(content_length(&head), 1_000_000);
     while body.len() < 100 {
-        let n = bounded("first bytes", stream.read_buf(&mut body))
+        let n = bounded(STEP_LIMIT, "first bytes", stream.read_buf(&mut body))
             .await
             .unwrap();
         assert_ne!(n, 0, "closed");
@@ -420,13 +410,17 @@ async fn slow_body_server_trickles_the_body() {
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     let start = Instant::now();
     stream.write_all(GET).await.unwrap();
-    let (head, mut body) = bounded("head", read_head(&mut stream)).await.unwrap();
+    let (head, mut body) = bounded(STEP_LIMIT, "head", read_head(&mut stream))
+        .await
+        .unwrap();
     assert_eq!(content_length(&head), 40);
     // The head comes first; the body follows one chunk per interval.
     let mut reads = 0;
     while body.len() < 40 {
         assert_ne!(
-            bounded("chunk", stream.read_buf(&mut body)).await.unwrap(),
+            bounded(STEP_LIMIT, "chunk", stream.read_buf(&mut body))
+                .await
+                .unwrap(),
             0
         );
         reads += 1;
@@ -440,7 +434,7 @@ async fn slow_body_server_trickles_the_body() {
 
     // The connection is kept alive for another request.
     stream.write_all(GET).await.unwrap();
-    bounded("second response", read_response(&mut stream))
+    bounded(STEP_LIMIT, "second response", read_response(&mut stream))
         .await
         .unwrap();
     assert_eq!(
@@ -501,7 +495,7 @@ async fn dropping_a_server_stops_it_and_its_connections() {
     let addr = server.addr();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(GET).await.unwrap();
-    eventually("request read", || server.requests() == 1).await;
+    eventually(SLACK, "request read", || server.requests() == 1).await;
     assert_drop_stops(addr, &mut stream, server).await;
 
     // A connection parked forever (never reading) is stopped too.
@@ -512,6 +506,6 @@ async fn dropping_a_server_stops_it_and_its_connections() {
         .write_all(b"POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789")
         .await
         .unwrap();
-    eventually("body read", || server.bytes_read() == 10).await;
+    eventually(SLACK, "body read", || server.bytes_read() == 10).await;
     assert_drop_stops(addr, &mut stream, server).await;
 }

@@ -29,6 +29,7 @@ use tower_conn_lifecycle::tls::{
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
 
+use common::bounded;
 use common::pki::{Ca, Leaf, LOOPBACK};
 use common::tls::{
     client_config, client_with, get, tcp, url as server_url, Handshake, Mode, TlsServer,
@@ -36,10 +37,6 @@ use common::tls::{
 
 /// Upper bound for any single test; they take milliseconds.
 const TEST_LIMIT: Duration = Duration::from_secs(30);
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    common::bounded(TEST_LIMIT, "the test", f).await
-}
 
 type TestClient<C> = Client<C, Empty<Bytes>>;
 
@@ -95,7 +92,7 @@ fn expect_done(
 
 #[tokio::test]
 async fn https_by_name_sends_sni_and_succeeds() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
         let client = client_with(client_config(&ca));
@@ -112,7 +109,7 @@ async fn https_by_name_sends_sni_and_succeeds() {
 
 #[tokio::test]
 async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
         let client = client_with(client_config(&ca));
@@ -134,7 +131,7 @@ async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
 
 #[tokio::test]
 async fn https_by_ipv6_literal_where_available() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let listener = match TcpListener::bind("[::1]:0").await {
             Ok(listener) => listener,
             Err(e) => {
@@ -194,7 +191,7 @@ async fn assert_rejected(leaf: Leaf, trusted: &Ca, expected: &str) {
 
 #[tokio::test]
 async fn certificate_for_another_name_is_rejected() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         assert_rejected(ca.leaf(&["other.test"]), &ca, "NotValidForName").await;
     })
@@ -203,7 +200,7 @@ async fn certificate_for_another_name_is_rejected() {
 
 #[tokio::test]
 async fn expired_certificate_is_rejected() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut names = vec!["localhost"];
         names.push("127.0.0.1");
@@ -214,7 +211,7 @@ async fn expired_certificate_is_rejected() {
 
 #[tokio::test]
 async fn untrusted_ca_is_rejected() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let trusted = Ca::new("trusted ca");
         let untrusted = Ca::new("untrusted ca");
         assert_rejected(good_leaf(&untrusted), &trusted, "UnknownIssuer").await;
@@ -224,7 +221,7 @@ async fn untrusted_ca_is_rejected() {
 
 #[tokio::test]
 async fn alpn_h2_server_gets_http2() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
         let client = client_with(client_config(&ca));
@@ -236,7 +233,7 @@ async fn alpn_h2_server_gets_http2() {
 
 #[tokio::test]
 async fn alpn_http1_only_server_gets_http11() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
         let client = client_with(client_config(&ca));
@@ -255,7 +252,7 @@ async fn alpn_http1_only_server_gets_http11() {
 
 #[tokio::test]
 async fn configured_alpn_http1_only_against_h2_server() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
         let layer = SharedTlsLayer::from_config(client_config(&ca)).alpn_protocols([b"http/1.1"]);
@@ -275,7 +272,7 @@ async fn configured_alpn_http1_only_against_h2_server() {
 
 #[tokio::test]
 async fn second_client_on_the_same_config_resumes_the_session() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
         let config = client_config(&ca);
@@ -338,7 +335,7 @@ const TICKETS_PER_SERVER: usize = 8;
 /// `BOUND` newest names and none older.
 #[tokio::test]
 async fn session_store_is_bounded() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         const BOUND: usize = 3;
         let ca = Ca::new("test ca");
         let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
@@ -389,7 +386,7 @@ async fn session_store_is_bounded() {
 
 #[tokio::test]
 async fn plain_http_passes_through_without_tls() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         // A server with no TLS at all: a ClientHello would make it fail.
         let server = TlsServer::start(&good_leaf(&ca), Mode::Plain).await;
@@ -418,7 +415,7 @@ async fn plain_http_passes_through_without_tls() {
 
 #[tokio::test]
 async fn unusable_uris_give_typed_errors_without_connecting() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut connector = SharedTlsConnector::from_config(tcp(), client_config(&ca));
         let mut kind_of = async |uri: Uri| {
@@ -453,7 +450,7 @@ async fn unusable_uris_give_typed_errors_without_connecting() {
 
 #[tokio::test]
 async fn connect_failure_is_typed_with_inner_source() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         // Bind then drop a listener: the port is very likely closed.
         let addr = TcpListener::bind("127.0.0.1:0")
             .await
@@ -482,7 +479,7 @@ async fn connect_failure_is_typed_with_inner_source() {
 /// configuration, so it observes the first use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn concurrent_first_use_builds_the_shared_config_once() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         const TASKS: usize = 64;
         assert_eq!(
             shared_config_build_count(),
@@ -591,7 +588,7 @@ mod composition {
     /// applied to a multiplexed connection.
     #[tokio::test]
     async fn a_tracker_inside_tls_learns_the_connection_is_http2() {
-        bounded(async {
+        bounded(TEST_LIMIT, "the test", async {
             let ca = Ca::new("test ca");
             let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
             let client = InsideTls::new(&ca);
@@ -617,7 +614,7 @@ mod composition {
     #[tokio::test]
     async fn a_tracker_inside_tls_records_each_http1_request_exactly() {
         use tower_conn_lifecycle::track::ExchangeOutcome;
-        bounded(async {
+        bounded(TEST_LIMIT, "the test", async {
             let ca = Ca::new("test ca");
             let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
             let client = InsideTls::new(&ca);
@@ -647,7 +644,7 @@ mod composition {
 
     #[tokio::test]
     async fn connect_timeout_over_tracker_over_shared_tls() {
-        bounded(async {
+        bounded(TEST_LIMIT, "the test", async {
             let ca = Ca::new("test ca");
             let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
             let track = TrackConnectionsLayer::new();
@@ -686,7 +683,7 @@ mod composition {
     /// connect deadline covers the TLS handshake.
     #[tokio::test]
     async fn connect_timeout_covers_the_tls_handshake() {
-        bounded(async {
+        bounded(TEST_LIMIT, "the test", async {
             const LIMIT: Duration = Duration::from_millis(200);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
