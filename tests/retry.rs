@@ -23,7 +23,7 @@ use tower_conn_lifecycle::retry::{
     RetryOnStaleConnectionLayer, RetryReason, Rule, IDEMPOTENCY_KEY,
 };
 use tower_conn_lifecycle::testing::{
-    Http2FaultServer, IdleClosingServer, ResetServer, Rng, SilentServer,
+    Http2FaultServer, IdleClosingServer, ResetServer, SeedWorkload, SilentServer,
 };
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
@@ -35,7 +35,8 @@ use common::{eventually, http2_only, Tracked, POLL, SLACK, STEP_LIMIT};
 /// The seed race's server idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);
 const TASKS: usize = 10;
-/// A seed race stops early (and fails its count) if it takes this long.
+/// A seed race stops starting requests (and fails its count) after this
+/// long.
 const RACE_LIMIT: Duration = Duration::from_secs(120);
 
 /// The read limit of the seed-race clients (see `race_client`): far above
@@ -124,7 +125,8 @@ fn not_retried(err: &BoxError) -> &NotRetried {
 }
 
 // ---------------------------------------------------------------------------
-// The seed race: sequential requests, gaps uniform in [0.99, 1.0) x IDLE.
+// The seed race (the kit's `SeedWorkload`): sequential requests, gaps
+// uniform in [0.99, 1.0) x IDLE.
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -159,75 +161,45 @@ fn race_client() -> Retrying<Phased<Full<Bytes>>> {
         .service(client)
 }
 
-/// One task of a seed race, with its own client.
-async fn race_task(
-    url: String,
-    task: usize,
-    requests: usize,
-    method: Method,
-    keyed: bool,
-    stop_at: Instant,
-) -> Tally {
-    let svc = race_client();
-    let mut rng = Rng::new(task as u64 + 1);
-    let mut tally = Tally::default();
-    for i in 0..requests {
-        if Instant::now() >= stop_at {
-            break;
-        }
-        if i > 0 {
-            sleep(IDLE.mul_f64(0.99 + 0.01 * rng.unit())).await;
-        }
-        let mut req = request(method.clone(), &url, b"seed");
-        if keyed {
-            let key = format!("task-{task}-req-{i}");
-            req.headers_mut()
-                .insert(IDEMPOTENCY_KEY, key.parse().unwrap());
-        }
-        tally.sent += 1;
-        match send(&svc, req).await {
-            Ok((body, retried)) => {
-                assert_eq!(body, "ok");
-                tally.ok += 1;
-                if let Some(r) = retried {
-                    tally.retries += r.count() as u64;
-                    tally.reasons.extend_from_slice(r.reasons());
-                }
-            }
-            Err(e) => tally
-                .errors
-                .push((not_retried(&e).rule(), format!("{e} <- {:?}", e.source()))),
-        }
-    }
-    tally
-}
-
+/// A seed race on the kit's [`SeedWorkload`]: `TASKS` tasks of `requests`
+/// sequential requests (`method`, body `seed`, an `Idempotency-Key` each if
+/// `keyed`), each task on its own [`race_client`]; every success answered
+/// `ok`, every failure the retry layer's [`NotRetried`].
 async fn seed_race(
     server: &IdleClosingServer,
     requests: usize,
     method: Method,
     keyed: bool,
 ) -> Tally {
-    let stop_at = Instant::now() + RACE_LIMIT;
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..TASKS {
-        tasks.spawn(race_task(
-            server.url(),
-            task,
-            requests,
-            method.clone(),
-            keyed,
-            stop_at,
-        ));
-    }
-    let mut total = Tally::default();
-    while let Some(t) = tasks.join_next().await {
-        let t = t.unwrap();
-        total.sent += t.sent;
-        total.ok += t.ok;
-        total.retries += t.retries;
-        total.reasons.extend(t.reasons);
-        total.errors.extend(t.errors);
+    let report = SeedWorkload::new(IDLE)
+        .tasks(TASKS)
+        .requests(requests)
+        .method(method)
+        .body("seed")
+        .idempotency_keys(keyed)
+        .keep_bodies(true)
+        .time_limit(RACE_LIMIT)
+        .request_limit(STEP_LIMIT)
+        .run(&server.url(), |_| race_client())
+        .await;
+    let mut total = Tally {
+        sent: report.requests() as u64,
+        ..Tally::default()
+    };
+    for sample in report.samples() {
+        match sample.outcome() {
+            Ok(res) => {
+                assert_eq!(sample.body(), Some(&Bytes::from("ok")));
+                total.ok += 1;
+                if let Some(r) = res.extensions().get::<Retried>() {
+                    total.retries += r.count() as u64;
+                    total.reasons.extend_from_slice(r.reasons());
+                }
+            }
+            Err(e) => total
+                .errors
+                .push((not_retried(e).rule(), format!("{e} <- {:?}", e.source()))),
+        }
     }
     assert_eq!(
         total.sent,

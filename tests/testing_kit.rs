@@ -11,7 +11,6 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{bounded, eventually, POLL, SLACK, STEP_LIMIT};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -20,9 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 use tower_conn_lifecycle::testing::{
-    Blackhole, IdleClosingServer, SilentServer, SlowBodyServer, StalledBodyServer,
+    Blackhole, IdleClosingServer, SeedWorkload, SilentServer, SlowBodyServer, StalledBodyServer,
     StopReadingServer, ThrottledReader,
 };
+
+use common::{bounded, eventually, POLL, SLACK, STEP_LIMIT};
 
 /// How long to watch for something that must *not* happen (an answer, a
 /// completed write, a completed connect). Long enough that on loopback the
@@ -252,6 +253,29 @@ async fn idle_closing_serves_hyper_client_on_one_connection() {
         assert_eq!(body, "ok");
     }
     assert_eq!((server.connections(), server.requests()), (1, 3));
+}
+
+/// `SeedWorkload` keeps each response body only when asked to.
+#[tokio::test]
+async fn seed_workload_keeps_bodies_only_when_asked() {
+    let server = IdleClosingServer::start(Duration::from_secs(5))
+        .await
+        .unwrap();
+    for keep in [false, true] {
+        let report = SeedWorkload::new(Duration::from_millis(10))
+            .tasks(2)
+            .requests(2)
+            .keep_bodies(keep)
+            .run(&server.url(), |_| {
+                Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()
+            })
+            .await;
+        assert_eq!((report.requests(), report.errors()), (4, 0));
+        for sample in report.samples() {
+            assert_eq!(sample.body(), keep.then(|| Bytes::from("ok")).as_ref());
+        }
+    }
+    assert_eq!(server.requests(), 8);
 }
 
 #[tokio::test]
