@@ -15,7 +15,7 @@ use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer, RequestBody};
 use tower_conn_lifecycle::retry::{
@@ -962,108 +962,4 @@ async fn h2_refused_stream_replays_a_streamed_body() {
     assert_eq!(retried.unwrap().reasons(), [RetryReason::RefusedStream]);
     assert_eq!((server.refused(), server.processed()), (1, 1));
     assert_eq!(server.distinct_keys(), 1);
-}
-
-// ---------------------------------------------------------------------------
-// The kit's new servers, seen from raw sockets.
-
-mod kit {
-    use std::io;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    use super::*;
-
-    /// Reads until EOF or an error; returns the bytes and how it ended.
-    async fn read_all(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match timeout(STEP_LIMIT, stream.read(&mut buf)).await {
-                Err(_) => panic!("the server neither answered nor closed"),
-                Ok(Ok(0)) => return (out, Ok(())),
-                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-                Ok(Err(e)) => return (out, Err(e)),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn reset_server_resets_instead_of_closing() {
-        let server = ResetServer::builder()
-            .reset_after_bytes(10)
-            .start()
-            .await
-            .unwrap();
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, end) = read_all(&mut stream).await;
-        assert!(bytes.is_empty());
-        assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
-        assert_eq!(
-            (server.attempts(), server.requests(), server.resets()),
-            (1, 0, 1)
-        );
-    }
-
-    #[tokio::test]
-    async fn reset_server_sends_part_of_the_head_then_resets() {
-        let server = ResetServer::builder()
-            .on_request(2)
-            .partial_head(12)
-            .start()
-            .await
-            .unwrap();
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        // Two pipelined requests: the first is answered, the second cut.
-        stream
-            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, end) = read_all(&mut stream).await;
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(text.ends_with("\r\n\r\n3HTTP/1.1 200"), "{text:?}");
-        assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
-        assert_eq!(
-            (server.attempts(), server.responses(), server.bytes_read()),
-            (2, 1, 3)
-        );
-    }
-
-    #[tokio::test]
-    async fn http2_server_survives_garbage_and_stops_on_drop() {
-        let server = Http2FaultServer::builder().start().await.unwrap();
-        let mut bad = TcpStream::connect(server.addr()).await.unwrap();
-        bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (_, _) = read_all(&mut bad).await;
-        // A frame longer than SETTINGS_MAX_FRAME_SIZE after a good preface.
-        let mut big = TcpStream::connect(server.addr()).await.unwrap();
-        big.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .unwrap();
-        big.write_all(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1])
-            .await
-            .unwrap();
-        let (_, _) = read_all(&mut big).await;
-        // Still serving.
-        let svc = h2_client();
-        let (body, _) = send(&svc, request(Method::GET, &server.url(), b""))
-            .await
-            .unwrap();
-        assert_eq!(body, "ok");
-        assert_eq!((server.connections(), server.processed()), (3, 1));
-        let addr = server.addr();
-        drop(server);
-        let deadline = Instant::now() + SLACK;
-        while TcpStream::connect(addr).await.is_ok() {
-            assert!(Instant::now() < deadline, "still accepting after drop");
-            sleep(POLL).await;
-        }
-    }
 }

@@ -19,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 use tower_conn_lifecycle::testing::{
-    Blackhole, IdleClosingServer, SeedWorkload, SilentServer, SlowBodyServer, StalledBodyServer,
-    StopReadingServer, ThrottledReader,
+    Blackhole, Http2FaultServer, IdleClosingServer, ResetServer, SeedWorkload, SilentServer,
+    SlowBodyServer, StalledBodyServer, StopReadingServer, ThrottledReader,
 };
 
 use common::{bounded, eventually, POLL, SLACK, STEP_LIMIT};
@@ -496,7 +496,12 @@ async fn assert_drop_stops(addr: std::net::SocketAddr, stream: &mut TcpStream, s
         closed_within(stream, SLACK).await,
         "connection survived the drop"
     );
-    // The listener closes on the runtime shortly after the drop.
+    assert_stops_accepting(addr).await;
+}
+
+/// Checks that the port of a dropped server no longer accepts connections
+/// (the listener closes on the runtime shortly after the drop).
+async fn assert_stops_accepting(addr: std::net::SocketAddr) {
     let deadline = Instant::now() + SLACK;
     loop {
         match timeout(SLACK, TcpStream::connect(addr)).await {
@@ -532,4 +537,100 @@ async fn dropping_a_server_stops_it_and_its_connections() {
         .unwrap();
     eventually(SLACK, "body read", || server.bytes_read() == 10).await;
     assert_drop_stops(addr, &mut stream, server).await;
+}
+
+/// Reads until EOF or an error (bounded: [`STEP_LIMIT`]); returns the bytes
+/// and how it ended.
+async fn read_all(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match timeout(STEP_LIMIT, stream.read(&mut buf)).await {
+            Err(_) => panic!("the server neither answered nor closed"),
+            Ok(Ok(0)) => return (out, Ok(())),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (out, Err(e)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn reset_server_resets_instead_of_closing() {
+    let server = ResetServer::builder()
+        .reset_after_bytes(10)
+        .start()
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (bytes, end) = read_all(&mut stream).await;
+    assert!(bytes.is_empty());
+    assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        (server.attempts(), server.requests(), server.resets()),
+        (1, 0, 1)
+    );
+}
+
+#[tokio::test]
+async fn reset_server_sends_part_of_the_head_then_resets() {
+    let server = ResetServer::builder()
+        .on_request(2)
+        .partial_head(12)
+        .start()
+        .await
+        .unwrap();
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    // Two pipelined requests: the first is answered, the second cut.
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (bytes, end) = read_all(&mut stream).await;
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.ends_with("\r\n\r\n3HTTP/1.1 200"), "{text:?}");
+    assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        (server.attempts(), server.responses(), server.bytes_read()),
+        (2, 1, 3)
+    );
+}
+
+#[tokio::test]
+async fn http2_server_survives_garbage_and_stops_on_drop() {
+    let server = Http2FaultServer::builder().start().await.unwrap();
+    let mut bad = TcpStream::connect(server.addr()).await.unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, _) = read_all(&mut bad).await;
+    // A frame longer than SETTINGS_MAX_FRAME_SIZE after a good preface.
+    let mut big = TcpStream::connect(server.addr()).await.unwrap();
+    big.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    big.write_all(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1])
+        .await
+        .unwrap();
+    let (_, _) = read_all(&mut big).await;
+    // Still serving (hyper-util's client, HTTP/2 with prior knowledge).
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let response = bounded(
+        STEP_LIMIT,
+        "request",
+        client.get(server.url().parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    assert_eq!((server.connections(), server.processed()), (3, 1));
+    let addr = server.addr();
+    drop(server);
+    assert_stops_accepting(addr).await;
 }
