@@ -301,6 +301,22 @@ fn expect_timeout(result: &Result<String, BoxError>, phase: Phase) -> &Elapsed {
 
 // -------------------------------------------------------------- scenarios
 
+/// The case `$case` over TLS (ALPN `h2`) as the test `h2_tls_$case` and over
+/// h2c as `h2c_$case`, each bounded by `TEST_LIMIT`.
+macro_rules! over_tls_and_h2c {
+    ($case:ident, $tls:ident, $h2c:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $tls() {
+            bounded(TEST_LIMIT, stringify!($tls), $case(Transport::Tls)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $h2c() {
+            bounded(TEST_LIMIT, stringify!($h2c), $case(Transport::H2c)).await;
+        }
+    };
+}
+
 /// A stream whose handler never reads stalls after its stream window while a
 /// second stream uploads for seconds: the stalled one fails `send` on time
 /// (it used to count the other stream's socket writes as its own progress
@@ -356,6 +372,12 @@ async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
     );
     assert_eq!((stats.opened(), server.connections()), (1, 1));
 }
+
+over_tls_and_h2c!(
+    stalled_stream_fails_on_time_beside_a_busy_one,
+    h2_tls_stalled_stream_fails_on_time_beside_a_busy_one,
+    h2c_stalled_stream_fails_on_time_beside_a_busy_one
+);
 
 /// A stream whose handler never reads takes the whole connection window, so
 /// a healthy upload that starts later is blocked until the stalled stream is
@@ -413,6 +435,12 @@ async fn healthy_stream_survives_a_stream_holding_the_window(transport: Transpor
     assert_eq!((stats.opened(), server.connections()), (1, 1));
 }
 
+over_tls_and_h2c!(
+    healthy_stream_survives_a_stream_holding_the_window,
+    h2_tls_healthy_stream_survives_a_stream_holding_the_window,
+    h2c_healthy_stream_survives_a_stream_holding_the_window
+);
+
 /// A request to a handler that reads its body and never answers, while
 /// another stream uploads for seconds: its `read` clock starts when its own
 /// body ended (it used to wait for the connection's last write and flush,
@@ -463,65 +491,11 @@ async fn read_fires_on_time_beside_a_busy_stream(transport: Transport) {
     assert_eq!((stats.opened(), server.connections()), (1, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_stalled_stream_fails_on_time_beside_a_busy_one() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        stalled_stream_fails_on_time_beside_a_busy_one(Transport::Tls),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_stalled_stream_fails_on_time_beside_a_busy_one() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        stalled_stream_fails_on_time_beside_a_busy_one(Transport::H2c),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_healthy_stream_survives_a_stream_holding_the_window() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        healthy_stream_survives_a_stream_holding_the_window(Transport::Tls),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_healthy_stream_survives_a_stream_holding_the_window() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        healthy_stream_survives_a_stream_holding_the_window(Transport::H2c),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_read_fires_on_time_beside_a_busy_stream() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        read_fires_on_time_beside_a_busy_stream(Transport::Tls),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_read_fires_on_time_beside_a_busy_stream() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        read_fires_on_time_beside_a_busy_stream(Transport::H2c),
-    )
-    .await;
-}
+over_tls_and_h2c!(
+    read_fires_on_time_beside_a_busy_stream,
+    h2_tls_read_fires_on_time_beside_a_busy_stream,
+    h2c_read_fires_on_time_beside_a_busy_stream
+);
 
 /// A caller that gives up on (drops) an upload mid-way on HTTP/2 resets that
 /// stream only: the connection stays pooled and the next request reuses it.
@@ -547,22 +521,8 @@ async fn dropped_request_keeps_its_connection(transport: Transport) {
     assert_eq!(server.requests(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_dropped_request_keeps_its_connection() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        dropped_request_keeps_its_connection(Transport::Tls),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_dropped_request_keeps_its_connection() {
-    bounded(
-        TEST_LIMIT,
-        "the test",
-        dropped_request_keeps_its_connection(Transport::H2c),
-    )
-    .await;
-}
+over_tls_and_h2c!(
+    dropped_request_keeps_its_connection,
+    h2_tls_dropped_request_keeps_its_connection,
+    h2c_dropped_request_keeps_its_connection
+);

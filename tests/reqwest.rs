@@ -52,6 +52,22 @@ fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().no_proxy().shared_tls().unwrap()
 }
 
+/// Sends `req` through `svc`, which must fail (bounded: `HANG`) with an
+/// `Elapsed` in its error's chain: that `Elapsed`, the error's display and
+/// when it came.
+async fn timed_out<S, B>(svc: S, req: Request<B>) -> (Elapsed, String, Instant)
+where
+    S: tower::Service<Request<B>, Error = tower_conn_lifecycle::BoxError>,
+    S::Response: std::fmt::Debug,
+{
+    let err = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap_err();
+    let failed_at = Instant::now();
+    let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    (e.clone(), err.to_string(), failed_at)
+}
+
 // ------------------------------------------------------------ connect phase
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,13 +230,8 @@ async fn send_stall_through_reqwest_fails_in_the_send_phase() {
 
     let (body, pulled) = RecordedBody::new(chunk, chunks);
     let req = Request::post(server.url()).body(body).unwrap();
-    let err = bounded(HANG, "the request", svc.oneshot(req))
-        .await
-        .unwrap_err();
-    let failed_at = Instant::now();
+    let (e, err, failed_at) = timed_out(svc, req).await;
 
-    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
-        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Send, "{err}");
     let total = (chunk * chunks) as u64;
     assert!(e.bytes_sent() > 0 && e.bytes_sent() < total, "{e:?}");
@@ -247,13 +258,8 @@ async fn read_clock_through_reqwest_starts_when_the_body_is_sent() {
 
     let (body, pulled) = RecordedBody::new(KIB, 4);
     let req = Request::post(server.url()).body(body).unwrap();
-    let err = bounded(HANG, "the request", svc.oneshot(req))
-        .await
-        .unwrap_err();
-    let failed_at = Instant::now();
+    let (e, err, failed_at) = timed_out(svc, req).await;
 
-    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
-        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Read, "{err}");
     assert_eq!(e.bytes_sent(), 4 * KIB as u64);
     let after = failed_at.saturating_duration_since(last_pull(&pulled));
@@ -286,12 +292,8 @@ async fn read_bounds_a_bodyless_request_through_reqwest() {
         let req = Request::get(server.url())
             .body(Empty::<Bytes>::new())
             .unwrap();
-        let err = bounded(HANG, "the request", svc.oneshot(req))
-            .await
-            .unwrap_err();
-        let took = start.elapsed();
-        let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
-            .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+        let (e, err, failed_at) = timed_out(svc, req).await;
+        let took = failed_at - start;
         assert_eq!((e.phase(), e.limit()), (Phase::Read, READ), "{err}");
         assert!(took >= READ && took <= READ + SLACK, "{took:?}");
         assert!(e.elapsed() >= READ && e.elapsed() <= took, "{e:?}");

@@ -317,12 +317,7 @@ async fn reset_on_a_fresh_connection_is_returned_after_one_attempt() {
 #[tokio::test]
 async fn stale_reused_connection_is_retried_on_a_new_one() {
     // The second request of every connection is reset before it is read.
-    let server = ResetServer::builder()
-        .on_request(2)
-        .reset_after_bytes(1)
-        .start()
-        .await
-        .unwrap();
+    let server = common::stale_on_reuse().await;
     let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
     let (body, retried) = send(&svc, request(Method::PUT, &server.url(), b"abc"))
         .await
@@ -473,12 +468,7 @@ async fn body_within_the_replay_limit_is_replayed_whole() {
 
 #[tokio::test]
 async fn untracked_stale_get_is_retried_and_post_is_not() {
-    let server = ResetServer::builder()
-        .on_request(2)
-        .reset_after_bytes(1)
-        .start()
-        .await
-        .unwrap();
+    let server = common::stale_on_reuse().await;
     let svc = untracked_client(RetryOnStaleConnectionLayer::new());
     send(&svc, request(Method::GET, &server.url(), b""))
         .await
@@ -721,12 +711,7 @@ async fn read_timeout_under_retry_is_never_retried() {
 
 #[tokio::test]
 async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() {
-    let server = ResetServer::builder()
-        .on_request(2)
-        .reset_after_bytes(1)
-        .start()
-        .await
-        .unwrap();
+    let server = common::stale_on_reuse().await;
     let svc = phased_client(
         PhaseTimeoutLayer::new()
             .send(Duration::from_secs(5))
@@ -805,12 +790,7 @@ async fn post_on_a_stale_connection_through_hand_stacks_is_never_duplicated() {
     for (name, svc) in stacks {
         // The second request of every connection is reset after its first
         // byte was read.
-        let server = ResetServer::builder()
-            .on_request(2)
-            .reset_after_bytes(1)
-            .start()
-            .await
-            .unwrap();
+        let server = common::stale_on_reuse().await;
         let body: &'static [u8] = &[b'p'; 20_000];
         send(&svc, request(Method::POST, &server.url(), body))
             .await

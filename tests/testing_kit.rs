@@ -65,6 +65,15 @@ async fn read_response(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> 
     Ok((head, body))
 }
 
+/// Writes `request` and reads one complete response (bounded:
+/// [`STEP_LIMIT`]).
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> (String, Vec<u8>) {
+    stream.write_all(request).await.unwrap();
+    bounded(STEP_LIMIT, "a response", read_response(stream))
+        .await
+        .unwrap()
+}
+
 /// Waits until the peer closes `stream` (EOF or reset), at most `limit`.
 async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0; 64];
@@ -83,10 +92,7 @@ async fn idle_closing_reuses_within_idle_timeout_then_closes() {
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
 
     for _ in 0..2 {
-        stream.write_all(GET).await.unwrap();
-        let (head, body) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
-            .await
-            .unwrap();
+        let (head, body) = exchange(&mut stream, GET).await;
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(!head.contains("Keep-Alive"), "{head}");
         assert_eq!(body, b"ok");
@@ -123,10 +129,7 @@ async fn idle_closing_reload_late_close_and_new_timeout() {
     let mut streams = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        stream.write_all(GET).await.unwrap();
-        bounded(STEP_LIMIT, "response", read_response(&mut stream))
-            .await
-            .unwrap();
+        exchange(&mut stream, GET).await;
         streams.push(stream);
     }
     server.close_idle();
@@ -141,10 +144,7 @@ async fn idle_closing_reload_late_close_and_new_timeout() {
     // Now 100 ms, closed up to 40 ms late: never before 100 ms.
     server.set_idle_timeout(Duration::from_millis(100));
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-    stream.write_all(GET).await.unwrap();
-    bounded(STEP_LIMIT, "response", read_response(&mut stream))
-        .await
-        .unwrap();
+    exchange(&mut stream, GET).await;
     // Real clock: the server's idle timer is what is under test.
     let idle_start = Instant::now();
     assert!(closed_within(&mut stream, SLACK).await, "not closed");
@@ -176,10 +176,7 @@ async fn idle_closing_options_posts_and_connection_close() {
     ];
     for request in requests {
         let start = Instant::now();
-        stream.write_all(request).await.unwrap();
-        let (head, body) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
-            .await
-            .unwrap();
+        let (head, body) = exchange(&mut stream, request).await;
         // Real clock: think time delays the answer (a lower bound only).
         assert!(start.elapsed() >= THINK);
         assert!(head.contains("\r\nKeep-Alive: timeout=1\r\n"), "{head}");
@@ -212,20 +209,15 @@ async fn idle_closing_options_posts_and_connection_close() {
         (interim.as_str(), rest.len()),
         ("HTTP/1.1 100 Continue\r\n\r\n", 0)
     );
-    stream.write_all(b"hi").await.unwrap();
-    let (_, body) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
-        .await
-        .unwrap();
+    let (_, body) = exchange(&mut stream, b"hi").await;
     assert_eq!(body, b"hello");
     assert_eq!(server.posts(), 3);
 
-    stream
-        .write_all(b"DELETE / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = bounded(STEP_LIMIT, "response", read_response(&mut stream))
-        .await
-        .unwrap();
+    let (head, _) = exchange(
+        &mut stream,
+        b"DELETE / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
     assert!(closed_within(&mut stream, SLACK).await);
     assert_eq!(server.requests_by_method(&Method::DELETE), 1);
@@ -288,10 +280,7 @@ async fn malformed_request_ends_only_its_connection() {
     assert!(closed_within(&mut bad, SLACK).await);
 
     let mut good = TcpStream::connect(server.addr()).await.unwrap();
-    good.write_all(GET).await.unwrap();
-    bounded(STEP_LIMIT, "response", read_response(&mut good))
-        .await
-        .unwrap();
+    exchange(&mut good, GET).await;
     assert_eq!((server.connections(), server.requests()), (2, 1));
 }
 
@@ -457,10 +446,7 @@ async fn slow_body_server_trickles_the_body() {
     assert_eq!((server.requests(), server.responses()), (1, 1));
 
     // The connection is kept alive for another request.
-    stream.write_all(GET).await.unwrap();
-    bounded(STEP_LIMIT, "second response", read_response(&mut stream))
-        .await
-        .unwrap();
+    exchange(&mut stream, GET).await;
     assert_eq!(
         (
             server.connections(),

@@ -16,18 +16,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Uri, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::Resumption;
 use rustls::HandshakeKind;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tower::{Layer, Service, ServiceExt};
+use tower_conn_lifecycle::find_cause;
 use tower_conn_lifecycle::tls::{
     config_with_roots, shared_config, shared_config_build_count, MaybeHttpsStream,
     SharedTlsConnector, SharedTlsLayer, TlsConnectError, TlsConnectErrorKind,
 };
-use tower_conn_lifecycle::{find_cause, BoxError};
 
 use common::bounded;
 use common::pki::{Ca, Leaf, LOOPBACK};
@@ -51,25 +51,22 @@ fn good_leaf(ca: &Ca) -> Leaf {
     ca.leaf(&names)
 }
 
+/// A new test CA, and a server presenting its [`good_leaf`] in `mode`.
+async fn ca_and_server(mode: Mode) -> (Ca, TlsServer) {
+    let ca = Ca::new("test ca");
+    let server = TlsServer::start(&good_leaf(&ca), mode).await;
+    (ca, server)
+}
+
 /// GETs `server` by name and checks the HTTP version on both sides and the
 /// ALPN protocol the server negotiated.
-async fn assert_protocol<C>(
-    client: &TestClient<C>,
+async fn assert_protocol(
+    client: &TestClient<SharedTlsConnector<HttpConnector>>,
     server: &mut TlsServer,
     version: Version,
     server_saw: &str,
     alpn: &[u8],
-) where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: hyper::rt::Read
-        + hyper::rt::Write
-        + hyper_util::client::legacy::connect::Connection
-        + Unpin
-        + Send
-        + 'static,
-    C::Future: Send + Unpin + 'static,
-    C::Error: Into<BoxError>,
-{
+) {
     let (got, saw) = get(client, server.url("localhost")).await.unwrap();
     assert_eq!(got, version);
     assert_eq!(saw, server_saw);
@@ -93,8 +90,7 @@ fn expect_done(
 #[tokio::test]
 async fn https_by_name_sends_sni_and_succeeds() {
     bounded(TEST_LIMIT, "the test", async {
-        let ca = Ca::new("test ca");
-        let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
         let client = client_with(client_config(&ca));
 
         let (version, _) = get(&client, server.url("localhost")).await.unwrap();
@@ -110,8 +106,7 @@ async fn https_by_name_sends_sni_and_succeeds() {
 #[tokio::test]
 async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
     bounded(TEST_LIMIT, "the test", async {
-        let ca = Ca::new("test ca");
-        let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
         let client = client_with(client_config(&ca));
 
         get(&client, server.url("127.0.0.1")).await.unwrap();
@@ -222,8 +217,7 @@ async fn untrusted_ca_is_rejected() {
 #[tokio::test]
 async fn alpn_h2_server_gets_http2() {
     bounded(TEST_LIMIT, "the test", async {
-        let ca = Ca::new("test ca");
-        let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
         let client = client_with(client_config(&ca));
 
         assert_protocol(&client, &mut server, Version::HTTP_2, "HTTP/2.0", b"h2").await;
@@ -234,8 +228,7 @@ async fn alpn_h2_server_gets_http2() {
 #[tokio::test]
 async fn alpn_http1_only_server_gets_http11() {
     bounded(TEST_LIMIT, "the test", async {
-        let ca = Ca::new("test ca");
-        let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
         let client = client_with(client_config(&ca));
 
         assert_protocol(
@@ -253,8 +246,7 @@ async fn alpn_http1_only_server_gets_http11() {
 #[tokio::test]
 async fn configured_alpn_http1_only_against_h2_server() {
     bounded(TEST_LIMIT, "the test", async {
-        let ca = Ca::new("test ca");
-        let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
         let layer = SharedTlsLayer::from_config(client_config(&ca)).alpn_protocols([b"http/1.1"]);
         let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(layer.layer(tcp()));
 
@@ -273,8 +265,7 @@ async fn configured_alpn_http1_only_against_h2_server() {
 #[tokio::test]
 async fn second_client_on_the_same_config_resumes_the_session() {
     bounded(TEST_LIMIT, "the test", async {
-        let ca = Ca::new("test ca");
-        let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
         let config = client_config(&ca);
 
         let first = client_with(config.clone());
@@ -337,8 +328,7 @@ const TICKETS_PER_SERVER: usize = 8;
 async fn session_store_is_bounded() {
     bounded(TEST_LIMIT, "the test", async {
         const BOUND: usize = 3;
-        let ca = Ca::new("test ca");
-        let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
         let mut config = config_with_roots(ca.roots()).unwrap();
         config.resumption = Resumption::in_memory_sessions(BOUND * TICKETS_PER_SERVER);
         let config = Arc::new(config);
@@ -589,8 +579,7 @@ mod composition {
     #[tokio::test]
     async fn a_tracker_inside_tls_learns_the_connection_is_http2() {
         bounded(TEST_LIMIT, "the test", async {
-            let ca = Ca::new("test ca");
-            let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+            let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
             let client = InsideTls::new(&ca);
             for round in 1..=2u64 {
                 let (version, state, body) = client.get(&server).await;
@@ -615,8 +604,7 @@ mod composition {
     async fn a_tracker_inside_tls_records_each_http1_request_exactly() {
         use tower_conn_lifecycle::track::ExchangeOutcome;
         bounded(TEST_LIMIT, "the test", async {
-            let ca = Ca::new("test ca");
-            let mut server = TlsServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+            let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
             let client = InsideTls::new(&ca);
             let mut numbers = Vec::new();
             for _ in 0..2 {
@@ -645,8 +633,7 @@ mod composition {
     #[tokio::test]
     async fn connect_timeout_over_tracker_over_shared_tls() {
         bounded(TEST_LIMIT, "the test", async {
-            let ca = Ca::new("test ca");
-            let mut server = TlsServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+            let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
             let track = TrackConnectionsLayer::new();
             let stats = track.stats();
             let connector = ServiceBuilder::new()

@@ -17,6 +17,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Builder, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{sleep, timeout, Instant};
 use tower::Layer;
+use tower_conn_lifecycle::testing::ResetServer;
 use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer, TrackStats};
 
 /// Upper bound for any single step that must complete (an exchange, a
@@ -50,6 +51,18 @@ pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> b
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         sleep(POLL).await;
     }
+}
+
+/// The kit's [`ResetServer`] resetting the second request of every
+/// connection once its first byte has arrived: a reused connection gone
+/// stale under its next request, a new one never.
+pub async fn stale_on_reuse() -> ResetServer {
+    ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(1)
+        .start()
+        .await
+        .unwrap()
 }
 
 /// hyper-util's connector under the tracker.
