@@ -75,6 +75,18 @@ struct Windows {
     upload_rate: Option<u64>,
 }
 
+impl Windows {
+    /// A 64 KiB stream window on a 64 MiB connection window (one stalled
+    /// stream cannot hold the connection), `/upload` read at `upload_rate`.
+    fn per_stream(upload_rate: Option<u64>) -> Self {
+        Windows {
+            stream: 64 * KIB,
+            connection: 64 * MIB as u32,
+            upload_rate,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     connections: AtomicU64,
@@ -322,17 +334,9 @@ macro_rules! over_tls_and_h2c {
 /// (it used to count the other stream's socket writes as its own progress
 /// and fail only after that upload ended), and the upload succeeds.
 async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
-    let server = H2Server::start(
-        transport,
-        Windows {
-            stream: 64 * KIB,
-            connection: 64 * MIB as u32,
-            // ~2 s for the healthy upload: the socket stays busy far beyond
-            // the stalled stream's deadline.
-            upload_rate: Some(4 * MIB as u64),
-        },
-    )
-    .await;
+    // ~2 s for the healthy upload: the socket stays busy far beyond the
+    // stalled stream's deadline.
+    let server = H2Server::start(transport, Windows::per_stream(Some(4 * MIB as u64))).await;
     let (svc, stats) = client(&server, PhaseTimeoutLayer::new().send(LIMIT).read(LIMIT));
     let conn = warm_up(&svc, &server).await;
 
@@ -446,15 +450,7 @@ over_tls_and_h2c!(
 /// body ended (it used to wait for the connection's last write and flush,
 /// i.e. for the other upload to end).
 async fn read_fires_on_time_beside_a_busy_stream(transport: Transport) {
-    let server = H2Server::start(
-        transport,
-        Windows {
-            stream: 64 * KIB,
-            connection: 64 * MIB as u32,
-            upload_rate: Some(4 * MIB as u64),
-        },
-    )
-    .await;
+    let server = H2Server::start(transport, Windows::per_stream(Some(4 * MIB as u64))).await;
     let (svc, stats) = client(
         &server,
         PhaseTimeoutLayer::new()
@@ -500,15 +496,7 @@ over_tls_and_h2c!(
 /// A caller that gives up on (drops) an upload mid-way on HTTP/2 resets that
 /// stream only: the connection stays pooled and the next request reuses it.
 async fn dropped_request_keeps_its_connection(transport: Transport) {
-    let server = H2Server::start(
-        transport,
-        Windows {
-            stream: 64 * KIB,
-            connection: 64 * MIB as u32,
-            upload_rate: None,
-        },
-    )
-    .await;
+    let server = H2Server::start(transport, Windows::per_stream(None)).await;
     let (svc, stats) = client(
         &server,
         PhaseTimeoutLayer::new().read(Duration::from_secs(60)),
