@@ -525,9 +525,11 @@ async fn dropping_a_server_stops_it_and_its_connections() {
     assert_drop_stops(addr, &mut stream, server).await;
 }
 
-/// Reads until EOF or an error (bounded: [`STEP_LIMIT`]); returns the bytes
-/// and how it ended.
-async fn read_all(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
+/// Connects to `addr`, writes `request` and reads until EOF or an error
+/// (bounded: [`STEP_LIMIT`]); returns the bytes and how it ended.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (Vec<u8>, io::Result<()>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -547,12 +549,7 @@ async fn reset_server_resets_instead_of_closing() {
         .start()
         .await
         .unwrap();
-    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (bytes, end) = read_all(&mut stream).await;
+    let (bytes, end) = raw_exchange(server.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(bytes.is_empty());
     assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
     assert_eq!(
@@ -569,13 +566,9 @@ async fn reset_server_sends_part_of_the_head_then_resets() {
         .start()
         .await
         .unwrap();
-    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     // Two pipelined requests: the first is answered, the second cut.
-    stream
-        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    let (bytes, end) = read_all(&mut stream).await;
+    let pipelined = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n";
+    let (bytes, end) = raw_exchange(server.addr(), pipelined).await;
     let text = String::from_utf8(bytes).unwrap();
     assert!(text.ends_with("\r\n\r\n3HTTP/1.1 200"), "{text:?}");
     assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
@@ -588,20 +581,14 @@ async fn reset_server_sends_part_of_the_head_then_resets() {
 #[tokio::test]
 async fn http2_server_survives_garbage_and_stops_on_drop() {
     let server = Http2FaultServer::builder().start().await.unwrap();
-    let mut bad = TcpStream::connect(server.addr()).await.unwrap();
-    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, _) = read_all(&mut bad).await;
+    let (_, _) = raw_exchange(server.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     // A frame longer than SETTINGS_MAX_FRAME_SIZE after a good preface.
-    let mut big = TcpStream::connect(server.addr()).await.unwrap();
-    big.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    big.write_all(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1])
-        .await
-        .unwrap();
-    let (_, _) = read_all(&mut big).await;
+    let big = [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        &[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1],
+    ]
+    .concat();
+    let (_, _) = raw_exchange(server.addr(), &big).await;
     // Still serving (hyper-util's client, HTTP/2 with prior knowledge).
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
