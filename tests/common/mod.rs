@@ -1,6 +1,7 @@
-//! What the integration tests share (`mod common;` in each): bounded waits,
-//! the tracked client they build on, the one test PKI and its TLS server,
-//! and the composable-pool client.
+//! What the integration tests share (`mod common;` in each): bounded waits
+//! and their limits, the tracked client they build on, the stale-on-reuse
+//! server, the one test PKI and its TLS server, and the composable-pool
+//! client.
 //!
 //! Cargo builds every `tests/*.rs` as its own crate, and each uses part of
 //! this module.
