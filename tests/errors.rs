@@ -5,6 +5,8 @@
 //! retry) and `find_cause` finds the typed error. Every failure is real:
 //! the testing kit's misbehaving servers on 127.0.0.1.
 
+mod common;
+
 use std::io;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use tower_conn_lifecycle::phase_timeout::{
 };
 use tower_conn_lifecycle::retry::{NotRetried, RetryOnStaleConnectionLayer, RetryReason, Rule};
 use tower_conn_lifecycle::testing::{
-    Blackhole, IdleClosingServer, ResetServer, SilentServer, StalledBodyServer, StopReadingServer,
+    Blackhole, IdleClosingServer, SilentServer, StalledBodyServer, StopReadingServer,
 };
 use tower_conn_lifecycle::track::TrackConnectionsLayer;
 use tower_conn_lifecycle::{find_cause, BoxError, ErrorChain};
@@ -423,12 +425,7 @@ async fn refused_retry_says_what_happened_and_why_not() {
     for stack in STACKS {
         // The second request of every connection is reset before the
         // server reads it: a stale-looking failure on a reused connection.
-        let server = ResetServer::builder()
-            .on_request(2)
-            .reset_after_bytes(1)
-            .start()
-            .await
-            .unwrap();
+        let server = common::stale_on_reuse().await;
         let url = server.url();
         let body = Bytes::from_static(b"order");
         let outcome = fail(

@@ -3,8 +3,7 @@
 //! a server that resets connections at random points, uploads, and
 //! IdleExpiry + Retry together on a composable pool.
 
-#[path = "common/composable.rs"]
-mod composable;
+mod common;
 
 use std::time::Duration;
 
@@ -20,6 +19,8 @@ use tower_conn_lifecycle::testing::{
     IdleClosingServer, ResetServer, SeedWorkload, StopReadingServer, ThrottledReader,
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
+
+use common::composable;
 
 const IDLE: Duration = Duration::from_millis(200);
 
@@ -156,24 +157,20 @@ async fn idle_expiry_refusal_is_retried_and_the_server_sees_no_byte_of_it() {
     assert_eq!(server.connections(), 2);
 }
 
-#[path = "common/pki.rs"]
-mod pki;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_test_ca_through_the_whole_stack() {
+    use common::tls::{Mode, TlsServer};
     use tower_conn_lifecycle::track::ConnectionInfo;
 
-    let ca = pki::Pki::new();
-    let mut server = pki::TlsServer::start(&ca).await;
-    let config = std::sync::Arc::new(
-        tower_conn_lifecycle::tls::config_with_roots(ca.roots.clone()).unwrap(),
-    );
+    let ca = common::pki::Ca::new("test ca");
+    let mut server = TlsServer::start(&ca.leaf(&["localhost"]), Mode::H2Capable).await;
+    let config = common::tls::client_config(&ca);
     let client = layered(Duration::from_secs(90))
         .tls_config(config)
         .build::<Full<Bytes>>();
-    let url = server.url();
+    let url = server.url("localhost");
     let get = || {
-        http::Request::get(url.as_str())
+        http::Request::get(url.clone())
             .body(Full::default())
             .unwrap()
     };
@@ -205,10 +202,7 @@ async fn tls_with_a_test_ca_through_the_whole_stack() {
         assert_eq!((id, &body[..]), (ids[0], &b"HTTP/2.0"[..]));
     }
     assert!(server.next_handshake().await.is_ok());
-    assert_eq!(
-        server.requests.load(std::sync::atomic::Ordering::SeqCst),
-        10
-    );
+    assert_eq!(server.requests(), 10);
     assert_eq!(client.connection_stats().opened(), 1);
     // The same stack refuses a server its roots do not trust, typed.
     let untrusted = client::builder().build::<Full<Bytes>>();
@@ -222,7 +216,7 @@ async fn tls_with_a_test_ca_through_the_whole_stack() {
         "typed: {err}"
     );
     assert_eq!(
-        server.requests.load(std::sync::atomic::Ordering::SeqCst),
+        server.requests(),
         10,
         "no request reached the server over an untrusted connection"
     );

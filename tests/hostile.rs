@@ -15,6 +15,8 @@
 //! allows a named slack, and no sleep is an assertion. Everything binds
 //! `127.0.0.1:0`.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,6 +47,8 @@ use tower_conn_lifecycle::track::ConnectionInfo;
 use tower_conn_lifecycle::ErrorChain;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
+use common::bounded;
+
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
@@ -56,8 +60,9 @@ const STEP_LIMIT: Duration = Duration::from_secs(20);
 const SERVER_IO_LIMIT: Duration = Duration::from_secs(30);
 /// Upper bound for one server connection's handler.
 const CONN_LIMIT: Duration = Duration::from_secs(120);
-/// How late an event may be observed on a loaded 2-core CI machine.
-const SLACK: Duration = Duration::from_millis(400);
+/// How late an event may be observed on a loaded 2-core CI machine (more
+/// than [`common::LATE`]: these servers are raw sockets under load).
+const LATE: Duration = Duration::from_millis(400);
 /// The servers' socket receive buffer: small, so that a server that stops
 /// reading blocks the client's writes after a bounded number of bytes
 /// (loopback autotuning would otherwise let tens of MiB vanish into
@@ -69,12 +74,6 @@ const REQ_ID: &str = "x-req-id";
 const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 /// The longest request head a server accepts.
 const MAX_HEAD: usize = 64 * KIB;
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    timeout(TEST_LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {TEST_LIMIT:?}"))
-}
 
 // ---------------------------------------------------------------------------
 // Raw loopback servers.
@@ -632,13 +631,13 @@ async fn early_table(reused: bool, table: &[FirstBytes]) {
 /// key, and the error names `ResponseStarted`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_1xx_then_reset_never_duplicates_post() {
-    bounded(early_table(false, &EARLY_BYTES)).await;
+    bounded(TEST_LIMIT, "the test", early_table(false, &EARLY_BYTES)).await;
 }
 
 /// The same on a connection that carried a complete exchange first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_1xx_then_reset_on_a_reused_connection_never_duplicates_post() {
-    bounded(early_table(true, &EARLY_BYTES)).await;
+    bounded(TEST_LIMIT, "the test", early_table(true, &EARLY_BYTES)).await;
 }
 
 /// The control for the two tests above: the same server resetting with no
@@ -646,7 +645,12 @@ async fn early_1xx_then_reset_on_a_reused_connection_never_duplicates_post() {
 /// (`FreshConnection`), sent once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_mid_upload_without_response_bytes_on_a_fresh_connection_is_not_retried() {
-    bounded(early_table(false, &[FirstBytes::Nothing])).await;
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        early_table(false, &[FirstBytes::Nothing]),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -844,7 +848,12 @@ async fn run_tunnel(expiry: IdleExpiryLayer) -> Result<String, String> {
 /// a 700 ms pause, whichever side speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_stream_survives_idle_expiry() {
-    let got = bounded(run_tunnel(IdleExpiryLayer::new(TUNNEL_EXPIRY))).await;
+    let got = bounded(
+        TEST_LIMIT,
+        "the test",
+        run_tunnel(IdleExpiryLayer::new(TUNNEL_EXPIRY)),
+    )
+    .await;
     println!("500 ms expiry: {got:?}");
     if let Err(e) = got {
         panic!("the upgraded stream was cut: {e}");
@@ -863,7 +872,7 @@ async fn upgraded_stream_survives_zero_expiry() {
         ),
         ("expiry 0", IdleExpiryLayer::new(Duration::ZERO)),
     ] {
-        let got = bounded(run_tunnel(layer)).await;
+        let got = bounded(TEST_LIMIT, "the test", run_tunnel(layer)).await;
         println!("{label}: {got:?}");
         if let Err(e) = got {
             failures.push(format!("{label}: {e}"));
@@ -905,7 +914,7 @@ struct UploadReport {
 /// close at once and the upload stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_413_then_dropped_response_stops_upload() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let (tx, mut rx) = mpsc::unbounded_channel::<UploadReport>();
         let server = RawServer::start(move |mut conn| {
             let tx = tx.clone();
@@ -972,8 +981,8 @@ async fn early_413_then_dropped_response_stops_upload() {
         assert_eq!(report.content_length, BIG_UPLOAD as u64);
         assert_eq!(server.counters.heads_of("upload"), 1, "a 413 is final");
         assert!(
-            closed_after_drop.is_some_and(|d| d <= CLOSE_WITHIN + SLACK),
-            "the abandoned connection was not closed within {CLOSE_WITHIN:?} (+{SLACK:?}): \
+            closed_after_drop.is_some_and(|d| d <= CLOSE_WITHIN + LATE),
+            "the abandoned connection was not closed within {CLOSE_WITHIN:?} (+{LATE:?}): \
              {} after the drop; the server read {} bytes of the upload after its 413",
             report.closed.how,
             report.closed.bytes,
@@ -1105,12 +1114,12 @@ fn check_read_timeout(result: Result<Elapsed, String>, took: Duration, server: &
     );
     assert_eq!(elapsed.limit(), READ_LIMIT, "{elapsed}");
     assert!(
-        elapsed.elapsed() >= READ_LIMIT && elapsed.elapsed() < READ_LIMIT + SLACK,
+        elapsed.elapsed() >= READ_LIMIT && elapsed.elapsed() < READ_LIMIT + LATE,
         "{elapsed}: elapsed {:?}",
         elapsed.elapsed()
     );
     assert!(
-        took >= READ_LIMIT && took < READ_LIMIT + SLACK,
+        took >= READ_LIMIT && took < READ_LIMIT + LATE,
         "{elapsed} after {took:?}"
     );
 }
@@ -1120,9 +1129,11 @@ fn check_read_timeout(result: Result<Elapsed, String>, took: Duration, server: &
 /// no longer fire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_body_that_never_ends_times_out_in_read() {
-    let (result, took, server) = bounded(never_ending(
-        PhaseTimeoutLayer::new().send(SEND_LIMIT).read(READ_LIMIT),
-    ))
+    let (result, took, server) = bounded(
+        TEST_LIMIT,
+        "the test",
+        never_ending(PhaseTimeoutLayer::new().send(SEND_LIMIT).read(READ_LIMIT)),
+    )
     .await;
     check_read_timeout(result, took, &server);
 }
@@ -1130,8 +1141,12 @@ async fn content_length_body_that_never_ends_times_out_in_read() {
 /// The same with only `read` set: it must fire, not hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_body_that_never_ends_with_only_read_does_not_hang() {
-    let (result, took, server) =
-        bounded(never_ending(PhaseTimeoutLayer::new().read(READ_LIMIT))).await;
+    let (result, took, server) = bounded(
+        TEST_LIMIT,
+        "the test",
+        never_ending(PhaseTimeoutLayer::new().read(READ_LIMIT)),
+    )
+    .await;
     check_read_timeout(result, took, &server);
 }
 
@@ -1381,7 +1396,7 @@ fn seed() -> u64 {
 async fn randomized_hostile_server() {
     let seed = seed();
     println!("HOSTILE_SEED={seed}");
-    bounded(async move {
+    bounded(TEST_LIMIT, "the test", async move {
         let hostile = Arc::new(Hostile {
             rng: Mutex::new(Rng::new(seed ^ 0x5eed_5e7e)),
             actions: Mutex::new(BTreeMap::new()),

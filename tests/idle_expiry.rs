@@ -2,8 +2,7 @@
 //! hyper-util client, announced and learned idle timeouts, forced expiry,
 //! streaming responses. Server-side counters decide.
 
-#[path = "common/composable.rs"]
-mod composable;
+mod common;
 
 use std::time::Duration;
 
@@ -18,6 +17,8 @@ use tower_conn_lifecycle::testing::{IdleClosingServer, SeedReport, SeedWorkload}
 use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionState, TrackConnectionsLayer};
 use tower_conn_lifecycle::BoxError;
 
+use common::{composable, eventually, http2_only, Tracked, STEP_LIMIT};
+
 /// The seed server's idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);
 /// The configured expiry below the server's idle timeout. The 80 ms between
@@ -27,13 +28,10 @@ const EXPIRY: Duration = Duration::from_millis(120);
 /// The margin below learned timeouts in these tests, for the same reason.
 const MARGIN: Duration = Duration::from_millis(80);
 
-type Legacy = Client<tower_conn_lifecycle::track::TrackConnections<HttpConnector>, Full<Bytes>>;
-
-fn legacy(track: &TrackConnectionsLayer) -> Legacy {
-    let connector = ServiceBuilder::new()
-        .layer(track.clone())
-        .service(HttpConnector::new());
-    Client::builder(TokioExecutor::new()).build(connector)
+/// hyper-util's legacy client over `HttpConnector` under `track` (shared by
+/// the clients of one test).
+fn legacy(track: &TrackConnectionsLayer) -> Client<Tracked, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(track.layer(HttpConnector::new()))
 }
 
 /// Which kind of hyper-util client a workload runs on.
@@ -371,11 +369,10 @@ async fn warm_up(kind: Kind, layer: &IdleExpiryLayer, server: &IdleClosingServer
 }
 
 async fn wait_for_close(layer: &IdleExpiryLayer, before: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while layer.stats().server_idle_closes() == before {
-        assert!(tokio::time::Instant::now() < deadline, "no idle close seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), "an idle close", || {
+        layer.stats().server_idle_closes() != before
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,12 +441,10 @@ async fn a_streaming_response_slower_than_the_expiry_completes() {
         // Once idle, it is closed at its expiry. The tracker marks the
         // connection closed, then tells the layer, which counts it: on a
         // multi-threaded runtime the count may land a moment after the flag.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !(state.is_closed() && layer.stats().expired() == 1)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(Duration::from_secs(5), "the expiry to be counted", || {
+            state.is_closed() && layer.stats().expired() == 1
+        })
+        .await;
         assert!(state.was_expired(), "{kind:?}");
         assert_eq!(layer.stats().expired(), 1);
         drop(keep);
@@ -574,13 +569,8 @@ async fn http2_connections_are_left_alone() {
     use std::sync::atomic::Ordering;
 
     let (addr, conns, server) = h2c_server().await;
-    let track = TrackConnectionsLayer::new();
-    let connector = ServiceBuilder::new()
-        .layer(track)
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build::<_, Full<Bytes>>(connector);
+    let (client, _) =
+        common::tracked_client_with::<Full<Bytes>>(&http2_only(), HttpConnector::new());
     let layer = IdleExpiryLayer::new(Duration::from_millis(50));
     let client = ServiceBuilder::new().layer(layer.clone()).service(client);
     let url = format!("http://{addr}/");
@@ -622,19 +612,6 @@ async fn http2_connections_are_left_alone() {
 // ---------------------------------------------------------------------------
 // Learning (issue 18): lost races, reloads, short and growing timeouts,
 // HTTP/2. Server-side counters decide.
-
-/// How long a test waits for a connection event it expects (a close the
-/// tracker must see): generous, for a loaded 2-core machine.
-const EVENT_WAIT: Duration = Duration::from_secs(10);
-
-/// Polls `done` every 5 ms until it holds or [`EVENT_WAIT`] passes.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + EVENT_WAIT;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 fn get_req(url: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(url).body(Full::default()).unwrap()
@@ -789,8 +766,11 @@ async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(server.connections(), 3, "{kind:?}");
         server.close_idle();
-        wait_until("the reload's closes", || server.reload_closes() == 3).await;
-        wait_until("the reload's closes seen", || {
+        eventually(STEP_LIMIT, "the reload's closes", || {
+            server.reload_closes() == 3
+        })
+        .await;
+        eventually(STEP_LIMIT, "the reload's closes seen", || {
             stats.server_idle_closes() == 3
         })
         .await;
@@ -827,7 +807,10 @@ async fn a_short_idle_timeout_is_learned_after_two_observations() {
         let client = client_of(kind, &layer, &track);
         for observed in 1..=2 {
             get_on(&client, &url).await;
-            wait_until("an idle close", || stats.server_idle_closes() >= observed).await;
+            eventually(STEP_LIMIT, "an idle close", || {
+                stats.server_idle_closes() >= observed
+            })
+            .await;
             if observed == 1 {
                 assert_eq!(stats.held(), 1, "{kind:?}");
                 assert_eq!(
@@ -891,7 +874,10 @@ async fn a_timeout_that_grows_is_relearned_upward_with_one_probe() {
     let uri: http::Uri = url.parse().unwrap();
     let client = client_of(Kind::Legacy, &layer, &track);
     get_on(&client, &url).await;
-    wait_until("the 200 ms idle close", || stats.server_idle_closes() >= 1).await;
+    eventually(STEP_LIMIT, "the 200 ms idle close", || {
+        stats.server_idle_closes() >= 1
+    })
+    .await;
     let first = layer.learned_timeout(&uri).expect("learned");
     assert!(first >= IDLE && first < IDLE + MARGIN, "{first:?}");
 
@@ -902,7 +888,7 @@ async fn a_timeout_that_grows_is_relearned_upward_with_one_probe() {
     assert_eq!(probe.expiry(), Some(first - MARGIN));
     // The count lands a moment after the closed flag (the layer hears of the
     // close from the tracker).
-    wait_until("the probe closed and healed", || {
+    eventually(STEP_LIMIT, "the probe closed and healed", || {
         probe.is_closed() && stats.healed() == 1
     })
     .await;
@@ -918,7 +904,10 @@ async fn a_timeout_that_grows_is_relearned_upward_with_one_probe() {
     // new idle close teaches 2 s.
     let state = get_on(&client, &url).await;
     assert_eq!(state.expiry(), Some(Duration::from_secs(90)));
-    wait_until("the 2 s idle close", || stats.server_idle_closes() >= 2).await;
+    eventually(STEP_LIMIT, "the 2 s idle close", || {
+        stats.server_idle_closes() >= 2
+    })
+    .await;
     let grown = layer.learned_timeout(&uri).expect("re-learned");
     println!(
         "learned {first:?}, then {grown:?} after {} probe(s)",
@@ -995,12 +984,8 @@ async fn http2_goaway_on_idle_is_not_learned_from() {
 
     let idle = Duration::from_millis(100);
     let (addr, counts, server) = h2c_goaway_on_idle(idle).await;
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build::<_, Full<Bytes>>(connector);
+    let (client, _) =
+        common::tracked_client_with::<Full<Bytes>>(&http2_only(), HttpConnector::new());
     let layer = IdleExpiryLayer::new(Duration::from_secs(90));
     let stats = layer.stats();
     let client = ServiceBuilder::new().layer(layer.clone()).service(client);

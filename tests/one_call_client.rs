@@ -4,6 +4,8 @@
 //! its response body has ended, a bound on idle connections per origin, and
 //! a typed refusal of a URI it cannot route. Server-side facts decide.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +22,7 @@ use tower_conn_lifecycle::client::{self, Client};
 use tower_conn_lifecycle::retry::{NotRetried, Rule};
 use tower_conn_lifecycle::{find_cause, BoxError};
 
-/// Bounds every step: a hang fails the test instead of stalling CI.
-const STEP: Duration = Duration::from_secs(10);
+use common::{eventually, POLL, STEP_LIMIT};
 
 /// What the server saw.
 #[derive(Default)]
@@ -127,9 +128,9 @@ async fn serve(mut io: TcpStream, conn: usize, seen: Arc<Seen>, release: Arc<Not
             }
             "/hold" => {
                 seen.holding.fetch_add(1, Ordering::SeqCst);
-                let deadline = Instant::now() + STEP;
+                let deadline = Instant::now() + STEP_LIMIT;
                 while seen.holding.load(Ordering::SeqCst) < hold && Instant::now() < deadline {
-                    sleep(Duration::from_millis(5)).await;
+                    sleep(POLL).await;
                 }
                 io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await
@@ -170,22 +171,13 @@ async fn fetch(
     client: &Client<Empty<Bytes>>,
     req: Request<Empty<Bytes>>,
 ) -> Result<Bytes, BoxError> {
-    let res = timeout(STEP, client.clone().oneshot(req))
+    let res = timeout(STEP_LIMIT, client.clone().oneshot(req))
         .await
         .expect("request hung")?;
-    Ok(timeout(STEP, res.into_body().collect())
+    Ok(timeout(STEP_LIMIT, res.into_body().collect())
         .await
         .expect("body hung")?
         .to_bytes())
-}
-
-/// Waits (bounded) until `f` holds.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + STEP;
-    while !f() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +215,7 @@ async fn a_response_body_still_arriving_keeps_its_connection_out_of_the_pool() {
     let client = client::builder().build::<Empty<Bytes>>();
     // The head of /slow arrives; its body stays open.
     let slow = timeout(
-        STEP,
+        STEP_LIMIT,
         client.clone().oneshot(get(&format!("{}/slow", server.url))),
     )
     .await
@@ -238,7 +230,7 @@ async fn a_response_body_still_arriving_keeps_its_connection_out_of_the_pool() {
     assert_eq!(server.accepted(), 2);
     // Once the slow body has ended, its connection serves the next request.
     server.release.notify_one();
-    let rest = timeout(STEP, slow.into_body().collect())
+    let rest = timeout(STEP_LIMIT, slow.into_body().collect())
         .await
         .expect("slow body hung")
         .unwrap()
@@ -277,7 +269,7 @@ async fn idle_connections_beyond_the_bound_are_closed() {
     fetch(&client, get(&format!("{}/next", server.url)))
         .await
         .unwrap();
-    eventually("surplus idle connections closed", || {
+    eventually(STEP_LIMIT, "surplus idle connections closed", || {
         server.closed() == BURST - 1
     })
     .await;
@@ -306,13 +298,16 @@ async fn a_pooled_connection_the_server_closed_is_skipped_without_a_retry() {
     fetch(&client, get(&format!("{}/close", server.url)))
         .await
         .unwrap();
-    eventually("the server closed its end", || server.closed() == 1).await;
+    eventually(STEP_LIMIT, "the server closed its end", || {
+        server.closed() == 1
+    })
+    .await;
     // Give the client's connection task a moment to read the FIN (the
     // checkout skips the connection either way; this makes the path taken
     // the closed one rather than a write race).
     sleep(Duration::from_millis(50)).await;
     let res = timeout(
-        STEP,
+        STEP_LIMIT,
         client.clone().oneshot(get(&format!("{}/next", server.url))),
     )
     .await
@@ -346,7 +341,10 @@ async fn a_request_given_up_on_closes_its_connection_and_the_next_gets_another()
     .await;
     assert!(given_up.is_err(), "the server never answers");
     // Its connection is closed, not handed to the next request.
-    eventually("the abandoned connection closed", || server.closed() == 1).await;
+    eventually(STEP_LIMIT, "the abandoned connection closed", || {
+        server.closed() == 1
+    })
+    .await;
     let body = fetch(&client, get(&format!("{}/next", server.url)))
         .await
         .unwrap();
@@ -382,7 +380,10 @@ async fn a_healing_probe_survives_the_requests_sent_while_it_rests() {
         |res: &http::Response<client::Body>| res.body().connection_state().unwrap().clone();
     let res = client.clone().oneshot(get(&url)).await.unwrap();
     res.into_body().collect().await.unwrap();
-    eventually("the 200 ms idle close", || stats.server_idle_closes() >= 1).await;
+    eventually(STEP_LIMIT, "the 200 ms idle close", || {
+        stats.server_idle_closes() >= 1
+    })
+    .await;
     let first = layer.learned_timeout(&uri).expect("learned");
     // The server's timeout grows: the next connection is the probe.
     server.set_idle_timeout(Duration::from_secs(2));
@@ -402,7 +403,7 @@ async fn a_healing_probe_survives_the_requests_sent_while_it_rests() {
         "the probe is not reused past its limit"
     );
     assert!(!probe.is_closed(), "the probe is still open");
-    eventually("the probe closed and healed", || {
+    eventually(STEP_LIMIT, "the probe closed and healed", || {
         probe.is_closed() && stats.healed() == 1
     })
     .await;

@@ -4,6 +4,8 @@
 //! These tests run on the real clock. Each timing assertion allows a named,
 //! generous slack; nothing asserts on speed.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +33,7 @@ use tower_conn_lifecycle::track::{
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
 
-/// How late a timeout may fire on a loaded 2-core CI machine.
-const SLACK: Duration = Duration::from_millis(250);
+use common::{eventually, small_buffers, tracked_client, tracked_client_with, LATE, POLL};
 
 type TestClient =
     BoxCloneService<http::Request<Full<Bytes>>, http::Response<ResponseBody<Incoming>>, BoxError>;
@@ -40,10 +41,8 @@ type TestClient =
 /// The full stack: ConnectTimeout(Track(HttpConnector)) under PhaseTimeout.
 /// `tracked = false` leaves the tracker out (progress from body frames).
 fn client(connect: Duration, phases: PhaseTimeoutLayer, tracked: bool) -> TestClient {
-    let mut http = HttpConnector::new();
-    // Small kernel buffers, so "written to the socket" is close to "read by
-    // the server" and flow control shows quickly.
-    http.set_send_buffer_size(Some(64 * 1024));
+    // Small kernel buffers, so flow control shows quickly.
+    let http = small_buffers();
     let builder = Client::builder(TokioExecutor::new());
     let inner: tower::util::BoxCloneService<_, _, BoxError> = if tracked {
         let connector = ServiceBuilder::new()
@@ -144,7 +143,7 @@ async fn stopped_reader_fails_in_the_send_phase() {
     assert_eq!(e.bytes_received(), 0, "{e:?}");
     let last_write = state.last_write().unwrap();
     let after = failed_at.saturating_duration_since(last_write);
-    assert!(after >= send && after <= send + SLACK, "{after:?}");
+    assert!(after >= send && after <= send + LATE, "{after:?}");
     assert!(err
         .to_string()
         .starts_with("send timed out after 1s: no upload progress"));
@@ -224,7 +223,7 @@ async fn silent_server_fails_in_the_read_phase() {
         assert_eq!(e.bytes_received(), 0, "{e:?}");
         let took = start.elapsed();
         assert!(
-            took >= read && took <= read + SLACK,
+            took >= read && took <= read + LATE,
             "tracked={tracked}: {took:?}"
         );
     }
@@ -302,7 +301,7 @@ async fn total_fires_through_a_slow_body() {
     let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Total, "{err}");
     assert!(e.bytes_received() > 0 && e.bytes_received() < 400, "{e:?}");
-    assert!(took >= total && took <= total + SLACK, "{took:?}");
+    assert!(took >= total && took <= total + LATE, "{took:?}");
     assert_eq!(server.requests(), 1);
 }
 
@@ -325,7 +324,7 @@ async fn blackhole_fails_in_the_connect_phase() {
         let e =
             find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
         assert_eq!(e.phase(), Phase::Connect, "{phases:?}");
-        assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+        assert!(took >= connect && took <= connect + LATE, "{took:?}");
     }
 }
 
@@ -345,7 +344,7 @@ async fn connect_timeout_works_inside_reqwest_connector_layer() {
     let took = start.elapsed();
     let e = find_cause::<Elapsed>(&err).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Connect);
-    assert!(took >= connect && took <= connect + SLACK, "{took:?}");
+    assert!(took >= connect && took <= connect + LATE, "{took:?}");
 }
 
 // ------------------------------------------- issue 8: bodiless read, zero
@@ -354,7 +353,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Asserts `err` is a read timeout that fired within `SLACK` of its limit
+/// Asserts `err` is a read timeout that fired within `LATE` of its limit
 /// after the request was handed over (`took` is measured from before the
 /// call; a loopback connect takes milliseconds), and that `elapsed()` is the
 /// real wait, not the limit.
@@ -363,17 +362,17 @@ fn assert_read_on_time(err: &BoxError, took: Duration, context: &str) {
     assert_eq!(e.phase(), Phase::Read, "{context}: {err}");
     let read = e.limit();
     assert!(
-        took >= read && took <= read + SLACK,
+        took >= read && took <= read + LATE,
         "{context}: fired after {took:?} for read = {read:?}"
     );
     assert!(
-        e.elapsed() >= read && e.elapsed() <= took && took - e.elapsed() <= SLACK,
+        e.elapsed() >= read && e.elapsed() <= took && took - e.elapsed() <= LATE,
         "{context}: elapsed() = {:?}, real wait {took:?}",
         e.elapsed()
     );
 }
 
-/// The read limit of the issue-8 read tests: above four times `SLACK`, so a
+/// The read limit of the issue-8 read tests: above four times `LATE`, so a
 /// read clock started one check cadence (a quarter of the limit) after the
 /// hand-over would miss the slack, not only one started a whole limit late.
 const READ: Duration = Duration::from_millis(1200);
@@ -654,7 +653,7 @@ async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
     let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
     assert_eq!(e.phase(), Phase::Read, "{err}");
     assert!(
-        took >= read && took <= read + read / 4 + SLACK,
+        took >= read && took <= read + read / 4 + LATE,
         "fired after {took:?}"
     );
     assert_eq!(server.requests(), 1);
@@ -718,24 +717,12 @@ async fn bodiless_read_over_services_that_hide_the_connection() {
         let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{name}: {err}"));
         assert_eq!((e.phase(), e.limit()), (Phase::Read, read), "{name}: {err}");
         assert!(
-            took >= read && took <= read + SLACK,
+            took >= read && took <= read + LATE,
             "{name}: fired after {took:?}"
         );
         assert_eq!(server.requests(), i as u64 + 1, "{name}");
     }
     assert_eq!(server.connections(), 2);
-}
-
-/// Waits (bounded) until `cond` holds; false if it never did.
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(ms(5)).await;
-    }
-    cond()
 }
 
 /// Kept behaviour: an HTTP/1 upload that times out, or whose caller drops
@@ -768,10 +755,8 @@ async fn abandoned_http1_upload_closes_its_connection() {
         let state = capture.state().expect("tracked");
         assert!(state.is_poisoned(), "{give_up}");
         assert_eq!(state.exchange().outcome(), ExchangeOutcome::Abandoned);
-        assert!(
-            eventually(SLACK, || state.is_closed()).await,
-            "{give_up}: the connection stayed open"
-        );
+        let closed = format!("{give_up}: the connection to close");
+        eventually(LATE, &closed, || state.is_closed()).await;
     }
     assert_eq!(server.connections(), 2);
 }
@@ -783,23 +768,20 @@ async fn abandoned_http1_upload_closes_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_upload_under_total_alone_closes_its_connection() {
     let server = StopReadingServer::start(MB as u64).await.unwrap();
-    let track = TrackConnectionsLayer::new();
-    let stats = track.stats();
-    let mut http = HttpConnector::new();
-    http.set_send_buffer_size(Some(64 * 1024));
-    let connector = ServiceBuilder::new().layer(track).service(http);
-    let inner =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let (inner, stats) = tracked_client_with::<RequestBody<Full<Bytes>>>(
+        &Client::builder(TokioExecutor::new()),
+        small_buffers(),
+    );
     let svc = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().total(ms(300)))
         .service(inner);
     let err = svc.oneshot(post(&server.url(), 50 * MB)).await.unwrap_err();
     let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Total);
-    assert!(
-        eventually(SLACK, || stats.open_now() == 0).await,
-        "the abandoned upload's connection stayed open"
-    );
+    eventually(LATE, "the abandoned upload's connection to close", || {
+        stats.open_now() == 0
+    })
+    .await;
     assert!(server.bytes_read() <= MB as u64);
 }
 
@@ -809,13 +791,7 @@ async fn stuck_upload_under_total_alone_closes_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_request_given_up_under_total_alone_closes_its_connection() {
     let server = SilentServer::start().await.unwrap();
-    let track = TrackConnectionsLayer::new();
-    let stats = track.stats();
-    let connector = ServiceBuilder::new()
-        .layer(track)
-        .service(HttpConnector::new());
-    let inner =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let (inner, stats) = tracked_client::<RequestBody<Full<Bytes>>>();
     let total = ms(300);
     let svc = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().total(total))
@@ -824,10 +800,10 @@ async fn bodiless_request_given_up_under_total_alone_closes_its_connection() {
     let err = svc.clone().oneshot(get(&server.url())).await.unwrap_err();
     let e = find_cause::<Elapsed>(err.as_ref()).expect("an Elapsed");
     assert_eq!(e.phase(), Phase::Total);
-    assert!(
-        eventually(SLACK, || stats.open_now() == 0).await,
-        "timeout: the connection stayed open"
-    );
+    eventually(LATE, "timeout: the connection to close", || {
+        stats.open_now() == 0
+    })
+    .await;
     // The caller drops the future once the server has the request.
     let call = svc.clone().oneshot(get(&server.url()));
     let mut call = Box::pin(call);
@@ -835,7 +811,7 @@ async fn bodiless_request_given_up_under_total_alone_closes_its_connection() {
         loop {
             tokio::select! {
                 _ = &mut call => panic!("a silent server answered"),
-                _ = tokio::time::sleep(ms(5)) => if server.requests() == 2 { break },
+                _ = tokio::time::sleep(POLL) => if server.requests() == 2 { break },
             }
         }
     })
@@ -843,10 +819,10 @@ async fn bodiless_request_given_up_under_total_alone_closes_its_connection() {
     assert!(seen.is_ok(), "the request never reached the server");
     assert_eq!(stats.open_now(), 1);
     drop(call);
-    assert!(
-        eventually(SLACK, || stats.open_now() == 0).await,
-        "drop: the connection stayed open"
-    );
+    eventually(LATE, "drop: the connection to close", || {
+        stats.open_now() == 0
+    })
+    .await;
     assert_eq!((server.connections(), stats.opened()), (2, 2));
 }
 
@@ -881,10 +857,7 @@ async fn enormous_limits_leave_total_in_charge() {
                 let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
                 let context = format!("tracked={tracked} body={body} override={by_override}");
                 assert_eq!(e.phase(), Phase::Total, "{context}: {err}");
-                assert!(
-                    took >= total && took <= total + SLACK,
-                    "{context}: {took:?}"
-                );
+                assert!(took >= total && took <= total + LATE, "{context}: {took:?}");
             }
         }
     }

@@ -1,7 +1,7 @@
 //! PhaseTimeout on multiplexed HTTP/2 connections (issue 8, case 2), against
-//! real loopback hyper servers: over TLS with an rcgen test CA (ALPN `h2`,
-//! so the tracker learns HTTP/2 from the handshake) and over h2c (prior
-//! knowledge, so it learns it from the connection preface).
+//! real loopback hyper servers: over TLS with the test CA (ALPN `h2`, so the
+//! tracker learns HTTP/2 from the handshake) and over h2c (prior knowledge,
+//! so it learns it from the connection preface).
 //!
 //! On HTTP/2 the socket's progress belongs to the connection: a stalled
 //! stream must fail on time while another stream keeps the socket busy, and
@@ -10,8 +10,9 @@
 //! These tests run on the real clock. Each timing assertion allows a named,
 //! generous slack; nothing asserts on speed.
 
+mod common;
+
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,9 +25,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{RootCertStore, ServerConfig};
+use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -43,8 +42,10 @@ use tower_conn_lifecycle::track::{
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
 
-/// How late a timeout may fire on a loaded 2-core CI machine.
-const SLACK: Duration = Duration::from_millis(250);
+use common::pki::Ca;
+use common::tls::provider;
+use common::{bounded, LATE};
+
 /// Upper bound for any single test; they take a few seconds.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// The send and read limits under test.
@@ -54,12 +55,6 @@ const KIB: u32 = 1024;
 const MIB: usize = 1 << 20;
 /// The healthy upload.
 const UPLOAD: usize = 8 * MIB;
-
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, f)
-        .await
-        .expect("test exceeded its time limit")
-}
 
 // ------------------------------------------------------------------ server
 
@@ -78,6 +73,18 @@ struct Windows {
     connection: u32,
     /// `/upload` reads at most this many bytes per second (`None`: at once).
     upload_rate: Option<u64>,
+}
+
+impl Windows {
+    /// A 64 KiB stream window on a 64 MiB connection window (one stalled
+    /// stream cannot hold the connection), `/upload` read at `upload_rate`.
+    fn per_stream(upload_rate: Option<u64>) -> Self {
+        Windows {
+            stream: 64 * KIB,
+            connection: 64 * MIB as u32,
+            upload_rate,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,26 +114,6 @@ impl Drop for H2Server {
     }
 }
 
-/// A test CA and a leaf for `127.0.0.1` signed by it.
-fn test_pki() -> (
-    RootCertStore,
-    Vec<CertificateDer<'static>>,
-    PrivateKeyDer<'static>,
-) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let key = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-    (roots, vec![leaf.der().clone()], key)
-}
-
 impl H2Server {
     async fn start(transport: Transport, windows: Windows) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -135,20 +122,9 @@ impl H2Server {
         let (roots, acceptor) = match transport {
             Transport::H2c => (None, None),
             Transport::Tls => {
-                let (roots, chain, key) = test_pki();
-                // rustls 0.23.48 deprecates *ring*'s constructor (no post-quantum
-                // key exchange) and has no other; any provider serves a test server.
-                #[allow(deprecated)]
-                let mut config = ServerConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-                config.alpn_protocols = vec![b"h2".to_vec()];
-                (Some(roots), Some(TlsAcceptor::from(Arc::new(config))))
+                let ca = Ca::new("test ca");
+                let config = ca.leaf(&["127.0.0.1"]).server_config(provider(), &[b"h2"]);
+                (Some(ca.roots()), Some(TlsAcceptor::from(Arc::new(config))))
             }
         };
         let counters = Arc::new(Counters::default());
@@ -337,22 +313,30 @@ fn expect_timeout(result: &Result<String, BoxError>, phase: Phase) -> &Elapsed {
 
 // -------------------------------------------------------------- scenarios
 
+/// The case `$case` over TLS (ALPN `h2`) as the test `h2_tls_$case` and over
+/// h2c as `h2c_$case`, each bounded by `TEST_LIMIT`.
+macro_rules! over_tls_and_h2c {
+    ($case:ident, $tls:ident, $h2c:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $tls() {
+            bounded(TEST_LIMIT, stringify!($tls), $case(Transport::Tls)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $h2c() {
+            bounded(TEST_LIMIT, stringify!($h2c), $case(Transport::H2c)).await;
+        }
+    };
+}
+
 /// A stream whose handler never reads stalls after its stream window while a
 /// second stream uploads for seconds: the stalled one fails `send` on time
 /// (it used to count the other stream's socket writes as its own progress
 /// and fail only after that upload ended), and the upload succeeds.
 async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
-    let server = H2Server::start(
-        transport,
-        Windows {
-            stream: 64 * KIB,
-            connection: 64 * MIB as u32,
-            // ~2 s for the healthy upload: the socket stays busy far beyond
-            // the stalled stream's deadline.
-            upload_rate: Some(4 * MIB as u64),
-        },
-    )
-    .await;
+    // ~2 s for the healthy upload: the socket stays busy far beyond the
+    // stalled stream's deadline.
+    let server = H2Server::start(transport, Windows::per_stream(Some(4 * MIB as u64))).await;
     let (svc, stats) = client(&server, PhaseTimeoutLayer::new().send(LIMIT).read(LIMIT));
     let conn = warm_up(&svc, &server).await;
 
@@ -365,7 +349,7 @@ async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
     let e = expect_timeout(&stalled, Phase::Send);
     let took = stalled_at - start;
     assert!(
-        took >= LIMIT && took <= LIMIT + SLACK,
+        took >= LIMIT && took <= LIMIT + LATE,
         "{transport:?}: the stalled stream failed after {took:?}"
     );
     assert!(e.bytes_sent() < MIB as u64, "{e:?}");
@@ -373,7 +357,7 @@ async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
     assert_eq!(server.uploaded(), UPLOAD as u64);
     // The socket really stayed busy past the stalled stream's deadline.
     assert!(
-        healthy_at - start > LIMIT + SLACK,
+        healthy_at - start > LIMIT + LATE,
         "{:?}",
         healthy_at - start
     );
@@ -392,6 +376,12 @@ async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
     );
     assert_eq!((stats.opened(), server.connections()), (1, 1));
 }
+
+over_tls_and_h2c!(
+    stalled_stream_fails_on_time_beside_a_busy_one,
+    h2_tls_stalled_stream_fails_on_time_beside_a_busy_one,
+    h2c_stalled_stream_fails_on_time_beside_a_busy_one
+);
 
 /// A stream whose handler never reads takes the whole connection window, so
 /// a healthy upload that starts later is blocked until the stalled stream is
@@ -433,7 +423,7 @@ async fn healthy_stream_survives_a_stream_holding_the_window(transport: Transpor
     let e = expect_timeout(&stalled, Phase::Send);
     let took = stalled_at - start;
     assert!(
-        took >= LIMIT && took <= LIMIT + SLACK,
+        took >= LIMIT && took <= LIMIT + LATE,
         "{transport:?}: the stalled stream failed after {took:?}"
     );
     assert!(e.bytes_sent() < MIB as u64, "{e:?}");
@@ -449,20 +439,18 @@ async fn healthy_stream_survives_a_stream_holding_the_window(transport: Transpor
     assert_eq!((stats.opened(), server.connections()), (1, 1));
 }
 
+over_tls_and_h2c!(
+    healthy_stream_survives_a_stream_holding_the_window,
+    h2_tls_healthy_stream_survives_a_stream_holding_the_window,
+    h2c_healthy_stream_survives_a_stream_holding_the_window
+);
+
 /// A request to a handler that reads its body and never answers, while
 /// another stream uploads for seconds: its `read` clock starts when its own
 /// body ended (it used to wait for the connection's last write and flush,
 /// i.e. for the other upload to end).
 async fn read_fires_on_time_beside_a_busy_stream(transport: Transport) {
-    let server = H2Server::start(
-        transport,
-        Windows {
-            stream: 64 * KIB,
-            connection: 64 * MIB as u32,
-            upload_rate: Some(4 * MIB as u64),
-        },
-    )
-    .await;
+    let server = H2Server::start(transport, Windows::per_stream(Some(4 * MIB as u64))).await;
     let (svc, stats) = client(
         &server,
         PhaseTimeoutLayer::new()
@@ -485,74 +473,30 @@ async fn read_fires_on_time_beside_a_busy_stream(transport: Transport) {
 
     let e = expect_timeout(&silent, Phase::Read);
     assert!(
-        took >= LIMIT && took <= LIMIT + SLACK,
+        took >= LIMIT && took <= LIMIT + LATE,
         "{transport:?}: read fired after {took:?}"
     );
     assert!(e.elapsed() >= LIMIT && e.elapsed() <= took, "{e:?}");
     assert_eq!(e.bytes_sent(), 1000);
     assert_eq!(healthy.unwrap(), UPLOAD.to_string());
     assert!(
-        healthy_at - start > LIMIT + SLACK,
+        healthy_at - start > LIMIT + LATE,
         "{:?}",
         healthy_at - start
     );
     assert_eq!((stats.opened(), server.connections()), (1, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_stalled_stream_fails_on_time_beside_a_busy_one() {
-    bounded(stalled_stream_fails_on_time_beside_a_busy_one(
-        Transport::Tls,
-    ))
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_stalled_stream_fails_on_time_beside_a_busy_one() {
-    bounded(stalled_stream_fails_on_time_beside_a_busy_one(
-        Transport::H2c,
-    ))
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_healthy_stream_survives_a_stream_holding_the_window() {
-    bounded(healthy_stream_survives_a_stream_holding_the_window(
-        Transport::Tls,
-    ))
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_healthy_stream_survives_a_stream_holding_the_window() {
-    bounded(healthy_stream_survives_a_stream_holding_the_window(
-        Transport::H2c,
-    ))
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_read_fires_on_time_beside_a_busy_stream() {
-    bounded(read_fires_on_time_beside_a_busy_stream(Transport::Tls)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_read_fires_on_time_beside_a_busy_stream() {
-    bounded(read_fires_on_time_beside_a_busy_stream(Transport::H2c)).await;
-}
+over_tls_and_h2c!(
+    read_fires_on_time_beside_a_busy_stream,
+    h2_tls_read_fires_on_time_beside_a_busy_stream,
+    h2c_read_fires_on_time_beside_a_busy_stream
+);
 
 /// A caller that gives up on (drops) an upload mid-way on HTTP/2 resets that
 /// stream only: the connection stays pooled and the next request reuses it.
 async fn dropped_request_keeps_its_connection(transport: Transport) {
-    let server = H2Server::start(
-        transport,
-        Windows {
-            stream: 64 * KIB,
-            connection: 64 * MIB as u32,
-            upload_rate: None,
-        },
-    )
-    .await;
+    let server = H2Server::start(transport, Windows::per_stream(None)).await;
     let (svc, stats) = client(
         &server,
         PhaseTimeoutLayer::new().read(Duration::from_secs(60)),
@@ -565,12 +509,8 @@ async fn dropped_request_keeps_its_connection(transport: Transport) {
     assert_eq!(server.requests(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_tls_dropped_request_keeps_its_connection() {
-    bounded(dropped_request_keeps_its_connection(Transport::Tls)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_dropped_request_keeps_its_connection() {
-    bounded(dropped_request_keeps_its_connection(Transport::H2c)).await;
-}
+over_tls_and_h2c!(
+    dropped_request_keeps_its_connection,
+    h2_tls_dropped_request_keeps_its_connection,
+    h2c_dropped_request_keeps_its_connection
+);

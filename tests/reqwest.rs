@@ -6,10 +6,11 @@
 //! These tests run on the real clock (reqwest and real sockets). Each timing
 //! assertion allows a named, generous slack; nothing asserts on speed.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,9 +30,13 @@ use tower_conn_lifecycle::testing::{
 };
 use tower_conn_lifecycle::tls::config_with_roots;
 
-/// How late a timeout may fire on a loaded 2-core CI machine (reqwest adds
-/// a task hop or two over hyper-util's client).
-const SLACK: Duration = Duration::from_millis(500);
+use common::bounded;
+use common::pki::Ca;
+use common::tls::{Mode, TlsServer};
+
+/// How late a timeout may fire through reqwest: twice [`common::LATE`]
+/// (reqwest adds a task hop or two over hyper-util's client).
+const LATE: Duration = common::LATE.saturating_mul(2);
 
 /// A bound on anything that should take milliseconds, so a broken test
 /// fails instead of hanging.
@@ -47,8 +52,20 @@ fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().no_proxy().shared_tls().unwrap()
 }
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(HANG, f).await.expect("the test hung")
+/// Sends `req` through `svc`, which must fail (bounded: `HANG`) with an
+/// `Elapsed` in its error's chain: that `Elapsed`, the error's display and
+/// when it came.
+async fn timed_out<S, B>(svc: S, req: Request<B>) -> (Elapsed, String, Instant)
+where
+    S: tower::Service<Request<B>, Error = tower_conn_lifecycle::BoxError>,
+    S::Response: std::fmt::Debug,
+{
+    let err = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap_err();
+    let failed_at = Instant::now();
+    let e = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+    (e.clone(), err.to_string(), failed_at)
 }
 
 // ------------------------------------------------------------ connect phase
@@ -63,7 +80,9 @@ async fn connect_timeout_in_connector_layer_is_a_reqwest_timeout() {
         .unwrap();
 
     let start = Instant::now();
-    let err = bounded(client.get(hole.url()).send()).await.unwrap_err();
+    let err = bounded(HANG, "the request", client.get(hole.url()).send())
+        .await
+        .unwrap_err();
     let took = start.elapsed();
 
     // What reqwest users already check keeps matching.
@@ -75,7 +94,7 @@ async fn connect_timeout_in_connector_layer_is_a_reqwest_timeout() {
     assert_eq!((e.phase(), e.limit()), (Phase::Connect, CONNECT));
     let io = find_cause::<io::Error>(&err).expect("an io::Error in the chain");
     assert_eq!(io.kind(), io::ErrorKind::TimedOut);
-    assert!(took >= CONNECT && took <= CONNECT + SLACK, "{took:?}");
+    assert!(took >= CONNECT && took <= CONNECT + LATE, "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,9 +105,13 @@ async fn connect_timeout_in_connector_layer_lets_connects_through() {
         .build()
         .unwrap();
     for _ in 0..2 {
-        let res = bounded(client.post(server.url()).body("hello").send())
-            .await
-            .unwrap();
+        let res = bounded(
+            HANG,
+            "the request",
+            client.post(server.url()).body("hello").send(),
+        )
+        .await
+        .unwrap();
         assert_eq!(res.text().await.unwrap(), "5");
     }
     // reqwest's pool still reuses the connection made through the layer.
@@ -110,7 +133,9 @@ async fn adapter_converts_requests_and_responses() {
         .header("x-probe", "1")
         .body(Full::new(Bytes::from_static(b"hello")))
         .unwrap();
-    let res = bounded(svc.clone().oneshot(req)).await.unwrap();
+    let res = bounded(HANG, "the request", svc.clone().oneshot(req))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.version(), Version::HTTP_11);
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -123,7 +148,9 @@ async fn adapter_converts_requests_and_responses() {
     let req = Request::get(server.url())
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let res = bounded(svc.clone().oneshot(req)).await.unwrap();
+    let res = bounded(HANG, "the request", svc.clone().oneshot(req))
+        .await
+        .unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "0");
     assert_eq!((server.requests(), server.bytes_read()), (2, 5));
     // The clone shares the client's pool.
@@ -133,7 +160,9 @@ async fn adapter_converts_requests_and_responses() {
     let req = Request::get("/relative")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let err = bounded(svc.oneshot(req)).await.unwrap_err();
+    let err = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap_err();
     assert!(err.is_builder(), "{err:?}");
     assert_eq!(server.requests(), 2);
 }
@@ -201,21 +230,18 @@ async fn send_stall_through_reqwest_fails_in_the_send_phase() {
 
     let (body, pulled) = RecordedBody::new(chunk, chunks);
     let req = Request::post(server.url()).body(body).unwrap();
-    let err = bounded(svc.oneshot(req)).await.unwrap_err();
-    let failed_at = Instant::now();
+    let (e, err, failed_at) = timed_out(svc, req).await;
 
-    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
-        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Send, "{err}");
     let total = (chunk * chunks) as u64;
     assert!(e.bytes_sent() > 0 && e.bytes_sent() < total, "{e:?}");
     // Fired one limit after the last progress reqwest showed, not later.
     let after = failed_at.saturating_duration_since(last_pull(&pulled));
     assert!(
-        after >= SEND && after <= SEND + SLACK,
+        after >= SEND && after <= SEND + LATE,
         "{after:?} after the last pull"
     );
-    assert!(e.elapsed() >= SEND && e.elapsed() <= SEND + SLACK, "{e:?}");
+    assert!(e.elapsed() >= SEND && e.elapsed() <= SEND + LATE, "{e:?}");
     // The server really stopped reading early, on the one request.
     assert!(server.bytes_read() <= MB as u64);
     assert_eq!(server.requests(), 1);
@@ -232,16 +258,13 @@ async fn read_clock_through_reqwest_starts_when_the_body_is_sent() {
 
     let (body, pulled) = RecordedBody::new(KIB, 4);
     let req = Request::post(server.url()).body(body).unwrap();
-    let err = bounded(svc.oneshot(req)).await.unwrap_err();
-    let failed_at = Instant::now();
+    let (e, err, failed_at) = timed_out(svc, req).await;
 
-    let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
-        .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Read, "{err}");
     assert_eq!(e.bytes_sent(), 4 * KIB as u64);
     let after = failed_at.saturating_duration_since(last_pull(&pulled));
     assert!(
-        after >= READ && after <= READ + SLACK,
+        after >= READ && after <= READ + LATE,
         "{after:?} after the last pull"
     );
     assert_eq!(
@@ -269,12 +292,10 @@ async fn read_bounds_a_bodyless_request_through_reqwest() {
         let req = Request::get(server.url())
             .body(Empty::<Bytes>::new())
             .unwrap();
-        let err = bounded(svc.oneshot(req)).await.unwrap_err();
-        let took = start.elapsed();
-        let e = tower_conn_lifecycle::find_cause::<Elapsed>(err.as_ref())
-            .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
+        let (e, err, failed_at) = timed_out(svc, req).await;
+        let took = failed_at - start;
         assert_eq!((e.phase(), e.limit()), (Phase::Read, READ), "{err}");
-        assert!(took >= READ && took <= READ + SLACK, "{took:?}");
+        assert!(took >= READ && took <= READ + LATE, "{took:?}");
         assert!(e.elapsed() >= READ && e.elapsed() <= took, "{e:?}");
         assert_eq!(e.bytes_sent(), 0);
         // The server read the one request, and was still silent.
@@ -297,11 +318,13 @@ async fn body_stall_through_reqwest_fails_from_the_body() {
     let req = Request::get(server.url())
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let res = bounded(svc.oneshot(req)).await.unwrap();
+    let res = bounded(HANG, "the request", svc.oneshot(req))
+        .await
+        .unwrap();
     let mut body = res.into_body();
     let mut received = 0;
     let err = loop {
-        match bounded(body.frame()).await {
+        match bounded(HANG, "a body frame", body.frame()).await {
             Some(Ok(frame)) => received += frame.into_data().map_or(0, |d| d.len()),
             Some(Err(err)) => break err,
             None => panic!("the stalled body ended"),
@@ -311,10 +334,7 @@ async fn body_stall_through_reqwest_fails_from_the_body() {
         .unwrap_or_else(|| panic!("no Elapsed in {err:?}"));
     assert_eq!(e.phase(), Phase::Read, "{err}");
     assert_eq!((received, e.bytes_received()), (10, 10));
-    assert!(
-        e.elapsed() >= STALL && e.elapsed() <= STALL + SLACK,
-        "{e:?}"
-    );
+    assert!(e.elapsed() >= STALL && e.elapsed() <= STALL + LATE, "{e:?}");
     assert_eq!(server.requests(), 1);
 }
 
@@ -398,10 +418,6 @@ async fn stale_get_through_reqwest_is_retried_and_post_is_not() {
 
 // ------------------------------------------------------------------- TLS
 
-#[path = "common/pki.rs"]
-mod pki;
-use pki::{Pki, TlsServer};
-
 /// A reqwest client for `server` (its name pinned to the loopback address).
 fn tls_client(config: &ClientConfig, server: &TlsServer) -> reqwest::Client {
     reqwest::Client::builder()
@@ -414,25 +430,33 @@ fn tls_client(config: &ClientConfig, server: &TlsServer) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preconfigured_tls_config_is_what_reqwest_uses() {
-    let pki = Pki::new();
-    let mut server = TlsServer::start(&pki).await;
+    let ca = Ca::new("reqwest test ca");
+    let mut server = TlsServer::start(&ca.leaf(&["localhost"]), Mode::H2Capable).await;
+    let url = server.url("localhost").to_string();
     // Built once, like the shared configuration; every client clones it.
-    let config = config_with_roots(pki.roots.clone()).unwrap();
+    let config = config_with_roots(ca.roots()).unwrap();
 
     let first = tls_client(&config, &server);
-    let res = bounded(first.get(server.url()).send()).await.unwrap();
+    let res = bounded(HANG, "the request", first.get(&url).send())
+        .await
+        .unwrap();
     // The configuration's ALPN (`h2` first) reached the server.
     assert_eq!(res.version(), Version::HTTP_2);
     assert_eq!(res.text().await.unwrap(), "HTTP/2.0");
-    assert_eq!(server.next_handshake().await, Ok(Some(HandshakeKind::Full)));
+    assert_eq!(
+        server.next_handshake().await.map(|h| h.kind),
+        Ok(Some(HandshakeKind::Full))
+    );
 
     // A second client built from the same configuration shares its session
     // cache: its first connection resumes the first client's session.
     let second = tls_client(&config, &server);
-    let res = bounded(second.get(server.url()).send()).await.unwrap();
+    let res = bounded(HANG, "the request", second.get(&url).send())
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(
-        server.next_handshake().await,
+        server.next_handshake().await.map(|h| h.kind),
         Ok(Some(HandshakeKind::Resumed))
     );
 
@@ -445,14 +469,16 @@ async fn preconfigured_tls_config_is_what_reqwest_uses() {
         .unwrap()
         .build()
         .unwrap();
-    let err = bounded(shared.get(server.url()).send()).await.unwrap_err();
+    let err = bounded(HANG, "the request", shared.get(&url).send())
+        .await
+        .unwrap_err();
     let tls = find_cause::<rustls::Error>(&err).unwrap_or_else(|| panic!("{err:?}"));
     assert!(
         matches!(tls, rustls::Error::InvalidCertificate(_)),
         "{tls:?}"
     );
     assert!(server.next_handshake().await.is_err());
-    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(server.requests(), 2);
 }
 
 #[tokio::test]

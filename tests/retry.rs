@@ -5,6 +5,8 @@
 //! client's reuse is what is under test. Every loop is bounded in count and
 //! time; nothing asserts on speed.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +15,7 @@ use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer, RequestBody};
 use tower_conn_lifecycle::retry::{
@@ -21,40 +23,32 @@ use tower_conn_lifecycle::retry::{
     RetryOnStaleConnectionLayer, RetryReason, Rule, IDEMPOTENCY_KEY,
 };
 use tower_conn_lifecycle::testing::{
-    Http2FaultServer, IdleClosingServer, ResetServer, Rng, SilentServer,
+    Http2FaultServer, IdleClosingServer, ResetServer, SeedWorkload, SilentServer,
 };
 use tower_conn_lifecycle::track::{
-    ConnectionCapture, ConnectionState, TrackConnections, TrackConnectionsLayer, TrackStats,
+    ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
+
+use common::{eventually, http2_only, Tracked, POLL, SLACK, STEP_LIMIT};
 
 /// The seed race's server idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);
 const TASKS: usize = 10;
-/// A seed race stops early (and fails its count) if it takes this long.
+/// A seed race stops starting requests (and fails its count) after this
+/// long.
 const RACE_LIMIT: Duration = Duration::from_secs(120);
-/// Upper bound for any single step that must complete.
-const STEP_LIMIT: Duration = Duration::from_secs(10);
-/// How long to wait for a server-side counter to catch up.
-const SLACK: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(5);
 
 /// The read limit of the seed-race clients (see `race_client`): far above
 /// any loopback answer, far below `STEP_LIMIT`.
 const RACE_READ_LIMIT: Duration = Duration::from_secs(2);
 
-type Tracked = TrackConnections<HttpConnector>;
 type Retrying<S> = RetryOnStaleConnection<S>;
 type Plain<C> = Client<C, Full<Bytes>>;
 type Phased<B> = PhaseTimeout<Client<Tracked, RequestBody<B>>>;
 
 fn tracked_client(layer: RetryOnStaleConnectionLayer) -> (Retrying<Plain<Tracked>>, TrackStats) {
-    let track = TrackConnectionsLayer::new();
-    let stats = track.stats();
-    let connector = ServiceBuilder::new()
-        .layer(track)
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, stats) = common::tracked_client();
     (ServiceBuilder::new().layer(layer).service(client), stats)
 }
 
@@ -64,12 +58,7 @@ fn untracked_client(layer: RetryOnStaleConnectionLayer) -> Retrying<Plain<HttpCo
 }
 
 fn h2_client() -> Retrying<Plain<Tracked>> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(connector);
+    let (client, _) = common::tracked_client_with(&http2_only(), HttpConnector::new());
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         .service(client)
@@ -135,17 +124,9 @@ fn not_retried(err: &BoxError) -> &NotRetried {
     find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("not a NotRetried: {err:?}"))
 }
 
-/// Waits (at most `SLACK`) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SLACK;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(POLL).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
-// The seed race: sequential requests, gaps uniform in [0.99, 1.0) x IDLE.
+// The seed race (the kit's `SeedWorkload`): sequential requests, gaps
+// uniform in [0.99, 1.0) x IDLE.
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -166,10 +147,7 @@ struct Tally {
 /// too). The limit turns it into a timeout, which the tracker proves safe to
 /// retry: nothing of it was written on a connection that is now closed.
 fn race_client() -> Retrying<Phased<Full<Bytes>>> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         // `total` as well: a request hyper never writes (see the rule table's
@@ -183,75 +161,45 @@ fn race_client() -> Retrying<Phased<Full<Bytes>>> {
         .service(client)
 }
 
-/// One task of a seed race, with its own client.
-async fn race_task(
-    url: String,
-    task: usize,
-    requests: usize,
-    method: Method,
-    keyed: bool,
-    stop_at: Instant,
-) -> Tally {
-    let svc = race_client();
-    let mut rng = Rng::new(task as u64 + 1);
-    let mut tally = Tally::default();
-    for i in 0..requests {
-        if Instant::now() >= stop_at {
-            break;
-        }
-        if i > 0 {
-            sleep(IDLE.mul_f64(0.99 + 0.01 * rng.unit())).await;
-        }
-        let mut req = request(method.clone(), &url, b"seed");
-        if keyed {
-            let key = format!("task-{task}-req-{i}");
-            req.headers_mut()
-                .insert(IDEMPOTENCY_KEY, key.parse().unwrap());
-        }
-        tally.sent += 1;
-        match send(&svc, req).await {
-            Ok((body, retried)) => {
-                assert_eq!(body, "ok");
-                tally.ok += 1;
-                if let Some(r) = retried {
-                    tally.retries += r.count() as u64;
-                    tally.reasons.extend_from_slice(r.reasons());
-                }
-            }
-            Err(e) => tally
-                .errors
-                .push((not_retried(&e).rule(), format!("{e} <- {:?}", e.source()))),
-        }
-    }
-    tally
-}
-
+/// A seed race on the kit's [`SeedWorkload`]: `TASKS` tasks of `requests`
+/// sequential requests (`method`, body `seed`, an `Idempotency-Key` each if
+/// `keyed`), each task on its own [`race_client`]; every success answered
+/// `ok`, every failure the retry layer's [`NotRetried`].
 async fn seed_race(
     server: &IdleClosingServer,
     requests: usize,
     method: Method,
     keyed: bool,
 ) -> Tally {
-    let stop_at = Instant::now() + RACE_LIMIT;
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..TASKS {
-        tasks.spawn(race_task(
-            server.url(),
-            task,
-            requests,
-            method.clone(),
-            keyed,
-            stop_at,
-        ));
-    }
-    let mut total = Tally::default();
-    while let Some(t) = tasks.join_next().await {
-        let t = t.unwrap();
-        total.sent += t.sent;
-        total.ok += t.ok;
-        total.retries += t.retries;
-        total.reasons.extend(t.reasons);
-        total.errors.extend(t.errors);
+    let report = SeedWorkload::new(IDLE)
+        .tasks(TASKS)
+        .requests(requests)
+        .method(method)
+        .body("seed")
+        .idempotency_keys(keyed)
+        .keep_bodies(true)
+        .time_limit(RACE_LIMIT)
+        .request_limit(STEP_LIMIT)
+        .run(&server.url(), |_| race_client())
+        .await;
+    let mut total = Tally {
+        sent: report.requests() as u64,
+        ..Tally::default()
+    };
+    for sample in report.samples() {
+        match sample.outcome() {
+            Ok(res) => {
+                assert_eq!(sample.body(), Some(&Bytes::from("ok")));
+                total.ok += 1;
+                if let Some(r) = res.extensions().get::<Retried>() {
+                    total.retries += r.count() as u64;
+                    total.reasons.extend_from_slice(r.reasons());
+                }
+            }
+            Err(e) => total
+                .errors
+                .push((not_retried(e).rule(), format!("{e} <- {:?}", e.source()))),
+        }
     }
     assert_eq!(
         total.sent,
@@ -369,12 +317,7 @@ async fn reset_on_a_fresh_connection_is_returned_after_one_attempt() {
 #[tokio::test]
 async fn stale_reused_connection_is_retried_on_a_new_one() {
     // The second request of every connection is reset before it is read.
-    let server = ResetServer::builder()
-        .on_request(2)
-        .reset_after_bytes(1)
-        .start()
-        .await
-        .unwrap();
+    let server = common::stale_on_reuse().await;
     let (svc, stats) = tracked_client(RetryOnStaleConnectionLayer::new());
     let (body, retried) = send(&svc, request(Method::PUT, &server.url(), b"abc"))
         .await
@@ -446,10 +389,7 @@ async fn part_of_the_response_head_then_reset_is_not_retried() {
 type Replaying = RetryOnStaleConnection<Client<Tracked, ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
 
 fn replaying_client() -> Replaying {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
         .service(client)
@@ -528,12 +468,7 @@ async fn body_within_the_replay_limit_is_replayed_whole() {
 
 #[tokio::test]
 async fn untracked_stale_get_is_retried_and_post_is_not() {
-    let server = ResetServer::builder()
-        .on_request(2)
-        .reset_after_bytes(1)
-        .start()
-        .await
-        .unwrap();
+    let server = common::stale_on_reuse().await;
     let svc = untracked_client(RetryOnStaleConnectionLayer::new());
     send(&svc, request(Method::GET, &server.url(), b""))
         .await
@@ -645,11 +580,14 @@ async fn dropping_the_future_abandons_the_attempt_and_closes_its_connection() {
     drop(fut);
     let state: ConnectionState = capture.state().expect("tracked");
     assert!(state.is_poisoned());
-    eventually("the abandoned connection to close", || {
+    eventually(SLACK, "the abandoned connection to close", || {
         stats.open_now() == 0
     })
     .await;
-    eventually("the server to see the close", || server.connections() == 1).await;
+    eventually(SLACK, "the server to see the close", || {
+        server.connections() == 1
+    })
+    .await;
     assert_eq!(server.requests(), 1);
 }
 
@@ -738,10 +676,7 @@ async fn connect_timeouts_are_retried_only_when_enabled() {
 type PhasedReplay = RetryOnStaleConnection<Phased<ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
 
 fn phased_client(phases: PhaseTimeoutLayer) -> PhasedReplay {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
         .layer(phases)
@@ -767,18 +702,16 @@ async fn read_timeout_under_retry_is_never_retried() {
             && !text.contains("not retried"),
         "{text}"
     );
-    eventually("the server to read the request", || server.requests() == 1).await;
+    eventually(SLACK, "the server to read the request", || {
+        server.requests() == 1
+    })
+    .await;
     assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test]
 async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() {
-    let server = ResetServer::builder()
-        .on_request(2)
-        .reset_after_bytes(1)
-        .start()
-        .await
-        .unwrap();
+    let server = common::stale_on_reuse().await;
     let svc = phased_client(
         PhaseTimeoutLayer::new()
             .send(Duration::from_secs(5))
@@ -801,10 +734,7 @@ async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() 
 /// attempt's record is PhaseTimeout's (when it took one) or the error's
 /// connection.
 fn hand_stack(phases: PhaseTimeoutLayer) -> Retrying<Phased<Full<Bytes>>> {
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         .layer(phases)
@@ -860,12 +790,7 @@ async fn post_on_a_stale_connection_through_hand_stacks_is_never_duplicated() {
     for (name, svc) in stacks {
         // The second request of every connection is reset after its first
         // byte was read.
-        let server = ResetServer::builder()
-            .on_request(2)
-            .reset_after_bytes(1)
-            .start()
-            .await
-            .unwrap();
+        let server = common::stale_on_reuse().await;
         let body: &'static [u8] = &[b'p'; 20_000];
         send(&svc, request(Method::POST, &server.url(), body))
             .await
@@ -929,7 +854,7 @@ async fn dropping_a_bodiless_request_without_a_capture_closes_its_connection() {
         assert!(seen.is_ok(), "the request never reached the server");
         assert_eq!(stats.open_now(), 1);
         drop(fut);
-        eventually("the abandoned connection to close", || {
+        eventually(SLACK, "the abandoned connection to close", || {
             stats.open_now() == 0
         })
         .await;
@@ -966,7 +891,7 @@ async fn dropping_the_future_mid_upload_closes_its_connection() {
     let _ = timeout(Duration::from_millis(200), &mut fut).await;
     assert_eq!(stats.open_now(), 1);
     drop(fut);
-    eventually("the abandoned upload's connection to close", || {
+    eventually(SLACK, "the abandoned upload's connection to close", || {
         stats.open_now() == 0
     })
     .await;
@@ -1001,12 +926,10 @@ async fn h2_refused_stream_replays_a_streamed_body() {
         .start()
         .await
         .unwrap();
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build::<_, ReplayBody<Channel<Bytes>>>(connector);
+    let (client, _) = common::tracked_client_with::<ReplayBody<Channel<Bytes>>>(
+        &http2_only(),
+        HttpConnector::new(),
+    );
     let svc = ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
         .service(client);
@@ -1019,108 +942,4 @@ async fn h2_refused_stream_replays_a_streamed_body() {
     assert_eq!(retried.unwrap().reasons(), [RetryReason::RefusedStream]);
     assert_eq!((server.refused(), server.processed()), (1, 1));
     assert_eq!(server.distinct_keys(), 1);
-}
-
-// ---------------------------------------------------------------------------
-// The kit's new servers, seen from raw sockets.
-
-mod kit {
-    use std::io;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    use super::*;
-
-    /// Reads until EOF or an error; returns the bytes and how it ended.
-    async fn read_all(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match timeout(STEP_LIMIT, stream.read(&mut buf)).await {
-                Err(_) => panic!("the server neither answered nor closed"),
-                Ok(Ok(0)) => return (out, Ok(())),
-                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-                Ok(Err(e)) => return (out, Err(e)),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn reset_server_resets_instead_of_closing() {
-        let server = ResetServer::builder()
-            .reset_after_bytes(10)
-            .start()
-            .await
-            .unwrap();
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, end) = read_all(&mut stream).await;
-        assert!(bytes.is_empty());
-        assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
-        assert_eq!(
-            (server.attempts(), server.requests(), server.resets()),
-            (1, 0, 1)
-        );
-    }
-
-    #[tokio::test]
-    async fn reset_server_sends_part_of_the_head_then_resets() {
-        let server = ResetServer::builder()
-            .on_request(2)
-            .partial_head(12)
-            .start()
-            .await
-            .unwrap();
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        // Two pipelined requests: the first is answered, the second cut.
-        stream
-            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, end) = read_all(&mut stream).await;
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(text.ends_with("\r\n\r\n3HTTP/1.1 200"), "{text:?}");
-        assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
-        assert_eq!(
-            (server.attempts(), server.responses(), server.bytes_read()),
-            (2, 1, 3)
-        );
-    }
-
-    #[tokio::test]
-    async fn http2_server_survives_garbage_and_stops_on_drop() {
-        let server = Http2FaultServer::builder().start().await.unwrap();
-        let mut bad = TcpStream::connect(server.addr()).await.unwrap();
-        bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (_, _) = read_all(&mut bad).await;
-        // A frame longer than SETTINGS_MAX_FRAME_SIZE after a good preface.
-        let mut big = TcpStream::connect(server.addr()).await.unwrap();
-        big.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .unwrap();
-        big.write_all(&[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1])
-            .await
-            .unwrap();
-        let (_, _) = read_all(&mut big).await;
-        // Still serving.
-        let svc = h2_client();
-        let (body, _) = send(&svc, request(Method::GET, &server.url(), b""))
-            .await
-            .unwrap();
-        assert_eq!(body, "ok");
-        assert_eq!((server.connections(), server.processed()), (3, 1));
-        let addr = server.addr();
-        drop(server);
-        let deadline = Instant::now() + SLACK;
-        while TcpStream::connect(addr).await.is_ok() {
-            assert!(Instant::now() < deadline, "still accepting after drop");
-            sleep(POLL).await;
-        }
-    }
 }

@@ -5,6 +5,8 @@
 //! These tests must use the real clock: the servers' timers and the kernel's
 //! TCP behaviour are what is under test. Every wait is bounded.
 
+mod common;
+
 use std::io;
 use std::time::Duration;
 
@@ -17,40 +19,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 use tower_conn_lifecycle::testing::{
-    Blackhole, IdleClosingServer, SilentServer, SlowBodyServer, StalledBodyServer,
-    StopReadingServer, ThrottledReader,
+    Blackhole, Http2FaultServer, IdleClosingServer, ResetServer, SeedWorkload, SilentServer,
+    SlowBodyServer, StalledBodyServer, StopReadingServer, ThrottledReader,
 };
 
-/// Generous margin for the scheduler on a loaded CI machine: how late an
-/// expected event (a close, a counter update) may be before a test fails.
-const SLACK: Duration = Duration::from_secs(2);
-
-/// Upper bound for any single exchange that should complete, so that a
-/// broken server fails the test instead of hanging it.
-const STEP_LIMIT: Duration = Duration::from_secs(10);
+use common::{bounded, eventually, POLL, SLACK, STEP_LIMIT};
 
 /// How long to watch for something that must *not* happen (an answer, a
 /// completed write, a completed connect). Long enough that on loopback the
 /// thing would certainly have happened if the server were not misbehaving.
 const NEVER_WAIT: Duration = Duration::from_millis(500);
-
-/// How often counters are polled while waiting for them.
-const POLL: Duration = Duration::from_millis(5);
-
-async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    timeout(STEP_LIMIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not complete within {STEP_LIMIT:?}"))
-}
-
-/// Waits (at most `SLACK`) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SLACK;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(POLL).await;
-    }
-}
 
 /// Reads a response head; returns it and the body bytes read past it.
 async fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
@@ -87,6 +65,15 @@ async fn read_response(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> 
     Ok((head, body))
 }
 
+/// Writes `request` and reads one complete response (bounded:
+/// [`STEP_LIMIT`]).
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> (String, Vec<u8>) {
+    stream.write_all(request).await.unwrap();
+    bounded(STEP_LIMIT, "a response", read_response(stream))
+        .await
+        .unwrap()
+}
+
 /// Waits until the peer closes `stream` (EOF or reset), at most `limit`.
 async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0; 64];
@@ -105,10 +92,7 @@ async fn idle_closing_reuses_within_idle_timeout_then_closes() {
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
 
     for _ in 0..2 {
-        stream.write_all(GET).await.unwrap();
-        let (head, body) = bounded("response", read_response(&mut stream))
-            .await
-            .unwrap();
+        let (head, body) = exchange(&mut stream, GET).await;
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(!head.contains("Keep-Alive"), "{head}");
         assert_eq!(body, b"ok");
@@ -145,10 +129,7 @@ async fn idle_closing_reload_late_close_and_new_timeout() {
     let mut streams = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        stream.write_all(GET).await.unwrap();
-        bounded("response", read_response(&mut stream))
-            .await
-            .unwrap();
+        exchange(&mut stream, GET).await;
         streams.push(stream);
     }
     server.close_idle();
@@ -163,10 +144,7 @@ async fn idle_closing_reload_late_close_and_new_timeout() {
     // Now 100 ms, closed up to 40 ms late: never before 100 ms.
     server.set_idle_timeout(Duration::from_millis(100));
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-    stream.write_all(GET).await.unwrap();
-    bounded("response", read_response(&mut stream))
-        .await
-        .unwrap();
+    exchange(&mut stream, GET).await;
     // Real clock: the server's idle timer is what is under test.
     let idle_start = Instant::now();
     assert!(closed_within(&mut stream, SLACK).await, "not closed");
@@ -198,10 +176,7 @@ async fn idle_closing_options_posts_and_connection_close() {
     ];
     for request in requests {
         let start = Instant::now();
-        stream.write_all(request).await.unwrap();
-        let (head, body) = bounded("response", read_response(&mut stream))
-            .await
-            .unwrap();
+        let (head, body) = exchange(&mut stream, request).await;
         // Real clock: think time delays the answer (a lower bound only).
         assert!(start.elapsed() >= THINK);
         assert!(head.contains("\r\nKeep-Alive: timeout=1\r\n"), "{head}");
@@ -215,7 +190,9 @@ async fn idle_closing_options_posts_and_connection_close() {
         .write_all(b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
         .unwrap();
-    let (head, rest) = bounded("head", read_head(&mut stream)).await.unwrap();
+    let (head, rest) = bounded(STEP_LIMIT, "head", read_head(&mut stream))
+        .await
+        .unwrap();
     assert_eq!((content_length(&head), rest.len()), (5, 0));
 
     // Expect: 100-continue is honoured before the body is sent.
@@ -225,27 +202,22 @@ async fn idle_closing_options_posts_and_connection_close() {
         )
         .await
         .unwrap();
-    let (interim, rest) = bounded("100 continue", read_head(&mut stream))
+    let (interim, rest) = bounded(STEP_LIMIT, "100 continue", read_head(&mut stream))
         .await
         .unwrap();
     assert_eq!(
         (interim.as_str(), rest.len()),
         ("HTTP/1.1 100 Continue\r\n\r\n", 0)
     );
-    stream.write_all(b"hi").await.unwrap();
-    let (_, body) = bounded("response", read_response(&mut stream))
-        .await
-        .unwrap();
+    let (_, body) = exchange(&mut stream, b"hi").await;
     assert_eq!(body, b"hello");
     assert_eq!(server.posts(), 3);
 
-    stream
-        .write_all(b"DELETE / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = bounded("response", read_response(&mut stream))
-        .await
-        .unwrap();
+    let (head, _) = exchange(
+        &mut stream,
+        b"DELETE / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
     assert!(closed_within(&mut stream, SLACK).await);
     assert_eq!(server.requests_by_method(&Method::DELETE), 1);
@@ -261,14 +233,41 @@ async fn idle_closing_serves_hyper_client_on_one_connection() {
         .unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     for _ in 0..3 {
-        let response = bounded("request", client.get(server.url().parse().unwrap()))
-            .await
-            .unwrap();
+        let response = bounded(
+            STEP_LIMIT,
+            "request",
+            client.get(server.url().parse().unwrap()),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "ok");
     }
     assert_eq!((server.connections(), server.requests()), (1, 3));
+}
+
+/// `SeedWorkload` keeps each response body only when asked to.
+#[tokio::test]
+async fn seed_workload_keeps_bodies_only_when_asked() {
+    let server = IdleClosingServer::start(Duration::from_secs(5))
+        .await
+        .unwrap();
+    for keep in [false, true] {
+        let report = SeedWorkload::new(Duration::from_millis(10))
+            .tasks(2)
+            .requests(2)
+            .keep_bodies(keep)
+            .run(&server.url(), |_| {
+                Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>()
+            })
+            .await;
+        assert_eq!((report.requests(), report.errors()), (4, 0));
+        for sample in report.samples() {
+            assert_eq!(sample.body(), keep.then(|| Bytes::from("ok")).as_ref());
+        }
+    }
+    assert_eq!(server.requests(), 8);
 }
 
 #[tokio::test]
@@ -281,8 +280,7 @@ async fn malformed_request_ends_only_its_connection() {
     assert!(closed_within(&mut bad, SLACK).await);
 
     let mut good = TcpStream::connect(server.addr()).await.unwrap();
-    good.write_all(GET).await.unwrap();
-    bounded("response", read_response(&mut good)).await.unwrap();
+    exchange(&mut good, GET).await;
     assert_eq!((server.connections(), server.requests()), (2, 1));
 }
 
@@ -305,7 +303,7 @@ async fn throttled_reader_reads_at_its_rate() {
     let server = ThrottledReader::start(RATE).await.unwrap();
     // Real clock: the pace is what is under test. 200 KB at 100 KB/s takes
     // 2 s; only a lower bound is asserted.
-    let (body, took) = bounded("upload", upload(server.addr(), LEN)).await;
+    let (body, took) = bounded(STEP_LIMIT, "upload", upload(server.addr(), LEN)).await;
     assert_eq!(body, LEN.to_string().as_bytes());
     assert!(took >= Duration::from_millis(1500), "too fast: {took:?}");
     assert_eq!(server.bytes_read(), LEN as u64);
@@ -324,7 +322,7 @@ async fn throttled_reader_keeps_up_at_high_rate_and_thinks() {
         .unwrap();
     // 10 MiB at 50 MB/s is about 0.2 s; `bounded` fails the test if the
     // throttle cannot keep up at all.
-    let (body, took) = bounded("upload", upload(server.addr(), LEN)).await;
+    let (body, took) = bounded(STEP_LIMIT, "upload", upload(server.addr(), LEN)).await;
     assert_eq!(body, LEN.to_string().as_bytes());
     assert!(took >= THINK, "think time skipped: {took:?}");
     assert_eq!(server.bytes_read(), LEN as u64);
@@ -354,7 +352,10 @@ async fn stop_reading_server_stalls_the_upload() {
     .await;
     assert!(upload.is_err(), "upload of {BODY} bytes did not stall");
     assert!(written < BODY);
-    eventually("bytes_read == AFTER", || server.bytes_read() == AFTER).await;
+    eventually(SLACK, "bytes_read == AFTER", || {
+        server.bytes_read() == AFTER
+    })
+    .await;
     assert_eq!((server.connections(), server.requests()), (1, 1));
 
     // It really stopped: nothing more is read, even after a while.
@@ -371,7 +372,7 @@ async fn silent_server_reads_everything_and_never_answers() {
     request.extend_from_slice(GET);
     stream.write_all(&request).await.unwrap();
 
-    eventually("both requests read", || {
+    eventually(SLACK, "both requests read", || {
         server.requests() == 2 && server.bytes_read() == 5000
     })
     .await;
@@ -394,10 +395,12 @@ async fn stalled_body_server_sends_part_then_stalls() {
         .unwrap();
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     stream.write_all(GET).await.unwrap();
-    let (head, mut body) = bounded("head", read_head(&mut stream)).await.unwrap();
+    let (head, mut body) = bounded(STEP_LIMIT, "head", read_head(&mut stream))
+        .await
+        .unwrap();
     assert_eq!(content_length(&head), 1_000_000);
     while body.len() < 100 {
-        let n = bounded("first bytes", stream.read_buf(&mut body))
+        let n = bounded(STEP_LIMIT, "first bytes", stream.read_buf(&mut body))
             .await
             .unwrap();
         assert_ne!(n, 0, "closed");
@@ -420,13 +423,17 @@ async fn slow_body_server_trickles_the_body() {
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     let start = Instant::now();
     stream.write_all(GET).await.unwrap();
-    let (head, mut body) = bounded("head", read_head(&mut stream)).await.unwrap();
+    let (head, mut body) = bounded(STEP_LIMIT, "head", read_head(&mut stream))
+        .await
+        .unwrap();
     assert_eq!(content_length(&head), 40);
     // The head comes first; the body follows one chunk per interval.
     let mut reads = 0;
     while body.len() < 40 {
         assert_ne!(
-            bounded("chunk", stream.read_buf(&mut body)).await.unwrap(),
+            bounded(STEP_LIMIT, "chunk", stream.read_buf(&mut body))
+                .await
+                .unwrap(),
             0
         );
         reads += 1;
@@ -439,10 +446,7 @@ async fn slow_body_server_trickles_the_body() {
     assert_eq!((server.requests(), server.responses()), (1, 1));
 
     // The connection is kept alive for another request.
-    stream.write_all(GET).await.unwrap();
-    bounded("second response", read_response(&mut stream))
-        .await
-        .unwrap();
+    exchange(&mut stream, GET).await;
     assert_eq!(
         (
             server.connections(),
@@ -478,7 +482,12 @@ async fn assert_drop_stops(addr: std::net::SocketAddr, stream: &mut TcpStream, s
         closed_within(stream, SLACK).await,
         "connection survived the drop"
     );
-    // The listener closes on the runtime shortly after the drop.
+    assert_stops_accepting(addr).await;
+}
+
+/// Checks that the port of a dropped server no longer accepts connections
+/// (the listener closes on the runtime shortly after the drop).
+async fn assert_stops_accepting(addr: std::net::SocketAddr) {
     let deadline = Instant::now() + SLACK;
     loop {
         match timeout(SLACK, TcpStream::connect(addr)).await {
@@ -501,7 +510,7 @@ async fn dropping_a_server_stops_it_and_its_connections() {
     let addr = server.addr();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(GET).await.unwrap();
-    eventually("request read", || server.requests() == 1).await;
+    eventually(SLACK, "request read", || server.requests() == 1).await;
     assert_drop_stops(addr, &mut stream, server).await;
 
     // A connection parked forever (never reading) is stopped too.
@@ -512,6 +521,89 @@ async fn dropping_a_server_stops_it_and_its_connections() {
         .write_all(b"POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789")
         .await
         .unwrap();
-    eventually("body read", || server.bytes_read() == 10).await;
+    eventually(SLACK, "body read", || server.bytes_read() == 10).await;
     assert_drop_stops(addr, &mut stream, server).await;
+}
+
+/// Connects to `addr`, writes `request` and reads until EOF or an error
+/// (bounded: [`STEP_LIMIT`]); returns the bytes and how it ended.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (Vec<u8>, io::Result<()>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match timeout(STEP_LIMIT, stream.read(&mut buf)).await {
+            Err(_) => panic!("the server neither answered nor closed"),
+            Ok(Ok(0)) => return (out, Ok(())),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (out, Err(e)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn reset_server_resets_instead_of_closing() {
+    let server = ResetServer::builder()
+        .reset_after_bytes(10)
+        .start()
+        .await
+        .unwrap();
+    let (bytes, end) = raw_exchange(server.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(bytes.is_empty());
+    assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        (server.attempts(), server.requests(), server.resets()),
+        (1, 0, 1)
+    );
+}
+
+#[tokio::test]
+async fn reset_server_sends_part_of_the_head_then_resets() {
+    let server = ResetServer::builder()
+        .on_request(2)
+        .partial_head(12)
+        .start()
+        .await
+        .unwrap();
+    // Two pipelined requests: the first is answered, the second cut.
+    let pipelined = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n";
+    let (bytes, end) = raw_exchange(server.addr(), pipelined).await;
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.ends_with("\r\n\r\n3HTTP/1.1 200"), "{text:?}");
+    assert_eq!(end.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        (server.attempts(), server.responses(), server.bytes_read()),
+        (2, 1, 3)
+    );
+}
+
+#[tokio::test]
+async fn http2_server_survives_garbage_and_stops_on_drop() {
+    let server = Http2FaultServer::builder().start().await.unwrap();
+    let (_, _) = raw_exchange(server.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // A frame longer than SETTINGS_MAX_FRAME_SIZE after a good preface.
+    let big = [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        &[0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1],
+    ]
+    .concat();
+    let (_, _) = raw_exchange(server.addr(), &big).await;
+    // Still serving (hyper-util's client, HTTP/2 with prior knowledge).
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let response = bounded(
+        STEP_LIMIT,
+        "request",
+        client.get(server.url().parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    assert_eq!((server.connections(), server.processed()), (3, 1));
+    let addr = server.addr();
+    drop(server);
+    assert_stops_accepting(addr).await;
 }

@@ -4,105 +4,41 @@
 //! reports server-side facts: requests its HTTP layer saw, and for every TLS
 //! connection the handshake outcome (kind, SNI, ALPN) or failure.
 
-use std::convert::Infallible;
+mod common;
+
 use std::error::Error as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use http::{Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
 use rustls::client::Resumption;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{ClientConfig, HandshakeKind, RootCertStore, ServerConfig};
+use rustls::HandshakeKind;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tower::{Layer, Service, ServiceExt};
+use tower_conn_lifecycle::find_cause;
 use tower_conn_lifecycle::tls::{
     config_with_roots, shared_config, shared_config_build_count, MaybeHttpsStream,
     SharedTlsConnector, SharedTlsLayer, TlsConnectError, TlsConnectErrorKind,
 };
-use tower_conn_lifecycle::{find_cause, BoxError};
+
+use common::bounded;
+use common::pki::{Ca, Leaf, LOOPBACK};
+use common::tls::{
+    client_config, client_with, get, tcp, url as server_url, Handshake, Mode, TlsServer,
+};
 
 /// Upper bound for any single test; they take milliseconds.
 const TEST_LIMIT: Duration = Duration::from_secs(30);
-/// How long to wait for the server to report a connection's outcome.
-const SERVER_REPORT_LIMIT: Duration = Duration::from_secs(10);
 
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(TEST_LIMIT, f)
-        .await
-        .expect("test exceeded its time limit")
-}
-
-// ---------------------------------------------------------------- test PKI
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der()).unwrap();
-        roots
-    }
-
-    /// A client configuration trusting this CA, with the crate's defaults.
-    fn client_config(&self) -> Arc<ClientConfig> {
-        Arc::new(config_with_roots(self.roots()).unwrap())
-    }
-
-    fn leaf(&self, names: &[&str], expired: bool) -> Leaf {
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params
-            .extended_key_usages
-            .push(ExtendedKeyUsagePurpose::ServerAuth);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            chain: vec![cert.der().clone()],
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        }
-    }
-}
-
-struct Leaf {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
+type TestClient<C> = Client<C, Empty<Bytes>>;
 
 const STORE_NAMES: [&str; 6] = [
     "s0.test", "s1.test", "s2.test", "s3.test", "s4.test", "s5.test",
@@ -110,205 +46,27 @@ const STORE_NAMES: [&str; 6] = [
 
 /// The usual leaf: valid for `localhost`, both loopback IPs and `s*.test`.
 fn good_leaf(ca: &Ca) -> Leaf {
-    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    let mut names = LOOPBACK.to_vec();
     names.extend(STORE_NAMES);
-    ca.leaf(&names, false)
+    ca.leaf(&names)
 }
 
-// ------------------------------------------------------------ test servers
-
-/// The crypto provider the crate's configurations use in this test binary
-/// (built without touching the shared configuration). The servers use it
-/// too, so both ends prefer the same key exchange group and a handshake is
-/// `Full`, not `FullWithHelloRetryRequest`, whichever provider that is.
-fn client_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    config_with_roots(RootCertStore::empty())
-        .unwrap()
-        .crypto_provider()
-        .clone()
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    /// TLS, ALPN `h2` + `http/1.1`, hyper-util's auto server.
-    H2Capable,
-    /// TLS, ALPN `http/1.1` only, hyper's HTTP/1 server.
-    Http1Only,
-    /// No TLS at all; hyper's HTTP/1 server.
-    Plain,
-}
-
-/// What the server saw of one TLS connection.
-#[derive(Debug)]
-enum Handshake {
-    Done {
-        kind: Option<HandshakeKind>,
-        sni: Option<String>,
-        alpn: Option<Vec<u8>>,
-    },
-    Failed(String),
-}
-
-struct TestServer {
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
-    handshakes: mpsc::UnboundedReceiver<Handshake>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TestServer {
-    async fn start(leaf: &Leaf, mode: Mode) -> Self {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), leaf, mode)
-    }
-
-    fn start_on(listener: TcpListener, leaf: &Leaf, mode: Mode) -> Self {
-        let addr = listener.local_addr().unwrap();
-        assert!(addr.ip().is_loopback());
-        let mut config = ServerConfig::builder_with_provider(client_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
-            .unwrap();
-        config.alpn_protocols = match mode {
-            Mode::H2Capable => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            _ => vec![b"http/1.1".to_vec()],
-        };
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (tx, handshakes) = mpsc::unbounded_channel();
-        let counter = requests.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                let counter = counter.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let body = format!("{:?}", req.version());
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                    });
-                    if mode == Mode::Plain {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), svc)
-                            .await;
-                        return;
-                    }
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            let _ = tx.send(Handshake::Failed(e.to_string()));
-                            return;
-                        }
-                    };
-                    let conn = tls.get_ref().1;
-                    let _ = tx.send(Handshake::Done {
-                        kind: conn.handshake_kind(),
-                        sni: conn.server_name().map(str::to_owned),
-                        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-                    });
-                    if mode == Mode::H2Capable {
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                    } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            requests,
-            handshakes,
-            task,
-        }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    /// The next TLS connection's outcome, as the server saw it.
-    async fn next_handshake(&mut self) -> Handshake {
-        tokio::time::timeout(SERVER_REPORT_LIMIT, self.handshakes.recv())
-            .await
-            .expect("the server reported no handshake")
-            .expect("server stopped")
-    }
-
-    fn url(&self, host: &str) -> Uri {
-        format!("https://{host}:{}/", self.addr.port())
-            .parse()
-            .unwrap()
-    }
-}
-
-// ------------------------------------------------------------------ helpers
-
-type TestClient<C> = Client<C, Empty<Bytes>>;
-
-fn tcp() -> HttpConnector {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http
-}
-
-fn client_with(config: Arc<ClientConfig>) -> TestClient<SharedTlsConnector<HttpConnector>> {
-    Client::builder(TokioExecutor::new()).build(SharedTlsConnector::from_config(tcp(), config))
-}
-
-/// GET `uri`, returning the HTTP version and the body (the server's view of
-/// the version).
-async fn get<C>(client: &TestClient<C>, uri: Uri) -> Result<(Version, String), BoxError>
-where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: hyper::rt::Read
-        + hyper::rt::Write
-        + hyper_util::client::legacy::connect::Connection
-        + Unpin
-        + Send
-        + 'static,
-    C::Future: Send + Unpin + 'static,
-    C::Error: Into<BoxError>,
-{
-    let response = client.get(uri).await?;
-    let version = response.version();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((version, String::from_utf8(body.to_vec()).unwrap()))
+/// A new test CA, and a server presenting its [`good_leaf`] in `mode`.
+async fn ca_and_server(mode: Mode) -> (Ca, TlsServer) {
+    let ca = Ca::new("test ca");
+    let server = TlsServer::start(&good_leaf(&ca), mode).await;
+    (ca, server)
 }
 
 /// GETs `server` by name and checks the HTTP version on both sides and the
 /// ALPN protocol the server negotiated.
-async fn assert_protocol<C>(
-    client: &TestClient<C>,
-    server: &mut TestServer,
+async fn assert_protocol(
+    client: &TestClient<SharedTlsConnector<HttpConnector>>,
+    server: &mut TlsServer,
     version: Version,
     server_saw: &str,
     alpn: &[u8],
-) where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: hyper::rt::Read
-        + hyper::rt::Write
-        + hyper_util::client::legacy::connect::Connection
-        + Unpin
-        + Send
-        + 'static,
-    C::Future: Send + Unpin + 'static,
-    C::Error: Into<BoxError>,
-{
+) {
     let (got, saw) = get(client, server.url("localhost")).await.unwrap();
     assert_eq!(got, version);
     assert_eq!(saw, server_saw);
@@ -316,10 +74,14 @@ async fn assert_protocol<C>(
     assert_eq!(negotiated.as_deref(), Some(alpn));
 }
 
-fn expect_done(handshake: Handshake) -> (Option<HandshakeKind>, Option<String>, Option<Vec<u8>>) {
+fn expect_done(
+    handshake: Result<Handshake, String>,
+) -> (Option<HandshakeKind>, Option<String>, Option<Vec<u8>>) {
     match handshake {
-        Handshake::Done { kind, sni, alpn } => (kind, sni, alpn),
-        Handshake::Failed(e) => panic!("server-side handshake failed: {e}"),
+        Ok(Handshake {
+            kind, sni, alpn, ..
+        }) => (kind, sni, alpn),
+        Err(e) => panic!("server-side handshake failed: {e}"),
     }
 }
 
@@ -327,10 +89,9 @@ fn expect_done(handshake: Handshake) -> (Option<HandshakeKind>, Option<String>, 
 
 #[tokio::test]
 async fn https_by_name_sends_sni_and_succeeds() {
-    bounded(async {
-        let ca = Ca::new("test ca");
-        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
-        let client = client_with(ca.client_config());
+    bounded(TEST_LIMIT, "the test", async {
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
+        let client = client_with(client_config(&ca));
 
         let (version, _) = get(&client, server.url("localhost")).await.unwrap();
         assert_eq!(version, Version::HTTP_11);
@@ -344,10 +105,9 @@ async fn https_by_name_sends_sni_and_succeeds() {
 
 #[tokio::test]
 async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
-    bounded(async {
-        let ca = Ca::new("test ca");
-        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
-        let client = client_with(ca.client_config());
+    bounded(TEST_LIMIT, "the test", async {
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
+        let client = client_with(client_config(&ca));
 
         get(&client, server.url("127.0.0.1")).await.unwrap();
         assert_eq!(server.requests(), 1);
@@ -355,8 +115,8 @@ async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
         assert_eq!(sni, None, "an IP literal must not be sent as SNI");
 
         // The IP SAN is what made it pass: a certificate for names only fails.
-        let names_only = ca.leaf(&["localhost"], false);
-        let other = TestServer::start(&names_only, Mode::Http1Only).await;
+        let names_only = ca.leaf(&["localhost"]);
+        let other = TlsServer::start(&names_only, Mode::Http1Only).await;
         let err = get(&client, other.url("127.0.0.1")).await.unwrap_err();
         assert!(find_cause::<rustls::Error>(&*err).is_some(), "{err:?}");
         assert_eq!(other.requests(), 0);
@@ -366,7 +126,7 @@ async fn https_by_ipv4_literal_verifies_ip_san_without_sni() {
 
 #[tokio::test]
 async fn https_by_ipv6_literal_where_available() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let listener = match TcpListener::bind("[::1]:0").await {
             Ok(listener) => listener,
             Err(e) => {
@@ -375,8 +135,13 @@ async fn https_by_ipv6_literal_where_available() {
             }
         };
         let ca = Ca::new("test ca");
-        let mut server = TestServer::start_on(listener, &good_leaf(&ca), Mode::Http1Only);
-        let client = client_with(ca.client_config());
+        let mut server = TlsServer::start_on(
+            listener,
+            &good_leaf(&ca),
+            Mode::Http1Only,
+            common::tls::provider(),
+        );
+        let client = client_with(client_config(&ca));
 
         get(&client, server.url("[::1]")).await.unwrap();
         assert_eq!(server.requests(), 1);
@@ -390,8 +155,8 @@ async fn https_by_ipv6_literal_where_available() {
 /// error chain holds a `TlsConnectError` of kind `Tls` whose source is the
 /// rustls error matching `expected`, and the server's HTTP layer saw nothing.
 async fn assert_rejected(leaf: Leaf, trusted: &Ca, expected: &str) {
-    let mut server = TestServer::start(&leaf, Mode::Http1Only).await;
-    let client = client_with(trusted.client_config());
+    let mut server = TlsServer::start(&leaf, Mode::Http1Only).await;
+    let client = client_with(client_config(trusted));
 
     let err = get(&client, server.url("localhost")).await.unwrap_err();
     let tls_err = find_cause::<TlsConnectError>(&*err).expect("a TlsConnectError in the chain");
@@ -413,36 +178,35 @@ async fn assert_rejected(leaf: Leaf, trusted: &Ca, expected: &str) {
 
     // Server side: the handshake failed (the client's alert) and no request
     // reached the HTTP layer.
-    match server.next_handshake().await {
-        Handshake::Failed(_) => {}
-        done => panic!("server completed a handshake it should not have: {done:?}"),
+    if let Ok(done) = server.next_handshake().await {
+        panic!("server completed a handshake it should not have: {done:?}");
     }
     assert_eq!(server.requests(), 0);
 }
 
 #[tokio::test]
 async fn certificate_for_another_name_is_rejected() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
-        assert_rejected(ca.leaf(&["other.test"], false), &ca, "NotValidForName").await;
+        assert_rejected(ca.leaf(&["other.test"]), &ca, "NotValidForName").await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn expired_certificate_is_rejected() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         let mut names = vec!["localhost"];
         names.push("127.0.0.1");
-        assert_rejected(ca.leaf(&names, true), &ca, "Expired").await;
+        assert_rejected(ca.expired_leaf(&names), &ca, "Expired").await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn untrusted_ca_is_rejected() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let trusted = Ca::new("trusted ca");
         let untrusted = Ca::new("untrusted ca");
         assert_rejected(good_leaf(&untrusted), &trusted, "UnknownIssuer").await;
@@ -452,10 +216,9 @@ async fn untrusted_ca_is_rejected() {
 
 #[tokio::test]
 async fn alpn_h2_server_gets_http2() {
-    bounded(async {
-        let ca = Ca::new("test ca");
-        let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
-        let client = client_with(ca.client_config());
+    bounded(TEST_LIMIT, "the test", async {
+        let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
+        let client = client_with(client_config(&ca));
 
         assert_protocol(&client, &mut server, Version::HTTP_2, "HTTP/2.0", b"h2").await;
     })
@@ -464,10 +227,9 @@ async fn alpn_h2_server_gets_http2() {
 
 #[tokio::test]
 async fn alpn_http1_only_server_gets_http11() {
-    bounded(async {
-        let ca = Ca::new("test ca");
-        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
-        let client = client_with(ca.client_config());
+    bounded(TEST_LIMIT, "the test", async {
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
+        let client = client_with(client_config(&ca));
 
         assert_protocol(
             &client,
@@ -483,10 +245,9 @@ async fn alpn_http1_only_server_gets_http11() {
 
 #[tokio::test]
 async fn configured_alpn_http1_only_against_h2_server() {
-    bounded(async {
-        let ca = Ca::new("test ca");
-        let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
-        let layer = SharedTlsLayer::from_config(ca.client_config()).alpn_protocols([b"http/1.1"]);
+    bounded(TEST_LIMIT, "the test", async {
+        let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
+        let layer = SharedTlsLayer::from_config(client_config(&ca)).alpn_protocols([b"http/1.1"]);
         let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(layer.layer(tcp()));
 
         assert_protocol(
@@ -503,10 +264,9 @@ async fn configured_alpn_http1_only_against_h2_server() {
 
 #[tokio::test]
 async fn second_client_on_the_same_config_resumes_the_session() {
-    bounded(async {
-        let ca = Ca::new("test ca");
-        let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
-        let config = ca.client_config();
+    bounded(TEST_LIMIT, "the test", async {
+        let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
+        let config = client_config(&ca);
 
         let first = client_with(config.clone());
         get(&first, server.url("localhost")).await.unwrap();
@@ -522,7 +282,7 @@ async fn second_client_on_the_same_config_resumes_the_session() {
         assert_eq!(kind, Some(HandshakeKind::Resumed));
 
         // Control: a separately built configuration has its own store.
-        let third = client_with(ca.client_config());
+        let third = client_with(client_config(&ca));
         get(&third, server.url("localhost")).await.unwrap();
         let (kind, _, _) = expect_done(server.next_handshake().await);
         assert_eq!(kind, Some(HandshakeKind::Full));
@@ -566,10 +326,9 @@ const TICKETS_PER_SERVER: usize = 8;
 /// `BOUND` newest names and none older.
 #[tokio::test]
 async fn session_store_is_bounded() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         const BOUND: usize = 3;
-        let ca = Ca::new("test ca");
-        let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
         let mut config = config_with_roots(ca.roots()).unwrap();
         config.resumption = Resumption::in_memory_sessions(BOUND * TICKETS_PER_SERVER);
         let config = Arc::new(config);
@@ -615,21 +374,17 @@ async fn session_store_is_bounded() {
     .await;
 }
 
-fn server_url(addr: SocketAddr, host: &str) -> Uri {
-    format!("https://{host}:{}/", addr.port()).parse().unwrap()
-}
-
 #[tokio::test]
 async fn plain_http_passes_through_without_tls() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
         // A server with no TLS at all: a ClientHello would make it fail.
-        let server = TestServer::start(&good_leaf(&ca), Mode::Plain).await;
+        let server = TlsServer::start(&good_leaf(&ca), Mode::Plain).await;
         let uri: Uri = format!("http://127.0.0.1:{}/", server.addr.port())
             .parse()
             .unwrap();
 
-        let mut connector = SharedTlsConnector::from_config(tcp(), ca.client_config());
+        let mut connector = SharedTlsConnector::from_config(tcp(), client_config(&ca));
         let io = connector
             .ready()
             .await
@@ -650,9 +405,9 @@ async fn plain_http_passes_through_without_tls() {
 
 #[tokio::test]
 async fn unusable_uris_give_typed_errors_without_connecting() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         let ca = Ca::new("test ca");
-        let mut connector = SharedTlsConnector::from_config(tcp(), ca.client_config());
+        let mut connector = SharedTlsConnector::from_config(tcp(), client_config(&ca));
         let mut kind_of = async |uri: Uri| {
             let err = connector
                 .ready()
@@ -685,7 +440,7 @@ async fn unusable_uris_give_typed_errors_without_connecting() {
 
 #[tokio::test]
 async fn connect_failure_is_typed_with_inner_source() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         // Bind then drop a listener: the port is very likely closed.
         let addr = TcpListener::bind("127.0.0.1:0")
             .await
@@ -693,7 +448,7 @@ async fn connect_failure_is_typed_with_inner_source() {
             .local_addr()
             .unwrap();
         let ca = Ca::new("test ca");
-        let mut connector = SharedTlsConnector::from_config(tcp(), ca.client_config());
+        let mut connector = SharedTlsConnector::from_config(tcp(), client_config(&ca));
         let err = connector
             .ready()
             .await
@@ -714,7 +469,7 @@ async fn connect_failure_is_typed_with_inner_source() {
 /// configuration, so it observes the first use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn concurrent_first_use_builds_the_shared_config_once() {
-    bounded(async {
+    bounded(TEST_LIMIT, "the test", async {
         const TASKS: usize = 64;
         assert_eq!(
             shared_config_build_count(),
@@ -778,14 +533,14 @@ mod composition {
     }
 
     type InsideTlsPool = Client<
-        SharedTlsConnector<tower_conn_lifecycle::track::TrackConnections<HttpConnector>>,
+        SharedTlsConnector<common::Tracked>,
         tower_conn_lifecycle::phase_timeout::RequestBody<Empty<Bytes>>,
     >;
 
     impl InsideTls {
         fn new(ca: &Ca) -> Self {
             let connector = ServiceBuilder::new()
-                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .layer(SharedTlsLayer::from_config(client_config(ca)))
                 .layer(TrackConnectionsLayer::new())
                 .service(tcp());
             let client = Client::builder(TokioExecutor::new()).build(connector);
@@ -800,7 +555,7 @@ mod composition {
 
         /// GETs `server` by name: the HTTP version, the connection's
         /// tracked state and the body (the server's view of the version).
-        async fn get(&self, server: &TestServer) -> (Version, ConnectionState, Bytes) {
+        async fn get(&self, server: &TlsServer) -> (Version, ConnectionState, Bytes) {
             use tower::ServiceExt;
             let req = http::Request::get(server.url("localhost"))
                 .body(Empty::<Bytes>::new())
@@ -823,9 +578,8 @@ mod composition {
     /// applied to a multiplexed connection.
     #[tokio::test]
     async fn a_tracker_inside_tls_learns_the_connection_is_http2() {
-        bounded(async {
-            let ca = Ca::new("test ca");
-            let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        bounded(TEST_LIMIT, "the test", async {
+            let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
             let client = InsideTls::new(&ca);
             for round in 1..=2u64 {
                 let (version, state, body) = client.get(&server).await;
@@ -849,9 +603,8 @@ mod composition {
     #[tokio::test]
     async fn a_tracker_inside_tls_records_each_http1_request_exactly() {
         use tower_conn_lifecycle::track::ExchangeOutcome;
-        bounded(async {
-            let ca = Ca::new("test ca");
-            let mut server = TestServer::start(&good_leaf(&ca), Mode::Http1Only).await;
+        bounded(TEST_LIMIT, "the test", async {
+            let (ca, mut server) = ca_and_server(Mode::Http1Only).await;
             let client = InsideTls::new(&ca);
             let mut numbers = Vec::new();
             for _ in 0..2 {
@@ -879,15 +632,14 @@ mod composition {
 
     #[tokio::test]
     async fn connect_timeout_over_tracker_over_shared_tls() {
-        bounded(async {
-            let ca = Ca::new("test ca");
-            let mut server = TestServer::start(&good_leaf(&ca), Mode::H2Capable).await;
+        bounded(TEST_LIMIT, "the test", async {
+            let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
             let track = TrackConnectionsLayer::new();
             let stats = track.stats();
             let connector = ServiceBuilder::new()
                 .layer(ConnectTimeoutLayer::new(CONNECT_LIMIT))
                 .layer(track)
-                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .layer(SharedTlsLayer::from_config(client_config(&ca)))
                 .service(tcp());
             let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
 
@@ -918,7 +670,7 @@ mod composition {
     /// connect deadline covers the TLS handshake.
     #[tokio::test]
     async fn connect_timeout_covers_the_tls_handshake() {
-        bounded(async {
+        bounded(TEST_LIMIT, "the test", async {
             const LIMIT: Duration = Duration::from_millis(200);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -934,7 +686,7 @@ mod composition {
             let connector = ServiceBuilder::new()
                 .layer(ConnectTimeoutLayer::new(LIMIT))
                 .layer(TrackConnectionsLayer::new())
-                .layer(SharedTlsLayer::from_config(ca.client_config()))
+                .layer(SharedTlsLayer::from_config(client_config(&ca)))
                 .service(tcp());
             let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
 

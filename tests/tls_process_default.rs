@@ -2,8 +2,7 @@
 //! one (a provider with a single key exchange group, so the server can tell
 //! it was used); it is a process of its own so no other test sees it.
 
-#[path = "common/kx.rs"]
-mod kx;
+mod common;
 
 use std::sync::Arc;
 
@@ -15,7 +14,8 @@ use tower::ServiceExt;
 use tower_conn_lifecycle::client;
 use tower_conn_lifecycle::tls::{config_with_roots, shared_config, SharedTlsConnector};
 
-use kx::{get, only_group, rustls_provider, KxServer, LIMIT};
+use common::tls::{client_with, get, only_group, rustls_provider, TlsServer};
+use common::STEP_LIMIT;
 
 #[tokio::test]
 async fn the_process_default_is_used_for_every_configuration_built_after_it() {
@@ -31,29 +31,34 @@ async fn the_process_default_is_used_for_every_configuration_built_after_it() {
     let shared = SharedTlsConnector::tcp().config().unwrap();
     assert!(Arc::ptr_eq(shared.crypto_provider(), installed));
     assert!(Arc::ptr_eq(&shared, &shared_config().unwrap()));
-    let mut server = KxServer::start(full).await;
-    let config = Arc::new(config_with_roots(server.roots.clone()).unwrap());
+    let (mut server, ca) = TlsServer::with_provider(full).await;
+    let config = Arc::new(config_with_roots(ca.roots()).unwrap());
     assert!(Arc::ptr_eq(config.crypto_provider(), installed));
 
     // On the wire: the server negotiated the default's only group, through
     // the connector and through the one-call client.
-    assert_eq!(&get(config.clone(), server.url()).await.unwrap()[..], b"ok");
+    let (_, body) = get(&client_with(config.clone()), server.url("127.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(body, "HTTP/1.1");
     assert_eq!(
-        server.next_group().await.unwrap(),
+        server.next_handshake().await.unwrap().group,
         Some(NamedGroup::secp256r1)
     );
     let client = client::builder().tls_config(config).build::<Empty<Bytes>>();
-    let req = http::Request::get(server.url()).body(Empty::new()).unwrap();
-    let res = tokio::time::timeout(LIMIT, client.oneshot(req))
+    let req = http::Request::get(server.url("127.0.0.1"))
+        .body(Empty::new())
+        .unwrap();
+    let res = tokio::time::timeout(STEP_LIMIT, client.oneshot(req))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         &res.into_body().collect().await.unwrap().to_bytes()[..],
-        b"ok"
+        b"HTTP/1.1"
     );
     assert_eq!(
-        server.next_group().await.unwrap(),
+        server.next_handshake().await.unwrap().group,
         Some(NamedGroup::secp256r1)
     );
 }

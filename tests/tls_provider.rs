@@ -5,8 +5,7 @@
 //! aws-lc-rs compiled in here, the state in which rustls's own
 //! `ClientConfig::builder()` panics.
 
-#[path = "common/kx.rs"]
-mod kx;
+mod common;
 
 use std::sync::Arc;
 
@@ -14,20 +13,22 @@ use rustls::crypto::CryptoProvider;
 use rustls::NamedGroup;
 use tower_conn_lifecycle::tls::{config_with_provider, config_with_roots, shared_config};
 
-use kx::{get, only_group, rustls_provider, KxServer};
+use common::tls::{client_with, get, only_group, rustls_provider, TlsServer};
 
 #[tokio::test]
 async fn without_a_process_default_the_feature_provider_is_used_and_none_installed() {
     assert!(CryptoProvider::get_default().is_none());
     let feature = shared_config().unwrap().crypto_provider().clone();
-    let mut server = KxServer::start(feature.clone()).await;
-    let config = Arc::new(config_with_roots(server.roots.clone()).unwrap());
+    let (mut server, ca) = TlsServer::with_provider(feature.clone()).await;
+    let config = Arc::new(config_with_roots(ca.roots()).unwrap());
     assert!(Arc::ptr_eq(config.crypto_provider(), &feature));
 
-    let body = get(config, server.url()).await.unwrap();
-    assert_eq!(&body[..], b"ok");
+    let (_, body) = get(&client_with(config), server.url("127.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(body, "HTTP/1.1");
     // The server negotiated the first group the client offered.
-    let group = server.next_group().await.unwrap();
+    let group = server.next_handshake().await.unwrap().group;
     assert_eq!(group, Some(feature.kx_groups[0].name()));
     // With `aws-lc-rs` (preferred over `ring` when both are on), that is
     // the post-quantum hybrid.
@@ -41,15 +42,18 @@ async fn without_a_process_default_the_feature_provider_is_used_and_none_install
 #[tokio::test]
 async fn an_explicit_provider_is_used_whatever_else_is_there() {
     let full = Arc::new(rustls_provider());
-    let mut server = KxServer::start(full.clone()).await;
+    let (mut server, ca) = TlsServer::with_provider(full.clone()).await;
     let only = Arc::new(only_group(&full, NamedGroup::secp384r1));
     assert_eq!(only.kx_groups.len(), 1);
-    let config = Arc::new(config_with_provider(only.clone(), server.roots.clone()).unwrap());
+    let config = Arc::new(config_with_provider(only.clone(), ca.roots()).unwrap());
     assert!(Arc::ptr_eq(config.crypto_provider(), &only));
 
-    assert_eq!(&get(config, server.url()).await.unwrap()[..], b"ok");
+    let (_, body) = get(&client_with(config), server.url("127.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(body, "HTTP/1.1");
     assert_eq!(
-        server.next_group().await.unwrap(),
+        server.next_handshake().await.unwrap().group,
         Some(NamedGroup::secp384r1)
     );
     assert!(CryptoProvider::get_default().is_none());

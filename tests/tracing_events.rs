@@ -6,8 +6,7 @@
 //! Each test runs its own current-thread runtime inside the subscriber's
 //! scope, so events from the connection tasks (the IO's expiry) are seen too.
 
-#[path = "common/composable.rs"]
-mod composable;
+mod common;
 
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
@@ -23,10 +22,11 @@ use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
 use tower_conn_lifecycle::retry::Retried;
 use tower_conn_lifecycle::testing::{IdleClosingServer, SilentServer};
-use tower_conn_lifecycle::track::TrackConnectionsLayer;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
+
+use common::composable;
 
 /// Records this crate's events at debug level and above as
 /// `"message field=value …"` lines.
@@ -136,12 +136,10 @@ fn an_expiry_is_one_debug_event() {
         let server = IdleClosingServer::start(Duration::from_secs(30))
             .await
             .unwrap();
-        let connector = ServiceBuilder::new()
-            .layer(TrackConnectionsLayer::new())
-            .service(HttpConnector::new());
+        let (tracked, _) = common::tracked_client::<Empty<Bytes>>();
         let client = ServiceBuilder::new()
             .layer(IdleExpiryLayer::new(Duration::from_millis(50)).learn(false))
-            .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector));
+            .service(tracked);
         let req = http::Request::get(server.url()).body(Empty::new()).unwrap();
         let res = client.clone().oneshot(req).await.unwrap();
         res.into_body().collect().await.unwrap();
@@ -256,12 +254,8 @@ fn idle_expiry_with_the_tracker_does_not_warn() {
         let server = IdleClosingServer::start(Duration::from_secs(30))
             .await
             .unwrap();
-        let connector = ServiceBuilder::new()
-            .layer(TrackConnectionsLayer::new())
-            .service(HttpConnector::new());
-        let client = ServiceBuilder::new()
-            .layer(layer.clone())
-            .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector));
+        let (tracked, _) = common::tracked_client::<Empty<Bytes>>();
+        let client = ServiceBuilder::new().layer(layer.clone()).service(tracked);
         for _ in 0..2 {
             let req = http::Request::get(server.url()).body(Empty::new()).unwrap();
             let res = client.clone().oneshot(req).await.unwrap();

@@ -1,6 +1,8 @@
 //! The connection tracker against a real hyper server on 127.0.0.1
 //! (`testing::HyperServer`).
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,19 +19,16 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState, ExchangeOutcome,
-    TrackConnections, TrackConnectionsLayer, WithConnectionInfo,
+    WithConnectionInfo,
 };
+
+use common::{eventually, small_buffers, tracked_client, tracked_client_with, Tracked};
 
 #[tokio::test]
 async fn connection_info_tells_reuse_and_idle_time() {
     let server = HyperServer::start().await.unwrap();
     let addr = server.addr();
-    let track = TrackConnectionsLayer::new();
-    let stats = track.stats();
-    let connector = ServiceBuilder::new()
-        .layer(track)
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    let (client, stats) = tracked_client::<Full<Bytes>>();
     let client = ServiceBuilder::new()
         .layer(ConnectionInfoLayer::new())
         .service(client);
@@ -92,14 +91,10 @@ async fn connection_info_tells_reuse_and_idle_time() {
 async fn state_is_dropped_with_the_connection() {
     let server = HyperServer::start().await.unwrap();
     let addr = server.addr();
-    let track = TrackConnectionsLayer::new();
-    let stats = track.stats();
-    let connector = ServiceBuilder::new()
-        .layer(track)
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build::<_, Full<Bytes>>(connector);
+    let (client, stats) = tracked_client_with::<Full<Bytes>>(
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0),
+        HttpConnector::new(),
+    );
     let res = client
         .get(format!("http://{addr}/").parse().unwrap())
         .await
@@ -107,11 +102,11 @@ async fn state_is_dropped_with_the_connection() {
     let state = res.extensions().get::<ConnectionState>().unwrap().clone();
     res.into_body().collect().await.unwrap();
     // With no idle pooling, the connection closes once the exchange ends.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // The open count drops when the IO is dropped, a moment after the flag.
-    while !(state.is_closed() && stats.open_now() == 0) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(Duration::from_secs(5), "the connection to close", || {
+        state.is_closed() && stats.open_now() == 0
+    })
+    .await;
     assert!(state.is_closed());
     assert_eq!(stats.open_now(), 0);
     assert_eq!(stats.opened(), 1);
@@ -237,17 +232,12 @@ impl NeverReads {
     }
 }
 
-type InfoClient = WithConnectionInfo<Client<TrackConnections<HttpConnector>, Full<Bytes>>>;
+type InfoClient = WithConnectionInfo<Client<Tracked, Full<Bytes>>>;
 
 /// Tracker + ConnectionInfoLayer with small socket buffers, so a server that
 /// stops reading blocks hyper's writes quickly.
 fn info_client() -> InfoClient {
-    let mut http = HttpConnector::new();
-    http.set_send_buffer_size(Some(64 * 1024));
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(http);
-    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    let (client, _) = tracked_client_with(&Client::builder(TokioExecutor::new()), small_buffers());
     ServiceBuilder::new()
         .layer(ConnectionInfoLayer::new())
         .service(client)
@@ -281,13 +271,10 @@ async fn a_send_timeout_closes_the_connection_at_once() {
     use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
 
     let server = NeverReads::start().await;
-    let mut http = HttpConnector::new();
-    http.set_send_buffer_size(Some(64 * 1024));
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(http);
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let (client, _) = tracked_client_with::<RequestBody<Full<Bytes>>>(
+        &Client::builder(TokioExecutor::new()),
+        small_buffers(),
+    );
     let client = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().send(Duration::from_millis(300)))
         .service(client);
@@ -402,10 +389,7 @@ where
 #[tokio::test]
 async fn exchange_record_without_any_request_plane_layer() {
     let server = HyperServer::start().await.unwrap();
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    let (client, _) = tracked_client::<Full<Bytes>>();
     check_exchanges(client, &server, false).await;
 }
 
@@ -414,11 +398,7 @@ async fn exchange_record_under_phase_timeout_alone() {
     use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
 
     let server = HyperServer::start().await.unwrap();
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let (client, _) = tracked_client::<RequestBody<Full<Bytes>>>();
     let client = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().total(Duration::from_secs(30)))
         .service(client);
@@ -430,11 +410,7 @@ async fn exchange_record_under_stacked_layers_in_either_order() {
     use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
 
     let server = HyperServer::start().await.unwrap();
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<Full<Bytes>>>(connector);
+    let (client, _) = tracked_client::<RequestBody<Full<Bytes>>>();
     let layered = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
         .layer(ConnectionInfoLayer::new())
@@ -451,12 +427,10 @@ async fn exchange_record_under_stacked_layers_in_either_order() {
 #[tokio::test]
 async fn a_reissued_request_gets_a_fresh_capture() {
     let server = HyperServer::start().await.unwrap();
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build::<_, Full<Bytes>>(connector);
+    let (client, _) = tracked_client_with::<Full<Bytes>>(
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0),
+        HttpConnector::new(),
+    );
     let mut first = http::Request::get(server.url())
         .body(Full::default())
         .unwrap();
@@ -564,16 +538,10 @@ async fn an_announced_attempt_spans_a_1xx_in_the_middle_of_its_upload() {
 fn phased_client(
     read: Duration,
 ) -> tower_conn_lifecycle::phase_timeout::PhaseTimeout<
-    Client<
-        TrackConnections<HttpConnector>,
-        tower_conn_lifecycle::phase_timeout::RequestBody<Full<Bytes>>,
-    >,
+    Client<Tracked, tower_conn_lifecycle::phase_timeout::RequestBody<Full<Bytes>>>,
 > {
     use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
-    let connector = ServiceBuilder::new()
-        .layer(TrackConnectionsLayer::new())
-        .service(HttpConnector::new());
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let (client, _) = tracked_client();
     ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().read(read))
         .service(client)

@@ -53,6 +53,7 @@ pub struct SeedWorkload {
     method: Method,
     body: Bytes,
     idempotency_keys: bool,
+    keep_bodies: bool,
     time_limit: Duration,
     request_limit: Duration,
 }
@@ -66,6 +67,7 @@ pub struct Sample {
     started: Duration,
     latency: Duration,
     outcome: Result<Response<()>, BoxError>,
+    body: Option<Bytes>,
 }
 
 impl Sample {
@@ -100,6 +102,12 @@ impl Sample {
         self.outcome.as_ref()
     }
 
+    /// The response body, if the workload keeps bodies
+    /// ([`SeedWorkload::keep_bodies`]) and the request succeeded.
+    pub fn body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+
     /// The connection's story for this request, if it was tracked.
     pub fn info(&self) -> Option<ConnectionInfo> {
         self.outcome.as_ref().ok().and_then(ConnectionInfo::of)
@@ -124,6 +132,7 @@ impl SeedWorkload {
             method: Method::GET,
             body: Bytes::new(),
             idempotency_keys: false,
+            keep_bodies: false,
             time_limit: Duration::from_secs(120),
             request_limit: Duration::from_secs(30),
         }
@@ -167,6 +176,13 @@ impl SeedWorkload {
     /// Whether every request carries a unique `Idempotency-Key` header.
     pub fn idempotency_keys(mut self, on: bool) -> Self {
         self.idempotency_keys = on;
+        self
+    }
+
+    /// Whether every [`Sample`] keeps its response body, for
+    /// [`Sample::body`] (default off: a long run would hold every body).
+    pub fn keep_bodies(mut self, on: bool) -> Self {
+        self.keep_bodies = on;
         self
     }
 
@@ -261,6 +277,7 @@ impl SeedWorkload {
                         started: run_start.elapsed(),
                         latency: Duration::ZERO,
                         outcome: Err(e.into()),
+                        body: None,
                     });
                     break;
                 }
@@ -280,18 +297,25 @@ impl SeedWorkload {
                         parts.extensions.insert(info);
                     }
                 }
-                body.collect().await.map_err(Into::into)?;
-                Ok::<_, BoxError>(Response::from_parts(parts, ()))
+                let body = body.collect().await.map_err(Into::into)?;
+                let body = self.keep_bodies.then(|| body.to_bytes());
+                Ok::<_, BoxError>((Response::from_parts(parts, ()), body))
             })
             .await
             .unwrap_or_else(|_| Err(SeedTimeout(self.request_limit).into()));
+            let latency = started.elapsed();
+            let (outcome, body) = match outcome {
+                Ok((head, body)) => (Ok(head), body),
+                Err(e) => (Err(e), None),
+            };
             samples.push(Sample {
                 task,
                 index: i,
                 gap,
                 started: started.duration_since(run_start),
-                latency: started.elapsed(),
+                latency,
                 outcome,
+                body,
             });
         }
         samples

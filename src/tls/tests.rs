@@ -11,10 +11,9 @@ use std::task::{Context, Poll};
 use http::{Extensions, Uri};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector, HttpInfo};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{
     CertificateError, ClientConfig, ClientConnection, Connection as TlsConnection, HandshakeKind,
     RootCertStore, ServerConfig, ServerConnection,
@@ -123,45 +122,24 @@ fn debug_shows_kind_scheme_and_source() {
 
 // ----------------------------------------------------------- test PKI
 
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+/// The integration tests' test PKI (`tests/common/pki.rs`).
+#[path = "../../tests/common/pki.rs"]
+#[allow(unreachable_pub)] // public for the integration tests
+mod pki;
+
+use pki::Ca;
+
+/// A client configuration trusting `ca`, with the crate's defaults.
+fn client_config(ca: &Ca) -> ClientConfig {
+    config_with_roots(ca.roots()).unwrap()
 }
 
-impl Ca {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    fn client_config(&self) -> ClientConfig {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).unwrap();
-        config_with_roots(roots).unwrap()
-    }
-
-    /// A server configuration for `names`, offering `alpn`. Stateless
-    /// tickets, so the server never forgets a session the client kept.
-    fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> Arc<ServerConfig> {
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
-        let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-        let mut config = ServerConfig::builder_with_provider(some_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
-    }
+/// A server configuration for `names` signed by `ca`, offering `alpn`.
+/// Stateless tickets, so the server never forgets a session the client kept.
+fn server_config(ca: &Ca, names: &[&str], alpn: &[&[u8]]) -> Arc<ServerConfig> {
+    let mut config = ca.leaf(names).server_config(some_provider(), alpn);
+    config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+    Arc::new(config)
 }
 
 // ------------------------------------------- configuration (in memory)
@@ -198,9 +176,9 @@ fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, name: &str)
 #[test]
 fn config_session_cache_remembers_128_servers_oldest_first() {
     assert_eq!(SESSION_CACHE_SERVERS, 128);
-    let ca = Ca::new();
-    let server = ca.server_config(&["*.cache.test"], &[]);
-    let client = Arc::new(ca.client_config());
+    let ca = Ca::new("test ca");
+    let server = server_config(&ca, &["*.cache.test"], &[]);
+    let client = Arc::new(client_config(&ca));
     let names: Vec<String> = (0..=SESSION_CACHE_SERVERS)
         .map(|i| format!("h{i}.cache.test"))
         .collect();
@@ -219,9 +197,9 @@ fn config_session_cache_remembers_128_servers_oldest_first() {
 
 #[test]
 fn alpn_override_shares_the_session_cache_but_not_the_alpn() {
-    let ca = Ca::new();
-    let server = ca.server_config(&["a.test"], &[b"h2", b"http/1.1"]);
-    let base = Arc::new(ca.client_config());
+    let ca = Ca::new("test ca");
+    let server = server_config(&ca, &["a.test"], &[b"h2", b"http/1.1"]);
+    let base = Arc::new(client_config(&ca));
     let layer = SharedTlsLayer::from_config(base.clone()).alpn_protocols([b"http/1.1"]);
     let http1 = layer.layer(()).config().unwrap();
 
@@ -236,15 +214,15 @@ fn alpn_override_shares_the_session_cache_but_not_the_alpn() {
 
 #[test]
 fn separately_built_configs_do_not_share_sessions() {
-    let ca = Ca::new();
-    let server = ca.server_config(&["a.test"], &[]);
-    let one = Arc::new(ca.client_config());
-    let other = Arc::new(ca.client_config());
+    let ca = Ca::new("test ca");
+    let server = server_config(&ca, &["a.test"], &[]);
+    let one = Arc::new(client_config(&ca));
+    let other = Arc::new(client_config(&ca));
     assert_eq!(handshake(&one, &server, "a.test"), HandshakeKind::Full);
     assert_eq!(handshake(&other, &server, "a.test"), HandshakeKind::Full);
     assert_eq!(handshake(&one, &server, "a.test"), HandshakeKind::Resumed);
 
-    let mut off = ca.client_config();
+    let mut off = client_config(&ca);
     off.resumption = Resumption::disabled();
     let off = Arc::new(off);
     assert_eq!(handshake(&off, &server, "a.test"), HandshakeKind::Full);
@@ -439,8 +417,10 @@ where
 #[tokio::test]
 async fn unusable_uris_fail_before_the_inner_connector_is_called() {
     let inner = Recorder::default();
-    let mut connector =
-        SharedTlsConnector::from_config(inner.clone(), Arc::new(Ca::new().client_config()));
+    let mut connector = SharedTlsConnector::from_config(
+        inner.clone(),
+        Arc::new(client_config(&Ca::new("test ca"))),
+    );
     for (uri, kind) in [
         ("ftp://127.0.0.1:1/", TlsConnectErrorKind::UnsupportedScheme),
         ("ws://127.0.0.1:1/", TlsConnectErrorKind::UnsupportedScheme),
@@ -463,8 +443,10 @@ async fn unusable_uris_fail_before_the_inner_connector_is_called() {
 #[tokio::test]
 async fn inner_failures_are_connect_errors_for_https_and_untouched_for_http() {
     let inner = Recorder::default();
-    let mut connector =
-        SharedTlsConnector::from_config(inner.clone(), Arc::new(Ca::new().client_config()));
+    let mut connector = SharedTlsConnector::from_config(
+        inner.clone(),
+        Arc::new(client_config(&Ca::new("test ca"))),
+    );
     for uri in ["https://localhost:1/", "HTTPS://[::1]:1/"] {
         let err = connect_err(&mut connector, uri).await;
         assert_eq!(err.kind(), TlsConnectErrorKind::Connect, "{uri}");
@@ -533,13 +515,13 @@ fn tcp() -> HttpConnector {
 
 #[tokio::test]
 async fn connected_reports_h2_only_when_alpn_selected_it_and_keeps_inner_extras() {
-    let ca = Ca::new();
-    let client = Arc::new(ca.client_config());
+    let ca = Ca::new("test ca");
+    let client = Arc::new(client_config(&ca));
     for (offered, negotiated_h2) in [
         (&[&b"h2"[..], b"http/1.1"][..], true),
         (&[&b"http/1.1"[..]][..], false),
     ] {
-        let (port, server) = tls_server_once(ca.server_config(&["localhost"], offered)).await;
+        let (port, server) = tls_server_once(server_config(&ca, &["localhost"], offered)).await;
         let mut connector = SharedTlsConnector::from_config(tcp(), client.clone());
         let uri: Uri = format!("https://localhost:{port}/").parse().unwrap();
         let io = connector.ready().await.unwrap().call(uri).await.unwrap();
@@ -562,9 +544,9 @@ async fn connected_reports_h2_only_when_alpn_selected_it_and_keeps_inner_extras(
 
 #[tokio::test]
 async fn rejected_certificate_is_a_typed_tls_error_with_the_rustls_cause() {
-    let ca = Ca::new();
-    let (port, server) = tls_server_once(ca.server_config(&["other.test"], &[])).await;
-    let mut connector = SharedTlsConnector::from_config(tcp(), Arc::new(ca.client_config()));
+    let ca = Ca::new("test ca");
+    let (port, server) = tls_server_once(server_config(&ca, &["other.test"], &[])).await;
+    let mut connector = SharedTlsConnector::from_config(tcp(), Arc::new(client_config(&ca)));
     let err = connect_err(&mut connector, &format!("https://localhost:{port}/")).await;
     assert_eq!(err.kind(), TlsConnectErrorKind::Tls);
     let rejected = err.rustls_error().expect("the rustls error");

@@ -1,8 +1,8 @@
 //! An HTTP/1 client built from hyper-util's composable pool
 //! (`client::pool::cache`), hyper's `client::conn::http1` handshake, the
-//! tracker and IdleExpiry's per-connection service. Shared by
-//! `tests/idle_expiry.rs`, `tests/full_stack.rs`, `tests/tracing_events.rs` and
-//! `examples/composable_pool.rs`.
+//! tracker and IdleExpiry's per-connection service. Shared by the tests
+//! (`common::composable`) and `examples/composable_pool.rs` (through a
+//! `#[path]` module).
 #![allow(dead_code)] // each includer uses part of it
 
 use std::future::Future;

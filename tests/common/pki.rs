@@ -1,136 +1,102 @@
-//! A test CA with a `localhost` leaf, and a TLS server on 127.0.0.1 (ALPN
-//! `h2` and `http/1.1`) that answers with the HTTP version it served. Shared
-//! by `tests/reqwest.rs` and `tests/full_stack.rs`.
+//! The one test PKI: an rcgen certificate authority and the server
+//! certificates it signs (for any names, valid or expired), and a rustls
+//! server configuration for them. Every TLS test uses it: the integration
+//! tests as `common::pki`, the crate's unit tests in `src/tls/tests.rs`
+//! through a `#[path]` module, so it names nothing of this crate.
 #![allow(dead_code)] // each includer uses part of it
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
 };
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{HandshakeKind, RootCertStore, ServerConfig};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{RootCertStore, ServerConfig};
 
-/// A test CA and a `localhost` leaf it signed.
-pub struct Pki {
-    pub roots: RootCertStore,
-    leaf: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+/// The names of a loopback server: `localhost` and both loopback addresses
+/// (IP literals become IP subject alternative names).
+pub const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// A self-signed test certificate authority.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
-impl Pki {
-    pub fn new() -> Self {
+impl Ca {
+    /// A new CA whose certificate's common name is `name`.
+    pub fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "reqwest test ca");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { issuer }
+    }
+
+    /// The CA's own certificate.
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// Roots that trust this CA and nothing else.
+    pub fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der()).unwrap();
+        roots
+    }
+
+    /// A server certificate for `names`, valid now.
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        self.sign(names, false)
+    }
+
+    /// A server certificate for `names` that expired in 2001.
+    pub fn expired_leaf(&self, names: &[&str]) -> Leaf {
+        self.sign(names, true)
+    }
+
+    /// A server certificate for [`LOOPBACK`].
+    pub fn loopback_leaf(&self) -> Leaf {
+        self.leaf(&LOOPBACK)
+    }
+
+    fn sign(&self, names: &[&str], expired: bool) -> Leaf {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
         params
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ServerAuth);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
         let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        Pki {
-            roots,
-            leaf: vec![cert.der().clone()],
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            chain: vec![cert.der().clone()],
             key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
         }
     }
 }
 
-/// A TLS server on 127.0.0.1 (ALPN `h2` and `http/1.1`, hyper-util's auto
-/// server) that reports each handshake's kind and answers with the HTTP
-/// version it served.
-pub struct TlsServer {
-    pub addr: SocketAddr,
-    pub requests: Arc<AtomicUsize>,
-    handshakes: mpsc::UnboundedReceiver<Result<Option<HandshakeKind>, String>>,
-    task: tokio::task::JoinHandle<()>,
+/// A server certificate chain and its private key.
+pub struct Leaf {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
 }
 
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TlsServer {
-    pub async fn start(pki: &Pki) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // The provider the crate's configurations use in this process, so
-        // both ends prefer the same key exchange group (no HelloRetryRequest
-        // in the handshake kinds the tests check).
-        let provider = tower_conn_lifecycle::tls::config_with_roots(RootCertStore::empty())
-            .unwrap()
-            .crypto_provider()
-            .clone();
+impl Leaf {
+    /// A server configuration presenting this certificate on `provider`,
+    /// offering `alpn` (in order), without client authentication.
+    pub fn server_config(&self, provider: Arc<CryptoProvider>, alpn: &[&[u8]]) -> ServerConfig {
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(pki.leaf.clone(), pki.key.clone_key())
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
             .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (tx, handshakes) = mpsc::unbounded_channel();
-        let counter = Arc::clone(&requests);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, counter, tx) = (acceptor.clone(), counter.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
-                    let _ = tx.send(Ok(tls.get_ref().1.handshake_kind()));
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let body = Full::new(Bytes::from(format!("{:?}", req.version())));
-                        async move { Ok::<_, Infallible>(Response::new(body)) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        TlsServer {
-            addr,
-            requests,
-            handshakes,
-            task,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("https://localhost:{}/", self.addr.port())
-    }
-
-    /// The next handshake's kind (bounded: 20 s).
-    pub async fn next_handshake(&mut self) -> Result<Option<HandshakeKind>, String> {
-        tokio::time::timeout(std::time::Duration::from_secs(20), self.handshakes.recv())
-            .await
-            .expect("no handshake within 20 s")
-            .expect("server stopped")
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
 }

@@ -1,0 +1,110 @@
+//! What the integration tests share (`mod common;` in each): bounded waits
+//! and their limits, the tracked client they build on, the stale-on-reuse
+//! server, the one test PKI and its TLS server, and the composable-pool
+//! client.
+//!
+//! Cargo builds every `tests/*.rs` as its own crate, and each uses part of
+//! this module.
+#![allow(dead_code)]
+
+pub mod composable;
+pub mod pki;
+pub mod tls;
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::client::legacy::{connect::HttpConnector, Builder, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{sleep, timeout, Instant};
+use tower::Layer;
+use tower_conn_lifecycle::testing::ResetServer;
+use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer, TrackStats};
+
+/// Upper bound for any single step that must complete (an exchange, a
+/// handshake, a counter catching up after a close), so a broken test fails
+/// instead of hanging.
+pub const STEP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Generous margin for the scheduler on a loaded 2-core CI machine: how late
+/// an expected event (a close, a counter update) may be before a test fails.
+pub const SLACK: Duration = Duration::from_secs(2);
+
+/// How late a timeout may fire on a loaded 2-core CI machine (hyper-util's
+/// client on loopback).
+pub const LATE: Duration = Duration::from_millis(250);
+
+/// How often a wait polls what it waits for.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// `f`'s output; panics naming `what` if it takes longer than `limit`.
+pub async fn bounded<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// Waits, polling every [`POLL`], until `cond` holds; panics naming `what`
+/// if it still does not after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(POLL).await;
+    }
+}
+
+/// The kit's [`ResetServer`] resetting the second request of every
+/// connection once its first byte has arrived: a reused connection gone
+/// stale under its next request, a new one never.
+pub async fn stale_on_reuse() -> ResetServer {
+    ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(1)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// hyper-util's connector under the tracker.
+pub type Tracked = TrackConnections<HttpConnector>;
+
+/// hyper-util's client (default settings) over `HttpConnector` under a new
+/// tracker, and the tracker's counters.
+pub fn tracked_client<B>() -> (Client<Tracked, B>, TrackStats)
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    tracked_client_with(&Client::builder(TokioExecutor::new()), HttpConnector::new())
+}
+
+/// [`tracked_client`] built by `builder` over `http`.
+pub fn tracked_client_with<B>(
+    builder: &Builder,
+    http: HttpConnector,
+) -> (Client<Tracked, B>, TrackStats)
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    let track = TrackConnectionsLayer::new();
+    let stats = track.stats();
+    (builder.build(track.layer(http)), stats)
+}
+
+/// hyper-util's client builder speaking HTTP/2 only (prior knowledge).
+pub fn http2_only() -> Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.http2_only(true);
+    builder
+}
+
+/// An `HttpConnector` with small kernel send buffers (64 KiB), so "written
+/// to the socket" is close to "read by the server" and a server that stops
+/// reading blocks the client's writes quickly.
+pub fn small_buffers() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_send_buffer_size(Some(64 * 1024));
+    http
+}
