@@ -432,10 +432,13 @@ async fn connection_info_from_the_body_and_the_extension_on_request() {
             .build::<Empty<Bytes>>();
         let mut ids = Vec::new();
         for n in 1..=2u64 {
-            let res = timeout(STEP, client.clone().oneshot(get(&server.url)))
-                .await
-                .expect("request hung")
-                .unwrap();
+            let res = common::bounded(
+                STEP_LIMIT,
+                "request",
+                client.clone().oneshot(get(&server.url)),
+            )
+            .await
+            .unwrap();
             let info = ConnectionInfo::of(&res).expect("the one-call client tracks");
             assert_eq!(info.is_reused(), n == 2, "request {n}");
             let state = res.body().connection_state().expect("in the body").clone();
