@@ -31,7 +31,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -313,22 +313,43 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    conn.call_with(req, |sender, mut req| {
-        let sent = match sender {
-            Sender::Http1(send, host) => {
-                prepare_http1(&mut req, host);
-                Ok(send.send_request(req))
-            }
-            // Never on an `http://` origin (no ALPN), but correct anyway.
-            Sender::Http2(send) => Err(send.call(req)),
-        };
-        async move {
-            match sent {
-                Ok(http1) => http1.await,
-                Err(http2) => http2.await,
+    conn.call_with(req, |sender, mut req| match sender {
+        Sender::Http1(send, host) => {
+            prepare_http1(&mut req, host);
+            Sent::Http1 {
+                future: send.send_request(req),
             }
         }
+        // Never on an `http://` origin (no ALPN), but correct anyway.
+        Sender::Http2(send) => Sent::Http2 {
+            future: send.call(req),
+        },
     })
+}
+
+pin_project! {
+    /// hyper's HTTP/1 send future inline, or an HTTP/2 one (boxed): one
+    /// copy of whichever it is (an `async` block awaiting a `match` would
+    /// hold the future twice).
+    #[project = SentProj]
+    enum Sent<F> {
+        Http1 { #[pin] future: F },
+        Http2 { future: SendFuture },
+    }
+}
+
+impl<F> Future for Sent<F>
+where
+    F: Future<Output = Result<Response<Incoming>, hyper::Error>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            SentProj::Http1 { future } => future.poll(cx),
+            SentProj::Http2 { future } => future.as_mut().poll(cx),
+        }
+    }
 }
 
 /// The singleton's make service: the HTTP/2 connection negotiate found,
@@ -491,11 +512,11 @@ where
         // The connection count when the pools were last swept.
         let swept = AtomicU64::new(0);
         let keep = max_idle_per_origin;
-        let send = move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
+        // The request's origin pool (made at its first request).
+        let lookup = move |req: &Request<B>| -> Result<Origin<_, _>, BoxError> {
             let uri = req.uri();
             let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-                let err: BoxError = Box::new(NotAbsolute(uri.clone()));
-                return Box::pin(std::future::ready(Err(err)));
+                return Err(Box::new(NotAbsolute(uri.clone())));
             };
             let other;
             let (slot, name) = match scheme.as_str() {
@@ -558,10 +579,7 @@ where
                             .authority(authority.clone())
                             .path_and_query("/")
                             .build();
-                        let target = match target {
-                            Ok(target) => target,
-                            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
-                        };
+                        let target = target?;
                         let origin = if slot == 1 {
                             Origin::Tls(tls(target))
                         } else {
@@ -572,19 +590,70 @@ where
                     }
                 }
             };
-            match origin {
-                // HTTP/1 only: hyper's own future, inline (no box).
-                Origin::Plain(pool) => Box::pin(send_on(
+            Ok(origin)
+        };
+        let lookup = Arc::new(lookup);
+        // The checkout loop (see `send_on`), from `aside` (a resting
+        // connection already taken) or `checkout` (one under way).
+        let slow = {
+            let lookup = lookup.clone();
+            move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
+                match lookup(&req) {
+                    // HTTP/1 only: hyper's own future, inline (no box).
+                    Ok(Origin::Plain(pool)) => Box::pin(send_on(
+                        pool,
+                        req,
+                        None,
+                        None,
+                        |conn| conn.inner().is_resting(),
+                        |conn, req| send_http1(conn.inner_mut(), req),
+                    )),
+                    Ok(Origin::Tls(pool)) => Box::pin(send_on(
+                        pool,
+                        req,
+                        None,
+                        None,
+                        |conn| conn.fallback_ref().is_some_and(|c| c.inner().is_resting()),
+                        Service::call,
+                    )),
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                }
+            }
+        };
+        let slow = Arc::new(slow);
+        let send = move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
+            let mut pool = match lookup(&req) {
+                Ok(Origin::Plain(pool)) => pool,
+                _ => return slow(req),
+            };
+            // The fast path: an idle connection, checked out at the call
+            // (the pool hands it over without waiting); the request's
+            // future then holds only it and the send, not the pool and the
+            // checkout loop (a future half the size).
+            let mut checkout = pool.call(());
+            let mut noop = Context::from_waker(Waker::noop());
+            match Pin::new(&mut checkout).poll(&mut noop) {
+                Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
+                    Box::pin(send_idle(conn, req, slow.clone(), |conn, req| {
+                        send_ready(conn, req, |conn, req| send_http1(conn.inner_mut(), req))
+                    }))
+                }
+                Poll::Ready(Ok(conn)) => Box::pin(send_on(
                     pool,
                     req,
+                    Some(conn),
+                    None,
                     |conn| conn.inner().is_resting(),
                     |conn, req| send_http1(conn.inner_mut(), req),
                 )),
-                Origin::Tls(pool) => Box::pin(send_on(
+                Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
+                Poll::Pending => Box::pin(send_on(
                     pool,
                     req,
-                    |conn| conn.fallback_ref().is_some_and(|c| c.inner().is_resting()),
-                    Service::call,
+                    None,
+                    Some(checkout),
+                    |conn| conn.inner().is_resting(),
+                    |conn, req| send_http1(conn.inner_mut(), req),
                 )),
             }
         };
@@ -597,10 +666,13 @@ where
 /// Checks a connection out of `pool` and sends `req` on it: a connection
 /// refused before any byte (its `poll_ready` failed: expired, closed,
 /// abandoned) is dropped by the pool and another taken, up to
-/// [`CHECKOUTS`].
+/// [`CHECKOUTS`]. `aside`: a resting connection already taken; `checkout`:
+/// a checkout already under way.
 async fn send_on<P, C, B, F>(
     mut pool: P,
     req: Request<B>,
+    aside: Option<C>,
+    mut checkout: Option<P::Future>,
     resting: impl Fn(&C) -> bool,
     send: impl FnOnce(&mut C, Request<B>) -> F,
 ) -> Result<Response<PooledBody>, BoxError>
@@ -615,16 +687,14 @@ where
     // kept out of the way until this request has its connection, then
     // given back to the pool (no allocation unless there is one). Each one
     // leaves the pool, so the loop ends: at worst with a new connection.
-    let mut aside = Vec::new();
+    let mut aside = Vec::from_iter(aside);
     let mut refused = 0;
     loop {
-        let mut conn = pool
-            .ready()
-            .await
-            .map_err(Into::into)?
-            .call(())
-            .await
-            .map_err(Into::into)?;
+        let mut conn = match checkout.take() {
+            Some(checkout) => checkout.await,
+            None => pool.ready().await.map_err(Into::into)?.call(()).await,
+        }
+        .map_err(Into::into)?;
         if resting(&conn) {
             aside.push(conn);
             continue;
@@ -636,17 +706,119 @@ where
             }
             continue;
         }
-        // The attempt's capture goes to the connection's service with the
-        // request (it opens the attempt's record there).
-        let capture = req.body().capture().cloned();
-        let response =
-            ConnectionCapture::hand_over(capture.clone(), || send(&mut conn, req)).await?;
+        drop(aside);
+        return send_ready(conn, req, send).await;
+    }
+}
+
+/// Sends `req` on `conn`, which said it is ready: hands the request over
+/// now and returns the rest (the response, then the body's connection).
+fn send_ready<C, B, F>(
+    mut conn: C,
+    req: Request<B>,
+    send: impl FnOnce(&mut C, Request<B>) -> F,
+) -> impl Future<Output = Result<Response<PooledBody>, BoxError>>
+where
+    B: AttemptBody,
+    C: Send + Sync + 'static,
+    F: Future<Output = Result<Response<TrackedBody<Incoming>>, BoxError>>,
+{
+    // The attempt's capture goes to the connection's service with the
+    // request (it opens the attempt's record there).
+    let capture = req.body().capture().cloned();
+    let response = ConnectionCapture::hand_over(capture.clone(), || send(&mut conn, req));
+    async move {
+        let response = response.await?;
         // The connection's state, for the response body to carry.
         let state = capture
             .as_ref()
             .and_then(ConnectionCapture::begun)
             .map(|(state, _)| state.clone());
-        return Ok(response.map(|body| PooledBody::new(body, conn, state)));
+        Ok(response.map(|body| PooledBody::new(body, conn, state)))
+    }
+}
+
+pin_project! {
+    /// The request future of an idle connection checked out at the call:
+    /// it waits for the connection to say it is ready, then sends; if the
+    /// connection refuses before any byte, the checkout loop (`slow`) takes
+    /// over. Hand-written so that it holds the connection and the request,
+    /// or the send, never both (an `async fn` would keep its arguments for
+    /// its whole life).
+    #[project = IdleProj]
+    enum SendIdle<C, B, M, F, S> {
+        Checking {
+            conn: Option<C>,
+            req: Option<Request<B>>,
+            make: Option<M>,
+            slow: Arc<S>,
+        },
+        Sending { #[pin] future: F },
+        Slow { future: BoxFuture<Response<PooledBody>> },
+    }
+}
+
+/// [`SendIdle`] for `conn`, sending with `make` once it is ready.
+fn send_idle<C, B, M, F, S>(
+    conn: C,
+    req: Request<B>,
+    slow: Arc<S>,
+    make: M,
+) -> SendIdle<C, B, M, F, S>
+where
+    M: FnOnce(C, Request<B>) -> F,
+{
+    SendIdle::Checking {
+        conn: Some(conn),
+        req: Some(req),
+        make: Some(make),
+        slow,
+    }
+}
+
+impl<C, B, M, F, S> Future for SendIdle<C, B, M, F, S>
+where
+    C: Service<Request<B>, Error = BoxError>,
+    M: FnOnce(C, Request<B>) -> F,
+    F: Future<Output = Result<Response<PooledBody>, BoxError>>,
+    S: Fn(Request<B>) -> BoxFuture<Response<PooledBody>>,
+{
+    type Output = Result<Response<PooledBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                IdleProj::Checking {
+                    conn,
+                    req,
+                    make,
+                    slow,
+                } => {
+                    let ready = match conn.as_mut() {
+                        Some(c) => std::task::ready!(c.poll_ready(cx)),
+                        None => {
+                            return Poll::Ready(Err("engine future polled after completion".into()))
+                        }
+                    };
+                    let (Some(c), Some(r), Some(m)) = (conn.take(), req.take(), make.take()) else {
+                        return Poll::Ready(Err("engine future polled after completion".into()));
+                    };
+                    match ready {
+                        Ok(()) => SendIdle::Sending { future: m(c, r) },
+                        // Refused before any byte: dropped by its pool (the
+                        // refusal marked it closed); the checkout loop takes
+                        // another.
+                        Err(_) => {
+                            drop(c);
+                            SendIdle::Slow { future: slow(r) }
+                        }
+                    }
+                }
+                IdleProj::Sending { future } => return future.poll(cx),
+                IdleProj::Slow { future } => return future.as_mut().poll(cx),
+            };
+            self.set(next);
+        }
     }
 }
 
