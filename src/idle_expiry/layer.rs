@@ -62,7 +62,9 @@ pub const DEFAULT_MARGIN: Duration = Duration::from_millis(50);
 /// ```
 #[derive(Clone, Debug)]
 pub struct IdleExpiryLayer {
-    pub(crate) config: Config,
+    // Behind an `Arc`: every request's response future carries a clone of
+    // the layer (two words, not the whole configuration).
+    pub(crate) config: Arc<Config>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -92,13 +94,13 @@ impl IdleExpiryLayer {
     /// anything, and says so (see the [type docs](Self)).
     pub fn new(expiry: Duration) -> Self {
         IdleExpiryLayer {
-            config: Config {
+            config: Arc::new(Config {
                 expiry,
                 margin: DEFAULT_MARGIN,
                 max_age: None,
                 max_requests: None,
                 learn: true,
-            },
+            }),
             shared: Arc::new(Shared {
                 learner: Learner::new(DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER),
                 stats: IdleExpiryStats::default(),
@@ -111,14 +113,14 @@ impl IdleExpiryLayer {
     /// twice the connection's measured round trip (its connect time or, if
     /// shorter, the last exchange's time to first byte).
     pub fn margin(mut self, floor: Duration) -> Self {
-        self.config.margin = floor;
+        Arc::make_mut(&mut self.config).margin = floor;
         self
     }
 
     /// Closes a connection at its first idle point after this age (never
     /// mid-response). `None` (the default) for no limit.
     pub fn max_age(mut self, limit: impl Into<Option<Duration>>) -> Self {
-        self.config.max_age = limit.into();
+        Arc::make_mut(&mut self.config).max_age = limit.into();
         self
     }
 
@@ -126,14 +128,14 @@ impl IdleExpiryLayer {
     /// (the default) for no limit; `0` and `1` both mean one request per
     /// connection.
     pub fn max_requests(mut self, limit: impl Into<Option<u64>>) -> Self {
-        self.config.max_requests = limit.into();
+        Arc::make_mut(&mut self.config).max_requests = limit.into();
         self
     }
 
     /// Whether to learn origins' idle timeouts from the closes observed on
     /// idle connections (default `true`).
     pub fn learn(mut self, learn: bool) -> Self {
-        self.config.learn = learn;
+        Arc::make_mut(&mut self.config).learn = learn;
         self
     }
 
