@@ -626,6 +626,10 @@ where
             }
             continue;
         }
+        // This request has its connection: the ones set aside go back to
+        // the pool now, for the requests that come while this one is sent
+        // (a probe done resting meanwhile is theirs to take).
+        drop(aside);
         // The attempt's capture goes to the connection's service with the
         // request (it opens the attempt's record there).
         let capture = req.body().capture().cloned();
