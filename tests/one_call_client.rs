@@ -460,3 +460,84 @@ async fn connection_info_from_the_body_and_the_extension_on_request() {
     assert_eq!(server.accepted(), 2);
     assert_eq!(server.seen.requests.lock().unwrap().len(), 4);
 }
+
+/// A healing probe of an estimate below the floor (only ever agreed by two
+/// short closes) is reused once it has rested past the estimate plus its
+/// tolerance, never before: a request on it sooner proves nothing and
+/// restarts its idle, so on a busy origin whose requests come more often
+/// than that, the probe never tested the estimate and reuse stayed
+/// collapsed for as long as the estimate was trusted (minutes). Found by
+/// `tests/hostile.rs`'s randomized server (gaps of a few ms, an estimate of
+/// a few ms agreed early: reuse fell below a quarter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_below_the_floor_rests_until_a_request_on_it_tests_the_estimate() {
+    use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
+    use tower_conn_lifecycle::testing::IdleClosingServer;
+    // Below the learner's 100 ms floor: learned only when two closes agree.
+    const IDLE: Duration = Duration::from_millis(90);
+    // Between the learned limit (half the estimate: about 45 ms) and the
+    // estimate plus its tolerance (about 114 ms); twice it is past that
+    // tolerance and before the probe's close (180 ms).
+    const GAP: Duration = Duration::from_millis(70);
+    const TASKS: usize = 2;
+    const ROUNDS: usize = 12;
+    let server = IdleClosingServer::start(IDLE).await.unwrap();
+    let layer = IdleExpiryLayer::new(Duration::from_secs(90));
+    let stats = layer.stats();
+    let client = client::builder()
+        .idle_expiry(layer.clone())
+        .build::<Empty<Bytes>>();
+    let url = server.url();
+    let uri: http::Uri = url.parse().unwrap();
+    // Two idle closes of 90 ms, one connection each, more than 90 ms apart.
+    for closes in 1..=2 {
+        fetch(&client, get(&url)).await.unwrap();
+        eventually(STEP_LIMIT, "the 90 ms idle close", || {
+            server.idle_closes() >= closes
+        })
+        .await;
+        eventually(STEP_LIMIT, "the client saw it", || {
+            stats.server_idle_closes() >= closes
+        })
+        .await;
+    }
+    let estimate = layer.learned_timeout(&uri).expect("the two closes agreed");
+    assert!(estimate < Duration::from_millis(100), "{estimate:?}");
+    // The server now keeps idle connections for 10 s: the estimate is wrong.
+    server.set_idle_timeout(Duration::from_secs(10));
+    let before = server.connections();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.spawn(async move {
+            for _ in 0..ROUNDS {
+                fetch(&client, get(&url)).await.unwrap();
+                sleep(GAP).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(
+        server.requests(),
+        before + (TASKS * ROUNDS) as u64,
+        "every request reached the server once"
+    );
+    // Healed by the probe's first reuse (in the third round), then each task
+    // keeps its connection. Without the rest, every round but the first
+    // reused the probe after 70 ms (no test of the estimate) and the other
+    // task opened a new connection (its last one expired at 45 ms).
+    let opened = server.connections() - before;
+    assert!(
+        opened <= 6,
+        "{opened} connections for {} requests",
+        TASKS * ROUNDS
+    );
+    assert_eq!(stats.healed(), 1, "the probe refuted the estimate");
+    assert_eq!(
+        layer.learned_timeout(&uri),
+        None,
+        "the estimate was forgotten"
+    );
+}

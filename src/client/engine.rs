@@ -706,6 +706,9 @@ where
             }
             continue;
         }
+        // This request has its connection: the ones set aside go back to
+        // the pool now, for the requests that come while this one is sent
+        // (a probe done resting meanwhile is theirs to take).
         drop(aside);
         return send_ready(conn, req, send).await;
     }

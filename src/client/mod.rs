@@ -51,7 +51,9 @@
 //!   it refuses an expired connection before a byte is written (the engine
 //!   then takes another from the pool, up to eight, and opens a new one if
 //!   none is left; a connection idle past its reuse but still open, such as
-//!   a healing probe, is set aside and left open), opens the attempt's record on the tracker right there
+//!   a healing probe, or a probe below the floor not yet idle long enough
+//!   for a request on it to test the estimate, is set aside, left open and
+//!   given back once the request has its connection), opens the attempt's record on the tracker right there
 //!   (no connection capture: the request's connection is known as it is
 //!   handed over), and reads each response's `Keep-Alive` before anything
 //!   else sees the response.

@@ -90,13 +90,19 @@ impl<S> IdleExpiryConnection<S> {
         self.is_dead() || self.state.expired_at(Instant::now()).is_some()
     }
 
-    /// Whether the connection is open but idle past the end of its reuse:
-    /// it must not take a request, but it is not to be closed either (the
-    /// tracker closes it at its own deadline; a healing probe stays open
-    /// past the estimate on purpose, to see whether the server closes it).
-    /// A pool checkout sets it aside rather than dropping it.
+    /// Whether the connection is open but must not take a request now, nor
+    /// be closed: idle past the end of its reuse (the tracker closes it at
+    /// its own deadline; a healing probe stays open past the estimate on
+    /// purpose, to see whether the server closes it), or a healing probe
+    /// reused below the floor that has not yet been idle long enough for a
+    /// request on it to test the estimate. A pool checkout sets it aside
+    /// rather than dropping it.
     pub(crate) fn is_resting(&self) -> bool {
-        !self.is_dead() && self.state.expired_at(Instant::now()).is_some()
+        if self.is_dead() {
+            return false;
+        }
+        let now = Instant::now();
+        self.state.expired_at(now).is_some() || super::layer::probe_rests(&self.state, now)
     }
 
     /// Whether the connection is closed, or closing (poisoned): a pool

@@ -10,7 +10,7 @@ use tower_layer::Layer;
 
 use super::hint::{connection_close, keep_alive_timeout, mentions};
 use super::learn::{
-    learned_limit, Learner, Origin, Verdict, DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER,
+    learned_limit, probe_rest, Learner, Origin, Verdict, DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER,
 };
 use super::IdleExpiry;
 use crate::track::{ConnectionState, Event, Limits, Observer};
@@ -546,6 +546,49 @@ impl OriginObserver {
             }
         }
     }
+
+    /// Whether the connection, idle for `idle`, is a healing probe reused
+    /// below the floor that is still resting: a request would prove nothing
+    /// on it before the estimate plus its tolerance, and would restart its
+    /// idle (on a busy origin the probe would never be idle long enough to
+    /// heal the estimate).
+    fn probe_rests(&self, idle: Duration) -> bool {
+        if !self.learn
+            || self.probe.load(Ordering::Acquire) == NONE
+            || !self.probe_reused.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let generation = self.shared.learner.generation();
+        if generation != self.generation.load(Ordering::Acquire) {
+            self.refresh(generation);
+        }
+        match self.estimate.load(Ordering::Relaxed) {
+            NONE => false,
+            estimate => idle <= probe_rest(Duration::from_nanos(estimate)),
+        }
+    }
+}
+
+/// Whether `state`'s connection is a healing probe that rests at `now`
+/// (see [`OriginObserver::probe_rests`]): not to be handed a request, not
+/// to be closed either. For the one-call client's checkout, which sets it
+/// aside; the tracker itself still lets a request use it (a pool that
+/// cannot set connections aside would otherwise refuse, and so close, the
+/// probe).
+pub(crate) fn probe_rests(state: &ConnectionState, now: Instant) -> bool {
+    let Some(observer) = state
+        .observer()
+        .and_then(|o| o.as_any().downcast_ref::<OriginObserver>())
+    else {
+        return false;
+    };
+    if observer.probe.load(Ordering::Acquire) == NONE {
+        return false;
+    }
+    state
+        .idle_since()
+        .is_some_and(|since| observer.probe_rests(now.saturating_duration_since(since)))
 }
 
 impl Observer for OriginObserver {

@@ -110,6 +110,14 @@
 //!   client whose requests come at a steady gap gets its reuse back at the
 //!   first probe. Against a server whose timeout really is that short, a
 //!   request reaching the probe exactly at the server's close can race it.
+//!   A request on the probe *before* that idle proves nothing and restarts
+//!   the probe's idle: on a busy origin whose requests come more often than
+//!   the estimate plus the tolerance, the probe would be kept busy and never
+//!   test the estimate. So a pool that can set a connection aside (the
+//!   one-call client's) lets the probe rest until then (see
+//!   `IdleExpiryConnection::is_resting`), and its first request tests the
+//!   estimate; a pool that cannot (hyper-util's legacy one, where a refusal
+//!   closes the connection) reuses it throughout.
 //!
 //! A refuted estimate is forgotten at once (with its held observations), and
 //! the origin is learned again from its next close: a wrong estimate heals
@@ -259,12 +267,20 @@ pub(crate) fn learned_limit(estimate: Duration, margin: Duration) -> Duration {
         .max(Duration::from_nanos(1))
 }
 
+/// The idle a healing probe of an estimate below the floor first rests
+/// for (kept open, no request): the estimate plus its tolerance. A reuse
+/// after longer refutes the estimate if it gets its response; one before it
+/// would prove nothing and only restart the probe's idle.
+pub(crate) fn probe_rest(estimate: Duration) -> Duration {
+    estimate + tolerance(estimate)
+}
+
 /// Whether the server keeping a connection idle for `kept` refutes
 /// `estimate` (see the module docs: twice the estimate, or beyond the
 /// tolerance for an estimate below the floor, which probes reuse).
 fn refutes(estimate: Duration, kept: Duration) -> bool {
     if estimate < FLOOR {
-        kept > estimate + tolerance(estimate)
+        kept > probe_rest(estimate)
     } else {
         kept >= estimate.saturating_mul(2)
     }

@@ -89,7 +89,9 @@
 //!   connection at a time (at most one new one every 10 s, every 1 s below
 //!   the floor) test the estimate: kept open, unused, until twice the estimate (below the floor:
 //!   reused until then, at least up to the floor). A server that keeps it
-//!   that long, or answers it after an idle beyond the estimate, refutes the
+//!   that long, or answers it after an idle beyond the estimate plus its
+//!   tolerance (the one-call client lets a probe below the floor rest until
+//!   then, so that its first request tests the estimate), refutes the
 //!   estimate, which is forgotten at once and learned again from the next
 //!   close: a timeout that grows from 200 ms to 2 s is re-learned with one
 //!   probe and one observation.

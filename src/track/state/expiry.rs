@@ -194,6 +194,11 @@ impl ConnectionState {
         self.inner.observer.get_or_init(make)
     }
 
+    /// The observer installed, if any.
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.inner.observer.get()
+    }
+
     pub(crate) fn notify(&self, event: Event) {
         if let Some(observer) = self.inner.observer.get() {
             observer.event(event, self);
