@@ -269,9 +269,11 @@ impl Builder {
 /// hyper-util error, …) — use [`find_cause`](crate::find_cause).
 ///
 /// Responses also carry the tracker's
-/// [`ConnectionInfo`](crate::track::ConnectionInfo) (via
-/// `ConnectionInfo::of`) and, after a retry, a
-/// [`Retried`](crate::retry::Retried) extension.
+/// [`ConnectionState`](crate::track::ConnectionState) in their [`Body`]
+/// (read it with [`Body::connection_state`] or
+/// [`ConnectionInfo::of`](crate::track::ConnectionInfo::of); in the
+/// extensions too with [`Builder::connection_state_extension`]) and, after
+/// a retry, a [`Retried`](crate::retry::Retried) extension.
 pub struct Client<B: http_body::Body> {
     inner: Stack<B>,
     connections: TrackStats,

@@ -19,7 +19,8 @@ use super::{ConnectionCapture, ConnectionState, TrackedBody};
 /// works on every response that came over a tracked connection: from the
 /// one-call [`client`](crate::client), from hyper-util's client over a
 /// [`TrackConnections`](super::TrackConnections) connector, whatever layers
-/// are above. It reads the tracker's [`ConnectionState`] extension, so take
+/// are above. It reads the tracker's [`ConnectionState`] (the response's
+/// extension, or the one-call client's response body), so take
 /// it as soon as the response arrives (the state moves on with the
 /// connection's next request). [`ConnectionInfoLayer`] takes that snapshot
 /// for you when the head arrives and stores it as a `ConnectionInfo`

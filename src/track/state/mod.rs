@@ -44,9 +44,11 @@ pub(crate) fn learned_changed() {
 ///
 /// Created by [`TrackConnections`](super::TrackConnections) when a connection is
 /// established and published through hyper-util's `Connected::extra`, so it can
-/// be found in every response's extensions
-/// (`response.extensions().get::<ConnectionState>()`) and through
-/// [`ConnectionCapture`](super::ConnectionCapture) while a request is in flight.
+/// be found in the extensions of every response of hyper-util's client
+/// (`response.extensions().get::<ConnectionState>()`), in the one-call
+/// client's response body ([`client::Body::connection_state`](crate::client::Body::connection_state)),
+/// and through [`ConnectionCapture`](super::ConnectionCapture) while a
+/// request is in flight.
 ///
 /// Cloning is cheap (an `Arc`); every clone sees the same live counters. The
 /// state is freed when the connection and the last clone are dropped: nothing
