@@ -541,3 +541,162 @@ async fn a_probe_below_the_floor_rests_until_a_request_on_it_tests_the_estimate(
         "the estimate was forgotten"
     );
 }
+
+/// A raw keep-alive server that answers the first `answer` requests of each
+/// connection with `ok` (reading their bodies: `content-length` only) and
+/// then never answers again: it reads on (`keep_reading`) or stops reading
+/// altogether; the connection stays open. Counts connections and requests.
+async fn stalling_after(
+    answer: usize,
+    keep_reading: bool,
+) -> (String, Arc<Seen>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            let conn = s.accepted.fetch_add(1, Ordering::SeqCst);
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = 0;
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match io.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let length = head
+                            .lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        let line = head.lines().next().unwrap_or("").to_string();
+                        s.requests.lock().unwrap().push((conn, line, None));
+                        if answered == answer && !keep_reading {
+                            // Holds the connection open, reading nothing.
+                            std::future::pending::<()>().await;
+                        }
+                        while buf.len() < end + 4 + length && answered < answer {
+                            match io.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..(end + 4 + length).min(buf.len()));
+                        if answered < answer {
+                            answered += 1;
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if io.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                s.closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, seen, task)
+}
+
+/// A request sent on a reused connection waits on that connection's timer
+/// (the one-call client's requests make no timer of their own there): a
+/// response head that never comes still fails by the `read` limit, named,
+/// on time, not retried; and the connection, abandoned, is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_head_on_a_reused_connection_times_out_by_its_read_limit() {
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+    const READ: Duration = Duration::from_millis(300);
+    let (url, seen, task) = stalling_after(3, true).await;
+    let client = client::builder()
+        .timeouts(
+            PhaseTimeoutLayer::new()
+                .read(READ)
+                .total(Duration::from_secs(30)),
+        )
+        .build::<Empty<Bytes>>();
+    for _ in 0..3 {
+        assert_eq!(fetch(&client, get(&url)).await.unwrap(), "ok");
+    }
+    let started = Instant::now();
+    let err = common::bounded(
+        STEP_LIMIT,
+        "the stalled request",
+        client.clone().oneshot(get(&url)),
+    )
+    .await
+    .expect_err("the server never answers");
+    let took = started.elapsed();
+    let elapsed = find_cause::<Elapsed>(err.as_ref()).expect("a phase timeout");
+    assert_eq!(elapsed.phase(), Phase::Read, "{err}");
+    assert!(took >= READ, "fired early: {took:?}");
+    assert!(took < READ + common::SLACK, "fired late: {took:?}");
+    // Server side: one connection carried all four requests; nothing was
+    // retried; the abandoned connection is closed.
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.requests.lock().unwrap().len(), 4);
+    eventually(STEP_LIMIT, "the abandoned connection closed", || {
+        seen.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    task.abort();
+}
+
+/// The same for an upload on a reused connection the server stops reading:
+/// it fails by its `send` stall limit, named, on time, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_on_a_reused_connection_times_out_by_its_send_limit() {
+    use http_body_util::Full;
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+    const SEND: Duration = Duration::from_millis(300);
+    let (url, seen, task) = stalling_after(2, false).await;
+    let client = client::builder()
+        .timeouts(
+            PhaseTimeoutLayer::new()
+                .send(SEND)
+                .total(Duration::from_secs(30)),
+        )
+        .build::<Full<Bytes>>();
+    let post = |len: usize| {
+        Request::post(url.as_str())
+            .body(Full::new(Bytes::from(vec![7u8; len])))
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let res = common::bounded(
+            STEP_LIMIT,
+            "a small upload",
+            client.clone().oneshot(post(10)),
+        )
+        .await
+        .unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    // Far more than loopback's socket buffers hold.
+    let started = Instant::now();
+    let err = common::bounded(
+        STEP_LIMIT,
+        "the stalled upload",
+        client.clone().oneshot(post(64 << 20)),
+    )
+    .await
+    .expect_err("the server stopped reading");
+    let took = started.elapsed();
+    let elapsed = find_cause::<Elapsed>(err.as_ref()).expect("a phase timeout");
+    assert_eq!(elapsed.phase(), Phase::Send, "{err}");
+    assert!(took >= SEND, "fired early: {took:?}");
+    assert!(took < SEND + common::SLACK, "fired late: {took:?}");
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        1,
+        "on the reused connection"
+    );
+    assert_eq!(seen.requests.lock().unwrap().len(), 3, "never retried");
+    task.abort();
+}
