@@ -185,6 +185,7 @@ pub use error::{find_cause, ErrorChain};
 
 pub mod client;
 mod clock;
+pub mod drain;
 pub mod idle_expiry;
 pub mod phase_timeout;
 pub mod retry;

@@ -46,6 +46,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::Connector;
+use crate::drain::{DrainHandle, Draining};
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
 use crate::phase_timeout::RequestBody;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody};
@@ -458,6 +459,9 @@ impl<B: Body> AttemptBody for RequestBody<B> {
 
 /// The settings the engine is built with.
 pub(crate) struct Settings {
+    /// The client's drain: refuses requests once begun (a retry's
+    /// attempt among them), and closes the pools' idle connections.
+    pub(crate) drain: DrainHandle,
     pub(crate) connector: Connector,
     pub(crate) idle_expiry: IdleExpiryLayer,
     pub(crate) stats: TrackStats,
@@ -474,6 +478,7 @@ where
 {
     pub(crate) fn new(settings: Settings) -> Self {
         let Settings {
+            drain,
             connector,
             idle_expiry,
             stats,
@@ -508,7 +513,30 @@ where
         // Per scheme (http, https, anything else: the connector's to
         // refuse), keyed by the authority as written: looked up by `&str`,
         // so a request allocates nothing and hashes a few bytes.
-        let origins = Mutex::new(origin_maps(&plain, &tls));
+        let origins = Arc::new(Mutex::new(origin_maps(&plain, &tls)));
+        // The drain's sweep: every pool drops its idle connections (hyper
+        // closes a connection once its last handle is gone); the HTTP/2
+        // one stops being shared and closes when its last stream ends.
+        drain.on_close_idle(Box::new({
+            let origins = Arc::downgrade(&origins);
+            move || {
+                let Some(origins) = origins.upgrade() else {
+                    return;
+                };
+                let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
+                for map in origins.iter_mut() {
+                    for origin in map.values_mut() {
+                        match origin {
+                            Origin::Plain(cache) => cache.retain(|_| false),
+                            Origin::Tls(negotiate) => {
+                                negotiate.fallback_mut().retain(|_| false);
+                                negotiate.upgrade_mut().retain(|_| false);
+                            }
+                        }
+                    }
+                }
+            }
+        }));
         // The connection count when the pools were last swept.
         let swept = AtomicU64::new(0);
         let keep = max_idle_per_origin;
@@ -622,6 +650,10 @@ where
         };
         let slow = Arc::new(slow);
         let send = move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
+            if drain.is_draining() {
+                // A retry's attempt after the drain began: nothing written.
+                return Box::pin(std::future::ready(Err(Box::new(Draining) as BoxError)));
+            }
             let mut pool = match lookup(&req) {
                 Ok(Origin::Plain(pool)) => pool,
                 _ => return slow(req),

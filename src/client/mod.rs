@@ -113,6 +113,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::drain::{DrainBody, DrainHandle, DrainReport};
 use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
 use crate::phase_timeout::{
     ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody,
@@ -135,7 +136,7 @@ type Transport = HttpConnector;
 pub type Connector = ConnectTimeout<TrackConnections<Transport>>;
 
 type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
-type InnerBody = TrackedBody<ResponseBody<PooledBody>>;
+type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -244,7 +245,9 @@ impl Builder {
         let transport = http;
         let connector = ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
             .layer(self.track.layer(transport));
+        let drain = DrainHandle::new(Some(self.track.stats()));
         let engine = Engine::new(engine::Settings {
+            drain: drain.clone(),
             connector,
             idle_expiry: self.idle_expiry.clone(),
             stats: self.track.stats(),
@@ -258,6 +261,7 @@ impl Builder {
             inner: stack,
             connections: self.track.stats(),
             expiry: self.idle_expiry.stats(),
+            drain,
         }
     }
 }
@@ -276,6 +280,7 @@ pub struct Client<B: http_body::Body> {
     inner: Stack<B>,
     connections: TrackStats,
     expiry: IdleExpiryStats,
+    drain: DrainHandle,
 }
 
 impl<B: http_body::Body> Clone for Client<B> {
@@ -284,6 +289,7 @@ impl<B: http_body::Body> Clone for Client<B> {
             inner: self.inner.clone(),
             connections: self.connections.clone(),
             expiry: self.expiry.clone(),
+            drain: self.drain.clone(),
         }
     }
 }
@@ -307,6 +313,49 @@ impl<B: http_body::Body> Client<B> {
     pub fn expiry_stats(&self) -> &IdleExpiryStats {
         &self.expiry
     }
+
+    /// Shuts the client down gracefully: from this call on, new requests
+    /// fail at once with [`Draining`](crate::drain::Draining) (nothing
+    /// written), idle connections close (cleanly: the server reads EOF),
+    /// connections whose exchange ends close instead of going back to
+    /// their pool, and requests in flight run until their response body
+    /// ends, or until `deadline`, when the rest are cut
+    /// ([`DrainCut`](crate::drain::DrainCut)) and their connections
+    /// closed. The future resolves to the [`DrainReport`].
+    ///
+    /// The drain belongs to the client's pools: every clone of the client
+    /// is draining too. Dropping the future stops only the waiting (the
+    /// client stays draining; nothing is cut at the deadline). A zero
+    /// deadline cuts at once; one too far for the clock is clamped. See
+    /// [`crate::drain`] for the details.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::ServiceExt;
+    /// use tower_conn_lifecycle::{client, drain::Draining, find_cause};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = client::builder().build::<Full<Bytes>>();
+    /// let report = client.drain(Duration::from_secs(5)).await;
+    /// assert_eq!(report.cut(), 0);
+    /// let req = http::Request::get("http://127.0.0.1:9/").body(Full::default()).unwrap();
+    /// let err = client.oneshot(req).await.unwrap_err();
+    /// assert!(find_cause::<Draining>(err.as_ref()).is_some());
+    /// # }
+    /// ```
+    pub fn drain(&self, deadline: Duration) -> impl Future<Output = DrainReport> + Send + 'static {
+        self.drain.drain(deadline)
+    }
+
+    /// The client's drain: [`drain`](Self::drain), and whether it has
+    /// begun ([`DrainHandle::is_draining`]), from a handle that does not
+    /// keep the client's request type.
+    pub fn drain_handle(&self) -> DrainHandle {
+        self.drain.clone()
+    }
 }
 
 impl<B> Service<Request<B>> for Client<B>
@@ -324,8 +373,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = &mut self.inner;
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: crate::drain::future::ResponseFuture::new(self.drain.enter(), || {
+                inner.call(req)
+            }),
         }
     }
 }
@@ -343,7 +395,7 @@ pin_project! {
         B::Error: Into<BoxError>,
     {
         #[pin]
-        inner: <Stack<B> as Service<Request<B>>>::Future,
+        inner: crate::drain::future::ResponseFuture<<Stack<B> as Service<Request<B>>>::Future>,
     }
 }
 
@@ -374,8 +426,10 @@ where
 
 pin_project! {
     /// The response body of [`Client`]: `Bytes` data, [`BoxError`] errors
-    /// (a read-stall or total [`Elapsed`](crate::phase_timeout::Elapsed), or
-    /// the connection's error).
+    /// (a read-stall or total [`Elapsed`](crate::phase_timeout::Elapsed),
+    /// the connection's error, or a [`DrainCut`](crate::drain::DrainCut)).
+    /// Its request is in flight for [`Client::drain`] until it ends or is
+    /// dropped.
     #[derive(Debug)]
     pub struct Body {
         #[pin]
@@ -391,7 +445,7 @@ impl Body {
     /// here). Take a snapshot as soon as the response arrives: the state
     /// moves on with the connection's next request.
     pub fn connection_state(&self) -> Option<&crate::track::ConnectionState> {
-        self.inner.get_ref().get_ref().connection_state()
+        self.inner.get_ref().get_ref().get_ref().connection_state()
     }
 }
 
