@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
-use tower_conn_lifecycle::drain::{DrainCut, Draining};
+use tower_conn_lifecycle::drain::{DrainCut, DrainHandle, DrainLayer, Draining};
 use tower_conn_lifecycle::{client, find_cause, BoxError};
 
 /// How long the slow path takes to answer.
@@ -286,6 +286,117 @@ async fn drain_closes_idle_connections_at_once() {
     .await;
     assert_eq!(report.in_flight_at_start(), 0, "{report}");
     assert_eq!(report.idle_connections_closed(), Some(5), "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    eventually(SLACK, "the idle connections closed", || server.all_closed()).await;
+    assert_closed_cleanly(&server, Some(started));
+}
+
+/// hyper-util's legacy client over a tracked connector, under
+/// `ConnectionInfoLayer` (which marks each response's end for the tracker)
+/// and `DrainLayer` with the tracker; and the drain's handle.
+fn legacy_client() -> (
+    impl Service<
+            Request<Body>,
+            Response = http::Response<impl http_body::Body<Data = Bytes, Error = BoxError>>,
+            Error = BoxError,
+            Future = impl Send,
+        > + Clone
+        + Send
+        + 'static,
+    DrainHandle,
+) {
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    use hyper_util::rt::TokioExecutor;
+    use tower::{Layer, ServiceBuilder};
+    use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
+
+    let track = TrackConnectionsLayer::new();
+    let layer = DrainLayer::new().tracker(&track.stats());
+    let handle = layer.handle();
+    let legacy = Client::builder(TokioExecutor::new()).build(track.layer(HttpConnector::new()));
+    let client = ServiceBuilder::new()
+        .layer(layer)
+        .layer(ConnectionInfoLayer::new())
+        .service(legacy);
+    (client, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_layer_on_the_legacy_client() {
+    let server = Server::start().await;
+    let (client, handle) = legacy_client();
+    let (slow, hang) = (server.url("/slow"), server.url("/hang"));
+    let slow: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(fetch(client.clone(), get(&slow))))
+        .collect();
+    let hung: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(fetch(client.clone(), get(&hang))))
+        .collect();
+    eventually(STEP_LIMIT, "13 requests at the server", || {
+        server.requests() == 13
+    })
+    .await;
+
+    let deadline = Duration::from_secs(1);
+    let started = Instant::now();
+    let drain = handle.drain(deadline);
+    let err = fetch(client.clone(), get(&server.url("/")))
+        .await
+        .unwrap_err();
+    assert!(find_cause::<Draining>(err.as_ref()).is_some(), "{err}");
+    let report = bounded(STEP_LIMIT, "the drain", drain).await;
+    assert_eq!(report.in_flight_at_start(), 13, "{report}");
+    assert_eq!(report.completed(), 10, "{report}");
+    assert_eq!(report.cut(), 3, "{report}");
+    for task in slow {
+        task.await.unwrap().expect("an in-flight request failed");
+    }
+    for task in hung {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(find_cause::<DrainCut>(err.as_ref()).is_some(), "{err}");
+    }
+    let late = started.elapsed().saturating_sub(deadline);
+    assert!(
+        late <= CUT_SLACK,
+        "cut requests failed {late:?} after the deadline"
+    );
+    assert_eq!(server.requests(), 13);
+    eventually(SLACK, "every connection closed", || server.all_closed()).await;
+    // The connections whose exchange ended during the drain closed cleanly
+    // at its end.
+    for (last, closed, end) in server.closes() {
+        if let Some(last) = last {
+            assert_eq!(end, End::Eof, "a drained connection was reset, not closed");
+            let after = closed.saturating_duration_since(last);
+            assert!(
+                after <= CLOSE_WITHIN,
+                "closed {after:?} after its last response"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_layer_closes_idle_legacy_connections_through_the_tracker() {
+    let server = Server::start().await;
+    let (client, handle) = legacy_client();
+    let url = server.url("/slow");
+    let tasks: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(fetch(client.clone(), get(&url))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(server.connections(), 4);
+
+    let started = Instant::now();
+    let report = bounded(
+        STEP_LIMIT,
+        "the drain",
+        handle.drain(Duration::from_secs(1)),
+    )
+    .await;
+    assert_eq!(report.idle_connections_closed(), Some(4), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     eventually(SLACK, "the idle connections closed", || server.all_closed()).await;
     assert_closed_cleanly(&server, Some(started));

@@ -261,13 +261,10 @@ impl DrainHandle {
             .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
         let in_flight = self.in_flight();
         let ended_before = cell.ended.load(Ordering::Relaxed);
-        // Idle connections close now: the pools drop theirs (hyper closes
-        // a connection whose last handle is gone), and the tracker retires
-        // every connection (closed now if idle, else when its exchange
-        // ends).
-        if let Some(close) = shared.close_idle.get() {
-            close();
-        }
+        // Idle connections close now: the tracker retires every connection
+        // (closed now if idle, else when its exchange ends; counted before
+        // anything closes), and the pools drop theirs (hyper closes a
+        // connection whose last handle is gone).
         let idle_closed = shared.tracker.as_ref().map(|tracker| {
             tracker
                 .live()
@@ -275,6 +272,9 @@ impl DrainHandle {
                 .filter(|state| state.retire_now())
                 .count() as u64
         });
+        if let Some(close) = shared.close_idle.get() {
+            close();
+        }
         tracing::debug!(in_flight, ?idle_closed, ?deadline, "drain started");
         async move {
             let cell = &shared.cell;
