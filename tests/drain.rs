@@ -401,3 +401,200 @@ async fn drain_layer_closes_idle_legacy_connections_through_the_tracker() {
     eventually(SLACK, "the idle connections closed", || server.all_closed()).await;
     assert_closed_cleanly(&server, Some(started));
 }
+
+/// An IO that stops dead once `frozen` is set: every read and write is
+/// pending forever (nothing wakes it), so its peer receives no frame while
+/// the connection stays open.
+struct Freezable<T> {
+    inner: T,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T> Freezable<T> {
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Freezable<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.is_frozen() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Freezable<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.is_frozen() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.is_frozen() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A TLS (ALPN `h2`) HTTP/2 server on 127.0.0.1: `/long` freezes its
+/// connection (no frame is sent or read on it any more, the socket stays
+/// open) and never answers; anything else answers `ok`. Counts connections
+/// and requests.
+struct StallingH2Server {
+    addr: std::net::SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for StallingH2Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StallingH2Server {
+    async fn start(leaf: &common::pki::Leaf) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = leaf.server_config(common::tls::provider(), &[b"h2"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, reqs) = (acceptor.clone(), reqs.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let frozen = Arc::new(AtomicBool::new(false));
+                    let io = Freezable {
+                        inner: tls,
+                        frozen: frozen.clone(),
+                    };
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            reqs.fetch_add(1, Ordering::SeqCst);
+                            let frozen = frozen.clone();
+                            async move {
+                                if req.uri().path() == "/long" {
+                                    frozen.store(true, Ordering::SeqCst);
+                                    std::future::pending::<()>().await;
+                                }
+                                let body = http_body_util::Full::new(Bytes::from_static(b"ok"));
+                                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                            }
+                        });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                    .await;
+                });
+            }
+        });
+        StallingH2Server {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_stalled_http2_connection() {
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+
+    const STALL: Duration = Duration::from_millis(200);
+    const READ_LIMIT: Duration = Duration::from_secs(1);
+    let ca = common::pki::Ca::new("drain test ca");
+    let server = StallingH2Server::start(&ca.leaf(&["127.0.0.1"])).await;
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&ca))
+        .timeouts(PhaseTimeoutLayer::new().read(READ_LIMIT))
+        .retire_stalled_http2(STALL)
+        .build::<Body>();
+
+    let response = bounded(
+        STEP_LIMIT,
+        "a GET",
+        client.clone().oneshot(get(&server.url("/"))),
+    )
+    .await;
+    assert_eq!(response.unwrap().version(), http::Version::HTTP_2);
+    assert_eq!(server.connections(), 1);
+
+    let long = tokio::spawn(client.clone().oneshot(get(&server.url("/long"))));
+    eventually(STEP_LIMIT, "the long request at the server", || {
+        server.requests() == 2
+    })
+    .await;
+    // The connection must stay silent for the stall limit before it counts
+    // as stalled: a precondition, not an assertion.
+    tokio::time::sleep(STALL + STALL / 2).await;
+
+    let (status, _) = bounded(
+        STEP_LIMIT,
+        "a GET after the stall",
+        fetch(client.clone(), get(&server.url("/"))),
+    )
+    .await
+    .expect("the request after the stall failed");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server.connections(),
+        2,
+        "the request did not open a new connection"
+    );
+    assert_eq!(server.requests(), 3);
+    assert_eq!(client.pool_stats().stalled_http2_retired(), 1);
+
+    // The stalled stream ends by its own limit.
+    let err = bounded(STEP_LIMIT, "the stalled request", long)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let elapsed = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(elapsed.phase(), Phase::Read);
+}

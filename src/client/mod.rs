@@ -150,6 +150,7 @@ pub struct Builder {
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     max_idle_per_origin: usize,
     state_extension: bool,
+    retire_stalled_http2: Option<Duration>,
 }
 
 /// Starts a [`Builder`] with the defaults described in the [module docs](self).
@@ -164,6 +165,7 @@ pub fn builder() -> Builder {
         tls: None,
         max_idle_per_origin: DEFAULT_MAX_IDLE_PER_ORIGIN,
         state_extension: false,
+        retire_stalled_http2: None,
     }
 }
 
@@ -226,6 +228,30 @@ impl Builder {
         self
     }
 
+    /// Retires a stalled HTTP/2 connection (default: off): one with
+    /// streams in flight that has received nothing (no frame, not a byte)
+    /// for `limit` since the later of its last read and the first request
+    /// sent after it gets no new request; the next request opens a new
+    /// connection, while the streams already on the stalled one keep their
+    /// own limits (set a `read` or `total` limit in
+    /// [`timeouts`](Self::timeouts) to end them). Each retirement counts in
+    /// [`PoolStats::stalled_http2_retired`] and is a `tracing` debug event.
+    ///
+    /// Off by default because silence is not proof of a stall: a long poll
+    /// or a slow response sends no frame for as long as the server thinks,
+    /// and retiring its connection costs every later request a new
+    /// connection (a TCP and TLS handshake) for nothing. Turn it on with a
+    /// limit above the slowest answer the origin legitimately gives
+    /// (HTTP/2 PING keep-alive would tell for certain, but many gRPC
+    /// servers reject pings, which is why hyper leaves it off too).
+    /// `Duration::ZERO` retires a connection as soon as a second request
+    /// finds a stream waiting on it (one connection per request in flight);
+    /// `None` turns it off.
+    pub fn retire_stalled_http2(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.retire_stalled_http2 = limit.into();
+        self
+    }
+
     /// Builds the client for request bodies of type `B` (any `Clone` body:
     /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
     pub fn build<B>(self) -> Client<B>
@@ -246,6 +272,7 @@ impl Builder {
         let connector = ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
             .layer(self.track.layer(transport));
         let drain = DrainHandle::new(Some(self.track.stats()));
+        let pool = PoolStats::default();
         let engine = Engine::new(engine::Settings {
             drain: drain.clone(),
             connector,
@@ -253,6 +280,8 @@ impl Builder {
             stats: self.track.stats(),
             max_idle_per_origin: self.max_idle_per_origin,
             state_extension: self.state_extension,
+            retire_stalled_http2: self.retire_stalled_http2,
+            pool_stats: pool.clone(),
         });
         let mut retry = self.retry;
         retry.settings.direct_captures = true;
@@ -262,6 +291,7 @@ impl Builder {
             connections: self.track.stats(),
             expiry: self.idle_expiry.stats(),
             drain,
+            pool,
         }
     }
 }
@@ -281,6 +311,26 @@ pub struct Client<B: http_body::Body> {
     connections: TrackStats,
     expiry: IdleExpiryStats,
     drain: DrainHandle,
+    pool: PoolStats,
+}
+
+/// The one-call client's pool counters, shared by its clones.
+#[derive(Clone, Debug, Default)]
+pub struct PoolStats {
+    retired: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PoolStats {
+    /// HTTP/2 connections retired because they stalled
+    /// ([`Builder::retire_stalled_http2`]).
+    pub fn stalled_http2_retired(&self) -> u64 {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_retired(&self) {
+        self.retired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<B: http_body::Body> Clone for Client<B> {
@@ -290,6 +340,7 @@ impl<B: http_body::Body> Clone for Client<B> {
             connections: self.connections.clone(),
             expiry: self.expiry.clone(),
             drain: self.drain.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -312,6 +363,11 @@ impl<B: http_body::Body> Client<B> {
     /// Idle expiry's counters (expired, refused, learned, …).
     pub fn expiry_stats(&self) -> &IdleExpiryStats {
         &self.expiry
+    }
+
+    /// The pools' counters (stalled HTTP/2 connections retired).
+    pub fn pool_stats(&self) -> &PoolStats {
+        &self.pool
     }
 
     /// Shuts the client down gracefully: from this call on, new requests
