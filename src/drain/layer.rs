@@ -25,7 +25,7 @@ use crate::BoxError;
 /// use http_body_util::Full;
 /// use hyper_util::client::legacy::{connect::HttpConnector, Client};
 /// use hyper_util::rt::TokioExecutor;
-/// use tower::ServiceBuilder;
+/// use tower::{Layer, ServiceBuilder};
 /// use tower_conn_lifecycle::drain::DrainLayer;
 /// use tower_conn_lifecycle::track::TrackConnectionsLayer;
 ///
