@@ -17,6 +17,8 @@
 //! * [`phase_timeout`] — separate connect / send / read / total timeouts;
 //!   send and read are *stall* limits, and every timeout error names its
 //!   [`Phase`](phase_timeout::Phase);
+//! * [`drain`] — graceful shutdown: refuse new requests, let those in
+//!   flight finish within a deadline, close connections cleanly, report;
 //! * [`track`] — the connection tracker the other layers build on: live
 //!   per-connection state, and [`ConnectionInfo::of(&response)`](track::ConnectionInfo::of)
 //!   (reused? idle time? time to first byte?);
@@ -118,6 +120,40 @@
 //! reqwest reports (connect, IO) and `find_cause` finds the same types
 //! below it.
 //!
+//! # Shutting down
+//!
+//! On SIGTERM (a deploy, a scale-in), drain the client instead of dropping
+//! it: [`Client::drain`](client::Client::drain) (or, for a stack built by
+//! hand, [`drain::DrainLayer`]'s handle) refuses new requests at once with
+//! [`drain::Draining`] (nothing written: send them elsewhere; the retry
+//! layer never retries them on this client), closes idle connections
+//! cleanly (the server reads EOF, not a reset), closes each connection
+//! whose exchange ends instead of pooling it, lets the requests in flight
+//! finish until the deadline, cuts the rest there ([`drain::DrainCut`],
+//! their connections closed), and returns a [`drain::DrainReport`]:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower_conn_lifecycle::client;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let client = client::builder().build::<Full<Bytes>>();
+//! // … clones of `client` serve the application …
+//! tokio::signal::ctrl_c().await.unwrap();
+//! let report = client.drain(Duration::from_secs(10)).await;
+//! assert_eq!(report.connections_still_open(), Some(0));
+//! # }
+//! ```
+//!
+//! The drain starts when `drain` is called; dropping its future only stops
+//! the waiting (see [`drain`] for the rules, the zero and the enormous
+//! deadline). `examples/drain.rs` runs it against local servers. The
+//! one-call client can also retire an HTTP/2 connection that stopped
+//! answering ([`client::Builder::retire_stalled_http2`], off by default).
+//!
 //! # Example
 //!
 //! The whole stack in one call ([`client`] documents its order and why):
@@ -185,6 +221,7 @@ pub use error::{find_cause, ErrorChain};
 
 pub mod client;
 mod clock;
+pub mod drain;
 pub mod idle_expiry;
 pub mod phase_timeout;
 pub mod retry;

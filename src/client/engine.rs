@@ -32,6 +32,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -46,6 +47,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::Connector;
+use crate::drain::{DrainHandle, Draining};
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
 use crate::phase_timeout::RequestBody;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody};
@@ -219,7 +221,126 @@ where
 
 /// One connection as the pools hold it.
 pub(crate) type Conn<B> = IdleExpiryConnection<Sender<B>>;
-type H2Conn<B> = IdleExpiryConnection<H2Sender<B>>;
+
+/// The HTTP/2 connection as the singleton pool shares it: every request
+/// holds a clone from its checkout to its response body's end.
+pub(crate) struct H2Conn<B> {
+    conn: IdleExpiryConnection<H2Sender<B>>,
+    /// With [`Builder::retire_stalled_http2`](super::Builder::retire_stalled_http2).
+    stall: Option<Arc<StallWatch>>,
+}
+
+impl<B> Clone for H2Conn<B> {
+    fn clone(&self) -> Self {
+        H2Conn {
+            conn: self.conn.clone(),
+            stall: self.stall.clone(),
+        }
+    }
+}
+
+impl<B> H2Conn<B> {
+    fn is_dead(&self) -> bool {
+        self.conn.is_dead()
+    }
+}
+
+/// Watches one HTTP/2 connection for a stall: streams in flight and no
+/// frame (no byte read) for the limit. Its reference count is the count
+/// of the connection's handles: the pool's, and one per request from its
+/// checkout to its response body's end.
+pub(crate) struct StallWatch {
+    state: ConnectionState,
+    limit: u64,
+    /// The first request sent since the last read (a stamp of `state`):
+    /// from then on the connection owes a frame.
+    waiting_since: AtomicU64,
+    stats: super::PoolStats,
+}
+
+impl StallWatch {
+    /// A request is about to be sent.
+    fn sent(&self) {
+        let now = self.state.stamp(tokio::time::Instant::now());
+        let read = self.state.last_read_raw().unwrap_or(0);
+        if read >= self.waiting_since.load(Ordering::Relaxed) {
+            self.waiting_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the connection has stalled, asked by a request that holds
+    /// `this` (one of the handles): other requests are in flight on it and
+    /// nothing was read since the later of the last read and the first
+    /// request sent after it, for the limit.
+    fn stalled(this: &Arc<Self>) -> bool {
+        // The pool's handle and the asking request's.
+        if Arc::strong_count(this) <= 2 {
+            return false;
+        }
+        let state = &this.state;
+        let quiet_since = state
+            .last_read_raw()
+            .unwrap_or(0)
+            .max(this.waiting_since.load(Ordering::Relaxed));
+        let now = state.stamp(tokio::time::Instant::now());
+        now.saturating_sub(quiet_since) >= this.limit
+    }
+}
+
+/// An HTTP/2 connection retired because it stalled: nothing of the request
+/// was written (the engine takes another connection).
+#[derive(Debug)]
+pub(crate) struct Stalled(Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HTTP/2 connection retired: streams in flight and no frame for {:?}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+impl<B> Service<Request<B>> for H2Conn<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = <IdleExpiryConnection<H2Sender<B>> as Service<Request<B>>>::Response;
+    type Error = BoxError;
+    type Future = <IdleExpiryConnection<H2Sender<B>> as Service<Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Some(watch) = &self.stall {
+            if StallWatch::stalled(watch) {
+                // Refused before any byte: the singleton drops the
+                // connection (its streams go on under their own limits)
+                // and the next checkout makes a new one.
+                let limit = Duration::from_nanos(watch.limit);
+                watch.stats.count_retired();
+                tracing::debug!(
+                    connection = watch.state.id(),
+                    streams = Arc::strong_count(watch) - 2,
+                    ?limit,
+                    "stalled HTTP/2 connection retired"
+                );
+                return Poll::Ready(Err(Box::new(Stalled(limit))));
+            }
+        }
+        self.conn.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some(watch) = &self.stall {
+            watch.sent();
+        }
+        self.conn.call(req)
+    }
+}
 
 /// Makes one connection: the connector stack, then hyper's HTTP/1 or (ALPN
 /// `h2`) HTTP/2 handshake, its connection task spawned, wrapped in the
@@ -353,12 +474,12 @@ where
 }
 
 /// The singleton's make service: the HTTP/2 connection negotiate found,
-/// as its cloneable half.
-struct ToHttp2<M, B>(M, PhantomData<fn(B)>);
+/// as its cloneable half (watched for stalls when `.1` has a limit).
+struct ToHttp2<M, B>(M, Option<(Duration, super::PoolStats)>, PhantomData<fn(B)>);
 
 impl<M: Clone, B> Clone for ToHttp2<M, B> {
     fn clone(&self) -> Self {
-        ToHttp2(self.0.clone(), PhantomData)
+        ToHttp2(self.0.clone(), self.1.clone(), PhantomData)
     }
 }
 
@@ -380,13 +501,23 @@ where
     }
 
     fn call(&mut self, (): ()) -> Self::Future {
+        let stall = self.1.clone();
         std::future::ready(self.0.call(()).into_inner().and_then(|conn| {
-            conn.try_map_inner(|sender| match sender {
+            let conn = conn.try_map_inner(|sender| match sender {
                 Sender::Http2(send) => Ok(send),
-                Sender::Http1(..) => {
-                    Err("negotiate handed an HTTP/1 connection to the HTTP/2 pool".into())
-                }
-            })
+                Sender::Http1(..) => Err(BoxError::from(
+                    "negotiate handed an HTTP/1 connection to the HTTP/2 pool",
+                )),
+            })?;
+            let stall = stall.map(|(limit, stats)| {
+                Arc::new(StallWatch {
+                    state: conn.state().clone(),
+                    limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+                    waiting_since: AtomicU64::new(0),
+                    stats,
+                })
+            });
+            Ok(H2Conn { conn, stall })
         }))
     }
 }
@@ -458,12 +589,19 @@ impl<B: Body> AttemptBody for RequestBody<B> {
 
 /// The settings the engine is built with.
 pub(crate) struct Settings {
+    /// The client's drain: refuses requests once begun (a retry's
+    /// attempt among them), and closes the pools' idle connections.
+    pub(crate) drain: DrainHandle,
     pub(crate) connector: Connector,
     pub(crate) idle_expiry: IdleExpiryLayer,
     pub(crate) stats: TrackStats,
     pub(crate) max_idle_per_origin: usize,
     /// Responses carry the connection's state in their extensions too.
     pub(crate) state_extension: bool,
+    /// Retire an HTTP/2 connection with streams in flight and no frame for
+    /// this long (off: `None`).
+    pub(crate) retire_stalled_http2: Option<Duration>,
+    pub(crate) pool_stats: super::PoolStats,
 }
 
 impl<B> Engine<B>
@@ -474,12 +612,16 @@ where
 {
     pub(crate) fn new(settings: Settings) -> Self {
         let Settings {
+            drain,
             connector,
             idle_expiry,
             stats,
             max_idle_per_origin,
             state_extension,
+            retire_stalled_http2,
+            pool_stats,
         } = settings;
+        let stall = retire_stalled_http2.map(|limit| (limit, pool_stats));
         // The connector, the idle expiry and whether responses carry the
         // connection's state in their extensions.
         let parts = Arc::new((connector, idle_expiry, state_extension));
@@ -501,14 +643,37 @@ where
                         .build::<_, ()>(inspector)
                 }))
                 .upgrade(LayerFn(|inspected| {
-                    Singleton::new(ToHttp2::<_, B>(inspected, PhantomData))
+                    Singleton::new(ToHttp2::<_, B>(inspected, stall.clone(), PhantomData))
                 }))
                 .build::<()>()
         };
         // Per scheme (http, https, anything else: the connector's to
         // refuse), keyed by the authority as written: looked up by `&str`,
         // so a request allocates nothing and hashes a few bytes.
-        let origins = Mutex::new(origin_maps(&plain, &tls));
+        let origins = Arc::new(Mutex::new(origin_maps(&plain, &tls)));
+        // The drain's sweep: every pool drops its idle connections (hyper
+        // closes a connection once its last handle is gone); the HTTP/2
+        // one stops being shared and closes when its last stream ends.
+        drain.on_close_idle(Box::new({
+            let origins = Arc::downgrade(&origins);
+            move || {
+                let Some(origins) = origins.upgrade() else {
+                    return;
+                };
+                let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
+                for map in origins.iter_mut() {
+                    for origin in map.values_mut() {
+                        match origin {
+                            Origin::Plain(cache) => cache.retain(|_| false),
+                            Origin::Tls(negotiate) => {
+                                negotiate.fallback_mut().retain(|_| false);
+                                negotiate.upgrade_mut().retain(|_| false);
+                            }
+                        }
+                    }
+                }
+            }
+        }));
         // The connection count when the pools were last swept.
         let swept = AtomicU64::new(0);
         let keep = max_idle_per_origin;
@@ -622,6 +787,10 @@ where
         };
         let slow = Arc::new(slow);
         let send = move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
+            if drain.is_draining() {
+                // A retry's attempt after the drain began: nothing written.
+                return Box::pin(std::future::ready(Err(Box::new(Draining) as BoxError)));
+            }
             let mut pool = match lookup(&req) {
                 Ok(Origin::Plain(pool)) => pool,
                 _ => return slow(req),

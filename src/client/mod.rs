@@ -113,6 +113,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::drain::{DrainBody, DrainHandle, DrainReport};
 use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
 use crate::phase_timeout::{
     ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody,
@@ -135,7 +136,7 @@ type Transport = HttpConnector;
 pub type Connector = ConnectTimeout<TrackConnections<Transport>>;
 
 type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
-type InnerBody = TrackedBody<ResponseBody<PooledBody>>;
+type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -149,6 +150,7 @@ pub struct Builder {
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     max_idle_per_origin: usize,
     state_extension: bool,
+    retire_stalled_http2: Option<Duration>,
 }
 
 /// Starts a [`Builder`] with the defaults described in the [module docs](self).
@@ -163,6 +165,7 @@ pub fn builder() -> Builder {
         tls: None,
         max_idle_per_origin: DEFAULT_MAX_IDLE_PER_ORIGIN,
         state_extension: false,
+        retire_stalled_http2: None,
     }
 }
 
@@ -225,6 +228,30 @@ impl Builder {
         self
     }
 
+    /// Retires a stalled HTTP/2 connection (default: off): one with
+    /// streams in flight that has received nothing (no frame, not a byte)
+    /// for `limit` since the later of its last read and the first request
+    /// sent after it gets no new request; the next request opens a new
+    /// connection, while the streams already on the stalled one keep their
+    /// own limits (set a `read` or `total` limit in
+    /// [`timeouts`](Self::timeouts) to end them). Each retirement counts in
+    /// [`PoolStats::stalled_http2_retired`] and is a `tracing` debug event.
+    ///
+    /// Off by default because silence is not proof of a stall: a long poll
+    /// or a slow response sends no frame for as long as the server thinks,
+    /// and retiring its connection costs every later request a new
+    /// connection (a TCP and TLS handshake) for nothing. Turn it on with a
+    /// limit above the slowest answer the origin legitimately gives
+    /// (HTTP/2 PING keep-alive would tell for certain, but many gRPC
+    /// servers reject pings, which is why hyper leaves it off too).
+    /// `Duration::ZERO` retires a connection as soon as a second request
+    /// finds a stream waiting on it (one connection per request in flight);
+    /// `None` turns it off.
+    pub fn retire_stalled_http2(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.retire_stalled_http2 = limit.into();
+        self
+    }
+
     /// Builds the client for request bodies of type `B` (any `Clone` body:
     /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
     pub fn build<B>(self) -> Client<B>
@@ -244,12 +271,17 @@ impl Builder {
         let transport = http;
         let connector = ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
             .layer(self.track.layer(transport));
+        let drain = DrainHandle::new(Some(self.track.stats()));
+        let pool = PoolStats::default();
         let engine = Engine::new(engine::Settings {
+            drain: drain.clone(),
             connector,
             idle_expiry: self.idle_expiry.clone(),
             stats: self.track.stats(),
             max_idle_per_origin: self.max_idle_per_origin,
             state_extension: self.state_extension,
+            retire_stalled_http2: self.retire_stalled_http2,
+            pool_stats: pool.clone(),
         });
         let mut retry = self.retry;
         retry.settings.direct_captures = true;
@@ -258,6 +290,8 @@ impl Builder {
             inner: stack,
             connections: self.track.stats(),
             expiry: self.idle_expiry.stats(),
+            drain,
+            pool,
         }
     }
 }
@@ -278,6 +312,27 @@ pub struct Client<B: http_body::Body> {
     inner: Stack<B>,
     connections: TrackStats,
     expiry: IdleExpiryStats,
+    drain: DrainHandle,
+    pool: PoolStats,
+}
+
+/// The one-call client's pool counters, shared by its clones.
+#[derive(Clone, Debug, Default)]
+pub struct PoolStats {
+    retired: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PoolStats {
+    /// HTTP/2 connections retired because they stalled
+    /// ([`Builder::retire_stalled_http2`]).
+    pub fn stalled_http2_retired(&self) -> u64 {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_retired(&self) {
+        self.retired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<B: http_body::Body> Clone for Client<B> {
@@ -286,6 +341,8 @@ impl<B: http_body::Body> Clone for Client<B> {
             inner: self.inner.clone(),
             connections: self.connections.clone(),
             expiry: self.expiry.clone(),
+            drain: self.drain.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -309,6 +366,54 @@ impl<B: http_body::Body> Client<B> {
     pub fn expiry_stats(&self) -> &IdleExpiryStats {
         &self.expiry
     }
+
+    /// The pools' counters (stalled HTTP/2 connections retired).
+    pub fn pool_stats(&self) -> &PoolStats {
+        &self.pool
+    }
+
+    /// Shuts the client down gracefully: from this call on, new requests
+    /// fail at once with [`Draining`](crate::drain::Draining) (nothing
+    /// written), idle connections close (cleanly: the server reads EOF),
+    /// connections whose exchange ends close instead of going back to
+    /// their pool, and requests in flight run until their response body
+    /// ends, or until `deadline`, when the rest are cut
+    /// ([`DrainCut`](crate::drain::DrainCut)) and their connections
+    /// closed. The future resolves to the [`DrainReport`].
+    ///
+    /// The drain belongs to the client's pools: every clone of the client
+    /// is draining too. Dropping the future stops only the waiting (the
+    /// client stays draining; nothing is cut at the deadline). A zero
+    /// deadline cuts at once; one too far for the clock is clamped. See
+    /// [`crate::drain`] for the details.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::ServiceExt;
+    /// use tower_conn_lifecycle::{client, drain::Draining, find_cause};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = client::builder().build::<Full<Bytes>>();
+    /// let report = client.drain(Duration::from_secs(5)).await;
+    /// assert_eq!(report.cut(), 0);
+    /// let req = http::Request::get("http://127.0.0.1:9/").body(Full::default()).unwrap();
+    /// let err = client.oneshot(req).await.unwrap_err();
+    /// assert!(find_cause::<Draining>(err.as_ref()).is_some());
+    /// # }
+    /// ```
+    pub fn drain(&self, deadline: Duration) -> impl Future<Output = DrainReport> + Send + 'static {
+        self.drain.drain(deadline)
+    }
+
+    /// The client's drain: [`drain`](Self::drain), and whether it has
+    /// begun ([`DrainHandle::is_draining`]), from a handle that does not
+    /// keep the client's request type.
+    pub fn drain_handle(&self) -> DrainHandle {
+        self.drain.clone()
+    }
 }
 
 impl<B> Service<Request<B>> for Client<B>
@@ -326,8 +431,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = &mut self.inner;
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: crate::drain::future::ResponseFuture::new(self.drain.enter(), || {
+                inner.call(req)
+            }),
         }
     }
 }
@@ -345,7 +453,7 @@ pin_project! {
         B::Error: Into<BoxError>,
     {
         #[pin]
-        inner: <Stack<B> as Service<Request<B>>>::Future,
+        inner: crate::drain::future::ResponseFuture<<Stack<B> as Service<Request<B>>>::Future>,
     }
 }
 
@@ -376,8 +484,10 @@ where
 
 pin_project! {
     /// The response body of [`Client`]: `Bytes` data, [`BoxError`] errors
-    /// (a read-stall or total [`Elapsed`](crate::phase_timeout::Elapsed), or
-    /// the connection's error).
+    /// (a read-stall or total [`Elapsed`](crate::phase_timeout::Elapsed),
+    /// the connection's error, or a [`DrainCut`](crate::drain::DrainCut)).
+    /// Its request is in flight for [`Client::drain`] until it ends or is
+    /// dropped.
     #[derive(Debug)]
     pub struct Body {
         #[pin]
@@ -393,7 +503,7 @@ impl Body {
     /// here). Take a snapshot as soon as the response arrives: the state
     /// moves on with the connection's next request.
     pub fn connection_state(&self) -> Option<&crate::track::ConnectionState> {
-        self.inner.get_ref().get_ref().connection_state()
+        self.inner.get_ref().get_ref().get_ref().connection_state()
     }
 }
 

@@ -117,6 +117,11 @@ pub enum Rule {
     RetriesExhausted,
     /// The failure was retry-safe, but the retry budget was exhausted.
     BudgetExhausted,
+    /// The client is draining ([`Draining`](crate::drain::Draining),
+    /// nothing written) or cut the request at its drain's deadline
+    /// ([`DrainCut`](crate::drain::DrainCut)): it takes no more requests,
+    /// so a retry belongs on another client.
+    Draining,
 }
 
 impl Rule {
@@ -133,6 +138,7 @@ impl Rule {
             Rule::BodyNotReplayable => "body_not_replayable",
             Rule::RetriesExhausted => "retries_exhausted",
             Rule::BudgetExhausted => "budget_exhausted",
+            Rule::Draining => "draining",
         }
     }
 }
@@ -160,6 +166,8 @@ pub(crate) enum Signal {
     GoAway,
     /// hyper-util could not establish a connection.
     ConnectFailed,
+    /// The client is draining, or cut the request at its drain's deadline.
+    Draining,
     /// The connection was reset or closed: reset, abort, broken pipe, EOF.
     Closed,
     /// Anything else.
@@ -216,6 +224,7 @@ pub(crate) fn classify(facts: &Facts, retry_connect_timeouts: bool) -> Result<Re
         Signal::RefusedStream => Ok(RetryReason::RefusedStream),
         Signal::GoAway => Ok(RetryReason::GoAway),
         Signal::ConnectFailed => Err(Rule::ConnectFailed),
+        Signal::Draining => Err(Rule::Draining),
         Signal::Other => Err(Rule::NotConnectionFailure),
         Signal::Closed => match facts.wire {
             Wire::NothingWritten | Wire::NeverWritten => Ok(RetryReason::NothingWritten),
@@ -381,10 +390,13 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
         go_away: bool,
         connect: bool,
         closed: bool,
+        draining: bool,
     }
     let mut seen = Seen::default();
     for e in crate::causes(err) {
-        if e.is::<ConnectionExpired>() || e.is::<crate::track::ConnectionClosing>() {
+        if e.is::<crate::drain::Draining>() || e.is::<crate::drain::DrainCut>() {
+            seen.draining = true;
+        } else if e.is::<ConnectionExpired>() || e.is::<crate::track::ConnectionClosing>() {
             seen.not_written = true;
         } else if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
             if elapsed.phase() == Phase::Connect {
@@ -423,7 +435,9 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
             }
         }
     }
-    if seen.timeout {
+    if seen.draining {
+        Signal::Draining
+    } else if seen.timeout {
         Signal::Timeout
     } else if seen.connect_timeout {
         Signal::ConnectTimeout

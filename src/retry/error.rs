@@ -191,6 +191,7 @@ impl NotRetried {
                 n => write!(f, "retry limit reached after {n} retries"),
             },
             Rule::BudgetExhausted => f.write_str("retry budget exhausted"),
+            Rule::Draining => f.write_str("the client is draining"),
             Rule::Timeout
             | Rule::ConnectTimeout
             | Rule::ConnectFailed

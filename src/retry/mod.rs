@@ -21,6 +21,7 @@
 //! | connect-phase [`Elapsed`](crate::phase_timeout::Elapsed) | only with [`retry_connect_timeouts`](RetryOnStaleConnectionLayer::retry_connect_timeouts) |
 //! | nothing written: [`ConnectionExpired`](crate::track::ConnectionExpired), hyper's "canceled" | always, any method |
 //! | HTTP/2 `REFUSED_STREAM`; graceful `GOAWAY` above the stream | always, any method |
+//! | the client is draining ([`Draining`](crate::drain::Draining), nothing written) or cut the request at its deadline ([`DrainCut`](crate::drain::DrainCut)) | never on this client ([`Rule::Draining`]): send it elsewhere |
 //! | the connection could not be established | never ([`Rule::ConnectFailed`]) |
 //! | not a connection failure (protocol, body, user errors) | never ([`Rule::NotConnectionFailure`]) |
 //! | reset / EOF / broken pipe, and the tracker proves no byte of this request was written | always, any method |

@@ -320,6 +320,7 @@ impl<T: 'static> TrackedIo<T> {
         let atomic_writes = TypeId::of::<T>() == TypeId::of::<TokioIo<tokio::net::TcpStream>>()
             || TypeId::of::<T>() == TypeId::of::<tokio::net::TcpStream>();
         counters.open.fetch_add(1, Ordering::Relaxed);
+        counters.register(&state);
         TrackedIo {
             io: TokioIo::new(Counting {
                 inner: TokioIo::new(inner),

@@ -1,14 +1,14 @@
 //! The connection-plane layer and service.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::TrackFuture;
-use super::TrackedIo;
+use super::{ConnectionState, TrackedIo};
 
 /// Wraps a connector so every connection it makes is tracked.
 ///
@@ -56,6 +56,30 @@ pub struct TrackStats {
 pub(crate) struct Counters {
     pub(crate) opened: AtomicU64,
     pub(crate) open: AtomicU64,
+    /// The connections this layer made, for [`drain`](crate::drain) to
+    /// close: weak references, so a closed connection's state is freed with
+    /// it; pruned as they are added, so the list stays within about twice
+    /// the connections open.
+    live: Mutex<Live>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    conns: Vec<Weak<super::state::Inner>>,
+    /// The length at which the next addition first drops the dead ones.
+    prune_at: usize,
+}
+
+impl Counters {
+    /// A new connection (once per connection, never per request).
+    pub(crate) fn register(&self, state: &ConnectionState) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.conns.len() >= live.prune_at {
+            live.conns.retain(|c| c.strong_count() > 0);
+            live.prune_at = (live.conns.len() * 2).max(16);
+        }
+        live.conns.push(Arc::downgrade(&state.inner));
+    }
 }
 
 impl TrackStats {
@@ -67,6 +91,19 @@ impl TrackStats {
     /// Connections whose IO is still alive (opened and not yet dropped).
     pub fn open_now(&self) -> u64 {
         self.counters.open.load(Ordering::Relaxed)
+    }
+
+    /// The states of the connections still open (not closed), for
+    /// [`drain`](crate::drain) to close: a walk over a list as long as the
+    /// connections open, never on a request's path.
+    pub(crate) fn live(&self) -> Vec<ConnectionState> {
+        let live = self.counters.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.conns
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|inner| ConnectionState { inner })
+            .filter(|state| !state.is_closed())
+            .collect()
     }
 }
 

@@ -188,6 +188,22 @@ impl ConnectionState {
         self.inner.retire_at.set(&self.inner.origin, at);
     }
 
+    /// Retires the connection now (a [`drain`](crate::drain)): closed at
+    /// once if it is known idle (EOF to hyper, which closes the socket
+    /// cleanly), otherwise at the end of its exchange in flight, instead of
+    /// going back to its pool. Nothing on an upgraded connection (the
+    /// caller's tunnel) or on HTTP/2 (no exchanges: its pool drops it).
+    /// Returns whether it was known idle.
+    pub(crate) fn retire_now(&self) -> bool {
+        if self.is_upgraded() || self.is_http2() {
+            return false;
+        }
+        let idle = self.idle_since().is_some();
+        self.set_retire_at(Instant::now());
+        self.wake();
+        idle
+    }
+
     /// Installs the observer told about this connection's expiry events
     /// (the first one installed stays) and returns the one installed.
     pub(crate) fn observe(&self, make: impl FnOnce() -> Arc<dyn Observer>) -> &Arc<dyn Observer> {

@@ -244,6 +244,11 @@ impl ConnectionState {
         self.load(&self.inner.last_read)
     }
 
+    /// [`last_read`](Self::last_read) in [`stamp`](Self::stamp) units.
+    pub(crate) fn last_read_raw(&self) -> Option<u64> {
+        self.inner.last_read.raw()
+    }
+
     /// When the client last flushed the connection successfully after
     /// writing (flushes that follow no write are not stamped: the earlier
     /// stamp already covers every byte).

@@ -1,0 +1,448 @@
+//! Graceful shutdown: drain a client's requests in flight, close its
+//! connections cleanly, and report what was cut.
+//!
+//! What Python's `ThreadPoolExecutor` gives submitted work at exit, for an
+//! HTTP client. From the moment a drain starts:
+//!
+//! * **new requests fail at once** with [`Draining`]: nothing of them was
+//!   written, so a caller (or an outer retry, or a load balancer) can send
+//!   them elsewhere; [`retry`](crate::retry) never retries them on the
+//!   same client;
+//! * **idle connections close at once**, cleanly (the client closes the
+//!   socket: the server reads EOF, not a reset), and a connection whose
+//!   exchange ends during the drain closes instead of going back to its
+//!   pool;
+//! * **requests in flight run to completion**, bounded by the deadline: a
+//!   request is in flight from its call until its response body ends (or
+//!   the response or body is dropped, or it fails);
+//! * **at the deadline** the requests still in flight are cut the way a
+//!   timeout abandons a request: their connections are closed (with the
+//!   tracker) and they fail with [`DrainCut`] (the server may have
+//!   processed them);
+//! * the [`DrainReport`] says how many were in flight at the start, how
+//!   many ended before the deadline, how many were cut, how many idle
+//!   connections were closed, and how many connections were still open
+//!   when the drain returned (0 unless the deadline passed).
+//!
+//! Two ways in:
+//!
+//! * the one-call client: [`Client::drain`](crate::client::Client::drain)
+//!   (the drain belongs to the client's pools: every clone of the client
+//!   shares it);
+//! * a stack built by hand on hyper-util's legacy client: [`DrainLayer`],
+//!   whose [`DrainHandle`] drains every service the layer made.
+//!
+//! # The drain future
+//!
+//! [`DrainHandle::drain`] starts the drain **when it is called** (not when
+//! its future is first polled) and returns a future that waits for the
+//! requests in flight, cuts the rest at the deadline and resolves to the
+//! report. Dropping that future stops only the waiting: the client stays
+//! draining (new requests are still refused, connections still close as
+//! their exchanges end), and nothing is cut at the deadline; call `drain`
+//! again to wait (and cut) again. A drain cannot be undone: build a new
+//! client.
+//!
+//! The deadline: `Duration::ZERO` cuts every request in flight at once;
+//! one too far in the future for the clock to represent is clamped to
+//! about thirty years (in effect no deadline, never a panic). Several
+//! drains of one client (from clones, say) each wait with their own
+//! deadline and report; the first deadline to pass cuts.
+//!
+//! # With tokio's graceful-shutdown patterns
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower_conn_lifecycle::client;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let client = client::builder().build::<Full<Bytes>>();
+//! // … hand clones of `client` to the application's tasks …
+//! tokio::signal::ctrl_c().await.unwrap(); // or SIGTERM
+//! let report = client.drain(Duration::from_secs(10)).await;
+//! eprintln!("{report}");
+//! # }
+//! ```
+//!
+//! # What it costs
+//!
+//! A request that is not refused costs one reference-count increment at
+//! its call and one decrement at its end (the count of requests in flight
+//! *is* that reference count), and one relaxed load on each poll that
+//! returns `Pending`; no allocation, no lock. Everything else happens on
+//! the drain's side.
+
+mod error;
+mod layer;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use error::{DrainCut, Draining};
+pub use layer::{future, Drain, DrainBody, DrainLayer};
+
+use crate::track::TrackStats;
+
+const OPEN: u8 = 0;
+const DRAINING: u8 = 1;
+const CUT: u8 = 2;
+
+/// How long a drain that cut requests waits for their connections to
+/// close (the tracker wakes each one's task; it closes as soon as it runs).
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
+
+/// How often a drain whose requests have all ended checks that its
+/// connections have closed (they close as soon as their tasks run).
+const CLOSE_POLL: Duration = Duration::from_millis(1);
+
+/// The farthest deadline: about thirty years.
+const MAX_DEADLINE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// The drain's state, referenced by its [`Shared`] once and by every
+/// request in flight once: the count of requests in flight is its
+/// reference count.
+#[derive(Debug)]
+pub(crate) struct Cell {
+    state: AtomicU8,
+    /// Requests that ended while the drain was under way, before any cut.
+    ended: AtomicU64,
+    /// Woken when a request ends during a drain (a separate allocation, so
+    /// the request's reference is gone when the drain is told).
+    notify: Arc<Notify>,
+}
+
+/// A request in flight: holds one reference to the drain's [`Cell`] until
+/// the request ends.
+pub(crate) struct InFlight {
+    cell: Option<Arc<Cell>>,
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InFlight")
+    }
+}
+
+impl InFlight {
+    /// Whether the drain cut the requests still in flight.
+    #[inline]
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cell
+            .as_ref()
+            .is_some_and(|c| c.state.load(Ordering::Relaxed) == CUT)
+    }
+
+    /// `err`, as a [`DrainCut`] if the drain cut this request.
+    pub(crate) fn judge(&self, err: crate::BoxError) -> crate::BoxError {
+        if self.is_cut() {
+            Box::new(DrainCut::new(Some(err)))
+        } else {
+            err
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(cell) = self.cell.take() else {
+            return;
+        };
+        let state = cell.state.load(Ordering::Acquire);
+        if state == OPEN {
+            return;
+        }
+        if state == DRAINING {
+            cell.ended.fetch_add(1, Ordering::Relaxed);
+        }
+        let notify = cell.notify.clone();
+        // The reference goes first: the drain counts what is left.
+        drop(cell);
+        notify.notify_waiters();
+    }
+}
+
+/// What a drain closes connections with.
+struct Shared {
+    cell: Arc<Cell>,
+    tracker: Option<TrackStats>,
+    /// The one-call client's pools: drops every idle connection.
+    close_idle: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// A handle on a client's drain: start it with [`drain`](Self::drain).
+/// Clones share the drain.
+///
+/// The one-call client has its own
+/// ([`Client::drain`](crate::client::Client::drain)); [`DrainLayer`]
+/// gives one for a stack built by hand.
+#[derive(Clone)]
+pub struct DrainHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for DrainHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainHandle")
+            .field("draining", &self.is_draining())
+            .field("in_flight", &self.in_flight())
+            .field("tracked", &self.shared.tracker.is_some())
+            .finish()
+    }
+}
+
+impl DrainHandle {
+    pub(crate) fn new(tracker: Option<TrackStats>) -> Self {
+        DrainHandle {
+            shared: Arc::new(Shared {
+                cell: Arc::new(Cell {
+                    state: AtomicU8::new(OPEN),
+                    ended: AtomicU64::new(0),
+                    notify: Arc::new(Notify::new()),
+                }),
+                tracker,
+                close_idle: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Installs how the pools drop their idle connections (once).
+    pub(crate) fn on_close_idle(&self, close: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.shared.close_idle.set(close);
+    }
+
+    /// A new request: in flight until the returned guard drops, or refused
+    /// if the drain has begun.
+    #[inline]
+    pub(crate) fn enter(&self) -> Result<InFlight, Draining> {
+        let cell = &self.shared.cell;
+        if cell.state.load(Ordering::Relaxed) != OPEN {
+            return Err(Draining);
+        }
+        Ok(InFlight {
+            cell: Some(cell.clone()),
+        })
+    }
+
+    /// Whether a drain has begun (new requests are refused).
+    pub fn is_draining(&self) -> bool {
+        self.shared.cell.state.load(Ordering::Relaxed) != OPEN
+    }
+
+    /// Requests in flight now: called and not yet ended.
+    pub fn in_flight(&self) -> u64 {
+        // Every other reference is a request's.
+        (Arc::strong_count(&self.shared.cell) - 1) as u64
+    }
+
+    /// Starts draining now and returns a future that resolves to the
+    /// report once every request in flight has ended and the connections
+    /// have closed, or at `deadline` (from now), when the requests still in
+    /// flight are cut. See the [module docs](self) for what happens from
+    /// the call on, what dropping the future does, and the deadline's
+    /// bounds.
+    pub fn drain(&self, deadline: Duration) -> impl Future<Output = DrainReport> + Send + 'static {
+        let shared = self.shared.clone();
+        let started = Instant::now();
+        let at = started
+            .checked_add(deadline.min(MAX_DEADLINE))
+            .unwrap_or(started);
+        let cell = &shared.cell;
+        let _ = cell
+            .state
+            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
+        let in_flight = self.in_flight();
+        let ended_before = cell.ended.load(Ordering::Relaxed);
+        // Idle connections close now: the tracker retires every connection
+        // (closed now if idle, else when its exchange ends; counted before
+        // anything closes), and the pools drop theirs (hyper closes a
+        // connection whose last handle is gone).
+        let idle_closed = shared.tracker.as_ref().map(|tracker| {
+            tracker
+                .live()
+                .iter()
+                .filter(|state| state.retire_now())
+                .count() as u64
+        });
+        if let Some(close) = shared.close_idle.get() {
+            close();
+        }
+        tracing::debug!(in_flight, ?idle_closed, ?deadline, "drain started");
+        async move {
+            let cell = &shared.cell;
+            let in_flight_now = || (Arc::strong_count(cell) - 1) as u64;
+            let mut cut = 0;
+            loop {
+                let notified = cell.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                // What came back to a pool since: closed.
+                if let Some(close) = shared.close_idle.get() {
+                    close();
+                }
+                let left = in_flight_now();
+                if left == 0 {
+                    break;
+                }
+                if cell.state.load(Ordering::Acquire) == CUT {
+                    // Another drain of this client cut them.
+                    cut = left;
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(at) => {
+                        cell.state.store(CUT, Ordering::Release);
+                        cut = in_flight_now();
+                        if let Some(tracker) = &shared.tracker {
+                            for state in tracker.live() {
+                                if !state.is_upgraded() {
+                                    state.poison();
+                                }
+                            }
+                        }
+                        if let Some(close) = shared.close_idle.get() {
+                            close();
+                        }
+                        break;
+                    }
+                }
+            }
+            let ended = cell.ended.load(Ordering::Relaxed) - ended_before;
+            let still_open = match &shared.tracker {
+                Some(tracker) => Some(wait_closed(tracker, at, cut > 0).await),
+                None => None,
+            };
+            let report = DrainReport {
+                in_flight,
+                completed: ended,
+                cut,
+                idle_closed,
+                still_open,
+                elapsed: started.elapsed(),
+            };
+            tracing::debug!(%report, "drain finished");
+            report
+        }
+    }
+}
+
+/// Waits until the tracker's connections have closed, or the deadline (a
+/// short grace after a cut); returns how many are still open (tunnels of
+/// upgraded connections are the caller's and not counted).
+async fn wait_closed(tracker: &TrackStats, at: Instant, was_cut: bool) -> u64 {
+    // Closes take a moment (each connection's task must run): at least
+    // the grace, even past the deadline.
+    let grace = Instant::now() + CLOSE_GRACE;
+    let until = if was_cut { grace } else { at.max(grace) };
+    // After a short grace (connections retired at their exchange's end
+    // close as soon as their tasks run; an HTTP/2 one whose last handle is
+    // gone closes with a GOAWAY), what is left is closed by the tracker.
+    let rest_at = Instant::now() + CLOSE_GRACE;
+    let mut closed_rest = false;
+    loop {
+        let open: Vec<_> = tracker
+            .live()
+            .into_iter()
+            .filter(|state| !state.is_upgraded())
+            .collect();
+        if open.is_empty() {
+            return 0;
+        }
+        if !closed_rest && Instant::now() >= rest_at {
+            // Nothing of this client is in flight any more: what has not
+            // closed by itself (an HTTP/2 connection the legacy pool still
+            // holds, an HTTP/1 one whose exchange no layer ended) is closed
+            // by the tracker.
+            closed_rest = true;
+            for state in &open {
+                if state.is_http2() || state.idle_since().is_none() {
+                    state.poison();
+                }
+            }
+        }
+        if Instant::now() >= until {
+            return open.len() as u64;
+        }
+        tokio::time::sleep(CLOSE_POLL).await;
+    }
+}
+
+/// What a drain did: see [`DrainHandle::drain`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainReport {
+    in_flight: u64,
+    completed: u64,
+    cut: u64,
+    idle_closed: Option<u64>,
+    still_open: Option<u64>,
+    elapsed: Duration,
+}
+
+impl DrainReport {
+    /// Requests in flight when the drain began (called, response body not
+    /// yet ended).
+    pub fn in_flight_at_start(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// Requests that ended during the drain, before the deadline: their
+    /// response body ended or was dropped, or they failed (an error of
+    /// their own, not the drain's).
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    /// Requests still in flight at the deadline, cut (they fail with
+    /// [`DrainCut`]).
+    pub fn cut(&self) -> u64 {
+        self.cut
+    }
+
+    /// HTTP/1 connections that were idle when the drain began and were
+    /// closed at once; `None` without the tracker (a [`DrainLayer`]
+    /// without [`tracker`](DrainLayer::tracker)). HTTP/2 connections are
+    /// not counted: they close when their last stream ends.
+    pub fn idle_connections_closed(&self) -> Option<u64> {
+        self.idle_closed
+    }
+
+    /// Connections still open when the drain returned: 0 unless the
+    /// deadline passed (a cut connection still closing, one held by a
+    /// response the caller keeps without reading it); `None` without the
+    /// tracker.
+    pub fn connections_still_open(&self) -> Option<u64> {
+        self.still_open
+    }
+
+    /// How long the drain took.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+}
+
+impl fmt::Display for DrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "drained in {:?}: {} in flight, {} completed, {} cut",
+            self.elapsed, self.in_flight, self.completed, self.cut
+        )?;
+        if let Some(idle) = self.idle_closed {
+            write!(f, ", {idle} idle connections closed")?;
+        }
+        if let Some(open) = self.still_open {
+            write!(f, ", {open} connections still open")?;
+        }
+        Ok(())
+    }
+}
