@@ -431,11 +431,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = &mut self.inner;
+        use crate::drain::future::ResponseFuture as Guarded;
         ResponseFuture {
-            inner: crate::drain::future::ResponseFuture::new(self.drain.enter(), || {
-                inner.call(req)
-            }),
+            inner: match self.drain.enter() {
+                Ok(guard) => Guarded::running(self.inner.call(req), guard),
+                Err(_) => Guarded::refused(),
+            },
         }
     }
 }

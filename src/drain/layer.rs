@@ -165,7 +165,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        future::ResponseFuture::new(self.handle.enter(), || self.inner.call(req))
+        match self.handle.enter() {
+            Ok(guard) => future::ResponseFuture::running(self.inner.call(req), guard),
+            Err(_) => future::ResponseFuture::refused(),
+        }
     }
 }
 
@@ -185,17 +188,19 @@ pub mod future {
     }
 
     impl<F> ResponseFuture<F> {
-        /// In flight with `guard` (calls `call`), or refused.
-        pub(crate) fn new(guard: Result<InFlight, Draining>, call: impl FnOnce() -> F) -> Self {
-            match guard {
-                Ok(guard) => ResponseFuture {
-                    inner: Some(call()),
-                    guard: Some(guard),
-                },
-                Err(Draining) => ResponseFuture {
-                    inner: None,
-                    guard: None,
-                },
+        /// In flight with `guard`, sending with `inner`.
+        pub(crate) fn running(inner: F, guard: InFlight) -> Self {
+            ResponseFuture {
+                inner: Some(inner),
+                guard: Some(guard),
+            }
+        }
+
+        /// Refused: the drain had begun.
+        pub(crate) fn refused() -> Self {
+            ResponseFuture {
+                inner: None,
+                guard: None,
             }
         }
     }
