@@ -53,7 +53,8 @@ struct ConnRecord {
 }
 
 /// A raw HTTP/1.1 server on 127.0.0.1: `GET /slow` answers after [`SLOW`],
-/// `GET /hang` never, anything else at once (`200`, body `ok`, keep-alive).
+/// `GET /hang` never, `GET /partial` with a head and 1 of 10 body bytes,
+/// anything else at once (`200`, body `ok`, keep-alive).
 /// It records each connection's requests, last response and close.
 struct Server {
     addr: std::net::SocketAddr,
@@ -136,6 +137,15 @@ async fn serve(mut tcp: TcpStream, records: Arc<Mutex<Vec<ConnRecord>>>, index: 
                     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                     match path.as_str() {
                         "/hang" => continue,
+                        "/partial" => {
+                            // The head and 1 of 10 body bytes, then nothing.
+                            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\no";
+                            if tcp.write_all(head).await.is_err() {
+                                record(&mut |c| c.closed = Some((Instant::now(), End::Reset)));
+                                return;
+                            }
+                            continue;
+                        }
                         "/slow" => tokio::time::sleep(SLOW).await,
                         _ => {}
                     }
@@ -597,4 +607,48 @@ async fn retire_stalled_http2_connection() {
         .unwrap_err();
     let elapsed = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
     assert_eq!(elapsed.phase(), Phase::Read);
+}
+
+/// A response whose body the caller holds unread is in flight until the
+/// deadline: the drain waits for it, then cuts it (the body's next poll
+/// fails with `DrainCut`) and closes its connection (the server sees it
+/// closed, its body never finished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cuts_a_response_body_held_unread() {
+    use tower_conn_lifecycle::drain::DrainCut;
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let server = Server::start().await;
+    let client = client::builder().build::<Body>();
+    let response = common::bounded(
+        STEP_LIMIT,
+        "the partial response head",
+        client.clone().oneshot(get(&server.url("/partial"))),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let report = common::bounded(STEP_LIMIT, "the drain", client.drain(DEADLINE)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= DEADLINE,
+        "the drain did not wait for the body: {took:?}"
+    );
+    assert!(
+        took < DEADLINE + CUT_SLACK,
+        "the drain ended late: {took:?}"
+    );
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.cut(), 1, "{report}");
+    let err = common::bounded(STEP_LIMIT, "the held body", response.into_body().collect())
+        .await
+        .expect_err("the body was cut");
+    assert!(
+        tower_conn_lifecycle::find_cause::<DrainCut>(err.as_ref()).is_some(),
+        "{err}"
+    );
+    common::eventually(STEP_LIMIT, "the server sees the connection closed", || {
+        server.all_closed()
+    })
+    .await;
+    assert_eq!(server.requests(), 1);
 }

@@ -754,8 +754,17 @@ async fn read_message<T: tokio::io::AsyncRead + Unpin>(io: &mut T) -> Result<Str
 }
 
 /// Opens an upgraded stream through the one-call client with `expiry` and
-/// keeps it busy for `TUNNEL_RUN`; `Err` says what went wrong.
+/// keeps it busy for `TUNNEL_RUN`; `Err` says what went wrong. With
+/// `drain`, the client is drained (that deadline) once the stream is open,
+/// before it is used.
 async fn run_tunnel(expiry: IdleExpiryLayer) -> Result<String, String> {
+    run_tunnel_drained(expiry, None).await
+}
+
+async fn run_tunnel_drained(
+    expiry: IdleExpiryLayer,
+    drain: Option<Duration>,
+) -> Result<String, String> {
     let facts = Arc::new(TunnelFacts::default());
     let server = tunnel_server(facts.clone()).await;
     let client = client::builder().idle_expiry(expiry).build::<Full<Bytes>>();
@@ -777,6 +786,16 @@ async fn run_tunnel(expiry: IdleExpiryLayer) -> Result<String, String> {
         .expect("the upgrade hung")
         .map_err(|e| format!("upgrade failed: {e}"))?;
     let mut io = TokioIo::new(upgraded);
+    if let Some(deadline) = drain {
+        // The tunnel is the caller's: the drain neither waits for it nor
+        // closes it, and the client refuses new requests.
+        let report = timeout(STEP_LIMIT, client.drain(deadline))
+            .await
+            .expect("the drain hung");
+        if report.cut() != 0 {
+            return Err(format!("the drain cut a request: {report}"));
+        }
+    }
     let start = Instant::now();
     let (mut ticks, mut sent, mut echoed, mut paused) = (0, 0u64, 0u64, false);
     let mut failure = None;
@@ -857,6 +876,27 @@ async fn upgraded_stream_survives_idle_expiry() {
     println!("500 ms expiry: {got:?}");
     if let Err(e) = got {
         panic!("the upgraded stream was cut: {e}");
+    }
+}
+
+/// A drain does not cut an upgraded stream: the tunnel is the caller's
+/// (not a request in flight, not a pooled connection), and it goes on
+/// through the pause after the drain has finished; the server never sees
+/// it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_leaves_an_upgraded_stream_alone() {
+    let got = bounded(
+        TEST_LIMIT,
+        "the test",
+        run_tunnel_drained(
+            IdleExpiryLayer::new(TUNNEL_EXPIRY),
+            Some(Duration::from_millis(200)),
+        ),
+    )
+    .await;
+    println!("drained: {got:?}");
+    if let Err(e) = got {
+        panic!("the upgraded stream was cut by the drain: {e}");
     }
 }
 
