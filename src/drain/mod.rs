@@ -297,24 +297,25 @@ impl DrainHandle {
                     cut = left;
                     break;
                 }
-                tokio::select! {
-                    biased;
-                    () = &mut notified => {}
-                    () = tokio::time::sleep_until(at) => {
-                        cell.state.store(CUT, Ordering::Release);
-                        cut = in_flight_now();
-                        if let Some(tracker) = &shared.tracker {
-                            for state in tracker.live() {
-                                if !state.is_upgraded() {
-                                    state.poison();
-                                }
+                // The notification first: a request that ends at the
+                // deadline counts as completed.
+                if tokio::time::timeout_at(at, notified.as_mut())
+                    .await
+                    .is_err()
+                {
+                    cell.state.store(CUT, Ordering::Release);
+                    cut = in_flight_now();
+                    if let Some(tracker) = &shared.tracker {
+                        for state in tracker.live() {
+                            if !state.is_upgraded() {
+                                state.poison();
                             }
                         }
-                        if let Some(close) = shared.close_idle.get() {
-                            close();
-                        }
-                        break;
                     }
+                    if let Some(close) = shared.close_idle.get() {
+                        close();
+                    }
+                    break;
                 }
             }
             let ended = cell.ended.load(Ordering::Relaxed) - ended_before;
