@@ -269,6 +269,7 @@ async fn drain_cuts_requests_still_waiting_at_the_deadline() {
     }
     // Every task had ended by now: the last one within the slack.
     let late = started.elapsed().saturating_sub(deadline);
+    println!("the last cut request failed {late:?} after the deadline");
     assert!(
         late <= CUT_SLACK,
         "cut requests failed {late:?} after the deadline"
@@ -366,6 +367,7 @@ async fn drain_layer_on_the_legacy_client() {
         assert!(find_cause::<DrainCut>(err.as_ref()).is_some(), "{err}");
     }
     let late = started.elapsed().saturating_sub(deadline);
+    println!("the last cut request failed {late:?} after the deadline");
     assert!(
         late <= CUT_SLACK,
         "cut requests failed {late:?} after the deadline"
