@@ -610,13 +610,32 @@ async fn stalling_after(
     (url, seen, task)
 }
 
+/// Awaits `call`, which must fail by its `phase` limit `limit`: named, not
+/// early, and within [`common::SLACK`] of it.
+async fn fails_by<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<T, BoxError>>,
+    phase: tower_conn_lifecycle::phase_timeout::Phase,
+    limit: Duration,
+) {
+    use tower_conn_lifecycle::phase_timeout::Elapsed;
+    let started = Instant::now();
+    let err = common::bounded(STEP_LIMIT, "the stalled request", call)
+        .await
+        .expect_err("the server stalls");
+    let took = started.elapsed();
+    let elapsed = find_cause::<Elapsed>(err.as_ref()).expect("a phase timeout");
+    assert_eq!(elapsed.phase(), phase, "{err}");
+    assert!(took >= limit, "fired early: {took:?}");
+    assert!(took < limit + common::SLACK, "fired late: {took:?}");
+}
+
 /// A request sent on a reused connection waits on that connection's timer
 /// (the one-call client's requests make no timer of their own there): a
 /// response head that never comes still fails by the `read` limit, named,
 /// on time, not retried; and the connection, abandoned, is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_head_on_a_reused_connection_times_out_by_its_read_limit() {
-    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+    use tower_conn_lifecycle::phase_timeout::{Phase, PhaseTimeoutLayer};
     const READ: Duration = Duration::from_millis(300);
     let (url, seen, task) = stalling_after(3, true).await;
     let client = client::builder()
@@ -629,19 +648,7 @@ async fn a_stalled_head_on_a_reused_connection_times_out_by_its_read_limit() {
     for _ in 0..3 {
         assert_eq!(fetch(&client, get(&url)).await.unwrap(), "ok");
     }
-    let started = Instant::now();
-    let err = common::bounded(
-        STEP_LIMIT,
-        "the stalled request",
-        client.clone().oneshot(get(&url)),
-    )
-    .await
-    .expect_err("the server never answers");
-    let took = started.elapsed();
-    let elapsed = find_cause::<Elapsed>(err.as_ref()).expect("a phase timeout");
-    assert_eq!(elapsed.phase(), Phase::Read, "{err}");
-    assert!(took >= READ, "fired early: {took:?}");
-    assert!(took < READ + common::SLACK, "fired late: {took:?}");
+    fails_by(client.clone().oneshot(get(&url)), Phase::Read, READ).await;
     // Server side: one connection carried all four requests; nothing was
     // retried; the abandoned connection is closed.
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
@@ -658,7 +665,7 @@ async fn a_stalled_head_on_a_reused_connection_times_out_by_its_read_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upload_on_a_reused_connection_times_out_by_its_send_limit() {
     use http_body_util::Full;
-    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+    use tower_conn_lifecycle::phase_timeout::{Phase, PhaseTimeoutLayer};
     const SEND: Duration = Duration::from_millis(300);
     let (url, seen, task) = stalling_after(2, false).await;
     let client = client::builder()
@@ -684,19 +691,7 @@ async fn a_stalled_upload_on_a_reused_connection_times_out_by_its_send_limit() {
         res.into_body().collect().await.unwrap();
     }
     // Far more than loopback's socket buffers hold.
-    let started = Instant::now();
-    let err = common::bounded(
-        STEP_LIMIT,
-        "the stalled upload",
-        client.clone().oneshot(post(64 << 20)),
-    )
-    .await
-    .expect_err("the server stopped reading");
-    let took = started.elapsed();
-    let elapsed = find_cause::<Elapsed>(err.as_ref()).expect("a phase timeout");
-    assert_eq!(elapsed.phase(), Phase::Send, "{err}");
-    assert!(took >= SEND, "fired early: {took:?}");
-    assert!(took < SEND + common::SLACK, "fired late: {took:?}");
+    fails_by(client.clone().oneshot(post(64 << 20)), Phase::Send, SEND).await;
     assert_eq!(
         seen.accepted.load(Ordering::SeqCst),
         1,
