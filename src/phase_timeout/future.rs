@@ -209,11 +209,14 @@ impl Watch {
     /// tick. (A cheap check: the connection itself is read at the next timer
     /// check, if the request lasts that long.)
     fn note_hand_over(&mut self) {
+        // Only an untracked connection's clocks start at the hand-over; a
+        // direct capture's connection is always tracked (its own record
+        // says when), so it needs no clock read.
         if self.handed.is_none()
             && self
                 .capture
                 .as_ref()
-                .is_some_and(ConnectionCapture::is_filled)
+                .is_some_and(|c| !c.is_direct() && c.is_filled())
         {
             self.handed = Some(Instant::now());
         }
