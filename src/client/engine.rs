@@ -758,8 +758,8 @@ where
             Ok(origin)
         };
         let lookup = Arc::new(lookup);
-        // The checkout loop (see `send_on`), from `aside` (a resting
-        // connection already taken) or `checkout` (one under way).
+        // The checkout loop (see `send_on`) from the start: for `https://`,
+        // and for a request whose idle connection refused it.
         let slow = {
             let lookup = lookup.clone();
             move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
@@ -800,31 +800,27 @@ where
             // future then holds only it and the send, not the pool and the
             // checkout loop (a future half the size).
             let mut checkout = pool.call(());
-            let mut noop = Context::from_waker(Waker::noop());
-            match Pin::new(&mut checkout).poll(&mut noop) {
+            let polled = Pin::new(&mut checkout).poll(&mut Context::from_waker(Waker::noop()));
+            // Otherwise the checkout loop, from a resting connection already
+            // taken or the checkout under way.
+            let (aside, checkout) = match polled {
                 Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
-                    Box::pin(send_idle(conn, req, slow.clone(), |conn, req| {
+                    return Box::pin(send_idle(conn, req, slow.clone(), |conn, req| {
                         send_ready(conn, req, |conn, req| send_http1(conn.inner_mut(), req))
-                    }))
+                    }));
                 }
-                Poll::Ready(Ok(conn)) => Box::pin(send_on(
-                    pool,
-                    req,
-                    Some(conn),
-                    None,
-                    |conn| conn.inner().is_resting(),
-                    |conn, req| send_http1(conn.inner_mut(), req),
-                )),
-                Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
-                Poll::Pending => Box::pin(send_on(
-                    pool,
-                    req,
-                    None,
-                    Some(checkout),
-                    |conn| conn.inner().is_resting(),
-                    |conn, req| send_http1(conn.inner_mut(), req),
-                )),
-            }
+                Poll::Ready(Ok(conn)) => (Some(conn), None),
+                Poll::Ready(Err(e)) => return Box::pin(std::future::ready(Err(e))),
+                Poll::Pending => (None, Some(checkout)),
+            };
+            Box::pin(send_on(
+                pool,
+                req,
+                aside,
+                checkout,
+                |conn| conn.inner().is_resting(),
+                |conn, req| send_http1(conn.inner_mut(), req),
+            ))
         };
         Engine {
             send: Arc::new(send),
