@@ -224,6 +224,7 @@ mod clock;
 pub mod drain;
 pub mod idle_expiry;
 pub mod phase_timeout;
+pub mod pool;
 pub mod retry;
 pub mod track;
 

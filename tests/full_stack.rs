@@ -20,8 +20,6 @@ use tower_conn_lifecycle::testing::{
 };
 use tower_conn_lifecycle::{find_cause, BoxError};
 
-use common::composable;
-
 const IDLE: Duration = Duration::from_millis(200);
 
 fn layered(expiry: Duration) -> client::Builder {
@@ -142,7 +140,7 @@ async fn idle_expiry_refusal_is_retried_and_the_server_sees_no_byte_of_it() {
     let server = IdleClosingServer::start(Duration::from_secs(30))
         .await
         .unwrap();
-    let res = composable::post_again_after_expiry(&server.url()).await;
+    let res = common::post_again_after_expiry(&server.url()).await;
     let retried = res
         .extensions()
         .get::<Retried>()

@@ -10,14 +10,18 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::pool::cache;
 use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
+use tower_conn_lifecycle::pool;
 use tower_conn_lifecycle::testing::{IdleClosingServer, SeedReport, SeedWorkload};
 use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionState, TrackConnectionsLayer};
 use tower_conn_lifecycle::BoxError;
 
-use common::{composable, eventually, http2_only, Tracked, STEP_LIMIT};
+use common::{eventually, http2_only, Tracked, STEP_LIMIT};
+
+type Body = tower_conn_lifecycle::track::TrackedBody<hyper::body::Incoming>;
 
 /// The seed server's idle timeout (Go's 1 s, scaled down).
 const IDLE: Duration = Duration::from_millis(200);
@@ -32,6 +36,33 @@ const MARGIN: Duration = Duration::from_millis(80);
 /// the clients of one test).
 fn legacy(track: &TrackConnectionsLayer) -> Client<Tracked, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(track.layer(HttpConnector::new()))
+}
+
+/// hyper-util's composable pool (`pool::cache`) with this crate's
+/// [`pool`] pieces: connections made under `track` and expired by `layer`,
+/// a refused one dropped and another taken.
+fn pooled(
+    layer: &IdleExpiryLayer,
+    track: &TrackConnectionsLayer,
+) -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<pool::Body<Body>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
+       + Send
+       + 'static {
+    let connect = pool::connect(
+        track.layer(HttpConnector::new()),
+        hyper::client::conn::http1::Builder::new(),
+        layer.clone(),
+    );
+    pool::checkout(
+        cache::builder()
+            .executor(TokioExecutor::new())
+            .build(connect),
+        8,
+    )
 }
 
 /// Which kind of hyper-util client a workload runs on.
@@ -57,12 +88,7 @@ async fn seed_with(
             })
             .await
         }
-        Kind::Pool => {
-            plan.run(&server.url(), |_| {
-                composable::client(layer.clone(), track.clone())
-            })
-            .await
-        }
+        Kind::Pool => plan.run(&server.url(), |_| pooled(layer, &track)).await,
     }
 }
 
@@ -357,7 +383,7 @@ async fn warm_up(kind: Kind, layer: &IdleExpiryLayer, server: &IdleClosingServer
             return;
         }
         Kind::Pool => {
-            let client = composable::client(layer.clone(), track);
+            let client = pooled(layer, &track);
             let res = client.clone().oneshot(get()).await;
             (client, res)
         }
@@ -426,11 +452,13 @@ async fn a_streaming_response_slower_than_the_expiry_completes() {
                 let client = ServiceBuilder::new()
                     .layer(layer.clone())
                     .service(legacy(&track));
-                (client.clone().oneshot(req).await.unwrap(), Box::new(client))
+                let res = client.clone().oneshot(req).await.unwrap();
+                (res.map(BodyExt::boxed), Box::new(client))
             }
             Kind::Pool => {
-                let client = composable::client(layer.clone(), track);
-                (client.clone().oneshot(req).await.unwrap(), Box::new(client))
+                let client = pooled(&layer, &track);
+                let res = client.clone().oneshot(req).await.unwrap();
+                (res.map(BodyExt::boxed), Box::new(client))
             }
         };
         let state = res.extensions().get::<ConnectionState>().unwrap().clone();
@@ -486,7 +514,8 @@ async fn an_expired_connection_gets_zero_bytes_and_the_request_goes_elsewhere() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_form_refuses_an_expired_connection_with_the_typed_error() {
-    use tower_conn_lifecycle::idle_expiry::{ConnectionExpired, Http1Connection};
+    use tower_conn_lifecycle::idle_expiry::ConnectionExpired;
+    use tower_conn_lifecycle::pool::Http1Connection;
 
     let server = IdleClosingServer::start(Duration::from_secs(30))
         .await
@@ -617,9 +646,10 @@ fn get_req(url: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(url).body(Full::default()).unwrap()
 }
 
-type Body = tower_conn_lifecycle::track::TrackedBody<hyper::body::Incoming>;
+/// Either kind's response body.
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 type Boxed =
-    tower::util::BoxCloneService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
+    tower::util::BoxCloneService<http::Request<Full<Bytes>>, http::Response<AnyBody>, BoxError>;
 
 /// A client of `kind` with `layer`, boxed so both kinds fit one variable.
 fn client_of(kind: Kind, layer: &IdleExpiryLayer, track: &TrackConnectionsLayer) -> Boxed {
@@ -627,10 +657,11 @@ fn client_of(kind: Kind, layer: &IdleExpiryLayer, track: &TrackConnectionsLayer)
         Kind::Legacy => Boxed::new(
             ServiceBuilder::new()
                 .map_err(BoxError::from)
+                .map_response(|res: http::Response<Body>| res.map(BodyExt::boxed))
                 .layer(layer.clone())
                 .service(legacy(track)),
         ),
-        Kind::Pool => Boxed::new(composable::client(layer.clone(), track.clone())),
+        Kind::Pool => Boxed::new(pooled(layer, track).map_response(|res| res.map(BodyExt::boxed))),
     }
 }
 

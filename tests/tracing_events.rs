@@ -26,8 +26,6 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use common::composable;
-
 /// Records this crate's events at debug level and above as
 /// `"message field=value …"` lines.
 #[derive(Clone, Default)]
@@ -166,7 +164,7 @@ fn a_retry_is_one_debug_event_naming_its_reason() {
         let server = IdleClosingServer::start(Duration::from_secs(30))
             .await
             .unwrap();
-        let res = composable::post_again_after_expiry(&server.url()).await;
+        let res = common::post_again_after_expiry(&server.url()).await;
         assert_eq!(
             res.extensions().get::<Retried>().map(Retried::count),
             Some(1)

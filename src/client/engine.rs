@@ -9,7 +9,8 @@
 //!              HTTP/2 connection), otherwise pool::cache (HTTP/1)
 //!    per connection: IdleExpiryConnection (the tracker's exchange record,
 //!    idle expiry, learning) → Sender (hyper's conn::http1 / conn::http2)
-//!     over the connector: ConnectTimeout → TrackConnections → SharedTls → TCP
+//!     over the connector: ConnectTimeout → TrackConnections → SharedTls →
+//!     the user's HttpConnector (or any connector, its IO boxed)
 //! ```
 //!
 //! Every request passes through its connection's own service, so the
@@ -17,8 +18,9 @@
 //! connection (see [`ConnectionCapture::begin_direct`]): no hyper-util
 //! connection capture, no spawned task per request.
 //!
-//! What hyper's connection API leaves to its caller is done here: the
-//! `Host` header and origin-form (authority-form for CONNECT) on HTTP/1;
+//! What hyper's connection API leaves to its caller is done here (the
+//! `Host` header and origin-form, authority-form for CONNECT, on HTTP/1:
+//! by [`Http1Connection`], shared with the [`pool`](crate::pool) module);
 //! absolute URIs are required; a connection goes back to its pool only when
 //! its response body has ended (so a request never queues behind another's
 //! download); a checked-out connection refused before any byte (expired,
@@ -35,13 +37,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::Connection;
 use hyper_util::client::pool::{cache, negotiate, singleton::Singleton};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -50,7 +51,8 @@ use super::Connector;
 use crate::drain::{DrainHandle, Draining};
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
 use crate::phase_timeout::RequestBody;
-use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody};
+use crate::pool::Http1Connection;
+use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody, TrackedIo};
 use crate::BoxError;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -103,10 +105,7 @@ type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::
 /// One connection's sending half: hyper's HTTP/1 or HTTP/2 connection.
 pub(crate) enum Sender<B> {
     /// With the origin's `Host` header, built once per connection.
-    Http1(
-        hyper::client::conn::http1::SendRequest<B>,
-        Option<HeaderValue>,
-    ),
+    Http1(Http1Connection<B>),
     Http2(H2Sender<B>),
 }
 
@@ -123,7 +122,7 @@ impl<B> Clone for H2Sender<B> {
 impl<B> std::fmt::Debug for Sender<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Sender::Http1(..) => "Sender::Http1",
+            Sender::Http1(_) => "Sender::Http1",
             Sender::Http2(_) => "Sender::Http2",
         })
     }
@@ -132,42 +131,6 @@ impl<B> std::fmt::Debug for Sender<B> {
 impl<B> std::fmt::Debug for H2Sender<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("H2Sender")
-    }
-}
-
-/// What an HTTP/1 server expects that hyper's connection API leaves to its
-/// caller: a `Host` header and origin-form (authority-form for CONNECT).
-fn prepare_http1<B>(req: &mut Request<B>, host: &Option<HeaderValue>) {
-    if let Some(host) = host {
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, host.clone());
-        }
-    }
-    let form = if req.method() == Method::CONNECT {
-        req.uri().authority().map(|a| Uri::from(a.clone()))
-    } else {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        Some(Uri::from(path))
-    };
-    if let Some(form) = form {
-        *req.uri_mut() = form;
-    }
-}
-
-/// `host[:port]`, the port only when it is not the scheme's default.
-fn host_header(uri: &Uri) -> Option<HeaderValue> {
-    let host = uri.host()?;
-    let default = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
-    match uri.port_u16().filter(|&p| p != default) {
-        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
-        None => HeaderValue::from_str(host).ok(),
     }
 }
 
@@ -183,17 +146,14 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
         match self {
-            Sender::Http1(send, _) => send.poll_ready(cx),
+            Sender::Http1(send) => send.poll_ready(cx),
             Sender::Http2(send) => send.poll_ready(cx),
         }
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         match self {
-            Sender::Http1(send, host) => {
-                prepare_http1(&mut req, host);
-                Box::pin(send.send_request(req))
-            }
+            Sender::Http1(send) => Box::pin(send.send(req)),
             Sender::Http2(send) => send.call(req),
         }
     }
@@ -342,11 +302,22 @@ where
     }
 }
 
+/// What every connection of the engine is made with (shared by its pools).
+pub(crate) struct Parts {
+    pub(crate) connector: Connector,
+    pub(crate) http1: hyper::client::conn::http1::Builder,
+    /// With tokio's timer.
+    pub(crate) http2: hyper::client::conn::http2::Builder<TokioExecutor>,
+    pub(crate) idle_expiry: IdleExpiryLayer,
+    /// Responses carry the connection's state in their extensions too.
+    pub(crate) state_extension: bool,
+}
+
 /// Makes one connection: the connector stack, then hyper's HTTP/1 or (ALPN
 /// `h2`) HTTP/2 handshake, its connection task spawned, wrapped in the
 /// connection's IdleExpiry service.
 pub(crate) struct Connect<B> {
-    parts: Arc<(Connector, IdleExpiryLayer, bool)>,
+    parts: Arc<Parts>,
     /// The origin (scheme and authority) its pool connects to: a checkout
     /// passes nothing (`()`), so a request copies no URI into its pool.
     target: Arc<Uri>,
@@ -364,8 +335,8 @@ impl<B> Clone for Connect<B> {
 }
 
 impl<B> Connect<B> {
-    /// The connector stack and expiry layer `parts`, for `target`'s pool.
-    fn to(parts: &Arc<(Connector, IdleExpiryLayer, bool)>, target: Uri) -> Self {
+    /// The connector stack and settings `parts`, for `target`'s pool.
+    fn to(parts: &Arc<Parts>, target: Uri) -> Self {
         Connect {
             parts: parts.clone(),
             target: Arc::new(target),
@@ -392,33 +363,58 @@ where
         let parts = self.parts.clone();
         let uri = Uri::clone(&self.target);
         Box::pin(async move {
-            let (connector, layer, state_extension) = &*parts;
-            let fail = |e: BoxError| -> BoxError { Box::new(ConnectError(e)) };
-            let io = connector.clone().oneshot(uri.clone()).await.map_err(fail)?;
-            let state = io.state().clone();
-            let sender = if io.connected().is_negotiated_h2() {
-                let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|e| fail(e.into()))?;
-                tokio::spawn(conn);
-                Sender::Http2(H2Sender(send))
-            } else {
-                let (send, conn) = hyper::client::conn::http1::handshake(io)
-                    .await
-                    .map_err(|e| fail(e.into()))?;
-                // Upgrades (101, CONNECT) hand the IO to the caller.
-                tokio::spawn(conn.with_upgrades());
-                Sender::Http1(send, host_header(&uri))
+            let made = match &parts.connector {
+                Connector::Http(connector) => handshake(connector, &uri, &parts).await,
+                Connector::Custom(connector) => handshake(connector, &uri, &parts).await,
             };
-            let conn = layer.connection(sender, state, &uri);
-            Ok(if *state_extension {
+            let (sender, state) = made.map_err(|e| Box::new(ConnectError(e)) as BoxError)?;
+            let conn = parts.idle_expiry.connection(sender, state, &uri);
+            Ok(if parts.state_extension {
                 conn
             } else {
                 conn.without_state_extension()
             })
         })
+    }
+}
+
+/// A connection to `uri` from `connector`, and hyper's handshake on it with
+/// `parts`' settings: HTTP/2 if ALPN chose `h2`, HTTP/1 otherwise. The
+/// connection's task is spawned.
+fn handshake<C, T, B>(
+    connector: &C,
+    uri: &Uri,
+    parts: &Parts,
+) -> impl Future<Output = Result<(Sender<B>, ConnectionState), BoxError>> + Send + use<C, T, B>
+where
+    C: Service<Uri, Response = TrackedIo<T>, Error = BoxError> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+    T: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    // Boxed here, outside the `async` block: a connector whose error is a
+    // `BoxError` (a user's, erased) in a generic connector stack would
+    // otherwise defeat the compiler's proof that the block is `Send`.
+    let connecting: BoxFuture<TrackedIo<T>> = Box::pin(connector.clone().oneshot(uri.clone()));
+    let http1 = parts.http1.clone();
+    let http2 = parts.http2.clone();
+    let uri = uri.clone();
+    async move {
+        let io = connecting.await?;
+        let state = io.state().clone();
+        let sender = if io.connected().is_negotiated_h2() {
+            let (send, conn) = http2.handshake(io).await?;
+            tokio::spawn(conn);
+            Sender::Http2(H2Sender(send))
+        } else {
+            let (send, conn) = http1.handshake(io).await?;
+            // Upgrades (101, CONNECT) hand the IO to the caller.
+            tokio::spawn(conn.with_upgrades());
+            Sender::Http1(Http1Connection::to(send, &uri))
+        };
+        Ok((sender, state))
     }
 }
 
@@ -434,13 +430,10 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    conn.call_with(req, |sender, mut req| match sender {
-        Sender::Http1(send, host) => {
-            prepare_http1(&mut req, host);
-            Sent::Http1 {
-                future: send.send_request(req),
-            }
-        }
+    conn.call_with(req, |sender, req| match sender {
+        Sender::Http1(send) => Sent::Http1 {
+            future: send.send(req),
+        },
         // Never on an `http://` origin (no ALPN), but correct anyway.
         Sender::Http2(send) => Sent::Http2 {
             future: send.call(req),
@@ -592,12 +585,11 @@ pub(crate) struct Settings {
     /// The client's drain: refuses requests once begun (a retry's
     /// attempt among them), and closes the pools' idle connections.
     pub(crate) drain: DrainHandle,
-    pub(crate) connector: Connector,
-    pub(crate) idle_expiry: IdleExpiryLayer,
+    /// The connector, hyper's settings, the idle expiry, and whether
+    /// responses carry the connection's state in their extensions.
+    pub(crate) parts: Parts,
     pub(crate) stats: TrackStats,
     pub(crate) max_idle_per_origin: usize,
-    /// Responses carry the connection's state in their extensions too.
-    pub(crate) state_extension: bool,
     /// Retire an HTTP/2 connection with streams in flight and no frame for
     /// this long (off: `None`).
     pub(crate) retire_stalled_http2: Option<Duration>,
@@ -613,18 +605,14 @@ where
     pub(crate) fn new(settings: Settings) -> Self {
         let Settings {
             drain,
-            connector,
-            idle_expiry,
+            parts,
             stats,
             max_idle_per_origin,
-            state_extension,
             retire_stalled_http2,
             pool_stats,
         } = settings;
         let stall = retire_stalled_http2.map(|limit| (limit, pool_stats));
-        // The connector, the idle expiry and whether responses carry the
-        // connection's state in their extensions.
-        let parts = Arc::new((connector, idle_expiry, state_extension));
+        let parts = Arc::new(parts);
         let plain = {
             let parts = parts.clone();
             move |target: Uri| {
@@ -992,12 +980,12 @@ where
 
 pin_project! {
     /// The engine's response body: holds its connection's pool checkout
-    /// until the body has ended, so the connection goes back to its pool
-    /// only when it can take the next request.
+    /// until the body has ended (the [`pool`](crate::pool) module's body),
+    /// so the connection goes back to its pool only when it can take the
+    /// next request.
     pub(crate) struct PooledBody {
         #[pin]
-        inner: TrackedBody<Incoming>,
-        checkout: Option<Box<dyn Send + Sync>>,
+        inner: crate::pool::Body<TrackedBody<Incoming>>,
         // The response's connection (see `client::Body::connection_state`).
         state: Option<ConnectionState>,
     }
@@ -1005,10 +993,7 @@ pin_project! {
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("inner", &self.inner)
-            .field("pooled", &self.checkout.is_some())
-            .finish()
+        self.inner.fmt(f)
     }
 }
 
@@ -1020,10 +1005,8 @@ impl PooledBody {
         checkout: C,
         state: Option<ConnectionState>,
     ) -> Self {
-        let checkout = (!inner.is_end_stream()).then(|| Box::new(checkout) as Box<dyn Send + Sync>);
         PooledBody {
-            inner,
-            checkout,
+            inner: crate::pool::Body::new(inner, checkout),
             state,
         }
     }
@@ -1042,13 +1025,7 @@ impl Body for PooledBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
-        if frame.is_none() || this.inner.is_end_stream() {
-            // Back to the pool (or dropped, if it failed).
-            this.checkout.take();
-        }
-        Poll::Ready(frame)
+        self.project().inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -108,7 +108,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -122,18 +123,33 @@ use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
 use crate::BoxError;
 
+mod connector;
 mod engine;
 
 pub(crate) use engine::ConnectError;
 use engine::{Engine, PooledBody};
 
 #[cfg(feature = "tls")]
-type Transport = crate::tls::SharedTlsConnector<HttpConnector>;
+type Transport<C> = crate::tls::SharedTlsConnector<C>;
 #[cfg(not(feature = "tls"))]
-type Transport = HttpConnector;
+type Transport<C> = C;
 
-/// The connector of the one-call client.
-pub type Connector = ConnectTimeout<TrackConnections<Transport>>;
+/// The connector stack around a transport connector `C`.
+type Stacked<C> = ConnectTimeout<TrackConnections<Transport<C>>>;
+
+/// The connector of the one-call client: over hyper-util's `HttpConnector`
+/// as it is (no indirection), or over any connector, erased.
+pub(crate) enum Connector {
+    Http(Stacked<HttpConnector>),
+    Custom(Stacked<connector::BoxConnector>),
+}
+
+/// The transport connector a [`Builder`] was given.
+#[derive(Clone, Debug)]
+enum Given {
+    Http(HttpConnector),
+    Custom(connector::BoxConnector),
+}
 
 type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
 type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
@@ -151,6 +167,9 @@ pub struct Builder {
     max_idle_per_origin: usize,
     state_extension: bool,
     retire_stalled_http2: Option<Duration>,
+    connector: Given,
+    http1: hyper::client::conn::http1::Builder,
+    http2: hyper::client::conn::http2::Builder<TokioExecutor>,
 }
 
 /// Starts a [`Builder`] with the defaults described in the [module docs](self).
@@ -166,6 +185,9 @@ pub fn builder() -> Builder {
         max_idle_per_origin: DEFAULT_MAX_IDLE_PER_ORIGIN,
         state_extension: false,
         retire_stalled_http2: None,
+        connector: Given::Http(HttpConnector::new()),
+        http1: hyper::client::conn::http1::Builder::new(),
+        http2: hyper::client::conn::http2::Builder::new(TokioExecutor::new()),
     }
 }
 
@@ -252,6 +274,141 @@ impl Builder {
         self
     }
 
+    /// hyper-util's `HttpConnector` with your settings (`set_nodelay`,
+    /// `set_local_address`, `set_keepalive`, `set_happy_eyeballs_timeout`,
+    /// its own `set_connect_timeout` per address, buffer sizes, …) instead
+    /// of `HttpConnector::new()`. The client still wraps it as usual (see
+    /// [What stays fixed](self#what-stays-fixed-and-why)): with the `tls`
+    /// feature it turns `enforce_http(false)` on, so that `https://` URIs
+    /// reach it under the TLS connector.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hyper_util::client::legacy::connect::HttpConnector;
+    /// use tower_conn_lifecycle::client;
+    ///
+    /// let mut http = HttpConnector::new();
+    /// http.set_nodelay(true);
+    /// http.set_happy_eyeballs_timeout(Some(Duration::from_millis(250)));
+    /// let client = client::builder()
+    ///     .http_connector(http)
+    ///     .build::<http_body_util::Full<bytes::Bytes>>();
+    /// # let _ = client;
+    /// ```
+    pub fn http_connector(mut self, connector: HttpConnector) -> Self {
+        self.connector = Given::Http(connector);
+        self
+    }
+
+    /// Any connector instead of hyper-util's `HttpConnector`: a
+    /// `tower::Service<Uri>` whose connections are hyper IO
+    /// (`hyper::rt::Read + Write`) and hyper-util `Connection`s, such as
+    /// an `HttpConnector<R>` with your own resolver, a Unix socket or an
+    /// in-memory transport. It connects in place of TCP: the client still
+    /// puts the TLS connector (feature `tls`; `https://` URIs reach your
+    /// connector, which returns the plain stream TLS runs over), the
+    /// tracker and the connect timeout around it. Connecting is cold: its
+    /// future and its IO are boxed, so the client's type stays
+    /// [`Client<B>`]. (An `HttpConnector<R>` accepts `https://` URIs only
+    /// with `enforce_http(false)`.)
+    ///
+    /// ```
+    /// use hyper_util::client::legacy::connect::HttpConnector;
+    /// use tower_conn_lifecycle::client;
+    ///
+    /// // Any `Service<Uri>` returning hyper IO; here one that counts its
+    /// // connects around hyper-util's connector.
+    /// let connects = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    /// let counted = {
+    ///     let connects = connects.clone();
+    ///     tower::ServiceBuilder::new()
+    ///         .map_request(move |uri: http::Uri| {
+    ///             connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ///             uri
+    ///         })
+    ///         .service(HttpConnector::new())
+    /// };
+    /// let client = client::builder()
+    ///     .connector(counted)
+    ///     .build::<http_body_util::Full<bytes::Bytes>>();
+    /// # let _ = client;
+    /// ```
+    pub fn connector<C>(mut self, connector: C) -> Self
+    where
+        C: Service<http::Uri> + Clone + Send + Sync + 'static,
+        C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+        C::Future: Send + 'static,
+        C::Error: Into<BoxError>,
+    {
+        self.connector = Given::Custom(connector::boxed(connector));
+        self
+    }
+
+    /// hyper's HTTP/1 settings for every HTTP/1 connection
+    /// (`hyper::client::conn::http1::Builder`: `title_case_headers`,
+    /// `max_buf_size`, `writev`, the response parser's leniencies, …):
+    /// `configure` changes the client's builder, which starts as
+    /// `http1::Builder::new()`.
+    ///
+    /// ```
+    /// use tower_conn_lifecycle::client;
+    ///
+    /// let client = client::builder()
+    ///     .http1(|h1| {
+    ///         h1.title_case_headers(true).max_buf_size(64 * 1024);
+    ///     })
+    ///     .build::<http_body_util::Full<bytes::Bytes>>();
+    /// # let _ = client;
+    /// ```
+    pub fn http1(
+        mut self,
+        configure: impl FnOnce(&mut hyper::client::conn::http1::Builder),
+    ) -> Self {
+        configure(&mut self.http1);
+        self
+    }
+
+    /// hyper's HTTP/2 settings for every HTTP/2 connection (`https://`
+    /// where the server chose `h2` by ALPN;
+    /// `hyper::client::conn::http2::Builder`: window sizes, keep-alive
+    /// pings, `max_concurrent_reset_streams`, header list size, …):
+    /// `configure` changes the client's builder, which starts as
+    /// `http2::Builder::new(TokioExecutor::new())`. Its executor and its
+    /// timer stay tokio's (the timer is set again when the client is
+    /// built).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_conn_lifecycle::client;
+    ///
+    /// let client = client::builder()
+    ///     .http2(|h2| {
+    ///         h2.keep_alive_interval(Duration::from_secs(20))
+    ///             .keep_alive_timeout(Duration::from_secs(5))
+    ///             .initial_stream_window_size(1 << 20);
+    ///     })
+    ///     .build::<http_body_util::Full<bytes::Bytes>>();
+    /// # let _ = client;
+    /// ```
+    pub fn http2(
+        mut self,
+        configure: impl FnOnce(&mut hyper::client::conn::http2::Builder<TokioExecutor>),
+    ) -> Self {
+        configure(&mut self.http2);
+        self
+    }
+
+    /// ConnectTimeout → tracker → TLS (feature `tls`) → `transport`.
+    fn stack<C>(&self, transport: C) -> Stacked<C> {
+        #[cfg(feature = "tls")]
+        let transport = match &self.tls {
+            Some(config) => crate::tls::SharedTlsConnector::from_config(transport, config.clone()),
+            None => crate::tls::SharedTlsConnector::new(transport),
+        };
+        ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
+            .layer(self.track.layer(transport))
+    }
+
     /// Builds the client for request bodies of type `B` (any `Clone` body:
     /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
     pub fn build<B>(self) -> Client<B>
@@ -260,26 +417,31 @@ impl Builder {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        #[cfg(feature = "tls")]
-        let transport = match self.tls {
-            Some(config) => crate::tls::SharedTlsLayer::from_config(config).layer(http),
-            None => crate::tls::SharedTlsLayer::new().layer(http),
+        let connector = match self.connector.clone() {
+            #[allow(unused_mut)] // without `tls`
+            Given::Http(mut http) => {
+                // `https://` URIs reach it under the TLS connector.
+                #[cfg(feature = "tls")]
+                http.enforce_http(false);
+                Connector::Http(self.stack(http))
+            }
+            Given::Custom(custom) => Connector::Custom(self.stack(custom)),
         };
-        #[cfg(not(feature = "tls"))]
-        let transport = http;
-        let connector = ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
-            .layer(self.track.layer(transport));
+        let mut http2 = self.http2;
+        http2.timer(TokioTimer::new());
         let drain = DrainHandle::new(Some(self.track.stats()));
         let pool = PoolStats::default();
         let engine = Engine::new(engine::Settings {
             drain: drain.clone(),
-            connector,
-            idle_expiry: self.idle_expiry.clone(),
+            parts: engine::Parts {
+                connector,
+                http1: self.http1,
+                http2,
+                idle_expiry: self.idle_expiry.clone(),
+                state_extension: self.state_extension,
+            },
             stats: self.track.stats(),
             max_idle_per_origin: self.max_idle_per_origin,
-            state_extension: self.state_extension,
             retire_stalled_http2: self.retire_stalled_http2,
             pool_stats: pool.clone(),
         });

@@ -1,7 +1,6 @@
 //! The per-connection form, for hyper-util's composable pools.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -20,8 +19,10 @@ use crate::BoxError;
 /// [`IdleExpiryLayer::connection`].
 ///
 /// It sits between the pool and the service that sends requests on one
-/// connection (e.g. [`Http1Connection`] over hyper's `client::conn::http1`
-/// handshake, whose IO is a [`TrackedIo`](crate::track::TrackedIo)):
+/// connection (e.g. [`Http1Connection`](crate::pool::Http1Connection) over
+/// hyper's `client::conn::http1` handshake, whose IO is a
+/// [`TrackedIo`](crate::track::TrackedIo); [`pool::connect`](crate::pool::connect)
+/// makes both):
 ///
 /// * `poll_ready` fails with [`ConnectionExpired`](super::ConnectionExpired) once the connection has
 ///   been idle past its effective expiry (or was closed at it), before
@@ -226,40 +227,5 @@ impl<S> IdleExpiryConnection<S> {
             }),
             None,
         )
-    }
-}
-
-/// A tower `Service` over hyper's HTTP/1 client connection
-/// (`hyper::client::conn::http1::SendRequest`), which does not implement
-/// one itself: what a composable pool caches, and what
-/// [`IdleExpiryConnection`] wraps.
-///
-/// hyper's `send_request` future cannot be named, so it is boxed.
-#[derive(Debug)]
-pub struct Http1Connection<B> {
-    send: hyper::client::conn::http1::SendRequest<B>,
-}
-
-impl<B> Http1Connection<B> {
-    /// Wraps the sending half of a handshaken HTTP/1 connection.
-    pub fn new(send: hyper::client::conn::http1::SendRequest<B>) -> Self {
-        Http1Connection { send }
-    }
-}
-
-impl<B> Service<Request<B>> for Http1Connection<B>
-where
-    B: Body + Send + 'static,
-{
-    type Response = Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.send.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        Box::pin(self.send.send_request(req))
     }
 }

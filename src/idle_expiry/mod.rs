@@ -135,7 +135,8 @@
 //!   with GOAWAY, and requests it refused are safe to retry.
 //! * **hyper-util's composable pools** (`client::pool::cache`, feature
 //!   `client-pool`): wrap each connection's service with
-//!   [`IdleExpiryLayer::connection`]; see [`IdleExpiryConnection`] and
+//!   [`IdleExpiryLayer::connection`]; see [`IdleExpiryConnection`], the
+//!   [`pool`](crate::pool) module (which does it for you) and
 //!   `examples/composable_pool.rs`. (The layer around the pool as a whole
 //!   sees no connection: hyper's own connections publish no tracker state.)
 //! * **reqwest**: its connections are sealed (no tracker), so idle expiry
@@ -186,6 +187,6 @@ mod service;
 mod tests;
 
 pub use crate::track::ConnectionExpired;
-pub use conn::{Http1Connection, IdleExpiryConnection};
+pub use conn::IdleExpiryConnection;
 pub use layer::{IdleExpiryLayer, IdleExpiryStats, DEFAULT_MARGIN};
 pub use service::IdleExpiry;

@@ -1,13 +1,12 @@
 //! What the integration tests share (`mod common;` in each): bounded waits
 //! and their limits, the tracked client they build on, the stale-on-reuse
-//! server, the one test PKI and its TLS server, and the composable-pool
-//! client.
+//! server, the one test PKI and its TLS server, and a retry through the
+//! composable pool.
 //!
 //! Cargo builds every `tests/*.rs` as its own crate, and each uses part of
 //! this module.
 #![allow(dead_code)]
 
-pub mod composable;
 pub mod pki;
 pub mod tls;
 
@@ -107,4 +106,49 @@ pub fn small_buffers() -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_send_buffer_size(Some(64 * 1024));
     http
+}
+
+/// A POST on a composable pool (the crate's [`pool`](tower_conn_lifecycle::pool)
+/// pieces) whose connections expire after 50 ms, 150 ms of idleness, and a
+/// second POST through `RetryOnStaleConnection` on the pool allowed one
+/// checkout per attempt: the expired connection's refusal reaches Retry,
+/// which sends the request again. Returns the second response (body
+/// unread).
+pub async fn post_again_after_expiry(
+    url: &str,
+) -> http::Response<
+    tower_conn_lifecycle::track::TrackedBody<
+        tower_conn_lifecycle::pool::Body<
+            tower_conn_lifecycle::track::TrackedBody<hyper::body::Incoming>,
+        >,
+    >,
+> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::pool::cache;
+    use tower::ServiceExt;
+    use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
+    use tower_conn_lifecycle::pool;
+    use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
+
+    let connect = pool::connect(
+        TrackConnectionsLayer::new().layer(HttpConnector::new()),
+        hyper::client::conn::http1::Builder::new(),
+        IdleExpiryLayer::new(Duration::from_millis(50)).learn(false),
+    );
+    let cache = cache::builder()
+        .executor(TokioExecutor::new())
+        .build(connect);
+    let client = RetryOnStaleConnectionLayer::new().layer(pool::checkout(cache, 1));
+    let post = || {
+        http::Request::post(url)
+            .body(Full::new(Bytes::from_static(b"once")))
+            .unwrap()
+    };
+    let res = client.clone().oneshot(post()).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    // The pooled connection sits idle past its expiry, but stays in the
+    // pool (claimed by nothing): its checkout is refused before any byte.
+    sleep(Duration::from_millis(150)).await;
+    client.oneshot(post()).await.unwrap()
 }

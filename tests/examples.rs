@@ -1,0 +1,75 @@
+//! The examples' work, run small: each example keeps its work in a function
+//! this file calls with small parameters, and the tests check what the
+//! example shows on the servers' side.
+
+#[allow(dead_code)] // its `main`
+#[path = "../examples/composable_pool.rs"]
+mod composable_pool;
+
+use std::time::Duration;
+
+use http::Method;
+
+/// `examples/composable_pool.rs`: on hyper-util's composable pool with the
+/// crate's `pool` pieces, the seed race fails requests without IdleExpiry
+/// and none with a configured expiry below the server's idle timeout; every
+/// request reaches the server once, and no POST is processed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composable_pool_expiry_removes_the_race() {
+    // The server's idle timeout and, 80 ms below it, the configured expiry:
+    // the slack a loaded 2-core machine needs for a request let through
+    // just before the expiry to reach the server before its idle timer.
+    const IDLE: Duration = Duration::from_millis(200);
+    const EXPIRY: Duration = Duration::from_millis(120);
+    const TASKS: usize = 10;
+    const REQUESTS: usize = 20;
+    let rows = composable_pool::run(IDLE, EXPIRY, TASKS, REQUESTS)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        let what = format!("{} {}", row.client, row.method);
+        let report = &row.report;
+        println!(
+            "{what}: {} errors, {} connections, server: {} requests, {} idle closes",
+            report.errors(),
+            row.connections,
+            row.server_requests,
+            row.server_idle_closes
+        );
+        assert_eq!(report.requests(), TASKS * REQUESTS, "{what}");
+        // Server side: the connections the client opened were accepted;
+        // every request that succeeded was answered, a POST processed once.
+        assert_eq!(row.server_connections, row.connections, "{what}");
+        assert!(row.server_requests as usize >= report.successes(), "{what}");
+        if row.method == Method::POST {
+            assert_eq!(row.server_posts as usize, report.successes(), "{what}");
+        }
+    }
+    let errors = |client: &str| -> usize {
+        rows.iter()
+            .filter(|row| row.client == client)
+            .map(|row| row.report.errors())
+            .sum()
+    };
+    assert!(
+        errors("without IdleExpiry") > 0,
+        "the race must be real in this run"
+    );
+    for row in rows.iter().filter(|r| r.client == "IdleExpiry configured") {
+        assert_eq!(
+            row.report.errors(),
+            0,
+            "{} {}: {:?}",
+            row.client,
+            row.method,
+            row.report.error_chains()
+        );
+        // Every request arrived exactly once, none on an expired
+        // connection: the server never closed an idle connection first.
+        assert_eq!(row.server_requests as usize, TASKS * REQUESTS);
+        assert_eq!(row.server_idle_closes, 0, "{}", row.method);
+        // Expired connections were replaced.
+        assert!(row.connections > TASKS as u64, "{}", row.method);
+    }
+}
