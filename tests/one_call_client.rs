@@ -2,7 +2,9 @@
 //! correct HTTP/1 client does and hyper's connection API leaves to its
 //! caller: `Host` and origin-form, a connection back in its pool only when
 //! its response body has ended, a bound on idle connections per origin, and
-//! a typed refusal of a URI it cannot route. Server-side facts decide.
+//! a typed refusal of a URI it cannot route; and it keeps what its user
+//! gives it (an `HttpConnector` with its settings, a connector of their own,
+//! hyper's HTTP/1 and HTTP/2 settings). Server-side facts decide.
 
 mod common;
 
@@ -33,6 +35,8 @@ struct Seen {
     requests: Mutex<Vec<(usize, String, Option<String>)>>,
     /// Requests of path `/hold` not answered yet.
     holding: AtomicUsize,
+    /// Every request head as it arrived (request line and header lines).
+    heads: Mutex<Vec<String>>,
 }
 
 /// A keep-alive HTTP/1 server on raw sockets. `/slow` sends its head and
@@ -87,6 +91,10 @@ impl Server {
     fn requests(&self) -> Vec<(usize, String, Option<String>)> {
         self.seen.requests.lock().unwrap().clone()
     }
+
+    fn heads(&self) -> Vec<String> {
+        self.seen.heads.lock().unwrap().clone()
+    }
 }
 
 async fn serve(mut io: TcpStream, conn: usize, seen: Arc<Seen>, release: Arc<Notify>, hold: usize) {
@@ -107,6 +115,7 @@ async fn serve(mut io: TcpStream, conn: usize, seen: Arc<Seen>, release: Arc<Not
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
+        seen.heads.lock().unwrap().push(head.clone());
         let mut lines = head.lines();
         let line = lines.next().unwrap_or_default().to_string();
         let host = lines
@@ -699,4 +708,220 @@ async fn a_stalled_upload_on_a_reused_connection_times_out_by_its_send_limit() {
     );
     assert_eq!(seen.requests.lock().unwrap().len(), 3, "never retried");
     task.abort();
+}
+
+// ---------------------------------------------------------------------------
+// What the user keeps: hyper-util's connector with its settings, or a
+// connector of their own, and hyper's HTTP/1 and HTTP/2 settings; the
+// client still puts TLS, the tracker and the connect timeout around it.
+
+/// A connector of the user's makes every connection: here one that sends
+/// every name to the test server (what a custom resolver does), counting
+/// its connects. The tracker wraps it (the client counts the connection),
+/// and requests keep the name they were made for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_connector_makes_the_connections_under_the_tracker() {
+    use hyper_util::rt::TokioIo;
+    let server = Server::start(0).await;
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let connects = Arc::new(AtomicUsize::new(0));
+    let counted = connects.clone();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { TcpStream::connect(addr).await.map(TokioIo::new) }
+    });
+    let client = client::builder()
+        .connector(connector)
+        .build::<Empty<Bytes>>();
+    for _ in 0..2 {
+        let body = fetch(&client, get("http://service.invalid/x"))
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"ok");
+    }
+    assert_eq!(connects.load(Ordering::SeqCst), 1);
+    assert_eq!(client.connection_stats().opened(), 1);
+    // Server side: the connector's one connection, reused; the requests
+    // name the origin they were made for.
+    assert_eq!(server.accepted(), 1);
+    let request = (
+        0,
+        "GET /x HTTP/1.1".to_string(),
+        Some("service.invalid".to_string()),
+    );
+    assert_eq!(server.requests(), vec![request.clone(), request]);
+}
+
+/// The client's connect timeout is outside the user's connector: a
+/// connector that never connects fails by the `connect` limit, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_timeout_bounds_a_custom_connector() {
+    use hyper_util::rt::TokioIo;
+    use tower_conn_lifecycle::phase_timeout::Phase;
+    const CONNECT: Duration = Duration::from_millis(200);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let never = tower::service_fn(move |_: http::Uri| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<std::io::Result<TokioIo<TcpStream>>>()
+    });
+    let client = client::builder()
+        .connector(never)
+        .connect_timeout(CONNECT)
+        .build::<Empty<Bytes>>();
+    fails_by(
+        client.clone().oneshot(get("http://nowhere.invalid/")),
+        Phase::Connect,
+        CONNECT,
+    )
+    .await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a connect timeout is not retried"
+    );
+}
+
+/// hyper-util's `HttpConnector` with the user's settings: its own connect
+/// timeout (per address) ends a connect into a blackhole, with the client's
+/// connect timeout unset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_connectors_own_settings_are_kept() {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use tower_conn_lifecycle::phase_timeout::Elapsed;
+    use tower_conn_lifecycle::testing::Blackhole;
+    const LIMIT: Duration = Duration::from_millis(300);
+    let hole = Blackhole::start().await.unwrap();
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(LIMIT));
+    http.set_nodelay(true);
+    let client = client::builder()
+        .http_connector(http)
+        .build::<Empty<Bytes>>();
+    let started = Instant::now();
+    let err = common::bounded(
+        STEP_LIMIT,
+        "a connect into the blackhole",
+        client.clone().oneshot(get(&hole.url())),
+    )
+    .await
+    .expect_err("nothing accepts");
+    let took = started.elapsed();
+    assert!(took >= LIMIT, "early: {took:?}");
+    assert!(took < LIMIT + common::SLACK, "late: {took:?}");
+    let io = find_cause::<std::io::Error>(err.as_ref()).expect("an IO error");
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        find_cause::<Elapsed>(err.as_ref()).is_none(),
+        "the connector's own timeout, not the client's: {err}"
+    );
+}
+
+/// A user's `HttpConnector` (which refuses `https://` by default) still
+/// gets `https://` URIs under the TLS connector: the client turns
+/// `enforce_http(false)` on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_http_connector_carries_tls() {
+    use common::tls::{Mode, TlsServer};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    let ca = common::pki::Ca::new("test ca");
+    let mut server = TlsServer::start(&ca.leaf(&["localhost"]), Mode::Http1Only).await;
+    let client = client::builder()
+        .http_connector(HttpConnector::new())
+        .tls_config(common::tls::client_config(&ca))
+        .build::<Empty<Bytes>>();
+    let body = fetch(&client, get(&server.url("localhost").to_string()))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"HTTP/1.1");
+    let handshake = server.next_handshake().await.unwrap();
+    assert_eq!(handshake.sni.as_deref(), Some("localhost"));
+    assert_eq!(server.requests(), 1);
+}
+
+/// hyper's HTTP/1 settings apply to the client's connections: with
+/// `title_case_headers`, the server reads `Host:` and `X-Custom-Thing:`,
+/// where the default client writes them in lower case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_settings_apply_to_every_connection() {
+    let server = Server::start(0).await;
+    let titled = client::builder()
+        .http1(|h1| {
+            h1.title_case_headers(true);
+        })
+        .build::<Empty<Bytes>>();
+    let plain = client::builder().build::<Empty<Bytes>>();
+    for client in [&titled, &plain] {
+        let mut req = get(&format!("{}/t", server.url));
+        req.headers_mut()
+            .insert("x-custom-thing", http::HeaderValue::from_static("1"));
+        fetch(client, req).await.unwrap();
+    }
+    let heads = server.heads();
+    assert_eq!(heads.len(), 2);
+    assert!(heads[0].contains("\r\nHost: "), "{:?}", heads[0]);
+    assert!(heads[0].contains("\r\nX-Custom-Thing: 1"), "{:?}", heads[0]);
+    assert!(heads[1].contains("\r\nhost: "), "{:?}", heads[1]);
+    assert!(heads[1].contains("\r\nx-custom-thing: 1"), "{:?}", heads[1]);
+    assert_eq!(server.accepted(), 2, "one connection per client");
+}
+
+/// hyper's HTTP/2 settings apply to the client's HTTP/2 connections: a
+/// `max_header_list_size` below the size of the server's response headers
+/// makes the client refuse the response, which the default client takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_apply_to_every_http2_connection() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let ca = common::pki::Ca::new("test ca");
+    let config =
+        common::pki::Ca::leaf(&ca, &["localhost"]).server_config(common::tls::provider(), &[b"h2"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // Every response carries 8 KiB of headers.
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let version = format!("{:?}", req.version());
+                    async move {
+                        http::Response::builder()
+                            .header("x-big", "b".repeat(8 << 10))
+                            .body(Full::new(Bytes::from(version)))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let url = format!("https://localhost:{port}/");
+    let build = |small: bool| {
+        client::builder()
+            .tls_config(common::tls::client_config(&ca))
+            .http2(move |h2| {
+                if small {
+                    h2.max_header_list_size(4 << 10);
+                }
+            })
+            .build::<Empty<Bytes>>()
+    };
+    let body = fetch(&build(false), get(&url)).await.unwrap();
+    assert_eq!(&body[..], b"HTTP/2.0");
+    let err = fetch(&build(true), get(&url))
+        .await
+        .expect_err("headers above the client's limit");
+    // Server side: both requests arrived over HTTP/2 and were answered;
+    // the limited client refused the second answer.
+    assert_eq!(answered.load(Ordering::SeqCst), 2, "{err}");
+    server.abort();
 }
