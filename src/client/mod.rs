@@ -32,7 +32,7 @@
 //!                                         made by: ConnectTimeout
 //!                                          → TrackConnections
 //!                                           → SharedTlsConnector (feature `tls`)
-//!                                            → HttpConnector
+//!                                            → HttpConnector, or yours
 //! ```
 //!
 //! * **Retry outermost**, so each attempt has its own timeouts, its own
@@ -99,6 +99,76 @@
 //! limits lower it per connection), one safe retry, and no connect, send,
 //! read or total limit until set. Clones share the pool, the learned idle
 //! timeouts and the stats.
+//!
+//! # What you can change
+//!
+//! Every layer's settings ([`Builder::timeouts`], [`Builder::idle_expiry`],
+//! [`Builder::retry`], [`Builder::connect_timeout`]), the TLS configuration
+//! ([`Builder::tls_config`]), the pools' bound ([`Builder::max_idle_per_origin`]),
+//! and what a hand-built stack on hyper-util would let you configure:
+//!
+//! * **the transport**: hyper-util's `HttpConnector` with your settings
+//!   (nodelay, local address, keep-alive, happy eyeballs, its own connect
+//!   timeout per address, buffer sizes: [`Builder::http_connector`]), or
+//!   any connector of yours, such as an `HttpConnector` with your resolver
+//!   ([`Builder::connector`]);
+//! * **hyper's protocol settings**, used for every handshake:
+//!   [`Builder::http1`] (`hyper::client::conn::http1::Builder`) and
+//!   [`Builder::http2`] (`hyper::client::conn::http2::Builder`: windows,
+//!   keep-alive pings, header list size, …).
+//!
+//! ```
+//! use std::time::Duration;
+//! use hyper_util::client::legacy::connect::HttpConnector;
+//! use tower_conn_lifecycle::client;
+//!
+//! let mut http = HttpConnector::new();
+//! http.set_nodelay(true);
+//! http.set_keepalive(Some(Duration::from_secs(60)));
+//! let client = client::builder()
+//!     .http_connector(http)
+//!     .http1(|h1| {
+//!         h1.title_case_headers(true);
+//!     })
+//!     .http2(|h2| {
+//!         h2.initial_stream_window_size(1 << 20);
+//!     })
+//!     .build::<http_body_util::Full<bytes::Bytes>>();
+//! # let _ = client;
+//! ```
+//!
+//! # What stays fixed, and why
+//!
+//! The client is the crate's layers in the order that makes each of them
+//! correct; what would break one of them is not a setting:
+//!
+//! * **The layer order** (Retry → PhaseTimeout → the engine → each
+//!   connection's IdleExpiry): the reasons are above. A different order is
+//!   a stack built by hand ([`crate::retry`], [`crate::phase_timeout`],
+//!   [`crate::idle_expiry`], or the [`pool`](crate::pool) pieces).
+//! * **The connector's order**: ConnectTimeout → tracker → TLS → your
+//!   transport. The connect timeout bounds your connector too; the tracker
+//!   wraps whatever your connector returns (every layer reads its state:
+//!   without it nothing expires and no retry is judged safe), and sits
+//!   outside TLS so that it sees plaintext HTTP bytes. With the `tls`
+//!   feature your connector receives `https://` URIs and returns the plain
+//!   stream TLS runs over (an `HttpConnector` given to
+//!   [`Builder::http_connector`] gets `enforce_http(false)` for that).
+//!   ALPN comes from the TLS configuration: `h2` there means HTTP/2 with
+//!   servers that choose it.
+//! * **The runtime**: tokio. Connection tasks are spawned on it, and
+//!   hyper's HTTP/2 executor and timer are tokio's (the timer is set again
+//!   at [`Builder::build`], whatever [`Builder::http2`] set): the layers'
+//!   timers are tokio's too, so that paused time in tests moves them all.
+//! * **Pooling**: one pool per origin (scheme, host, port), HTTP/1
+//!   connections in a cache and an `h2` connection shared, a connection
+//!   back in its pool when its response body ends, refused connections
+//!   skipped (up to eight) before anything is written. hyper-util's legacy
+//!   client's pool settings have no counterpart here except
+//!   [`Builder::max_idle_per_origin`]; its idle timeout is the idle expiry
+//!   (configured, announced or learned), per connection.
+//! * **What hyper leaves to its caller** (`Host`, origin-form, upgrades) is
+//!   always done, as listed above.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -9,13 +9,13 @@
 //! easy to get wrong:
 //!
 //! * [`connect`]: the make service. Over a tracked connector (any
-//!   `Service<Uri>` returning the tracker's [`TrackedIo`](crate::track::TrackedIo):
+//!   `Service<Uri>` returning the tracker's [`TrackedIo`]:
 //!   [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) over
 //!   hyper-util's `HttpConnector`, or, with the `tls` feature, over
 //!   `SharedTlsConnector`) it runs hyper's HTTP/1 handshake with your
 //!   `http1::Builder`, spawns the connection's task on tokio, and returns
 //!   the connection as an [`Http1Connection`] wrapped in its own
-//!   [`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection),
+//!   [`IdleExpiryConnection`],
 //!   which refuses the connection once it has been idle past its expiry,
 //!   *before* anything is written.
 //! * [`checkout`]: the client, a cloneable `Service<http::Request<B>>`.
