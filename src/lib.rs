@@ -9,6 +9,10 @@
 //! * [`client`] — all of it in one call: every layer below in the right
 //!   order, on hyper-util's composable connection pools, for about what
 //!   hyper-util's legacy client costs with no layer at all;
+//! * [`pool`] — the same on a hyper-util composable pool you assemble
+//!   yourself: the connect service (tracked connection, HTTP/1 handshake,
+//!   idle expiry per connection) and the checkout that skips a refused
+//!   connection before any byte;
 //! * [`retry`] — retry a request that died on a stale connection only when
 //!   that is provably safe; never duplicate a POST;
 //! * [`idle_expiry`] — never write a request on a keep-alive connection the

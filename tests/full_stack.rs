@@ -155,6 +155,55 @@ async fn idle_expiry_refusal_is_retried_and_the_server_sees_no_byte_of_it() {
     assert_eq!(server.connections(), 2);
 }
 
+/// The composable pool's pieces over the shared TLS connector: the
+/// tracker wraps the TLS stream, one handshake serves both requests, and
+/// each request reaches the server once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_pieces_run_over_tls() {
+    use common::tls::{Mode, TlsServer};
+    use hyper_util::client::pool::cache;
+    use hyper_util::rt::TokioExecutor;
+    use tower::Layer;
+    use tower_conn_lifecycle::pool;
+    use tower_conn_lifecycle::tls::SharedTlsConnector;
+    use tower_conn_lifecycle::track::{ConnectionInfo, TrackConnectionsLayer};
+
+    let ca = common::pki::Ca::new("test ca");
+    let mut server = TlsServer::start(&ca.leaf(&["localhost"]), Mode::H2Capable).await;
+    let track = TrackConnectionsLayer::new();
+    // HTTP/1 only: the pool's connections speak HTTP/1.1.
+    let tls = SharedTlsConnector::from_config(common::tls::tcp(), common::tls::client_config(&ca))
+        .alpn_protocols([b"http/1.1"]);
+    let connect = pool::connect(
+        track.layer(tls),
+        hyper::client::conn::http1::Builder::new(),
+        IdleExpiryLayer::new(Duration::from_secs(90)),
+    );
+    let client = pool::checkout(
+        cache::builder()
+            .executor(TokioExecutor::new())
+            .build(connect),
+        8,
+    );
+    for reused in [false, true] {
+        let req = http::Request::get(server.url("localhost"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let res = common::bounded(common::STEP_LIMIT, "a GET", client.clone().oneshot(req))
+            .await
+            .unwrap();
+        assert_eq!(ConnectionInfo::of(&res).unwrap().is_reused(), reused);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"HTTP/1.1");
+    }
+    assert_eq!(track.stats().opened(), 1);
+    // Server side: one TLS handshake (ALPN http/1.1, SNI), two requests.
+    let handshake = server.next_handshake().await.unwrap();
+    assert_eq!(handshake.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(handshake.sni.as_deref(), Some("localhost"));
+    assert_eq!(server.requests(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_test_ca_through_the_whole_stack() {
     use common::tls::{Mode, TlsServer};
