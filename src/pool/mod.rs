@@ -77,11 +77,13 @@
 //! without idle expiry against a server that closes idle connections.
 //!
 //! Compared with the one-call [`client`](crate::client): HTTP/1 only (offer
-//! only `http/1.1` by ALPN on a TLS connector), one pool per origin is
-//! yours to keep (hyper-util's `pool::map` keys them), idle connections
-//! past their expiry are closed by the tracker rather than kept for a
-//! healing probe, and nothing bounds the idle connections a pool keeps
-//! (`Cache::retain` evicts them).
+//! only `http/1.1` by ALPN on a TLS connector); one pool per origin is
+//! yours to keep (hyper-util's `pool::map` keys them); a connection idle
+//! past its reuse is dropped when a checkout finds it, so a healing probe
+//! of the idle-timeout learner (see [`idle_expiry`](crate::idle_expiry))
+//! lasts only until the next request, where the one-call client sets it
+//! aside; and nothing bounds the idle connections a pool keeps
+//! (`Cache::retain(|c| !c.is_expired())` evicts expired ones).
 
 mod body;
 mod checkout;
