@@ -763,7 +763,8 @@ async fn the_connect_timeout_bounds_a_custom_connector() {
     let counted = calls.clone();
     let never = tower::service_fn(move |_: http::Uri| {
         counted.fetch_add(1, Ordering::SeqCst);
-        std::future::pending::<std::io::Result<TokioIo<TcpStream>>>()
+        // A `BoxError` error type, as a boxed connector has.
+        std::future::pending::<Result<TokioIo<TcpStream>, BoxError>>()
     });
     let client = client::builder()
         .connector(never)

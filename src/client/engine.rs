@@ -10,7 +10,7 @@
 //!    per connection: IdleExpiryConnection (the tracker's exchange record,
 //!    idle expiry, learning) → Sender (hyper's conn::http1 / conn::http2)
 //!     over the connector: ConnectTimeout → TrackConnections → SharedTls →
-//!     the user's HttpConnector (or any connector, its IO boxed)
+//!     the user's HttpConnector (or any connector of theirs)
 //! ```
 //!
 //! Every request passes through its connection's own service, so the
@@ -47,7 +47,6 @@ use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::Connector;
 use crate::drain::{DrainHandle, Draining};
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
 use crate::phase_timeout::RequestBody;
@@ -302,9 +301,10 @@ where
     }
 }
 
-/// What every connection of the engine is made with (shared by its pools).
-pub(crate) struct Parts {
-    pub(crate) connector: Connector,
+/// What every connection of the engine is made with (shared by its pools):
+/// the connector stack `S` and hyper's settings.
+pub(crate) struct Parts<S> {
+    pub(crate) connector: S,
     pub(crate) http1: hyper::client::conn::http1::Builder,
     /// With tokio's timer.
     pub(crate) http2: hyper::client::conn::http2::Builder<TokioExecutor>,
@@ -316,15 +316,15 @@ pub(crate) struct Parts {
 /// Makes one connection: the connector stack, then hyper's HTTP/1 or (ALPN
 /// `h2`) HTTP/2 handshake, its connection task spawned, wrapped in the
 /// connection's IdleExpiry service.
-pub(crate) struct Connect<B> {
-    parts: Arc<Parts>,
+pub(crate) struct Connect<B, S> {
+    parts: Arc<Parts<S>>,
     /// The origin (scheme and authority) its pool connects to: a checkout
     /// passes nothing (`()`), so a request copies no URI into its pool.
     target: Arc<Uri>,
     _body: PhantomData<fn(B)>,
 }
 
-impl<B> Clone for Connect<B> {
+impl<B, S> Clone for Connect<B, S> {
     fn clone(&self) -> Self {
         Connect {
             parts: self.parts.clone(),
@@ -334,9 +334,9 @@ impl<B> Clone for Connect<B> {
     }
 }
 
-impl<B> Connect<B> {
+impl<B, S> Connect<B, S> {
     /// The connector stack and settings `parts`, for `target`'s pool.
-    fn to(parts: &Arc<Parts>, target: Uri) -> Self {
+    fn to(parts: &Arc<Parts<S>>, target: Uri) -> Self {
         Connect {
             parts: parts.clone(),
             target: Arc::new(target),
@@ -345,11 +345,14 @@ impl<B> Connect<B> {
     }
 }
 
-impl<B> Service<()> for Connect<B>
+impl<B, S, T> Service<()> for Connect<B, S>
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    S: Service<Uri, Response = TrackedIo<T>, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    T: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
 {
     type Response = Conn<B>;
     type Error = BoxError;
@@ -362,12 +365,33 @@ where
     fn call(&mut self, (): ()) -> Self::Future {
         let parts = self.parts.clone();
         let uri = Uri::clone(&self.target);
+        // Boxed here, outside the `async` block: a connector stack whose
+        // error is a `BoxError` would otherwise defeat the compiler's proof
+        // that the block is `Send` (higher-ranked lifetimes in it).
+        let connecting: BoxFuture<TrackedIo<T>> =
+            Box::pin(parts.connector.clone().oneshot(uri.clone()));
         Box::pin(async move {
-            let made = match &parts.connector {
-                Connector::Http(connector) => handshake(connector, &uri, &parts).await,
-                Connector::Custom(connector) => handshake(connector, &uri, &parts).await,
+            let fail = |e: BoxError| -> BoxError { Box::new(ConnectError(e)) };
+            let io = connecting.await.map_err(fail)?;
+            let state = io.state().clone();
+            let sender = if io.connected().is_negotiated_h2() {
+                let (send, conn) = parts
+                    .http2
+                    .handshake(io)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                tokio::spawn(conn);
+                Sender::Http2(H2Sender(send))
+            } else {
+                let (send, conn) = parts
+                    .http1
+                    .handshake(io)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                // Upgrades (101, CONNECT) hand the IO to the caller.
+                tokio::spawn(conn.with_upgrades());
+                Sender::Http1(Http1Connection::to(send, &uri))
             };
-            let (sender, state) = made.map_err(|e| Box::new(ConnectError(e)) as BoxError)?;
             let conn = parts.idle_expiry.connection(sender, state, &uri);
             Ok(if parts.state_extension {
                 conn
@@ -375,46 +399,6 @@ where
                 conn.without_state_extension()
             })
         })
-    }
-}
-
-/// A connection to `uri` from `connector`, and hyper's handshake on it with
-/// `parts`' settings: HTTP/2 if ALPN chose `h2`, HTTP/1 otherwise. The
-/// connection's task is spawned.
-fn handshake<C, T, B>(
-    connector: &C,
-    uri: &Uri,
-    parts: &Parts,
-) -> impl Future<Output = Result<(Sender<B>, ConnectionState), BoxError>> + Send + use<C, T, B>
-where
-    C: Service<Uri, Response = TrackedIo<T>, Error = BoxError> + Clone + Send + 'static,
-    C::Future: Send + 'static,
-    T: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    // Boxed here, outside the `async` block: a connector whose error is a
-    // `BoxError` (a user's, erased) in a generic connector stack would
-    // otherwise defeat the compiler's proof that the block is `Send`.
-    let connecting: BoxFuture<TrackedIo<T>> = Box::pin(connector.clone().oneshot(uri.clone()));
-    let http1 = parts.http1.clone();
-    let http2 = parts.http2.clone();
-    let uri = uri.clone();
-    async move {
-        let io = connecting.await?;
-        let state = io.state().clone();
-        let sender = if io.connected().is_negotiated_h2() {
-            let (send, conn) = http2.handshake(io).await?;
-            tokio::spawn(conn);
-            Sender::Http2(H2Sender(send))
-        } else {
-            let (send, conn) = http1.handshake(io).await?;
-            // Upgrades (101, CONNECT) hand the IO to the caller.
-            tokio::spawn(conn.with_upgrades());
-            Sender::Http1(Http1Connection::to(send, &uri))
-        };
-        Ok((sender, state))
     }
 }
 
@@ -581,13 +565,13 @@ impl<B: Body> AttemptBody for RequestBody<B> {
 }
 
 /// The settings the engine is built with.
-pub(crate) struct Settings {
+pub(crate) struct Settings<S> {
     /// The client's drain: refuses requests once begun (a retry's
     /// attempt among them), and closes the pools' idle connections.
     pub(crate) drain: DrainHandle,
     /// The connector, hyper's settings, the idle expiry, and whether
     /// responses carry the connection's state in their extensions.
-    pub(crate) parts: Parts,
+    pub(crate) parts: Parts<S>,
     pub(crate) stats: TrackStats,
     pub(crate) max_idle_per_origin: usize,
     /// Retire an HTTP/2 connection with streams in flight and no frame for
@@ -602,7 +586,12 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    pub(crate) fn new(settings: Settings) -> Self {
+    pub(crate) fn new<S, T>(settings: Settings<S>) -> Self
+    where
+        S: Service<Uri, Response = TrackedIo<T>, Error = BoxError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        T: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+    {
         let Settings {
             drain,
             parts,
@@ -618,12 +607,12 @@ where
             move |target: Uri| {
                 cache::builder()
                     .executor(TokioExecutor::new())
-                    .build::<_, ()>(Connect::<B>::to(&parts, target))
+                    .build::<_, ()>(Connect::<B, S>::to(&parts, target))
             }
         };
         let tls = move |target: Uri| {
             negotiate::builder()
-                .connect(Connect::<B>::to(&parts, target))
+                .connect(Connect::<B, S>::to(&parts, target))
                 .inspect(|conn: &Conn<B>| matches!(conn.get_ref(), Sender::Http2(_)))
                 .fallback(LayerFn(|inspector| {
                     cache::builder()

@@ -193,7 +193,6 @@ use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
 use crate::BoxError;
 
-mod connector;
 mod engine;
 
 pub(crate) use engine::ConnectError;
@@ -207,26 +206,17 @@ type Transport<C> = C;
 /// The connector stack around a transport connector `C`.
 type Stacked<C> = ConnectTimeout<TrackConnections<Transport<C>>>;
 
-/// The connector of the one-call client: over hyper-util's `HttpConnector`
-/// as it is (no indirection), or over any connector, erased.
-pub(crate) enum Connector {
-    Http(Stacked<HttpConnector>),
-    Custom(Stacked<connector::BoxConnector>),
-}
-
-/// The transport connector a [`Builder`] was given.
-#[derive(Clone, Debug)]
-enum Given {
-    Http(HttpConnector),
-    Custom(connector::BoxConnector),
-}
-
 type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
 type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
+///
+/// `C` is the transport connector: hyper-util's `HttpConnector` unless
+/// [`Builder::connector`] gave another. It is a type parameter (rather than
+/// a boxed connector) so that the client's connections cost the same
+/// whichever it is; the built [`Client<B>`] does not carry it.
 #[derive(Clone, Debug)]
-pub struct Builder {
+pub struct Builder<C = HttpConnector> {
     connect: Option<Duration>,
     timeouts: PhaseTimeoutLayer,
     idle_expiry: IdleExpiryLayer,
@@ -237,7 +227,7 @@ pub struct Builder {
     max_idle_per_origin: usize,
     state_extension: bool,
     retire_stalled_http2: Option<Duration>,
-    connector: Given,
+    connector: C,
     http1: hyper::client::conn::http1::Builder,
     http2: hyper::client::conn::http2::Builder<TokioExecutor>,
 }
@@ -255,7 +245,7 @@ pub fn builder() -> Builder {
         max_idle_per_origin: DEFAULT_MAX_IDLE_PER_ORIGIN,
         state_extension: false,
         retire_stalled_http2: None,
-        connector: Given::Http(HttpConnector::new()),
+        connector: for_tls(HttpConnector::new()),
         http1: hyper::client::conn::http1::Builder::new(),
         http2: hyper::client::conn::http2::Builder::new(TokioExecutor::new()),
     }
@@ -264,7 +254,15 @@ pub fn builder() -> Builder {
 /// The default of [`Builder::max_idle_per_origin`].
 pub const DEFAULT_MAX_IDLE_PER_ORIGIN: usize = 32;
 
-impl Builder {
+/// `http` with `enforce_http(false)` when the client has TLS, so that
+/// `https://` URIs reach it under the TLS connector.
+fn for_tls(#[allow(unused_mut)] mut http: HttpConnector) -> HttpConnector {
+    #[cfg(feature = "tls")]
+    http.enforce_http(false);
+    http
+}
+
+impl<C> Builder<C> {
     /// The connect timeout (TCP and TLS); `None` (the default) for none.
     pub fn connect_timeout(mut self, limit: impl Into<Option<Duration>>) -> Self {
         self.connect = limit.into();
@@ -365,9 +363,8 @@ impl Builder {
     ///     .build::<http_body_util::Full<bytes::Bytes>>();
     /// # let _ = client;
     /// ```
-    pub fn http_connector(mut self, connector: HttpConnector) -> Self {
-        self.connector = Given::Http(connector);
-        self
+    pub fn http_connector(self, connector: HttpConnector) -> Builder<HttpConnector> {
+        self.with_connector(for_tls(connector))
     }
 
     /// Any connector instead of hyper-util's `HttpConnector`: a
@@ -377,10 +374,11 @@ impl Builder {
     /// in-memory transport. It connects in place of TCP: the client still
     /// puts the TLS connector (feature `tls`; `https://` URIs reach your
     /// connector, which returns the plain stream TLS runs over), the
-    /// tracker and the connect timeout around it. Connecting is cold: its
-    /// future and its IO are boxed, so the client's type stays
-    /// [`Client<B>`]. (An `HttpConnector<R>` accepts `https://` URIs only
-    /// with `enforce_http(false)`.)
+    /// tracker and the connect timeout around it. The client's type stays
+    /// [`Client<B>`] (the connector is erased inside it; connecting is
+    /// cold, so its future is boxed), and its connections' IO is your
+    /// connector's, with no indirection. (An `HttpConnector<R>` accepts
+    /// `https://` URIs only with `enforce_http(false)`.)
     ///
     /// ```
     /// use hyper_util::client::legacy::connect::HttpConnector;
@@ -403,15 +401,33 @@ impl Builder {
     ///     .build::<http_body_util::Full<bytes::Bytes>>();
     /// # let _ = client;
     /// ```
-    pub fn connector<C>(mut self, connector: C) -> Self
+    pub fn connector<D>(self, connector: D) -> Builder<D>
     where
-        C: Service<http::Uri> + Clone + Send + Sync + 'static,
-        C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
-        C::Future: Send + 'static,
-        C::Error: Into<BoxError>,
+        D: Service<http::Uri> + Clone + Send + Sync + 'static,
+        D::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+        D::Future: Send + 'static,
+        D::Error: Into<BoxError>,
     {
-        self.connector = Given::Custom(connector::boxed(connector));
-        self
+        self.with_connector(connector)
+    }
+
+    /// This builder with the transport connector `connector`.
+    fn with_connector<D>(self, connector: D) -> Builder<D> {
+        Builder {
+            connect: self.connect,
+            timeouts: self.timeouts,
+            idle_expiry: self.idle_expiry,
+            retry: self.retry,
+            track: self.track,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            max_idle_per_origin: self.max_idle_per_origin,
+            state_extension: self.state_extension,
+            retire_stalled_http2: self.retire_stalled_http2,
+            connector,
+            http1: self.http1,
+            http2: self.http2,
+        }
     }
 
     /// hyper's HTTP/1 settings for every HTTP/1 connection
@@ -469,7 +485,7 @@ impl Builder {
     }
 
     /// ConnectTimeout → tracker → TLS (feature `tls`) → `transport`.
-    fn stack<C>(&self, transport: C) -> Stacked<C> {
+    fn stack<D>(&self, transport: D) -> Stacked<D> {
         #[cfg(feature = "tls")]
         let transport = match &self.tls {
             Some(config) => crate::tls::SharedTlsConnector::from_config(transport, config.clone()),
@@ -486,17 +502,12 @@ impl Builder {
         B: http_body::Body + Clone + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
+        C: Service<http::Uri> + Clone + Send + Sync + 'static,
+        C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+        C::Future: Send + 'static,
+        C::Error: Into<BoxError>,
     {
-        let connector = match self.connector.clone() {
-            #[allow(unused_mut)] // without `tls`
-            Given::Http(mut http) => {
-                // `https://` URIs reach it under the TLS connector.
-                #[cfg(feature = "tls")]
-                http.enforce_http(false);
-                Connector::Http(self.stack(http))
-            }
-            Given::Custom(custom) => Connector::Custom(self.stack(custom)),
-        };
+        let connector = self.stack(self.connector.clone());
         let mut http2 = self.http2;
         http2.timer(TokioTimer::new());
         let drain = DrainHandle::new(Some(self.track.stats()));
