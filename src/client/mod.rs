@@ -104,7 +104,7 @@
 //!
 //! Every layer's settings ([`Builder::timeouts`], [`Builder::idle_expiry`],
 //! [`Builder::retry`], [`Builder::connect_timeout`]), the TLS configuration
-//! ([`Builder::tls_config`]), the pools' bound ([`Builder::max_idle_per_origin`]),
+//! (`Builder::tls_config`, feature `tls`), the pools' bound ([`Builder::max_idle_per_origin`]),
 //! and what a hand-built stack on hyper-util would let you configure:
 //!
 //! * **the transport**: hyper-util's `HttpConnector` with your settings
