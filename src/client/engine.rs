@@ -49,7 +49,6 @@ use tower_service::Service;
 use super::Connector;
 use crate::drain::{DrainHandle, Draining};
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
-use crate::phase_timeout::RequestBody;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody};
 use crate::BoxError;
 
@@ -581,9 +580,9 @@ pub(crate) trait AttemptBody {
     fn capture(&self) -> Option<&ConnectionCapture>;
 }
 
-impl<B: Body> AttemptBody for RequestBody<B> {
+impl AttemptBody for crate::RequestBody {
     fn capture(&self) -> Option<&ConnectionCapture> {
-        RequestBody::capture(self)
+        crate::RequestBody::capture(self)
     }
 }
 

@@ -101,6 +101,7 @@
 //! timeouts and the stats.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -116,11 +117,11 @@ use tower_service::Service;
 use crate::drain::{DrainBody, DrainHandle, DrainReport};
 use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
 use crate::phase_timeout::{
-    ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody,
+    ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, ResponseBody,
 };
 use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
-use crate::BoxError;
+use crate::{BoxError, RequestBody};
 
 mod engine;
 
@@ -135,7 +136,7 @@ type Transport = HttpConnector;
 /// The connector of the one-call client.
 pub type Connector = ConnectTimeout<TrackConnections<Transport>>;
 
-type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
+type Stack = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody>>>;
 type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
@@ -252,12 +253,17 @@ impl Builder {
         self
     }
 
-    /// Builds the client for request bodies of type `B` (any `Clone` body:
-    /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
+    /// Builds the client for request bodies of type `B`: any
+    /// [`http_body::Body`] that is `Send + 'static` with errors convertible
+    /// to [`BoxError`], `Clone` or not. A cheap-to-clone body (`Full<Bytes>`,
+    /// `Empty<Bytes>`, `String`) is retried by cloning; a streamed one
+    /// (`StreamBody`, a channel, your own) through the retry layer's replay
+    /// buffer ([`RetryOnStaleConnectionLayer::replay_limit`], 64 KiB by
+    /// default): see [`RequestBody`]. Every body reaches the engine as a
+    /// [`RequestBody`].
     pub fn build<B>(self) -> Client<B>
     where
-        B: http_body::Body + Clone + Send + Unpin + 'static,
-        B::Data: Send,
+        B: http_body::Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let mut http = HttpConnector::new();
@@ -292,6 +298,7 @@ impl Builder {
             expiry: self.idle_expiry.stats(),
             drain,
             pool,
+            body: PhantomData,
         }
     }
 }
@@ -308,12 +315,15 @@ impl Builder {
 /// [`ConnectionInfo::of`](crate::track::ConnectionInfo::of); in the
 /// extensions too with [`Builder::connection_state_extension`]) and, after
 /// a retry, a [`Retried`](crate::retry::Retried) extension.
-pub struct Client<B: http_body::Body> {
-    inner: Stack<B>,
+pub struct Client<B> {
+    inner: Stack,
     connections: TrackStats,
     expiry: IdleExpiryStats,
     drain: DrainHandle,
     pool: PoolStats,
+    /// The request body type (every body reaches the stack as a
+    /// [`RequestBody`]).
+    body: PhantomData<fn(B)>,
 }
 
 /// The one-call client's pool counters, shared by its clones.
@@ -335,7 +345,7 @@ impl PoolStats {
     }
 }
 
-impl<B: http_body::Body> Clone for Client<B> {
+impl<B> Clone for Client<B> {
     fn clone(&self) -> Self {
         Client {
             inner: self.inner.clone(),
@@ -343,11 +353,12 @@ impl<B: http_body::Body> Clone for Client<B> {
             expiry: self.expiry.clone(),
             drain: self.drain.clone(),
             pool: self.pool.clone(),
+            body: PhantomData,
         }
     }
 }
 
-impl<B: http_body::Body> std::fmt::Debug for Client<B> {
+impl<B> std::fmt::Debug for Client<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("connections", &self.connections)
@@ -356,7 +367,7 @@ impl<B: http_body::Body> std::fmt::Debug for Client<B> {
     }
 }
 
-impl<B: http_body::Body> Client<B> {
+impl<B> Client<B> {
     /// Connections opened and open now.
     pub fn connection_stats(&self) -> &TrackStats {
         &self.connections
@@ -418,8 +429,7 @@ impl<B: http_body::Body> Client<B> {
 
 impl<B> Service<Request<B>> for Client<B>
 where
-    B: http_body::Body + Clone + Send + Unpin + 'static,
-    B::Data: Send,
+    B: http_body::Body + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
@@ -427,7 +437,7 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        Service::<Request<RequestBody>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -437,44 +447,27 @@ where
                 Ok(guard) => Guarded::running(self.inner.call(req), guard),
                 Err(_) => Guarded::refused(),
             },
+            body: PhantomData,
         }
     }
 }
 
 pin_project! {
     /// Response future of [`Client`].
-    pub struct ResponseFuture<B>
-    where
-        B: http_body::Body,
-        B: Clone,
-        B: Send,
-        B: Unpin,
-        B: 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    pub struct ResponseFuture<B> {
         #[pin]
-        inner: crate::drain::future::ResponseFuture<<Stack<B> as Service<Request<B>>>::Future>,
+        inner: crate::drain::future::ResponseFuture<<Stack as Service<Request<RequestBody>>>::Future>,
+        body: PhantomData<fn(B)>,
     }
 }
 
-impl<B> std::fmt::Debug for ResponseFuture<B>
-where
-    B: http_body::Body + Clone + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl<B> std::fmt::Debug for ResponseFuture<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<B> Future for ResponseFuture<B>
-where
-    B: http_body::Body + Clone + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl<B> Future for ResponseFuture<B> {
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -154,10 +154,10 @@
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_conn_lifecycle::phase_timeout::{
-//!     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody,
+//!     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer,
 //! };
 //! use tower_conn_lifecycle::track::TrackConnectionsLayer;
-//! use tower_conn_lifecycle::{find_cause, ErrorChain};
+//! use tower_conn_lifecycle::{find_cause, ErrorChain, RequestBody};
 //!
 //! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 //! let connector = ServiceBuilder::new()
@@ -165,7 +165,7 @@
 //!     .layer(TrackConnectionsLayer::new())
 //!     .service(HttpConnector::new());
 //! let client = Client::builder(TokioExecutor::new())
-//!     .build::<_, RequestBody<Full<Bytes>>>(connector);
+//!     .build::<_, RequestBody>(connector);
 //! let client = ServiceBuilder::new()
 //!     .layer(
 //!         PhaseTimeoutLayer::new()
@@ -189,14 +189,14 @@
 //! # }
 //! ```
 
-mod body;
+pub(crate) mod body;
 mod connect;
 mod error;
 pub mod future;
 mod layer;
 mod service;
 
-pub use body::{RequestBody, ResponseBody, MAX_FRAME};
+pub use body::{ResponseBody, MAX_FRAME};
 pub use connect::{ConnectTimeout, ConnectTimeoutLayer};
 pub use error::{Elapsed, Phase};
 pub use layer::{PhaseOverride, PhaseTimeoutLayer};

@@ -61,13 +61,22 @@ pub async fn post_again_after_expiry(
 ) -> http::Response<TrackedBody<TrackedBody<hyper::body::Incoming>>> {
     use http_body_util::BodyExt;
     let layer = IdleExpiryLayer::new(std::time::Duration::from_millis(50)).learn(false);
+    let pool = client_with_checkouts(layer, TrackConnectionsLayer::new(), 1);
+    // The retry layer hands its inner service a `RequestBody`; this pool
+    // sends `Full<Bytes>`.
+    let pool = tower::service_fn(
+        move |req: http::Request<tower_conn_lifecycle::RequestBody>| {
+            let pool = pool.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = Full::new(body.collect().await?.to_bytes());
+                pool.oneshot(http::Request::from_parts(parts, body)).await
+            }
+        },
+    );
     let client = tower::ServiceBuilder::new()
         .layer(tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer::new())
-        .service(client_with_checkouts(
-            layer,
-            TrackConnectionsLayer::new(),
-            1,
-        ));
+        .service(pool);
     let post = || {
         http::Request::post(url)
             .body(Full::new(Bytes::from_static(b"once")))
