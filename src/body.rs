@@ -118,6 +118,8 @@ enum Source {
 struct Upload {
     progress: Option<Arc<Progress>>,
     capture: Option<ConnectionCapture>,
+    /// The progress record's generation this body reports about.
+    generation: u32,
     /// A copy kept by the retry layer for a later attempt, under
     /// `PhaseTimeout` (the layer above it): it reports nothing until that
     /// attempt starts ([`RequestBody::next_attempt`]).
@@ -128,6 +130,7 @@ impl Upload {
     const NONE: Upload = Upload {
         progress: None,
         capture: None,
+        generation: 0,
         dormant: false,
     };
 
@@ -140,10 +143,16 @@ impl Upload {
             return;
         }
         if let Some(p) = self.progress.take() {
-            p.end(at);
+            p.end(self.generation, at);
         }
         if let Some(c) = self.capture.take() {
             c.upload_ended();
+        }
+    }
+
+    fn frame(&self, len: usize, now: Instant) {
+        if let Some(p) = &self.progress {
+            p.frame(self.generation, len, now);
         }
     }
 }
@@ -321,11 +330,13 @@ impl RequestBody {
         if let (Some(new), Some(old)) = (&progress, &self.upload.progress) {
             new.report_to(Arc::clone(old));
         }
+        let generation = progress.as_ref().map_or(0, |p| p.generation());
         let mut earlier = mem::replace(
             &mut self.upload,
             Upload {
                 progress,
                 capture,
+                generation,
                 dormant: false,
             },
         );
@@ -337,7 +348,7 @@ impl RequestBody {
             // hyper never polls an empty body: its upload is the request
             // head (the attempt learns it when it begins).
             if let Some(p) = self.upload.progress.take() {
-                p.end(p.issued());
+                p.end(self.upload.generation, p.issued());
             }
         }
     }
@@ -385,6 +396,7 @@ impl RequestBody {
             upload: Upload {
                 progress: self.upload.progress.clone(),
                 capture: None,
+                generation: self.upload.generation,
                 dormant: observed,
             },
         }
@@ -400,7 +412,9 @@ impl RequestBody {
         }
         self.upload.dormant = false;
         if let Some(p) = &self.upload.progress {
-            p.restart();
+            // An earlier attempt's body, dropped later, reports about an
+            // older generation: ignored.
+            self.upload.generation = p.restart();
         }
         self.upload.capture = capture.cloned();
         if let Some(c) = &self.upload.capture {
@@ -408,7 +422,7 @@ impl RequestBody {
         }
         if self.ends_now() {
             if let Some(p) = self.upload.progress.take() {
-                p.end(Instant::now());
+                p.end(self.upload.generation, Instant::now());
             }
         }
     }
@@ -536,9 +550,7 @@ impl Body for RequestBody {
             let now = Instant::now();
             match frame.data_ref() {
                 Some(data) => {
-                    if let Some(p) = &this.upload.progress {
-                        p.frame(data.len(), now);
-                    }
+                    this.upload.frame(data.len(), now);
                     if this.ends_now() {
                         this.upload.end(now);
                     }

@@ -378,3 +378,29 @@ fn the_debug_output_says_how_it_is_kept() {
         "{replay}"
     );
 }
+
+/// The retry layer below `PhaseTimeout`: the failed attempt's body may be
+/// dropped by its connection after the retry has started; its end belongs
+/// to an older generation and must not end the upload under way.
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempts_body_dropped_late_does_not_end_the_retry() {
+    let progress = Arc::new(Progress::new(Instant::now()));
+    let mut first = RequestBody::new(frames(
+        vec![data(10, 1), data(20, 2)],
+        SizeHint::with_exact(30),
+    ));
+    first.observe(Some(progress.clone()), None);
+    first.make_replayable(100);
+    let mut copy = first.retry_copy();
+    first.frame().await.unwrap().unwrap();
+    copy.next_attempt(None);
+    // The first attempt's body goes only now.
+    drop(first);
+    assert!(progress.body_end().is_none());
+    assert_eq!(progress.bytes(), 0);
+    copy.frame().await.unwrap().unwrap();
+    assert_eq!(progress.bytes(), 10);
+    read(&mut copy).await.unwrap();
+    assert_eq!(progress.bytes(), 30);
+    assert!(progress.body_end().is_some());
+}

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -24,15 +24,24 @@ use crate::BoxError;
 pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Upload progress of one request, shared by its body and its future.
+///
+/// A request the retry layer below `PhaseTimeout` sends again uploads its
+/// body again: the record [`restart`](Self::restart)s, and each report
+/// carries the generation (the attempt) it is about, so that an earlier
+/// attempt's body, dropped late by its connection, cannot end the upload
+/// under way.
 #[derive(Debug)]
 pub(crate) struct Progress {
     origin: Origin,
     last_frame: Stamp,
     body_end: Stamp,
     bytes: AtomicU64,
+    generation: AtomicU32,
     /// The record of a `PhaseTimeout` above this one (layers stacked
-    /// twice): everything reported here is reported there too.
+    /// twice): everything reported here is reported there too, as of the
+    /// generation it had then.
     outer: OnceLock<Arc<Progress>>,
+    outer_generation: AtomicU32,
 }
 
 impl Progress {
@@ -42,7 +51,9 @@ impl Progress {
             last_frame: Stamp::never(),
             body_end: Stamp::never(),
             bytes: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             outer: OnceLock::new(),
+            outer_generation: AtomicU32::new(0),
         }
     }
 
@@ -51,8 +62,15 @@ impl Progress {
         self.origin.instant()
     }
 
+    /// The current generation: reports about another one are ignored.
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Reports to `outer` too from now on.
     pub(crate) fn report_to(&self, outer: Arc<Progress>) {
+        self.outer_generation
+            .store(outer.generation(), Ordering::Release);
         let _ = self.outer.set(outer);
     }
 
@@ -72,30 +90,44 @@ impl Progress {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn frame(&self, len: usize, now: Instant) {
+    /// A frame of `len` bytes pulled at `now`, by the body of `generation`.
+    pub(crate) fn frame(&self, generation: u32, len: usize, now: Instant) {
+        if generation != self.generation() {
+            return;
+        }
         self.bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.last_frame.set(&self.origin, now);
         if let Some(outer) = self.outer.get() {
-            outer.frame(len, now);
+            outer.frame(self.outer_generation.load(Ordering::Acquire), len, now);
         }
     }
 
-    pub(crate) fn end(&self, at: Instant) {
+    /// The upload of `generation` ended at `at`.
+    pub(crate) fn end(&self, generation: u32, at: Instant) {
+        if generation != self.generation() {
+            return;
+        }
         self.body_end.set(&self.origin, at);
         if let Some(outer) = self.outer.get() {
-            outer.end(at);
+            outer.end(self.outer_generation.load(Ordering::Acquire), at);
         }
     }
 
     /// A retried attempt (the retry layer below `PhaseTimeout`) uploads the
     /// body again: the upload is under way once more, its bytes counted
-    /// from zero.
-    pub(crate) fn restart(&self) {
+    /// from zero, in a new generation (returned).
+    pub(crate) fn restart(&self) -> u32 {
         self.body_end.clear();
         self.bytes.store(0, Ordering::Relaxed);
+        let generation = self
+            .generation
+            .fetch_add(1, Ordering::AcqRel)
+            .wrapping_add(1);
         if let Some(outer) = self.outer.get() {
-            outer.restart();
+            self.outer_generation
+                .store(outer.restart(), Ordering::Release);
         }
+        generation
     }
 }
 
