@@ -99,6 +99,21 @@
 //! limits lower it per connection), one safe retry, and no connect, send,
 //! read or total limit until set. Clones share the pool, the learned idle
 //! timeouts and the stats.
+//!
+//! # Request bodies
+//!
+//! [`Builder::build`] takes any request body type, `Clone` or not: a
+//! streamed upload (`StreamBody`, a channel, your own [`http_body::Body`])
+//! goes through as it is, pulled frame by frame as the connection writes
+//! it. Every body reaches the stack as a [`RequestBody`]: a cheap-to-clone
+//! one (`Full<Bytes>`, `Empty<Bytes>`, `String`) is retried by cloning, a
+//! streamed one through the retry layer's replay buffer
+//! ([`RetryOnStaleConnectionLayer::replay_limit`], 64 KiB by default), so
+//! a streamed upload whose connection fails before more than that was read
+//! of it is sent again from its start, and one that fails later is not
+//! ([`Rule::BodyNotReplayable`](crate::retry::Rule::BodyNotReplayable)).
+//! `examples/streamed_upload.rs` streams 100 MB through it and shows the
+//! retry.
 
 use std::future::Future;
 use std::marker::PhantomData;

@@ -127,9 +127,16 @@
 //!
 //! # Which clients
 //!
-//! * **hyper-util's legacy `Client`**: everything above. Put
-//!   [`ConnectTimeoutLayer`] (and the tracker) around its connector and
-//!   [`PhaseTimeoutLayer`] around the client.
+//! [`PhaseTimeoutLayer`] takes requests with any body and hands the service
+//! below it the crate's one request body type,
+//! [`RequestBody`](crate::RequestBody), which reports the upload's
+//! progress (a `RequestBody` from the retry layer above is taken as it is):
+//! the service below is a `Service<http::Request<RequestBody>>`.
+//!
+//! * **hyper-util's legacy `Client`**: everything above. Build it as
+//!   `Client<_, RequestBody>`, put [`ConnectTimeoutLayer`] (and the
+//!   tracker) around its connector and [`PhaseTimeoutLayer`] around the
+//!   client.
 //! * **hyper-util's composable pools** (`client::pool`) or any other
 //!   `Service<http::Request<B>>`: [`PhaseTimeoutLayer`] wraps them the same
 //!   way, but they do not fill hyper-util's connection capture, so progress
