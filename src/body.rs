@@ -43,6 +43,11 @@ use crate::BoxError;
 ///   into a [`BoxError`]. The retry layer replays it through a bounded
 ///   buffer (see [`retry`](crate::retry#request-bodies)).
 ///
+/// The body is recognised by its exact type: one already type-erased
+/// (`UnsyncBoxBody`, `BoxBody`, a wrapper of your own) is boxed, even if it
+/// holds a `Full`; make that a `RequestBody` first (`RequestBody::new(full)`)
+/// where the type is still known, to keep it inline.
+///
 /// Whatever the body, data frames larger than
 /// [`MAX_FRAME`](crate::phase_timeout::MAX_FRAME) are split into zero-copy
 /// pieces so that upload progress stays visible while hyper writes them,
@@ -72,30 +77,35 @@ use crate::BoxError;
 /// assert!(same.is_replayable());
 /// ```
 pub struct RequestBody {
+    // One word of tag and pointer plus a `Bytes`: 32 bytes, so that an
+    // `http::Request<RequestBody>` (224 bytes of parts) stays within the
+    // 256 bytes that `memcpy` moves without a loop; hyper and the layers
+    // move the request many times.
     kind: Kind,
-    upload: Upload,
 }
 
-/// Where a body's data comes from.
+/// How a body is kept.
 enum Kind {
-    /// Cheap-to-clone data not yet sent (empty: the body has ended); pieces
-    /// are split off it in place.
+    /// Cheap-to-clone data not yet sent (empty: the body has ended),
+    /// unobserved; pieces are split off it in place.
     Inline(Bytes),
-    /// Anything else (boxed: such bodies are rare, and the request, body
-    /// included, is moved several times inside hyper).
-    Stream(Box<Stream>),
+    /// Anything else: a streamed body, or a body that reports its upload.
+    Heavy(Box<Heavy>),
 }
 
-struct Stream {
+struct Heavy {
     source: Source,
-    /// The unsent part of a frame larger than `MAX_FRAME`.
+    /// The unsent part of a streamed frame larger than `MAX_FRAME`.
     rest: Option<Bytes>,
+    upload: Upload,
 }
 
 /// The caller's body, type-erased.
 pub(crate) type BoxedBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 
 enum Source {
+    /// Cheap-to-clone data not yet sent (as [`Kind::Inline`]).
+    Inline(Bytes),
     /// The caller's body. The mutex only makes `RequestBody` `Sync` (which
     /// reqwest needs) without asking the caller's body to be: frames are
     /// pulled through `get_mut`, with no locking.
@@ -252,17 +262,39 @@ impl RequestBody {
     fn inline(data: Bytes) -> Self {
         RequestBody {
             kind: Kind::Inline(data),
-            upload: Upload::NONE,
         }
     }
 
     fn boxed(body: BoxedBody) -> Self {
         RequestBody {
-            kind: Kind::Stream(Box::new(Stream {
+            kind: Kind::Heavy(Box::new(Heavy {
                 source: Source::Boxed(Mutex::new(body)),
                 rest: None,
+                upload: Upload::NONE,
             })),
-            upload: Upload::NONE,
+        }
+    }
+
+    /// The body's heavy form, made (moving inline data into it) if needed.
+    fn heavy_mut(&mut self) -> Option<&mut Heavy> {
+        if let Kind::Inline(data) = &mut self.kind {
+            let data = mem::take(data);
+            self.kind = Kind::Heavy(Box::new(Heavy {
+                source: Source::Inline(data),
+                rest: None,
+                upload: Upload::NONE,
+            }));
+        }
+        match &mut self.kind {
+            Kind::Heavy(heavy) => Some(heavy),
+            Kind::Inline(_) => None,
+        }
+    }
+
+    fn heavy(&self) -> Option<&Heavy> {
+        match &self.kind {
+            Kind::Heavy(heavy) => Some(heavy),
+            Kind::Inline(_) => None,
         }
     }
 
@@ -272,24 +304,19 @@ impl RequestBody {
     /// limit, and it has not failed. A streamed body outside the retry
     /// layer is not.
     pub fn is_replayable(&self) -> bool {
-        match &self.kind {
-            Kind::Inline(_) => true,
-            Kind::Stream(stream) => match &stream.source {
-                Source::Replay(replay) => replay.is_replayable(),
-                Source::Boxed(_) | Source::Spent => false,
-            },
+        match self.heavy().map(|h| &h.source) {
+            None | Some(Source::Inline(_)) => true,
+            Some(Source::Replay(replay)) => replay.is_replayable(),
+            Some(Source::Boxed(_) | Source::Spent) => false,
         }
     }
 
     /// The replay buffer's limit, when a streamed body went past it (for
     /// the retry layer's refusal).
     pub(crate) fn overflowed_limit(&self) -> Option<usize> {
-        match &self.kind {
-            Kind::Stream(stream) => match &stream.source {
-                Source::Replay(replay) => replay.overflowed_limit(),
-                _ => None,
-            },
-            Kind::Inline(_) => None,
+        match self.heavy().map(|h| &h.source) {
+            Some(Source::Replay(replay)) => replay.overflowed_limit(),
+            _ => None,
         }
     }
 
@@ -300,19 +327,22 @@ impl RequestBody {
         self.ends_now() || self.size_hint().exact() == Some(0)
     }
 
+    #[inline]
     fn ends_now(&self) -> bool {
         match &self.kind {
             Kind::Inline(data) => data.is_empty(),
-            Kind::Stream(stream) => stream.rest.is_none() && stream.source.is_end_stream(),
+            Kind::Heavy(heavy) => heavy.ends_now(),
         }
     }
 
     /// The attempt's capture, until the upload has ended.
+    #[inline]
     pub(crate) fn capture(&self) -> Option<&ConnectionCapture> {
-        if self.upload.dormant {
+        let upload = &self.heavy()?.upload;
+        if upload.dormant {
             return None;
         }
-        self.upload.capture.as_ref()
+        upload.capture.as_ref()
     }
 
     /// Progress observation (`PhaseTimeout`): the body reports its upload
@@ -324,15 +354,21 @@ impl RequestBody {
         progress: Option<Arc<Progress>>,
         capture: Option<ConnectionCapture>,
     ) {
+        if progress.is_none() && capture.is_none() && self.heavy().is_none() {
+            return;
+        }
         if let Some(c) = &capture {
             c.hook();
         }
-        if let (Some(new), Some(old)) = (&progress, &self.upload.progress) {
+        let Some(heavy) = self.heavy_mut() else {
+            return;
+        };
+        if let (Some(new), Some(old)) = (&progress, &heavy.upload.progress) {
             new.report_to(Arc::clone(old));
         }
         let generation = progress.as_ref().map_or(0, |p| p.generation());
         let mut earlier = mem::replace(
-            &mut self.upload,
+            &mut heavy.upload,
             Upload {
                 progress,
                 capture,
@@ -344,11 +380,11 @@ impl RequestBody {
         // end anything when dropped.
         earlier.dormant = true;
         drop(earlier);
-        if self.ends_now() {
+        if heavy.ends_now() {
             // hyper never polls an empty body: its upload is the request
             // head (the attempt learns it when it begins).
-            if let Some(p) = self.upload.progress.take() {
-                p.end(self.upload.generation, p.issued());
+            if let Some(p) = heavy.upload.progress.take() {
+                p.end(heavy.upload.generation, p.issued());
             }
         }
     }
@@ -356,14 +392,14 @@ impl RequestBody {
     /// Replay mode (the retry layer): a streamed body goes through a replay
     /// buffer keeping up to `limit` bytes; an inline one needs none.
     pub(crate) fn make_replayable(&mut self, limit: usize) {
-        let Kind::Stream(stream) = &mut self.kind else {
+        let Kind::Heavy(heavy) = &mut self.kind else {
             return;
         };
-        if stream.rest.is_some() {
+        if heavy.rest.is_some() {
             // Partly read already: what was read cannot be replayed.
             return;
         }
-        stream.source = match mem::replace(&mut stream.source, Source::Spent) {
+        heavy.source = match mem::replace(&mut heavy.source, Source::Spent) {
             Source::Boxed(body) => Source::Replay(Replay::new(
                 body.into_inner().unwrap_or_else(PoisonError::into_inner),
                 limit,
@@ -372,33 +408,36 @@ impl RequestBody {
         };
     }
 
-    /// A copy of this body, not yet sent, for a later attempt: an inline
-    /// body cloned, a replay handle that starts from the beginning (a
-    /// streamed body outside the replay buffer cannot be copied: its copy
-    /// is not replayable). The copy's progress observation, if the body has
-    /// one (`PhaseTimeout` above the retry layer), waits for
+    /// A copy of this body, not yet sent, for a later attempt: inline data
+    /// cloned, a replay handle that starts from the beginning (a streamed
+    /// body outside the replay buffer cannot be copied: its copy is not
+    /// replayable). The copy's progress observation, if the body has one
+    /// (`PhaseTimeout` above the retry layer), waits for
     /// [`next_attempt`](Self::next_attempt).
     pub(crate) fn retry_copy(&self) -> RequestBody {
-        let kind = match &self.kind {
-            Kind::Inline(data) => Kind::Inline(data.clone()),
-            Kind::Stream(stream) => Kind::Stream(Box::new(Stream {
-                source: match &stream.source {
-                    Source::Replay(replay) => Source::Replay(replay.clone()),
-                    Source::Boxed(_) | Source::Spent => Source::Spent,
-                },
-                rest: None,
-            })),
+        let heavy = match &self.kind {
+            Kind::Inline(data) => return Self::inline(data.clone()),
+            Kind::Heavy(heavy) => heavy,
         };
-        let observed =
-            self.upload.dormant || self.upload.progress.is_some() || self.upload.capture.is_some();
+        let upload = &heavy.upload;
+        let observed = upload.dormant || upload.progress.is_some() || upload.capture.is_some();
+        let source = match &heavy.source {
+            Source::Inline(data) if !observed => return Self::inline(data.clone()),
+            Source::Inline(data) => Source::Inline(data.clone()),
+            Source::Replay(replay) => Source::Replay(replay.clone()),
+            Source::Boxed(_) | Source::Spent => Source::Spent,
+        };
         RequestBody {
-            kind,
-            upload: Upload {
-                progress: self.upload.progress.clone(),
-                capture: None,
-                generation: self.upload.generation,
-                dormant: observed,
-            },
+            kind: Kind::Heavy(Box::new(Heavy {
+                source,
+                rest: None,
+                upload: Upload {
+                    progress: upload.progress.clone(),
+                    capture: None,
+                    generation: upload.generation,
+                    dormant: observed,
+                },
+            })),
         }
     }
 
@@ -407,22 +446,26 @@ impl RequestBody {
     /// the copy's upload now reports to its progress record, which starts
     /// over, and announces the new attempt.
     pub(crate) fn next_attempt(&mut self, capture: Option<&ConnectionCapture>) {
-        if !self.upload.dormant {
+        let Kind::Heavy(heavy) = &mut self.kind else {
+            return;
+        };
+        let upload = &mut heavy.upload;
+        if !upload.dormant {
             return;
         }
-        self.upload.dormant = false;
-        if let Some(p) = &self.upload.progress {
+        upload.dormant = false;
+        if let Some(p) = &upload.progress {
             // An earlier attempt's body, dropped later, reports about an
             // older generation: ignored.
-            self.upload.generation = p.restart();
+            upload.generation = p.restart();
         }
-        self.upload.capture = capture.cloned();
-        if let Some(c) = &self.upload.capture {
+        upload.capture = capture.cloned();
+        if let Some(c) = &upload.capture {
             c.hook();
         }
-        if self.ends_now() {
-            if let Some(p) = self.upload.progress.take() {
-                p.end(self.upload.generation, Instant::now());
+        if heavy.ends_now() {
+            if let Some(p) = heavy.upload.progress.take() {
+                p.end(heavy.upload.generation, Instant::now());
             }
         }
     }
@@ -430,25 +473,20 @@ impl RequestBody {
     /// The replay buffer's bytes and frames kept (tests).
     #[cfg(test)]
     pub(crate) fn replay_buffered(&self) -> Option<(usize, usize)> {
-        match &self.kind {
-            Kind::Stream(stream) => match &stream.source {
-                Source::Replay(replay) => Some(replay.buffered()),
-                _ => None,
-            },
-            Kind::Inline(_) => None,
+        match self.heavy().map(|h| &h.source) {
+            Some(Source::Replay(replay)) => Some(replay.buffered()),
+            _ => None,
         }
     }
 
     /// How the body is kept (tests).
     #[cfg(test)]
     pub(crate) fn kind_name(&self) -> &'static str {
-        match &self.kind {
-            Kind::Inline(_) => "inline",
-            Kind::Stream(stream) => match &stream.source {
-                Source::Boxed(_) => "boxed",
-                Source::Replay(_) => "replay",
-                Source::Spent => "spent",
-            },
+        match self.heavy().map(|h| &h.source) {
+            None | Some(Source::Inline(_)) => "inline",
+            Some(Source::Boxed(_)) => "boxed",
+            Some(Source::Replay(_)) => "replay",
+            Some(Source::Spent) => "spent",
         }
     }
 }
@@ -464,6 +502,8 @@ fn take_piece(data: &mut Bytes) -> Bytes {
 impl Source {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self {
+            Source::Inline(data) if data.is_empty() => Poll::Ready(None),
+            Source::Inline(data) => Poll::Ready(Some(Ok(Frame::data(mem::take(data))))),
             Source::Boxed(body) => body
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -476,6 +516,7 @@ impl Source {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            Source::Inline(data) => data.is_empty(),
             Source::Boxed(body) => body
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -487,6 +528,7 @@ impl Source {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            Source::Inline(data) => SizeHint::with_exact(data.len() as u64),
             Source::Boxed(body) => body
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -497,7 +539,13 @@ impl Source {
     }
 }
 
-impl Stream {
+impl Heavy {
+    fn ends_now(&self) -> bool {
+        self.rest.is_none() && self.source.is_end_stream()
+    }
+
+    /// The next piece: of the rest of a large frame, or of the next frame
+    /// (split if larger than `MAX_FRAME`).
     fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(rest) = self.rest.as_mut() {
             let piece = take_piece(rest);
@@ -522,63 +570,35 @@ impl Stream {
             Err(frame) => frame,
         })))
     }
-}
 
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.kind {
-            Kind::Inline(data) if data.is_empty() => None,
-            Kind::Inline(data) => Some(Ok(Frame::data(take_piece(data)))),
-            Kind::Stream(stream) => ready!(stream.poll_piece(cx)),
-        };
-        let frame = match polled {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match ready!(self.poll_piece(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Poll::Ready(Some(Err(e))),
             None => {
-                this.upload.end(Instant::now());
+                self.upload.end(Instant::now());
                 return Poll::Ready(None);
             }
         };
-        if this.upload.is_live() {
+        if self.upload.is_live() {
             let now = Instant::now();
             match frame.data_ref() {
                 Some(data) => {
-                    this.upload.frame(data.len(), now);
-                    if this.ends_now() {
-                        this.upload.end(now);
+                    self.upload.frame(data.len(), now);
+                    if self.ends_now() {
+                        self.upload.end(now);
                     }
                 }
                 // Trailers end the body.
-                None => this.upload.end(now),
+                None => self.upload.end(now),
             }
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
-    fn is_end_stream(&self) -> bool {
-        let end = self.ends_now();
-        // hyper asks this on the connection's task right before it writes
-        // the request head: the moment the attempt begins on the wire.
-        if let Some(c) = self.capture() {
-            c.begin(end);
-        }
-        end
-    }
-
     fn size_hint(&self) -> SizeHint {
-        let stream = match &self.kind {
-            Kind::Inline(data) => return SizeHint::with_exact(data.len() as u64),
-            Kind::Stream(stream) => stream,
-        };
-        let mut hint = stream.source.size_hint();
-        if let Some(rest) = &stream.rest {
+        let mut hint = self.source.size_hint();
+        if let Some(rest) = &self.rest {
             let extra = rest.len() as u64;
             // The upper bound first: `set_lower` refuses a lower bound above
             // the current upper one.
@@ -594,6 +614,39 @@ impl Body for RequestBody {
             }
         }
         hint
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Inline(data) if data.is_empty() => Poll::Ready(None),
+            Kind::Inline(data) => Poll::Ready(Some(Ok(Frame::data(take_piece(data))))),
+            Kind::Heavy(heavy) => heavy.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.ends_now();
+        // hyper asks this on the connection's task right before it writes
+        // the request head: the moment the attempt begins on the wire.
+        if let Some(c) = self.capture() {
+            c.begin(end);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inline(data) => SizeHint::with_exact(data.len() as u64),
+            Kind::Heavy(heavy) => heavy.size_hint(),
+        }
     }
 }
 
@@ -637,14 +690,16 @@ impl From<&'static [u8]> for RequestBody {
 impl fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RequestBody");
-        match &self.kind {
-            Kind::Inline(data) => d.field("inline", &data.len()),
-            Kind::Stream(stream) => match &stream.source {
+        match self.heavy() {
+            None => d.field("inline", &self.size_hint().lower()),
+            Some(heavy) => match &heavy.source {
+                Source::Inline(data) => d.field("inline", &data.len()),
                 Source::Replay(replay) => d.field("replay", replay),
                 Source::Boxed(_) | Source::Spent => d.field("streamed", &true),
             },
         };
-        d.field("observed", &self.upload.is_live()).finish()
+        let observed = self.heavy().is_some_and(|h| h.upload.is_live());
+        d.field("observed", &observed).finish()
     }
 }
 

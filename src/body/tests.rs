@@ -404,3 +404,12 @@ async fn a_failed_attempts_body_dropped_late_does_not_end_the_retry() {
     assert_eq!(progress.bytes(), 30);
     assert!(progress.body_end().is_some());
 }
+
+/// An `http::Request<RequestBody>` is moved many times between the layers
+/// and hyper: with http 1's 224 bytes of parts, a 32-byte body keeps it
+/// within the 256 bytes `memcpy` moves without a loop (a 56-byte body cost
+/// the one-call client about 850 instructions per GET).
+#[test]
+fn it_is_four_words() {
+    assert_eq!(std::mem::size_of::<RequestBody>(), 32);
+}
