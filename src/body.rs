@@ -58,7 +58,9 @@ use crate::BoxError;
 /// limit, and to the connection tracker: see
 /// [`track`](crate::track)); under the retry layer a streamed body keeps
 /// what it sent for a replay. Both modes live on the same value, in either
-/// stacking order.
+/// stacking order. A `RequestBody` is four words (inline data, or one box
+/// for a streamed body or one that reports its upload), so that the
+/// request around it stays cheap to move.
 ///
 /// ```
 /// use bytes::Bytes;

@@ -115,8 +115,10 @@
 //! per request is one connection capture (hyper-util's `capture_connection`
 //! and the attempt's record, shared with [`retry`](crate::retry) when both
 //! are stacked: about 2.8 k instructions and 8 small allocations on
-//! loopback, about half of the layer's cost), one tokio timer, and one
-//! allocation for a request with a body (its upload progress). The capture
+//! loopback, about half of the layer's cost), one tokio timer, one
+//! allocation for the request body's side of the watch (its
+//! [`RequestBody`](crate::RequestBody) then reports the upload), and one
+//! more for a request with a body (its upload progress). The capture
 //! is taken for every request, also without a `send` or `read` limit: the
 //! request body announces the attempt with it, which makes the tracker's
 //! record of the exchange this request's own (and its end this request's

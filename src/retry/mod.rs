@@ -149,7 +149,7 @@
 //! The layer keeps a copy of the request for a retry (an extension-less
 //! `GET` copies only its URI), runs tower's retry policy and marks the end
 //! of the response's exchange: about 1.1 k instructions and no allocation
-//! per request on loopback (`cargo bench --bench instructions -- retry`,
+//! per request (but a streamed body's replay buffer) on loopback (`cargo bench --bench instructions -- retry`,
 //! about +4 % over a bare hyper-util client; the README's Performance
 //! section).
 //!
