@@ -277,22 +277,6 @@ impl RequestBody {
         }
     }
 
-    /// The body's heavy form, made (moving inline data into it) if needed.
-    fn heavy_mut(&mut self) -> Option<&mut Heavy> {
-        if let Kind::Inline(data) = &mut self.kind {
-            let data = mem::take(data);
-            self.kind = Kind::Heavy(Box::new(Heavy {
-                source: Source::Inline(data),
-                rest: None,
-                upload: Upload::NONE,
-            }));
-        }
-        match &mut self.kind {
-            Kind::Heavy(heavy) => Some(heavy),
-            Kind::Inline(_) => None,
-        }
-    }
-
     fn heavy(&self) -> Option<&Heavy> {
         match &self.kind {
             Kind::Heavy(heavy) => Some(heavy),
@@ -356,35 +340,47 @@ impl RequestBody {
         progress: Option<Arc<Progress>>,
         capture: Option<ConnectionCapture>,
     ) {
-        if progress.is_none() && capture.is_none() && self.heavy().is_none() {
-            return;
-        }
         if let Some(c) = &capture {
             c.hook();
         }
-        let Some(heavy) = self.heavy_mut() else {
-            return;
+        let generation = progress.as_ref().map_or(0, |p| p.generation());
+        let mut upload = Upload {
+            progress,
+            capture,
+            generation,
+            dormant: false,
         };
-        if let (Some(new), Some(old)) = (&progress, &heavy.upload.progress) {
+        let heavy = match &mut self.kind {
+            Kind::Inline(data) => {
+                if !upload.is_live() {
+                    return;
+                }
+                if data.is_empty() {
+                    // hyper never polls an empty body: its upload is the
+                    // request head (the attempt learns it when it begins).
+                    if let Some(p) = upload.progress.take() {
+                        p.end(generation, p.issued());
+                    }
+                }
+                let source = Source::Inline(mem::take(data));
+                self.kind = Kind::Heavy(Box::new(Heavy {
+                    source,
+                    rest: None,
+                    upload,
+                }));
+                return;
+            }
+            Kind::Heavy(heavy) => heavy,
+        };
+        if let (Some(new), Some(old)) = (&upload.progress, &heavy.upload.progress) {
             new.report_to(Arc::clone(old));
         }
-        let generation = progress.as_ref().map_or(0, |p| p.generation());
-        let mut earlier = mem::replace(
-            &mut heavy.upload,
-            Upload {
-                progress,
-                capture,
-                generation,
-                dormant: false,
-            },
-        );
+        let mut earlier = mem::replace(&mut heavy.upload, upload);
         // Reported through the new record (or replaced by it): it must not
         // end anything when dropped.
         earlier.dormant = true;
         drop(earlier);
         if heavy.ends_now() {
-            // hyper never polls an empty body: its upload is the request
-            // head (the attempt learns it when it begins).
             if let Some(p) = heavy.upload.progress.take() {
                 p.end(heavy.upload.generation, p.issued());
             }
@@ -542,8 +538,13 @@ impl Source {
 }
 
 impl Heavy {
+    #[inline]
     fn ends_now(&self) -> bool {
-        self.rest.is_none() && self.source.is_end_stream()
+        self.rest.is_none()
+            && match &self.source {
+                Source::Inline(data) => data.is_empty(),
+                source => source.is_end_stream(),
+            }
     }
 
     /// The next piece: of the rest of a large frame, or of the next frame
