@@ -32,10 +32,11 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer, RequestBody, ResponseBody,
+    ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer, ResponseBody,
 };
 use tower_conn_lifecycle::testing::{Blackhole, SilentServer, StopReadingServer, ThrottledReader};
 use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
+use tower_conn_lifecycle::RequestBody;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 const MB: usize = 1 << 20;
@@ -57,7 +58,7 @@ fn client(limits: &Limits) -> Svc {
         .layer(TrackConnectionsLayer::new())
         .service(HttpConnector::new());
     let client = Client::builder(TokioExecutor::new())
-        .build::<_, RequestBody<Full<Bytes>>>(connector)
+        .build::<_, RequestBody>(connector)
         .map_err(BoxError::from);
     BoxCloneService::new(
         ServiceBuilder::new()

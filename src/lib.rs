@@ -178,33 +178,76 @@
 //! # }
 //! ```
 //!
-//! Or layer by layer:
+//! Or layer by layer, on a hyper-util client you build (keeping its
+//! settings), with any request body (here a stream, which is not `Clone`):
 //!
 //! ```
 //! use std::time::Duration;
 //! use bytes::Bytes;
-//! use http_body_util::Full;
+//! use http_body::Frame;
+//! use http_body_util::StreamBody;
 //! use hyper_util::client::legacy::{connect::HttpConnector, Client};
 //! use hyper_util::rt::TokioExecutor;
-//! use tower::ServiceBuilder;
-//! use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer, RequestBody};
-//! use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
+//! use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer};
+//! use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
+//! use tower_conn_lifecycle::track::TrackConnectionsLayer;
+//! use tower_conn_lifecycle::{LayeredResponse, RequestBody};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
+//! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 //! let connector = ServiceBuilder::new()
 //!     .layer(ConnectTimeoutLayer::new(Duration::from_secs(1)))
 //!     .layer(TrackConnectionsLayer::new())
 //!     .service(HttpConnector::new());
+//! // The inner client takes the crate's one request body type, whatever is
+//! // stacked above it.
 //! let client = Client::builder(TokioExecutor::new())
-//!     .build::<_, RequestBody<Full<Bytes>>>(connector);
+//!     .pool_max_idle_per_host(8)
+//!     .build::<_, RequestBody>(connector);
 //! let client = ServiceBuilder::new()
+//!     .layer(RetryOnStaleConnectionLayer::new())
 //!     .layer(PhaseTimeoutLayer::new().send(Duration::from_secs(1)).read(Duration::from_secs(5)))
-//!     .layer(ConnectionInfoLayer::new())
+//!     .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
 //!     .service(client);
-//! # let _ = client;
+//!
+//! let chunks = ["a streamed ", "upload"].map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::from(c))));
+//! let body = StreamBody::new(futures_util::stream::iter(chunks));
+//! let req = http::Request::put("http://127.0.0.1:8080/upload").body(body)?;
+//! let res: LayeredResponse = client.oneshot(req).await?;
+//! # let _ = res;
+//! # Ok(())
 //! # }
 //! ```
+//!
+//! The layers take requests with any body and hand the client a
+//! [`RequestBody`]; a cheap-to-clone body is retried by cloning, a streamed
+//! one through the retry layer's replay buffer (64 KiB by default). The
+//! order above is the one the layers are documented for; the docs allow:
+//!
+//! * [`PhaseTimeout`](phase_timeout) above the retry layer: its limits
+//!   then bound the request with all its attempts instead of each attempt
+//!   (see [`retry`](retry#where-it-goes));
+//! * [`IdleExpiry`](idle_expiry) anywhere below the retry layer (which
+//!   retries what it refuses), and [`DrainLayer`](drain::DrainLayer) on top
+//!   (or below the retry layer);
+//! * on the connector, [`ConnectTimeoutLayer`](phase_timeout::ConnectTimeoutLayer)
+//!   outermost and the tracker outside TLS ([`client`] says why).
+//!
+//! Only the order above has [`LayeredResponse`] for its response type. A
+//! stack whose inner client is built for another body type, or with a
+//! connector where a client belongs, fails to compile where the layer is
+//! applied, with a message that names the fix ([`RequestBodyService`]):
+//!
+//! ```text
+//! error[E0277]: `Client<HttpConnector, Full<Bytes>>` cannot be the service below PhaseTimeout or RetryOnStaleConnection: it must take `http::Request<tower_conn_lifecycle::RequestBody>`
+//!    = note: build the inner hyper-util client for the crate's body: `Client::builder(..).build::<_, tower_conn_lifecycle::RequestBody>(connector)`; the layers above it take any body
+//! ```
+//!
+//! Because the layers take any body, `ServiceExt::ready` on a stack built
+//! by hand needs the request type named
+//! (`ServiceExt::<http::Request<B>>::ready(&mut client)`); `oneshot` and
+//! `call` infer it from the request.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -218,6 +261,21 @@
 ///
 /// Each layer documents which concrete errors can be downcast from it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response of the stack built by hand in the [crate docs](crate#example):
+/// [`RetryOnStaleConnection`](retry::RetryOnStaleConnection) →
+/// [`PhaseTimeout`](phase_timeout::PhaseTimeout) →
+/// [`IdleExpiry`](idle_expiry::IdleExpiry) → hyper-util's legacy client
+/// over the tracked connector. Each layer wraps the body it gets (the
+/// retry layer's and IdleExpiry's end the tracker's exchange, PhaseTimeout's
+/// enforces the read stall and total limits); its data is `Bytes`, its
+/// errors [`BoxError`]s.
+pub type LayeredResponse = http::Response<
+    track::TrackedBody<phase_timeout::ResponseBody<track::TrackedBody<hyper::body::Incoming>>>,
+>;
+
+mod body;
+pub use body::{RequestBody, RequestBodyService};
 
 mod error;
 pub(crate) use error::causes;

@@ -19,14 +19,13 @@ use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::client;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody,
-};
+use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{NotRetried, RetryOnStaleConnectionLayer, RetryReason, Rule};
 use tower_conn_lifecycle::testing::{
     Blackhole, IdleClosingServer, SilentServer, StalledBodyServer, StopReadingServer,
 };
 use tower_conn_lifecycle::track::TrackConnectionsLayer;
+use tower_conn_lifecycle::RequestBody;
 use tower_conn_lifecycle::{find_cause, BoxError, ErrorChain};
 
 /// The limit every timeout case sets on its phase.
@@ -99,7 +98,7 @@ async fn fail(
                 .service(HttpConnector::new());
             let pool = Client::builder(TokioExecutor::new())
                 .retry_canceled_requests(settings.retry_canceled)
-                .build::<_, RequestBody<Full<Bytes>>>(connector);
+                .build::<_, RequestBody>(connector);
             let svc = ServiceBuilder::new()
                 .layer(settings.retry)
                 .layer(settings.timeouts)

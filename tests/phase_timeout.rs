@@ -21,8 +21,7 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, RequestBody,
-    ResponseBody,
+    ConnectTimeoutLayer, Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, ResponseBody,
 };
 use tower_conn_lifecycle::testing::{
     Blackhole, HyperServer, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,
@@ -31,6 +30,7 @@ use tower_conn_lifecycle::testing::{
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, ExchangeOutcome, TrackConnectionsLayer,
 };
+use tower_conn_lifecycle::RequestBody;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 use common::{eventually, small_buffers, tracked_client, tracked_client_with, LATE, POLL};
@@ -51,7 +51,7 @@ fn client(connect: Duration, phases: PhaseTimeoutLayer, tracked: bool) -> TestCl
             .service(http);
         BoxCloneService::new(
             builder
-                .build::<_, RequestBody<Full<Bytes>>>(connector)
+                .build::<_, RequestBody>(connector)
                 .map_err(BoxError::from),
         )
     } else {
@@ -60,7 +60,7 @@ fn client(connect: Duration, phases: PhaseTimeoutLayer, tracked: bool) -> TestCl
             .service(http);
         BoxCloneService::new(
             builder
-                .build::<_, RequestBody<Full<Bytes>>>(connector)
+                .build::<_, RequestBody>(connector)
                 .map_err(BoxError::from),
         )
     };
@@ -635,8 +635,7 @@ async fn zero_connect_fails_every_time() {
 async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
     let server = SilentServer::start().await.unwrap();
     let read = ms(800);
-    let hyper = Client::builder(TokioExecutor::new())
-        .build::<_, RequestBody<Full<Bytes>>>(HttpConnector::new());
+    let hyper = Client::builder(TokioExecutor::new()).build::<_, RequestBody>(HttpConnector::new());
     let spawning = tower::service_fn(move |req| {
         let fut = hyper.request(req);
         async move {
@@ -671,9 +670,8 @@ async fn bodiless_read_behind_a_spawning_inner_is_at_most_a_cadence_late() {
 async fn bodiless_read_over_services_that_hide_the_connection() {
     let server = SilentServer::start().await.unwrap();
     let read = ms(1000);
-    let hyper = Client::builder(TokioExecutor::new())
-        .build::<_, RequestBody<Full<Bytes>>>(HttpConnector::new());
-    let rebuilding = tower::service_fn(move |req: http::Request<RequestBody<Full<Bytes>>>| {
+    let hyper = Client::builder(TokioExecutor::new()).build::<_, RequestBody>(HttpConnector::new());
+    let rebuilding = tower::service_fn(move |req: http::Request<RequestBody>| {
         let (parts, body) = req.into_parts();
         let mut fresh = http::Request::new(body);
         *fresh.method_mut() = parts.method;
@@ -683,15 +681,13 @@ async fn bodiless_read_over_services_that_hide_the_connection() {
         async move { fut.await.map_err(BoxError::from) }
     });
     let addr = server.addr();
-    let own_connection = tower::service_fn(
-        move |req: http::Request<RequestBody<Full<Bytes>>>| async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            send.send_request(req).await.map_err(BoxError::from)
-        },
-    );
+    let own_connection = tower::service_fn(move |req: http::Request<RequestBody>| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(BoxError::from)
+    });
     let services: [(&str, TestClient); 2] = [
         (
             "rebuilding",
@@ -768,10 +764,8 @@ async fn abandoned_http1_upload_closes_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_upload_under_total_alone_closes_its_connection() {
     let server = StopReadingServer::start(MB as u64).await.unwrap();
-    let (inner, stats) = tracked_client_with::<RequestBody<Full<Bytes>>>(
-        &Client::builder(TokioExecutor::new()),
-        small_buffers(),
-    );
+    let (inner, stats) =
+        tracked_client_with::<RequestBody>(&Client::builder(TokioExecutor::new()), small_buffers());
     let svc = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().total(ms(300)))
         .service(inner);
@@ -791,7 +785,7 @@ async fn stuck_upload_under_total_alone_closes_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_request_given_up_under_total_alone_closes_its_connection() {
     let server = SilentServer::start().await.unwrap();
-    let (inner, stats) = tracked_client::<RequestBody<Full<Bytes>>>();
+    let (inner, stats) = tracked_client::<RequestBody>();
     let total = ms(300);
     let svc = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().total(total))

@@ -34,12 +34,13 @@ use tokio_rustls::TlsAcceptor;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{
-    Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, RequestBody, ResponseBody,
+    Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, ResponseBody,
 };
 use tower_conn_lifecycle::tls::{config_with_roots, SharedTlsLayer};
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
+use tower_conn_lifecycle::RequestBody;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 use common::pki::Ca;
@@ -244,7 +245,7 @@ fn client(server: &H2Server, phases: PhaseTimeoutLayer) -> (TestClient, TrackSta
             let connector = ServiceBuilder::new().layer(track).layer(tls).service(http);
             BoxCloneService::new(
                 builder
-                    .build::<_, RequestBody<Full<Bytes>>>(connector)
+                    .build::<_, RequestBody>(connector)
                     .map_err(BoxError::from),
             )
         }
@@ -253,7 +254,7 @@ fn client(server: &H2Server, phases: PhaseTimeoutLayer) -> (TestClient, TrackSta
             BoxCloneService::new(
                 builder
                     .http2_only(true)
-                    .build::<_, RequestBody<Full<Bytes>>>(connector)
+                    .build::<_, RequestBody>(connector)
                     .map_err(BoxError::from),
             )
         }

@@ -17,10 +17,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{sleep, timeout};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_conn_lifecycle::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{
-    NotRetried, ReplayBody, ReplayBuffer, Retried, RetryOnStaleConnection,
-    RetryOnStaleConnectionLayer, RetryReason, Rule, IDEMPOTENCY_KEY,
+    NotRetried, Retried, RetryOnStaleConnection, RetryOnStaleConnectionLayer, RetryReason, Rule,
+    IDEMPOTENCY_KEY,
 };
 use tower_conn_lifecycle::testing::{
     Http2FaultServer, IdleClosingServer, ResetServer, SeedWorkload, SilentServer,
@@ -28,6 +28,7 @@ use tower_conn_lifecycle::testing::{
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
+use tower_conn_lifecycle::RequestBody;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 use common::{eventually, http2_only, Tracked, POLL, SLACK, STEP_LIMIT};
@@ -44,8 +45,8 @@ const RACE_LIMIT: Duration = Duration::from_secs(120);
 const RACE_READ_LIMIT: Duration = Duration::from_secs(2);
 
 type Retrying<S> = RetryOnStaleConnection<S>;
-type Plain<C> = Client<C, Full<Bytes>>;
-type Phased<B> = PhaseTimeout<Client<Tracked, RequestBody<B>>>;
+type Plain<C> = Client<C, RequestBody>;
+type Phased = PhaseTimeout<Client<Tracked, RequestBody>>;
 
 fn tracked_client(layer: RetryOnStaleConnectionLayer) -> (Retrying<Plain<Tracked>>, TrackStats) {
     let (client, stats) = common::tracked_client();
@@ -146,7 +147,7 @@ struct Tally {
 /// neither written nor failed — forever (the bare hyper-util client does it
 /// too). The limit turns it into a timeout, which the tracker proves safe to
 /// retry: nothing of it was written on a connection that is now closed.
-fn race_client() -> Retrying<Phased<Full<Bytes>>> {
+fn race_client() -> Retrying<Phased> {
     let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
@@ -386,12 +387,12 @@ async fn part_of_the_response_head_then_reset_is_not_retried() {
     assert_eq!((server.attempts(), server.connections()), (2, 1));
 }
 
-type Replaying = RetryOnStaleConnection<Client<Tracked, ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
+type Replaying = RetryOnStaleConnection<Client<Tracked, RequestBody>>;
 
 fn replaying_client() -> Replaying {
     let (client, _) = common::tracked_client();
     ServiceBuilder::new()
-        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .layer(RetryOnStaleConnectionLayer::new())
         .service(client)
 }
 
@@ -652,7 +653,7 @@ async fn connect_timeouts_are_retried_only_when_enabled() {
         (true, 2, Rule::RetriesExhausted),
     ] {
         let (connector, calls) = counting_connector(Duration::from_millis(100));
-        let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+        let client = Client::builder(TokioExecutor::new()).build::<_, RequestBody>(connector);
         let svc = ServiceBuilder::new()
             .layer(RetryOnStaleConnectionLayer::new().retry_connect_timeouts(enabled))
             .service(client);
@@ -673,12 +674,12 @@ async fn connect_timeouts_are_retried_only_when_enabled() {
 // ---------------------------------------------------------------------------
 // Under PhaseTimeout, as the module docs stack it.
 
-type PhasedReplay = RetryOnStaleConnection<Phased<ReplayBody<Channel<Bytes>>>, ReplayBuffer>;
+type PhasedReplay = RetryOnStaleConnection<Phased>;
 
 fn phased_client(phases: PhaseTimeoutLayer) -> PhasedReplay {
     let (client, _) = common::tracked_client();
     ServiceBuilder::new()
-        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .layer(RetryOnStaleConnectionLayer::new())
         .layer(phases)
         .service(client)
 }
@@ -733,7 +734,7 @@ async fn stale_connection_under_phase_timeout_is_retried_with_a_replayed_body() 
 /// `phases`: the layer takes no connection capture of its own; the
 /// attempt's record is PhaseTimeout's (when it took one) or the error's
 /// connection.
-fn hand_stack(phases: PhaseTimeoutLayer) -> Retrying<Phased<Full<Bytes>>> {
+fn hand_stack(phases: PhaseTimeoutLayer) -> Retrying<Phased> {
     let (client, _) = common::tracked_client();
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
@@ -926,12 +927,10 @@ async fn h2_refused_stream_replays_a_streamed_body() {
         .start()
         .await
         .unwrap();
-    let (client, _) = common::tracked_client_with::<ReplayBody<Channel<Bytes>>>(
-        &http2_only(),
-        HttpConnector::new(),
-    );
+    let (client, _) =
+        common::tracked_client_with::<RequestBody>(&http2_only(), HttpConnector::new());
     let svc = ServiceBuilder::new()
-        .layer(RetryOnStaleConnectionLayer::new().replay_buffer())
+        .layer(RetryOnStaleConnectionLayer::new())
         .service(client);
     // 200 bytes: the server keys bodies of up to 256 bytes.
     let req = http::Request::post(server.url())

@@ -532,10 +532,8 @@ mod composition {
         client: tower_conn_lifecycle::phase_timeout::PhaseTimeout<InsideTlsPool>,
     }
 
-    type InsideTlsPool = Client<
-        SharedTlsConnector<common::Tracked>,
-        tower_conn_lifecycle::phase_timeout::RequestBody<Empty<Bytes>>,
-    >;
+    type InsideTlsPool =
+        Client<SharedTlsConnector<common::Tracked>, tower_conn_lifecycle::RequestBody>;
 
     impl InsideTls {
         fn new(ca: &Ca) -> Self {

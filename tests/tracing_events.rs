@@ -19,9 +19,10 @@ use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::find_cause;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::Retried;
 use tower_conn_lifecycle::testing::{IdleClosingServer, SilentServer};
+use tower_conn_lifecycle::RequestBody;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -112,10 +113,11 @@ fn a_timeout_is_one_debug_event_naming_its_phase() {
         let client = ServiceBuilder::new()
             .layer(PhaseTimeoutLayer::new().read(Duration::from_millis(100)))
             .service(
-                Client::builder(TokioExecutor::new())
-                    .build::<_, RequestBody<Empty<Bytes>>>(HttpConnector::new()),
+                Client::builder(TokioExecutor::new()).build::<_, RequestBody>(HttpConnector::new()),
             );
-        let req = http::Request::get(server.url()).body(Empty::new()).unwrap();
+        let req = http::Request::get(server.url())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
         let err = client.oneshot(req).await.unwrap_err();
         let elapsed = find_cause::<Elapsed>(err.as_ref()).expect("a read timeout");
         assert_eq!(elapsed.phase(), Phase::Read);

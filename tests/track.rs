@@ -268,13 +268,12 @@ async fn stalled_state(capture: &ConnectionCapture) -> ConnectionState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_timeout_closes_the_connection_at_once() {
-    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+    use tower_conn_lifecycle::RequestBody;
 
     let server = NeverReads::start().await;
-    let (client, _) = tracked_client_with::<RequestBody<Full<Bytes>>>(
-        &Client::builder(TokioExecutor::new()),
-        small_buffers(),
-    );
+    let (client, _) =
+        tracked_client_with::<RequestBody>(&Client::builder(TokioExecutor::new()), small_buffers());
     let client = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().send(Duration::from_millis(300)))
         .service(client);
@@ -298,7 +297,7 @@ async fn a_send_timeout_closes_the_connection_at_once() {
     assert!(server.drained.load(Ordering::SeqCst) < 10 << 20);
     // The next request never gets the poisoned connection.
     let req = http::Request::get(format!("http://{}/", server.addr))
-        .body(Full::default())
+        .body(Full::<Bytes>::default())
         .unwrap();
     let res = client.oneshot(req).await.unwrap();
     let next = res.extensions().get::<ConnectionState>().unwrap();
@@ -395,10 +394,11 @@ async fn exchange_record_without_any_request_plane_layer() {
 
 #[tokio::test]
 async fn exchange_record_under_phase_timeout_alone() {
-    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+    use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+    use tower_conn_lifecycle::RequestBody;
 
     let server = HyperServer::start().await.unwrap();
-    let (client, _) = tracked_client::<RequestBody<Full<Bytes>>>();
+    let (client, _) = tracked_client::<RequestBody>();
     let client = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().total(Duration::from_secs(30)))
         .service(client);
@@ -407,10 +407,11 @@ async fn exchange_record_under_phase_timeout_alone() {
 
 #[tokio::test]
 async fn exchange_record_under_stacked_layers_in_either_order() {
-    use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
+    use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+    use tower_conn_lifecycle::RequestBody;
 
     let server = HyperServer::start().await.unwrap();
-    let (client, _) = tracked_client::<RequestBody<Full<Bytes>>>();
+    let (client, _) = tracked_client::<RequestBody>();
     let layered = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
         .layer(ConnectionInfoLayer::new())
@@ -538,7 +539,7 @@ async fn an_announced_attempt_spans_a_1xx_in_the_middle_of_its_upload() {
 fn phased_client(
     read: Duration,
 ) -> tower_conn_lifecycle::phase_timeout::PhaseTimeout<
-    Client<Tracked, tower_conn_lifecycle::phase_timeout::RequestBody<Full<Bytes>>>,
+    Client<Tracked, tower_conn_lifecycle::RequestBody>,
 > {
     use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
     let (client, _) = tracked_client();

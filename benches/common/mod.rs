@@ -21,9 +21,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer};
+use tower_conn_lifecycle::RequestBody;
 
 /// The client variants, in table order. `Bare` is the baseline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,7 +234,7 @@ pub fn tracker<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
 /// PhaseTimeout without the tracker.
 pub fn phase_timeout<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     ServiceBuilder::new().layer(phases()).service(
-        Client::builder(TokioExecutor::new()).build::<_, RequestBody<B>>(HttpConnector::new()),
+        Client::builder(TokioExecutor::new()).build::<_, RequestBody>(HttpConnector::new()),
     )
 }
 
@@ -250,7 +251,9 @@ pub fn idle_expiry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
 pub fn retry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
-        .service(Client::builder(TokioExecutor::new()).build::<_, B>(HttpConnector::new()))
+        .service(
+            Client::builder(TokioExecutor::new()).build::<_, RequestBody>(HttpConnector::new()),
+        )
 }
 
 /// hyper-util's composable pool, no layers.
@@ -267,7 +270,7 @@ pub fn hand_stack<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
         .service(HttpConnector::new());
     let pool = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .build::<_, RequestBody<B>>(connector);
+        .build::<_, RequestBody>(connector);
     ServiceBuilder::new()
         .layer(RetryOnStaleConnectionLayer::new())
         .layer(phases())

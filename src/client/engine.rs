@@ -49,7 +49,6 @@ use tower_service::Service;
 
 use crate::drain::{DrainHandle, Draining};
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
-use crate::phase_timeout::RequestBody;
 use crate::pool::Http1Connection;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody, TrackedIo};
 use crate::BoxError;
@@ -558,9 +557,9 @@ pub(crate) trait AttemptBody {
     fn capture(&self) -> Option<&ConnectionCapture>;
 }
 
-impl<B: Body> AttemptBody for RequestBody<B> {
+impl AttemptBody for crate::RequestBody {
     fn capture(&self) -> Option<&ConnectionCapture> {
-        RequestBody::capture(self)
+        crate::RequestBody::capture(self)
     }
 }
 

@@ -169,8 +169,24 @@
 //!   (configured, announced or learned), per connection.
 //! * **What hyper leaves to its caller** (`Host`, origin-form, upgrades) is
 //!   always done, as listed above.
+//!
+//! # Request bodies
+//!
+//! [`Builder::build`] takes any request body type, `Clone` or not: a
+//! streamed upload (`StreamBody`, a channel, your own [`http_body::Body`])
+//! goes through as it is, pulled frame by frame as the connection writes
+//! it. Every body reaches the stack as a [`RequestBody`]: a cheap-to-clone
+//! one (`Full<Bytes>`, `Empty<Bytes>`, `String`) is retried by cloning, a
+//! streamed one through the retry layer's replay buffer
+//! ([`RetryOnStaleConnectionLayer::replay_limit`], 64 KiB by default), so
+//! a streamed upload whose connection fails before more than that was read
+//! of it is sent again from its start, and one that fails later is not
+//! ([`Rule::BodyNotReplayable`](crate::retry::Rule::BodyNotReplayable)).
+//! `examples/streamed_upload.rs` streams 100 MB through it and shows the
+//! retry.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -187,11 +203,11 @@ use tower_service::Service;
 use crate::drain::{DrainBody, DrainHandle, DrainReport};
 use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
 use crate::phase_timeout::{
-    ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody,
+    ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, ResponseBody,
 };
 use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
-use crate::BoxError;
+use crate::{BoxError, RequestBody};
 
 mod engine;
 
@@ -206,7 +222,7 @@ type Transport<C> = C;
 /// The connector stack around a transport connector `C`.
 type Stacked<C> = ConnectTimeout<TrackConnections<Transport<C>>>;
 
-type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
+type Stack = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody>>>;
 type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
@@ -495,12 +511,17 @@ impl<C> Builder<C> {
             .layer(self.track.layer(transport))
     }
 
-    /// Builds the client for request bodies of type `B` (any `Clone` body:
-    /// `Full<Bytes>`, `Empty<Bytes>`, `String`, …).
+    /// Builds the client for request bodies of type `B`: any
+    /// [`http_body::Body`] that is `Send + 'static` with errors convertible
+    /// to [`BoxError`], `Clone` or not. A cheap-to-clone body (`Full<Bytes>`,
+    /// `Empty<Bytes>`, `String`) is retried by cloning; a streamed one
+    /// (`StreamBody`, a channel, your own) through the retry layer's replay
+    /// buffer ([`RetryOnStaleConnectionLayer::replay_limit`], 64 KiB by
+    /// default): see [`RequestBody`]. Every body reaches the engine as a
+    /// [`RequestBody`].
     pub fn build<B>(self) -> Client<B>
     where
-        B: http_body::Body + Clone + Send + Unpin + 'static,
-        B::Data: Send,
+        B: http_body::Body + Send + 'static,
         B::Error: Into<BoxError>,
         C: Service<http::Uri> + Clone + Send + Sync + 'static,
         C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
@@ -535,6 +556,7 @@ impl<C> Builder<C> {
             expiry: self.idle_expiry.stats(),
             drain,
             pool,
+            body: PhantomData,
         }
     }
 }
@@ -551,12 +573,15 @@ impl<C> Builder<C> {
 /// [`ConnectionInfo::of`](crate::track::ConnectionInfo::of); in the
 /// extensions too with [`Builder::connection_state_extension`]) and, after
 /// a retry, a [`Retried`](crate::retry::Retried) extension.
-pub struct Client<B: http_body::Body> {
-    inner: Stack<B>,
+pub struct Client<B> {
+    inner: Stack,
     connections: TrackStats,
     expiry: IdleExpiryStats,
     drain: DrainHandle,
     pool: PoolStats,
+    /// The request body type (every body reaches the stack as a
+    /// [`RequestBody`]).
+    body: PhantomData<fn(B)>,
 }
 
 /// The one-call client's pool counters, shared by its clones.
@@ -578,7 +603,7 @@ impl PoolStats {
     }
 }
 
-impl<B: http_body::Body> Clone for Client<B> {
+impl<B> Clone for Client<B> {
     fn clone(&self) -> Self {
         Client {
             inner: self.inner.clone(),
@@ -586,11 +611,12 @@ impl<B: http_body::Body> Clone for Client<B> {
             expiry: self.expiry.clone(),
             drain: self.drain.clone(),
             pool: self.pool.clone(),
+            body: PhantomData,
         }
     }
 }
 
-impl<B: http_body::Body> std::fmt::Debug for Client<B> {
+impl<B> std::fmt::Debug for Client<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("connections", &self.connections)
@@ -599,7 +625,7 @@ impl<B: http_body::Body> std::fmt::Debug for Client<B> {
     }
 }
 
-impl<B: http_body::Body> Client<B> {
+impl<B> Client<B> {
     /// Connections opened and open now.
     pub fn connection_stats(&self) -> &TrackStats {
         &self.connections
@@ -661,8 +687,7 @@ impl<B: http_body::Body> Client<B> {
 
 impl<B> Service<Request<B>> for Client<B>
 where
-    B: http_body::Body + Clone + Send + Unpin + 'static,
-    B::Data: Send,
+    B: http_body::Body + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
@@ -670,7 +695,7 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        Service::<Request<RequestBody>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -680,44 +705,27 @@ where
                 Ok(guard) => Guarded::running(self.inner.call(req), guard),
                 Err(_) => Guarded::refused(),
             },
+            body: PhantomData,
         }
     }
 }
 
 pin_project! {
     /// Response future of [`Client`].
-    pub struct ResponseFuture<B>
-    where
-        B: http_body::Body,
-        B: Clone,
-        B: Send,
-        B: Unpin,
-        B: 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    pub struct ResponseFuture<B> {
         #[pin]
-        inner: crate::drain::future::ResponseFuture<<Stack<B> as Service<Request<B>>>::Future>,
+        inner: crate::drain::future::ResponseFuture<<Stack as Service<Request<RequestBody>>>::Future>,
+        body: PhantomData<fn(B)>,
     }
 }
 
-impl<B> std::fmt::Debug for ResponseFuture<B>
-where
-    B: http_body::Body + Clone + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl<B> std::fmt::Debug for ResponseFuture<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<B> Future for ResponseFuture<B>
-where
-    B: http_body::Body + Clone + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl<B> Future for ResponseFuture<B> {
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

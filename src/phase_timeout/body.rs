@@ -1,14 +1,14 @@
-//! Request and response bodies that report progress and enforce the read
-//! stall and total limits.
+//! The upload progress record request bodies report to, and the response
+//! body that enforces the read stall and total limits.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::{Elapsed, Waiting};
 use super::Phase;
 use crate::clock::{deadline, far_future, Origin, Stamp};
-use crate::track::{observe_frame, ConnectionCapture, ExchangeEnd};
+use crate::track::{observe_frame, ExchangeEnd};
 use crate::BoxError;
 
 /// Data frames larger than this are split (zero-copy for `Bytes`) so upload
@@ -24,12 +24,24 @@ use crate::BoxError;
 pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Upload progress of one request, shared by its body and its future.
+///
+/// A request the retry layer below `PhaseTimeout` sends again uploads its
+/// body again: the record [`restart`](Self::restart)s, and each report
+/// carries the generation (the attempt) it is about, so that an earlier
+/// attempt's body, dropped late by its connection, cannot end the upload
+/// under way.
 #[derive(Debug)]
 pub(crate) struct Progress {
     origin: Origin,
     last_frame: Stamp,
     body_end: Stamp,
     bytes: AtomicU64,
+    generation: AtomicU32,
+    /// The record of a `PhaseTimeout` above this one (layers stacked
+    /// twice): everything reported here is reported there too, as of the
+    /// generation it had then.
+    outer: OnceLock<Arc<Progress>>,
+    outer_generation: AtomicU32,
 }
 
 impl Progress {
@@ -39,7 +51,27 @@ impl Progress {
             last_frame: Stamp::never(),
             body_end: Stamp::never(),
             bytes: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            outer: OnceLock::new(),
+            outer_generation: AtomicU32::new(0),
         }
+    }
+
+    /// When the request was issued.
+    pub(crate) fn issued(&self) -> Instant {
+        self.origin.instant()
+    }
+
+    /// The current generation: reports about another one are ignored.
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Reports to `outer` too from now on.
+    pub(crate) fn report_to(&self, outer: Arc<Progress>) {
+        self.outer_generation
+            .store(outer.generation(), Ordering::Release);
+        let _ = self.outer.set(outer);
     }
 
     /// When the last body frame was pulled by the connection.
@@ -58,192 +90,44 @@ impl Progress {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    fn frame(&self, len: usize, now: Instant) {
+    /// A frame of `len` bytes pulled at `now`, by the body of `generation`.
+    pub(crate) fn frame(&self, generation: u32, len: usize, now: Instant) {
+        if generation != self.generation() {
+            return;
+        }
         self.bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.last_frame.set(&self.origin, now);
+        if let Some(outer) = self.outer.get() {
+            outer.frame(self.outer_generation.load(Ordering::Acquire), len, now);
+        }
     }
 
-    fn end(&self, at: Instant) {
+    /// The upload of `generation` ended at `at`.
+    pub(crate) fn end(&self, generation: u32, at: Instant) {
+        if generation != self.generation() {
+            return;
+        }
         self.body_end.set(&self.origin, at);
-    }
-}
-
-pin_project! {
-    /// The request body [`PhaseTimeout`](super::PhaseTimeout) hands to the
-    /// inner service: the caller's body, with data as [`Bytes`], frames larger
-    /// than [`MAX_FRAME`] split into zero-copy pieces (for `Bytes` data), and
-    /// upload progress recorded for the send limit.
-    ///
-    /// `size_hint` and `is_end_stream` are preserved, so `Content-Length`
-    /// framing is unchanged.
-    #[derive(Debug)]
-    pub struct RequestBody<B: Body> {
-        #[pin]
-        inner: B,
-        // The unsent part of a frame larger than `MAX_FRAME` (boxed: rare,
-        // and the request, body included, is moved several times inside
-        // hyper, so every byte of it costs on every request).
-        rest: Option<Box<B::Data>>,
-        upload: Upload,
-    }
-}
-
-/// Where a request body reports its upload: the layer's progress record
-/// and the tracker's attempt record. The upload ends at the first of: the
-/// body reports its end, or the body is dropped (hyper drops a
-/// `Content-Length` body as soon as it has written that many bytes, whether
-/// or not the body ever reports its end; and drops any body whose request
-/// failed).
-///
-/// Both are let go once the upload ended (which is how it is remembered).
-#[derive(Debug)]
-struct Upload {
-    progress: Option<Arc<Progress>>,
-    capture: Option<ConnectionCapture>,
-}
-
-impl Upload {
-    fn end(&mut self, at: Instant) {
-        if let Some(p) = self.progress.take() {
-            p.end(at);
-        }
-        if let Some(c) = self.capture.take() {
-            c.upload_ended();
+        if let Some(outer) = self.outer.get() {
+            outer.end(self.outer_generation.load(Ordering::Acquire), at);
         }
     }
-}
 
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if self.progress.is_some() || self.capture.is_some() {
-            self.end(Instant::now());
+    /// A retried attempt (the retry layer below `PhaseTimeout`) uploads the
+    /// body again: the upload is under way once more, its bytes counted
+    /// from zero, in a new generation (returned).
+    pub(crate) fn restart(&self) -> u32 {
+        self.body_end.clear();
+        self.bytes.store(0, Ordering::Relaxed);
+        let generation = self
+            .generation
+            .fetch_add(1, Ordering::AcqRel)
+            .wrapping_add(1);
+        if let Some(outer) = self.outer.get() {
+            self.outer_generation
+                .store(outer.restart(), Ordering::Release);
         }
-    }
-}
-
-impl<B: Body> RequestBody<B> {
-    /// The attempt's capture, until the upload has ended.
-    pub(crate) fn capture(&self) -> Option<&ConnectionCapture> {
-        self.upload.capture.as_ref()
-    }
-
-    /// Wraps a body without progress reporting (frames are still split).
-    pub fn new(inner: B) -> Self {
-        Self::tracked(inner, None, None)
-    }
-
-    /// A body that reports its upload to `progress` (the send limit) and
-    /// announces its attempt through `capture` (the tracker).
-    pub(crate) fn tracked(
-        inner: B,
-        progress: Option<Arc<Progress>>,
-        capture: Option<ConnectionCapture>,
-    ) -> Self {
-        if let Some(c) = &capture {
-            c.hook();
-        }
-        let mut upload = Upload { progress, capture };
-        if inner.is_end_stream() {
-            // hyper never polls an empty body: its upload is the request
-            // head (the attempt learns it when it begins).
-            if let Some(p) = &upload.progress {
-                p.end(p.origin.instant());
-            }
-            upload.progress = None;
-        }
-        RequestBody {
-            inner,
-            rest: None,
-            upload,
-        }
-    }
-}
-
-fn take_piece<D: Buf>(data: &mut D) -> Bytes {
-    let n = data.remaining().min(MAX_FRAME);
-    data.copy_to_bytes(n)
-}
-
-impl<B: Body> Body for RequestBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        let frame = if let Some(rest) = this.rest.as_mut() {
-            let piece = take_piece(rest);
-            if !rest.has_remaining() {
-                *this.rest = None;
-            }
-            Frame::data(piece)
-        } else {
-            match ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        let piece = take_piece(&mut data);
-                        if data.has_remaining() {
-                            *this.rest = Some(Box::new(data));
-                        }
-                        Frame::data(piece)
-                    }
-                    Err(frame) => {
-                        // Trailers (or an unknown frame): pass through as is.
-                        let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
-                        this.upload.end(Instant::now());
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                },
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => {
-                    this.upload.end(Instant::now());
-                    return Poll::Ready(None);
-                }
-            }
-        };
-        let upload = this.upload;
-        if upload.progress.is_some() || upload.capture.is_some() {
-            let now = Instant::now();
-            if let Some(p) = &upload.progress {
-                p.frame(frame.data_ref().map_or(0, Buf::remaining), now);
-            }
-            if this.rest.is_none() && this.inner.is_end_stream() {
-                upload.end(now);
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let end = self.rest.is_none() && self.inner.is_end_stream();
-        // hyper asks this on the connection's task right before it writes
-        // the request head: the moment the attempt begins on the wire.
-        if let Some(c) = &self.upload.capture {
-            c.begin(end);
-        }
-        end
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
-        if let Some(rest) = &self.rest {
-            let extra = rest.remaining() as u64;
-            // The upper bound first: `set_lower` refuses a lower bound above
-            // the current upper one.
-            match hint.upper() {
-                Some(upper) => {
-                    let lower = hint.lower().saturating_add(extra);
-                    let upper = upper.saturating_add(extra);
-                    hint = SizeHint::new();
-                    hint.set_upper(upper);
-                    hint.set_lower(lower);
-                }
-                None => hint.set_lower(hint.lower().saturating_add(extra)),
-            }
-        }
-        hint
+        generation
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::{Phase, PhaseTimeout};
+use crate::RequestBodyService;
 
 /// Shortest re-check interval while the connection is not yet known.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
@@ -189,7 +190,10 @@ impl PhaseTimeoutLayer {
     }
 }
 
-impl<S> Layer<S> for PhaseTimeoutLayer {
+/// The bound on `S` makes a mistyped or misordered stack fail here, where
+/// the layer is applied, with a message that names the fix (see
+/// [`RequestBodyService`]).
+impl<S: RequestBodyService> Layer<S> for PhaseTimeoutLayer {
     type Service = PhaseTimeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -115,8 +115,10 @@
 //! per request is one connection capture (hyper-util's `capture_connection`
 //! and the attempt's record, shared with [`retry`](crate::retry) when both
 //! are stacked: about 2.8 k instructions and 8 small allocations on
-//! loopback, about half of the layer's cost), one tokio timer, and one
-//! allocation for a request with a body (its upload progress). The capture
+//! loopback, about half of the layer's cost), one tokio timer, one
+//! allocation for the request body's side of the watch (its
+//! [`RequestBody`](crate::RequestBody) then reports the upload), and one
+//! more for a request with a body (its upload progress). The capture
 //! is taken for every request, also without a `send` or `read` limit: the
 //! request body announces the attempt with it, which makes the tracker's
 //! record of the exchange this request's own (and its end this request's
@@ -127,9 +129,16 @@
 //!
 //! # Which clients
 //!
-//! * **hyper-util's legacy `Client`**: everything above. Put
-//!   [`ConnectTimeoutLayer`] (and the tracker) around its connector and
-//!   [`PhaseTimeoutLayer`] around the client.
+//! [`PhaseTimeoutLayer`] takes requests with any body and hands the service
+//! below it the crate's one request body type,
+//! [`RequestBody`](crate::RequestBody), which reports the upload's
+//! progress (a `RequestBody` from the retry layer above is taken as it is):
+//! the service below is a `Service<http::Request<RequestBody>>`.
+//!
+//! * **hyper-util's legacy `Client`**: everything above. Build it as
+//!   `Client<_, RequestBody>`, put [`ConnectTimeoutLayer`] (and the
+//!   tracker) around its connector and [`PhaseTimeoutLayer`] around the
+//!   client.
 //! * **hyper-util's composable pools** (`client::pool`) or any other
 //!   `Service<http::Request<B>>`: [`PhaseTimeoutLayer`] wraps them the same
 //!   way, but they do not fill hyper-util's connection capture, so progress
@@ -154,10 +163,10 @@
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_conn_lifecycle::phase_timeout::{
-//!     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody,
+//!     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer,
 //! };
 //! use tower_conn_lifecycle::track::TrackConnectionsLayer;
-//! use tower_conn_lifecycle::{find_cause, ErrorChain};
+//! use tower_conn_lifecycle::{find_cause, ErrorChain, RequestBody};
 //!
 //! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 //! let connector = ServiceBuilder::new()
@@ -165,7 +174,7 @@
 //!     .layer(TrackConnectionsLayer::new())
 //!     .service(HttpConnector::new());
 //! let client = Client::builder(TokioExecutor::new())
-//!     .build::<_, RequestBody<Full<Bytes>>>(connector);
+//!     .build::<_, RequestBody>(connector);
 //! let client = ServiceBuilder::new()
 //!     .layer(
 //!         PhaseTimeoutLayer::new()
@@ -189,14 +198,14 @@
 //! # }
 //! ```
 
-mod body;
+pub(crate) mod body;
 mod connect;
 mod error;
 pub mod future;
 mod layer;
 mod service;
 
-pub use body::{RequestBody, ResponseBody, MAX_FRAME};
+pub use body::{ResponseBody, MAX_FRAME};
 pub use connect::{ConnectTimeout, ConnectTimeoutLayer};
 pub use error::{Elapsed, Phase};
 pub use layer::{PhaseOverride, PhaseTimeoutLayer};

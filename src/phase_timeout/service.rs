@@ -8,18 +8,21 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::body::{Progress, RequestBody, ResponseBody};
+use super::body::{Progress, ResponseBody};
 use super::future::{Plan, ResponseFuture};
 use super::{PhaseOverride, PhaseTimeoutLayer};
 use crate::track::ConnectionCapture;
-use crate::BoxError;
+use crate::{BoxError, RequestBody, RequestBodyService};
 
 /// Request-plane service enforcing `send`, `read` and `total` limits; made by
 /// [`PhaseTimeoutLayer`].
 ///
-/// The inner service receives requests whose body is [`RequestBody<B>`];
-/// responses come back with a [`ResponseBody`]. Errors are [`BoxError`]: the
-/// inner service's error, or [`Elapsed`](super::Elapsed).
+/// It takes `http::Request<B>` for any body `B` and the inner service
+/// receives the request with its body as a [`RequestBody`] (a `RequestBody`
+/// from a layer above is taken as it is), so the inner hyper-util client is
+/// a `Client<_, RequestBody>` ([`RequestBodyService`]); responses come back
+/// with a [`ResponseBody`]. Errors are [`BoxError`]: the inner service's
+/// error, or [`Elapsed`](super::Elapsed).
 ///
 /// `call` must run inside a tokio runtime with time enabled (it arms a
 /// timer). Clones copy the limits and clone the inner service.
@@ -60,9 +63,10 @@ impl<S> PhaseTimeout<S> {
 
 impl<S, B, RB> Service<Request<B>> for PhaseTimeout<S>
 where
-    S: Service<Request<RequestBody<B>>, Response = Response<RB>>,
+    S: RequestBodyService<Response = Response<RB>>,
     S::Error: Into<BoxError>,
-    B: Body,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
     RB: Body,
 {
     type Response = Response<ResponseBody<RB>>;
@@ -73,7 +77,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let mut req = req.map(RequestBody::new);
         let plan = match req.extensions().get::<PhaseOverride>() {
             Some(o) => Plan::new(o.apply(&self.layer)),
             None => self.plan,
@@ -83,8 +88,7 @@ where
         // to send, is empty: its upload is the request head, so it needs no
         // shared progress record. Either way the body announces the attempt
         // to its connection.
-        let body = req.body();
-        let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        let empty = req.body().is_empty();
         // Taken for every request, whatever its limits (see below). The
         // one-call client hands its own over from the retry layer above
         // (or, for a retry, puts it on the request).
@@ -95,7 +99,8 @@ where
             ConnectionCapture::get_or_insert(&mut req)
         };
         let progress = (!empty).then(|| Arc::new(Progress::new(issued)));
-        let req = req.map(|b| RequestBody::tracked(b, progress.clone(), Some(capture.clone())));
+        req.body_mut()
+            .observe(progress.clone(), Some(capture.clone()));
         ResponseFuture::new(self.inner.call(req), plan, issued, progress, Some(capture))
     }
 }

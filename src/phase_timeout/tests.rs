@@ -12,11 +12,11 @@ use tower_test::mock;
 
 use super::future::ResponseFuture;
 use super::*;
-use crate::BoxError;
+use crate::{BoxError, RequestBody};
 
 type ReqBody = Channel<Bytes>;
-type Inner = mock::Mock<Request<RequestBody<ReqBody>>, Response<Channel<Bytes>>>;
-type Handle = mock::Handle<Request<RequestBody<ReqBody>>, Response<Channel<Bytes>>>;
+type Inner = mock::Mock<Request<RequestBody>, Response<Channel<Bytes>>>;
+type Handle = mock::Handle<Request<RequestBody>, Response<Channel<Bytes>>>;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -37,12 +37,15 @@ async fn issue(
     svc: &mut PhaseTimeout<Inner>,
     req: Request<ReqBody>,
 ) -> ResponseFuture<mock::future::ResponseFuture<Response<Channel<Bytes>>>> {
-    svc.ready().await.unwrap().call(req)
+    ServiceExt::<Request<ReqBody>>::ready(svc)
+        .await
+        .unwrap()
+        .call(req)
 }
 
 /// Plays hyper's part: pulls the request body as fast as it is produced and
 /// returns how many bytes it got.
-fn drain(req: Request<RequestBody<ReqBody>>) -> tokio::task::JoinHandle<usize> {
+fn drain(req: Request<RequestBody>) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut body = req.into_body();
         let mut n = 0;
@@ -360,11 +363,10 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let (mock, mut handle) = mock::pair::<Request<RequestBody<B>>, Response<Empty<Bytes>>>();
+    let (mock, mut handle) = mock::pair::<Request<RequestBody>, Response<Empty<Bytes>>>();
     let mut svc = PhaseTimeout::new(mock, layer);
     let start = Instant::now();
-    let fut = svc
-        .ready()
+    let fut = ServiceExt::<Request<B>>::ready(&mut svc)
         .await
         .unwrap()
         .call(Request::get("/").body(body).unwrap());
@@ -565,7 +567,8 @@ async fn zero_send_read_total_fail_untried_even_when_ready() {
                 req.extensions_mut().insert(o);
             }
             let start = Instant::now();
-            let mut fut = Box::pin(svc.ready().await.unwrap().call(req));
+            let svc = ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc);
+            let mut fut = Box::pin(svc.await.unwrap().call(req));
             let Poll::Ready(Err(err)) = poll_once(&mut fut).await else {
                 panic!("case {i}: a zero limit fails at the first poll (ready={ready})");
             };
@@ -584,8 +587,7 @@ async fn zero_send_read_total_fail_untried_even_when_ready() {
         counted(ready_response("ok"), true, Arc::default()),
         PhaseTimeoutLayer::new().total(z),
     );
-    let err = svc
-        .ready()
+    let err = ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc)
         .await
         .unwrap()
         .call(Request::new(Empty::<Bytes>::new()))
@@ -622,7 +624,8 @@ async fn zero_body_stall_fails_every_body_not_ended() {
         if let Some(o) = over {
             req.extensions_mut().insert(o);
         }
-        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let ready = ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc);
+        let res = ready.await.unwrap().call(req).await.unwrap();
         assert_eq!(polls.load(Ordering::SeqCst), 1);
         // Its body is all there, but not ended: it fails at once.
         let start = Instant::now();
@@ -640,7 +643,8 @@ async fn zero_body_stall_fails_every_body_not_ended() {
         if let Some(o) = over {
             req.extensions_mut().insert(o);
         }
-        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let ready = ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc);
+        let res = ready.await.unwrap().call(req).await.unwrap();
         assert!(res.into_body().frame().await.is_none(), "case {i}");
     }
 }
@@ -707,7 +711,7 @@ use tower_layer::Layer as _;
 
 #[test]
 fn services_give_back_their_inner_service() {
-    let mut svc = PhaseTimeoutLayer::new().layer(7u32);
+    let mut svc = PhaseTimeout::new(7u32, PhaseTimeoutLayer::new());
     assert_eq!(*svc.get_ref(), 7);
     *svc.get_mut() = 8;
     assert_eq!(svc.into_inner(), 8);

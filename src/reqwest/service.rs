@@ -20,7 +20,7 @@ use crate::BoxError;
 /// * **Requests**: any `http::Request<B>` whose body is an
 ///   [`http_body::Body`] that is `Send + Sync + 'static` with data
 ///   convertible to [`Bytes`] (`Full<Bytes>`, `Empty<Bytes>`, `String`,
-///   this crate's `RequestBody<B>`, `reqwest::Body` itself …). The URI must
+///   this crate's [`RequestBody`](crate::RequestBody), `reqwest::Body` itself …). The URI must
 ///   be absolute (`http://` or `https://`). The body becomes a streaming
 ///   [`reqwest::Body`] ([`reqwest::Body::wrap`]), pulled frame by frame as
 ///   the connection writes it, so upload progress stays visible to

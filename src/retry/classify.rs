@@ -602,17 +602,15 @@ mod tests {
             .oneshot(())
             .await
             .unwrap_err();
-        let never = service_fn(
-            |_: Request<crate::phase_timeout::RequestBody<http_body_util::Empty<bytes::Bytes>>>| {
-                std::future::pending::<
-                    Result<http::Response<http_body_util::Empty<bytes::Bytes>>, BoxError>,
-                >()
-            },
-        );
+        let never = service_fn(|_: Request<crate::RequestBody>| {
+            std::future::pending::<
+                Result<http::Response<http_body_util::Empty<bytes::Bytes>>, BoxError>,
+            >()
+        });
         let total = crate::phase_timeout::PhaseTimeoutLayer::new()
             .total(Duration::from_secs(1))
             .layer(never)
-            .oneshot(Request::new(http_body_util::Empty::new()))
+            .oneshot(Request::new(http_body_util::Empty::<bytes::Bytes>::new()))
             .await
             .unwrap_err();
         let get = |e: &BoxError| crate::find_cause::<Elapsed>(e.as_ref()).cloned().unwrap();
@@ -718,15 +716,13 @@ mod tests {
         res.into_body().collect().await.unwrap();
         let state = capture.state().expect("tracked");
 
-        let never = service_fn(
-            |_: Request<crate::phase_timeout::RequestBody<Empty<bytes::Bytes>>>| {
-                std::future::pending::<Result<http::Response<Empty<bytes::Bytes>>, BoxError>>()
-            },
-        );
+        let never = service_fn(|_: Request<crate::RequestBody>| {
+            std::future::pending::<Result<http::Response<Empty<bytes::Bytes>>, BoxError>>()
+        });
         let err = crate::phase_timeout::PhaseTimeoutLayer::new()
             .total(Duration::from_millis(1))
             .layer(never)
-            .oneshot(Request::new(Empty::new()))
+            .oneshot(Request::new(Empty::<bytes::Bytes>::new()))
             .await
             .unwrap_err();
         let elapsed = crate::find_cause::<Elapsed>(err.as_ref()).unwrap().clone();

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::policy::{duplicate, Session};
 use crate::track::{ConnectionCapture, ExchangeEnd, PendingExchange, TrackedBody};
-use crate::BoxError;
+use crate::{BoxError, RequestBody};
 
 pin_project! {
     /// Response future of [`RetryOnStaleConnection`](super::RetryOnStaleConnection).
@@ -25,20 +25,20 @@ pin_project! {
     /// tracker's poisoning), instead of leaving hyper writing a request
     /// nobody waits for.
     #[derive(Debug)]
-    pub struct ResponseFuture<S, B>
+    pub struct ResponseFuture<S>
     where
-        S: Service<Request<B>>,
+        S: Service<Request<RequestBody>>,
     {
         #[pin]
         state: State<S, S::Future>,
         // The service retries are cloned from.
         spare: Arc<S>,
         // The request for the next attempt.
-        backup: Option<Request<B>>,
+        backup: Option<Request<RequestBody>>,
         // The connection capture of the attempt in flight, when it took one
         // (a request with a body, or the caller's capture).
         capture: Option<ConnectionCapture>,
-        session: Session<B>,
+        session: Session,
         pending: PendingExchange,
     }
 }
@@ -60,15 +60,15 @@ pin_project! {
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S> ResponseFuture<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<RequestBody>>,
 {
     pub(crate) fn new(
         future: S::Future,
         spare: Arc<S>,
-        backup: Request<B>,
-        session: Session<B>,
+        backup: Request<RequestBody>,
+        session: Session,
         capture: Option<ConnectionCapture>,
     ) -> Self {
         ResponseFuture {
@@ -82,11 +82,10 @@ where
     }
 }
 
-impl<S, B, RB> Future for ResponseFuture<S, B>
+impl<S, RB> Future for ResponseFuture<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S: Service<Request<RequestBody>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
-    B: Clone,
     RB: Body,
 {
     type Output = Result<Response<TrackedBody<RB>>, BoxError>;
@@ -137,12 +136,15 @@ where
                 }
                 StateProj::Retrying { service } => {
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
-                    let Some(req) = this.backup.take() else {
+                    let Some(mut req) = this.backup.take() else {
                         // Unreachable: `Retrying` is only entered with a backup.
                         return Poll::Ready(Err("retry without a request".into()));
                     };
                     *this.backup = Some(duplicate(&req));
                     *this.capture = req.extensions().get::<ConnectionCapture>().cloned();
+                    // Under PhaseTimeout above this layer, the body reports
+                    // this attempt's upload and announces it.
+                    req.body_mut().next_attempt(this.capture.as_ref());
                     *this.pending = PendingExchange::new(this.capture.clone());
                     let future = service.call(req);
                     this.state.set(State::Called { future });

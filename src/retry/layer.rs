@@ -1,4 +1,4 @@
-//! `RetryOnStaleConnectionLayer` and its body modes.
+//! `RetryOnStaleConnectionLayer`.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use tower_layer::Layer;
 use super::policy::Settings;
 use super::replay::DEFAULT_REPLAY_LIMIT;
 use super::RetryOnStaleConnection;
+use crate::RequestBodyService;
 
 /// Request-plane layer that retries a request only when its failure proves
 /// the retry safe; see the [module docs](super) for the rules.
@@ -20,9 +21,12 @@ use super::RetryOnStaleConnection;
 /// * Connect timeouts are not retried unless
 ///   [`retry_connect_timeouts`](Self::retry_connect_timeouts) is set.
 ///
-/// Request bodies are sent again by cloning (`B: Body + Clone`, the
-/// default mode), or through a bounded [`ReplayBody`](super::ReplayBody) with
-/// [`replay_buffer`](Self::replay_buffer) for any other body.
+/// Request bodies of any type are sent again: cheap-to-clone ones
+/// (`Full<Bytes>`, `Empty<Bytes>`, `String`, …) by cloning, whatever their
+/// size, and any other (a streamed upload) through a replay buffer that
+/// keeps up to [`replay_limit`](Self::replay_limit) bytes
+/// ([`DEFAULT_REPLAY_LIMIT`](super::DEFAULT_REPLAY_LIMIT), 64 KiB); see
+/// [`RequestBody`](crate::RequestBody).
 ///
 /// **Its reuse-dependent rules need the connection tracker**
 /// ([`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) on
@@ -46,75 +50,56 @@ use super::RetryOnStaleConnection;
 /// use tower::retry::budget::TpsBudget;
 /// use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 ///
-/// // Clone bodies (`Full<Bytes>`, `Empty<Bytes>`, ...): one retry at most.
+/// // One retry at most; streamed bodies replayed up to 64 KiB.
 /// let layer = RetryOnStaleConnectionLayer::new();
 /// # let _ = layer;
 ///
-/// // Any body, replaying up to 256 KiB; at most 2 retries, and no more
-/// // than 10 % of requests plus 5 per second.
+/// // Streamed bodies replayed up to 256 KiB; at most 2 retries, and no
+/// // more than 10 % of requests plus 5 per second.
 /// let layer = RetryOnStaleConnectionLayer::new()
-///     .replay_buffer()
 ///     .replay_limit(256 * 1024)
 ///     .max_retries(2)
 ///     .budget(TpsBudget::new(Duration::from_secs(10), 5, 0.1));
 /// # let _ = layer;
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct RetryOnStaleConnectionLayer<M = CloneBody> {
+#[derive(Clone, Debug)]
+pub struct RetryOnStaleConnectionLayer {
     pub(crate) settings: Settings,
-    pub(crate) mode: M,
+    pub(crate) replay_limit: usize,
 }
 
-/// Body mode of [`RetryOnStaleConnectionLayer::new`]: request bodies are
-/// `Clone` and retried by cloning, with no wrapper (`Full<Bytes>`,
-/// `Empty<Bytes>`, and other bodies whose clone is cheap).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CloneBody {
-    _priv: (),
-}
-
-/// Body mode of [`RetryOnStaleConnectionLayer::replay_buffer`]: any request
-/// body goes through a [`ReplayBody`](super::ReplayBody) that keeps up to
-/// the limit for replays.
-#[derive(Clone, Copy, Debug)]
-pub struct ReplayBuffer {
-    pub(crate) limit: usize,
-}
-
-impl RetryOnStaleConnectionLayer {
-    /// A layer with at most one retry, no budget, connect timeouts not
-    /// retried, for `Clone` request bodies. With the tracker on the client's
-    /// connector for its exact rules (see the [type docs](Self)).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Retries any [`http_body::Body`] through a
-    /// [`ReplayBody`](super::ReplayBody) keeping up to
-    /// [`DEFAULT_REPLAY_LIMIT`](super::DEFAULT_REPLAY_LIMIT) (64 KiB); the
-    /// inner service then receives `Request<ReplayBody<B>>`.
-    pub fn replay_buffer(self) -> RetryOnStaleConnectionLayer<ReplayBuffer> {
+impl Default for RetryOnStaleConnectionLayer {
+    fn default() -> Self {
         RetryOnStaleConnectionLayer {
-            settings: self.settings,
-            mode: ReplayBuffer {
-                limit: DEFAULT_REPLAY_LIMIT,
-            },
+            settings: Settings::default(),
+            replay_limit: DEFAULT_REPLAY_LIMIT,
         }
     }
 }
 
-impl RetryOnStaleConnectionLayer<ReplayBuffer> {
-    /// The most request-body bytes kept for replays. A body that goes past
-    /// it is sent on unbuffered and not retried once any of it was read;
+impl RetryOnStaleConnectionLayer {
+    /// A layer with at most one retry, no budget, connect timeouts not
+    /// retried, streamed bodies replayed up to
+    /// [`DEFAULT_REPLAY_LIMIT`](super::DEFAULT_REPLAY_LIMIT). With the
+    /// tracker on the client's connector for its exact rules (see the
+    /// [type docs](Self)).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most bytes of a streamed request body kept for replays (default
+    /// [`DEFAULT_REPLAY_LIMIT`](super::DEFAULT_REPLAY_LIMIT), 64 KiB). A
+    /// body that goes past it is sent on unbuffered and not retried once
+    /// any of it was read ([`Rule::BodyNotReplayable`](super::Rule::BodyNotReplayable));
     /// `0` replays only bodies nothing has been read from. Memory is held
-    /// per request until its response head arrives.
+    /// per request until its response head arrives. Cheap-to-clone bodies
+    /// (`Full<Bytes>`, …) are cloned, not buffered: the limit does not
+    /// apply to them.
     pub fn replay_limit(mut self, bytes: usize) -> Self {
-        self.mode.limit = bytes;
+        self.replay_limit = bytes;
         self
     }
-}
 
-impl<M> RetryOnStaleConnectionLayer<M> {
     /// The most retries per request (default 1); `0` never retries.
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.settings.max_retries = retries;
@@ -142,8 +127,11 @@ impl<M> RetryOnStaleConnectionLayer<M> {
     }
 }
 
-impl<S: Clone, M: Clone> Layer<S> for RetryOnStaleConnectionLayer<M> {
-    type Service = RetryOnStaleConnection<S, M>;
+/// The bound on `S` makes a mistyped or misordered stack fail here, where
+/// the layer is applied, with a message that names the fix (see
+/// [`RequestBodyService`]).
+impl<S: RequestBodyService + Clone> Layer<S> for RetryOnStaleConnectionLayer {
+    type Service = RetryOnStaleConnection<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryOnStaleConnection::new(inner, self.clone())

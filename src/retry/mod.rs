@@ -97,14 +97,20 @@
 //!
 //! # Request bodies
 //!
-//! * [`RetryOnStaleConnectionLayer::new`]: `B: Body + Clone` bodies
-//!   (`Full<Bytes>`, `Empty<Bytes>`, …) are cloned for each attempt, with
-//!   no wrapper.
-//! * [`replay_buffer`](RetryOnStaleConnectionLayer::replay_buffer): any
-//!   body goes through a [`ReplayBody`] that keeps at most one copy of up to
-//!   [`DEFAULT_REPLAY_LIMIT`] (64 KiB, [configurable](RetryOnStaleConnectionLayer::replay_limit))
-//!   for replays. A body that goes past the limit is sent on unbuffered and
-//!   is not retried once read.
+//! The layer takes requests with any body and hands the service below it a
+//! [`RequestBody`](crate::RequestBody) (hyper-util's client below it is a
+//! `Client<_, RequestBody>`, whatever else is stacked):
+//!
+//! * a cheap-to-clone body (`Full<Bytes>`, `Empty<Bytes>`, `String`, …) is
+//!   sent again by cloning, whatever its size;
+//! * any other body (a streamed upload: `StreamBody`, a channel, your own
+//!   [`Body`](http_body::Body)) goes through a replay buffer that keeps at
+//!   most one copy of up to [`DEFAULT_REPLAY_LIMIT`] (64 KiB,
+//!   [configurable](RetryOnStaleConnectionLayer::replay_limit)) for
+//!   replays. A body that goes past the limit is sent on unbuffered and is
+//!   not retried once read ([`Rule::BodyNotReplayable`]); one nothing has
+//!   been read from yet (a refusal before the first byte) is replayed
+//!   whatever its size. A body that failed is never replayed.
 //!
 //! # Where it goes
 //!
@@ -114,6 +120,13 @@
 //! ```text
 //! RetryOnStaleConnection → PhaseTimeout → hyper_util Client(TrackConnections(HttpConnector))
 //! ```
+//!
+//! [`PhaseTimeout`](crate::phase_timeout) *above* this layer works too
+//! (both take any body and hand a [`RequestBody`](crate::RequestBody)
+//! on): its limits then bound the request with all its attempts rather
+//! than each attempt, so a timeout never reaches this layer and is never
+//! retried, and a retried attempt's upload is judged by its body frames
+//! (the socket it watches is the first attempt's).
 //!
 //! * **hyper-util's legacy `Client`**: everything above, with
 //!   [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) on its
@@ -136,7 +149,7 @@
 //! The layer keeps a copy of the request for a retry (an extension-less
 //! `GET` copies only its URI), runs tower's retry policy and marks the end
 //! of the response's exchange: about 1.1 k instructions and no allocation
-//! per request on loopback (`cargo bench --bench instructions -- retry`,
+//! per request (but a streamed body's replay buffer) on loopback (`cargo bench --bench instructions -- retry`,
 //! about +4 % over a bare hyper-util client; the README's Performance
 //! section).
 //!
@@ -166,18 +179,17 @@
 //! # Example
 //!
 //! ```
-//! use bytes::Bytes;
-//! use http_body_util::Full;
 //! use hyper_util::client::legacy::{connect::HttpConnector, Client};
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::ServiceBuilder;
 //! use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 //! use tower_conn_lifecycle::track::TrackConnectionsLayer;
+//! use tower_conn_lifecycle::RequestBody;
 //!
 //! let connector = ServiceBuilder::new()
 //!     .layer(TrackConnectionsLayer::new())
 //!     .service(HttpConnector::new());
-//! let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+//! let client = Client::builder(TokioExecutor::new()).build::<_, RequestBody>(connector);
 //! let client = ServiceBuilder::new()
 //!     .layer(RetryOnStaleConnectionLayer::new())
 //!     .service(client);
@@ -195,7 +207,7 @@
 //! use tower_conn_lifecycle::find_cause;
 //! use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryOnStaleConnectionLayer, Rule};
 //! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
-//! # let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(HttpConnector::new());
+//! # let client = Client::builder(TokioExecutor::new()).build::<_, tower_conn_lifecycle::RequestBody>(HttpConnector::new());
 //! # let client = tower::ServiceBuilder::new().layer(RetryOnStaleConnectionLayer::new()).service(client);
 //!
 //! let req = http::Request::post("http://127.0.0.1:8080/orders")
@@ -221,14 +233,14 @@ mod error;
 pub mod future;
 mod layer;
 mod policy;
-mod replay;
+pub(crate) mod replay;
 mod service;
 
 pub use classify::{RetryReason, Rule, IDEMPOTENCY_KEY};
 pub use error::NotRetried;
-pub use layer::{CloneBody, ReplayBuffer, RetryOnStaleConnectionLayer};
+pub use layer::RetryOnStaleConnectionLayer;
 pub use policy::Retried;
-pub use replay::{ReplayBody, DEFAULT_REPLAY_LIMIT};
+pub use replay::DEFAULT_REPLAY_LIMIT;
 pub use service::RetryOnStaleConnection;
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tower::retry::Policy;
 use super::classify::{self, Wire};
 use super::{NotRetried, RetryReason, Rule};
 use crate::track::ConnectionCapture;
-use crate::BoxError;
+use crate::{BoxError, RequestBody};
 
 /// How many retry reasons a [`Retried`] keeps; later ones are only counted.
 const MAX_RECORDED: usize = 8;
@@ -82,30 +82,23 @@ impl fmt::Debug for Settings {
 }
 
 /// The policy for one request and its retries.
-pub(crate) struct Session<B> {
+pub(crate) struct Session {
     settings: Settings,
-    /// Whether the request body can be sent again.
-    replayable: fn(&B) -> bool,
     /// The replay buffer limit, for the refusal message.
-    replay_limit: Option<usize>,
+    replay_limit: usize,
     /// The retries made so far (boxed: most requests make none, and the
     /// session lives in every request's response future).
     retried: Option<Box<Retried>>,
 }
 
-impl<B> Session<B> {
+impl Session {
     /// A session for a new request; deposits it in the budget.
-    pub(crate) fn new(
-        settings: &Settings,
-        replayable: fn(&B) -> bool,
-        replay_limit: Option<usize>,
-    ) -> Self {
+    pub(crate) fn new(settings: &Settings, replay_limit: usize) -> Self {
         if let Some(budget) = &settings.budget {
             budget.deposit();
         }
         Session {
             settings: settings.clone(),
-            replayable,
             replay_limit,
             retried: None,
         }
@@ -126,8 +119,8 @@ impl<B> Session<B> {
     }
 
     /// The limits a retry-safe failure must also pass.
-    fn allow(&self, req: &Request<B>, reason: RetryReason) -> Result<RetryReason, Rule> {
-        if !(self.replayable)(req.body()) {
+    fn allow(&self, req: &Request<RequestBody>, reason: RetryReason) -> Result<RetryReason, Rule> {
+        if !req.body().is_replayable() {
             return Err(Rule::BodyNotReplayable);
         }
         if self.retries() >= self.settings.max_retries {
@@ -142,7 +135,7 @@ impl<B> Session<B> {
     }
 }
 
-impl<B> fmt::Debug for Session<B> {
+impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("settings", &self.settings)
@@ -165,12 +158,12 @@ impl fmt::Display for Taken {
 
 impl std::error::Error for Taken {}
 
-impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
+impl<RB> Policy<Request<RequestBody>, Response<RB>, BoxError> for Session {
     type Future = Ready<()>;
 
     fn retry(
         &mut self,
-        req: &mut Request<B>,
+        req: &mut Request<RequestBody>,
         result: &mut Result<Response<RB>, BoxError>,
     ) -> Option<Ready<()>> {
         let err = match result {
@@ -221,7 +214,11 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
                     refused = refused.otherwise_safe(reason);
                 }
                 if rule == Rule::BodyNotReplayable {
-                    refused = refused.replay_limit(self.replay_limit);
+                    // The limit when the body went past it; a body that
+                    // failed, or was never buffered, says so otherwise.
+                    let limit = req.body().overflowed_limit();
+                    debug_assert!(limit.is_none() || limit == Some(self.replay_limit));
+                    refused = refused.replay_limit(limit);
                 }
                 if facts.wire == Wire::Unknown {
                     refused = refused.reuse_unknown();
@@ -232,18 +229,20 @@ impl<B: Clone, RB> Policy<Request<B>, Response<RB>, BoxError> for Session<B> {
         }
     }
 
-    fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+    fn clone_request(&mut self, req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
         Some(duplicate(req))
     }
 }
 
 /// A copy of `req` for the next attempt (extensions are cloned; a
-/// connection capture among them is replaced before the copy is sent).
-/// Empty header and extension maps are not cloned (the new request's own
-/// are empty already): a request without headers or extensions, the
-/// common `GET`, costs only its URI's and body's clones.
-pub(crate) fn duplicate<B: Clone>(req: &Request<B>) -> Request<B> {
-    let mut clone = Request::new(req.body().clone());
+/// connection capture among them is replaced before the copy is sent; the
+/// body is a copy that replays it from the start, see
+/// [`RequestBody::retry_copy`]). Empty header and extension maps are not
+/// cloned (the new request's own are empty already): a request without
+/// headers or extensions, the common `GET`, costs only its URI's and
+/// body's clones.
+pub(crate) fn duplicate(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut clone = Request::new(req.body().retry_copy());
     *clone.method_mut() = req.method().clone();
     *clone.uri_mut() = req.uri().clone();
     *clone.version_mut() = req.version();

@@ -1,22 +1,22 @@
-//! A bounded replay buffer for request bodies that are not `Clone`.
+//! The bounded replay buffer behind a streamed [`RequestBody`](crate::RequestBody)
+//! under the retry layer.
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::body::BoxedBody;
 use crate::BoxError;
 
 /// The default replay buffer limit: 64 KiB of request body.
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 
-/// A request body that can be sent again: the request body type of the
-/// inner service under
-/// [`RetryOnStaleConnectionLayer::replay_buffer`](super::RetryOnStaleConnectionLayer::replay_buffer).
+/// A handle on a streamed request body that can be sent again: the replay
+/// mode of [`RequestBody`](crate::RequestBody).
 ///
 /// The first attempt streams the caller's body through, keeping each frame
 /// it passes on (up to the limit) in a buffer shared with the clones made
@@ -39,8 +39,8 @@ pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 /// at the same time, the one that reads past the limit wins and the other
 /// fails with an error; while both wait for the caller's body, only the
 /// last to poll is woken.
-pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+pub(crate) struct Replay {
+    shared: Arc<Mutex<Shared>>,
     /// Buffered frames this handle has returned.
     pos: usize,
     /// This handle read past the limit: it alone goes on, unbuffered.
@@ -52,9 +52,9 @@ pub struct ReplayBody<B> {
     empty: bool,
 }
 
-struct Shared<B> {
+struct Shared {
     /// The caller's body, until it ends or fails.
-    body: Option<Pin<Box<B>>>,
+    body: Option<BoxedBody>,
     frames: Vec<Kept>,
     buffered: usize,
     limit: usize,
@@ -77,21 +77,21 @@ impl Kept {
     }
 }
 
-impl<B> Shared<B> {
+impl Shared {
     fn release(&mut self) {
         self.frames = Vec::new();
         self.buffered = 0;
     }
 }
 
-impl<B: Body> ReplayBody<B> {
+impl Replay {
     /// Wraps `body`, keeping at most `limit` bytes of data for replays.
-    pub(crate) fn new(body: B, limit: usize) -> Self {
+    pub(crate) fn new(body: BoxedBody, limit: usize) -> Self {
         let hint = body.size_hint();
         let empty = body.is_end_stream();
-        ReplayBody {
+        Replay {
             shared: Arc::new(Mutex::new(Shared {
-                body: Some(Box::pin(body)),
+                body: Some(body),
                 frames: Vec::new(),
                 buffered: 0,
                 limit,
@@ -106,30 +106,36 @@ impl<B: Body> ReplayBody<B> {
             empty,
         }
     }
-}
 
-impl<B> ReplayBody<B> {
-    fn lock(&self) -> MutexGuard<'_, Shared<B>> {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a clone of this body can still send the whole body: nothing
     /// went past the limit and the caller's body has not failed.
-    pub fn is_replayable(&self) -> bool {
+    pub(crate) fn is_replayable(&self) -> bool {
         let shared = self.lock();
         !shared.overflowed && !shared.failed
     }
 
-    /// The buffer limit in bytes.
-    pub fn limit(&self) -> usize {
-        self.lock().limit
+    /// The bytes and frames kept (tests).
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        let shared = self.lock();
+        (shared.buffered, shared.frames.len())
+    }
+
+    /// The limit, if the body went past it.
+    pub(crate) fn overflowed_limit(&self) -> Option<usize> {
+        let shared = self.lock();
+        shared.overflowed.then_some(shared.limit)
     }
 }
 
-impl<B> Clone for ReplayBody<B> {
+impl Clone for Replay {
     /// A handle that replays the body from its start.
     fn clone(&self) -> Self {
-        ReplayBody {
+        Replay {
             shared: Arc::clone(&self.shared),
             pos: 0,
             sole: false,
@@ -140,45 +146,51 @@ impl<B> Clone for ReplayBody<B> {
     }
 }
 
-/// A clone was polled after the body could no longer be replayed.
+/// A copy of a request body was polled that cannot send it.
 #[derive(Debug)]
-struct CannotReplay {
-    limit: Option<usize>,
+pub(crate) enum CannotReplay {
+    /// The body went past the replay buffer's limit.
+    Overflowed(usize),
+    /// The caller's body failed on an earlier attempt.
+    Failed,
+    /// A streamed body copied outside the replay buffer.
+    NotBuffered,
 }
 
 impl fmt::Display for CannotReplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.limit {
-            Some(limit) => write!(
+        match self {
+            CannotReplay::Overflowed(limit) => write!(
                 f,
                 "request body cannot be replayed: it went past the {limit}-byte replay buffer"
             ),
-            None => f.write_str("request body cannot be replayed: it failed on an earlier attempt"),
+            CannotReplay::Failed => {
+                f.write_str("request body cannot be replayed: it failed on an earlier attempt")
+            }
+            CannotReplay::NotBuffered => {
+                f.write_str("request body cannot be replayed: it was not kept in a replay buffer")
+            }
         }
     }
 }
 
 impl std::error::Error for CannotReplay {}
 
-impl<B> Body for ReplayBody<B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+impl Replay {
+    pub(crate) fn poll_frame(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
+        let this = self;
         let shared = Arc::clone(&this.shared);
         let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
         if !this.sole {
-            if shared.overflowed || shared.failed {
-                let limit = shared.overflowed.then_some(shared.limit);
-                return Poll::Ready(Some(Err(Box::new(CannotReplay { limit }))));
+            if shared.overflowed {
+                let limit = shared.limit;
+                return Poll::Ready(Some(Err(Box::new(CannotReplay::Overflowed(limit)))));
+            }
+            if shared.failed {
+                return Poll::Ready(Some(Err(Box::new(CannotReplay::Failed))));
             }
             if let Some(kept) = shared.frames.get(this.pos) {
                 this.pos += 1;
@@ -202,10 +214,9 @@ where
                 shared.failed = true;
                 shared.body = None;
                 shared.release();
-                return Poll::Ready(Some(Err(e.into())));
+                return Poll::Ready(Some(Err(e)));
             }
-            // The one copy, for data that is not `Bytes` already.
-            Some(Ok(frame)) => frame.map_data(|mut d| d.copy_to_bytes(d.remaining())),
+            Some(Ok(frame)) => frame,
         };
         if !this.sole {
             let kept = match (frame.data_ref(), frame.trailers_ref()) {
@@ -233,7 +244,7 @@ where
         Poll::Ready(Some(Ok(frame)))
     }
 
-    fn is_end_stream(&self) -> bool {
+    pub(crate) fn is_end_stream(&self) -> bool {
         if self.empty {
             return true;
         }
@@ -245,7 +256,7 @@ where
         !shared.overflowed && !shared.failed && source_done && self.pos >= shared.frames.len()
     }
 
-    fn size_hint(&self) -> SizeHint {
+    pub(crate) fn size_hint(&self) -> SizeHint {
         let mut hint = SizeHint::new();
         if let Some(upper) = self.hint.upper() {
             hint.set_upper(upper.saturating_sub(self.sent));
@@ -255,10 +266,10 @@ where
     }
 }
 
-impl<B> fmt::Debug for ReplayBody<B> {
+impl fmt::Debug for Replay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = self.lock();
-        f.debug_struct("ReplayBody")
+        f.debug_struct("Replay")
             .field("limit", &shared.limit)
             .field("buffered", &shared.buffered)
             .field("replayable", &(!shared.overflowed && !shared.failed))
@@ -272,9 +283,48 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use std::pin::Pin;
+
+    use bytes::Buf;
     use http_body_util::{BodyExt, Full};
 
     use super::*;
+    use crate::RequestBody;
+
+    /// `body` in replay mode, keeping up to `limit` bytes.
+    fn replaying<B>(body: B, limit: usize) -> RequestBody
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut body = RequestBody::new(body);
+        body.make_replayable(limit);
+        body
+    }
+
+    /// `B` as a body `RequestBody::new` does not recognise (boxed, not
+    /// inline).
+    struct Opaque<B>(B);
+
+    impl<B: Body + Unpin> Body for Opaque<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_end_stream()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.0.size_hint()
+        }
+    }
 
     /// A body that yields prepared frames, each ready at once.
     struct Frames<D>(VecDeque<Result<Frame<D>, BoxError>>);
@@ -325,8 +375,8 @@ mod tests {
             data(20, 2),
             Ok(Frame::trailers(trailers.clone())),
         ]);
-        let first = ReplayBody::new(body, 100);
-        let second = first.clone();
+        let first = replaying(body, 100);
+        let second = first.retry_copy();
         let (chunks, t) = collect(first).await.unwrap();
         assert_eq!(chunks.iter().map(Bytes::len).collect::<Vec<_>>(), [10, 20]);
         assert_eq!(t.as_ref(), Some(&trailers));
@@ -339,13 +389,13 @@ mod tests {
     #[tokio::test]
     async fn a_partly_read_body_replays_its_buffer_then_continues() {
         let body = stream_of(vec![data(5, 1), data(5, 2), data(5, 3)]);
-        let mut first = ReplayBody::new(body, 100);
-        let second = first.clone();
+        let mut first = replaying(body, 100);
+        let second = first.retry_copy();
         // The first attempt fails after one frame.
         let f = first.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), Bytes::from(vec![1; 5]));
         drop(first);
-        let (chunks, _) = collect(second.clone()).await.unwrap();
+        let (chunks, _) = collect(second.retry_copy()).await.unwrap();
         assert_eq!(chunks.concat(), [[1u8; 5], [2; 5], [3; 5]].concat());
         // And a third attempt still gets all of it.
         let (chunks, _) = collect(second).await.unwrap();
@@ -361,8 +411,8 @@ mod tests {
             .iter()
             .map(|b| Ok(Frame::data(b.clone())))
             .collect();
-        let first = ReplayBody::new(stream_of(frames), DEFAULT_REPLAY_LIMIT);
-        let second = first.clone();
+        let first = replaying(stream_of(frames), DEFAULT_REPLAY_LIMIT);
+        let second = first.retry_copy();
         let (sent, _) = collect(first).await.unwrap();
         let (replayed, _) = collect(second).await.unwrap();
         for ((o, s), r) in originals.iter().zip(&sent).zip(&replayed) {
@@ -402,9 +452,9 @@ mod tests {
             })
             .collect();
         let body = stream_of(frames);
-        let first = ReplayBody::new(body, DEFAULT_REPLAY_LIMIT);
-        let second = first.clone();
-        let third = first.clone();
+        let first = replaying(body, DEFAULT_REPLAY_LIMIT);
+        let second = first.retry_copy();
+        let third = first.retry_copy();
         let (sent, _) = collect(first).await.unwrap();
         let (replayed, _) = collect(second).await.unwrap();
         let (again, _) = collect(third).await.unwrap();
@@ -421,9 +471,9 @@ mod tests {
     #[tokio::test]
     async fn past_the_limit_the_body_goes_on_but_is_not_replayable() {
         let body = stream_of(vec![data(60, 1), data(60, 2), data(60, 3)]);
-        let first = ReplayBody::new(body, 100);
-        let second = first.clone();
-        let probe = first.clone();
+        let first = replaying(body, 100);
+        let second = first.retry_copy();
+        let probe = first.retry_copy();
         let (chunks, _) = collect(first).await.unwrap();
         // The attempt that went past the limit still sends the whole body.
         assert_eq!(chunks.concat().len(), 180);
@@ -434,14 +484,13 @@ mod tests {
             "request body cannot be replayed: it went past the 100-byte replay buffer"
         );
         // Nothing stays buffered.
-        assert_eq!(probe.lock().buffered, 0);
-        assert!(probe.lock().frames.is_empty());
+        assert_eq!(probe.replay_buffered(), Some((0, 0)));
     }
 
     #[tokio::test]
     async fn exactly_the_limit_is_still_replayable() {
-        let first = ReplayBody::new(Full::new(Bytes::from(vec![1; 100])), 100);
-        let second = first.clone();
+        let first = replaying(Opaque(Full::new(Bytes::from(vec![1; 100]))), 100);
+        let second = first.retry_copy();
         collect(first).await.unwrap();
         assert!(second.is_replayable());
         assert_eq!(collect(second).await.unwrap().0.concat().len(), 100);
@@ -449,12 +498,12 @@ mod tests {
 
     #[tokio::test]
     async fn zero_limit_replays_only_what_was_never_read() {
-        let empty = ReplayBody::new(http_body_util::Empty::<Bytes>::new(), 0);
+        let empty = replaying(Opaque(http_body_util::Empty::<Bytes>::new()), 0);
         assert!(empty.is_end_stream());
-        assert!(empty.clone().is_replayable());
+        assert!(empty.retry_copy().is_replayable());
         // A large body nothing has read yet is replayable, whatever the limit.
-        let big = ReplayBody::new(Full::new(Bytes::from(vec![1; 1 << 20])), 0);
-        let backup = big.clone();
+        let big = replaying(Opaque(Full::new(Bytes::from(vec![1; 1 << 20]))), 0);
+        let backup = big.retry_copy();
         assert!(backup.is_replayable());
         assert_eq!(backup.size_hint().exact(), Some(1 << 20));
         // Once one byte is read, it is not.
@@ -465,8 +514,8 @@ mod tests {
     #[tokio::test]
     async fn huge_limit_does_not_overflow() {
         let body = stream_of(vec![data(3, 1), data(3, 2)]);
-        let first = ReplayBody::new(body, usize::MAX);
-        let second = first.clone();
+        let first = replaying(body, usize::MAX);
+        let second = first.retry_copy();
         collect(first).await.unwrap();
         assert_eq!(collect(second).await.unwrap().0.len(), 2);
     }
@@ -474,8 +523,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_body_is_not_replayable() {
         let body = stream_of(vec![data(3, 1), Err("disk on fire".into())]);
-        let first = ReplayBody::new(body, 100);
-        let second = first.clone();
+        let first = replaying(body, 100);
+        let second = first.retry_copy();
         let err = collect(first).await.unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
         assert!(!second.is_replayable());
@@ -488,8 +537,8 @@ mod tests {
 
     #[tokio::test]
     async fn size_hint_and_end_stream_follow_each_handle() {
-        let first = ReplayBody::new(Full::new(Bytes::from_static(b"hello")), 100);
-        let mut second = first.clone();
+        let first = replaying(Opaque(Full::new(Bytes::from_static(b"hello"))), 100);
+        let mut second = first.retry_copy();
         assert_eq!(first.size_hint().exact(), Some(5));
         assert!(!first.is_end_stream());
         let (chunks, _) = collect(first).await.unwrap();

@@ -8,19 +8,19 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::layer::{CloneBody, ReplayBuffer, RetryOnStaleConnectionLayer};
+use super::layer::RetryOnStaleConnectionLayer;
 use super::policy::{duplicate, Session};
-use super::ReplayBody;
 use crate::track::{ConnectionCapture, TrackedBody};
-use crate::BoxError;
+use crate::{BoxError, RequestBody, RequestBodyService};
 
 /// Request-plane service that retries requests whose failure proves a retry
 /// safe; made by [`RetryOnStaleConnectionLayer`].
 ///
-/// * With the default [`CloneBody`] mode it takes `Request<B>` for any
-///   `B: Body + Clone` and passes it on unchanged.
-/// * With [`ReplayBuffer`] it takes any `Request<B: Body>` and passes on
-///   `Request<ReplayBody<B>>`.
+/// It takes `http::Request<B>` for any body `B` and passes the request on
+/// with its body as a [`RequestBody`] (a `RequestBody` from a layer above
+/// is taken as it is), so the inner hyper-util client is a
+/// `Client<_, RequestBody>` ([`RequestBodyService`]). A cheap-to-clone body
+/// is sent again by cloning; any other through the layer's replay buffer.
 ///
 /// Responses come back with a [`TrackedBody`], which ends the tracker's
 /// exchange when the body ends. Errors are [`BoxError`]: always a
@@ -35,15 +35,15 @@ use crate::BoxError;
 /// nearly all of them, clones nothing. Clones of this service share the
 /// layer's budget.
 #[derive(Clone, Debug)]
-pub struct RetryOnStaleConnection<S, M = CloneBody> {
+pub struct RetryOnStaleConnection<S> {
     inner: S,
     spare: Arc<S>,
-    layer: RetryOnStaleConnectionLayer<M>,
+    layer: RetryOnStaleConnectionLayer,
 }
 
-impl<S: Clone, M> RetryOnStaleConnection<S, M> {
+impl<S: Clone> RetryOnStaleConnection<S> {
     /// Wraps `inner` with the settings of `layer`.
-    pub fn new(inner: S, layer: RetryOnStaleConnectionLayer<M>) -> Self {
+    pub fn new(inner: S, layer: RetryOnStaleConnectionLayer) -> Self {
         RetryOnStaleConnection {
             spare: Arc::new(inner.clone()),
             inner,
@@ -52,7 +52,7 @@ impl<S: Clone, M> RetryOnStaleConnection<S, M> {
     }
 }
 
-impl<S, M> RetryOnStaleConnection<S, M> {
+impl<S> RetryOnStaleConnection<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -70,10 +70,9 @@ impl<S, M> RetryOnStaleConnection<S, M> {
 
     /// Sends the first attempt of `req` with the service `poll_ready` was
     /// called on; retries, if any, clone the spare.
-    fn start<B>(&mut self, mut req: Request<B>, session: Session<B>) -> ResponseFuture<S, B>
+    fn start(&mut self, mut req: Request<RequestBody>, session: Session) -> ResponseFuture<S>
     where
-        S: Service<Request<B>> + Clone,
-        B: Body + Clone,
+        S: Service<Request<RequestBody>> + Clone,
     {
         // Copied before a capture goes in: the next attempt gets its own,
         // and the copy of a request without extensions allocates nothing.
@@ -93,47 +92,28 @@ impl<S, M> RetryOnStaleConnection<S, M> {
     }
 }
 
-impl<S, B, RB> Service<Request<B>> for RetryOnStaleConnection<S, CloneBody>
+impl<S, B, RB> Service<Request<B>> for RetryOnStaleConnection<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S: RequestBodyService<Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
-    B: Body + Clone,
-    RB: Body,
-{
-    type Response = Response<TrackedBody<RB>>;
-    type Error = BoxError;
-    type Future = ResponseFuture<S, B>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let session = Session::new(&self.layer.settings, |_| true, None);
-        self.start(req, session)
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for RetryOnStaleConnection<S, ReplayBuffer>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
-    S::Error: Into<BoxError>,
-    B: Body,
+    B: Body + Send + 'static,
     B::Error: Into<BoxError>,
     RB: Body,
 {
     type Response = Response<TrackedBody<RB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, ReplayBody<B>>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let limit = self.layer.mode.limit;
-        let session = Session::new(&self.layer.settings, ReplayBody::is_replayable, Some(limit));
-        self.start(req.map(|body| ReplayBody::new(body, limit)), session)
+        let mut req = req.map(RequestBody::new);
+        let limit = self.layer.replay_limit;
+        req.body_mut().make_replayable(limit);
+        let session = Session::new(&self.layer.settings, limit);
+        self.start(req, session)
     }
 }
 
@@ -157,8 +137,6 @@ where
 /// a bodiless request given up before its response head has its connection
 /// closed by hyper's dispatcher (the response future gone), and its
 /// response's own connection ends its exchange.
-fn needs_capture<B: Body>(req: &Request<B>) -> bool {
-    let body = req.body();
-    let empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
-    !empty || req.extensions().get::<ConnectionCapture>().is_some()
+fn needs_capture(req: &Request<RequestBody>) -> bool {
+    !req.body().is_empty() || req.extensions().get::<ConnectionCapture>().is_some()
 }

@@ -14,11 +14,11 @@ use tower_test::mock;
 
 use super::*;
 use crate::track::ConnectionExpired;
-use crate::BoxError;
+use crate::{BoxError, RequestBody};
 
 type Body = Full<Bytes>;
-type Inner = mock::Mock<Request<Body>, Response<Empty<Bytes>>>;
-type Handle = mock::Handle<Request<Body>, Response<Empty<Bytes>>>;
+type Inner = mock::Mock<Request<RequestBody>, Response<Empty<Bytes>>>;
+type Handle = mock::Handle<Request<RequestBody>, Response<Empty<Bytes>>>;
 
 fn reset() -> io::Error {
     io::Error::from(io::ErrorKind::ConnectionReset)
@@ -46,6 +46,19 @@ fn request(method: http::Method) -> Request<Body> {
         .header("x-trace", "t-1")
         .body(Full::new(Bytes::from_static(b"payload")))
         .unwrap()
+}
+
+/// Calls `svc` with `req` once it is ready (the layer takes any body, so
+/// `ServiceExt::ready` needs the request type named).
+async fn issue<S, B>(svc: &mut S, req: Request<B>) -> S::Future
+where
+    S: Service<Request<B>>,
+    S::Error: std::fmt::Debug,
+{
+    ServiceExt::<Request<B>>::ready(svc)
+        .await
+        .unwrap()
+        .call(req)
 }
 
 fn not_retried(err: &BoxError) -> &NotRetried {
@@ -284,19 +297,6 @@ async fn errors_that_are_not_connection_failures_are_not_retried() {
 // ---------------------------------------------------------------------------
 // The replay buffer mode.
 
-type StreamInner = mock::Mock<Request<ReplayBody<Channel<Bytes>>>, Response<Empty<Bytes>>>;
-type StreamHandle = mock::Handle<Request<ReplayBody<Channel<Bytes>>>, Response<Empty<Bytes>>>;
-
-fn setup_replay(
-    layer: RetryOnStaleConnectionLayer<ReplayBuffer>,
-) -> (
-    RetryOnStaleConnection<StreamInner, ReplayBuffer>,
-    StreamHandle,
-) {
-    let (inner, handle) = mock::pair();
-    (layer.layer(inner), handle)
-}
-
 /// A streamed (non-`Clone`) body of `frames` frames of `size` bytes.
 fn streamed(frames: usize, size: usize) -> Channel<Bytes> {
     let (mut tx, body) = Channel::new(1);
@@ -316,9 +316,9 @@ fn streamed(frames: usize, size: usize) -> Channel<Bytes> {
 
 #[tokio::test(start_paused = true)]
 async fn streamed_body_within_the_limit_is_replayed() {
-    let (mut svc, mut handle) = setup_replay(RetryOnStaleConnectionLayer::new().replay_buffer());
+    let (mut svc, mut handle) = setup(RetryOnStaleConnectionLayer::new());
     let req = Request::put("/").body(streamed(4, 1000)).unwrap();
-    let fut = svc.ready().await.unwrap().call(req);
+    let fut = issue(&mut svc, req).await;
     let server = tokio::spawn(async move {
         let mut bodies = Vec::new();
         for answer in [Some(reset()), None] {
@@ -339,12 +339,10 @@ async fn streamed_body_within_the_limit_is_replayed() {
 
 #[tokio::test(start_paused = true)]
 async fn streamed_body_past_the_limit_is_not_retried() {
-    let layer = RetryOnStaleConnectionLayer::new()
-        .replay_buffer()
-        .replay_limit(2500);
-    let (mut svc, mut handle) = setup_replay(layer);
+    let layer = RetryOnStaleConnectionLayer::new().replay_limit(2500);
+    let (mut svc, mut handle) = setup(layer);
     let req = Request::put("/").body(streamed(4, 1000)).unwrap();
-    let fut = svc.ready().await.unwrap().call(req);
+    let fut = issue(&mut svc, req).await;
     let server = tokio::spawn(async move {
         let (req, send) = handle.next_request().await.unwrap();
         // The attempt sends the whole body, past the limit, unbuffered.
@@ -368,12 +366,10 @@ async fn streamed_body_past_the_limit_is_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn unread_body_is_replayed_whatever_its_size() {
     // The first attempt fails before reading any of it (nothing written).
-    let layer = RetryOnStaleConnectionLayer::new()
-        .replay_buffer()
-        .replay_limit(0);
-    let (mut svc, mut handle) = setup_replay(layer);
+    let layer = RetryOnStaleConnectionLayer::new().replay_limit(0);
+    let (mut svc, mut handle) = setup(layer);
     let req = Request::post("/").body(streamed(3, 1000)).unwrap();
-    let fut = svc.ready().await.unwrap().call(req);
+    let fut = issue(&mut svc, req).await;
     let server = tokio::spawn(async move {
         let (_req, send) = handle.next_request().await.unwrap();
         send.send_error(expired());
@@ -389,7 +385,7 @@ async fn unread_body_is_replayed_whatever_its_size() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_future_mid_attempt_stops_retrying() {
     let (mut svc, mut handle) = setup(RetryOnStaleConnectionLayer::new());
-    let fut = svc.ready().await.unwrap().call(request(http::Method::GET));
+    let fut = issue(&mut svc, request(http::Method::GET)).await;
     let mut fut = Box::pin(fut);
     // Poll once so the first attempt is in flight, then drop the future.
     assert!(futures_poll_once(fut.as_mut()).await.is_none());
@@ -433,7 +429,7 @@ impl Clone for Counting {
     }
 }
 
-impl Service<Request<Body>> for Counting {
+impl Service<Request<RequestBody>> for Counting {
     type Response = Response<Empty<Bytes>>;
     type Error = BoxError;
     type Future = std::future::Ready<Result<Response<Empty<Bytes>>, BoxError>>;
@@ -445,7 +441,7 @@ impl Service<Request<Body>> for Counting {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: Request<Body>) -> Self::Future {
+    fn call(&mut self, _: Request<RequestBody>) -> Self::Future {
         let n = self
             .calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -470,11 +466,8 @@ async fn a_request_that_is_not_retried_clones_no_service_and_a_retry_clones_one(
     let at_construction = clones.load(Relaxed);
     // The first request fails once (nothing written) and is retried: one
     // clone of the spare for the retry.
-    let res = svc
-        .ready()
+    let res = issue(&mut svc, request(http::Method::POST))
         .await
-        .unwrap()
-        .call(request(http::Method::POST))
         .await
         .unwrap();
     assert_eq!(
@@ -485,11 +478,8 @@ async fn a_request_that_is_not_retried_clones_no_service_and_a_retry_clones_one(
     assert_eq!(clones.load(Relaxed), at_construction + 1);
     // Requests that succeed at once clone nothing.
     for _ in 0..10 {
-        let res = svc
-            .ready()
+        let res = issue(&mut svc, request(http::Method::GET))
             .await
-            .unwrap()
-            .call(request(http::Method::GET))
             .await
             .unwrap();
         assert!(res.extensions().get::<Retried>().is_none());

@@ -1,0 +1,649 @@
+//! One request body type: any body (here a streamed one, not `Clone`)
+//! through the one-call client and through the hand-built stack in both
+//! stacking orders, against real loopback servers. Retries replay it (by
+//! clone inline, through the buffer when streamed), timeouts still watch
+//! each attempt's upload, and the framing, trailers, failures and
+//! cancellations of the caller's body reach the wire as they were.
+
+mod common;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::channel::{Channel, Sender};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
+use tower_conn_lifecycle::retry::{
+    NotRetried, Retried, RetryOnStaleConnectionLayer, RetryReason, Rule,
+};
+use tower_conn_lifecycle::testing::{ResetServer, StopReadingServer, ThrottledReader};
+use tower_conn_lifecycle::{client, find_cause, BoxError, RequestBody};
+
+use common::{bounded, eventually, SLACK, STEP_LIMIT};
+
+/// The request body type of the clients here: the crate's own, so a test
+/// chooses how a body is kept (`RequestBody::new` of a `Full` is inline, of
+/// a channel boxed), which the layers take as it is.
+type Req = RequestBody;
+type Res = http::Response<UnsyncBoxBody<Bytes, BoxError>>;
+type Stack = BoxCloneService<http::Request<Req>, Res, BoxError>;
+
+const KIB: usize = 1024;
+
+/// The two stacking orders the docs allow for the retry layer and
+/// PhaseTimeout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Order {
+    /// Retry → PhaseTimeout → client: the documented order.
+    RetryAbove,
+    /// PhaseTimeout → Retry → client.
+    PhaseTimeoutAbove,
+}
+
+const ORDERS: [Order; 2] = [Order::RetryAbove, Order::PhaseTimeoutAbove];
+
+fn boxed<S, RB>(svc: S) -> Stack
+where
+    S: Service<http::Request<Req>, Response = http::Response<RB>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    BoxCloneService::new(svc.map_response(|r| r.map(|b| b.map_err(Into::into).boxed_unsync())))
+}
+
+/// Retry and PhaseTimeout over a tracked hyper-util client built for
+/// `RequestBody`, in `order`.
+fn hand_stack(
+    order: Order,
+    retry: RetryOnStaleConnectionLayer,
+    phases: PhaseTimeoutLayer,
+    http: HttpConnector,
+) -> Stack {
+    let (client, _) =
+        common::tracked_client_with::<RequestBody>(&Client::builder(TokioExecutor::new()), http);
+    match order {
+        Order::RetryAbove => boxed(
+            ServiceBuilder::new()
+                .layer(retry)
+                .layer(phases)
+                .service(client),
+        ),
+        Order::PhaseTimeoutAbove => boxed(
+            ServiceBuilder::new()
+                .layer(phases)
+                .layer(retry)
+                .service(client),
+        ),
+    }
+}
+
+/// The one-call client, for the same requests.
+fn one_call(retry: RetryOnStaleConnectionLayer) -> Stack {
+    boxed(client::builder().retry(retry).build::<Req>())
+}
+
+fn empty() -> Req {
+    RequestBody::new(Empty::<Bytes>::new())
+}
+
+fn full(data: Bytes) -> Req {
+    RequestBody::new(Full::new(data))
+}
+
+/// A streamed (not `Clone`) body: `len` bytes in 16 KiB frames from a
+/// producer task, which then keeps the body open (no end) if `hold`. The
+/// task returns the bytes it handed over before the body was dropped.
+fn streamed(len: usize, hold: bool) -> (Req, tokio::task::JoinHandle<usize>) {
+    let (tx, body) = Channel::<Bytes>::new(1);
+    let task = tokio::spawn(produce(tx, len, hold));
+    (RequestBody::new(body), task)
+}
+
+async fn produce(mut tx: Sender<Bytes>, len: usize, hold: bool) -> usize {
+    let mut sent = 0;
+    while sent < len {
+        let n = (len - sent).min(16 * KIB);
+        if tx.send_data(Bytes::from(vec![b'x'; n])).await.is_err() {
+            return sent;
+        }
+        sent += n;
+    }
+    if hold {
+        // Open, with nothing more to send, until the body is dropped.
+        std::future::pending::<()>().await;
+    }
+    sent
+}
+
+fn put(url: &str, body: Req) -> http::Request<Req> {
+    http::Request::put(url).body(body).unwrap()
+}
+
+/// Sends `req`; the response's body and retry record.
+fn send(
+    svc: &Stack,
+    req: http::Request<Req>,
+) -> impl std::future::Future<Output = Result<(Bytes, Option<Retried>), BoxError>> + Send {
+    // Boxed with its output named: rustc cannot prove the future `Send`
+    // for every lifetime of the `dyn Error` in the body type otherwise.
+    let response: Pin<Box<dyn std::future::Future<Output = Result<Res, BoxError>> + Send>> =
+        Box::pin(svc.clone().oneshot(req));
+    async move {
+        let res = bounded(STEP_LIMIT, "a request", response).await?;
+        let retried = res.extensions().get::<Retried>().cloned();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok((body, retried))
+    }
+}
+
+fn not_retried(err: &BoxError) -> &NotRetried {
+    find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("not a NotRetried: {err}"))
+}
+
+fn elapsed(err: &BoxError) -> &Elapsed {
+    find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("not a timeout: {err}"))
+}
+
+/// A server resetting the second request of every connection once
+/// `after` bytes of it have arrived.
+async fn reset_on_reuse(after: usize) -> ResetServer {
+    ResetServer::builder()
+        .on_request(2)
+        .reset_after_bytes(after)
+        .start()
+        .await
+        .unwrap()
+}
+
+// ------------------------------------------------------------ retries
+
+#[tokio::test]
+async fn the_one_call_client_retries_a_streamed_body_through_the_replay_buffer() {
+    let server = reset_on_reuse(16 * KIB).await;
+    // Built for the caller's own streamed body type.
+    let svc = client::builder().build::<Channel<Bytes>>();
+    let request = |len, hold| {
+        let (tx, body) = Channel::<Bytes>::new(1);
+        let task = tokio::spawn(produce(tx, len, hold));
+        (http::Request::put(server.url()).body(body).unwrap(), task)
+    };
+    // An earlier request leaves its connection idle in the pool.
+    let (warm_up, _) = request(0, false);
+    let res = bounded(STEP_LIMIT, "the warm-up", svc.clone().oneshot(warm_up)).await;
+    res.unwrap().into_body().collect().await.unwrap();
+    let (upload, task) = request(48 * KIB, false);
+    let res = bounded(STEP_LIMIT, "the upload", svc.oneshot(upload)).await;
+    let res = res.unwrap();
+    let retried = res.extensions().get::<Retried>().cloned();
+    let answer = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(answer, (48 * KIB).to_string());
+    assert_eq!(retried.unwrap().reasons(), [RetryReason::StaleConnection]);
+    assert_eq!(task.await.unwrap(), 48 * KIB, "produced once");
+    // Two attempts of the upload (the first reset on the reused
+    // connection), one processed, its body whole, once.
+    assert_eq!((server.attempts(), server.responses()), (3, 2));
+    assert_eq!(server.bytes_read(), 48 * KIB as u64);
+    assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_streamed_body_read_past_the_replay_limit_is_not_retried() {
+    let server = reset_on_reuse(128 * KIB).await;
+    let svc = one_call(RetryOnStaleConnectionLayer::new());
+    send(&svc, put(&server.url(), empty())).await.unwrap();
+    let (body, _task) = streamed(256 * KIB, false);
+    let err = send(&svc, put(&server.url(), body)).await.unwrap_err();
+    let e = not_retried(&err);
+    assert_eq!(e.rule(), Rule::BodyNotReplayable);
+    assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
+    assert!(
+        err.to_string()
+            .contains("not retried: the body went past the 65536-byte replay buffer"),
+        "{err}"
+    );
+    // One attempt of the upload, not processed, and no second one.
+    assert_eq!((server.attempts(), server.responses()), (2, 1));
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn an_inline_body_is_retried_whatever_the_replay_limit() {
+    for order in ORDERS {
+        let server = reset_on_reuse(128 * KIB).await;
+        // A limit of 0 replays no streamed byte; an inline body is cloned.
+        let retry = RetryOnStaleConnectionLayer::new().replay_limit(0);
+        let svc = hand_stack(order, retry, PhaseTimeoutLayer::new(), HttpConnector::new());
+        send(&svc, put(&server.url(), empty())).await.unwrap();
+        let data = Bytes::from(vec![7u8; 256 * KIB]);
+        let (answer, retried) = send(&svc, put(&server.url(), full(data))).await.unwrap();
+        assert_eq!(answer, (256 * KIB).to_string(), "{order:?}");
+        assert!(retried.is_some(), "{order:?}");
+        assert_eq!((server.attempts(), server.responses()), (3, 2), "{order:?}");
+        assert_eq!(server.bytes_read(), 256 * KIB as u64, "{order:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_zero_replay_limit_replays_only_a_streamed_body_nothing_was_read_from() {
+    // Reset at the first byte of the head: hyper has pulled nothing of a
+    // body whose producer has not sent yet...
+    let server = reset_on_reuse(1).await;
+    let svc = one_call(RetryOnStaleConnectionLayer::new().replay_limit(0));
+    send(&svc, put(&server.url(), empty())).await.unwrap();
+    let (tx, body) = Channel::<Bytes>::new(1);
+    let req = put(&server.url(), RequestBody::new(body));
+    let pending = tokio::spawn(send(&svc, req));
+    // ...until the first attempt has failed and the second is on its way.
+    eventually(SLACK, "the second attempt", || server.attempts() == 3).await;
+    tokio::spawn(produce(tx, 20 * KIB, false));
+    let (answer, retried) = pending.await.unwrap().unwrap();
+    assert_eq!(answer, (20 * KIB).to_string());
+    assert!(retried.is_some());
+    assert_eq!(server.responses(), 2);
+    // ...and a body that was read from is not, even 1 byte past 0.
+    let server = reset_on_reuse(16 * KIB).await;
+    send(&svc, put(&server.url(), empty())).await.unwrap();
+    let (body, _task) = streamed(32 * KIB, false);
+    let err = send(&svc, put(&server.url(), body)).await.unwrap_err();
+    assert_eq!(not_retried(&err).rule(), Rule::BodyNotReplayable);
+    assert_eq!((server.attempts(), server.responses()), (2, 1));
+}
+
+#[tokio::test]
+async fn either_stacking_order_replays_a_streamed_body_after_a_stale_connection() {
+    for order in ORDERS {
+        let server = reset_on_reuse(16 * KIB).await;
+        let phases = PhaseTimeoutLayer::new()
+            .send(Duration::from_secs(5))
+            .read(Duration::from_secs(5));
+        let svc = hand_stack(
+            order,
+            RetryOnStaleConnectionLayer::new(),
+            phases,
+            HttpConnector::new(),
+        );
+        send(&svc, put(&server.url(), empty())).await.unwrap();
+        let (body, _task) = streamed(48 * KIB, false);
+        let (answer, retried) = send(&svc, put(&server.url(), body)).await.unwrap();
+        assert_eq!(answer, (48 * KIB).to_string(), "{order:?}");
+        assert_eq!(
+            retried.unwrap().reasons(),
+            [RetryReason::StaleConnection],
+            "{order:?}"
+        );
+        assert_eq!((server.attempts(), server.responses()), (3, 2), "{order:?}");
+        assert_eq!(server.bytes_read(), 48 * KIB as u64, "{order:?}");
+    }
+}
+
+// ----------------------------------------------------------- send stalls
+
+#[tokio::test]
+async fn either_stacking_order_fails_a_stalled_upload_by_its_send_limit() {
+    for order in ORDERS {
+        let server = StopReadingServer::start(64 * KIB as u64).await.unwrap();
+        let phases = PhaseTimeoutLayer::new().send(Duration::from_millis(300));
+        let svc = hand_stack(
+            order,
+            RetryOnStaleConnectionLayer::new(),
+            phases,
+            common::small_buffers(),
+        );
+        let (body, _task) = streamed(64 << 20, false);
+        let err = send(&svc, put(&server.url(), body)).await.unwrap_err();
+        assert_eq!(elapsed(&err).phase(), Phase::Send, "{order:?}: {err}");
+        match order {
+            // Each attempt has its limits; a timeout is never retried.
+            Order::RetryAbove => assert_eq!(not_retried(&err).rule(), Rule::Timeout),
+            // The limits bound the request: the retry layer never saw it.
+            Order::PhaseTimeoutAbove => assert!(find_cause::<NotRetried>(err.as_ref()).is_none()),
+        }
+        assert_eq!(
+            (server.connections(), server.requests()),
+            (1, 1),
+            "{order:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn either_stacking_order_bounds_a_retried_attempts_upload_by_its_send_limit() {
+    for order in ORDERS {
+        let server = reset_on_reuse(1).await;
+        let send_limit = Duration::from_millis(300);
+        let svc = hand_stack(
+            order,
+            RetryOnStaleConnectionLayer::new(),
+            PhaseTimeoutLayer::new().send(send_limit),
+            HttpConnector::new(),
+        );
+        send(&svc, put(&server.url(), empty())).await.unwrap();
+        // 32 KiB, then nothing more: the retry replays them from its
+        // buffer, then its upload stalls.
+        let (body, _task) = streamed(32 * KIB, true);
+        let err = send(&svc, put(&server.url(), body)).await.unwrap_err();
+        assert_eq!(elapsed(&err).phase(), Phase::Send, "{order:?}: {err}");
+        match order {
+            Order::RetryAbove => {
+                let e = not_retried(&err);
+                assert_eq!((e.rule(), e.retries()), (Rule::Timeout, 1), "{err}");
+            }
+            Order::PhaseTimeoutAbove => assert!(find_cause::<NotRetried>(err.as_ref()).is_none()),
+        }
+        // The warm-up, the reset attempt, the stalled retry on a new
+        // connection.
+        assert_eq!((server.attempts(), server.responses()), (3, 1), "{order:?}");
+        assert_eq!(server.connections(), 2, "{order:?}");
+    }
+}
+
+// ------------------------------------------------------------ the wire
+
+/// What a recording server saw of one request.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Seen {
+    content_length: Option<String>,
+    chunked: bool,
+    body: usize,
+    trailers: Option<HeaderMap>,
+}
+
+/// A hyper HTTP/1 server that records each request's framing, body size
+/// and trailers.
+struct Recorder {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Ok((io, _)) = listener.accept().await {
+                    let seen = seen.clone();
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let header = |name| {
+                                    req.headers()
+                                        .get(name)
+                                        .map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned())
+                                };
+                                let mut record = Seen {
+                                    content_length: header(http::header::CONTENT_LENGTH),
+                                    chunked: header(http::header::TRANSFER_ENCODING).is_some(),
+                                    ..Seen::default()
+                                };
+                                let collected = req.into_body().collect().await.unwrap();
+                                record.trailers = collected.trailers().cloned();
+                                record.body = collected.to_bytes().len();
+                                seen.lock().unwrap().push(record);
+                                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                                    "ok",
+                                ))))
+                            }
+                        },
+                    );
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(io), svc),
+                    );
+                }
+            }
+        });
+        Recorder { url, seen, task }
+    }
+
+    fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+/// A streamed body that knows its exact size.
+struct Exact {
+    inner: Channel<Bytes>,
+    left: u64,
+}
+
+impl Body for Exact {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            self.left = self.left.saturating_sub(n);
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+/// The requests of the framing test, each made anew for every client:
+/// empty at once, streamed with an exact size of 0 (not ended),
+/// empty with `Content-Length: 0` set by the caller,
+/// streamed of an exact size, streamed of an unknown size (chunked),
+/// streamed with trailers, and a large inline body (split into frames).
+async fn framing_cases(url: &str) -> Vec<http::Request<Req>> {
+    let mut cases = vec![put(url, empty())];
+    let (tx, ended) = Channel::<Bytes>::new(1);
+    drop(tx);
+    cases.push(put(
+        url,
+        RequestBody::new(Exact {
+            inner: ended,
+            left: 0,
+        }),
+    ));
+    let mut zero = put(url, RequestBody::new(Full::new(Bytes::new())));
+    zero.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, "0".parse().unwrap());
+    cases.push(zero);
+    let (tx, inner) = Channel::<Bytes>::new(1);
+    tokio::spawn(produce(tx, 40 * KIB, false));
+    let left = 40 * KIB as u64;
+    cases.push(put(url, RequestBody::new(Exact { inner, left })));
+    cases.push(put(url, streamed(40 * KIB, false).0));
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "1234".parse().unwrap());
+    let (mut tx, body) = Channel::<Bytes>::new(2);
+    tx.send_data(Bytes::from_static(b"data")).await.unwrap();
+    tx.send_trailers(trailers).await.unwrap();
+    drop(tx);
+    let mut with_trailers = put(url, RequestBody::new(body));
+    // Declared, as hyper requires to send them.
+    with_trailers
+        .headers_mut()
+        .insert(http::header::TRAILER, "x-checksum".parse().unwrap());
+    cases.push(with_trailers);
+    cases.push(put(url, full(Bytes::from(vec![1u8; 300 * KIB]))));
+    cases
+}
+
+#[tokio::test]
+async fn framing_and_trailers_reach_the_wire_as_hyper_util_alone_sends_them() {
+    let server = Recorder::start().await;
+    // What hyper-util's client sends of each body without any layer.
+    let bare: Client<HttpConnector, RequestBody> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut expected = Vec::new();
+    for req in framing_cases(&server.url).await {
+        let res = bounded(STEP_LIMIT, "a bare request", bare.request(req)).await;
+        res.unwrap().into_body().collect().await.unwrap();
+        expected.push(server.last());
+    }
+    // The caller's framing, as sent: no body, `Content-Length`, chunked.
+    let framing: Vec<_> = expected
+        .iter()
+        .map(|s| (s.content_length.clone(), s.chunked, s.body))
+        .collect();
+    assert_eq!(
+        framing,
+        [
+            (None, false, 0),
+            (Some("0".into()), false, 0),
+            (Some("0".into()), false, 0),
+            (Some((40 * KIB).to_string()), false, 40 * KIB),
+            (None, true, 40 * KIB),
+            (None, true, 4),
+            (Some((300 * KIB).to_string()), false, 300 * KIB),
+        ]
+    );
+    assert!(expected[5]
+        .trailers
+        .as_ref()
+        .is_some_and(|t| t["x-checksum"] == "1234"));
+    let stacks = [
+        (
+            "retry above",
+            hand_stack(
+                Order::RetryAbove,
+                RetryOnStaleConnectionLayer::new(),
+                PhaseTimeoutLayer::new().send(Duration::from_secs(5)),
+                HttpConnector::new(),
+            ),
+        ),
+        (
+            "phase timeout above",
+            hand_stack(
+                Order::PhaseTimeoutAbove,
+                RetryOnStaleConnectionLayer::new(),
+                PhaseTimeoutLayer::new().send(Duration::from_secs(5)),
+                HttpConnector::new(),
+            ),
+        ),
+        ("one-call", one_call(RetryOnStaleConnectionLayer::new())),
+    ];
+    for (name, svc) in &stacks {
+        for (i, req) in framing_cases(&server.url).await.into_iter().enumerate() {
+            send(svc, req).await.unwrap();
+            assert_eq!(server.last(), expected[i], "{name}, case {i}");
+        }
+    }
+}
+
+// ------------------------------------------------- failures, cancellation
+
+/// The caller's body failed.
+#[derive(Debug)]
+struct DiskOnFire;
+
+impl std::fmt::Display for DiskOnFire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("disk on fire")
+    }
+}
+
+impl std::error::Error for DiskOnFire {}
+
+#[tokio::test]
+async fn a_body_that_fails_midway_fails_its_request_and_is_never_retried() {
+    for (name, svc) in [
+        ("one-call", one_call(RetryOnStaleConnectionLayer::new())),
+        (
+            "hand stack",
+            hand_stack(
+                Order::RetryAbove,
+                RetryOnStaleConnectionLayer::new(),
+                PhaseTimeoutLayer::new().send(Duration::from_secs(5)),
+                HttpConnector::new(),
+            ),
+        ),
+    ] {
+        let server = Arc::new(
+            ResetServer::builder()
+                .fault_on(|_, _| false)
+                .start()
+                .await
+                .unwrap(),
+        );
+        let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
+        let producer = tokio::spawn({
+            let server = server.clone();
+            async move {
+                tx.send_data(Bytes::from(vec![1u8; 16 * KIB]))
+                    .await
+                    .unwrap();
+                // Fails once the server is reading the request.
+                eventually(SLACK, "the server to see the attempt", || {
+                    server.attempts() == 1
+                })
+                .await;
+                tx.abort(Box::new(DiskOnFire));
+            }
+        });
+        // A PUT: idempotent, so only the kind of failure stops a retry.
+        let err = send(&svc, put(&server.url(), RequestBody::new(body)))
+            .await
+            .unwrap_err();
+        producer.await.unwrap();
+        assert!(
+            find_cause::<DiskOnFire>(err.as_ref()).is_some(),
+            "{name}: {err}"
+        );
+        assert_eq!(
+            not_retried(&err).rule(),
+            Rule::NotConnectionFailure,
+            "{name}"
+        );
+        assert_eq!((server.attempts(), server.responses()), (1, 0), "{name}");
+        assert_eq!(server.connections(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_given_up_mid_upload_drops_its_body_and_closes_its_connection() {
+    let server = ThrottledReader::start(256 * KIB as u64).await.unwrap();
+    let svc = one_call(RetryOnStaleConnectionLayer::new());
+    let (body, producer) = streamed(64 << 20, false);
+    let request = tokio::spawn(send(&svc, put(&server.url(), body)));
+    eventually(SLACK, "the upload to be under way", || {
+        server.bytes_read() > 0
+    })
+    .await;
+    request.abort();
+    // The body is dropped: its producer stops, far from the end.
+    let sent = bounded(SLACK, "the producer to stop", producer)
+        .await
+        .unwrap();
+    assert!(sent < 64 << 20, "{sent}");
+    // No retry; the next request does not get the abandoned connection.
+    let (answer, _) = send(&svc, put(&server.url(), empty())).await.unwrap();
+    assert_eq!(answer, "0");
+    assert_eq!((server.requests(), server.connections()), (2, 2));
+}
