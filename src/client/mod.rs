@@ -133,7 +133,7 @@ type Transport = crate::tls::SharedTlsConnector<HttpConnector>;
 type Transport = HttpConnector;
 
 /// The connector of the one-call client.
-pub type Connector = ConnectTimeout<TrackConnections<Transport>>;
+type Connector = ConnectTimeout<TrackConnections<Transport>>;
 
 type Stack<B> = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody<B>>>>;
 type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
