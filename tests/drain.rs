@@ -600,7 +600,7 @@ async fn retire_stalled_http2_connection() {
         "the request did not open a new connection"
     );
     assert_eq!(server.requests(), 3);
-    assert_eq!(client.pool_stats().stalled_http2_retired(), 1);
+    assert_eq!(client.connection_stats().stalled_http2_retired(), 1);
 
     // The stalled stream ends by its own limit.
     let err = bounded(STEP_LIMIT, "the stalled request", long)

@@ -235,7 +235,9 @@ impl Builder {
     /// connection, while the streams already on the stalled one keep their
     /// own limits (set a `read` or `total` limit in
     /// [`timeouts`](Self::timeouts) to end them). Each retirement counts in
-    /// [`PoolStats::stalled_http2_retired`] and is a `tracing` debug event.
+    /// [`TrackStats::stalled_http2_retired`] (the client's
+    /// [`connection_stats`](Client::connection_stats)) and is a `tracing`
+    /// debug event.
     ///
     /// Off by default because silence is not proof of a stall: a long poll
     /// or a slow response sends no frame for as long as the server thinks,
@@ -272,7 +274,6 @@ impl Builder {
         let connector = ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
             .layer(self.track.layer(transport));
         let drain = DrainHandle::new(Some(self.track.stats()));
-        let pool = PoolStats::default();
         let engine = Engine::new(engine::Settings {
             drain: drain.clone(),
             connector,
@@ -281,7 +282,6 @@ impl Builder {
             max_idle_per_origin: self.max_idle_per_origin,
             state_extension: self.state_extension,
             retire_stalled_http2: self.retire_stalled_http2,
-            pool_stats: pool.clone(),
         });
         let mut retry = self.retry;
         retry.settings.direct_captures = true;
@@ -291,7 +291,6 @@ impl Builder {
             connections: self.track.stats(),
             expiry: self.idle_expiry.stats(),
             drain,
-            pool,
         }
     }
 }
@@ -313,26 +312,6 @@ pub struct Client<B: http_body::Body> {
     connections: TrackStats,
     expiry: IdleExpiryStats,
     drain: DrainHandle,
-    pool: PoolStats,
-}
-
-/// The one-call client's pool counters, shared by its clones.
-#[derive(Clone, Debug, Default)]
-pub struct PoolStats {
-    retired: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl PoolStats {
-    /// HTTP/2 connections retired because they stalled
-    /// ([`Builder::retire_stalled_http2`]).
-    pub fn stalled_http2_retired(&self) -> u64 {
-        self.retired.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_retired(&self) {
-        self.retired
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl<B: http_body::Body> Clone for Client<B> {
@@ -342,7 +321,6 @@ impl<B: http_body::Body> Clone for Client<B> {
             connections: self.connections.clone(),
             expiry: self.expiry.clone(),
             drain: self.drain.clone(),
-            pool: self.pool.clone(),
         }
     }
 }
@@ -357,19 +335,18 @@ impl<B: http_body::Body> std::fmt::Debug for Client<B> {
 }
 
 impl<B: http_body::Body> Client<B> {
-    /// Connections opened and open now.
-    pub fn connection_stats(&self) -> &TrackStats {
-        &self.connections
+    /// The connection counters (opened, open now, stalled HTTP/2
+    /// connections retired): a handle shared with the client and its
+    /// clones, like the layers' `stats()`.
+    pub fn connection_stats(&self) -> TrackStats {
+        self.connections.clone()
     }
 
-    /// Idle expiry's counters (expired, refused, learned, …).
-    pub fn expiry_stats(&self) -> &IdleExpiryStats {
-        &self.expiry
-    }
-
-    /// The pools' counters (stalled HTTP/2 connections retired).
-    pub fn pool_stats(&self) -> &PoolStats {
-        &self.pool
+    /// Idle expiry's counters (expired, refused, learned, …): a handle
+    /// shared with the client and its clones, like
+    /// [`IdleExpiryLayer::stats`].
+    pub fn expiry_stats(&self) -> IdleExpiryStats {
+        self.expiry.clone()
     }
 
     /// Shuts the client down gracefully: from this call on, new requests

@@ -42,8 +42,10 @@ impl<C> Layer<C> for TrackConnectionsLayer {
     }
 }
 
-/// Connection counters of a [`TrackConnectionsLayer`]: two atomics, shared by
-/// clones.
+/// Connection counters of a [`TrackConnectionsLayer`] (and of the one-call
+/// [`Client`](crate::client::Client), whose
+/// [`connection_stats`](crate::client::Client::connection_stats) returns
+/// one): a handle shared by clones.
 #[derive(Clone, Debug, Default)]
 pub struct TrackStats {
     // One `Arc`: hyper-util's client clones its connector (this included)
@@ -56,6 +58,9 @@ pub struct TrackStats {
 pub(crate) struct Counters {
     pub(crate) opened: AtomicU64,
     pub(crate) open: AtomicU64,
+    /// HTTP/2 connections the one-call client's engine retired because
+    /// they stalled.
+    stalled_http2_retired: AtomicU64,
     /// The connections this layer made, for [`drain`](crate::drain) to
     /// close: weak references, so a closed connection's state is freed with
     /// it; pruned as they are added, so the list stays within about twice
@@ -91,6 +96,20 @@ impl TrackStats {
     /// Connections whose IO is still alive (opened and not yet dropped).
     pub fn open_now(&self) -> u64 {
         self.counters.open.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/2 connections retired because they stalled (the one-call
+    /// client's [`Builder::retire_stalled_http2`](crate::client::Builder::retire_stalled_http2);
+    /// always 0 elsewhere).
+    pub fn stalled_http2_retired(&self) -> u64 {
+        self.counters.stalled_http2_retired.load(Ordering::Relaxed)
+    }
+
+    /// The one-call client's engine retired a stalled HTTP/2 connection.
+    pub(crate) fn count_stalled_http2_retired(&self) {
+        self.counters
+            .stalled_http2_retired
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The states of the connections still open (not closed), for
