@@ -9,7 +9,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{Attempt, ErrInto, ResponseFuture};
+use super::future::{Attempt, ResponseFuture};
 use super::learn::Origin;
 use super::IdleExpiryLayer;
 use crate::track::{ConnectionCapture, ConnectionState, TrackedBody};
@@ -155,7 +155,7 @@ where
 {
     type Response = Response<TrackedBody<RB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<ErrInto<S::Future>>;
+    type Future = ResponseFuture<S::Future, BoxError>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(expired) = self.state.expired_at(Instant::now()) {
@@ -187,7 +187,7 @@ impl<S> IdleExpiryConnection<S> {
         &mut self,
         req: Request<B>,
         send: impl FnOnce(&mut S, Request<B>) -> F,
-    ) -> ResponseFuture<ErrInto<F>>
+    ) -> ResponseFuture<F, BoxError>
     where
         F: Future<Output = Result<Response<RB>, E>>,
     {
@@ -212,7 +212,7 @@ impl<S> IdleExpiryConnection<S> {
                 true,
             ),
         };
-        let inner = ErrInto::new(send(&mut self.inner, req));
+        let inner = send(&mut self.inner, req);
         ResponseFuture::new(
             inner,
             self.layer.clone(),
