@@ -1,5 +1,7 @@
 //! `ConnectTimeout`: the connect phase, on the connection plane.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -7,7 +9,9 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::ConnectFuture;
+use super::error::{Elapsed, Waiting};
+use super::Phase;
+use crate::clock::deadline;
 use crate::BoxError;
 
 /// Bounds how long a connector may take (TCP, plus TLS when the connector
@@ -70,6 +74,9 @@ impl<C> Layer<C> for ConnectTimeoutLayer {
 /// as a connect error. Find the `Elapsed` with [`crate::find_cause`], which looks
 /// inside `io::Error`s; a plain
 /// `downcast_ref::<Elapsed>()` on the error does not.
+///
+/// Its future is boxed (timer included): one allocation per connect, never
+/// per request.
 #[derive(Clone, Debug)]
 pub struct ConnectTimeout<C> {
     inner: C,
@@ -101,11 +108,13 @@ impl<C> ConnectTimeout<C> {
 impl<C, R> Service<R> for ConnectTimeout<C>
 where
     C: Service<R>,
+    C::Response: Send + 'static,
     C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
 {
     type Response = C::Response;
     type Error = BoxError;
-    type Future = ConnectFuture<C::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -113,7 +122,23 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         let started = Instant::now();
-        ConnectFuture::new(self.inner.call(req), started, self.limit)
+        let limit = self.limit;
+        let connecting = self.inner.call(req);
+        Box::pin(async move {
+            // A zero limit is already spent: fail without polling the
+            // connect, so the outcome never depends on whether it happens
+            // to be ready. Otherwise the connect is polled before the
+            // timer, as hyper-util's own connect timeout does.
+            if !limit.is_zero() {
+                let bounded = tokio::time::timeout_at(deadline(started, limit), connecting);
+                if let Ok(connected) = bounded.await {
+                    return connected.map_err(Into::into);
+                }
+            }
+            let elapsed = Instant::now().saturating_duration_since(started);
+            let timeout = Elapsed::new(Phase::Connect, Waiting::Connection, limit, elapsed, 0, 0);
+            Err(timeout.into_timed_out().into())
+        })
     }
 }
 
@@ -125,7 +150,6 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
-    use crate::phase_timeout::{Elapsed, Phase};
 
     const LIMIT: Duration = Duration::from_millis(250);
 

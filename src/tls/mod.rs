@@ -106,7 +106,6 @@
 
 mod config;
 mod error;
-pub mod future;
 mod layer;
 mod service;
 

@@ -1,56 +1,13 @@
-//! The futures of [`TrackConnections`](super::TrackConnections) and
-//! [`WithConnectionInfo`](super::WithConnectionInfo).
+//! The response future of [`WithConnectionInfo`](super::WithConnectionInfo).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
+use super::{ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange, TrackedBody};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
-
-use super::{
-    ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange, TrackStats, TrackedBody,
-    TrackedIo,
-};
-
-pin_project! {
-    /// Future of [`TrackConnections`](super::TrackConnections).
-    #[derive(Debug)]
-    pub struct TrackFuture<F> {
-        #[pin]
-        inner: F,
-        started: Instant,
-        stats: TrackStats,
-    }
-}
-
-impl<F> TrackFuture<F> {
-    pub(super) fn new(inner: F, stats: TrackStats) -> Self {
-        TrackFuture {
-            inner,
-            started: Instant::now(),
-            stats,
-        }
-    }
-}
-
-impl<F, T, E> Future for TrackFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    T: 'static,
-{
-    type Output = Result<TrackedIo<T>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let io = ready!(this.inner.poll(cx))?;
-        this.stats.counters.opened.fetch_add(1, Ordering::Relaxed);
-        let state = ConnectionState::new(*this.started, Instant::now());
-        Poll::Ready(Ok(TrackedIo::new(io, state, this.stats.counters.clone())))
-    }
-}
 
 pin_project! {
     /// Future of [`WithConnectionInfo`](super::WithConnectionInfo).

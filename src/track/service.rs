@@ -1,13 +1,15 @@
 //! The connection-plane layer and service.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::TrackFuture;
 use super::{ConnectionState, TrackedIo};
 
 /// Wraps a connector so every connection it makes is tracked.
@@ -128,6 +130,8 @@ impl TrackStats {
 
 /// A connector (`Service<Uri>` or any request type) whose connections are
 /// tracked: it returns [`TrackedIo`] around the inner connector's IO.
+///
+/// Its future is boxed: one allocation per connection, never per request.
 #[derive(Clone, Debug)]
 pub struct TrackConnections<C> {
     inner: C,
@@ -164,17 +168,26 @@ impl<C> TrackConnections<C> {
 impl<C, R> Service<R> for TrackConnections<C>
 where
     C: Service<R>,
-    C::Response: 'static,
+    C::Response: Send + 'static,
+    C::Future: Send + 'static,
 {
     type Response = TrackedIo<C::Response>;
     type Error = C::Error;
-    type Future = TrackFuture<C::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<TrackedIo<C::Response>, C::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        TrackFuture::new(self.inner.call(req), self.stats.clone())
+        let started = Instant::now();
+        let connecting = self.inner.call(req);
+        let counters = self.stats.counters.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            counters.opened.fetch_add(1, Ordering::Relaxed);
+            let state = ConnectionState::new(started, Instant::now());
+            Ok(TrackedIo::new(io, state, counters))
+        })
     }
 }
