@@ -124,7 +124,6 @@ mod service;
 #[cfg(feature = "reqwest-rustls")]
 mod tls;
 
-pub use future::ResponseFuture;
 pub use service::ReqwestService;
 #[cfg(feature = "reqwest-rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-rustls")))]
