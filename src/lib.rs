@@ -210,10 +210,11 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-/// The error type returned by this crate's layers: `Box<dyn Error + Send + Sync>`.
+/// The error type returned by this crate's layers: tower's
+/// `Box<dyn Error + Send + Sync>` (the same type as `tower::BoxError`).
 ///
 /// Each layer documents which concrete errors can be downcast from it.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use tower::BoxError;
 
 mod error;
 pub(crate) use error::causes;
