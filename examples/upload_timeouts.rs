@@ -31,9 +31,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer, RequestBody, ResponseBody,
-};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+use tower_conn_lifecycle::phase_timeout::{Elapsed, PhaseTimeoutLayer, RequestBody, ResponseBody};
 use tower_conn_lifecycle::testing::{Blackhole, SilentServer, StopReadingServer, ThrottledReader};
 use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
 use tower_conn_lifecycle::{find_cause, BoxError};

@@ -14,9 +14,11 @@
 //! * [`idle_expiry`] — never write a request on a keep-alive connection the
 //!   server is about to close: configured, announced (`Keep-Alive:
 //!   timeout=N`) or learned from the server's own idle closes;
-//! * [`phase_timeout`] — separate connect / send / read / total timeouts;
-//!   send and read are *stall* limits, and every timeout error names its
+//! * [`phase_timeout`] — separate send / read / total timeouts; send and
+//!   read are *stall* limits, and every timeout error names its
 //!   [`Phase`](phase_timeout::Phase);
+//! * [`connect_timeout`] — the connect timeout, on the connector (TCP and
+//!   TLS), with the same error ([`Phase::Connect`](phase_timeout::Phase::Connect));
 //! * [`drain`] — graceful shutdown: refuse new requests, let those in
 //!   flight finish within a deadline, close connections cleanly, report;
 //! * [`track`] — the connection tracker the other layers build on: live
@@ -107,7 +109,7 @@
 //! | failure | with [`retry`] on top (the one-call [`client`]) | [`phase_timeout`] on top, no retry | `find_cause` finds |
 //! |---|---|---|---|
 //! | connect refused, DNS, TLS handshake | [`NotRetried`](retry::NotRetried) ([`Rule::ConnectFailed`](retry::Rule::ConnectFailed)) | hyper-util's `client::legacy::Error` (`is_connect()`) | `std::io::Error` (the OS error), hyper-util's `ConnectError`, `TlsConnectError` and `rustls::Error` with `tls` |
-//! | connect timeout ([`ConnectTimeout`](phase_timeout::ConnectTimeout)) | `NotRetried` (`Rule::ConnectTimeout`) | hyper-util's `Error` | [`Elapsed`](phase_timeout::Elapsed) with `Phase::Connect`, inside an `io::Error` of kind `TimedOut` |
+//! | connect timeout ([`ConnectTimeout`](connect_timeout::ConnectTimeout)) | `NotRetried` (`Rule::ConnectTimeout`) | hyper-util's `Error` | [`Elapsed`](phase_timeout::Elapsed) with `Phase::Connect`, inside an `io::Error` of kind `TimedOut` |
 //! | send stall, no head in time, `total` before the head | `NotRetried` (`Rule::Timeout`) | `Elapsed` | `Elapsed` with its phase |
 //! | body stall, `total` during the body (from the response body) | `Elapsed` (body errors are never wrapped: nothing is retried once a response was returned) | `Elapsed` | `Elapsed` |
 //! | connection lost during the body | hyper's `Error` (from the body) | hyper's `Error` | `std::io::Error` when the OS reported one |
@@ -183,7 +185,8 @@
 //! use hyper_util::client::legacy::{connect::HttpConnector, Client};
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::ServiceBuilder;
-//! use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer, RequestBody};
+//! use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+//! use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
 //! use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -222,6 +225,7 @@ pub use error::{find_cause, ErrorChain};
 
 pub mod client;
 mod clock;
+pub mod connect_timeout;
 pub mod drain;
 pub mod idle_expiry;
 pub mod phase_timeout;

@@ -18,10 +18,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::client;
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer, RequestBody,
-};
+use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
 use tower_conn_lifecycle::retry::{NotRetried, RetryOnStaleConnectionLayer, RetryReason, Rule};
 use tower_conn_lifecycle::testing::{
     Blackhole, IdleClosingServer, SilentServer, StalledBodyServer, StopReadingServer,

@@ -20,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, RequestBody,
-    ResponseBody,
+    Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, RequestBody, ResponseBody,
 };
 use tower_conn_lifecycle::testing::{
     Blackhole, HyperServer, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,

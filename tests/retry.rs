@@ -635,7 +635,7 @@ fn counting_connector(
             counted.fetch_add(1, Ordering::Relaxed);
             uri
         })
-        .layer(tower_conn_lifecycle::phase_timeout::ConnectTimeoutLayer::new(connect))
+        .layer(tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer::new(connect))
         .layer(TrackConnectionsLayer::new())
         .service(HttpConnector::new());
     (connector, calls)

@@ -520,7 +520,8 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
 mod composition {
     use super::*;
     use tower::ServiceBuilder;
-    use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase};
+    use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase};
     use tower_conn_lifecycle::track::{ConnectionState, TrackConnectionsLayer};
 
     /// Generous: a loopback TCP + TLS handshake takes milliseconds.

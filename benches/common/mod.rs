@@ -20,8 +20,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer, RequestBody};
+use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
 use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer};
 

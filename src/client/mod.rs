@@ -113,11 +113,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::connect_timeout::{ConnectTimeout, ConnectTimeoutLayer};
 use crate::drain::{DrainBody, DrainHandle, DrainReport};
 use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
-use crate::phase_timeout::{
-    ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody,
-};
+use crate::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer, RequestBody, ResponseBody};
 use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
 use crate::BoxError;

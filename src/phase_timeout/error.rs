@@ -53,7 +53,7 @@ pub(crate) enum Waiting {
 /// Returned, boxed as [`BoxError`](crate::BoxError), by
 /// [`PhaseTimeout`](super::PhaseTimeout)'s response future and by its
 /// response body ([`ResponseBody`](super::ResponseBody)).
-/// [`ConnectTimeout`](super::ConnectTimeout) returns it inside an
+/// [`ConnectTimeout`](crate::connect_timeout::ConnectTimeout) returns it inside an
 /// `io::Error` of kind `TimedOut` (so timeout checks by that kind, such as
 /// reqwest's `is_timeout()`, still match), and hyper-util's client, the
 /// retry layer and reqwest wrap errors further. Find it with
@@ -164,7 +164,7 @@ impl Elapsed {
     }
 
     /// This timeout as an `io::Error` of kind `TimedOut` that carries it: how
-    /// [`ConnectTimeout`](super::ConnectTimeout) reports it, so that code
+    /// [`ConnectTimeout`](crate::connect_timeout::ConnectTimeout) reports it, so that code
     /// recognising connect timeouts by that kind (reqwest's `is_timeout()`,
     /// hyper-util's own `HttpConnector` timeout) still does.
     pub(crate) fn into_timed_out(self) -> std::io::Error {

@@ -1,4 +1,4 @@
-//! `ConnectTimeout`: the connect phase, on the connection plane.
+//! The connector service.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -6,66 +6,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_layer::Layer;
 use tower_service::Service;
 
-use super::error::{Elapsed, Waiting};
-use super::Phase;
 use crate::clock::deadline;
+use crate::phase_timeout::{Elapsed, Phase, Waiting};
 use crate::BoxError;
 
-/// Bounds how long a connector may take (TCP, plus TLS when the connector
-/// does it) with an [`Elapsed`](super::Elapsed) error of phase
-/// [`Phase::Connect`](super::Phase::Connect).
-///
-/// It is generic over the connector's request type, so it wraps hyper-util's
-/// `HttpConnector` (`Service<Uri>`) and also fits inside
-/// `reqwest::ClientBuilder::connector_layer`, whose request type is private.
-///
-/// [`Duration::ZERO`] fails every connect at its first poll, without polling
-/// the connector (so no connection is attempted through a lazy connector
-/// like `HttpConnector`); see the [module docs](super#zero-and-enormous-limits).
-/// A limit too large for the clock never fires. A `Clone` copies the limit.
-///
-/// ```
-/// use std::time::Duration;
-/// use hyper_util::client::legacy::connect::HttpConnector;
-/// use tower::ServiceBuilder;
-/// use tower_conn_lifecycle::phase_timeout::ConnectTimeoutLayer;
-///
-/// let connector = ServiceBuilder::new()
-///     .layer(ConnectTimeoutLayer::new(Duration::from_secs(1)))
-///     .service(HttpConnector::new());
-/// # let _ = connector;
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectTimeoutLayer {
-    limit: Duration,
-}
-
-impl ConnectTimeoutLayer {
-    /// A layer bounding connects to `limit`.
-    pub fn new(limit: Duration) -> Self {
-        ConnectTimeoutLayer { limit }
-    }
-}
-
-impl<C> Layer<C> for ConnectTimeoutLayer {
-    type Service = ConnectTimeout<C>;
-
-    fn layer(&self, inner: C) -> Self::Service {
-        ConnectTimeout {
-            inner,
-            limit: self.limit,
-        }
-    }
-}
-
-/// Connector made by [`ConnectTimeoutLayer`]. Its error is [`BoxError`]: the
+/// Connector made by [`ConnectTimeoutLayer`](super::ConnectTimeoutLayer). Its error is [`BoxError`]: the
 /// inner connector's error, or a timeout.
 ///
 /// A timeout is a [`std::io::Error`] of kind
-/// [`TimedOut`](std::io::ErrorKind::TimedOut) carrying the [`Elapsed`](super::Elapsed) (its
+/// [`TimedOut`](std::io::ErrorKind::TimedOut) carrying the [`Elapsed`] (its
 /// [`get_ref()`](std::io::Error::get_ref); its `Display` is the `Elapsed`'s),
 /// the shape hyper-util's `HttpConnector` gives its own connect timeout. Code
 /// that recognises timeouts by that kind keeps working with this layer in
@@ -150,6 +101,9 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
+    use tower_layer::Layer;
+
+    use crate::connect_timeout::ConnectTimeoutLayer;
 
     const LIMIT: Duration = Duration::from_millis(250);
 
