@@ -187,7 +187,7 @@
 //! use tower::ServiceBuilder;
 //! use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 //! use tower_conn_lifecycle::phase_timeout::{PhaseTimeoutLayer, RequestBody};
-//! use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
+//! use tower_conn_lifecycle::track::{TrackConnectionsLayer, WithConnectionInfoLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -199,7 +199,7 @@
 //!     .build::<_, RequestBody<Full<Bytes>>>(connector);
 //! let client = ServiceBuilder::new()
 //!     .layer(PhaseTimeoutLayer::new().send(Duration::from_secs(1)).read(Duration::from_secs(5)))
-//!     .layer(ConnectionInfoLayer::new())
+//!     .layer(WithConnectionInfoLayer::new())
 //!     .service(client);
 //! # let _ = client;
 //! # }

@@ -36,7 +36,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{
     Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, RequestBody, ResponseBody,
 };
-use tower_conn_lifecycle::tls::{config_with_roots, SharedTlsLayer};
+use tower_conn_lifecycle::tls::{config_with_roots, SharedTlsConnectorLayer};
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
@@ -239,8 +239,9 @@ fn client(server: &H2Server, phases: PhaseTimeoutLayer) -> (TestClient, TrackSta
     let mut builder = Client::builder(TokioExecutor::new());
     let inner: BoxCloneService<_, _, BoxError> = match &server.roots {
         Some(roots) => {
-            let tls =
-                SharedTlsLayer::from_config(Arc::new(config_with_roots(roots.clone()).unwrap()));
+            let tls = SharedTlsConnectorLayer::from_config(Arc::new(
+                config_with_roots(roots.clone()).unwrap(),
+            ));
             let connector = ServiceBuilder::new().layer(track).layer(tls).service(http);
             BoxCloneService::new(
                 builder

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::{
-    ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState, ExchangeOutcome,
-    WithConnectionInfo,
+    ConnectionCapture, ConnectionInfo, ConnectionState, ExchangeOutcome, WithConnectionInfo,
+    WithConnectionInfoLayer,
 };
 
 use common::{eventually, small_buffers, tracked_client, tracked_client_with, Tracked};
@@ -30,7 +30,7 @@ async fn connection_info_tells_reuse_and_idle_time() {
     let addr = server.addr();
     let (client, stats) = tracked_client::<Full<Bytes>>();
     let client = ServiceBuilder::new()
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .service(client);
 
     let mut infos = Vec::new();
@@ -234,12 +234,12 @@ impl NeverReads {
 
 type InfoClient = WithConnectionInfo<Client<Tracked, Full<Bytes>>>;
 
-/// Tracker + ConnectionInfoLayer with small socket buffers, so a server that
+/// Tracker + WithConnectionInfoLayer with small socket buffers, so a server that
 /// stops reading blocks hyper's writes quickly.
 fn info_client() -> InfoClient {
     let (client, _) = tracked_client_with(&Client::builder(TokioExecutor::new()), small_buffers());
     ServiceBuilder::new()
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .service(client)
 }
 
@@ -413,12 +413,12 @@ async fn exchange_record_under_stacked_layers_in_either_order() {
     let (client, _) = tracked_client::<RequestBody<Full<Bytes>>>();
     let layered = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .service(client.clone());
     check_exchanges(layered, &server, true).await;
     let server = HyperServer::start().await.unwrap();
     let layered = ServiceBuilder::new()
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
         .service(client);
     check_exchanges(layered, &server, true).await;

@@ -265,8 +265,8 @@ impl Builder {
         http.enforce_http(false);
         #[cfg(feature = "tls")]
         let transport = match self.tls {
-            Some(config) => crate::tls::SharedTlsLayer::from_config(config).layer(http),
-            None => crate::tls::SharedTlsLayer::new().layer(http),
+            Some(config) => crate::tls::SharedTlsConnectorLayer::from_config(config).layer(http),
+            None => crate::tls::SharedTlsConnectorLayer::new().layer(http),
         };
         #[cfg(not(feature = "tls"))]
         let transport = http;

@@ -129,7 +129,7 @@ pub fn shared_config_build_count() -> usize {
 /// trusting `roots` instead, with its own new session cache (of the same
 /// size).
 ///
-/// Use it with `SharedTlsLayer::from_config` for a private or test CA. Build
+/// Use it with `SharedTlsConnectorLayer::from_config` for a private or test CA. Build
 /// it once and share the `Arc` between connectors: session resumption is
 /// shared exactly as far as the configuration is. The fields can be changed
 /// before wrapping it in an `Arc` (client certificates need rustls's builder
@@ -176,12 +176,12 @@ pub fn config_with_roots(roots: RootCertStore) -> Result<ClientConfig, TlsConnec
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tower_conn_lifecycle::tls::{config_with_provider, SharedTlsLayer};
+/// use tower_conn_lifecycle::tls::{config_with_provider, SharedTlsConnectorLayer};
 ///
 /// # #[cfg(feature = "aws-lc-rs")] {
 /// let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 /// let config = Arc::new(config_with_provider(provider, None)?);
-/// let layer = SharedTlsLayer::from_config(config);
+/// let layer = SharedTlsConnectorLayer::from_config(config);
 /// # let _ = layer;
 /// # }
 /// # Ok::<_, tower_conn_lifecycle::tls::TlsConnectError>(())

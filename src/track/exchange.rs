@@ -340,7 +340,7 @@ impl Drop for PendingExchange {
 }
 
 pin_project! {
-    /// The response body of [`ConnectionInfoLayer`](super::ConnectionInfoLayer):
+    /// The response body of [`WithConnectionInfoLayer`](super::WithConnectionInfoLayer):
     /// the inner body unchanged, ending the tracker's exchange when it ends
     /// and poisoning the connection when dropped before its end.
     #[derive(Debug)]

@@ -10,9 +10,9 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// Future of [`WithConnectionInfo`](super::WithConnectionInfo).
+    /// Response future of [`WithConnectionInfo`](super::WithConnectionInfo).
     #[derive(Debug)]
-    pub struct InfoFuture<F> {
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         capture: ConnectionCapture,
@@ -20,9 +20,9 @@ pin_project! {
     }
 }
 
-impl<F> InfoFuture<F> {
+impl<F> ResponseFuture<F> {
     pub(super) fn new(inner: F, capture: ConnectionCapture) -> Self {
-        InfoFuture {
+        ResponseFuture {
             inner,
             pending: PendingExchange::new(Some(capture.clone())),
             capture,
@@ -30,7 +30,7 @@ impl<F> InfoFuture<F> {
     }
 }
 
-impl<F, B, E> Future for InfoFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
     B: Body,
@@ -67,7 +67,7 @@ fn untracked_info() {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.load(Ordering::Relaxed) && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
-            "ConnectionInfoLayer: a response came without a tracked connection, so it carries \
+            "WithConnectionInfoLayer: a response came without a tracked connection, so it carries \
              no ConnectionInfo; wrap the client's connector with TrackConnectionsLayer. \
              Logged once per process"
         );

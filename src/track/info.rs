@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use http_body::Body;
 
-use super::future::InfoFuture;
+use super::future::ResponseFuture;
 use super::{ConnectionCapture, ConnectionState, TrackedBody};
 
 /// What happened on the connection for one request, in the spirit of curl's
@@ -22,7 +22,7 @@ use super::{ConnectionCapture, ConnectionState, TrackedBody};
 /// are above. It reads the tracker's [`ConnectionState`] (the response's
 /// extension, or the one-call client's response body), so take
 /// it as soon as the response arrives (the state moves on with the
-/// connection's next request). [`ConnectionInfoLayer`] takes that snapshot
+/// connection's next request). [`WithConnectionInfoLayer`] takes that snapshot
 /// for you when the head arrives and stores it as a `ConnectionInfo`
 /// response extension, which `of` then returns; without that layer,
 /// `response.extensions().get::<ConnectionInfo>()` is `None`.
@@ -42,7 +42,7 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     /// The [`ConnectionInfo`] of a response: the extension if a
-    /// [`ConnectionInfoLayer`] put one there, otherwise a snapshot of the
+    /// [`WithConnectionInfoLayer`] put one there, otherwise a snapshot of the
     /// tracked connection's state (accurate when taken as soon as the response
     /// head arrives). `None` when the connection was not tracked.
     pub fn of<B: 'static>(response: &http::Response<B>) -> Option<ConnectionInfo> {
@@ -121,11 +121,11 @@ impl ConnectionInfo {
 /// `ConnectionInfo`; the first such response is logged once per process as
 /// a `tracing` warning.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ConnectionInfoLayer {
+pub struct WithConnectionInfoLayer {
     _priv: (),
 }
 
-impl ConnectionInfoLayer {
+impl WithConnectionInfoLayer {
     /// A new layer; the client below it needs a tracked connector (see
     /// above).
     pub fn new() -> Self {
@@ -133,7 +133,7 @@ impl ConnectionInfoLayer {
     }
 }
 
-impl<S> Layer<S> for ConnectionInfoLayer {
+impl<S> Layer<S> for WithConnectionInfoLayer {
     type Service = WithConnectionInfo<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -141,7 +141,7 @@ impl<S> Layer<S> for ConnectionInfoLayer {
     }
 }
 
-/// Service made by [`ConnectionInfoLayer`].
+/// Service made by [`WithConnectionInfoLayer`].
 #[derive(Clone, Debug)]
 pub struct WithConnectionInfo<S> {
     inner: S,
@@ -171,7 +171,7 @@ where
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = InfoFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -179,6 +179,6 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
         let capture = ConnectionCapture::get_or_insert(&mut req);
-        InfoFuture::new(self.inner.call(req), capture)
+        ResponseFuture::new(self.inner.call(req), capture)
     }
 }

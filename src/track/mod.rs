@@ -104,11 +104,11 @@
 //! clocks, an upload to abandon); otherwise through the response's own
 //! connection, or the connection hyper-util's error names.
 //! [`ConnectionInfo::of`] tells any response's connection story;
-//! [`ConnectionInfoLayer`] stores it as a response extension.
+//! [`WithConnectionInfoLayer`] stores it as a response extension.
 //!
 //! # Layers that need the tracker
 //!
-//! [`ConnectionInfoLayer`] (its service [`WithConnectionInfo`]) and
+//! [`WithConnectionInfoLayer`] (its service [`WithConnectionInfo`]) and
 //! [`IdleExpiryLayer`](crate::idle_expiry::IdleExpiryLayer) do nothing
 //! without it: over a connector that is not wrapped by
 //! [`TrackConnectionsLayer`] (or a client that hides its connections:
@@ -117,7 +117,7 @@
 //! response is logged as a `tracing` warning (`IdleExpiryLayer` once per
 //! layer and its clones, and it counts them all in
 //! [`IdleExpiryStats::untracked_responses`](crate::idle_expiry::IdleExpiryStats::untracked_responses);
-//! `ConnectionInfoLayer`, which keeps no state, once per process).
+//! `WithConnectionInfoLayer`, which keeps no state, once per process).
 //! [`PhaseTimeout`](crate::phase_timeout) and
 //! [`RetryOnStaleConnection`](crate::retry) work without the tracker, on
 //! what they can observe (body frames; error chains), as their docs say.
@@ -147,14 +147,14 @@
 //! use hyper_util::client::legacy::{connect::HttpConnector, Client};
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::ServiceBuilder;
-//! use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
+//! use tower_conn_lifecycle::track::{TrackConnectionsLayer, WithConnectionInfoLayer};
 //!
 //! let track = TrackConnectionsLayer::new();
 //! let stats = track.stats();
 //! let connector = ServiceBuilder::new().layer(track).service(HttpConnector::new());
 //! let client = Client::builder(TokioExecutor::new())
 //!     .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
-//! let client = ServiceBuilder::new().layer(ConnectionInfoLayer::new()).service(client);
+//! let client = ServiceBuilder::new().layer(WithConnectionInfoLayer::new()).service(client);
 //! # let _ = client;
 //! assert_eq!(stats.opened(), 0);
 //! ```
@@ -174,7 +174,7 @@ pub(crate) use exchange::{observe_frame, ExchangeEnd, PendingExchange};
 pub use exchange::{Exchange, ExchangeOutcome, TrackedBody};
 pub(crate) use expired::ConnectionClosing;
 pub use expired::ConnectionExpired;
-pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
+pub use info::{ConnectionInfo, WithConnectionInfo, WithConnectionInfoLayer};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};
 pub use state::ConnectionState;
