@@ -243,3 +243,6 @@ pub mod testing;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
+
+#[cfg(test)]
+mod debug_tests;

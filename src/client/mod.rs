@@ -465,10 +465,17 @@ pin_project! {
     /// the connection's error, or a [`DrainCut`](crate::drain::DrainCut)).
     /// Its request is in flight for [`Client::drain`] until it ends or is
     /// dropped.
-    #[derive(Debug)]
     pub struct Body {
         #[pin]
         inner: InnerBody,
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("connection_state", &self.connection_state())
+            .finish_non_exhaustive()
     }
 }
 

@@ -49,7 +49,7 @@ use crate::BoxError;
 ///
 /// Errors are [`BoxError`]: the inner service's error, or
 /// [`ConnectionExpired`](super::ConnectionExpired) from `poll_ready`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IdleExpiryConnection<S> {
     inner: S,
     state: ConnectionState,
@@ -58,6 +58,15 @@ pub struct IdleExpiryConnection<S> {
     /// Responses carry the state in their extensions (off in the one-call
     /// client, whose response body carries it instead).
     publish: bool,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for IdleExpiryConnection<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleExpiryConnection")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> IdleExpiryConnection<S> {

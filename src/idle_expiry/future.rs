@@ -32,7 +32,6 @@ pin_project! {
     /// [`IdleExpiryConnection`](super::IdleExpiryConnection). `E` is its
     /// error: the inner service's for `IdleExpiry`, [`BoxError`](crate::BoxError) for
     /// `IdleExpiryConnection` (the inner error converted with `Into`).
-    #[derive(Debug)]
     pub struct ResponseFuture<F, E> {
         #[pin]
         inner: F,
@@ -45,6 +44,12 @@ pin_project! {
         // The request's attempt record, when a layer above captured it.
         capture: Option<ConnectionCapture>,
         error: PhantomData<fn() -> E>,
+    }
+}
+
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 

@@ -198,7 +198,7 @@ pub fn config_with_provider(
 }
 
 /// Where a connector's (or a layer's) configuration comes from.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(crate) enum Source {
     /// [`shared_config`], resolved at the first `https://` connect.
     #[default]
@@ -214,6 +214,25 @@ pub(crate) enum Source {
 pub(crate) struct SharedWithAlpn {
     protocols: Vec<Vec<u8>>,
     config: OnceLock<Arc<ClientConfig>>,
+}
+
+/// What a connector's `Debug` shows of its configuration: `shared`, or
+/// `given`, and the ALPN protocols when overridden.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Shared => f.write_str("shared"),
+            Source::SharedWithAlpn(alpn) => {
+                let protocols: Vec<_> = alpn
+                    .protocols
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p))
+                    .collect();
+                write!(f, "shared, ALPN {protocols:?}")
+            }
+            Source::Given(_) => f.write_str("given"),
+        }
+    }
 }
 
 impl Source {

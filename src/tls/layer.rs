@@ -35,9 +35,17 @@ use super::SharedTlsConnector;
 ///     .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
 /// # let _ = client;
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct SharedTlsConnectorLayer {
     source: Source,
+}
+
+impl std::fmt::Debug for SharedTlsConnectorLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTlsConnectorLayer")
+            .field("config", &self.source)
+            .finish()
+    }
 }
 
 impl SharedTlsConnectorLayer {

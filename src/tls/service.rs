@@ -84,10 +84,19 @@ use crate::BoxError;
 ///     .build::<_, http_body_util::Empty<bytes::Bytes>>(SharedTlsConnector::tcp());
 /// # let _ = client;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SharedTlsConnector<C> {
     inner: C,
     source: Source,
+}
+
+impl<C: std::fmt::Debug> std::fmt::Debug for SharedTlsConnector<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTlsConnector")
+            .field("inner", &self.inner)
+            .field("config", &self.source)
+            .finish()
+    }
 }
 
 impl<C> SharedTlsConnector<C> {

@@ -38,11 +38,25 @@ use super::{ConnectionState, Exchange};
 /// connection (see the [module docs](super) on the lifecycle of an
 /// exchange), so every layer reads the same facts about what *this
 /// request* did on the wire.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectionCapture {
     // One `Arc`: every layer and body holds a clone, and a clone of
     // hyper-util's capture (a watch receiver) costs two atomic counters.
     attempt: Arc<Attempt>,
+}
+
+/// Whether a connection is known yet, and the attempt once it began: the
+/// connection's id and the request's number on it.
+impl std::fmt::Debug for ConnectionCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionCapture")
+            .field("connected", &self.is_filled())
+            .field(
+                "attempt",
+                &self.begun().map(|(state, number)| (state.id(), number)),
+            )
+            .finish()
+    }
 }
 
 /// Where a capture learns its connection.

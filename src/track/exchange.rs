@@ -343,11 +343,18 @@ pin_project! {
     /// The response body of [`WithConnectionInfoLayer`](super::WithConnectionInfoLayer):
     /// the inner body unchanged, ending the tracker's exchange when it ends
     /// and poisoning the connection when dropped before its end.
-    #[derive(Debug)]
     pub struct TrackedBody<B> {
         #[pin]
         inner: B,
         end: ExchangeEnd,
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for TrackedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackedBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 

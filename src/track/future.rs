@@ -11,12 +11,17 @@ use pin_project_lite::pin_project;
 
 pin_project! {
     /// Response future of [`WithConnectionInfo`](super::WithConnectionInfo).
-    #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         capture: ConnectionCapture,
         pending: PendingExchange,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 

@@ -48,7 +48,7 @@ impl<C> Layer<C> for TrackConnectionsLayer {
 /// [`Client`](crate::client::Client), whose
 /// [`connection_stats`](crate::client::Client::connection_stats) returns
 /// one): a handle shared by clones.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TrackStats {
     // One `Arc`: hyper-util's client clones its connector (this included)
     // for every request.
@@ -86,6 +86,17 @@ impl Counters {
             live.prune_at = (live.conns.len() * 2).max(16);
         }
         live.conns.push(Arc::downgrade(&state.inner));
+    }
+}
+
+/// The counters by the names of their getters.
+impl std::fmt::Debug for TrackStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackStats")
+            .field("opened", &self.opened())
+            .field("open_now", &self.open_now())
+            .field("stalled_http2_retired", &self.stalled_http2_retired())
+            .finish()
     }
 }
 
