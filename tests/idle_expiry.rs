@@ -474,7 +474,7 @@ async fn an_expired_connection_gets_zero_bytes_and_the_request_goes_elsewhere() 
     let res = client.oneshot(get()).await.unwrap();
     let info = ConnectionInfo::of(&res).unwrap();
     assert!(!info.is_reused());
-    assert_ne!(info.connection_id(), first.id());
+    assert_ne!(info.connection_id(), first.info().connection_id());
     // Zero bytes on the expired connection; the server saw two connections
     // and two requests.
     assert_eq!(first.bytes_written(), written);

@@ -359,7 +359,7 @@ async fn each_attempt_is_judged_by_its_own_connection() {
     assert_eq!((server.attempts(), server.connections()), (3, 2));
     // The caller's capture still shows the first attempt's connection.
     let state = first.state().expect("tracked");
-    assert_eq!(state.exchange().number(), 2);
+    assert_eq!(state.info().request_number(), 2);
 }
 
 #[tokio::test]

@@ -616,11 +616,11 @@ mod composition {
                 let (version, state, body) = client.get(&server).await;
                 assert_eq!(version, Version::HTTP_11);
                 assert_eq!(&body[..], b"HTTP/1.1");
-                let e = state.exchange();
+                let e = state.info();
                 assert!(e.is_exact(), "{e:?}");
                 assert_eq!(e.outcome(), ExchangeOutcome::Completed, "{e:?}");
                 assert!(!state.is_http2() && !state.is_poisoned());
-                numbers.push((state.id(), e.number()));
+                numbers.push((state.info().connection_id(), e.request_number()));
                 // Let hyper-util put the connection back for the next one.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -193,7 +193,7 @@ impl Elapsed {
     /// On an HTTP/1 connection made through the tracker
     /// ([`crate::track`]), the bytes of this exchange written to the socket:
     /// request head, body and framing, as counted by
-    /// [`Exchange::bytes_written`](crate::track::Exchange::bytes_written).
+    /// [`ConnectionInfo::bytes_sent`](crate::track::ConnectionInfo::bytes_sent).
     /// Otherwise (no tracker, or HTTP/2, whose socket carries every stream
     /// of the connection) the request-body bytes the connection pulled,
     /// which hyper may still hold in its write buffer.
@@ -205,7 +205,7 @@ impl Elapsed {
     ///
     /// On an HTTP/1 connection made through the tracker, the bytes of this
     /// exchange read from the socket
-    /// ([`Exchange::bytes_read`](crate::track::Exchange::bytes_read)): a
+    /// ([`ConnectionInfo::bytes_received`](crate::track::ConnectionInfo::bytes_received)): a
     /// partial head counts, before the head as after it. Otherwise
     /// response-body bytes received, so 0 before the head.
     pub fn bytes_received(&self) -> u64 {

@@ -2,14 +2,20 @@
 //! plane and the request plane.
 //!
 //! [`TrackConnectionsLayer`] wraps a connector (for example hyper-util's
-//! `HttpConnector`). Every connection it makes gets a [`ConnectionState`]:
-//! an id, when it connected, bytes written and read, the instants of the
-//! last read, write and flush, a record of the current request/response
-//! [`Exchange`] (number, reused, this exchange's bytes, how it ended), since
-//! when it has been idle, its idle expiry, and whether it was poisoned. The
-//! IO ([`TrackedIo`]) publishes that state with hyper-util's
-//! `Connected::extra`, so hyper-util copies it into every response's
-//! extensions and into the request's connection capture.
+//! `HttpConnector`). Every connection it makes gets a [`ConnectionState`],
+//! the live connection: when it connected, bytes written and read, the
+//! instants of the last read, write and flush, since when it has been idle,
+//! its idle expiry, whether it was poisoned, and a record of its current
+//! request/response exchange. The IO ([`TrackedIo`]) publishes that state
+//! with hyper-util's `Connected::extra`, so hyper-util copies it into every
+//! response's extensions and into the request's connection capture.
+//!
+//! What users read about one request is its [`ConnectionInfo`]: the
+//! connection's id, the request's number on it (reused or not), idle
+//! before, connect, upload and time to first byte, and the exchange's
+//! bytes, outcome and exactness, from
+//! [`ConnectionInfo::of(&response)`](ConnectionInfo::of) or, at any time,
+//! [`ConnectionState::info`].
 //!
 //! # The lifecycle of an exchange
 //!
@@ -40,7 +46,7 @@
 //!   (the tracker alone, or under layers that do not wrap the request
 //!   body), the IO opens an exchange at a request's first write attempt
 //!   after reads; one opened while the previous exchange was still open is
-//!   marked inexact ([`Exchange::is_exact`]), because it may be the same
+//!   marked inexact ([`ConnectionInfo::is_exact`]), because it may be the same
 //!   request going on.
 //! * **Upload end.** The request's upload is over when its body reports its
 //!   end, or when hyper drops it (hyper stops polling a `Content-Length` body
@@ -170,8 +176,9 @@ mod state;
 
 pub use capture::ConnectionCapture;
 pub(crate) use capture::{state_of, Captured};
+pub(crate) use exchange::Exchange;
 pub(crate) use exchange::{observe_frame, ExchangeEnd, PendingExchange};
-pub use exchange::{Exchange, ExchangeOutcome, TrackedBody};
+pub use exchange::{ExchangeOutcome, TrackedBody};
 pub(crate) use expired::ConnectionClosing;
 pub use expired::ConnectionExpired;
 pub use info::{ConnectionInfo, WithConnectionInfo, WithConnectionInfoLayer};
