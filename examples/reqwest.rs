@@ -60,7 +60,7 @@ async fn main() -> Result<(), tower_conn_lifecycle::BoxError> {
             println!(
                 "blackhole: failed after {} ms: {}",
                 started.elapsed().as_millis(),
-                tower_conn_lifecycle::ErrorChain(&err)
+                tower_conn_lifecycle::error_chain(&err)
             );
             println!(
                 "  is_timeout()={} is_connect()={}",

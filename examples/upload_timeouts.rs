@@ -153,7 +153,7 @@ async fn demo() -> Result<(), BoxError> {
             server,
         ]);
         if let Err(e) = &o.status {
-            println!("{name}: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
+            println!("{name}: {}", tower_conn_lifecycle::error_chain(e.as_ref()));
         }
     };
 
@@ -273,7 +273,7 @@ async fn external(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("error: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
+            println!("error: {}", tower_conn_lifecycle::error_chain(e.as_ref()));
             let phase =
                 find_cause::<Elapsed>(e.as_ref()).map_or("other".into(), |e| e.phase().to_string());
             println!(
@@ -293,7 +293,7 @@ async fn main() -> ExitCode {
         match demo().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
+                eprintln!("error: {}", tower_conn_lifecycle::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         }

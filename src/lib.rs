@@ -95,7 +95,7 @@
 //! phase and limit, a failed connect's destination and cause, the rule of a
 //! refused retry), and [`find_cause`] finds the typed facts anywhere in the
 //! chain (it looks inside `io::Error`s, which `source()` does not).
-//! [`ErrorChain`] prints the whole chain on one line, each cause once:
+//! [`error_chain`] prints the whole chain on one line, each cause once:
 //!
 //! ```text
 //! GET http://10.0.0.7:8080: read timed out after 5s: no response head since the upload finished (41 bytes sent, 0 bytes received)
@@ -221,7 +221,7 @@ pub use tower::BoxError;
 
 mod error;
 pub(crate) use error::causes;
-pub use error::{find_cause, ErrorChain};
+pub use error::{error_chain, find_cause};
 
 pub mod client;
 mod clock;

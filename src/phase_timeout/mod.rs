@@ -159,7 +159,7 @@
 //! use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 //! use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer, RequestBody};
 //! use tower_conn_lifecycle::track::TrackConnectionsLayer;
-//! use tower_conn_lifecycle::{find_cause, ErrorChain};
+//! use tower_conn_lifecycle::{error_chain, find_cause};
 //!
 //! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 //! let connector = ServiceBuilder::new()
@@ -184,7 +184,7 @@
 //!     // retry layer, hyper-util, an `io::Error`), it finds it.
 //!     Err(e) => match find_cause::<Elapsed>(e.as_ref()) {
 //!         Some(t) if t.phase() == Phase::Send => eprintln!("upload stalled: {t}"),
-//!         _ => eprintln!("{}", ErrorChain(e.as_ref())),
+//!         _ => eprintln!("{}", error_chain(e.as_ref())),
 //!     },
 //! }
 //! # Ok(())
