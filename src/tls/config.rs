@@ -117,10 +117,20 @@ pub fn shared_config() -> Result<Arc<ClientConfig>, TlsConnectError> {
 }
 
 /// How many times [`shared_config`] has built the configuration in this
-/// process: `0` before first use, `1` afterwards, never more.
+/// process: `0` before its first use, `1` afterwards, never more.
 ///
-/// A diagnostic for this crate's tests, not part of the public API.
-#[doc(hidden)]
+/// For an application's own tests of what this module promises: that
+/// building connectors and clients (also reqwest's, through
+/// `ClientBuilderExt::shared_tls`) loads no certificates, and that every
+/// client shares one configuration.
+///
+/// ```
+/// use tower_conn_lifecycle::tls::{shared_config_build_count, SharedTlsConnector};
+///
+/// let before = shared_config_build_count();
+/// let _connector = SharedTlsConnector::tcp();
+/// assert_eq!(shared_config_build_count(), before, "built lazily, at the first https:// connect");
+/// ```
 pub fn shared_config_build_count() -> usize {
     BUILDS.load(Ordering::Relaxed)
 }
