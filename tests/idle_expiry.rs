@@ -486,7 +486,8 @@ async fn an_expired_connection_gets_zero_bytes_and_the_request_goes_elsewhere() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_form_refuses_an_expired_connection_with_the_typed_error() {
-    use tower_conn_lifecycle::idle_expiry::{ConnectionExpired, Http1Connection};
+    use tower_conn_lifecycle::idle_expiry::Http1Connection;
+    use tower_conn_lifecycle::track::ConnectionExpired;
 
     let server = IdleClosingServer::start(Duration::from_secs(30))
         .await

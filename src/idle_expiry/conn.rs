@@ -23,7 +23,7 @@ use crate::BoxError;
 /// connection (e.g. [`Http1Connection`] over hyper's `client::conn::http1`
 /// handshake, whose IO is a [`TrackedIo`](crate::track::TrackedIo)):
 ///
-/// * `poll_ready` fails with [`ConnectionExpired`](super::ConnectionExpired) once the connection has
+/// * `poll_ready` fails with [`ConnectionExpired`](crate::track::ConnectionExpired) once the connection has
 ///   been idle past its effective expiry (or was closed at it), before
 ///   anything is written: `pool::cache` then discards it instead of handing
 ///   it out again, and the caller asks the pool for another;
@@ -48,7 +48,7 @@ use crate::BoxError;
 /// no expiry.
 ///
 /// Errors are [`BoxError`]: the inner service's error, or
-/// [`ConnectionExpired`](super::ConnectionExpired) from `poll_ready`.
+/// [`ConnectionExpired`](crate::track::ConnectionExpired) from `poll_ready`.
 #[derive(Clone)]
 pub struct IdleExpiryConnection<S> {
     inner: S,

@@ -327,7 +327,7 @@ impl IdleExpiryStats {
     }
 
     /// Requests refused before their first byte because their connection had
-    /// expired (the last resort; each is a [`ConnectionExpired`](super::ConnectionExpired)).
+    /// expired (the last resort; each is a [`ConnectionExpired`](crate::track::ConnectionExpired)).
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
