@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Empty};
 use tower::ServiceExt;
 use tower_conn_lifecycle::drain::{DrainCut, Draining};
 use tower_conn_lifecycle::testing::{SilentServer, SlowBodyServer};
-use tower_conn_lifecycle::{client, find_cause, ErrorChain};
+use tower_conn_lifecycle::{client, error_chain, find_cause};
 
 type Body = Empty<Bytes>;
 
@@ -36,11 +36,11 @@ async fn get(client: client::Client<Body>, url: String) -> Result<usize, String>
 
 fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     if find_cause::<Draining>(err).is_some() {
-        format!("refused (draining; nothing written): {}", ErrorChain(err))
+        format!("refused (draining; nothing written): {}", error_chain(err))
     } else if find_cause::<DrainCut>(err).is_some() {
-        format!("cut at the deadline: {}", ErrorChain(err))
+        format!("cut at the deadline: {}", error_chain(err))
     } else {
-        format!("failed: {}", ErrorChain(err))
+        format!("failed: {}", error_chain(err))
     }
 }
 

@@ -29,8 +29,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::find_cause;
-use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer};
+use tower_conn_lifecycle::phase_timeout::{Elapsed, PhaseTimeoutLayer};
 use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
 use tower_conn_lifecycle::testing::{Blackhole, HyperServer, StopReadingServer};
 
@@ -59,7 +60,7 @@ async fn main() -> Result<(), tower_conn_lifecycle::BoxError> {
             println!(
                 "blackhole: failed after {} ms: {}",
                 started.elapsed().as_millis(),
-                tower_conn_lifecycle::ErrorChain(&err)
+                tower_conn_lifecycle::error_chain(&err)
             );
             println!(
                 "  is_timeout()={} is_connect()={}",

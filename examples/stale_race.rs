@@ -184,7 +184,7 @@ async fn run(
                         .read(Duration::from_secs(10)),
                 );
             let first = template.clone().build::<Full<Bytes>>();
-            stats = first.connection_stats().clone();
+            stats = first.connection_stats();
             let first = std::sync::Mutex::new(Some(first));
             plan.run(&url, |_| {
                 // Each task its own client (own pool); the first shares the

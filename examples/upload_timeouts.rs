@@ -31,9 +31,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer, ResponseBody,
-};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+use tower_conn_lifecycle::phase_timeout::{Elapsed, PhaseTimeoutLayer, ResponseBody};
 use tower_conn_lifecycle::testing::{Blackhole, SilentServer, StopReadingServer, ThrottledReader};
 use tower_conn_lifecycle::track::{ConnectionCapture, TrackConnectionsLayer};
 use tower_conn_lifecycle::RequestBody;
@@ -155,7 +154,7 @@ async fn demo() -> Result<(), BoxError> {
             server,
         ]);
         if let Err(e) = &o.status {
-            println!("{name}: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
+            println!("{name}: {}", tower_conn_lifecycle::error_chain(e.as_ref()));
         }
     };
 
@@ -275,7 +274,7 @@ async fn external(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("error: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
+            println!("error: {}", tower_conn_lifecycle::error_chain(e.as_ref()));
             let phase =
                 find_cause::<Elapsed>(e.as_ref()).map_or("other".into(), |e| e.phase().to_string());
             println!(
@@ -295,7 +294,7 @@ async fn main() -> ExitCode {
         match demo().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", tower_conn_lifecycle::ErrorChain(e.as_ref()));
+                eprintln!("error: {}", tower_conn_lifecycle::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         }

@@ -1,4 +1,4 @@
-//! Walking and printing error chains: [`find_cause`], [`ErrorChain`].
+//! Walking and printing error chains: [`find_cause`], [`error_chain`].
 
 use std::error::Error;
 use std::fmt::{self, Write as _};
@@ -36,7 +36,7 @@ where
 const MAX_CHAIN: usize = 32;
 
 /// `err` and its causes: the one chain walker of the crate (used by
-/// [`find_cause`], [`ErrorChain`], the retry classifier and
+/// [`find_cause`], [`error_chain`], the retry classifier and
 /// [`NotRetried`](crate::retry::NotRetried)'s display). It looks inside
 /// `io::Error` and `h2::Error`, whose `source()` skips the error they carry.
 pub(crate) fn causes<'a>(
@@ -56,9 +56,9 @@ pub(crate) fn causes<'a>(
     .take(MAX_CHAIN)
 }
 
-/// Displays an error and all of its causes on one line, joined by `": "`
-/// (like `anyhow`'s `{:#}`), looking inside `io::Error`s as
-/// [`find_cause`] does.
+/// An error and all of its causes on one line, joined by `": "` (like
+/// `anyhow`'s `{:#}`), looking inside `io::Error`s as [`find_cause`] does:
+/// a value to `Display` (`println!("{}", error_chain(&err))`, `.to_string()`).
 ///
 /// A cause whose text the line already contains is left out: wrappers that
 /// repeat their cause (an `io::Error` around a custom error) and this
@@ -67,12 +67,12 @@ pub(crate) fn causes<'a>(
 ///
 /// ```
 /// use std::io;
-/// use tower_conn_lifecycle::ErrorChain;
+/// use tower_conn_lifecycle::error_chain;
 ///
 /// let inner = io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by peer");
 /// let err = io::Error::other(Wrapped(inner));
 /// assert_eq!(
-///     ErrorChain(&err).to_string(),
+///     error_chain(&err).to_string(),
 ///     "request failed: connection reset by peer"
 /// );
 ///
@@ -89,10 +89,14 @@ pub(crate) fn causes<'a>(
 /// #     }
 /// # }
 /// ```
-#[derive(Clone, Copy)]
-pub struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
+pub fn error_chain<'a>(err: &'a (dyn Error + 'static)) -> impl fmt::Display + 'a {
+    Chain(err)
+}
 
-impl fmt::Display for ErrorChain<'_> {
+/// What [`error_chain`] returns.
+struct Chain<'a>(&'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut line = String::new();
         let mut text = String::new();
@@ -108,14 +112,6 @@ impl fmt::Display for ErrorChain<'_> {
             line.push_str(&text);
         }
         f.write_str(&line)
-    }
-}
-
-impl fmt::Debug for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ErrorChain")
-            .field(&format_args!("{self}"))
-            .finish()
     }
 }
 
@@ -184,16 +180,12 @@ mod tests {
             Box::new(Wrap("tcp connect error", Box::new(root))),
         );
         assert_eq!(
-            ErrorChain(&err).to_string(),
+            error_chain(&err).to_string(),
             "client error (Connect): tcp connect error: refused"
         );
         // An io::Error around a custom error repeats its text: shown once.
         let err = io::Error::other(Wrap("stalled", Box::new(io::Error::other("deep"))));
-        assert_eq!(ErrorChain(&err).to_string(), "stalled: deep");
-        assert_eq!(
-            format!("{:?}", ErrorChain(&err)),
-            "ErrorChain(stalled: deep)"
-        );
+        assert_eq!(error_chain(&err).to_string(), "stalled: deep");
     }
 
     #[test]

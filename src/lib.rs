@@ -18,9 +18,11 @@
 //! * [`idle_expiry`] — never write a request on a keep-alive connection the
 //!   server is about to close: configured, announced (`Keep-Alive:
 //!   timeout=N`) or learned from the server's own idle closes;
-//! * [`phase_timeout`] — separate connect / send / read / total timeouts;
-//!   send and read are *stall* limits, and every timeout error names its
+//! * [`phase_timeout`] — separate send / read / total timeouts; send and
+//!   read are *stall* limits, and every timeout error names its
 //!   [`Phase`](phase_timeout::Phase);
+//! * [`connect_timeout`] — the connect timeout, on the connector (TCP and
+//!   TLS), with the same error ([`Phase::Connect`](phase_timeout::Phase::Connect));
 //! * [`drain`] — graceful shutdown: refuse new requests, let those in
 //!   flight finish within a deadline, close connections cleanly, report;
 //! * [`track`] — the connection tracker the other layers build on: live
@@ -97,7 +99,7 @@
 //! phase and limit, a failed connect's destination and cause, the rule of a
 //! refused retry), and [`find_cause`] finds the typed facts anywhere in the
 //! chain (it looks inside `io::Error`s, which `source()` does not).
-//! [`ErrorChain`] prints the whole chain on one line, each cause once:
+//! [`error_chain`] prints the whole chain on one line, each cause once:
 //!
 //! ```text
 //! GET http://10.0.0.7:8080: read timed out after 5s: no response head since the upload finished (41 bytes sent, 0 bytes received)
@@ -111,7 +113,7 @@
 //! | failure | with [`retry`] on top (the one-call [`client`]) | [`phase_timeout`] on top, no retry | `find_cause` finds |
 //! |---|---|---|---|
 //! | connect refused, DNS, TLS handshake | [`NotRetried`](retry::NotRetried) ([`Rule::ConnectFailed`](retry::Rule::ConnectFailed)) | hyper-util's `client::legacy::Error` (`is_connect()`) | `std::io::Error` (the OS error), hyper-util's `ConnectError`, `TlsConnectError` and `rustls::Error` with `tls` |
-//! | connect timeout ([`ConnectTimeout`](phase_timeout::ConnectTimeout)) | `NotRetried` (`Rule::ConnectTimeout`) | hyper-util's `Error` | [`Elapsed`](phase_timeout::Elapsed) with `Phase::Connect`, inside an `io::Error` of kind `TimedOut` |
+//! | connect timeout ([`ConnectTimeout`](connect_timeout::ConnectTimeout)) | `NotRetried` (`Rule::ConnectTimeout`) | hyper-util's `Error` | [`Elapsed`](phase_timeout::Elapsed) with `Phase::Connect`, inside an `io::Error` of kind `TimedOut` |
 //! | send stall, no head in time, `total` before the head | `NotRetried` (`Rule::Timeout`) | `Elapsed` | `Elapsed` with its phase |
 //! | body stall, `total` during the body (from the response body) | `Elapsed` (body errors are never wrapped: nothing is retried once a response was returned) | `Elapsed` | `Elapsed` |
 //! | connection lost during the body | hyper's `Error` (from the body) | hyper's `Error` | `std::io::Error` when the OS reported one |
@@ -190,7 +192,8 @@
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-//! use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, PhaseTimeoutLayer};
+//! use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+//! use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
 //! use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 //! use tower_conn_lifecycle::track::TrackConnectionsLayer;
 //! use tower_conn_lifecycle::{LayeredResponse, RequestBody};
@@ -231,7 +234,7 @@
 //! * [`IdleExpiry`](idle_expiry) anywhere below the retry layer (which
 //!   retries what it refuses), and [`DrainLayer`](drain::DrainLayer) on top
 //!   (or below the retry layer);
-//! * on the connector, [`ConnectTimeoutLayer`](phase_timeout::ConnectTimeoutLayer)
+//! * on the connector, [`ConnectTimeoutLayer`](connect_timeout::ConnectTimeoutLayer)
 //!   outermost and the tracker outside TLS ([`client`] says why).
 //!
 //! Only the order above has [`LayeredResponse`] for its response type. A
@@ -257,10 +260,11 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-/// The error type returned by this crate's layers: `Box<dyn Error + Send + Sync>`.
+/// The error type returned by this crate's layers: tower's
+/// `Box<dyn Error + Send + Sync>` (the same type as `tower::BoxError`).
 ///
 /// Each layer documents which concrete errors can be downcast from it.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use tower::BoxError;
 
 /// The response of the stack built by hand in the [crate docs](crate#example):
 /// [`RetryOnStaleConnection`](retry::RetryOnStaleConnection) →
@@ -279,10 +283,11 @@ pub use body::{RequestBody, RequestBodyService};
 
 mod error;
 pub(crate) use error::causes;
-pub use error::{find_cause, ErrorChain};
+pub use error::{error_chain, find_cause};
 
 pub mod client;
 mod clock;
+pub mod connect_timeout;
 pub mod drain;
 pub mod idle_expiry;
 pub mod phase_timeout;
@@ -301,3 +306,6 @@ pub mod testing;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
+
+#[cfg(test)]
+mod debug_tests;

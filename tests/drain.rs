@@ -303,7 +303,7 @@ async fn drain_closes_idle_connections_at_once() {
 }
 
 /// hyper-util's legacy client over a tracked connector, under
-/// `ConnectionInfoLayer` (which marks each response's end for the tracker)
+/// `WithConnectionInfoLayer` (which marks each response's end for the tracker)
 /// and `DrainLayer` with the tracker; and the drain's handle.
 fn legacy_client() -> (
     impl Service<
@@ -319,7 +319,7 @@ fn legacy_client() -> (
     use hyper_util::client::legacy::{connect::HttpConnector, Client};
     use hyper_util::rt::TokioExecutor;
     use tower::{Layer, ServiceBuilder};
-    use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
+    use tower_conn_lifecycle::track::{TrackConnectionsLayer, WithConnectionInfoLayer};
 
     let track = TrackConnectionsLayer::new();
     let layer = DrainLayer::new().tracker(&track.stats());
@@ -327,7 +327,7 @@ fn legacy_client() -> (
     let legacy = Client::builder(TokioExecutor::new()).build(track.layer(HttpConnector::new()));
     let client = ServiceBuilder::new()
         .layer(layer)
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .service(legacy);
     (client, handle)
 }
@@ -600,7 +600,7 @@ async fn retire_stalled_http2_connection() {
         "the request did not open a new connection"
     );
     assert_eq!(server.requests(), 3);
-    assert_eq!(client.pool_stats().stalled_http2_retired(), 1);
+    assert_eq!(client.connection_stats().stalled_http2_retired(), 1);
 
     // The stalled stream ends by its own limit.
     let err = bounded(STEP_LIMIT, "the stalled request", long)

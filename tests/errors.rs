@@ -18,15 +18,16 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::client;
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
-use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer};
+use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{NotRetried, RetryOnStaleConnectionLayer, RetryReason, Rule};
 use tower_conn_lifecycle::testing::{
     Blackhole, IdleClosingServer, SilentServer, StalledBodyServer, StopReadingServer,
 };
 use tower_conn_lifecycle::track::TrackConnectionsLayer;
 use tower_conn_lifecycle::RequestBody;
-use tower_conn_lifecycle::{find_cause, BoxError, ErrorChain};
+use tower_conn_lifecycle::{error_chain, find_cause, BoxError};
 
 /// The limit every timeout case sets on its phase.
 const LIMIT: Duration = Duration::from_millis(300);
@@ -135,7 +136,7 @@ where
             (Ok(()), true) => panic!("the failing request succeeded"),
             (Err(failure), true) => return failure,
             (Err((_, e)), false) => {
-                panic!("setup request {i} failed: {}", ErrorChain(e.as_ref()))
+                panic!("setup request {i} failed: {}", error_chain(e.as_ref()))
             }
         }
     }
@@ -184,7 +185,7 @@ fn check(
     let top = err.to_string();
     println!(
         "{stack:?} {case}: {top}\n    chain: {}",
-        ErrorChain(err.as_ref())
+        error_chain(err.as_ref())
     );
     assert_eq!(at, want_at, "{stack:?} {case}: {top}");
     for fragment in fragments {
@@ -204,7 +205,7 @@ fn check(
     }
     typed(&err);
     // The chain printer shows every link once and starts with the top.
-    let chain = ErrorChain(err.as_ref()).to_string();
+    let chain = error_chain(err.as_ref()).to_string();
     assert!(chain.starts_with(&top), "{chain}");
 }
 

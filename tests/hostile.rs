@@ -39,12 +39,12 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, timeout, Instant};
 use tower::ServiceExt;
 use tower_conn_lifecycle::client::{self, Client};
+use tower_conn_lifecycle::error_chain;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{NotRetried, Retried, RetryReason, Rule, IDEMPOTENCY_KEY};
 use tower_conn_lifecycle::testing::Rng;
 use tower_conn_lifecycle::track::ConnectionInfo;
-use tower_conn_lifecycle::ErrorChain;
 use tower_conn_lifecycle::{find_cause, BoxError};
 
 use common::bounded;
@@ -399,7 +399,7 @@ impl Failure {
             retries: not_retried.map(NotRetried::retries),
             safe: not_retried.and_then(NotRetried::retry_safe_reason),
             phase: find_cause::<Elapsed>(err.as_ref()).map(Elapsed::phase),
-            chain: ErrorChain(err.as_ref()).to_string(),
+            chain: error_chain(err.as_ref()).to_string(),
             in_body: false,
         }
     }
@@ -777,7 +777,7 @@ async fn run_tunnel_drained(
     let res = timeout(STEP_LIMIT, client.clone().oneshot(req))
         .await
         .expect("the upgrade request hung")
-        .map_err(|e| format!("upgrade request failed: {}", ErrorChain(e.as_ref())))?;
+        .map_err(|e| format!("upgrade request failed: {}", error_chain(e.as_ref())))?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(format!("status {}", res.status()));
     }
@@ -995,7 +995,7 @@ async fn early_413_then_dropped_response_stops_upload() {
         let res = timeout(STEP_LIMIT, client.clone().oneshot(req))
             .await
             .expect("no response within the step limit")
-            .unwrap_or_else(|e| panic!("{}", ErrorChain(e.as_ref())));
+            .unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())));
         assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let dropped = Instant::now();
         drop(res);
@@ -1125,10 +1125,10 @@ async fn never_ending(timeouts: PhaseTimeoutLayer) -> (Result<Elapsed, String>, 
         Ok(Ok(res)) => Err(format!("unexpected response {}", res.status())),
         Ok(Err(e)) => match find_cause::<Elapsed>(e.as_ref()) {
             Some(elapsed) => {
-                println!("error chain: {}", ErrorChain(e.as_ref()));
+                println!("error chain: {}", error_chain(e.as_ref()));
                 Ok(elapsed.clone())
             }
-            None => Err(format!("untyped: {}", ErrorChain(e.as_ref()))),
+            None => Err(format!("untyped: {}", error_chain(e.as_ref()))),
         },
     };
     drop(client);

@@ -502,7 +502,7 @@ async fn an_expired_connection_gets_zero_bytes_and_the_request_goes_elsewhere() 
     let res = client.oneshot(get()).await.unwrap();
     let info = ConnectionInfo::of(&res).unwrap();
     assert!(!info.is_reused());
-    assert_ne!(info.connection_id(), first.id());
+    assert_ne!(info.connection_id(), first.info().connection_id());
     // Zero bytes on the expired connection; the server saw two connections
     // and two requests.
     assert_eq!(first.bytes_written(), written);
@@ -514,8 +514,8 @@ async fn an_expired_connection_gets_zero_bytes_and_the_request_goes_elsewhere() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_form_refuses_an_expired_connection_with_the_typed_error() {
-    use tower_conn_lifecycle::idle_expiry::ConnectionExpired;
     use tower_conn_lifecycle::pool::Http1Connection;
+    use tower_conn_lifecycle::track::ConnectionExpired;
 
     let server = IdleClosingServer::start(Duration::from_secs(30))
         .await

@@ -412,8 +412,8 @@ async fn a_healing_probe_survives_the_requests_sent_while_it_rests() {
     let other = state_of(&res);
     res.into_body().collect().await.unwrap();
     assert_ne!(
-        other.id(),
-        probe.id(),
+        other.info().connection_id(),
+        probe.info().connection_id(),
         "the probe is not reused past its limit"
     );
     assert!(!probe.is_closed(), "the probe is still open");
@@ -456,7 +456,7 @@ async fn connection_info_from_the_body_and_the_extension_on_request() {
             let info = ConnectionInfo::of(&res).expect("the one-call client tracks");
             assert_eq!(info.is_reused(), n == 2, "request {n}");
             let state = res.body().connection_state().expect("in the body").clone();
-            assert_eq!(state.id(), info.connection_id());
+            assert_eq!(state.info().connection_id(), info.connection_id());
             assert_eq!(
                 res.extensions().get::<ConnectionState>().is_some(),
                 extension,

@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::phase_timeout::{
-    ConnectTimeoutLayer, Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, ResponseBody,
+    Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, ResponseBody,
 };
 use tower_conn_lifecycle::testing::{
     Blackhole, HyperServer, SilentServer, SlowBodyServer, StalledBodyServer, StopReadingServer,
@@ -139,7 +140,7 @@ async fn stopped_reader_fails_in_the_send_phase() {
     // Tracked HTTP/1: the socket's count for this exchange, head included,
     // not the body frames hyper pulled into its write buffer.
     let state = capture.state().unwrap();
-    assert_eq!(e.bytes_sent(), state.exchange().bytes_written(), "{e:?}");
+    assert_eq!(e.bytes_sent(), state.info().bytes_sent(), "{e:?}");
     assert_eq!(e.bytes_received(), 0, "{e:?}");
     let last_write = state.last_write().unwrap();
     let after = failed_at.saturating_duration_since(last_write);
@@ -214,7 +215,7 @@ async fn silent_server_fails_in_the_read_phase() {
         assert_eq!(e.phase(), Phase::Read, "{err}");
         if tracked {
             // The socket's count: the 1000 body bytes and the head.
-            let written = capture.state().unwrap().exchange().bytes_written();
+            let written = capture.state().unwrap().info().bytes_sent();
             assert!(written > 1000, "{written}");
             assert_eq!(e.bytes_sent(), written, "{e:?}");
         } else {
@@ -270,7 +271,7 @@ async fn stalled_body_fails_from_the_body_stream() {
             // Tracked HTTP/1: the socket's count, the head and the 100 body
             // bytes.
             Some(state) => {
-                let read = state.exchange().bytes_read();
+                let read = state.info().bytes_received();
                 assert!(read > 100, "{read}");
                 assert_eq!(e.bytes_received(), read, "{e:?}");
             }
@@ -750,7 +751,7 @@ async fn abandoned_http1_upload_closes_its_connection() {
         }
         let state = capture.state().expect("tracked");
         assert!(state.is_poisoned(), "{give_up}");
-        assert_eq!(state.exchange().outcome(), ExchangeOutcome::Abandoned);
+        assert_eq!(state.info().outcome(), ExchangeOutcome::Abandoned);
         let closed = format!("{give_up}: the connection to close");
         eventually(LATE, &closed, || state.is_closed()).await;
     }

@@ -36,7 +36,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::phase_timeout::{
     Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer, ResponseBody,
 };
-use tower_conn_lifecycle::tls::{config_with_roots, SharedTlsLayer};
+use tower_conn_lifecycle::tls::{config_with_roots, SharedTlsConnectorLayer};
 use tower_conn_lifecycle::track::{
     ConnectionCapture, ConnectionState, TrackConnectionsLayer, TrackStats,
 };
@@ -240,8 +240,9 @@ fn client(server: &H2Server, phases: PhaseTimeoutLayer) -> (TestClient, TrackSta
     let mut builder = Client::builder(TokioExecutor::new());
     let inner: BoxCloneService<_, _, BoxError> = match &server.roots {
         Some(roots) => {
-            let tls =
-                SharedTlsLayer::from_config(Arc::new(config_with_roots(roots.clone()).unwrap()));
+            let tls = SharedTlsConnectorLayer::from_config(Arc::new(
+                config_with_roots(roots.clone()).unwrap(),
+            ));
             let connector = ServiceBuilder::new().layer(track).layer(tls).service(http);
             BoxCloneService::new(
                 builder
@@ -363,16 +364,22 @@ async fn stalled_stream_fails_on_time_beside_a_busy_one(transport: Transport) {
         healthy_at - start
     );
     // One connection carried all three streams.
-    assert_eq!(s_conn.unwrap().id(), conn.id());
-    assert_eq!(h_conn.unwrap().id(), conn.id());
+    assert_eq!(
+        s_conn.unwrap().info().connection_id(),
+        conn.info().connection_id()
+    );
+    assert_eq!(
+        h_conn.unwrap().info().connection_id(),
+        conn.info().connection_id()
+    );
     assert_eq!((stats.opened(), server.connections()), (1, 1));
     assert_eq!(server.requests(), 3);
     // One stream's timeout resets that stream alone: the connection stays
     // pooled, and the next request reuses it (it used to be poisoned).
     let again = warm_up(&svc, &server).await;
     assert_eq!(
-        again.id(),
-        conn.id(),
+        again.info().connection_id(),
+        conn.info().connection_id(),
         "a new connection after one stream timed out"
     );
     assert_eq!((stats.opened(), server.connections()), (1, 1));
@@ -435,8 +442,14 @@ async fn healthy_stream_survives_a_stream_holding_the_window(transport: Transpor
     assert_eq!(server.uploaded(), UPLOAD as u64);
     // The healthy upload really waited for the stalled stream's reset.
     assert!(healthy_at > stalled_at);
-    assert_eq!(s_conn.unwrap().id(), conn.id());
-    assert_eq!(h_conn.unwrap().id(), conn.id());
+    assert_eq!(
+        s_conn.unwrap().info().connection_id(),
+        conn.info().connection_id()
+    );
+    assert_eq!(
+        h_conn.unwrap().info().connection_id(),
+        conn.info().connection_id()
+    );
     assert_eq!((stats.opened(), server.connections()), (1, 1));
 }
 
@@ -505,7 +518,10 @@ async fn dropped_request_keeps_its_connection(transport: Transport) {
     let conn = warm_up(&svc, &server).await;
     let call = svc.clone().oneshot(post(&server.url("/stall"), MIB));
     assert!(tokio::time::timeout(LIMIT, call).await.is_err());
-    assert_eq!(warm_up(&svc, &server).await.id(), conn.id());
+    assert_eq!(
+        warm_up(&svc, &server).await.info().connection_id(),
+        conn.info().connection_id()
+    );
     assert_eq!((stats.opened(), server.connections()), (1, 1));
     assert_eq!(server.requests(), 3);
 }

@@ -22,8 +22,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::find_cause;
-use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer};
+use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
 use tower_conn_lifecycle::testing::{
     Blackhole, HyperServer, SilentServer, StalledBodyServer, StopReadingServer,

@@ -360,7 +360,7 @@ async fn each_attempt_is_judged_by_its_own_connection() {
     assert_eq!((server.attempts(), server.connections()), (3, 2));
     // The caller's capture still shows the first attempt's connection.
     let state = first.state().expect("tracked");
-    assert_eq!(state.exchange().number(), 2);
+    assert_eq!(state.info().request_number(), 2);
 }
 
 #[tokio::test]
@@ -636,7 +636,7 @@ fn counting_connector(
             counted.fetch_add(1, Ordering::Relaxed);
             uri
         })
-        .layer(tower_conn_lifecycle::phase_timeout::ConnectTimeoutLayer::new(connect))
+        .layer(tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer::new(connect))
         .layer(TrackConnectionsLayer::new())
         .service(HttpConnector::new());
     (connector, calls)

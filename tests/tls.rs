@@ -26,7 +26,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_conn_lifecycle::find_cause;
 use tower_conn_lifecycle::tls::{
     config_with_roots, shared_config, shared_config_build_count, MaybeHttpsStream,
-    SharedTlsConnector, SharedTlsLayer, TlsConnectError, TlsConnectErrorKind,
+    SharedTlsConnector, SharedTlsConnectorLayer, TlsConnectError, TlsConnectErrorKind,
 };
 
 use common::bounded;
@@ -247,7 +247,8 @@ async fn alpn_http1_only_server_gets_http11() {
 async fn configured_alpn_http1_only_against_h2_server() {
     bounded(TEST_LIMIT, "the test", async {
         let (ca, mut server) = ca_and_server(Mode::H2Capable).await;
-        let layer = SharedTlsLayer::from_config(client_config(&ca)).alpn_protocols([b"http/1.1"]);
+        let layer =
+            SharedTlsConnectorLayer::from_config(client_config(&ca)).alpn_protocols([b"http/1.1"]);
         let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(layer.layer(tcp()));
 
         assert_protocol(
@@ -275,7 +276,7 @@ async fn second_client_on_the_same_config_resumes_the_session() {
 
         // A new client (own pool, own connector, built through the layer)
         // sharing only the configuration.
-        let layer = SharedTlsLayer::from_config(config.clone());
+        let layer = SharedTlsConnectorLayer::from_config(config.clone());
         let second: TestClient<_> = Client::builder(TokioExecutor::new()).build(layer.layer(tcp()));
         get(&second, server.url("localhost")).await.unwrap();
         let (kind, _, _) = expect_done(server.next_handshake().await);
@@ -507,7 +508,10 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
             [b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         assert!(Arc::ptr_eq(
-            &SharedTlsLayer::new().layer(tcp()).config().unwrap(),
+            &SharedTlsConnectorLayer::new()
+                .layer(tcp())
+                .config()
+                .unwrap(),
             &configs[0]
         ));
         assert_eq!(shared_config_build_count(), 1);
@@ -520,7 +524,8 @@ async fn concurrent_first_use_builds_the_shared_config_once() {
 mod composition {
     use super::*;
     use tower::ServiceBuilder;
-    use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, Phase};
+    use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase};
     use tower_conn_lifecycle::track::{ConnectionState, TrackConnectionsLayer};
 
     /// Generous: a loopback TCP + TLS handshake takes milliseconds.
@@ -538,7 +543,7 @@ mod composition {
     impl InsideTls {
         fn new(ca: &Ca) -> Self {
             let connector = ServiceBuilder::new()
-                .layer(SharedTlsLayer::from_config(client_config(ca)))
+                .layer(SharedTlsConnectorLayer::from_config(client_config(ca)))
                 .layer(TrackConnectionsLayer::new())
                 .service(tcp());
             let client = Client::builder(TokioExecutor::new()).build(connector);
@@ -609,11 +614,11 @@ mod composition {
                 let (version, state, body) = client.get(&server).await;
                 assert_eq!(version, Version::HTTP_11);
                 assert_eq!(&body[..], b"HTTP/1.1");
-                let e = state.exchange();
+                let e = state.info();
                 assert!(e.is_exact(), "{e:?}");
                 assert_eq!(e.outcome(), ExchangeOutcome::Completed, "{e:?}");
                 assert!(!state.is_http2() && !state.is_poisoned());
-                numbers.push((state.id(), e.number()));
+                numbers.push((state.info().connection_id(), e.request_number()));
                 // Let hyper-util put the connection back for the next one.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -637,7 +642,7 @@ mod composition {
             let connector = ServiceBuilder::new()
                 .layer(ConnectTimeoutLayer::new(CONNECT_LIMIT))
                 .layer(track)
-                .layer(SharedTlsLayer::from_config(client_config(&ca)))
+                .layer(SharedTlsConnectorLayer::from_config(client_config(&ca)))
                 .service(tcp());
             let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
 
@@ -684,7 +689,7 @@ mod composition {
             let connector = ServiceBuilder::new()
                 .layer(ConnectTimeoutLayer::new(LIMIT))
                 .layer(TrackConnectionsLayer::new())
-                .layer(SharedTlsLayer::from_config(client_config(&ca)))
+                .layer(SharedTlsConnectorLayer::from_config(client_config(&ca)))
                 .service(tcp());
             let client: TestClient<_> = Client::builder(TokioExecutor::new()).build(connector);
 

@@ -273,11 +273,11 @@ fn idle_expiry_with_the_tracker_does_not_warn() {
     assert!(warnings.is_empty(), "{warnings:?}");
 }
 
-/// `ConnectionInfoLayer` over an untracked connector has nothing to insert:
+/// `WithConnectionInfoLayer` over an untracked connector has nothing to insert:
 /// it says so once (per process: the layer keeps no state).
 #[test]
 fn connection_info_without_the_tracker_warns_once() {
-    use tower_conn_lifecycle::track::{ConnectionInfo, ConnectionInfoLayer};
+    use tower_conn_lifecycle::track::{ConnectionInfo, WithConnectionInfoLayer};
 
     let recorder = Recorder::default();
     recorder.run(async {
@@ -285,7 +285,7 @@ fn connection_info_without_the_tracker_warns_once() {
             .await
             .unwrap();
         let client = ServiceBuilder::new()
-            .layer(ConnectionInfoLayer::new())
+            .layer(WithConnectionInfoLayer::new())
             .service(
                 Client::builder(TokioExecutor::new())
                     .build::<_, Empty<Bytes>>(HttpConnector::new()),
@@ -298,8 +298,8 @@ fn connection_info_without_the_tracker_warns_once() {
         }
         assert_eq!(server.requests(), 3);
     });
-    let warnings =
-        recorder.with_message("ConnectionInfoLayer: a response came without a tracked connection");
+    let warnings = recorder
+        .with_message("WithConnectionInfoLayer: a response came without a tracked connection");
     assert_eq!(warnings.len(), 1, "{:?}", recorder.lines());
     assert!(warnings[0].contains("level=WARN"), "{warnings:?}");
 }

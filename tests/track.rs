@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::testing::HyperServer;
 use tower_conn_lifecycle::track::{
-    ConnectionCapture, ConnectionInfo, ConnectionInfoLayer, ConnectionState, ExchangeOutcome,
-    WithConnectionInfo,
+    ConnectionCapture, ConnectionInfo, ConnectionState, ExchangeOutcome, WithConnectionInfo,
+    WithConnectionInfoLayer,
 };
 
 use common::{eventually, small_buffers, tracked_client, tracked_client_with, Tracked};
@@ -30,7 +30,7 @@ async fn connection_info_tells_reuse_and_idle_time() {
     let addr = server.addr();
     let (client, stats) = tracked_client::<Full<Bytes>>();
     let client = ServiceBuilder::new()
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .service(client);
 
     let mut infos = Vec::new();
@@ -53,8 +53,14 @@ async fn connection_info_tells_reuse_and_idle_time() {
             .expect("layer inserts it");
         assert_eq!(ConnectionInfo::of(&res), Some(info));
         let state = res.extensions().get::<ConnectionState>().unwrap().clone();
-        assert_eq!(capture.state().unwrap().id(), state.id());
-        assert_eq!(again.state().unwrap().id(), state.id());
+        assert_eq!(
+            capture.state().unwrap().info().connection_id(),
+            state.info().connection_id()
+        );
+        assert_eq!(
+            again.state().unwrap().info().connection_id(),
+            state.info().connection_id()
+        );
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, size.to_string());
         infos.push((info, state));
@@ -71,7 +77,7 @@ async fn connection_info_tells_reuse_and_idle_time() {
         "{second:?}"
     );
     assert_eq!(first.connection_id(), second.connection_id());
-    assert_eq!(state1.id(), state2.id());
+    assert_eq!(state1.info().connection_id(), state2.info().connection_id());
     assert!(first.time_to_first_byte().is_some());
     assert!(second.upload_duration().unwrap() <= second.time_to_first_byte().unwrap());
     // Socket byte counts include both bodies plus heads.
@@ -124,11 +130,15 @@ async fn in_flight_ends_with_the_response_body_under_phase_timeout() {
         let res = client.clone().oneshot(req).await.unwrap();
         let state = res.extensions().get::<ConnectionState>().unwrap().clone();
         // The head has arrived; the body has not been read yet.
-        assert!(state.in_flight());
-        assert_eq!(state.requests(), n);
+        assert_eq!(state.info().outcome(), ExchangeOutcome::InFlight);
+        assert_eq!(state.info().request_number(), n);
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "3");
-        assert!(!state.in_flight(), "request {n}: the body ended");
+        assert_eq!(
+            state.info().outcome(),
+            ExchangeOutcome::Completed,
+            "request {n}: the body ended"
+        );
     }
     assert_eq!(server.connections(), 1);
     assert_eq!(server.requests(), 2);
@@ -234,12 +244,12 @@ impl NeverReads {
 
 type InfoClient = WithConnectionInfo<Client<Tracked, Full<Bytes>>>;
 
-/// Tracker + ConnectionInfoLayer with small socket buffers, so a server that
+/// Tracker + WithConnectionInfoLayer with small socket buffers, so a server that
 /// stops reading blocks hyper's writes quickly.
 fn info_client() -> InfoClient {
     let (client, _) = tracked_client_with(&Client::builder(TokioExecutor::new()), small_buffers());
     ServiceBuilder::new()
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .service(client)
 }
 
@@ -285,7 +295,7 @@ async fn a_send_timeout_closes_the_connection_at_once() {
     assert_eq!(elapsed.phase(), Phase::Send);
     let state = capture.state().expect("tracked");
     assert!(state.is_poisoned());
-    assert_eq!(state.exchange().outcome(), ExchangeOutcome::Abandoned);
+    assert_eq!(state.info().outcome(), ExchangeOutcome::Abandoned);
     let eof = server.eof_within(Duration::from_secs(3)).await;
     let eof = eof.expect("the server saw the connection close");
     assert!(
@@ -301,7 +311,7 @@ async fn a_send_timeout_closes_the_connection_at_once() {
         .unwrap();
     let res = client.oneshot(req).await.unwrap();
     let next = res.extensions().get::<ConnectionState>().unwrap();
-    assert_ne!(next.id(), state.id());
+    assert_ne!(next.info().connection_id(), state.info().connection_id());
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
 
@@ -313,7 +323,7 @@ async fn a_response_future_dropped_mid_upload_closes_the_connection_at_once() {
     let capture = ConnectionCapture::get_or_insert(&mut req);
     let call = tokio::spawn(client.clone().oneshot(req));
     let state = stalled_state(&capture).await;
-    assert!(state.in_flight());
+    assert_eq!(state.info().outcome(), ExchangeOutcome::InFlight);
     call.abort();
     let _ = call.await;
     let dropped_at = Instant::now();
@@ -330,7 +340,7 @@ async fn a_response_future_dropped_mid_upload_closes_the_connection_at_once() {
         .unwrap();
     let res = client.oneshot(req).await.unwrap();
     let info = ConnectionInfo::of(&res).unwrap();
-    assert_ne!(info.connection_id(), state.id());
+    assert_ne!(info.connection_id(), state.info().connection_id());
     assert!(!info.is_reused());
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
@@ -348,8 +358,8 @@ where
     let mut previous: Option<ConnectionState> = None;
     for n in 1..=3u64 {
         if let Some(prev) = &previous {
-            let e = prev.exchange();
-            assert_eq!(e.number(), n - 1);
+            let e = prev.info();
+            assert_eq!(e.request_number(), n - 1);
             if marks_end {
                 assert_eq!(e.outcome(), ExchangeOutcome::Completed);
                 assert!(prev.idle_since().is_some());
@@ -367,16 +377,20 @@ where
         let state = res.extensions().get::<ConnectionState>().unwrap().clone();
         assert_eq!(info.request_number(), n);
         assert_eq!(info.is_reused(), n > 1);
-        let e = state.exchange();
-        assert_eq!(e.number(), n);
+        // The snapshot taken at the head: this request's bytes, in flight.
+        assert!(info.bytes_sent() >= 10 * n, "{info:?}");
+        assert!(info.response_started(), "{info:?}");
+        assert_eq!(info.outcome(), ExchangeOutcome::InFlight);
+        let e = state.info();
+        assert_eq!(e.request_number(), n);
         assert_eq!(e.is_reused(), n > 1);
         assert_eq!(e.outcome(), ExchangeOutcome::InFlight);
-        assert!(e.bytes_written() >= 10 * n, "{e:?}");
+        assert!(e.bytes_sent() >= 10 * n, "{e:?}");
         assert!(e.response_started());
         if let Some(prev) = &previous {
-            assert_eq!(prev.id(), state.id());
+            assert_eq!(prev.info().connection_id(), state.info().connection_id());
             // Exchange bytes are this exchange's, not the connection's.
-            assert!(e.bytes_written() < state.bytes_written());
+            assert!(e.bytes_sent() < state.bytes_written());
         }
         res.into_body().collect().await.unwrap();
         previous = Some(state);
@@ -414,12 +428,12 @@ async fn exchange_record_under_stacked_layers_in_either_order() {
     let (client, _) = tracked_client::<RequestBody>();
     let layered = ServiceBuilder::new()
         .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .service(client.clone());
     check_exchanges(layered, &server, true).await;
     let server = HyperServer::start().await.unwrap();
     let layered = ServiceBuilder::new()
-        .layer(ConnectionInfoLayer::new())
+        .layer(WithConnectionInfoLayer::new())
         .layer(PhaseTimeoutLayer::new().read(Duration::from_secs(30)))
         .service(client);
     check_exchanges(layered, &server, true).await;
@@ -444,7 +458,11 @@ async fn a_reissued_request_gets_a_fresh_capture() {
         .await
         .unwrap();
     res.into_body().collect().await.unwrap();
-    let id1 = capture1.state().expect("first attempt captured").id();
+    let id1 = capture1
+        .state()
+        .expect("first attempt captured")
+        .info()
+        .connection_id();
     // Re-issue from the cloned parts, as a retry does.
     let mut second = http::Request::from_parts(template, Full::default());
     let capture2 = ConnectionCapture::get_or_insert(&mut second);
@@ -454,10 +472,14 @@ async fn a_reissued_request_gets_a_fresh_capture() {
     );
     let res = client.oneshot(second).await.unwrap();
     res.into_body().collect().await.unwrap();
-    let id2 = capture2.state().expect("second attempt captured").id();
+    let id2 = capture2
+        .state()
+        .expect("second attempt captured")
+        .info()
+        .connection_id();
     assert_ne!(id1, id2);
     // The first attempt's capture still describes the first attempt.
-    assert_eq!(capture1.state().unwrap().id(), id1);
+    assert_eq!(capture1.state().unwrap().info().connection_id(), id1);
     assert_eq!(server.connections(), 2);
 }
 
@@ -514,11 +536,10 @@ async fn an_announced_attempt_spans_a_1xx_in_the_middle_of_its_upload() {
         let state = res.extensions().get::<ConnectionState>().unwrap().clone();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
-        let e = state.exchange();
-        assert_eq!(e.number(), round, "one exchange per request: {e:?}");
-        assert_eq!(state.requests(), round);
+        let e = state.info();
+        assert_eq!(e.request_number(), round, "one exchange per request: {e:?}");
         assert!(e.is_exact(), "{e:?}");
-        assert!(e.bytes_written() > BODY as u64, "{e:?}");
+        assert!(e.bytes_sent() > BODY as u64, "{e:?}");
         assert!(e.response_started());
         assert_eq!(e.is_reused(), round > 1);
         assert_eq!(e.outcome(), ExchangeOutcome::Completed);

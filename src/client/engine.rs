@@ -213,7 +213,7 @@ pub(crate) struct StallWatch {
     /// The first request sent since the last read (a stamp of `state`):
     /// from then on the connection owes a frame.
     waiting_since: AtomicU64,
-    stats: super::PoolStats,
+    stats: TrackStats,
 }
 
 impl StallWatch {
@@ -279,7 +279,7 @@ where
                 // connection (its streams go on under their own limits)
                 // and the next checkout makes a new one.
                 let limit = Duration::from_nanos(watch.limit);
-                watch.stats.count_retired();
+                watch.stats.count_stalled_http2_retired();
                 tracing::debug!(
                     connection = watch.state.id(),
                     streams = Arc::strong_count(watch) - 2,
@@ -451,7 +451,7 @@ where
 
 /// The singleton's make service: the HTTP/2 connection negotiate found,
 /// as its cloneable half (watched for stalls when `.1` has a limit).
-struct ToHttp2<M, B>(M, Option<(Duration, super::PoolStats)>, PhantomData<fn(B)>);
+struct ToHttp2<M, B>(M, Option<(Duration, TrackStats)>, PhantomData<fn(B)>);
 
 impl<M: Clone, B> Clone for ToHttp2<M, B> {
     fn clone(&self) -> Self {
@@ -576,7 +576,6 @@ pub(crate) struct Settings<S> {
     /// Retire an HTTP/2 connection with streams in flight and no frame for
     /// this long (off: `None`).
     pub(crate) retire_stalled_http2: Option<Duration>,
-    pub(crate) pool_stats: super::PoolStats,
 }
 
 impl<B> Engine<B>
@@ -597,9 +596,8 @@ where
             stats,
             max_idle_per_origin,
             retire_stalled_http2,
-            pool_stats,
         } = settings;
-        let stall = retire_stalled_http2.map(|limit| (limit, pool_stats));
+        let stall = retire_stalled_http2.map(|limit| (limit, stats.clone()));
         let parts = Arc::new(parts);
         let plain = {
             let parts = parts.clone();

@@ -200,11 +200,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::connect_timeout::{ConnectTimeout, ConnectTimeoutLayer};
 use crate::drain::{DrainBody, DrainHandle, DrainReport};
 use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
-use crate::phase_timeout::{
-    ConnectTimeout, ConnectTimeoutLayer, PhaseTimeout, PhaseTimeoutLayer, ResponseBody,
-};
+use crate::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer, ResponseBody};
 use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
 use crate::{BoxError, RequestBody};
@@ -341,7 +340,9 @@ impl<C> Builder<C> {
     /// connection, while the streams already on the stalled one keep their
     /// own limits (set a `read` or `total` limit in
     /// [`timeouts`](Self::timeouts) to end them). Each retirement counts in
-    /// [`PoolStats::stalled_http2_retired`] and is a `tracing` debug event.
+    /// [`TrackStats::stalled_http2_retired`] (the client's
+    /// [`connection_stats`](Client::connection_stats)) and is a `tracing`
+    /// debug event.
     ///
     /// Off by default because silence is not proof of a stall: a long poll
     /// or a slow response sends no frame for as long as the server thinks,
@@ -532,7 +533,6 @@ impl<C> Builder<C> {
         let mut http2 = self.http2;
         http2.timer(TokioTimer::new());
         let drain = DrainHandle::new(Some(self.track.stats()));
-        let pool = PoolStats::default();
         let engine = Engine::new(engine::Settings {
             drain: drain.clone(),
             parts: engine::Parts {
@@ -545,7 +545,6 @@ impl<C> Builder<C> {
             stats: self.track.stats(),
             max_idle_per_origin: self.max_idle_per_origin,
             retire_stalled_http2: self.retire_stalled_http2,
-            pool_stats: pool.clone(),
         });
         let mut retry = self.retry;
         retry.settings.direct_captures = true;
@@ -555,7 +554,6 @@ impl<C> Builder<C> {
             connections: self.track.stats(),
             expiry: self.idle_expiry.stats(),
             drain,
-            pool,
             body: PhantomData,
         }
     }
@@ -578,29 +576,9 @@ pub struct Client<B> {
     connections: TrackStats,
     expiry: IdleExpiryStats,
     drain: DrainHandle,
-    pool: PoolStats,
     /// The request body type (every body reaches the stack as a
     /// [`RequestBody`]).
     body: PhantomData<fn(B)>,
-}
-
-/// The one-call client's pool counters, shared by its clones.
-#[derive(Clone, Debug, Default)]
-pub struct PoolStats {
-    retired: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl PoolStats {
-    /// HTTP/2 connections retired because they stalled
-    /// ([`Builder::retire_stalled_http2`]).
-    pub fn stalled_http2_retired(&self) -> u64 {
-        self.retired.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_retired(&self) {
-        self.retired
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl<B> Clone for Client<B> {
@@ -610,7 +588,6 @@ impl<B> Clone for Client<B> {
             connections: self.connections.clone(),
             expiry: self.expiry.clone(),
             drain: self.drain.clone(),
-            pool: self.pool.clone(),
             body: PhantomData,
         }
     }
@@ -626,19 +603,18 @@ impl<B> std::fmt::Debug for Client<B> {
 }
 
 impl<B> Client<B> {
-    /// Connections opened and open now.
-    pub fn connection_stats(&self) -> &TrackStats {
-        &self.connections
+    /// The connection counters (opened, open now, stalled HTTP/2
+    /// connections retired): a handle shared with the client and its
+    /// clones, like the layers' `stats()`.
+    pub fn connection_stats(&self) -> TrackStats {
+        self.connections.clone()
     }
 
-    /// Idle expiry's counters (expired, refused, learned, …).
-    pub fn expiry_stats(&self) -> &IdleExpiryStats {
-        &self.expiry
-    }
-
-    /// The pools' counters (stalled HTTP/2 connections retired).
-    pub fn pool_stats(&self) -> &PoolStats {
-        &self.pool
+    /// Idle expiry's counters (expired, refused, learned, …): a handle
+    /// shared with the client and its clones, like
+    /// [`IdleExpiryLayer::stats`].
+    pub fn expiry_stats(&self) -> IdleExpiryStats {
+        self.expiry.clone()
     }
 
     /// Shuts the client down gracefully: from this call on, new requests
@@ -740,10 +716,17 @@ pin_project! {
     /// the connection's error, or a [`DrainCut`](crate::drain::DrainCut)).
     /// Its request is in flight for [`Client::drain`] until it ends or is
     /// dropped.
-    #[derive(Debug)]
     pub struct Body {
         #[pin]
         inner: InnerBody,
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("connection_state", &self.connection_state())
+            .finish_non_exhaustive()
     }
 }
 

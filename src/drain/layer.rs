@@ -60,7 +60,7 @@ use crate::BoxError;
 /// ([`tracker`](Self::tracker)) the drain closes them through the tracker:
 /// idle HTTP/1 connections at once (the tracked IO reads EOF, and hyper
 /// closes the socket cleanly), the others when their exchange ends (with
-/// [`ConnectionInfoLayer`](crate::track::ConnectionInfoLayer),
+/// [`WithConnectionInfoLayer`](crate::track::WithConnectionInfoLayer),
 /// [`PhaseTimeout`](crate::phase_timeout) or
 /// [`IdleExpiry`](crate::idle_expiry) in the stack to mark that end;
 /// otherwise once nothing is in flight), HTTP/2 ones once nothing is in

@@ -379,7 +379,7 @@ async fn wait_closed(tracker: &TrackStats, at: Instant, was_cut: bool) -> u64 {
 }
 
 /// What a drain did: see [`DrainHandle::drain`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
     in_flight: u64,
     completed: u64,
@@ -428,6 +428,20 @@ impl DrainReport {
     /// How long the drain took.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
+    }
+}
+
+/// The figures by the names of their getters.
+impl fmt::Debug for DrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainReport")
+            .field("in_flight_at_start", &self.in_flight)
+            .field("completed", &self.completed)
+            .field("cut", &self.cut)
+            .field("idle_connections_closed", &self.idle_closed)
+            .field("connections_still_open", &self.still_open)
+            .field("elapsed", &self.elapsed)
+            .finish()
     }
 }
 

@@ -8,7 +8,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{Attempt, ErrInto, ResponseFuture};
+use super::future::{Attempt, ResponseFuture};
 use super::learn::Origin;
 use super::IdleExpiryLayer;
 use crate::track::{ConnectionCapture, ConnectionState, TrackedBody};
@@ -24,7 +24,7 @@ use crate::BoxError;
 /// [`TrackedIo`](crate::track::TrackedIo); [`pool::connect`](crate::pool::connect)
 /// makes both):
 ///
-/// * `poll_ready` fails with [`ConnectionExpired`](super::ConnectionExpired) once the connection has
+/// * `poll_ready` fails with [`ConnectionExpired`](crate::track::ConnectionExpired) once the connection has
 ///   been idle past its effective expiry (or was closed at it), before
 ///   anything is written: `pool::cache` then discards it instead of handing
 ///   it out again, and the caller asks the pool for another;
@@ -49,8 +49,8 @@ use crate::BoxError;
 /// no expiry.
 ///
 /// Errors are [`BoxError`]: the inner service's error, or
-/// [`ConnectionExpired`](super::ConnectionExpired) from `poll_ready`.
-#[derive(Clone, Debug)]
+/// [`ConnectionExpired`](crate::track::ConnectionExpired) from `poll_ready`.
+#[derive(Clone)]
 pub struct IdleExpiryConnection<S> {
     inner: S,
     state: ConnectionState,
@@ -59,6 +59,15 @@ pub struct IdleExpiryConnection<S> {
     /// Responses carry the state in their extensions (off in the one-call
     /// client, whose response body carries it instead).
     publish: bool,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for IdleExpiryConnection<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleExpiryConnection")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> IdleExpiryConnection<S> {
@@ -156,7 +165,7 @@ where
 {
     type Response = Response<TrackedBody<RB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<ErrInto<S::Future>>;
+    type Future = ResponseFuture<S::Future, BoxError>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(expired) = self.state.expired_at(Instant::now()) {
@@ -188,7 +197,7 @@ impl<S> IdleExpiryConnection<S> {
         &mut self,
         req: Request<B>,
         send: impl FnOnce(&mut S, Request<B>) -> F,
-    ) -> ResponseFuture<ErrInto<F>>
+    ) -> ResponseFuture<F, BoxError>
     where
         F: Future<Output = Result<Response<RB>, E>>,
     {
@@ -213,7 +222,7 @@ impl<S> IdleExpiryConnection<S> {
                 true,
             ),
         };
-        let inner = ErrInto::new(send(&mut self.inner, req));
+        let inner = send(&mut self.inner, req);
         ResponseFuture::new(
             inner,
             self.layer.clone(),

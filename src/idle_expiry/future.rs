@@ -1,8 +1,8 @@
-//! Response futures of [`IdleExpiry`](super::IdleExpiry) and
-//! [`IdleExpiryConnection`](super::IdleExpiryConnection), and the
-//! error-boxing future the latter wraps.
+//! The response future of [`IdleExpiry`](super::IdleExpiry) and
+//! [`IdleExpiryConnection`](super::IdleExpiryConnection).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -13,7 +13,6 @@ use pin_project_lite::pin_project;
 use super::learn::Origin;
 use super::IdleExpiryLayer;
 use crate::track::{ConnectionCapture, ConnectionState, ExchangeEnd, TrackedBody};
-use crate::BoxError;
 
 /// The attempt a per-connection service opened: its connection, its
 /// number there, whether this future owns the exchange's end, whether it
@@ -30,9 +29,10 @@ pub(crate) struct Attempt {
 
 pin_project! {
     /// Response future of [`IdleExpiry`](super::IdleExpiry) and
-    /// [`IdleExpiryConnection`](super::IdleExpiryConnection).
-    #[derive(Debug)]
-    pub struct ResponseFuture<F> {
+    /// [`IdleExpiryConnection`](super::IdleExpiryConnection). `E` is its
+    /// error: the inner service's for `IdleExpiry`, [`BoxError`](crate::BoxError) for
+    /// `IdleExpiryConnection` (the inner error converted with `Into`).
+    pub struct ResponseFuture<F, E> {
         #[pin]
         inner: F,
         layer: IdleExpiryLayer,
@@ -43,10 +43,17 @@ pin_project! {
         state: Option<Attempt>,
         // The request's attempt record, when a layer above captured it.
         capture: Option<ConnectionCapture>,
+        error: PhantomData<fn() -> E>,
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E> ResponseFuture<F, E> {
     pub(crate) fn new(
         inner: F,
         layer: IdleExpiryLayer,
@@ -60,20 +67,22 @@ impl<F> ResponseFuture<F> {
             origin,
             state,
             capture,
+            error: PhantomData,
         }
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, B, FE, E> Future for ResponseFuture<F, E>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    F: Future<Output = Result<Response<B>, FE>>,
+    FE: Into<E>,
     B: Body,
 {
     type Output = Result<Response<TrackedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
+        let mut response = ready!(this.inner.poll(cx)).map_err(Into::into)?;
         let (end, state) = match this.state.take() {
             Some(Attempt {
                 state,
@@ -106,32 +115,5 @@ where
             None => this.layer.on_untracked(response.version()),
         }
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
-    }
-}
-
-pin_project! {
-    /// The inner service's future with its error boxed.
-    #[derive(Debug)]
-    pub struct ErrInto<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F> ErrInto<F> {
-    pub(super) fn new(inner: F) -> Self {
-        ErrInto { inner }
-    }
-}
-
-impl<F, T, E> Future for ErrInto<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(Into::into))
     }
 }

@@ -1,5 +1,6 @@
 //! `IdleExpiryLayer`: the configuration, the shared learner and stats.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub const DEFAULT_MARGIN: Duration = Duration::from_millis(50);
 /// let stats = layer.stats();
 /// # let _ = (layer, stats);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IdleExpiryLayer {
     // Behind an `Arc`: every request's response future carries a clone of
     // the layer (two words, not the whole configuration).
@@ -253,6 +254,21 @@ impl IdleExpiryLayer {
     }
 }
 
+impl fmt::Debug for IdleExpiryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &*self.config;
+        f.debug_struct("IdleExpiryLayer")
+            .field("expiry", &c.expiry)
+            .field("margin", &c.margin)
+            .field("max_age", &c.max_age)
+            .field("max_requests", &c.max_requests)
+            .field("learn", &c.learn)
+            .field("learned_origins", &self.learned_origins())
+            .field("stats", &self.shared.stats)
+            .finish()
+    }
+}
+
 impl<S> Layer<S> for IdleExpiryLayer {
     type Service = IdleExpiry<S>;
 
@@ -262,9 +278,28 @@ impl<S> Layer<S> for IdleExpiryLayer {
 }
 
 /// Counters of an [`IdleExpiryLayer`], shared by its clones and services.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct IdleExpiryStats {
     inner: Arc<Counters>,
+}
+
+/// The counters by the names of their getters.
+impl fmt::Debug for IdleExpiryStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdleExpiryStats")
+            .field("expired", &self.expired())
+            .field("refused", &self.refused())
+            .field("server_idle_closes", &self.server_idle_closes())
+            .field("learned", &self.learned())
+            .field("hints", &self.hints())
+            .field("untracked_responses", &self.untracked_responses())
+            .field("lost_races", &self.lost_races())
+            .field("held", &self.held())
+            .field("agreed", &self.agreed())
+            .field("probes", &self.probes())
+            .field("healed", &self.healed())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -292,7 +327,7 @@ impl IdleExpiryStats {
     }
 
     /// Requests refused before their first byte because their connection had
-    /// expired (the last resort; each is a [`ConnectionExpired`](super::ConnectionExpired)).
+    /// expired (the last resort; each is a [`ConnectionExpired`](crate::track::ConnectionExpired)).
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }

@@ -23,7 +23,7 @@
 //!   connection left unpolled well past its expiry (more than 25 ms: a
 //!   request hyper checked a moment before the deadline is still written, the
 //!   margin below the server's timeout covers it) is refused before its first
-//!   byte with [`ConnectionExpired`], which is always safe to retry.
+//!   byte with [`ConnectionExpired`](crate::track::ConnectionExpired), which is always safe to retry.
 //! * **A live response is never cut**: only a connection whose previous
 //!   response has ended is ever closed, however long a streaming response
 //!   pauses between chunks.
@@ -186,7 +186,6 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-pub use crate::track::ConnectionExpired;
 pub use conn::IdleExpiryConnection;
 pub use layer::{IdleExpiryLayer, IdleExpiryStats, DEFAULT_MARGIN};
 pub use service::IdleExpiry;

@@ -53,7 +53,7 @@ pub(crate) enum Waiting {
 /// Returned, boxed as [`BoxError`](crate::BoxError), by
 /// [`PhaseTimeout`](super::PhaseTimeout)'s response future and by its
 /// response body ([`ResponseBody`](super::ResponseBody)).
-/// [`ConnectTimeout`](super::ConnectTimeout) returns it inside an
+/// [`ConnectTimeout`](crate::connect_timeout::ConnectTimeout) returns it inside an
 /// `io::Error` of kind `TimedOut` (so timeout checks by that kind, such as
 /// reqwest's `is_timeout()`, still match), and hyper-util's client, the
 /// retry layer and reqwest wrap errors further. Find it with
@@ -164,7 +164,7 @@ impl Elapsed {
     }
 
     /// This timeout as an `io::Error` of kind `TimedOut` that carries it: how
-    /// [`ConnectTimeout`](super::ConnectTimeout) reports it, so that code
+    /// [`ConnectTimeout`](crate::connect_timeout::ConnectTimeout) reports it, so that code
     /// recognising connect timeouts by that kind (reqwest's `is_timeout()`,
     /// hyper-util's own `HttpConnector` timeout) still does.
     pub(crate) fn into_timed_out(self) -> std::io::Error {
@@ -193,7 +193,7 @@ impl Elapsed {
     /// On an HTTP/1 connection made through the tracker
     /// ([`crate::track`]), the bytes of this exchange written to the socket:
     /// request head, body and framing, as counted by
-    /// [`Exchange::bytes_written`](crate::track::Exchange::bytes_written).
+    /// [`ConnectionInfo::bytes_sent`](crate::track::ConnectionInfo::bytes_sent).
     /// Otherwise (no tracker, or HTTP/2, whose socket carries every stream
     /// of the connection) the request-body bytes the connection pulled,
     /// which hyper may still hold in its write buffer.
@@ -205,7 +205,7 @@ impl Elapsed {
     ///
     /// On an HTTP/1 connection made through the tracker, the bytes of this
     /// exchange read from the socket
-    /// ([`Exchange::bytes_read`](crate::track::Exchange::bytes_read)): a
+    /// ([`ConnectionInfo::bytes_received`](crate::track::ConnectionInfo::bytes_received)): a
     /// partial head counts, before the head as after it. Otherwise
     /// response-body bytes received, so 0 before the head.
     pub fn bytes_received(&self) -> u64 {

@@ -1,6 +1,5 @@
-//! The futures of [`PhaseTimeout`](super::PhaseTimeout) (the phase machine
-//! before the response head arrives) and of
-//! [`ConnectTimeout`](super::ConnectTimeout).
+//! The future of [`PhaseTimeout`](super::PhaseTimeout): the phase machine
+//! before the response head arrives.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -433,63 +432,5 @@ where
                 }
             }
         }
-    }
-}
-
-pin_project! {
-    /// Future of [`ConnectTimeout`](super::ConnectTimeout). `Unpin` when the inner future is (as
-    /// hyper-util's client requires of connector futures): the timer is boxed,
-    /// one allocation per connect.
-    #[derive(Debug)]
-    pub struct ConnectFuture<F> {
-        #[pin]
-        inner: F,
-        sleep: Pin<Box<Sleep>>,
-        started: Instant,
-        limit: Duration,
-    }
-}
-
-impl<F> ConnectFuture<F> {
-    pub(super) fn new(inner: F, started: Instant, limit: Duration) -> Self {
-        ConnectFuture {
-            inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline(started, limit))),
-            started,
-            limit,
-        }
-    }
-}
-
-impl<F, T, E> Future for ConnectFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        // A zero limit is already spent: fail without trying, so the outcome
-        // never depends on whether the connect happens to be ready.
-        let spent = this.limit.is_zero();
-        if !spent {
-            if let Poll::Ready(result) = this.inner.poll(cx) {
-                return Poll::Ready(result.map_err(Into::into));
-            }
-        }
-        if spent || this.sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(Elapsed::new(
-                Phase::Connect,
-                Waiting::Connection,
-                *this.limit,
-                Instant::now().saturating_duration_since(*this.started),
-                0,
-                0,
-            )
-            .into_timed_out()
-            .into()));
-        }
-        Poll::Pending
     }
 }

@@ -102,7 +102,7 @@ impl Limits {
 ///     .total(None);
 /// # let _ = layer;
 /// ```
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct PhaseTimeoutLayer {
     send: Option<Duration>,
     read: Option<Duration>,
@@ -110,6 +110,19 @@ pub struct PhaseTimeoutLayer {
     total: Option<Duration>,
     /// Captures are filled by the one-call client's engine, not hyper-util.
     direct_captures: bool,
+}
+
+/// The limits by the names of the builder's methods (the body stall limit
+/// as in effect: `read`'s unless set apart).
+impl std::fmt::Debug for PhaseTimeoutLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhaseTimeoutLayer")
+            .field("send", &self.send)
+            .field("read", &self.read)
+            .field("read_body_stall", &self.read_stall.unwrap_or(self.read))
+            .field("total", &self.total)
+            .finish()
+    }
 }
 
 impl PhaseTimeoutLayer {
@@ -214,12 +227,25 @@ impl<S: RequestBodyService> Layer<S> for PhaseTimeoutLayer {
 ///     PhaseOverride::new().read(Duration::from_secs(10)).read_body_stall(None),
 /// );
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct PhaseOverride {
     send: Option<Option<Duration>>,
     read: Option<Option<Duration>>,
     read_stall: Option<Option<Duration>>,
     total: Option<Option<Duration>>,
+}
+
+/// The overrides by the names of the builder's methods: `None` for a limit
+/// not overridden, `Some(None)` for one switched off.
+impl std::fmt::Debug for PhaseOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhaseOverride")
+            .field("send", &self.send)
+            .field("read", &self.read)
+            .field("read_body_stall", &self.read_stall)
+            .field("total", &self.total)
+            .finish()
+    }
 }
 
 impl PhaseOverride {

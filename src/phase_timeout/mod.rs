@@ -1,10 +1,11 @@
-//! Separate connect, send, read and total timeouts, where send and read are
-//! *stall* limits, and every timeout says which phase it was.
+//! Separate send, read and total timeouts, where send and read are *stall*
+//! limits, and every timeout says which phase it was.
 //!
-//! Two layers, one per plane:
+//! The connect phase is bounded on the connection plane, by
+//! [`ConnectTimeoutLayer`](crate::connect_timeout::ConnectTimeoutLayer)
+//! around the **connector** (its timeout is this module's [`Elapsed`] with
+//! [`Phase::Connect`]). The rest of a request's life is bounded here:
 //!
-//! * [`ConnectTimeoutLayer`] wraps the **connector** and bounds TCP (and TLS)
-//!   set-up. It fits hyper-util's client and `reqwest::ClientBuilder::connector_layer`.
 //! * [`PhaseTimeoutLayer`] wraps the **client** (`Service<http::Request<B>>`):
 //!   - `send`: fires only after that long with no upload progress, so a
 //!     100 MB upload that keeps moving never fails;
@@ -45,7 +46,8 @@
 //! The send and read clocks start once the request has a connection (known
 //! from hyper-util's connection capture, or from the first body frame being
 //! pulled); waiting for the pool or the connector is the connect phase,
-//! bounded by [`ConnectTimeoutLayer`] and `total`. hyper-util fills the
+//! bounded by [`ConnectTimeoutLayer`](crate::connect_timeout::ConnectTimeoutLayer)
+//! and `total`. hyper-util fills the
 //! capture while its response future is being polled, and wakes nobody, so
 //! the layer reads it after every poll of the inner future until it is
 //! filled: the clocks start when the request is handed to its connection.
@@ -136,16 +138,17 @@
 //! the service below is a `Service<http::Request<RequestBody>>`.
 //!
 //! * **hyper-util's legacy `Client`**: everything above. Build it as
-//!   `Client<_, RequestBody>`, put [`ConnectTimeoutLayer`] (and the
-//!   tracker) around its connector and [`PhaseTimeoutLayer`] around the
+//!   `Client<_, RequestBody>`, put
+//!   [`ConnectTimeoutLayer`](crate::connect_timeout::ConnectTimeoutLayer)
+//!   (and the tracker) around its connector and [`PhaseTimeoutLayer`] around the
 //!   client.
 //! * **hyper-util's composable pools** (`client::pool`) or any other
 //!   `Service<http::Request<B>>`: [`PhaseTimeoutLayer`] wraps them the same
 //!   way, but they do not fill hyper-util's connection capture, so progress
 //!   comes from request-body frames and a bodiless request's `read` runs
-//!   from the call (see above); [`ConnectTimeoutLayer`] wraps whatever makes
+//!   from the call (see above); `ConnectTimeoutLayer` wraps whatever makes
 //!   their connections.
-//! * **reqwest**: [`ConnectTimeoutLayer`] goes into
+//! * **reqwest**: `ConnectTimeoutLayer` goes into
 //!   `ClientBuilder::connector_layer` (its timeout stays
 //!   `reqwest::Error::is_timeout()`); [`PhaseTimeoutLayer`] wraps the client
 //!   through the `reqwest` module's `ReqwestService` (feature `reqwest`),
@@ -162,11 +165,10 @@
 //! use hyper_util::client::legacy::{connect::HttpConnector, Client};
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_conn_lifecycle::phase_timeout::{
-//!     ConnectTimeoutLayer, Elapsed, Phase, PhaseTimeoutLayer,
-//! };
+//! use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+//! use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 //! use tower_conn_lifecycle::track::TrackConnectionsLayer;
-//! use tower_conn_lifecycle::{find_cause, ErrorChain, RequestBody};
+//! use tower_conn_lifecycle::{error_chain, find_cause, RequestBody};
 //!
 //! # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
 //! let connector = ServiceBuilder::new()
@@ -191,7 +193,7 @@
 //!     // retry layer, hyper-util, an `io::Error`), it finds it.
 //!     Err(e) => match find_cause::<Elapsed>(e.as_ref()) {
 //!         Some(t) if t.phase() == Phase::Send => eprintln!("upload stalled: {t}"),
-//!         _ => eprintln!("{}", ErrorChain(e.as_ref())),
+//!         _ => eprintln!("{}", error_chain(e.as_ref())),
 //!     },
 //! }
 //! # Ok(())
@@ -199,14 +201,13 @@
 //! ```
 
 pub(crate) mod body;
-mod connect;
 mod error;
 pub mod future;
 mod layer;
 mod service;
 
 pub use body::{ResponseBody, MAX_FRAME};
-pub use connect::{ConnectTimeout, ConnectTimeoutLayer};
+pub(crate) use error::Waiting;
 pub use error::{Elapsed, Phase};
 pub use layer::{PhaseOverride, PhaseTimeoutLayer};
 pub use service::PhaseTimeout;

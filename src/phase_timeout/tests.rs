@@ -12,6 +12,7 @@ use tower_test::mock;
 
 use super::future::ResponseFuture;
 use super::*;
+use crate::connect_timeout::{ConnectTimeout, ConnectTimeoutLayer};
 use crate::{BoxError, RequestBody};
 
 type ReqBody = Channel<Bytes>;

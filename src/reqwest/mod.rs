@@ -6,7 +6,7 @@
 //! the IO inside it cannot be wrapped or replaced. So a reqwest client gets
 //! three things from this crate:
 //!
-//! 1. **[`ConnectTimeoutLayer`](crate::phase_timeout::ConnectTimeoutLayer)
+//! 1. **[`ConnectTimeoutLayer`](crate::connect_timeout::ConnectTimeoutLayer)
 //!    in `ClientBuilder::connector_layer`**: a connect deadline (TCP, proxy
 //!    and TLS handshake) separate from the request's. Its timeout is an
 //!    `io::Error` of kind `TimedOut` carrying an
@@ -86,7 +86,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_conn_lifecycle::phase_timeout::{ConnectTimeoutLayer, Elapsed, PhaseTimeoutLayer};
+use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
+use tower_conn_lifecycle::phase_timeout::{Elapsed, PhaseTimeoutLayer};
 use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
 
 # async fn run() -> Result<(), tower_conn_lifecycle::BoxError> {
@@ -124,7 +125,6 @@ mod service;
 #[cfg(feature = "reqwest-rustls")]
 mod tls;
 
-pub use future::ResponseFuture;
 pub use service::ReqwestService;
 #[cfg(feature = "reqwest-rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-rustls")))]

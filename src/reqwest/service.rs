@@ -7,7 +7,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::ResponseFuture;
+use super::future::ResponseFuture;
 use crate::BoxError;
 
 /// A [`reqwest::Client`] as a `tower::Service<http::Request<B>>`, so that

@@ -39,7 +39,8 @@ use crate::tls::TlsConnectError;
 /// # let _ = client;
 /// # Ok::<_, tower_conn_lifecycle::BoxError>(())
 /// ```
-pub trait ClientBuilderExt: sealed::Sealed {
+#[allow(private_bounds)] // sealed: implemented for reqwest's builder only
+pub trait ClientBuilderExt: Sealed {
     /// Uses the process-wide [`shared_config`](crate::tls::shared_config)
     /// (built on first use; webpki roots, or the operating system's with the
     /// `native-roots` feature; the crypto provider as the
@@ -69,7 +70,8 @@ impl ClientBuilderExt for ::reqwest::ClientBuilder {
     }
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for ::reqwest::ClientBuilder {}
-}
+/// Seals [`ClientBuilderExt`]: no other crate can implement it, so methods
+/// can be added to it without a breaking change.
+pub(crate) trait Sealed {}
+
+impl Sealed for ::reqwest::ClientBuilder {}

@@ -597,7 +597,7 @@ mod tests {
     async fn timeouts() -> (Elapsed, Elapsed) {
         use tower::{service_fn, Layer, ServiceExt};
         let never = service_fn(|_: ()| std::future::pending::<Result<(), BoxError>>());
-        let connect = crate::phase_timeout::ConnectTimeoutLayer::new(Duration::from_secs(1))
+        let connect = crate::connect_timeout::ConnectTimeoutLayer::new(Duration::from_secs(1))
             .layer(never)
             .oneshot(())
             .await

@@ -32,7 +32,7 @@ use crate::BoxError;
 /// crate in the chain ([`Elapsed`](crate::phase_timeout::Elapsed) with its
 /// phase and limit, [`ConnectionExpired`](crate::track::ConnectionExpired),
 /// a TLS failure), else the chain's root cause; the whole chain is
-/// [`ErrorChain`](crate::ErrorChain)'s to print.
+/// [`error_chain`](crate::error_chain)'s to print.
 ///
 /// ```
 /// use tower_conn_lifecycle::retry::{NotRetried, Rule};
@@ -273,7 +273,7 @@ mod tests {
         let boxed: BoxError = Box::new(e);
         assert!(crate::find_cause::<NotRetried>(boxed.as_ref()).is_some());
         assert_eq!(
-            crate::ErrorChain(boxed.as_ref()).to_string(),
+            crate::error_chain(boxed.as_ref()).to_string(),
             "GET: connection reset (after 1 retry)"
         );
     }

@@ -358,7 +358,7 @@ impl SeedReport {
         for s in &self.samples {
             if let Err(e) = &s.outcome {
                 *chains
-                    .entry(crate::ErrorChain(e.as_ref()).to_string())
+                    .entry(crate::error_chain(e.as_ref()).to_string())
                     .or_default() += 1;
             }
         }

@@ -117,10 +117,20 @@ pub fn shared_config() -> Result<Arc<ClientConfig>, TlsConnectError> {
 }
 
 /// How many times [`shared_config`] has built the configuration in this
-/// process: `0` before first use, `1` afterwards, never more.
+/// process: `0` before its first use, `1` afterwards, never more.
 ///
-/// A diagnostic for this crate's tests, not part of the public API.
-#[doc(hidden)]
+/// For an application's own tests of what this module promises: that
+/// building connectors and clients (also reqwest's, through
+/// `ClientBuilderExt::shared_tls`) loads no certificates, and that every
+/// client shares one configuration.
+///
+/// ```
+/// use tower_conn_lifecycle::tls::{shared_config_build_count, SharedTlsConnector};
+///
+/// let before = shared_config_build_count();
+/// let _connector = SharedTlsConnector::tcp();
+/// assert_eq!(shared_config_build_count(), before, "built lazily, at the first https:// connect");
+/// ```
 pub fn shared_config_build_count() -> usize {
     BUILDS.load(Ordering::Relaxed)
 }
@@ -129,7 +139,7 @@ pub fn shared_config_build_count() -> usize {
 /// trusting `roots` instead, with its own new session cache (of the same
 /// size).
 ///
-/// Use it with `SharedTlsLayer::from_config` for a private or test CA. Build
+/// Use it with `SharedTlsConnectorLayer::from_config` for a private or test CA. Build
 /// it once and share the `Arc` between connectors: session resumption is
 /// shared exactly as far as the configuration is. The fields can be changed
 /// before wrapping it in an `Arc` (client certificates need rustls's builder
@@ -176,12 +186,12 @@ pub fn config_with_roots(roots: RootCertStore) -> Result<ClientConfig, TlsConnec
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tower_conn_lifecycle::tls::{config_with_provider, SharedTlsLayer};
+/// use tower_conn_lifecycle::tls::{config_with_provider, SharedTlsConnectorLayer};
 ///
 /// # #[cfg(feature = "aws-lc-rs")] {
 /// let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 /// let config = Arc::new(config_with_provider(provider, None)?);
-/// let layer = SharedTlsLayer::from_config(config);
+/// let layer = SharedTlsConnectorLayer::from_config(config);
 /// # let _ = layer;
 /// # }
 /// # Ok::<_, tower_conn_lifecycle::tls::TlsConnectError>(())
@@ -198,7 +208,7 @@ pub fn config_with_provider(
 }
 
 /// Where a connector's (or a layer's) configuration comes from.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(crate) enum Source {
     /// [`shared_config`], resolved at the first `https://` connect.
     #[default]
@@ -214,6 +224,25 @@ pub(crate) enum Source {
 pub(crate) struct SharedWithAlpn {
     protocols: Vec<Vec<u8>>,
     config: OnceLock<Arc<ClientConfig>>,
+}
+
+/// What a connector's `Debug` shows of its configuration: `shared`, or
+/// `given`, and the ALPN protocols when overridden.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Shared => f.write_str("shared"),
+            Source::SharedWithAlpn(alpn) => {
+                let protocols: Vec<_> = alpn
+                    .protocols
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p))
+                    .collect();
+                write!(f, "shared, ALPN {protocols:?}")
+            }
+            Source::Given(_) => f.write_str("given"),
+        }
+    }
 }
 
 impl Source {

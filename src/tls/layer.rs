@@ -26,21 +26,29 @@ use super::SharedTlsConnector;
 /// use hyper_util::client::legacy::{connect::HttpConnector, Client};
 /// use hyper_util::rt::TokioExecutor;
 /// use tower::ServiceBuilder;
-/// use tower_conn_lifecycle::tls::SharedTlsLayer;
+/// use tower_conn_lifecycle::tls::SharedTlsConnectorLayer;
 ///
 /// let mut http = HttpConnector::new();
 /// http.enforce_http(false);
-/// let connector = ServiceBuilder::new().layer(SharedTlsLayer::new()).service(http);
+/// let connector = ServiceBuilder::new().layer(SharedTlsConnectorLayer::new()).service(http);
 /// let client = Client::builder(TokioExecutor::new())
 ///     .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
 /// # let _ = client;
 /// ```
-#[derive(Clone, Debug, Default)]
-pub struct SharedTlsLayer {
+#[derive(Clone, Default)]
+pub struct SharedTlsConnectorLayer {
     source: Source,
 }
 
-impl SharedTlsLayer {
+impl std::fmt::Debug for SharedTlsConnectorLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTlsConnectorLayer")
+            .field("config", &self.source)
+            .finish()
+    }
+}
+
+impl SharedTlsConnectorLayer {
     /// A layer using the process-wide [`shared_config`](super::shared_config).
     pub fn new() -> Self {
         Self {
@@ -72,7 +80,7 @@ impl SharedTlsLayer {
     }
 }
 
-impl<C> Layer<C> for SharedTlsLayer {
+impl<C> Layer<C> for SharedTlsConnectorLayer {
     type Service = SharedTlsConnector<C>;
 
     fn layer(&self, inner: C) -> Self::Service {

@@ -20,7 +20,7 @@
 //!   hyper-util's client uses HTTP/2 when the server selects `h2`.
 //! * `http://` passes through; `https://` sends SNI for names and none for IP
 //!   literals, which are checked against the certificate's IP addresses.
-//! * [`from_config`](SharedTlsLayer::from_config) for custom roots, client
+//! * [`from_config`](SharedTlsConnectorLayer::from_config) for custom roots, client
 //!   certificates, a test CA or a given crypto provider
 //!   ([`config_with_roots`] and [`config_with_provider`] help).
 //!
@@ -39,7 +39,7 @@
 //! | a process default ([`CryptoProvider::install_default`](rustls::crypto::CryptoProvider::install_default), or the one rustls installed for an earlier `ClientConfig::builder()`) | the process default, whatever is compiled in |
 //! | no process default; this crate's `aws-lc-rs` or `ring` feature on | that provider (`aws-lc-rs` if both are on: it has the post-quantum key exchange `X25519MLKEM768`, preferred; *ring* has none). Used for this crate's configurations only: it is **not** installed as the process default |
 //! | no process default and neither feature, whatever rustls has compiled in (one provider, both, none) | no provider: building fails with [`TlsConnectErrorKind::NoCryptoProvider`]; the connector returns that error for each `https://` connect, `http://` keeps working |
-//! | a configuration handed in ([`from_config`](SharedTlsLayer::from_config), [`config_with_provider`]) | the provider it was built with |
+//! | a configuration handed in ([`from_config`](SharedTlsConnectorLayer::from_config), [`config_with_provider`]) | the provider it was built with |
 //!
 //! Nothing here panics for want of a provider, nor calls rustls's
 //! `ClientConfig::builder()` (which panics when rustls has no provider or
@@ -106,7 +106,6 @@
 
 mod config;
 mod error;
-pub mod future;
 mod layer;
 mod service;
 
@@ -119,5 +118,5 @@ pub use config::{
 };
 pub use error::{TlsConnectError, TlsConnectErrorKind};
 pub use hyper_rustls::MaybeHttpsStream;
-pub use layer::SharedTlsLayer;
+pub use layer::SharedTlsConnectorLayer;
 pub use service::SharedTlsConnector;

@@ -1,6 +1,7 @@
 //! The connector service.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,7 +16,6 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::config::Source;
-use super::future::ResponseFuture;
 use super::{TlsConnectError, TlsConnectErrorKind};
 use crate::BoxError;
 
@@ -70,6 +70,9 @@ use crate::BoxError;
 /// A clone shares the configuration (and so the session cache) and clones
 /// the inner connector.
 ///
+/// Its future is boxed: one allocation per connect (hyper-rustls boxes
+/// the handshake's too), never per request.
+///
 /// # Example
 ///
 /// ```
@@ -81,10 +84,19 @@ use crate::BoxError;
 ///     .build::<_, http_body_util::Empty<bytes::Bytes>>(SharedTlsConnector::tcp());
 /// # let _ = client;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SharedTlsConnector<C> {
     inner: C,
     source: Source,
+}
+
+impl<C: std::fmt::Debug> std::fmt::Debug for SharedTlsConnector<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTlsConnector")
+            .field("inner", &self.inner)
+            .field("config", &self.source)
+            .finish()
+    }
 }
 
 impl<C> SharedTlsConnector<C> {
@@ -168,9 +180,11 @@ where
     C::Future: Send + 'static,
     C::Error: Into<BoxError>,
 {
-    type Response = hyper_rustls::MaybeHttpsStream<C::Response>;
+    type Response = super::MaybeHttpsStream<C::Response>;
     type Error = BoxError;
-    type Future = ResponseFuture<C::Future, C::Response>;
+    type Future = Pin<
+        Box<dyn Future<Output = Result<super::MaybeHttpsStream<C::Response>, BoxError>> + Send>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
@@ -181,20 +195,28 @@ where
     fn call(&mut self, uri: Uri) -> Self::Future {
         let scheme = uri.scheme_str();
         if scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) {
-            return ResponseFuture::http(self.inner.call(uri));
+            // Plain http: the inner connector's error as it is, not a TLS
+            // error.
+            let connecting = self.inner.call(uri);
+            return Box::pin(async move {
+                connecting
+                    .await
+                    .map(super::MaybeHttpsStream::Http)
+                    .map_err(Into::into)
+            });
         }
         if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("https")) {
-            return ResponseFuture::failed(TlsConnectError::unsupported_scheme(scheme));
+            return failed(TlsConnectError::unsupported_scheme(scheme));
         }
         if uri.host().is_none_or(str::is_empty) {
-            return ResponseFuture::failed(TlsConnectError::new(TlsConnectErrorKind::MissingHost));
+            return failed(TlsConnectError::new(TlsConnectErrorKind::MissingHost));
         }
         // hyper-rustls's own mapping: a DNS name, or an IP literal (without
         // the brackets `Uri::host` keeps around IPv6).
         let name = match DefaultServerNameResolver::default().resolve(&uri) {
             Ok(name) => name,
             Err(e) => {
-                return ResponseFuture::failed(TlsConnectError::with_source(
+                return failed(TlsConnectError::with_source(
                     TlsConnectErrorKind::InvalidServerName,
                     e,
                 ))
@@ -202,7 +224,7 @@ where
         };
         let config = match self.source.resolve() {
             Ok(config) => config,
-            Err(e) => return ResponseFuture::failed(e),
+            Err(e) => return failed(e),
         };
         // This connector's own `poll_ready` drove the inner one ready, so it
         // is called here; hyper-rustls gets the connect already under way and
@@ -215,8 +237,26 @@ where
             false,
             Arc::new(FixedServerNameResolver::new(name)),
         );
-        ResponseFuture::https(https.call(uri))
+        let handshake = https.call(uri);
+        Box::pin(async move {
+            handshake.await.map_err(|e| {
+                // The inner connector's errors were typed on the way in;
+                // anything else is the handshake's.
+                match e.downcast::<TlsConnectError>() {
+                    Ok(typed) => typed as BoxError,
+                    Err(e) => TlsConnectError::handshake(e).into(),
+                }
+            })
+        })
     }
+}
+
+/// A connect refused before anything connected.
+fn failed<T>(error: TlsConnectError) -> Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>
+where
+    T: Send + 'static,
+{
+    Box::pin(std::future::ready(Err(error.into())))
 }
 
 /// The inner connector's call, already made: the inner service of the

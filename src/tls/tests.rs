@@ -200,7 +200,7 @@ fn alpn_override_shares_the_session_cache_but_not_the_alpn() {
     let ca = Ca::new("test ca");
     let server = server_config(&ca, &["a.test"], &[b"h2", b"http/1.1"]);
     let base = Arc::new(client_config(&ca));
-    let layer = SharedTlsLayer::from_config(base.clone()).alpn_protocols([b"http/1.1"]);
+    let layer = SharedTlsConnectorLayer::from_config(base.clone()).alpn_protocols([b"http/1.1"]);
     let http1 = layer.layer(()).config().unwrap();
 
     assert!(!Arc::ptr_eq(&base, &http1));
@@ -240,7 +240,10 @@ fn shared_config_is_built_once_and_used_by_default() {
     );
     let of = |connector: SharedTlsConnector<_>| connector.config().unwrap();
     assert!(Arc::ptr_eq(&of(SharedTlsConnector::new(())), &config));
-    assert!(Arc::ptr_eq(&of(SharedTlsLayer::new().layer(())), &config));
+    assert!(Arc::ptr_eq(
+        &of(SharedTlsConnectorLayer::new().layer(())),
+        &config
+    ));
     assert!(Arc::ptr_eq(
         &SharedTlsConnector::tcp().config().unwrap(),
         &config
@@ -253,7 +256,7 @@ fn shared_config_is_built_once_and_used_by_default() {
 /// layer), and keeps the shared session cache and provider.
 #[test]
 fn alpn_override_of_the_shared_config_is_cloned_once_lazily() {
-    let layer = SharedTlsLayer::new().alpn_protocols([b"http/1.1"]);
+    let layer = SharedTlsConnectorLayer::new().alpn_protocols([b"http/1.1"]);
     let one = layer.layer(());
     let other = one.clone();
     let third = layer.layer(());

@@ -14,6 +14,40 @@ use super::{ConnectionState, Exchange};
 /// The connection a request was (or will be) sent on, shared by every layer
 /// of this crate that needs it.
 ///
+/// Users need it for what no response can tell: the connection of a
+/// request that failed (a timeout, a reset) or is still on its way, on
+/// hyper-util's legacy client. Take it before sending; afterwards
+/// [`state`](Self::state) is the connection, and
+/// [`ConnectionState::info`] what the request did on it (bytes sent and
+/// received, how its exchange ended):
+///
+/// ```no_run
+/// # async fn run<S>(client: S) -> Result<(), tower_conn_lifecycle::BoxError>
+/// # where S: tower::Service<http::Request<String>, Error = tower_conn_lifecycle::BoxError>,
+/// # {
+/// use tower::ServiceExt;
+/// use tower_conn_lifecycle::track::ConnectionCapture;
+///
+/// let mut req = http::Request::post("http://127.0.0.1:8080/upload").body("x".repeat(1 << 20))?;
+/// let capture = ConnectionCapture::get_or_insert(&mut req);
+/// if let Err(err) = client.oneshot(req).await {
+///     if let Some(info) = capture.state().map(|state| state.info()) {
+///         eprintln!(
+///             "failed on connection {} (request {} on it) after {} bytes sent: {err}",
+///             info.connection_id(),
+///             info.request_number(),
+///             info.bytes_sent()
+///         );
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The one-call [`Client`](crate::client::Client) fills its own captures
+/// (no watch channel): one a caller puts on its request stays empty; read
+/// its responses with [`ConnectionInfo::of`](super::ConnectionInfo::of).
+///
 /// hyper-util's [`capture_connection`] replaces any earlier capture on the
 /// same request, so two layers that each called it would starve one another.
 /// [`ConnectionCapture::get_or_insert`] calls it once per request and stores
@@ -38,11 +72,25 @@ use super::{ConnectionState, Exchange};
 /// connection (see the [module docs](super) on the lifecycle of an
 /// exchange), so every layer reads the same facts about what *this
 /// request* did on the wire.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectionCapture {
     // One `Arc`: every layer and body holds a clone, and a clone of
     // hyper-util's capture (a watch receiver) costs two atomic counters.
     attempt: Arc<Attempt>,
+}
+
+/// Whether a connection is known yet, and the attempt once it began: the
+/// connection's id and the request's number on it.
+impl std::fmt::Debug for ConnectionCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionCapture")
+            .field("connected", &self.is_filled())
+            .field(
+                "attempt",
+                &self.begun().map(|(state, number)| (state.id(), number)),
+            )
+            .finish()
+    }
 }
 
 /// Where a capture learns its connection.

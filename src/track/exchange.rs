@@ -1,5 +1,5 @@
-//! One request/response exchange on a tracked connection: its public
-//! snapshot, and the request-side marker that ends it.
+//! One request/response exchange on a tracked connection: how it ended,
+//! the crate's record of it, and the request-side marker that ends it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,7 +9,8 @@ use pin_project_lite::pin_project;
 
 use super::{Captured, ConnectionCapture, ConnectionState};
 
-/// How an exchange ended, as far as the tracker saw it.
+/// How an exchange ended, as far as the tracker saw it
+/// ([`ConnectionInfo::outcome`](super::ConnectionInfo::outcome)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 #[repr(u8)]
@@ -20,8 +21,9 @@ pub enum ExchangeOutcome {
     InFlight = 1,
     /// The response body ended (or the next exchange opened after it).
     Completed = 2,
-    /// Writing the request failed ([`Exchange::bytes_written`] says how much
-    /// reached the socket first).
+    /// Writing the request failed
+    /// ([`ConnectionInfo::bytes_sent`](super::ConnectionInfo::bytes_sent)
+    /// says how much reached the socket first).
     WriteFailed = 3,
     /// The peer closed or reset the connection before any byte of the
     /// response arrived.
@@ -49,21 +51,12 @@ impl ExchangeOutcome {
     }
 }
 
-/// A snapshot of one exchange (request and response) on a tracked
-/// connection, from [`ConnectionState::exchange`].
-///
-/// ```
-/// use tower_conn_lifecycle::track::{Exchange, ExchangeOutcome};
-///
-/// fn retry_safe_by_wire(e: &Exchange) -> bool {
-///     e.bytes_written() == 0 || (e.is_reused() && !e.response_started()
-///         && e.outcome() == ExchangeOutcome::ClosedBeforeResponse)
-/// }
-/// # let _ = retry_safe_by_wire;
-/// ```
+/// The crate's record of one exchange (request and response) on a tracked
+/// connection, from [`ConnectionState::exchange`]: what the retry
+/// classifier and PhaseTimeout's bodies read. Users read the same facts in
+/// [`ConnectionInfo`](super::ConnectionInfo).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Exchange {
-    pub(super) connection_id: u64,
+pub(crate) struct Exchange {
     pub(super) number: u64,
     pub(super) bytes_written: u64,
     pub(super) bytes_read: u64,
@@ -72,57 +65,46 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The id of the connection it ran on.
-    pub fn connection_id(&self) -> u64 {
-        self.connection_id
-    }
-
     /// Its number on the connection (1 for a new connection; 0 if none has
     /// opened yet).
-    pub fn number(&self) -> u64 {
+    pub(crate) fn number(&self) -> u64 {
         self.number
     }
 
     /// Whether the connection had carried an earlier exchange.
-    pub fn is_reused(&self) -> bool {
+    pub(crate) fn is_reused(&self) -> bool {
         self.number > 1
     }
 
     /// Bytes of this exchange written to the socket.
-    pub fn bytes_written(&self) -> u64 {
+    pub(crate) fn bytes_written(&self) -> u64 {
         self.bytes_written
     }
 
     /// Bytes of this exchange read from the socket.
-    pub fn bytes_read(&self) -> u64 {
+    pub(crate) fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
 
     /// Whether any byte of the response arrived.
-    pub fn response_started(&self) -> bool {
+    pub(crate) fn response_started(&self) -> bool {
         self.bytes_read > 0
     }
 
     /// How it ended, or [`InFlight`](ExchangeOutcome::InFlight).
-    pub fn outcome(&self) -> ExchangeOutcome {
+    pub(crate) fn outcome(&self) -> ExchangeOutcome {
         self.outcome
     }
 
-    /// Whether the byte counts are proof of what reached the wire. `false`
-    /// when a write failed inside an IO that can fail after part of the
-    /// same call went out (a TLS stream: what was written is unknown), or
-    /// when the exchange's start was inferred from the order of reads and
-    /// writes while the previous exchange was still open (a client stack
-    /// whose requests do not announce themselves, see the
-    /// [module docs](super)). Nothing about an inexact record proves that
-    /// nothing was written.
-    pub fn is_exact(&self) -> bool {
+    /// Whether the byte counts are proof of what reached the wire (see
+    /// [`ConnectionInfo::is_exact`](super::ConnectionInfo::is_exact)).
+    pub(crate) fn is_exact(&self) -> bool {
         self.exact
     }
 
     /// Whether the record proves that no byte of this exchange's request
     /// was accepted by the connection.
-    pub fn nothing_written(&self) -> bool {
+    pub(crate) fn nothing_written(&self) -> bool {
         self.exact && self.bytes_written == 0
     }
 }
@@ -340,14 +322,21 @@ impl Drop for PendingExchange {
 }
 
 pin_project! {
-    /// The response body of [`ConnectionInfoLayer`](super::ConnectionInfoLayer):
+    /// The response body of [`WithConnectionInfoLayer`](super::WithConnectionInfoLayer):
     /// the inner body unchanged, ending the tracker's exchange when it ends
     /// and poisoning the connection when dropped before its end.
-    #[derive(Debug)]
     pub struct TrackedBody<B> {
         #[pin]
         inner: B,
         end: ExchangeEnd,
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for TrackedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackedBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,61 +1,17 @@
-//! The futures of [`TrackConnections`](super::TrackConnections) and
-//! [`WithConnectionInfo`](super::WithConnectionInfo).
+//! The response future of [`WithConnectionInfo`](super::WithConnectionInfo).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
+use super::{ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange, TrackedBody};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
-
-use super::{
-    ConnectionCapture, ConnectionState, ExchangeEnd, PendingExchange, TrackStats, TrackedBody,
-    TrackedIo,
-};
 
 pin_project! {
-    /// Future of [`TrackConnections`](super::TrackConnections).
-    #[derive(Debug)]
-    pub struct TrackFuture<F> {
-        #[pin]
-        inner: F,
-        started: Instant,
-        stats: TrackStats,
-    }
-}
-
-impl<F> TrackFuture<F> {
-    pub(super) fn new(inner: F, stats: TrackStats) -> Self {
-        TrackFuture {
-            inner,
-            started: Instant::now(),
-            stats,
-        }
-    }
-}
-
-impl<F, T, E> Future for TrackFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    T: 'static,
-{
-    type Output = Result<TrackedIo<T>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let io = ready!(this.inner.poll(cx))?;
-        this.stats.counters.opened.fetch_add(1, Ordering::Relaxed);
-        let state = ConnectionState::new(*this.started, Instant::now());
-        Poll::Ready(Ok(TrackedIo::new(io, state, this.stats.counters.clone())))
-    }
-}
-
-pin_project! {
-    /// Future of [`WithConnectionInfo`](super::WithConnectionInfo).
-    #[derive(Debug)]
-    pub struct InfoFuture<F> {
+    /// Response future of [`WithConnectionInfo`](super::WithConnectionInfo).
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         capture: ConnectionCapture,
@@ -63,9 +19,15 @@ pin_project! {
     }
 }
 
-impl<F> InfoFuture<F> {
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> ResponseFuture<F> {
     pub(super) fn new(inner: F, capture: ConnectionCapture) -> Self {
-        InfoFuture {
+        ResponseFuture {
             inner,
             pending: PendingExchange::new(Some(capture.clone())),
             capture,
@@ -73,7 +35,7 @@ impl<F> InfoFuture<F> {
     }
 }
 
-impl<F, B, E> Future for InfoFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
     B: Body,
@@ -110,7 +72,7 @@ fn untracked_info() {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.load(Ordering::Relaxed) && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
-            "ConnectionInfoLayer: a response came without a tracked connection, so it carries \
+            "WithConnectionInfoLayer: a response came without a tracked connection, so it carries \
              no ConnectionInfo; wrap the client's connector with TrackConnectionsLayer. \
              Logged once per process"
         );

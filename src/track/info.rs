@@ -8,12 +8,15 @@ use tower_service::Service;
 
 use http_body::Body;
 
-use super::future::InfoFuture;
-use super::{ConnectionCapture, ConnectionState, TrackedBody};
+use super::future::ResponseFuture;
+use super::{ConnectionCapture, ConnectionState, ExchangeOutcome, TrackedBody};
 
 /// What happened on the connection for one request, in the spirit of curl's
-/// `-w` variables and Go's `httptrace`: reused or not, idle before, connect,
-/// upload and time to first byte.
+/// `-w` variables and Go's `httptrace`: which connection, the request's
+/// number on it (reused or not), idle before, connect, upload, time to first
+/// byte, and what the request did on the wire (bytes sent and received, how
+/// its exchange ended, whether that record is exact). The one view of a
+/// request on its connection; [`ConnectionState`] is the live connection.
 ///
 /// Get it with [`ConnectionInfo::of(&response)`](ConnectionInfo::of), which
 /// works on every response that came over a tracked connection: from the
@@ -22,27 +25,55 @@ use super::{ConnectionCapture, ConnectionState, TrackedBody};
 /// are above. It reads the tracker's [`ConnectionState`] (the response's
 /// extension, or the one-call client's response body), so take
 /// it as soon as the response arrives (the state moves on with the
-/// connection's next request). [`ConnectionInfoLayer`] takes that snapshot
+/// connection's next request). [`WithConnectionInfoLayer`] takes that snapshot
 /// for you when the head arrives and stores it as a `ConnectionInfo`
 /// response extension, which `of` then returns; without that layer,
-/// `response.extensions().get::<ConnectionInfo>()` is `None`.
+/// `response.extensions().get::<ConnectionInfo>()` is `None`. Where the
+/// connection's state is in reach without a response (a request that
+/// failed, through its [`ConnectionCapture`]),
+/// [`ConnectionState::info`] takes the same snapshot of its latest request
+/// at any time: after the response body ended it says how the exchange
+/// ended.
 ///
 /// Durations are measured on the socket by the tracker's IO, between the
 /// socket operations it sees: a request small enough to go out in one write
 /// has an [`upload_duration`](Self::upload_duration) of exactly zero.
+///
+/// On an HTTP/2 connection ([`ConnectionState::is_http2`]) the socket
+/// carries every stream at once and requests open no exchange of their
+/// own: the connection's facts hold, but the request number, the byte
+/// counts and the outcome describe the socket, not one stream.
+///
+/// ```
+/// use tower_conn_lifecycle::track::{ConnectionInfo, ExchangeOutcome};
+///
+/// /// Whether the record proves the request never reached the server, or
+/// /// died on a reused connection before any byte of its response.
+/// fn retry_safe_by_wire(info: &ConnectionInfo) -> bool {
+///     (info.is_exact() && info.bytes_sent() == 0)
+///         || (info.is_reused()
+///             && !info.response_started()
+///             && info.outcome() == ExchangeOutcome::ClosedBeforeResponse)
+/// }
+/// # let _ = retry_safe_by_wire;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionInfo {
-    pub(super) id: u64,
+    pub(super) connection_id: u64,
     pub(super) request_number: u64,
     pub(super) idle_before: Duration,
-    pub(super) connect: Duration,
-    pub(super) upload: Option<Duration>,
-    pub(super) first_byte: Option<Duration>,
+    pub(super) connect_duration: Duration,
+    pub(super) upload_duration: Option<Duration>,
+    pub(super) time_to_first_byte: Option<Duration>,
+    pub(super) bytes_sent: u64,
+    pub(super) bytes_received: u64,
+    pub(super) outcome: ExchangeOutcome,
+    pub(super) exact: bool,
 }
 
 impl ConnectionInfo {
     /// The [`ConnectionInfo`] of a response: the extension if a
-    /// [`ConnectionInfoLayer`] put one there, otherwise a snapshot of the
+    /// [`WithConnectionInfoLayer`] put one there, otherwise a snapshot of the
     /// tracked connection's state (accurate when taken as soon as the response
     /// head arrives). `None` when the connection was not tracked.
     pub fn of<B: 'static>(response: &http::Response<B>) -> Option<ConnectionInfo> {
@@ -58,19 +89,21 @@ impl ConnectionInfo {
         })
     }
 
-    /// The connection's process-unique id.
+    /// The connection's process-unique id (starts at 1).
     pub fn connection_id(&self) -> u64 {
-        self.id
+        self.connection_id
+    }
+
+    /// The number of this request on its connection: 1 for a new
+    /// connection (0 in a snapshot of a connection no request has begun
+    /// on yet).
+    pub fn request_number(&self) -> u64 {
+        self.request_number
     }
 
     /// Whether the connection had carried an earlier request.
     pub fn is_reused(&self) -> bool {
         self.request_number > 1
-    }
-
-    /// The number of this request on its connection (1 for a new connection).
-    pub fn request_number(&self) -> u64 {
-        self.request_number
     }
 
     /// How long the connection sat idle (since the previous response's last
@@ -86,7 +119,7 @@ impl ConnectionInfo {
     /// when tracked outside it). Reused connections report their original
     /// connect time.
     pub fn connect_duration(&self) -> Duration {
-        self.connect
+        self.connect_duration
     }
 
     /// From this request's first byte written to its last byte written before
@@ -94,12 +127,51 @@ impl ConnectionInfo {
     /// one socket write (any small request), `None` when nothing of it was
     /// written before the response started.
     pub fn upload_duration(&self) -> Option<Duration> {
-        self.upload
+        self.upload_duration
     }
 
     /// From this request's first byte written to the response's first byte.
     pub fn time_to_first_byte(&self) -> Option<Duration> {
-        self.first_byte
+        self.time_to_first_byte
+    }
+
+    /// Bytes of this request (head and body) written to the socket, as of
+    /// the snapshot: the same count as a timeout's
+    /// [`Elapsed::bytes_sent`](crate::phase_timeout::Elapsed::bytes_sent).
+    /// The connection's totals are [`ConnectionState::bytes_written`].
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// Bytes of this request's response read from the socket (a `1xx` head
+    /// included), as of the snapshot. The connection's totals are
+    /// [`ConnectionState::bytes_read`].
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    /// Whether any byte of the response had arrived.
+    pub fn response_started(&self) -> bool {
+        self.bytes_received > 0
+    }
+
+    /// How the request's exchange ended, or
+    /// [`InFlight`](ExchangeOutcome::InFlight) (a snapshot taken when the
+    /// response head arrived: the body is still to come).
+    pub fn outcome(&self) -> ExchangeOutcome {
+        self.outcome
+    }
+
+    /// Whether the byte counts are proof of what reached the wire. `false`
+    /// when a write failed inside an IO that can fail after part of the
+    /// same call went out (a TLS stream: what was written is unknown), or
+    /// when the exchange's start was inferred from the order of reads and
+    /// writes while the previous exchange was still open (a client stack
+    /// whose requests do not announce themselves, see the
+    /// [module docs](super)). Nothing about an inexact record proves that
+    /// nothing was written.
+    pub fn is_exact(&self) -> bool {
+        self.exact
     }
 }
 
@@ -121,11 +193,11 @@ impl ConnectionInfo {
 /// `ConnectionInfo`; the first such response is logged once per process as
 /// a `tracing` warning.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ConnectionInfoLayer {
+pub struct WithConnectionInfoLayer {
     _priv: (),
 }
 
-impl ConnectionInfoLayer {
+impl WithConnectionInfoLayer {
     /// A new layer; the client below it needs a tracked connector (see
     /// above).
     pub fn new() -> Self {
@@ -133,7 +205,7 @@ impl ConnectionInfoLayer {
     }
 }
 
-impl<S> Layer<S> for ConnectionInfoLayer {
+impl<S> Layer<S> for WithConnectionInfoLayer {
     type Service = WithConnectionInfo<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -141,7 +213,7 @@ impl<S> Layer<S> for ConnectionInfoLayer {
     }
 }
 
-/// Service made by [`ConnectionInfoLayer`].
+/// Service made by [`WithConnectionInfoLayer`].
 #[derive(Clone, Debug)]
 pub struct WithConnectionInfo<S> {
     inner: S,
@@ -171,7 +243,7 @@ where
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = InfoFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -179,6 +251,6 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqB>) -> Self::Future {
         let capture = ConnectionCapture::get_or_insert(&mut req);
-        InfoFuture::new(self.inner.call(req), capture)
+        ResponseFuture::new(self.inner.call(req), capture)
     }
 }

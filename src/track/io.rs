@@ -310,9 +310,18 @@ impl<T: Connection> Connection for Counting<T> {
 /// It implements hyper's `Read`/`Write` and hyper-util's `Connection` (adding
 /// the [`ConnectionState`] as an extra), so hyper-util's client uses it like
 /// the IO it wraps.
-#[derive(Debug)]
 pub struct TrackedIo<T> {
     io: TokioIo<Counting<TokioIo<T>>>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for TrackedIo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counting = self.io.inner();
+        f.debug_struct("TrackedIo")
+            .field("inner", counting.inner.inner())
+            .field("state", &counting.guard.state)
+            .finish()
+    }
 }
 
 impl<T: 'static> TrackedIo<T> {

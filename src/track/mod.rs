@@ -2,14 +2,20 @@
 //! plane and the request plane.
 //!
 //! [`TrackConnectionsLayer`] wraps a connector (for example hyper-util's
-//! `HttpConnector`). Every connection it makes gets a [`ConnectionState`]:
-//! an id, when it connected, bytes written and read, the instants of the
-//! last read, write and flush, a record of the current request/response
-//! [`Exchange`] (number, reused, this exchange's bytes, how it ended), since
-//! when it has been idle, its idle expiry, and whether it was poisoned. The
-//! IO ([`TrackedIo`]) publishes that state with hyper-util's
-//! `Connected::extra`, so hyper-util copies it into every response's
-//! extensions and into the request's connection capture.
+//! `HttpConnector`). Every connection it makes gets a [`ConnectionState`],
+//! the live connection: when it connected, bytes written and read, the
+//! instants of the last read, write and flush, since when it has been idle,
+//! its idle expiry, whether it was poisoned, and a record of its current
+//! request/response exchange. The IO ([`TrackedIo`]) publishes that state
+//! with hyper-util's `Connected::extra`, so hyper-util copies it into every
+//! response's extensions and into the request's connection capture.
+//!
+//! What users read about one request is its [`ConnectionInfo`]: the
+//! connection's id, the request's number on it (reused or not), idle
+//! before, connect, upload and time to first byte, and the exchange's
+//! bytes, outcome and exactness, from
+//! [`ConnectionInfo::of(&response)`](ConnectionInfo::of) or, at any time,
+//! [`ConnectionState::info`].
 //!
 //! # The lifecycle of an exchange
 //!
@@ -40,7 +46,7 @@
 //!   (the tracker alone, or under layers that do not wrap the request
 //!   body), the IO opens an exchange at a request's first write attempt
 //!   after reads; one opened while the previous exchange was still open is
-//!   marked inexact ([`Exchange::is_exact`]), because it may be the same
+//!   marked inexact ([`ConnectionInfo::is_exact`]), because it may be the same
 //!   request going on.
 //! * **Upload end.** The request's upload is over when its body reports its
 //!   end, or when hyper drops it (hyper stops polling a `Content-Length` body
@@ -104,11 +110,11 @@
 //! clocks, an upload to abandon); otherwise through the response's own
 //! connection, or the connection hyper-util's error names.
 //! [`ConnectionInfo::of`] tells any response's connection story;
-//! [`ConnectionInfoLayer`] stores it as a response extension.
+//! [`WithConnectionInfoLayer`] stores it as a response extension.
 //!
 //! # Layers that need the tracker
 //!
-//! [`ConnectionInfoLayer`] (its service [`WithConnectionInfo`]) and
+//! [`WithConnectionInfoLayer`] (its service [`WithConnectionInfo`]) and
 //! [`IdleExpiryLayer`](crate::idle_expiry::IdleExpiryLayer) do nothing
 //! without it: over a connector that is not wrapped by
 //! [`TrackConnectionsLayer`] (or a client that hides its connections:
@@ -117,7 +123,7 @@
 //! response is logged as a `tracing` warning (`IdleExpiryLayer` once per
 //! layer and its clones, and it counts them all in
 //! [`IdleExpiryStats::untracked_responses`](crate::idle_expiry::IdleExpiryStats::untracked_responses);
-//! `ConnectionInfoLayer`, which keeps no state, once per process).
+//! `WithConnectionInfoLayer`, which keeps no state, once per process).
 //! [`PhaseTimeout`](crate::phase_timeout) and
 //! [`RetryOnStaleConnection`](crate::retry) work without the tracker, on
 //! what they can observe (body frames; error chains), as their docs say.
@@ -147,14 +153,14 @@
 //! use hyper_util::client::legacy::{connect::HttpConnector, Client};
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::ServiceBuilder;
-//! use tower_conn_lifecycle::track::{ConnectionInfoLayer, TrackConnectionsLayer};
+//! use tower_conn_lifecycle::track::{TrackConnectionsLayer, WithConnectionInfoLayer};
 //!
 //! let track = TrackConnectionsLayer::new();
 //! let stats = track.stats();
 //! let connector = ServiceBuilder::new().layer(track).service(HttpConnector::new());
 //! let client = Client::builder(TokioExecutor::new())
 //!     .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
-//! let client = ServiceBuilder::new().layer(ConnectionInfoLayer::new()).service(client);
+//! let client = ServiceBuilder::new().layer(WithConnectionInfoLayer::new()).service(client);
 //! # let _ = client;
 //! assert_eq!(stats.opened(), 0);
 //! ```
@@ -170,11 +176,12 @@ mod state;
 
 pub use capture::ConnectionCapture;
 pub(crate) use capture::{state_of, Captured};
+pub(crate) use exchange::Exchange;
 pub(crate) use exchange::{observe_frame, ExchangeEnd, PendingExchange};
-pub use exchange::{Exchange, ExchangeOutcome, TrackedBody};
+pub use exchange::{ExchangeOutcome, TrackedBody};
 pub(crate) use expired::ConnectionClosing;
 pub use expired::ConnectionExpired;
-pub use info::{ConnectionInfo, ConnectionInfoLayer, WithConnectionInfo};
+pub use info::{ConnectionInfo, WithConnectionInfo, WithConnectionInfoLayer};
 pub use io::TrackedIo;
 pub use service::{TrackConnections, TrackConnectionsLayer, TrackStats};
 pub use state::ConnectionState;

@@ -1,13 +1,15 @@
 //! The connection-plane layer and service.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::TrackFuture;
 use super::{ConnectionState, TrackedIo};
 
 /// Wraps a connector so every connection it makes is tracked.
@@ -42,9 +44,11 @@ impl<C> Layer<C> for TrackConnectionsLayer {
     }
 }
 
-/// Connection counters of a [`TrackConnectionsLayer`]: two atomics, shared by
-/// clones.
-#[derive(Clone, Debug, Default)]
+/// Connection counters of a [`TrackConnectionsLayer`] (and of the one-call
+/// [`Client`](crate::client::Client), whose
+/// [`connection_stats`](crate::client::Client::connection_stats) returns
+/// one): a handle shared by clones.
+#[derive(Clone, Default)]
 pub struct TrackStats {
     // One `Arc`: hyper-util's client clones its connector (this included)
     // for every request.
@@ -56,6 +60,9 @@ pub struct TrackStats {
 pub(crate) struct Counters {
     pub(crate) opened: AtomicU64,
     pub(crate) open: AtomicU64,
+    /// HTTP/2 connections the one-call client's engine retired because
+    /// they stalled.
+    stalled_http2_retired: AtomicU64,
     /// The connections this layer made, for [`drain`](crate::drain) to
     /// close: weak references, so a closed connection's state is freed with
     /// it; pruned as they are added, so the list stays within about twice
@@ -82,6 +89,17 @@ impl Counters {
     }
 }
 
+/// The counters by the names of their getters.
+impl std::fmt::Debug for TrackStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackStats")
+            .field("opened", &self.opened())
+            .field("open_now", &self.open_now())
+            .field("stalled_http2_retired", &self.stalled_http2_retired())
+            .finish()
+    }
+}
+
 impl TrackStats {
     /// Connections established so far.
     pub fn opened(&self) -> u64 {
@@ -91,6 +109,20 @@ impl TrackStats {
     /// Connections whose IO is still alive (opened and not yet dropped).
     pub fn open_now(&self) -> u64 {
         self.counters.open.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/2 connections retired because they stalled (the one-call
+    /// client's [`Builder::retire_stalled_http2`](crate::client::Builder::retire_stalled_http2);
+    /// always 0 elsewhere).
+    pub fn stalled_http2_retired(&self) -> u64 {
+        self.counters.stalled_http2_retired.load(Ordering::Relaxed)
+    }
+
+    /// The one-call client's engine retired a stalled HTTP/2 connection.
+    pub(crate) fn count_stalled_http2_retired(&self) {
+        self.counters
+            .stalled_http2_retired
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The states of the connections still open (not closed), for
@@ -109,6 +141,8 @@ impl TrackStats {
 
 /// A connector (`Service<Uri>` or any request type) whose connections are
 /// tracked: it returns [`TrackedIo`] around the inner connector's IO.
+///
+/// Its future is boxed: one allocation per connection, never per request.
 #[derive(Clone, Debug)]
 pub struct TrackConnections<C> {
     inner: C,
@@ -145,17 +179,26 @@ impl<C> TrackConnections<C> {
 impl<C, R> Service<R> for TrackConnections<C>
 where
     C: Service<R>,
-    C::Response: 'static,
+    C::Response: Send + 'static,
+    C::Future: Send + 'static,
 {
     type Response = TrackedIo<C::Response>;
     type Error = C::Error;
-    type Future = TrackFuture<C::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<TrackedIo<C::Response>, C::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        TrackFuture::new(self.inner.call(req), self.stats.clone())
+        let started = Instant::now();
+        let connecting = self.inner.call(req);
+        let counters = self.stats.counters.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            counters.opened.fetch_add(1, Ordering::Relaxed);
+            let state = ConnectionState::new(started, Instant::now());
+            Ok(TrackedIo::new(io, state, counters))
+        })
     }
 }

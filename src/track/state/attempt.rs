@@ -7,13 +7,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{ConnectionState, Event, NO_EXPIRY};
-use crate::track::{Exchange, ExchangeOutcome};
+use crate::track::{ConnectionInfo, Exchange, ExchangeOutcome};
 
 impl ConnectionState {
     /// Whether an exchange is in flight: from the first write attempt of a
     /// request until its response ends (see the type's docs for who marks
     /// that), or the connection closes.
-    pub fn in_flight(&self) -> bool {
+    pub(crate) fn in_flight(&self) -> bool {
         self.outcome() == ExchangeOutcome::InFlight && !self.is_closed()
     }
 
@@ -47,8 +47,8 @@ impl ConnectionState {
         self.inner.poisoned.load(Ordering::Acquire)
     }
 
-    /// A snapshot of the current (latest) exchange.
-    pub fn exchange(&self) -> Exchange {
+    /// The record of the current (latest) exchange.
+    pub(crate) fn exchange(&self) -> Exchange {
         let outcome = self.outcome();
         let number = self.requests();
         let written = self
@@ -58,7 +58,6 @@ impl ConnectionState {
             .bytes_read()
             .saturating_sub(self.inner.exchange_read_base.load(Ordering::Acquire));
         Exchange {
-            connection_id: self.id(),
             number,
             bytes_written: written,
             bytes_read: read,
@@ -75,8 +74,12 @@ impl ConnectionState {
         (number != 0 && !self.is_http2() && exchange.number() == number).then_some(exchange)
     }
 
-    /// Snapshot of the current exchange, for a response that just arrived.
-    pub(crate) fn info(&self) -> crate::track::ConnectionInfo {
+    /// A snapshot of the connection's latest request, now: what
+    /// [`ConnectionInfo::of`] returns for a response that just arrived.
+    /// Taken later (after the response body ended, or the request failed),
+    /// its outcome and byte counts say how the exchange went on; once a
+    /// later request has begun on the connection, it is that request's.
+    pub fn info(&self) -> ConnectionInfo {
         let start = self.load(&self.inner.exchange_start);
         let first_read = self.load(&self.inner.exchange_first_read);
         let last_write = self.last_write();
@@ -84,15 +87,20 @@ impl ConnectionState {
             (Some(s), Some(e)) => Some(e.saturating_duration_since(s)),
             _ => None,
         };
-        crate::track::ConnectionInfo {
-            id: self.id(),
-            request_number: self.requests(),
+        let exchange = self.exchange();
+        ConnectionInfo {
+            connection_id: self.id(),
+            request_number: exchange.number,
             idle_before: Duration::from_nanos(
                 self.inner.exchange_idle_before.load(Ordering::Acquire),
             ),
-            connect: self.connect_duration(),
-            upload: since(last_write.filter(|_| first_read.is_some())),
-            first_byte: since(first_read),
+            connect_duration: self.connect_duration(),
+            upload_duration: since(last_write.filter(|_| first_read.is_some())),
+            time_to_first_byte: since(first_read),
+            bytes_sent: exchange.bytes_written,
+            bytes_received: exchange.bytes_read,
+            outcome: exchange.outcome,
+            exact: exchange.exact,
         }
     }
 

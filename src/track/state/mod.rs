@@ -40,7 +40,12 @@ pub(crate) fn learned_changed() {
     LEARNED_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Live state of one tracked connection.
+/// Live state of one tracked connection: the connection's own facts
+/// (when it connected, its socket's byte counts and last reads and writes,
+/// idle since when, its expiry, closed, poisoned, upgraded, HTTP/2), read
+/// now; [`info`](Self::info) takes a [`ConnectionInfo`](super::ConnectionInfo)
+/// snapshot of its latest request (the connection's id, the request's
+/// number, connect duration, the exchange's bytes and outcome).
 ///
 /// Created by [`TrackConnections`](super::TrackConnections) when a connection is
 /// established and published through hyper-util's `Connected::extra`, so it can
@@ -60,8 +65,8 @@ pub(crate) fn learned_changed() {
 /// attempt). It opens when the request announces itself right before its
 /// head is written (or, for a request that does not, at its first write
 /// attempt), and records its bytes and how it ended
-/// ([`exchange()`](Self::exchange)); see the [module docs](super) for the
-/// whole lifecycle and what makes a record exact.
+/// ([`info()`](Self::info)); see the [module docs](super) for the whole
+/// lifecycle and what makes a record exact.
 ///
 /// On HTTP/2 connections ([`is_http2`](Self::is_http2)) the socket carries
 /// every stream at once: requests open no exchange there, and the counts
@@ -204,8 +209,9 @@ impl ConnectionState {
         stamp.get(&self.inner.origin)
     }
 
-    /// A process-unique id for this connection (starts at 1).
-    pub fn id(&self) -> u64 {
+    /// A process-unique id for this connection (starts at 1): for users,
+    /// [`ConnectionInfo::connection_id`](super::ConnectionInfo::connection_id).
+    pub(crate) fn id(&self) -> u64 {
         self.inner.id
     }
 
@@ -214,22 +220,28 @@ impl ConnectionState {
         self.inner.origin.instant() + self.inner.connect
     }
 
-    /// How long the connector took (TCP, plus TLS when the tracker wraps it).
-    pub fn connect_duration(&self) -> Duration {
+    /// How long the connector took (TCP, plus TLS when the tracker wraps
+    /// it): for users,
+    /// [`ConnectionInfo::connect_duration`](super::ConnectionInfo::connect_duration).
+    pub(crate) fn connect_duration(&self) -> Duration {
         self.inner.connect
     }
 
-    /// Requests (exchanges) opened on this connection so far.
-    pub fn requests(&self) -> u64 {
+    /// Requests (exchanges) opened on this connection so far: for users,
+    /// [`ConnectionInfo::request_number`](super::ConnectionInfo::request_number).
+    pub(crate) fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::Acquire)
     }
 
-    /// Bytes written to the socket so far.
+    /// Bytes written to the socket so far, every request's (one request's
+    /// are [`ConnectionInfo::bytes_sent`](super::ConnectionInfo::bytes_sent)).
     pub fn bytes_written(&self) -> u64 {
         self.inner.bytes_written.load(Ordering::Relaxed)
     }
 
-    /// Bytes read from the socket so far.
+    /// Bytes read from the socket so far, every response's (one
+    /// response's are
+    /// [`ConnectionInfo::bytes_received`](super::ConnectionInfo::bytes_received)).
     pub fn bytes_read(&self) -> u64 {
         self.inner.bytes_read.load(Ordering::Relaxed)
     }
@@ -346,17 +358,20 @@ impl ConnectionState {
     }
 }
 
+/// The connection's id and its latest request's number and outcome (as in
+/// [`info`](ConnectionState::info)), then its own facts, by the names of
+/// their getters.
 impl fmt::Debug for ConnectionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionState")
-            .field("id", &self.id())
-            .field("connect", &self.connect_duration())
-            .field("requests", &self.requests())
+            .field("connection_id", &self.id())
+            .field("request_number", &self.requests())
+            .field("outcome", &self.outcome())
             .field("bytes_written", &self.bytes_written())
             .field("bytes_read", &self.bytes_read())
-            .field("outcome", &self.outcome())
-            .field("poisoned", &self.is_poisoned())
-            .field("closed", &self.is_closed())
+            .field("is_http2", &self.is_http2())
+            .field("is_poisoned", &self.is_poisoned())
+            .field("is_closed", &self.is_closed())
             .finish()
     }
 }

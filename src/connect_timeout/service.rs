@@ -1,67 +1,22 @@
-//! `ConnectTimeout`: the connect phase, on the connection plane.
+//! The connector service.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::ConnectFuture;
+use crate::clock::deadline;
+use crate::phase_timeout::{Elapsed, Phase, Waiting};
 use crate::BoxError;
 
-/// Bounds how long a connector may take (TCP, plus TLS when the connector
-/// does it) with an [`Elapsed`](super::Elapsed) error of phase
-/// [`Phase::Connect`](super::Phase::Connect).
-///
-/// It is generic over the connector's request type, so it wraps hyper-util's
-/// `HttpConnector` (`Service<Uri>`) and also fits inside
-/// `reqwest::ClientBuilder::connector_layer`, whose request type is private.
-///
-/// [`Duration::ZERO`] fails every connect at its first poll, without polling
-/// the connector (so no connection is attempted through a lazy connector
-/// like `HttpConnector`); see the [module docs](super#zero-and-enormous-limits).
-/// A limit too large for the clock never fires. A `Clone` copies the limit.
-///
-/// ```
-/// use std::time::Duration;
-/// use hyper_util::client::legacy::connect::HttpConnector;
-/// use tower::ServiceBuilder;
-/// use tower_conn_lifecycle::phase_timeout::ConnectTimeoutLayer;
-///
-/// let connector = ServiceBuilder::new()
-///     .layer(ConnectTimeoutLayer::new(Duration::from_secs(1)))
-///     .service(HttpConnector::new());
-/// # let _ = connector;
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectTimeoutLayer {
-    limit: Duration,
-}
-
-impl ConnectTimeoutLayer {
-    /// A layer bounding connects to `limit`.
-    pub fn new(limit: Duration) -> Self {
-        ConnectTimeoutLayer { limit }
-    }
-}
-
-impl<C> Layer<C> for ConnectTimeoutLayer {
-    type Service = ConnectTimeout<C>;
-
-    fn layer(&self, inner: C) -> Self::Service {
-        ConnectTimeout {
-            inner,
-            limit: self.limit,
-        }
-    }
-}
-
-/// Connector made by [`ConnectTimeoutLayer`]. Its error is [`BoxError`]: the
+/// Connector made by [`ConnectTimeoutLayer`](super::ConnectTimeoutLayer). Its error is [`BoxError`]: the
 /// inner connector's error, or a timeout.
 ///
 /// A timeout is a [`std::io::Error`] of kind
-/// [`TimedOut`](std::io::ErrorKind::TimedOut) carrying the [`Elapsed`](super::Elapsed) (its
+/// [`TimedOut`](std::io::ErrorKind::TimedOut) carrying the [`Elapsed`] (its
 /// [`get_ref()`](std::io::Error::get_ref); its `Display` is the `Elapsed`'s),
 /// the shape hyper-util's `HttpConnector` gives its own connect timeout. Code
 /// that recognises timeouts by that kind keeps working with this layer in
@@ -70,6 +25,9 @@ impl<C> Layer<C> for ConnectTimeoutLayer {
 /// as a connect error. Find the `Elapsed` with [`crate::find_cause`], which looks
 /// inside `io::Error`s; a plain
 /// `downcast_ref::<Elapsed>()` on the error does not.
+///
+/// Its future is boxed (timer included): one allocation per connect, never
+/// per request.
 #[derive(Clone, Debug)]
 pub struct ConnectTimeout<C> {
     inner: C,
@@ -101,11 +59,13 @@ impl<C> ConnectTimeout<C> {
 impl<C, R> Service<R> for ConnectTimeout<C>
 where
     C: Service<R>,
+    C::Response: Send + 'static,
     C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
 {
     type Response = C::Response;
     type Error = BoxError;
-    type Future = ConnectFuture<C::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -113,7 +73,23 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         let started = Instant::now();
-        ConnectFuture::new(self.inner.call(req), started, self.limit)
+        let limit = self.limit;
+        let connecting = self.inner.call(req);
+        Box::pin(async move {
+            // A zero limit is already spent: fail without polling the
+            // connect, so the outcome never depends on whether it happens
+            // to be ready. Otherwise the connect is polled before the
+            // timer, as hyper-util's own connect timeout does.
+            if !limit.is_zero() {
+                let bounded = tokio::time::timeout_at(deadline(started, limit), connecting);
+                if let Ok(connected) = bounded.await {
+                    return connected.map_err(Into::into);
+                }
+            }
+            let elapsed = Instant::now().saturating_duration_since(started);
+            let timeout = Elapsed::new(Phase::Connect, Waiting::Connection, limit, elapsed, 0, 0);
+            Err(timeout.into_timed_out().into())
+        })
     }
 }
 
@@ -125,7 +101,9 @@ mod tests {
     use tower_test::mock;
 
     use super::*;
-    use crate::phase_timeout::{Elapsed, Phase};
+    use tower_layer::Layer;
+
+    use crate::connect_timeout::ConnectTimeoutLayer;
 
     const LIMIT: Duration = Duration::from_millis(250);
 
