@@ -7,6 +7,9 @@ mod common;
 #[allow(dead_code)] // its `main`
 #[path = "../examples/composable_pool.rs"]
 mod composable_pool;
+#[allow(dead_code)] // its `main`
+#[path = "../examples/hand_stack.rs"]
+mod hand_stack;
 #[path = "../examples/streamed_upload.rs"]
 mod streamed_upload;
 
@@ -76,6 +79,59 @@ async fn composable_pool_expiry_removes_the_race() {
         assert_eq!(row.server_idle_closes, 0, "{}", row.method);
         // Expired connections were replaced.
         assert!(row.connections > TASKS as u64, "{}", row.method);
+    }
+}
+
+/// `examples/hand_stack.rs`: the layers stacked by hand on a hyper-util
+/// legacy client built from the application's own builder (its settings
+/// kept) remove the seed race the same builder loses requests to: every
+/// request reaches the server once, none on a connection the server closed
+/// as idle, and no POST is processed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_stack_on_your_client_removes_the_race() {
+    // As above: the expiry 80 ms below the server's idle timeout, the slack
+    // a loaded 2-core machine needs.
+    const IDLE: Duration = Duration::from_millis(200);
+    const EXPIRY: Duration = Duration::from_millis(120);
+    const TASKS: usize = 10;
+    const REQUESTS: usize = 20;
+    let rows = hand_stack::run(IDLE, EXPIRY, TASKS, REQUESTS).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        let what = format!("{} {}", row.client, row.method);
+        let report = &row.report;
+        println!(
+            "{what}: {} errors, server: {} connections, {} requests, {} idle closes",
+            report.errors(),
+            row.server_connections,
+            row.server_requests,
+            row.server_idle_closes
+        );
+        assert_eq!(report.requests(), TASKS * REQUESTS, "{what}");
+        assert!(row.server_requests as usize >= report.successes(), "{what}");
+        if row.method == Method::POST {
+            assert_eq!(row.server_posts as usize, report.successes(), "{what}");
+        }
+    }
+    let errors: usize = rows
+        .iter()
+        .filter(|row| row.client == "your client")
+        .map(|row| row.report.errors())
+        .sum();
+    assert!(errors > 0, "the race must be real in this run");
+    for row in rows.iter().filter(|r| r.client == "+ layers") {
+        let what = format!("{} {}", row.client, row.method);
+        assert_eq!(
+            row.report.errors(),
+            0,
+            "{what}: {:?}",
+            row.report.error_chains()
+        );
+        // Every request arrived exactly once, none on a connection the
+        // server had closed as idle; expired connections were replaced.
+        assert_eq!(row.server_requests as usize, TASKS * REQUESTS, "{what}");
+        assert_eq!(row.server_idle_closes, 0, "{what}");
+        assert!(row.server_connections > TASKS as u64, "{what}");
     }
 }
 
