@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::drain::DrainLayer;
+use crate::drain::DrainHandle;
 use crate::idle_expiry::IdleExpiryLayer;
 use crate::phase_timeout::{PhaseOverride, PhaseTimeoutLayer};
 use crate::track::{ConnectionCapture, TrackConnectionsLayer};
@@ -68,7 +68,7 @@ fn stats_and_settings_show_their_facts_by_name() {
         "PhaseOverride { send: None, read: None, read_body_stall: Some(None), total: None }"
     );
 
-    let handle = DrainLayer::new().handle();
+    let handle = DrainHandle::new();
     assert_eq!(
         format!("{handle:?}"),
         "DrainHandle { draining: false, in_flight: 0, tracked: false }"

@@ -130,13 +130,14 @@
 //!
 //! On SIGTERM (a deploy, a scale-in), drain the client instead of dropping
 //! it: [`Client::drain`](client::Client::drain) (or, for a stack built by
-//! hand, [`drain::DrainLayer`]'s handle) refuses new requests at once with
-//! [`drain::Draining`] (nothing written: send them elsewhere; the retry
-//! layer never retries them on this client), closes idle connections
-//! cleanly (the server reads EOF, not a reset), closes each connection
-//! whose exchange ends instead of pooling it, lets the requests in flight
-//! finish until the deadline, cuts the rest there ([`drain::DrainCut`],
-//! their connections closed), and returns a [`drain::DrainReport`]:
+//! hand, a [`drain::DrainHandle`], which is also its layer) refuses new
+//! requests at once with [`drain::Draining`] (nothing written: send them
+//! elsewhere; the retry layer never retries them on this client), closes
+//! idle connections cleanly (the server reads EOF, not a reset), closes
+//! each connection whose exchange ends instead of pooling it, lets the
+//! requests in flight finish until the deadline, cuts the rest there
+//! ([`drain::DrainCut`], their connections closed), and returns a
+//! [`drain::DrainReport`]:
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -232,8 +233,8 @@
 //!   then bound the request with all its attempts instead of each attempt
 //!   (see [`retry`](retry#where-it-goes));
 //! * [`IdleExpiry`](idle_expiry) anywhere below the retry layer (which
-//!   retries what it refuses), and [`DrainLayer`](drain::DrainLayer) on top
-//!   (or below the retry layer);
+//!   retries what it refuses), and a [`DrainHandle`](drain::DrainHandle)
+//!   on top (or below the retry layer);
 //! * on the connector, [`ConnectTimeoutLayer`](connect_timeout::ConnectTimeoutLayer)
 //!   outermost and the tracker outside TLS ([`client`] says why).
 //!

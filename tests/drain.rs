@@ -1,6 +1,6 @@
-//! Graceful shutdown: `Client::drain` on the one-call client, `DrainLayer`
-//! on hyper-util's legacy client, and the one-call client's retirement of
-//! a stalled HTTP/2 connection. Server-side facts decide: a raw-TCP
+//! Graceful shutdown: `Client::drain` on the one-call client, a
+//! `DrainHandle` as the layer on hyper-util's legacy client, and the
+//! one-call client's retirement of a stalled HTTP/2 connection. Server-side facts decide: a raw-TCP
 //! loopback server records every request and how (EOF or reset) and when
 //! each connection closed.
 //!
@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
-use tower_conn_lifecycle::drain::{DrainCut, DrainHandle, DrainLayer, Draining};
+use tower_conn_lifecycle::drain::{DrainCut, DrainHandle, Draining};
 use tower_conn_lifecycle::{client, find_cause, BoxError};
 
 /// How long the slow path takes to answer.
@@ -304,7 +304,7 @@ async fn drain_closes_idle_connections_at_once() {
 
 /// hyper-util's legacy client over a tracked connector, under
 /// `WithConnectionInfoLayer` (which marks each response's end for the tracker)
-/// and `DrainLayer` with the tracker; and the drain's handle.
+/// and a `DrainHandle` with the tracker as the layer; and that handle.
 fn legacy_client() -> (
     impl Service<
             Request<Body>,
@@ -322,11 +322,10 @@ fn legacy_client() -> (
     use tower_conn_lifecycle::track::{TrackConnectionsLayer, WithConnectionInfoLayer};
 
     let track = TrackConnectionsLayer::new();
-    let layer = DrainLayer::new().tracker(&track.stats());
-    let handle = layer.handle();
+    let handle = DrainHandle::with_tracker(&track.stats());
     let legacy = Client::builder(TokioExecutor::new()).build(track.layer(HttpConnector::new()));
     let client = ServiceBuilder::new()
-        .layer(layer)
+        .layer(handle.clone())
         .layer(WithConnectionInfoLayer::new())
         .service(legacy);
     (client, handle)

@@ -15,7 +15,8 @@
 //!
 //! The future is reqwest's own (`Pending`, no box) behind a two-state enum.
 //! These are the same conversions as `tower_conn_lifecycle::reqwest::
-//! ReqwestService`, written here so that this row depends on reqwest alone.
+//! ReqwestService` (which boxes that future: one allocation more), written
+//! here so that this row depends on reqwest alone.
 //!
 //! No TLS is used (`http://`), but the dev-dependencies turn on reqwest's
 //! `rustls-no-provider` backend, whose `build()` wants a rustls provider: the

@@ -532,7 +532,7 @@ impl<C> Builder<C> {
         let connector = self.stack(self.connector.clone());
         let mut http2 = self.http2;
         http2.timer(TokioTimer::new());
-        let drain = DrainHandle::new(Some(self.track.stats()));
+        let drain = DrainHandle::with_tracker(&self.track.stats());
         let engine = Engine::new(engine::Settings {
             drain: drain.clone(),
             parts: engine::Parts {

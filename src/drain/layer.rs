@@ -1,4 +1,5 @@
-//! [`DrainLayer`]: the drain for a stack built by hand.
+//! [`Drain`]: the drain for a stack built by hand, made by
+//! [`DrainHandle`] as a layer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,117 +12,22 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{DrainCut, DrainHandle, InFlight};
-use crate::track::TrackStats;
 use crate::BoxError;
 
-/// Drains a hand-built stack on shutdown: refuses new requests with
-/// [`Draining`](super::Draining), follows each request to the end of its
-/// response body, and at the deadline cuts the rest with
-/// [`DrainCut`]; see the [module docs](super).
-///
-/// ```
-/// use std::time::Duration;
-/// use bytes::Bytes;
-/// use http_body_util::Full;
-/// use hyper_util::client::legacy::{connect::HttpConnector, Client};
-/// use hyper_util::rt::TokioExecutor;
-/// use tower::{Layer, ServiceBuilder};
-/// use tower_conn_lifecycle::drain::DrainLayer;
-/// use tower_conn_lifecycle::track::TrackConnectionsLayer;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let track = TrackConnectionsLayer::new();
-/// let drain = DrainLayer::new().tracker(&track.stats());
-/// let handle = drain.handle();
-/// let client = Client::builder(TokioExecutor::new())
-///     .build::<_, Full<Bytes>>(track.layer(HttpConnector::new()));
-/// let client = ServiceBuilder::new().layer(drain).service(client);
-/// # let _ = client;
-/// // On shutdown:
-/// let report = handle.drain(Duration::from_secs(10)).await;
-/// assert_eq!(report.cut(), 0);
-/// # }
-/// ```
-///
-/// # Where it goes
-///
-/// Outermost (above [`RetryOnStaleConnection`](crate::retry) and
-/// [`PhaseTimeout`](crate::phase_timeout)), so a request is in flight
-/// from its call to its body's end, retries included. Inside a retry
-/// layer it works too: the retry layer never retries a
-/// [`Draining`](super::Draining) refusal.
-///
-/// # Connections: give it the tracker
-///
-/// hyper-util's legacy client hides its pool: a layer around it cannot
-/// take a connection out of the pool or close one by itself. With the
-/// connector's [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer)
-/// ([`tracker`](Self::tracker)) the drain closes them through the tracker:
-/// idle HTTP/1 connections at once (the tracked IO reads EOF, and hyper
-/// closes the socket cleanly), the others when their exchange ends (with
-/// [`WithConnectionInfoLayer`](crate::track::WithConnectionInfoLayer),
-/// [`PhaseTimeout`](crate::phase_timeout) or
-/// [`IdleExpiry`](crate::idle_expiry) in the stack to mark that end;
-/// otherwise once nothing is in flight), HTTP/2 ones once nothing is in
-/// flight, and at the deadline every connection with a request still on
-/// it (the request fails, the connection closes). The tracker should be
-/// this client's alone: the drain closes every connection it tracks.
-///
-/// **Without the tracker** the drain still refuses new requests, waits
-/// for the requests in flight and counts them, but closes no connection:
-/// the report's connection counts are `None`, and a request cut at the
-/// deadline fails with [`DrainCut`] only when it is next polled (hyper
-/// still holds it). Drop the client (every clone) after the drain to
-/// close its pool's connections.
-#[derive(Clone, Debug)]
-pub struct DrainLayer {
-    handle: DrainHandle,
-}
-
-impl Default for DrainLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl DrainLayer {
-    /// A layer with its own drain and no tracker (see the type's docs).
-    pub fn new() -> Self {
-        DrainLayer {
-            handle: DrainHandle::new(None),
-        }
-    }
-
-    /// Closes connections through `stats`' tracker: the
-    /// [`TrackStats`] of the [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer)
-    /// in this client's connector. Starts a new drain: take the
-    /// [`handle`](Self::handle) after this.
-    pub fn tracker(self, stats: &TrackStats) -> Self {
-        DrainLayer {
-            handle: DrainHandle::new(Some(stats.clone())),
-        }
-    }
-
-    /// The handle that drains every service this layer (and its clones)
-    /// made.
-    pub fn handle(&self) -> DrainHandle {
-        self.handle.clone()
-    }
-}
-
-impl<S> Layer<S> for DrainLayer {
+/// The handle is the layer: every service it (or a clone) wraps shares its
+/// drain.
+impl<S> Layer<S> for DrainHandle {
     type Service = Drain<S>;
 
     fn layer(&self, inner: S) -> Drain<S> {
         Drain {
             inner,
-            handle: self.handle.clone(),
+            handle: self.clone(),
         }
     }
 }
 
-/// The service of [`DrainLayer`]. Clones share the drain.
+/// The service a [`DrainHandle`] makes as a layer. Clones share the drain.
 #[derive(Clone, Debug)]
 pub struct Drain<S> {
     inner: S,

@@ -29,8 +29,9 @@
 //! * the one-call client: [`Client::drain`](crate::client::Client::drain)
 //!   (the drain belongs to the client's pools: every clone of the client
 //!   shares it);
-//! * a stack built by hand on hyper-util's legacy client: [`DrainLayer`],
-//!   whose [`DrainHandle`] drains every service the layer made.
+//! * a stack built by hand on hyper-util's legacy client: a
+//!   [`DrainHandle`], which is also the layer ([`Drain`]) and drains every
+//!   service it wrapped.
 //!
 //! # The drain future
 //!
@@ -88,7 +89,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use error::{DrainCut, Draining};
-pub use layer::{future, Drain, DrainBody, DrainLayer};
+pub use layer::{future, Drain, DrainBody};
 
 use crate::track::TrackStats;
 
@@ -178,12 +179,74 @@ struct Shared {
     close_idle: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
-/// A handle on a client's drain: start it with [`drain`](Self::drain).
-/// Clones share the drain.
+/// A client's drain: start it with [`drain`](Self::drain). Clones share
+/// the drain.
 ///
 /// The one-call client has its own
-/// ([`Client::drain`](crate::client::Client::drain)); [`DrainLayer`]
-/// gives one for a stack built by hand.
+/// ([`Client::drain`](crate::client::Client::drain),
+/// [`Client::drain_handle`](crate::client::Client::drain_handle)). For a
+/// stack built by hand, the handle is also the layer
+/// ([`tower_layer::Layer`], making a [`Drain`]): put a clone of it on the
+/// stack and keep it. Every service it wraps then refuses new requests
+/// with [`Draining`] once the drain begins, follows each request to the
+/// end of its response body, and at the deadline cuts the rest with
+/// [`DrainCut`]; see the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::{connect::HttpConnector, Client};
+/// use hyper_util::rt::TokioExecutor;
+/// use tower::{Layer, ServiceBuilder};
+/// use tower_conn_lifecycle::drain::DrainHandle;
+/// use tower_conn_lifecycle::track::TrackConnectionsLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let track = TrackConnectionsLayer::new();
+/// let drain = DrainHandle::with_tracker(&track.stats());
+/// let client = Client::builder(TokioExecutor::new())
+///     .build::<_, Full<Bytes>>(track.layer(HttpConnector::new()));
+/// let client = ServiceBuilder::new().layer(drain.clone()).service(client);
+/// # let _ = client;
+/// // On shutdown:
+/// let report = drain.drain(Duration::from_secs(10)).await;
+/// assert_eq!(report.cut(), 0);
+/// # }
+/// ```
+///
+/// # Where it goes
+///
+/// Outermost (above [`RetryOnStaleConnection`](crate::retry) and
+/// [`PhaseTimeout`](crate::phase_timeout)), so a request is in flight
+/// from its call to its body's end, retries included. Inside a retry
+/// layer it works too: the retry layer never retries a [`Draining`]
+/// refusal.
+///
+/// # Connections: give it the tracker
+///
+/// hyper-util's legacy client hides its pool: a layer around it cannot
+/// take a connection out of the pool or close one by itself. Built with
+/// the connector's [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer)
+/// ([`with_tracker`](Self::with_tracker)) the drain closes them through
+/// the tracker: idle HTTP/1 connections at once (the tracked IO reads EOF,
+/// and hyper closes the socket cleanly), the others when their exchange
+/// ends (with
+/// [`WithConnectionInfoLayer`](crate::track::WithConnectionInfoLayer),
+/// [`PhaseTimeout`](crate::phase_timeout) or
+/// [`IdleExpiry`](crate::idle_expiry) in the stack to mark that end;
+/// otherwise once nothing is in flight), HTTP/2 ones once nothing is in
+/// flight, and at the deadline every connection with a request still on
+/// it (the request fails, the connection closes). The tracker should be
+/// this client's alone: the drain closes every connection it tracks.
+///
+/// **Without the tracker** ([`new`](Self::new)) the drain still refuses
+/// new requests, waits for the requests in flight and counts them, but
+/// closes no connection: the report's connection counts are `None`, and a
+/// request cut at the deadline fails with [`DrainCut`] only when it is
+/// next polled (hyper still holds it). Drop the client (every clone) after
+/// the drain to close its pool's connections.
 #[derive(Clone)]
 pub struct DrainHandle {
     shared: Arc<Shared>,
@@ -199,8 +262,28 @@ impl fmt::Debug for DrainHandle {
     }
 }
 
+impl Default for DrainHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl DrainHandle {
-    pub(crate) fn new(tracker: Option<TrackStats>) -> Self {
+    /// A new drain without the tracker: it closes no connection (see
+    /// [the type's docs](Self#connections-give-it-the-tracker)).
+    pub fn new() -> Self {
+        Self::from_tracker(None)
+    }
+
+    /// A new drain that closes connections through `stats`' tracker: the
+    /// [`TrackStats`] of the
+    /// [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) in
+    /// this client's connector.
+    pub fn with_tracker(stats: &TrackStats) -> Self {
+        Self::from_tracker(Some(stats.clone()))
+    }
+
+    fn from_tracker(tracker: Option<TrackStats>) -> Self {
         DrainHandle {
             shared: Arc::new(Shared {
                 cell: Arc::new(Cell {
@@ -410,8 +493,8 @@ impl DrainReport {
     }
 
     /// HTTP/1 connections that were idle when the drain began and were
-    /// closed at once; `None` without the tracker (a [`DrainLayer`]
-    /// without [`tracker`](DrainLayer::tracker)). HTTP/2 connections are
+    /// closed at once; `None` without the tracker (a [`DrainHandle::new`]
+    /// rather than [`DrainHandle::with_tracker`]). HTTP/2 connections are
     /// not counted: they close when their last stream ends.
     pub fn idle_connections_closed(&self) -> Option<u64> {
         self.idle_closed

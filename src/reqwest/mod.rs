@@ -120,7 +120,6 @@ println!("{} {:?}", res.status(), res.into_body().collect().await?.to_bytes());
 "#
 )]
 
-pub mod future;
 mod service;
 #[cfg(feature = "reqwest-rustls")]
 mod tls;

@@ -1,5 +1,7 @@
 //! The [`ReqwestService`] adapter.
 
+use std::future::{ready, Future};
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -7,7 +9,6 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::future::ResponseFuture;
 use crate::BoxError;
 
 /// A [`reqwest::Client`] as a `tower::Service<http::Request<B>>`, so that
@@ -38,6 +39,11 @@ use crate::BoxError;
 /// * **Errors**: [`reqwest::Error`], including a request reqwest refuses to
 ///   convert (a relative URI, for example), which fails from the returned
 ///   future without sending anything.
+/// * **Future**: a boxed `Send` future (`Pin<Box<dyn Future<Output =
+///   Result<Response<reqwest::Body>, reqwest::Error>> + Send>>`), so there is
+///   no future type to name. reqwest's own response future already boxes
+///   its request state, so this is one more small allocation per request,
+///   noise beside what reqwest itself allocates and does per request.
 ///
 /// `poll_ready` is always ready (reqwest queues internally). A `Clone` shares
 /// the client: its connection pool, TLS configuration and settings.
@@ -107,7 +113,8 @@ where
 {
     type Response = Response<::reqwest::Body>;
     type Error = ::reqwest::Error;
-    type Future = ResponseFuture;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<::reqwest::Body>, ::reqwest::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Service::<::reqwest::Request>::poll_ready(&mut self.client, cx)
@@ -115,8 +122,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match ::reqwest::Request::try_from(req.map(::reqwest::Body::wrap)) {
-            Ok(req) => ResponseFuture::sent(self.client.call(req)),
-            Err(err) => ResponseFuture::refused(err),
+            Ok(req) => {
+                let pending = self.client.call(req);
+                Box::pin(async move { pending.await.map(Into::into) })
+            }
+            Err(err) => Box::pin(ready(Err(err))),
         }
     }
 }
