@@ -95,7 +95,9 @@ async fn hand_stack_on_your_client_removes_the_race() {
     const EXPIRY: Duration = Duration::from_millis(120);
     const TASKS: usize = 10;
     const REQUESTS: usize = 20;
-    let rows = hand_stack::run(IDLE, EXPIRY, TASKS, REQUESTS).await.unwrap();
+    let rows = hand_stack::run(IDLE, EXPIRY, TASKS, REQUESTS)
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 4);
     for row in &rows {
         let what = format!("{} {}", row.client, row.method);
