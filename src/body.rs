@@ -91,8 +91,38 @@ enum Kind {
     /// Cheap-to-clone data not yet sent (empty: the body has ended),
     /// unobserved; pieces are split off it in place.
     Inline(Bytes),
-    /// Anything else: a streamed body, or a body that reports its upload.
+    /// Anything else.
+    Other(Other),
+}
+
+/// The bodies that are not plain inline data (an enum of their own, so that
+/// `Kind` keeps to four words: `Bytes` has room for one tag value only).
+enum Other {
+    /// A streamed body, or a body that reports its upload.
     Heavy(Box<Heavy>),
+    /// An empty body that only announces its attempt (a bodiless request
+    /// under `PhaseTimeout`, which needs no progress record): no box.
+    Announced(Announced),
+}
+
+/// The attempt's capture of an empty body: its upload is the request
+/// head, and ends (for the tracker) when hyper drops the body, as a
+/// [`Heavy`] body's [`Upload`] does.
+struct Announced(Option<ConnectionCapture>);
+
+impl Announced {
+    /// The capture, without ending the upload.
+    fn take(&mut self) -> Option<ConnectionCapture> {
+        self.0.take()
+    }
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.upload_ended();
+        }
+    }
 }
 
 struct Heavy {
@@ -269,18 +299,18 @@ impl RequestBody {
 
     fn boxed(body: BoxedBody) -> Self {
         RequestBody {
-            kind: Kind::Heavy(Box::new(Heavy {
+            kind: Kind::Other(Other::Heavy(Box::new(Heavy {
                 source: Source::Boxed(Mutex::new(body)),
                 rest: None,
                 upload: Upload::NONE,
-            })),
+            }))),
         }
     }
 
     fn heavy(&self) -> Option<&Heavy> {
         match &self.kind {
-            Kind::Heavy(heavy) => Some(heavy),
-            Kind::Inline(_) => None,
+            Kind::Other(Other::Heavy(heavy)) => Some(heavy),
+            Kind::Inline(_) | Kind::Other(Other::Announced(_)) => None,
         }
     }
 
@@ -317,13 +347,17 @@ impl RequestBody {
     fn ends_now(&self) -> bool {
         match &self.kind {
             Kind::Inline(data) => data.is_empty(),
-            Kind::Heavy(heavy) => heavy.ends_now(),
+            Kind::Other(Other::Heavy(heavy)) => heavy.ends_now(),
+            Kind::Other(Other::Announced(_)) => true,
         }
     }
 
     /// The attempt's capture, until the upload has ended.
     #[inline]
     pub(crate) fn capture(&self) -> Option<&ConnectionCapture> {
+        if let Kind::Other(Other::Announced(announced)) = &self.kind {
+            return announced.0.as_ref();
+        }
         let upload = &self.heavy()?.upload;
         if upload.dormant {
             return None;
@@ -350,9 +384,30 @@ impl RequestBody {
             generation,
             dormant: false,
         };
+        if let Kind::Other(Other::Announced(announced)) = &mut self.kind {
+            // Observed again (a second `PhaseTimeout`): as a boxed empty
+            // body, whose upload the new record takes over.
+            let earlier = Upload {
+                progress: None,
+                capture: announced.take(),
+                generation: 0,
+                dormant: false,
+            };
+            self.kind = Kind::Other(Other::Heavy(Box::new(Heavy {
+                source: Source::Inline(Bytes::new()),
+                rest: None,
+                upload: earlier,
+            })));
+        }
         let heavy = match &mut self.kind {
+            Kind::Other(Other::Announced(_)) => unreachable!("boxed above"),
             Kind::Inline(data) => {
                 if !upload.is_live() {
+                    return;
+                }
+                if data.is_empty() && upload.progress.is_none() {
+                    // Only the attempt to announce: no box.
+                    self.kind = Kind::Other(Other::Announced(Announced(upload.capture.take())));
                     return;
                 }
                 if data.is_empty() {
@@ -363,14 +418,14 @@ impl RequestBody {
                     }
                 }
                 let source = Source::Inline(mem::take(data));
-                self.kind = Kind::Heavy(Box::new(Heavy {
+                self.kind = Kind::Other(Other::Heavy(Box::new(Heavy {
                     source,
                     rest: None,
                     upload,
-                }));
+                })));
                 return;
             }
-            Kind::Heavy(heavy) => heavy,
+            Kind::Other(Other::Heavy(heavy)) => heavy,
         };
         if let (Some(new), Some(old)) = (&upload.progress, &heavy.upload.progress) {
             new.report_to(Arc::clone(old));
@@ -390,7 +445,7 @@ impl RequestBody {
     /// Replay mode (the retry layer): a streamed body goes through a replay
     /// buffer keeping up to `limit` bytes; an inline one needs none.
     pub(crate) fn make_replayable(&mut self, limit: usize) {
-        let Kind::Heavy(heavy) = &mut self.kind else {
+        let Kind::Other(Other::Heavy(heavy)) = &mut self.kind else {
             return;
         };
         if heavy.rest.is_some() {
@@ -415,7 +470,23 @@ impl RequestBody {
     pub(crate) fn retry_copy(&self) -> RequestBody {
         let heavy = match &self.kind {
             Kind::Inline(data) => return Self::inline(data.clone()),
-            Kind::Heavy(heavy) => heavy,
+            Kind::Other(Other::Heavy(heavy)) => heavy,
+            // Observed (`PhaseTimeout` above the retry layer): as the boxed
+            // empty body it stands for, the copy waits for its attempt.
+            Kind::Other(Other::Announced(_)) => {
+                return RequestBody {
+                    kind: Kind::Other(Other::Heavy(Box::new(Heavy {
+                        source: Source::Inline(Bytes::new()),
+                        rest: None,
+                        upload: Upload {
+                            progress: None,
+                            capture: None,
+                            generation: 0,
+                            dormant: true,
+                        },
+                    }))),
+                }
+            }
         };
         let upload = &heavy.upload;
         let observed = upload.dormant || upload.progress.is_some() || upload.capture.is_some();
@@ -426,7 +497,7 @@ impl RequestBody {
             Source::Boxed(_) | Source::Spent => Source::Spent,
         };
         RequestBody {
-            kind: Kind::Heavy(Box::new(Heavy {
+            kind: Kind::Other(Other::Heavy(Box::new(Heavy {
                 source,
                 rest: None,
                 upload: Upload {
@@ -435,7 +506,7 @@ impl RequestBody {
                     generation: upload.generation,
                     dormant: observed,
                 },
-            })),
+            }))),
         }
     }
 
@@ -444,7 +515,7 @@ impl RequestBody {
     /// the copy's upload now reports to its progress record, which starts
     /// over, and announces the new attempt.
     pub(crate) fn next_attempt(&mut self, capture: Option<&ConnectionCapture>) {
-        let Kind::Heavy(heavy) = &mut self.kind else {
+        let Kind::Other(Other::Heavy(heavy)) = &mut self.kind else {
             return;
         };
         let upload = &mut heavy.upload;
@@ -475,6 +546,13 @@ impl RequestBody {
             Some(Source::Replay(replay)) => Some(replay.buffered()),
             _ => None,
         }
+    }
+
+    /// Whether the body is an empty one that only announces its attempt
+    /// (tests).
+    #[cfg(test)]
+    pub(crate) fn is_announced_only(&self) -> bool {
+        matches!(self.kind, Kind::Other(Other::Announced(_)))
     }
 
     /// How the body is kept (tests).
@@ -631,7 +709,8 @@ impl Body for RequestBody {
         match &mut self.get_mut().kind {
             Kind::Inline(data) if data.is_empty() => Poll::Ready(None),
             Kind::Inline(data) => Poll::Ready(Some(Ok(Frame::data(take_piece(data))))),
-            Kind::Heavy(heavy) => heavy.poll_frame(cx),
+            Kind::Other(Other::Heavy(heavy)) => heavy.poll_frame(cx),
+            Kind::Other(Other::Announced(_)) => Poll::Ready(None),
         }
     }
 
@@ -648,7 +727,8 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inline(data) => SizeHint::with_exact(data.len() as u64),
-            Kind::Heavy(heavy) => heavy.size_hint(),
+            Kind::Other(Other::Heavy(heavy)) => heavy.size_hint(),
+            Kind::Other(Other::Announced(_)) => SizeHint::with_exact(0),
         }
     }
 }
@@ -701,7 +781,8 @@ impl fmt::Debug for RequestBody {
                 Source::Boxed(_) | Source::Spent => d.field("streamed", &true),
             },
         };
-        let observed = self.heavy().is_some_and(|h| h.upload.is_live());
+        let observed = matches!(self.kind, Kind::Other(Other::Announced(_)))
+            || self.heavy().is_some_and(|h| h.upload.is_live());
         d.field("observed", &observed).finish()
     }
 }

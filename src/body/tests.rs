@@ -360,6 +360,40 @@ fn an_observed_empty_body_has_ended_its_upload_at_the_call() {
     assert_eq!(progress.body_end(), Some(issued));
 }
 
+/// A bodiless request under `PhaseTimeout` (a capture, no progress record)
+/// is kept without a box, yet does what a boxed observed body does: it
+/// hands its capture on, has ended at once, ends its upload when dropped,
+/// and a second observer or a retry copy still works.
+#[test]
+fn an_empty_body_that_only_announces_its_attempt_is_not_boxed() {
+    let capture = ConnectionCapture::direct(false);
+    let mut body = RequestBody::new(Empty::<Bytes>::new());
+    body.observe(None, Some(capture.clone()));
+    assert!(body.is_announced_only());
+    assert!(body.capture().is_some());
+    assert!(format!("{body:?}").contains("observed: true"));
+    assert!(body.is_end_stream());
+    assert_eq!(body.size_hint().exact(), Some(0));
+    // A retry copy waits for its own attempt, with no capture yet.
+    let copy = body.retry_copy();
+    assert!(copy.capture().is_none());
+    assert!(!capture.is_upload_done());
+    drop(body);
+    assert!(capture.is_upload_done());
+
+    // Observed twice: the second record takes over, and the first
+    // capture's upload is not ended by the hand-over.
+    let first = ConnectionCapture::direct(false);
+    let second = ConnectionCapture::direct(false);
+    let mut body = RequestBody::new(Empty::<Bytes>::new());
+    body.observe(None, Some(first.clone()));
+    body.observe(None, Some(second.clone()));
+    assert!(!body.is_announced_only());
+    assert!(!first.is_upload_done());
+    drop(body);
+    assert!(second.is_upload_done());
+}
+
 #[test]
 fn it_is_send_sync_unpin_and_static() {
     fn check<T: Send + Sync + Unpin + 'static>() {}

@@ -491,6 +491,12 @@ impl ConnectionCapture {
 
     /// The request body ended (it reported its end, or hyper dropped it once
     /// it was written): the attempt's upload is over.
+    /// Whether the attempt's upload ended ([`upload_ended`](Self::upload_ended)).
+    #[cfg(test)]
+    pub(crate) fn is_upload_done(&self) -> bool {
+        self.attempt.upload_done.load(Ordering::Acquire)
+    }
+
     pub(crate) fn upload_ended(&self) {
         let attempt = &*self.attempt;
         if attempt.upload_done.swap(true, Ordering::AcqRel) {
