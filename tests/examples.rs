@@ -2,6 +2,11 @@
 //! this file calls with small parameters, and the tests check what the
 //! example shows on the servers' side.
 
+// Each example prints its table with `examples/common`, so including two of
+// them loads that module twice (harmless: each copy is private to its
+// example).
+#![allow(clippy::duplicate_mod)]
+
 mod common;
 
 #[allow(dead_code)] // its `main`
