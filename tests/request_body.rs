@@ -647,3 +647,523 @@ async fn a_request_given_up_mid_upload_drops_its_body_and_closes_its_connection(
     assert_eq!(answer, "0");
     assert_eq!((server.requests(), server.connections()), (2, 2));
 }
+
+// ------------------------------------------------- hostile raw servers
+
+/// What a [`Raw`] server does with one request, by its number (from 1,
+/// across connections).
+#[derive(Clone, Copy, Debug)]
+enum Script {
+    /// Reads the whole body, then answers `200` with a `Content-Length`.
+    Ok,
+    /// Answers `413` right after the head, then reads until the client
+    /// closes.
+    Early413,
+    /// Sends `100 Continue` and `103 Early Hints`, reads the whole body,
+    /// then answers `200`.
+    Informational,
+    /// Reads `n` bytes past the head, then resets the connection.
+    ResetAfter(usize),
+    /// Reads until the client closes, never answering.
+    Hold,
+    /// Sends `100 Continue`, reads `n` bytes past the head, then resets.
+    ContinueThenReset(usize),
+}
+
+/// What a [`Raw`] server saw.
+#[derive(Default)]
+struct RawLog {
+    connections: std::sync::atomic::AtomicU64,
+    /// Each request's connection (from 1) and request line.
+    heads: Mutex<Vec<(u64, String)>>,
+    /// Bytes read past the request heads (body and framing).
+    body_bytes: std::sync::atomic::AtomicU64,
+    /// Connections closed by the client (EOF or error while reading).
+    closed: std::sync::atomic::AtomicU64,
+}
+
+impl RawLog {
+    fn heads(&self) -> Vec<(u64, String)> {
+        self.heads.lock().unwrap().clone()
+    }
+    fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn closed(&self) -> u64 {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A raw HTTP/1 loopback server that answers each request by its
+/// [`Script`]: early, with informational responses, or by a reset.
+struct Raw {
+    url: String,
+    log: Arc<RawLog>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Raw {
+    async fn start(script: fn(usize) -> Script) -> Raw {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let log = Arc::new(RawLog::default());
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let log = log.clone();
+            async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                while let Ok((io, _)) = listener.accept().await {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let conn = log.connections.fetch_add(1, SeqCst) + 1;
+                    tasks.spawn(raw_connection(
+                        io,
+                        conn,
+                        log.clone(),
+                        requests.clone(),
+                        script,
+                    ));
+                }
+            }
+        });
+        Raw { url, log, task }
+    }
+}
+
+async fn raw_connection(
+    mut io: tokio::net::TcpStream,
+    conn: u64,
+    log: Arc<RawLog>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    script: fn(usize) -> Script,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * KIB];
+    // Reads more into `buf`; false once the client closed.
+    macro_rules! more {
+        () => {
+            match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    log.closed.fetch_add(1, SeqCst);
+                    return;
+                }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    n
+                }
+            }
+        };
+    }
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            more!();
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let line = head.lines().next().unwrap_or("").to_uppercase();
+        buf.drain(..head_end);
+        log.heads.lock().unwrap().push((conn, line));
+        let n = requests.fetch_add(1, SeqCst) + 1;
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse::<usize>().unwrap());
+        let chunked = head.contains("transfer-encoding: chunked");
+        // Reads the whole body (by its length, or up to the last chunk).
+        macro_rules! body {
+            () => {{
+                let mut read = buf.len();
+                let end = loop {
+                    if let Some(len) = length {
+                        if buf.len() >= len {
+                            break len;
+                        }
+                    } else if !chunked {
+                        break 0;
+                    } else if buf.starts_with(b"0\r\n\r\n") {
+                        break 5;
+                    } else if let Some(i) = buf.windows(7).position(|w| w == b"\r\n0\r\n\r\n") {
+                        break i + 7;
+                    }
+                    read += more!();
+                };
+                let _ = read;
+                log.body_bytes.fetch_add(end as u64, SeqCst);
+                buf.drain(..end);
+            }};
+        }
+        match script(n) {
+            Script::Ok => {
+                body!();
+                let _ = io.write_all(OK).await;
+            }
+            Script::Informational => {
+                let _ = io
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n")
+                    .await;
+                body!();
+                let _ = io.write_all(OK).await;
+            }
+            Script::Early413 => {
+                let _ = io
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                loop {
+                    log.body_bytes.fetch_add(buf.len() as u64, SeqCst);
+                    buf.clear();
+                    more!();
+                }
+            }
+            Script::Hold => loop {
+                log.body_bytes.fetch_add(buf.len() as u64, SeqCst);
+                buf.clear();
+                more!();
+            },
+            Script::ContinueThenReset(after) => {
+                let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                while buf.len() < after {
+                    more!();
+                }
+                log.body_bytes.fetch_add(buf.len() as u64, SeqCst);
+                #[allow(deprecated)] // `set_zero_linger` needs a newer tokio
+                let _ = io.set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Script::ResetAfter(after) => {
+                while buf.len() < after {
+                    more!();
+                }
+                log.body_bytes.fetch_add(buf.len() as u64, SeqCst);
+                #[allow(deprecated)] // `set_zero_linger` needs a newer tokio
+                let _ = io.set_linger(Some(Duration::ZERO));
+                return;
+            }
+        }
+    }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+fn post(url: &str, body: Req) -> http::Request<Req> {
+    http::Request::post(url).body(body).unwrap()
+}
+
+/// Both clients of the probes: the one-call client with retry and send
+/// and read limits, and the hand stack (Retry → PhaseTimeout → client).
+fn probe_clients(
+    retry: RetryOnStaleConnectionLayer,
+    phases: PhaseTimeoutLayer,
+) -> [(&'static str, Stack); 2] {
+    let one_call = boxed(
+        client::builder()
+            .retry(retry.clone())
+            .timeouts(phases)
+            .build::<Req>(),
+    );
+    let hand = hand_stack(Order::RetryAbove, retry, phases, HttpConnector::new());
+    [("one-call", one_call), ("hand", hand)]
+}
+
+fn probe_phases() -> PhaseTimeoutLayer {
+    PhaseTimeoutLayer::new()
+        .send(Duration::from_millis(300))
+        .read(Duration::from_millis(1500))
+}
+
+/// The request lines the server saw, each with its connection.
+fn lines(heads: &[(u64, &str)]) -> Vec<(u64, String)> {
+    heads
+        .iter()
+        .map(|(c, m)| (*c, format!("{m} / HTTP/1.1")))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_early_413_during_a_streamed_upload_is_the_response_and_dropping_it_stops_the_upload() {
+    for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+        let server = Raw::start(|_| Script::Early413).await;
+        let (body, producer) = streamed(64 << 20, false);
+        let res = svc.clone().oneshot(post(&server.url, body));
+        let res = bounded(STEP_LIMIT, "the 413", res).await.unwrap();
+        // The early answer is the response, not an error, and no retry.
+        assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE, "{name}");
+        assert!(res.extensions().get::<Retried>().is_none(), "{name}");
+        drop(res);
+        // Dropped: the upload is abandoned, far from its end, and its
+        // connection closed (not left to upload on).
+        let sent = bounded(SLACK, "the producer to stop", producer)
+            .await
+            .unwrap();
+        assert!(sent < 64 << 20, "{name}: {sent}");
+        let log = server.log.clone();
+        eventually(SLACK, "the connection to close", || log.closed() == 1).await;
+        assert!(server.log.body_bytes() < 64 << 20, "{name}");
+        assert_eq!(server.log.heads(), lines(&[(1, "POST")]), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_reused_connection_reset_mid_streamed_upload_is_never_retried() {
+    for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+        // A POST, reset after 32 KiB of its body and no response byte.
+        let server = Raw::start(|n| match n {
+            2 => Script::ResetAfter(32 * KIB),
+            _ => Script::Ok,
+        })
+        .await;
+        send(&svc, post(&server.url, empty())).await.unwrap();
+        let (body, _producer) = streamed(256 * KIB, false);
+        let err = send(&svc, post(&server.url, body)).await.unwrap_err();
+        assert_eq!(
+            not_retried(&err).rule(),
+            Rule::NotIdempotent,
+            "{name}: {err}"
+        );
+        assert_eq!(
+            server.log.heads(),
+            lines(&[(1, "POST"), (1, "POST")]),
+            "{name}"
+        );
+        // A PUT (retry-safe) whose body went past the replay buffer.
+        let server = Raw::start(|n| match n {
+            2 => Script::ResetAfter(128 * KIB),
+            _ => Script::Ok,
+        })
+        .await;
+        send(&svc, put(&server.url, empty())).await.unwrap();
+        let (body, _producer) = streamed(256 * KIB, false);
+        let err = send(&svc, put(&server.url, body)).await.unwrap_err();
+        let e = not_retried(&err);
+        assert_eq!(e.rule(), Rule::BodyNotReplayable, "{name}: {err}");
+        assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
+        assert_eq!(
+            server.log.heads(),
+            lines(&[(1, "PUT"), (1, "PUT")]),
+            "{name}"
+        );
+        assert_eq!(server.log.connections(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn informational_responses_before_the_final_one_of_a_streamed_upload() {
+    for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+        // `100 Continue` and `103 Early Hints`, then the final answer once
+        // the whole body has arrived.
+        let server = Raw::start(|_| Script::Informational).await;
+        let (body, producer) = streamed(256 * KIB, false);
+        let (answer, retried) = send(&svc, post(&server.url, body)).await.unwrap();
+        assert_eq!((answer.as_ref(), retried), (&b"ok"[..], None), "{name}");
+        assert_eq!(producer.await.unwrap(), 256 * KIB, "{name}");
+        // The whole body (with its chunk framing), once.
+        assert!(server.log.body_bytes() > 256 * KIB as u64, "{name}");
+        assert_eq!(server.log.heads(), lines(&[(1, "POST")]), "{name}");
+        // A `100 Continue`, then a reset mid-upload of a PUT on a reused
+        // connection: a response byte had arrived, so never retried.
+        let server = Raw::start(|n| match n {
+            2 => Script::ContinueThenReset(8 * KIB),
+            _ => Script::Ok,
+        })
+        .await;
+        send(&svc, put(&server.url, empty())).await.unwrap();
+        let (body, _producer) = streamed(32 * KIB, false);
+        let err = send(&svc, put(&server.url, body)).await.unwrap_err();
+        assert_eq!(
+            not_retried(&err).rule(),
+            Rule::ResponseStarted,
+            "{name}: {err}"
+        );
+        assert_eq!(
+            server.log.heads(),
+            lines(&[(1, "PUT"), (1, "PUT")]),
+            "{name}"
+        );
+        assert_eq!(server.log.connections(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_upload_stalled_past_the_send_limit_on_a_reused_connection_fails_once() {
+    // Some bytes then a stall; a stall before the first body byte.
+    for first_bytes in [20 * KIB, 0] {
+        for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+            let server = Raw::start(|n| match n {
+                2 => Script::Hold,
+                _ => Script::Ok,
+            })
+            .await;
+            send(&svc, put(&server.url, empty())).await.unwrap();
+            let (body, _producer) = streamed(first_bytes, true);
+            let err = send(&svc, put(&server.url, body)).await.unwrap_err();
+            let e = elapsed(&err);
+            assert_eq!(e.phase(), Phase::Send, "{name}/{first_bytes}: {err}");
+            assert_eq!(
+                not_retried(&err).rule(),
+                Rule::Timeout,
+                "{name}/{first_bytes}"
+            );
+            assert!(e.bytes_sent() >= first_bytes as u64, "{name}/{first_bytes}");
+            // One attempt of the PUT, on the reused connection.
+            assert_eq!(
+                server.log.heads(),
+                lines(&[(1, "PUT"), (1, "PUT")]),
+                "{name}/{first_bytes}"
+            );
+            assert_eq!(server.log.connections(), 1, "{name}/{first_bytes}");
+        }
+    }
+}
+
+/// A streamed body that announces an exact size and yields `left` bytes.
+struct Liar {
+    announced: u64,
+    left: usize,
+}
+
+impl Body for Liar {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(4 * KIB);
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.announced)
+    }
+}
+
+fn lying(
+    method: http::Method,
+    url: &str,
+    announced: u64,
+    yields: usize,
+    header: Option<u64>,
+) -> http::Request<Req> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(RequestBody::new(Liar {
+            announced,
+            left: yields,
+        }))
+        .unwrap();
+    if let Some(h) = header {
+        req.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, h.into());
+    }
+    req
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_announced_length_fails_at_once_and_is_never_retried() {
+    // (size hint, bytes yielded, caller's Content-Length)
+    let cases = [
+        (8 * KIB as u64, 4 * KIB, None),
+        (1 << 20, 4 * KIB, Some(8 * KIB as u64)),
+        (0, 0, Some(100)),
+    ];
+    for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+        for (hint, yields, header) in cases {
+            for method in [http::Method::POST, http::Method::PUT] {
+                let case = format!("{name}/{method}/{hint}/{yields}/{header:?}");
+                let server = Raw::start(|_| Script::Ok).await;
+                send(&svc, put(&server.url, empty())).await.unwrap();
+                let req = lying(method.clone(), &server.url, hint, yields, header);
+                let err = send(&svc, req).await.unwrap_err();
+                assert!(
+                    err.to_string().contains("early end, expected"),
+                    "{case}: {err}"
+                );
+                assert_eq!(
+                    not_retried(&err).rule(),
+                    Rule::NotConnectionFailure,
+                    "{case}"
+                );
+                // The short request never reached the server (hyper fails
+                // it before flushing), and its connection is closed.
+                let log = server.log.clone();
+                eventually(SLACK, "the connection to close", || log.closed() == 1).await;
+                assert_eq!(server.log.heads(), lines(&[(1, "PUT")]), "{case}");
+                assert_eq!(server.log.connections(), 1, "{case}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_longer_than_its_announced_length_is_cut_at_that_length() {
+    // hyper's own behaviour, kept: it writes the announced length and
+    // drops the body, without an error. The connection stays well framed.
+    for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+        for (hint, header) in [(4 * KIB as u64, None), (1 << 20, Some(4 * KIB as u64))] {
+            let server = Raw::start(|_| Script::Ok).await;
+            send(&svc, put(&server.url, empty())).await.unwrap();
+            let req = lying(http::Method::POST, &server.url, hint, 8 * KIB, header);
+            let (answer, retried) = send(&svc, req).await.unwrap();
+            assert_eq!((answer.as_ref(), retried), (&b"ok"[..], None), "{name}");
+            assert_eq!(server.log.body_bytes(), 4 * KIB as u64, "{name}");
+            send(&svc, put(&server.url, empty())).await.unwrap();
+            assert_eq!(
+                server.log.heads(),
+                lines(&[(1, "PUT"), (1, "POST"), (1, "PUT")]),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_dropped_mid_upload_on_a_reused_connection_leaves_it_unused() {
+    for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+        let server = Raw::start(|n| match n {
+            2 => Script::Hold,
+            _ => Script::Ok,
+        })
+        .await;
+        send(&svc, post(&server.url, empty())).await.unwrap();
+        let (body, producer) = streamed(64 << 20, true);
+        let request = tokio::spawn(send(&svc, post(&server.url, body)));
+        let log = server.log.clone();
+        eventually(SLACK, "the upload to be under way", || log.body_bytes() > 0).await;
+        request.abort();
+        let sent = bounded(SLACK, "the producer to stop", producer)
+            .await
+            .unwrap();
+        assert!(sent < 64 << 20, "{name}: {sent}");
+        // The next request succeeds on a new connection; the abandoned one
+        // is closed.
+        let (answer, _) = send(&svc, post(&server.url, empty())).await.unwrap();
+        assert_eq!(answer, "ok", "{name}");
+        assert_eq!(
+            server.log.heads(),
+            lines(&[(1, "POST"), (1, "POST"), (2, "POST")]),
+            "{name}"
+        );
+        let log = server.log.clone();
+        eventually(SLACK, "the abandoned connection to close", || {
+            log.closed() == 1
+        })
+        .await;
+    }
+}
