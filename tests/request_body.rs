@@ -116,6 +116,17 @@ fn streamed(len: usize, hold: bool) -> (Req, tokio::task::JoinHandle<usize>) {
 }
 
 async fn produce(mut tx: Sender<Bytes>, len: usize, hold: bool) -> usize {
+    let sent = produce_into(&mut tx, len).await;
+    if hold && sent == len {
+        // Open, with nothing more to send, until the body is dropped.
+        std::future::pending::<()>().await;
+    }
+    sent
+}
+
+/// Sends `len` bytes in 16 KiB frames; how many were taken before the
+/// body was dropped.
+async fn produce_into(tx: &mut Sender<Bytes>, len: usize) -> usize {
     let mut sent = 0;
     while sent < len {
         let n = (len - sent).min(16 * KIB);
@@ -123,10 +134,6 @@ async fn produce(mut tx: Sender<Bytes>, len: usize, hold: bool) -> usize {
             return sent;
         }
         sent += n;
-    }
-    if hold {
-        // Open, with nothing more to send, until the body is dropped.
-        std::future::pending::<()>().await;
     }
     sent
 }
@@ -668,6 +675,9 @@ enum Script {
     Hold,
     /// Sends `100 Continue`, reads `n` bytes past the head, then resets.
     ContinueThenReset(usize),
+    /// Reads the whole body, then sends `103 Early Hints` every 50 ms,
+    /// never a final response.
+    HintsForever,
 }
 
 /// What a [`Raw`] server saw.
@@ -815,6 +825,17 @@ async fn raw_connection(
                     .await;
                 body!();
                 let _ = io.write_all(OK).await;
+            }
+            Script::HintsForever => {
+                body!();
+                loop {
+                    let hint = b"HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n";
+                    if io.write_all(hint).await.is_err() {
+                        log.closed.fetch_add(1, SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
             Script::Early413 => {
                 let _ = io
@@ -1135,35 +1156,96 @@ async fn a_body_longer_than_its_announced_length_is_cut_at_that_length() {
 
 #[tokio::test]
 async fn a_request_dropped_mid_upload_on_a_reused_connection_leaves_it_unused() {
+    // Dropped once body bytes arrived; dropped after the head, before the
+    // first body byte (the body has produced nothing yet).
+    for first_bytes in [64 << 20, 0] {
+        for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+            let case = format!("{name}/{first_bytes}");
+            let server = Raw::start(|n| match n {
+                2 => Script::Hold,
+                _ => Script::Ok,
+            })
+            .await;
+            send(&svc, post(&server.url, empty())).await.unwrap();
+            let (mut tx, body) = Channel::<Bytes>::new(1);
+            let request = tokio::spawn(send(&svc, post(&server.url, RequestBody::new(body))));
+            let producer = tokio::spawn(async move {
+                let sent = produce_into(&mut tx, first_bytes).await;
+                (sent, tx)
+            });
+            let log = server.log.clone();
+            eventually(SLACK, "the upload to be under way", || {
+                log.heads().len() == 2 && (first_bytes == 0 || log.body_bytes() > 0)
+            })
+            .await;
+            request.abort();
+            let (sent, mut tx) = bounded(SLACK, "the producer to stop", producer)
+                .await
+                .unwrap();
+            assert!(sent < 64 << 20, "{case}: {sent}");
+            // The next request succeeds on a new connection; the abandoned
+            // one is closed.
+            let (answer, _) = send(&svc, post(&server.url, empty())).await.unwrap();
+            assert_eq!(answer, "ok", "{case}");
+            assert_eq!(
+                server.log.heads(),
+                lines(&[(1, "POST"), (1, "POST"), (2, "POST")]),
+                "{case}"
+            );
+            let log = server.log.clone();
+            eventually(SLACK, "the abandoned connection to close", || {
+                log.closed() == 1
+            })
+            .await;
+            // Its body is gone: a byte more fails (the channel would take
+            // one otherwise).
+            let more = tx.send_data(Bytes::from_static(b"x"));
+            assert!(bounded(SLACK, "a byte more", more).await.is_err(), "{case}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_body_of_an_exact_size_is_replayed_with_its_whole_length() {
     for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
-        let server = Raw::start(|n| match n {
-            2 => Script::Hold,
-            _ => Script::Ok,
-        })
-        .await;
-        send(&svc, post(&server.url, empty())).await.unwrap();
-        let (body, producer) = streamed(64 << 20, true);
-        let request = tokio::spawn(send(&svc, post(&server.url, body)));
+        let server = reset_on_reuse(16 * KIB).await;
+        send(&svc, put(&server.url(), empty())).await.unwrap();
+        let (tx, inner) = Channel::<Bytes>::new(1);
+        let producer = tokio::spawn(produce(tx, 48 * KIB, false));
+        // Its size hint shrinks as it is read: the replay announces the
+        // whole length again.
+        let body = RequestBody::new(Exact {
+            inner,
+            left: 48 * KIB as u64,
+        });
+        let (answer, retried) = send(&svc, put(&server.url(), body)).await.unwrap();
+        assert_eq!(answer, (48 * KIB).to_string(), "{name}");
+        assert!(retried.is_some(), "{name}");
+        assert_eq!(producer.await.unwrap(), 48 * KIB, "{name}: produced once");
+        assert_eq!((server.attempts(), server.responses()), (3, 2), "{name}");
+        assert_eq!(server.bytes_read(), 48 * KIB as u64, "{name}");
+        assert_eq!(server.connections(), 2, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn early_hints_without_a_final_response_end_at_the_read_limit() {
+    let phases = PhaseTimeoutLayer::new()
+        .send(Duration::from_millis(300))
+        .read(Duration::from_millis(500));
+    for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), phases) {
+        // A `103` every 50 ms after the whole upload, never a final answer.
+        let server = Raw::start(|_| Script::HintsForever).await;
+        let (body, producer) = streamed(64 * KIB, false);
+        let err = send(&svc, put(&server.url, body)).await.unwrap_err();
+        let e = elapsed(&err);
+        assert_eq!(e.phase(), Phase::Read, "{name}: {err}");
+        assert!(e.bytes_received() > 0, "{name}: {err}");
+        assert_eq!(not_retried(&err).rule(), Rule::Timeout, "{name}");
+        assert_eq!(producer.await.unwrap(), 64 * KIB, "{name}");
+        assert_eq!(server.log.heads(), lines(&[(1, "PUT")]), "{name}");
+        // The connection is given up, not left open.
         let log = server.log.clone();
-        eventually(SLACK, "the upload to be under way", || log.body_bytes() > 0).await;
-        request.abort();
-        let sent = bounded(SLACK, "the producer to stop", producer)
-            .await
-            .unwrap();
-        assert!(sent < 64 << 20, "{name}: {sent}");
-        // The next request succeeds on a new connection; the abandoned one
-        // is closed.
-        let (answer, _) = send(&svc, post(&server.url, empty())).await.unwrap();
-        assert_eq!(answer, "ok", "{name}");
-        assert_eq!(
-            server.log.heads(),
-            lines(&[(1, "POST"), (1, "POST"), (2, "POST")]),
-            "{name}"
-        );
-        let log = server.log.clone();
-        eventually(SLACK, "the abandoned connection to close", || {
-            log.closed() == 1
-        })
-        .await;
+        eventually(SLACK, "the connection to close", || log.closed() == 1).await;
     }
 }
