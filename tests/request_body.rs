@@ -678,6 +678,9 @@ enum Script {
     /// Reads the whole body, then sends `103 Early Hints` every 50 ms,
     /// never a final response.
     HintsForever,
+    /// Answers `413` with `connection: close` right after the head, then
+    /// closes (a reset, with the upload unread).
+    Early413Close,
 }
 
 /// What a [`Raw`] server saw.
@@ -825,6 +828,12 @@ async fn raw_connection(
                     .await;
                 body!();
                 let _ = io.write_all(OK).await;
+            }
+            Script::Early413Close => {
+                let _ = io
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                return;
             }
             Script::HintsForever => {
                 body!();
@@ -1261,5 +1270,56 @@ async fn early_hints_without_a_final_response_end_at_the_read_limit() {
         // The connection is given up, not left open.
         let log = server.log.clone();
         eventually(SLACK, "the connection to close", || log.closed() == 1).await;
+    }
+}
+
+#[tokio::test]
+async fn an_early_413_then_a_reset_mid_upload_never_sends_the_upload_twice() {
+    // The server answers `413` and closes with the upload unread: the
+    // close is a reset, which may reach the client before the answer does
+    // (then the answer is lost, and the client sees a reset).
+    for method in [http::Method::POST, http::Method::PUT] {
+        for reused in [false, true] {
+            for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
+                let case = format!("{name}/{method}/reused: {reused}");
+                let script: fn(usize) -> Script = match reused {
+                    true => |n| match n {
+                        1 => Script::Ok,
+                        _ => Script::Early413Close,
+                    },
+                    false => |_| Script::Early413Close,
+                };
+                let server = Raw::start(script).await;
+                let mut expected = vec![];
+                if reused {
+                    send(&svc, put(&server.url, empty())).await.unwrap();
+                    expected.push((1, "PUT"));
+                }
+                let (body, _producer) = streamed(8 << 20, false);
+                let req = http::Request::builder()
+                    .method(method.clone())
+                    .uri(&server.url)
+                    .body(body)
+                    .unwrap();
+                match bounded(STEP_LIMIT, "the upload", svc.clone().oneshot(req)).await {
+                    Ok(res) => {
+                        assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE, "{case}")
+                    }
+                    Err(err) => {
+                        let rule = not_retried(&err).rule();
+                        let expected_rule = match (reused, method == http::Method::POST) {
+                            (false, _) => Rule::FreshConnection,
+                            (true, true) => Rule::NotIdempotent,
+                            // Retry-safe, but the body went past the buffer.
+                            (true, false) => Rule::BodyNotReplayable,
+                        };
+                        assert_eq!(rule, expected_rule, "{case}: {err}");
+                    }
+                }
+                expected.push((1, method.as_str()));
+                assert_eq!(server.log.heads(), lines(&expected), "{case}");
+                assert_eq!(server.log.connections(), 1, "{case}");
+            }
+        }
     }
 }
