@@ -4,6 +4,9 @@
 //! clone inline, through the buffer when streamed), timeouts still watch
 //! each attempt's upload, and the framing, trailers, failures and
 //! cancellations of the caller's body reach the wire as they were.
+//! The last part attacks streamed uploads with raw TCP servers (an early
+//! `413`, resets mid-upload, `1xx`, stalls, lying lengths, a request dropped
+//! on a reused connection) and checks what each server saw.
 
 mod common;
 
