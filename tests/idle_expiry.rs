@@ -1054,3 +1054,233 @@ async fn http2_goaway_on_idle_is_not_learned_from() {
     assert_eq!(layer.learned_timeout(&url.parse().unwrap()), None);
     server.abort();
 }
+
+// ---------------------------------------------------------------------------
+// Hostile probes of the composable-pool pieces (`pool::connect`,
+// `pool::checkout`, `pool::Body`) against raw loopback servers.
+
+mod raw {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// What the raw server saw.
+    #[derive(Default)]
+    pub struct Facts {
+        pub accepted: AtomicUsize,
+        /// (connection, request line) per request head.
+        pub requests: Mutex<Vec<(usize, String)>>,
+        /// Bytes that arrived on a connection after the server answered
+        /// its last response (`Connection: close` or a FIN sent).
+        pub after_close: AtomicUsize,
+        /// Bytes echoed on upgraded connections.
+        pub echoed: AtomicUsize,
+    }
+
+    impl Facts {
+        pub fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+        pub fn requests(&self) -> Vec<(usize, String)> {
+            self.requests.lock().unwrap().clone()
+        }
+        pub fn after_close(&self) -> usize {
+            self.after_close.load(Ordering::SeqCst)
+        }
+    }
+
+    pub struct Server {
+        pub url: String,
+        pub facts: Arc<Facts>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// A raw HTTP/1 server. With `close_at_once` it closes every
+    /// connection right after accepting it. Otherwise by path: `/cc`
+    /// answers with `Connection: close` and closes; `/fin` answers and
+    /// half-closes (FIN) at once, reading on; `/big` sends a 64 KiB body in
+    /// 8 KiB writes (keep-alive); `/up` answers `101` and echoes; anything
+    /// else answers `ok` (keep-alive).
+    pub async fn start(close_at_once: bool) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let facts = Arc::new(Facts::default());
+        let f = facts.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let conn = f.accepted.fetch_add(1, Ordering::SeqCst);
+                if close_at_once {
+                    drop(io);
+                    continue;
+                }
+                tokio::spawn(serve(io, conn, f.clone()));
+            }
+        });
+        Server { url, facts, task }
+    }
+
+    /// Counts what arrives until the client closes (bounded).
+    async fn drain(io: &mut TcpStream, into: &AtomicUsize) {
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                into.fetch_add(n, Ordering::SeqCst);
+            }
+        })
+        .await;
+    }
+
+    async fn serve(mut io: TcpStream, conn: usize, facts: Arc<Facts>) {
+        let mut buf = Vec::new();
+        loop {
+            let head = loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    break head;
+                }
+                let mut chunk = [0u8; 4096];
+                match io.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let line = head.lines().next().unwrap_or_default().to_string();
+            facts.requests.lock().unwrap().push((conn, line.clone()));
+            let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+            match path.as_str() {
+                "/cc" => {
+                    let _ = io
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = io.shutdown().await;
+                    facts.after_close.fetch_add(buf.len(), Ordering::SeqCst);
+                    drain(&mut io, &facts.after_close).await;
+                    return;
+                }
+                "/fin" => {
+                    let _ = io
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    let _ = io.shutdown().await;
+                    facts.after_close.fetch_add(buf.len(), Ordering::SeqCst);
+                    drain(&mut io, &facts.after_close).await;
+                    return;
+                }
+                "/big" => {
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n";
+                    if io.write_all(head).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..8 {
+                        if io.write_all(&[b'x'; 8192]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                "/up" => {
+                    let _ = io
+                        .write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+                        )
+                        .await;
+                    let mut chunk = [0u8; 4096];
+                    if !buf.is_empty() {
+                        facts.echoed.fetch_add(buf.len(), Ordering::SeqCst);
+                        let _ = io.write_all(&buf).await;
+                    }
+                    while let Ok(n) = io.read(&mut chunk).await {
+                        if n == 0 || io.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                        facts.echoed.fetch_add(n, Ordering::SeqCst);
+                    }
+                    return;
+                }
+                _ => {
+                    if io
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A composable pool over `pool::connect` with `attempts`.
+fn pooled_with(
+    attempts: usize,
+    layer: &IdleExpiryLayer,
+    track: &TrackConnectionsLayer,
+) -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<pool::Body<Body>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
+       + Send
+       + 'static {
+    let connect = pool::connect(
+        track.layer(HttpConnector::new()),
+        hyper::client::conn::http1::Builder::new(),
+        layer.clone(),
+    );
+    pool::checkout(
+        cache::builder()
+            .executor(TokioExecutor::new())
+            .build(connect),
+        attempts,
+    )
+}
+
+fn no_expiry() -> IdleExpiryLayer {
+    IdleExpiryLayer::new(Duration::from_secs(60)).learn(false)
+}
+
+/// `attempts` of 0, 1 and enormous against a server that closes every
+/// connection as soon as it accepts it: each ends with an error at once,
+/// after one connection (the refusal of a new connection ends a checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_against_a_server_closing_at_once_ends_bounded_for_any_attempts() {
+    let server = raw::start(true).await;
+    for attempts in [0, 1, 3, usize::MAX] {
+        let track = TrackConnectionsLayer::new();
+        let client = pooled_with(attempts, &no_expiry(), &track);
+        let before = server.facts.accepted();
+        let started = tokio::time::Instant::now();
+        let res = common::bounded(
+            common::SLACK,
+            &format!("a checkout with attempts = {attempts}"),
+            client.oneshot(get_req(&server.url)),
+        )
+        .await;
+        let err = res.err().unwrap_or_else(|| panic!("attempts {attempts}: a response"));
+        let took = started.elapsed();
+        let accepted = server.facts.accepted() - before;
+        eprintln!("attempts {attempts}: {accepted} connections in {took:?}: {err}");
+        // Server side: one connection per checkout, whatever `attempts`
+        // says: a new connection's refusal is not retried on another (it
+        // was not stale), so a server that closes everything at once is
+        // not stormed with connects.
+        assert_eq!(accepted, 1, "attempts {attempts}: {err}");
+        assert!(server.facts.requests().is_empty());
+    }
+}
