@@ -1204,10 +1204,13 @@ mod raw {
                         let _ = io.write_all(&buf).await;
                     }
                     while let Ok(n) = io.read(&mut chunk).await {
-                        if n == 0 || io.write_all(&chunk[..n]).await.is_err() {
+                        if n == 0 {
                             break;
                         }
                         facts.echoed.fetch_add(n, Ordering::SeqCst);
+                        if io.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
                     }
                     return;
                 }
@@ -1226,18 +1229,23 @@ mod raw {
 }
 
 /// A composable pool over `pool::connect` with `attempts`.
-fn pooled_with(
+fn pooled_with<B>(
     attempts: usize,
     layer: &IdleExpiryLayer,
     track: &TrackConnectionsLayer,
 ) -> impl Service<
-    http::Request<Full<Bytes>>,
+    http::Request<B>,
     Response = http::Response<pool::Body<Body>>,
     Error = BoxError,
     Future: Send,
 > + Clone
        + Send
-       + 'static {
+       + 'static
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let connect = pool::connect(
         track.layer(HttpConnector::new()),
         hyper::client::conn::http1::Builder::new(),
@@ -1272,7 +1280,9 @@ async fn checkout_against_a_server_closing_at_once_ends_bounded_for_any_attempts
             client.oneshot(get_req(&server.url)),
         )
         .await;
-        let err = res.err().unwrap_or_else(|| panic!("attempts {attempts}: a response"));
+        let err = res
+            .err()
+            .unwrap_or_else(|| panic!("attempts {attempts}: a response"));
         let took = started.elapsed();
         let accepted = server.facts.accepted() - before;
         eprintln!("attempts {attempts}: {accepted} connections in {took:?}: {err}");
@@ -1283,4 +1293,163 @@ async fn checkout_against_a_server_closing_at_once_ends_bounded_for_any_attempts
         assert_eq!(accepted, 1, "attempts {attempts}: {err}");
         assert!(server.facts.requests().is_empty());
     }
+}
+
+/// A server that answers `Connection: close`, and one that half-closes
+/// (FIN) right after its response, through `pool::checkout(_, 1)` behind
+/// `RetryOnStaleConnection`: every request succeeds and is answered once,
+/// each on its own connection. `Connection: close` is seen with the
+/// response, so nothing is ever written after it. A FIN is seen only when
+/// hyper next reads: a request taken at that moment may find the
+/// connection idle and be written onto it (HTTP/1's race, as in
+/// hyper-util's legacy client); Retry then sends it on a new connection
+/// (a GET, on a reused connection), and the server never answers twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_and_half_closed_connections_answer_every_request_once() {
+    use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
+    for path in ["/cc", "/fin"] {
+        let server = raw::start(false).await;
+        let track = TrackConnectionsLayer::new();
+        let client = RetryOnStaleConnectionLayer::new().layer(pooled_with::<
+            tower_conn_lifecycle::RequestBody,
+        >(1, &no_expiry(), &track));
+        let url = format!("{}{path}", server.url);
+        for _ in 0..4 {
+            let res = common::bounded(STEP_LIMIT, path, client.clone().oneshot(get_req(&url)))
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        // Server side: four answered requests, one per connection.
+        let requests = server.facts.requests();
+        assert_eq!(requests.len(), 4, "{path}: {requests:?}");
+        let mut conns: Vec<_> = requests.iter().map(|(c, _)| *c).collect();
+        conns.dedup();
+        assert_eq!(conns.len(), 4, "{path}: {requests:?}");
+        if path == "/cc" {
+            assert_eq!(requests.last().unwrap().0, 3, "{path}: {requests:?}");
+            assert_eq!(server.facts.accepted(), 4, "{path}");
+            assert_eq!(server.facts.after_close(), 0, "{path}: bytes after close");
+        }
+    }
+}
+
+/// A response body dropped half-read: its connection is not handed to the
+/// next request (server side: that request arrives on a new connection),
+/// and the next request succeeds. While another request holds its body
+/// unread, a request on the same pool does not wait behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_dropped_half_read_does_not_hand_its_connection_on() {
+    let server = raw::start(false).await;
+    let track = TrackConnectionsLayer::new();
+    let client = pooled_with(8, &no_expiry(), &track);
+    let big = format!("{}/big", server.url);
+    let res = client.clone().oneshot(get_req(&big)).await.unwrap();
+    let mut body = res.into_body();
+    let frame = common::bounded(STEP_LIMIT, "a first frame", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(frame.data_ref().is_some_and(|d| d.len() < 65536));
+    drop(body);
+    let res = common::bounded(
+        STEP_LIMIT,
+        "the next request",
+        client.clone().oneshot(get_req(&server.url)),
+    )
+    .await
+    .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(
+        server.facts.requests(),
+        vec![
+            (0, "GET /big HTTP/1.1".to_string()),
+            (1, "GET / HTTP/1.1".to_string())
+        ]
+    );
+
+    // Two at once on one pool: the first holds its body unread.
+    let res = client.clone().oneshot(get_req(&big)).await.unwrap();
+    let held = res.into_body();
+    let res = common::bounded(
+        STEP_LIMIT,
+        "a request beside an unread body",
+        client.clone().oneshot(get_req(&server.url)),
+    )
+    .await
+    .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    // The held body still reads to its end, on its own connection.
+    let all = common::bounded(STEP_LIMIT, "the held body", held.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(all.len(), 65536);
+    let requests = server.facts.requests();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert_ne!(requests[2].0, requests[3].0, "{requests:?}");
+    assert!(requests[2].0 >= 1 && requests[3].0 >= 1, "{requests:?}");
+}
+
+/// `101 Switching Protocols` through `pool::checkout`: the upgraded IO
+/// works, and the pool never hands that connection out again (server
+/// side: the next request arrives on a new connection, and the upgraded
+/// stream carries only the caller's bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_is_never_reused_by_the_pool() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = raw::start(false).await;
+    let track = TrackConnectionsLayer::new();
+    let client = pooled_with(8, &no_expiry(), &track);
+    let req = http::Request::get(format!("{}/up", server.url))
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Full::default())
+        .unwrap();
+    let res = common::bounded(STEP_LIMIT, "the upgrade", client.clone().oneshot(req))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = common::bounded(STEP_LIMIT, "hyper::upgrade::on", hyper::upgrade::on(res))
+        .await
+        .unwrap();
+    let mut io = TokioIo::new(upgraded);
+    // The pool meanwhile: the next request gets a new connection.
+    for _ in 0..2 {
+        let res = common::bounded(
+            STEP_LIMIT,
+            "a request after the upgrade",
+            client.clone().oneshot(get_req(&server.url)),
+        )
+        .await
+        .unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+    io.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    common::bounded(STEP_LIMIT, "the echo", io.read_exact(&mut echo))
+        .await
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+    assert_eq!(
+        server.facts.requests(),
+        vec![
+            (0, "GET /up HTTP/1.1".to_string()),
+            (1, "GET / HTTP/1.1".to_string()),
+            (1, "GET / HTTP/1.1".to_string())
+        ]
+    );
+    assert_eq!(
+        server
+            .facts
+            .echoed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        4
+    );
+    assert_eq!(track.stats().opened(), 2);
 }

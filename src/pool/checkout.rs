@@ -181,7 +181,16 @@ where
                         (Ok(response), Some(conn)) => {
                             Ok(response.map(|body| Body::new(body, conn)))
                         }
-                        (Err(e), _) => Err(e.into()),
+                        (Err(e), conn) => {
+                            // The connection failed under this request: a
+                            // failed `poll_ready` has the pool drop it (as a
+                            // refusal does), instead of taking it back for
+                            // the next request (a retry's) to find refusing.
+                            if let Some(mut conn) = conn {
+                                let _ = conn.poll_ready(cx);
+                            }
+                            Err(e.into())
+                        }
                         (Ok(_), None) => Err(completed()),
                     });
                 }
