@@ -1293,6 +1293,24 @@ async fn checkout_against_a_server_closing_at_once_ends_bounded_for_any_attempts
         assert_eq!(accepted, 1, "attempts {attempts}: {err}");
         assert!(server.facts.requests().is_empty());
     }
+    // `attempts = 1` behind Retry: the refusal reaches Retry, which may
+    // send the request again once (nothing was written); no more.
+    use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
+    let track = TrackConnectionsLayer::new();
+    let client = RetryOnStaleConnectionLayer::new().layer(pooled_with::<
+        tower_conn_lifecycle::RequestBody,
+    >(1, &no_expiry(), &track));
+    let before = server.facts.accepted();
+    let err = common::bounded(
+        common::SLACK,
+        "a checkout behind Retry",
+        client.oneshot(get_req(&server.url)),
+    )
+    .await
+    .expect_err("the server closes everything");
+    let accepted = server.facts.accepted() - before;
+    assert!((1..=2).contains(&accepted), "{accepted} connections: {err}");
+    assert!(server.facts.requests().is_empty());
 }
 
 /// A server that answers `Connection: close`, and one that half-closes

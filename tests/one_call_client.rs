@@ -1131,3 +1131,38 @@ async fn a_connection_claiming_h2_against_an_http1_server_never_hangs() {
         );
     }
 }
+
+/// A server that closes every connection as soon as it accepts it: the
+/// one-call client's request fails at once, after at most two connections
+/// (a new connection's refusal ends its checkout; Retry may try once
+/// more), where it used to connect again up to eight times per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_closing_every_connection_at_once_is_not_stormed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(io);
+        }
+    });
+    let client = client::builder().build::<Empty<Bytes>>();
+    for round in 0..5 {
+        let before = accepted.load(Ordering::SeqCst);
+        let err = common::bounded(
+            common::SLACK,
+            "a request",
+            client.clone().oneshot(get(&url)),
+        )
+        .await
+        .expect_err("the server closes everything");
+        let used = accepted.load(Ordering::SeqCst) - before;
+        assert!(
+            (1..=2).contains(&used),
+            "round {round}: {used} connections: {err}"
+        );
+    }
+    task.abort();
+}
