@@ -1133,9 +1133,11 @@ async fn a_connection_claiming_h2_against_an_http1_server_never_hangs() {
 }
 
 /// A server that closes every connection as soon as it accepts it: the
-/// one-call client's request fails at once, after at most two connections
-/// (a new connection's refusal ends its checkout; Retry may try once
-/// more), where it used to connect again up to eight times per attempt.
+/// one-call client's request fails at once, after a few connections (a new
+/// connection's refusal ends its checkout; Retry may try once more; under
+/// load hyper-util's cache may finish a connect it raced in the
+/// background), where it used to connect again up to eight times per
+/// attempt (12 to 16 connections per request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_closing_every_connection_at_once_is_not_stormed() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1160,7 +1162,7 @@ async fn a_server_closing_every_connection_at_once_is_not_stormed() {
         .expect_err("the server closes everything");
         let used = accepted.load(Ordering::SeqCst) - before;
         assert!(
-            (1..=2).contains(&used),
+            (1..=4).contains(&used),
             "round {round}: {used} connections: {err}"
         );
     }
