@@ -155,7 +155,8 @@ where
 /// `attempts = 1` every refusal reaches the layer above, for
 /// [`RetryOnStaleConnection`](crate::retry::RetryOnStaleConnection) to
 /// send the request again (always safe). A connect error is the request's
-/// error at once.
+/// error at once. A connection that fails under a request (its send
+/// failed) leaves the pool, so a retry does not find it refusing.
 ///
 /// The response [`Body`] holds the connection until it ends. The request's
 /// future is hand-written (no box); `poll_ready` is always ready (each
