@@ -1054,3 +1054,420 @@ async fn http2_goaway_on_idle_is_not_learned_from() {
     assert_eq!(layer.learned_timeout(&url.parse().unwrap()), None);
     server.abort();
 }
+
+// ---------------------------------------------------------------------------
+// Hostile probes of the composable-pool pieces (`pool::connect`,
+// `pool::checkout`, `pool::Body`) against raw loopback servers.
+
+mod raw {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// What the raw server saw.
+    #[derive(Default)]
+    pub struct Facts {
+        pub accepted: AtomicUsize,
+        /// (connection, request line) per request head.
+        pub requests: Mutex<Vec<(usize, String)>>,
+        /// Bytes that arrived on a connection after the server answered
+        /// its last response (`Connection: close` or a FIN sent).
+        pub after_close: AtomicUsize,
+        /// Bytes echoed on upgraded connections.
+        pub echoed: AtomicUsize,
+    }
+
+    impl Facts {
+        pub fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+        pub fn requests(&self) -> Vec<(usize, String)> {
+            self.requests.lock().unwrap().clone()
+        }
+        pub fn after_close(&self) -> usize {
+            self.after_close.load(Ordering::SeqCst)
+        }
+    }
+
+    pub struct Server {
+        pub url: String,
+        pub facts: Arc<Facts>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// A raw HTTP/1 server. With `close_at_once` it closes every
+    /// connection right after accepting it. Otherwise by path: `/cc`
+    /// answers with `Connection: close` and closes; `/fin` answers and
+    /// half-closes (FIN) at once, reading on; `/big` sends a 64 KiB body in
+    /// 8 KiB writes (keep-alive); `/up` answers `101` and echoes; anything
+    /// else answers `ok` (keep-alive).
+    pub async fn start(close_at_once: bool) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let facts = Arc::new(Facts::default());
+        let f = facts.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let conn = f.accepted.fetch_add(1, Ordering::SeqCst);
+                if close_at_once {
+                    drop(io);
+                    continue;
+                }
+                tokio::spawn(serve(io, conn, f.clone()));
+            }
+        });
+        Server { url, facts, task }
+    }
+
+    /// Counts what arrives until the client closes (bounded).
+    async fn drain(io: &mut TcpStream, into: &AtomicUsize) {
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                into.fetch_add(n, Ordering::SeqCst);
+            }
+        })
+        .await;
+    }
+
+    async fn serve(mut io: TcpStream, conn: usize, facts: Arc<Facts>) {
+        let mut buf = Vec::new();
+        loop {
+            let head = loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    break head;
+                }
+                let mut chunk = [0u8; 4096];
+                match io.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let line = head.lines().next().unwrap_or_default().to_string();
+            facts.requests.lock().unwrap().push((conn, line.clone()));
+            let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+            match path.as_str() {
+                "/cc" => {
+                    let _ = io
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = io.shutdown().await;
+                    facts.after_close.fetch_add(buf.len(), Ordering::SeqCst);
+                    drain(&mut io, &facts.after_close).await;
+                    return;
+                }
+                "/fin" => {
+                    let _ = io
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    let _ = io.shutdown().await;
+                    facts.after_close.fetch_add(buf.len(), Ordering::SeqCst);
+                    drain(&mut io, &facts.after_close).await;
+                    return;
+                }
+                "/big" => {
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n";
+                    if io.write_all(head).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..8 {
+                        if io.write_all(&[b'x'; 8192]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                "/up" => {
+                    let _ = io
+                        .write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+                        )
+                        .await;
+                    let mut chunk = [0u8; 4096];
+                    if !buf.is_empty() {
+                        facts.echoed.fetch_add(buf.len(), Ordering::SeqCst);
+                        let _ = io.write_all(&buf).await;
+                    }
+                    while let Ok(n) = io.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        facts.echoed.fetch_add(n, Ordering::SeqCst);
+                        if io.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                _ => {
+                    if io
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A composable pool over `pool::connect` with `attempts`.
+fn pooled_with<B>(
+    attempts: usize,
+    layer: &IdleExpiryLayer,
+    track: &TrackConnectionsLayer,
+) -> impl Service<
+    http::Request<B>,
+    Response = http::Response<pool::Body<Body>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
+       + Send
+       + 'static
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let connect = pool::connect(
+        track.layer(HttpConnector::new()),
+        hyper::client::conn::http1::Builder::new(),
+        layer.clone(),
+    );
+    pool::checkout(
+        cache::builder()
+            .executor(TokioExecutor::new())
+            .build(connect),
+        attempts,
+    )
+}
+
+fn no_expiry() -> IdleExpiryLayer {
+    IdleExpiryLayer::new(Duration::from_secs(60)).learn(false)
+}
+
+/// `attempts` of 0, 1 and enormous against a server that closes every
+/// connection as soon as it accepts it: each ends with an error at once,
+/// after one connection (the refusal of a new connection ends a checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_against_a_server_closing_at_once_ends_bounded_for_any_attempts() {
+    let server = raw::start(true).await;
+    for attempts in [0, 1, 3, usize::MAX] {
+        let track = TrackConnectionsLayer::new();
+        let client = pooled_with(attempts, &no_expiry(), &track);
+        let before = server.facts.accepted();
+        let started = tokio::time::Instant::now();
+        let res = common::bounded(
+            common::SLACK,
+            &format!("a checkout with attempts = {attempts}"),
+            client.oneshot(get_req(&server.url)),
+        )
+        .await;
+        let err = res
+            .err()
+            .unwrap_or_else(|| panic!("attempts {attempts}: a response"));
+        let took = started.elapsed();
+        let accepted = server.facts.accepted() - before;
+        eprintln!("attempts {attempts}: {accepted} connections in {took:?}: {err}");
+        // Server side: one connection per checkout, whatever `attempts`
+        // says: a new connection's refusal is not retried on another (it
+        // was not stale), so a server that closes everything at once is
+        // not stormed with connects.
+        assert_eq!(accepted, 1, "attempts {attempts}: {err}");
+        assert!(server.facts.requests().is_empty());
+    }
+    // `attempts = 1` behind Retry: the refusal reaches Retry, which may
+    // send the request again once (nothing was written); no more.
+    use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
+    let track = TrackConnectionsLayer::new();
+    let client = RetryOnStaleConnectionLayer::new().layer(pooled_with::<
+        tower_conn_lifecycle::RequestBody,
+    >(1, &no_expiry(), &track));
+    let before = server.facts.accepted();
+    let err = common::bounded(
+        common::SLACK,
+        "a checkout behind Retry",
+        client.oneshot(get_req(&server.url)),
+    )
+    .await
+    .expect_err("the server closes everything");
+    let accepted = server.facts.accepted() - before;
+    assert!((1..=2).contains(&accepted), "{accepted} connections: {err}");
+    assert!(server.facts.requests().is_empty());
+}
+
+/// A server that answers `Connection: close`, and one that half-closes
+/// (FIN) right after its response, through `pool::checkout(_, 1)` behind
+/// `RetryOnStaleConnection`: every request succeeds and is answered once,
+/// each on its own connection. `Connection: close` is seen with the
+/// response, so nothing is ever written after it. A FIN is seen only when
+/// hyper next reads: a request taken at that moment may find the
+/// connection idle and be written onto it (HTTP/1's race, as in
+/// hyper-util's legacy client); Retry then sends it on a new connection
+/// (a GET, on a reused connection), and the server never answers twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_and_half_closed_connections_answer_every_request_once() {
+    use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
+    for path in ["/cc", "/fin"] {
+        let server = raw::start(false).await;
+        let track = TrackConnectionsLayer::new();
+        let client = RetryOnStaleConnectionLayer::new().layer(pooled_with::<
+            tower_conn_lifecycle::RequestBody,
+        >(1, &no_expiry(), &track));
+        let url = format!("{}{path}", server.url);
+        for _ in 0..4 {
+            let res = common::bounded(STEP_LIMIT, path, client.clone().oneshot(get_req(&url)))
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        // Server side: four answered requests, one per connection.
+        let requests = server.facts.requests();
+        assert_eq!(requests.len(), 4, "{path}: {requests:?}");
+        let mut conns: Vec<_> = requests.iter().map(|(c, _)| *c).collect();
+        conns.dedup();
+        assert_eq!(conns.len(), 4, "{path}: {requests:?}");
+        if path == "/cc" {
+            assert_eq!(requests.last().unwrap().0, 3, "{path}: {requests:?}");
+            assert_eq!(server.facts.accepted(), 4, "{path}");
+            assert_eq!(server.facts.after_close(), 0, "{path}: bytes after close");
+        }
+    }
+}
+
+/// A response body dropped half-read: its connection is not handed to the
+/// next request (server side: that request arrives on a new connection),
+/// and the next request succeeds. While another request holds its body
+/// unread, a request on the same pool does not wait behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_dropped_half_read_does_not_hand_its_connection_on() {
+    let server = raw::start(false).await;
+    let track = TrackConnectionsLayer::new();
+    let client = pooled_with(8, &no_expiry(), &track);
+    let big = format!("{}/big", server.url);
+    let res = client.clone().oneshot(get_req(&big)).await.unwrap();
+    let mut body = res.into_body();
+    let frame = common::bounded(STEP_LIMIT, "a first frame", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(frame.data_ref().is_some_and(|d| d.len() < 65536));
+    drop(body);
+    let res = common::bounded(
+        STEP_LIMIT,
+        "the next request",
+        client.clone().oneshot(get_req(&server.url)),
+    )
+    .await
+    .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(
+        server.facts.requests(),
+        vec![
+            (0, "GET /big HTTP/1.1".to_string()),
+            (1, "GET / HTTP/1.1".to_string())
+        ]
+    );
+
+    // Two at once on one pool: the first holds its body unread.
+    let res = client.clone().oneshot(get_req(&big)).await.unwrap();
+    let held = res.into_body();
+    let res = common::bounded(
+        STEP_LIMIT,
+        "a request beside an unread body",
+        client.clone().oneshot(get_req(&server.url)),
+    )
+    .await
+    .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    // The held body still reads to its end, on its own connection.
+    let all = common::bounded(STEP_LIMIT, "the held body", held.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(all.len(), 65536);
+    let requests = server.facts.requests();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert_ne!(requests[2].0, requests[3].0, "{requests:?}");
+    assert!(requests[2].0 >= 1 && requests[3].0 >= 1, "{requests:?}");
+}
+
+/// `101 Switching Protocols` through `pool::checkout`: the upgraded IO
+/// works, and the pool never hands that connection out again (server
+/// side: the next request arrives on a new connection, and the upgraded
+/// stream carries only the caller's bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_is_never_reused_by_the_pool() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = raw::start(false).await;
+    let track = TrackConnectionsLayer::new();
+    let client = pooled_with(8, &no_expiry(), &track);
+    let req = http::Request::get(format!("{}/up", server.url))
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Full::default())
+        .unwrap();
+    let res = common::bounded(STEP_LIMIT, "the upgrade", client.clone().oneshot(req))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = common::bounded(STEP_LIMIT, "hyper::upgrade::on", hyper::upgrade::on(res))
+        .await
+        .unwrap();
+    let mut io = TokioIo::new(upgraded);
+    // The pool meanwhile: the next request gets a new connection.
+    for _ in 0..2 {
+        let res = common::bounded(
+            STEP_LIMIT,
+            "a request after the upgrade",
+            client.clone().oneshot(get_req(&server.url)),
+        )
+        .await
+        .unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+    io.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    common::bounded(STEP_LIMIT, "the echo", io.read_exact(&mut echo))
+        .await
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+    assert_eq!(
+        server.facts.requests(),
+        vec![
+            (0, "GET /up HTTP/1.1".to_string()),
+            (1, "GET / HTTP/1.1".to_string()),
+            (1, "GET / HTTP/1.1".to_string())
+        ]
+    );
+    assert_eq!(
+        server
+            .facts
+            .echoed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        4
+    );
+    assert_eq!(track.stats().opened(), 2);
+}

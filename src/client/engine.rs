@@ -48,7 +48,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::drain::{DrainHandle, Draining};
-use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
+use crate::idle_expiry::{ClosedBeforeFirstRequest, IdleExpiryConnection, IdleExpiryLayer};
 use crate::pool::Http1Connection;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody, TrackedIo};
 use crate::BoxError;
@@ -840,7 +840,9 @@ where
         }
         if let Err(refusal) = conn.ready().await {
             refused += 1;
-            if refused == CHECKOUTS {
+            // A new connection's refusal (closed at once) ends it too:
+            // connecting again would most likely fare the same.
+            if refused == CHECKOUTS || ClosedBeforeFirstRequest::is_in(refusal.as_ref()) {
                 return Err(refusal);
             }
             continue;

@@ -395,7 +395,12 @@ impl<C> Builder<C> {
     /// [`Client<B>`] (the connector is erased inside it; connecting is
     /// cold, so its future is boxed), and its connections' IO is your
     /// connector's, with no indirection. (An `HttpConnector<R>` accepts
-    /// `https://` URIs only with `enforce_http(false)`.)
+    /// `https://` URIs only with `enforce_http(false)`.) A connection
+    /// whose `Connection::connected()` says `negotiated_h2` is spoken
+    /// HTTP/2 to, over `http://` too (prior knowledge, h2c); such an
+    /// `http://` connection sits in the origin's HTTP/1 pool, so it
+    /// carries one request at a time. A connection that refuses its first
+    /// request (the server closed it at once) fails the request at once.
     ///
     /// ```
     /// use hyper_util::client::legacy::connect::HttpConnector;

@@ -175,7 +175,17 @@ where
             // An abandoned exchange: hyper is closing it.
             return Poll::Ready(Err(crate::track::ConnectionClosing.into()));
         }
-        let ready = self.inner.poll_ready(cx).map_err(Into::into);
+        let ready = self.inner.poll_ready(cx).map_err(|e| {
+            let e: BoxError = e.into();
+            if self.state.requests() == 0 {
+                // Not a stale connection: the server closed a new one (or
+                // its handshake failed). Another new one would most likely
+                // fare the same, so a checkout stops here.
+                Box::new(ClosedBeforeFirstRequest(e)) as BoxError
+            } else {
+                e
+            }
+        });
         if let Poll::Ready(Ok(())) = ready {
             // Promised to the next `call`: the IO must not expire it between
             // this check and the write.
@@ -236,5 +246,33 @@ impl<S> IdleExpiryConnection<S> {
             }),
             None,
         )
+    }
+}
+
+/// A connection that refused its first request in `poll_ready` (the server
+/// closed it as soon as it accepted it, or its handshake failed): nothing
+/// was written, but it was never reused either, so a checkout gives up at
+/// once instead of connecting again and again (the pieces' rule: only
+/// refusals of reused connections take another connection). Its source is
+/// the connection's own refusal.
+#[derive(Debug)]
+pub(crate) struct ClosedBeforeFirstRequest(BoxError);
+
+impl ClosedBeforeFirstRequest {
+    /// Whether `err`'s chain says a new connection refused its first request.
+    pub(crate) fn is_in(err: &(dyn std::error::Error + 'static)) -> bool {
+        crate::find_cause::<ClosedBeforeFirstRequest>(err).is_some()
+    }
+}
+
+impl std::fmt::Display for ClosedBeforeFirstRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a new connection closed before its first request; nothing was written")
+    }
+}
+
+impl std::error::Error for ClosedBeforeFirstRequest {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
     }
 }

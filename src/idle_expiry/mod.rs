@@ -186,6 +186,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use conn::ClosedBeforeFirstRequest;
 pub use conn::IdleExpiryConnection;
 pub use layer::{IdleExpiryLayer, IdleExpiryStats, DEFAULT_MARGIN};
 pub use service::IdleExpiry;

@@ -9,6 +9,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::Body;
+use crate::idle_expiry::ClosedBeforeFirstRequest;
 use crate::BoxError;
 
 /// See [`checkout`](super::checkout).
@@ -150,12 +151,18 @@ where
                         // abandoned): the pool drops it (its `poll_ready`
                         // failed); take another, or give up with this
                         // refusal.
+                        // A new connection's refusal (the server closed it
+                        // at once) ends the checkout: connecting again would
+                        // most likely fare the same.
                         (Err(refusal), _, req) => {
+                            let refusal: BoxError = refusal.into();
                             *this.attempts = this.attempts.saturating_sub(1);
                             *this.req = req;
-                            if *this.attempts == 0 {
+                            if *this.attempts == 0
+                                || ClosedBeforeFirstRequest::is_in(refusal.as_ref())
+                            {
                                 State::Failed {
-                                    error: Some(refusal.into()),
+                                    error: Some(refusal),
                                 }
                             } else {
                                 State::PoolReady
@@ -174,7 +181,16 @@ where
                         (Ok(response), Some(conn)) => {
                             Ok(response.map(|body| Body::new(body, conn)))
                         }
-                        (Err(e), _) => Err(e.into()),
+                        (Err(e), conn) => {
+                            // The connection failed under this request: a
+                            // failed `poll_ready` has the pool drop it (as a
+                            // refusal does), instead of taking it back for
+                            // the next request (a retry's) to find refusing.
+                            if let Some(mut conn) = conn {
+                                let _ = conn.poll_ready(cx);
+                            }
+                            Err(e.into())
+                        }
                         (Ok(_), None) => Err(completed()),
                     });
                 }

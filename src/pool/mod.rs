@@ -147,11 +147,16 @@ where
 /// A connection that refuses in `poll_ready` (expired, closed, its last
 /// exchange abandoned: nothing of the request was written) is dropped by
 /// the pool and another checked out, up to `attempts` connections in all
-/// (`0` counts as `1`); then the last refusal is the request's error. With
+/// (`0` counts as `1`); then the last refusal is the request's error. A
+/// *new* connection that refuses its first request (the server closed it
+/// as soon as it accepted it) is not stale: its refusal is the request's
+/// error at once, whatever `attempts` says, so a server that closes every
+/// connection is not stormed with connects. With
 /// `attempts = 1` every refusal reaches the layer above, for
 /// [`RetryOnStaleConnection`](crate::retry::RetryOnStaleConnection) to
 /// send the request again (always safe). A connect error is the request's
-/// error at once.
+/// error at once. A connection that fails under a request (its send
+/// failed) leaves the pool, so a retry does not find it refusing.
 ///
 /// The response [`Body`] holds the connection until it ends. The request's
 /// future is hand-written (no box); `poll_ready` is always ready (each
