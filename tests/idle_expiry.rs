@@ -52,17 +52,7 @@ fn pooled(
 > + Clone
        + Send
        + 'static {
-    let connect = pool::connect(
-        track.layer(HttpConnector::new()),
-        hyper::client::conn::http1::Builder::new(),
-        layer.clone(),
-    );
-    pool::checkout(
-        cache::builder()
-            .executor(TokioExecutor::new())
-            .build(connect),
-        8,
-    )
+    pooled_with(8, layer, track)
 }
 
 /// Which kind of hyper-util client a workload runs on.
@@ -1145,17 +1135,8 @@ mod raw {
     async fn serve(mut io: TcpStream, conn: usize, facts: Arc<Facts>) {
         let mut buf = Vec::new();
         loop {
-            let head = loop {
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
-                    break head;
-                }
-                let mut chunk = [0u8; 4096];
-                match io.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+            let Some(head) = crate::common::next_head(&mut io, &mut buf).await else {
+                return;
             };
             let line = head.lines().next().unwrap_or_default().to_string();
             facts.requests.lock().unwrap().push((conn, line.clone()));

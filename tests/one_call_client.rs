@@ -100,20 +100,9 @@ impl Server {
 async fn serve(mut io: TcpStream, conn: usize, seen: Arc<Seen>, release: Arc<Notify>, hold: usize) {
     let mut buf = Vec::new();
     loop {
-        let head = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                buf.drain(..end + 4);
-                break head;
-            }
-            let mut chunk = [0u8; 4096];
-            match io.read(&mut chunk).await {
-                Ok(0) | Err(_) => {
-                    seen.closed.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some(head) = common::next_head(&mut io, &mut buf).await else {
+            seen.closed.fetch_add(1, Ordering::SeqCst);
+            return;
         };
         seen.heads.lock().unwrap().push(head.clone());
         let mut lines = head.lines();

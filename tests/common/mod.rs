@@ -20,6 +20,25 @@ use tower::Layer;
 use tower_conn_lifecycle::testing::ResetServer;
 use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer, TrackStats};
 
+/// Reads the next request head from a raw test server's connection
+/// (without its blank line), keeping what follows it in `buf`; `None` once
+/// the client closed the connection or it failed.
+pub async fn next_head(io: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Upper bound for any single step that must complete (an exchange, a
 /// handshake, a counter catching up after a close), so a broken test fails
 /// instead of hanging.
