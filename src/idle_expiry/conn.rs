@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::{Attempt, ResponseFuture};
@@ -97,7 +96,7 @@ impl<S> IdleExpiryConnection<S> {
     /// Whether the connection must not be used any more: it expired (or was
     /// closed at its expiry), or it is closed.
     pub fn is_expired(&self) -> bool {
-        self.is_dead() || self.state.expired_at(Instant::now()).is_some()
+        self.is_dead() || self.state.expired_now().is_some()
     }
 
     /// Whether the connection is open but must not take a request now, nor
@@ -111,8 +110,7 @@ impl<S> IdleExpiryConnection<S> {
         if self.is_dead() {
             return false;
         }
-        let now = Instant::now();
-        self.state.expired_at(now).is_some() || super::layer::probe_rests(&self.state, now)
+        self.state.expired_now().is_some() || super::layer::probe_rests(&self.state)
     }
 
     /// Whether the connection is closed, or closing (poisoned): a pool
@@ -168,7 +166,7 @@ where
     type Future = ResponseFuture<S::Future, BoxError>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Some(expired) = self.state.expired_at(Instant::now()) {
+        if let Some(expired) = self.state.expired_now() {
             return Poll::Ready(Err(expired.into()));
         }
         if self.state.is_poisoned() {

@@ -605,13 +605,13 @@ impl OriginObserver {
     }
 }
 
-/// Whether `state`'s connection is a healing probe that rests at `now`
+/// Whether `state`'s connection is a healing probe that rests now
 /// (see [`OriginObserver::probe_rests`]): not to be handed a request, not
 /// to be closed either. For the one-call client's checkout, which sets it
 /// aside; the tracker itself still lets a request use it (a pool that
 /// cannot set connections aside would otherwise refuse, and so close, the
 /// probe).
-pub(crate) fn probe_rests(state: &ConnectionState, now: Instant) -> bool {
+pub(crate) fn probe_rests(state: &ConnectionState) -> bool {
     let Some(observer) = state
         .observer()
         .and_then(|o| o.as_any().downcast_ref::<OriginObserver>())
@@ -623,7 +623,7 @@ pub(crate) fn probe_rests(state: &ConnectionState, now: Instant) -> bool {
     }
     state
         .idle_since()
-        .is_some_and(|since| observer.probe_rests(now.saturating_duration_since(since)))
+        .is_some_and(|since| observer.probe_rests(Instant::now().saturating_duration_since(since)))
 }
 
 impl Observer for OriginObserver {

@@ -295,7 +295,10 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = this.timers.as_mut() {
                     t.received += frame.data_ref().map_or(0, |d| d.remaining() as u64);
-                    if t.stall.is_some() {
+                    // The stall clock restarts, unless this was the last
+                    // frame: no check follows it, so no clock read (one
+                    // less for most responses, read in one frame).
+                    if t.stall.is_some() && !this.inner.is_end_stream() {
                         t.last_frame = Instant::now();
                     }
                 }

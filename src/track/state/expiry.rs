@@ -157,25 +157,28 @@ impl ConnectionState {
         inner.origin.at(raw)
     }
 
-    /// The refusal error if the connection expired by `now`: it was closed
-    /// at its expiry, or it is known idle past its deadline.
-    pub(crate) fn expired_at(&self, now: Instant) -> Option<ConnectionExpired> {
+    /// The refusal error if the connection has expired: it was closed at its
+    /// expiry, or it is known idle past its deadline. The clock is read only
+    /// if the connection is idle with a deadline: a clock read costs as much
+    /// as a hundred instructions on a VM, and a request makes several such
+    /// checks.
+    pub(crate) fn expired_now(&self) -> Option<ConnectionExpired> {
+        let now = Instant::now;
         if self.is_upgraded() {
             return None;
         }
         let since = self.load(&self.inner.idle_since)?;
-        let deadline = if self.was_expired() {
-            self.idle_deadline_from(since)?
-        } else {
+        let closed_at_expiry = self.was_expired();
+        if !closed_at_expiry {
             // Whether claimed or not: a promise that was never used does
             // not make a stale connection fresh.
             self.idle_since()?;
-            let deadline = self.idle_deadline_from(since)?;
-            if now < deadline {
-                return None;
-            }
-            deadline
-        };
+        }
+        let deadline = self.idle_deadline_from(since)?;
+        let now = now();
+        if !closed_at_expiry && now < deadline {
+            return None;
+        }
         Some(ConnectionExpired {
             idle: now.saturating_duration_since(since),
             limit: deadline.saturating_duration_since(since),
