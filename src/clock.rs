@@ -23,6 +23,56 @@ pub(crate) fn far_future(base: Instant) -> Instant {
     base.checked_add(FAR).unwrap_or(base)
 }
 
+/// What [`now`] answers on this thread: outside a [`scoped`] section the
+/// clock; inside one, the section's one clock reading, taken at its first
+/// [`now`].
+#[derive(Clone, Copy)]
+enum Scope {
+    Outside,
+    Unread,
+    Read(Instant),
+}
+
+thread_local! {
+    static SCOPE: std::cell::Cell<Scope> = const { std::cell::Cell::new(Scope::Outside) };
+}
+
+/// Runs `f`, a short synchronous section of the request path (a `call`, or
+/// one poll of the engine's request future), with every [`now`] in it
+/// answered by one clock reading. A clock read costs as much as a hundred
+/// instructions on a VM, and such a section makes several checks in the
+/// same microseconds (PhaseTimeout's start, the connection's expiry at
+/// checkout; the expiry at `poll_ready` and the attempt's start). Sections
+/// nest (the outermost reading holds); nothing awaits inside one.
+pub(crate) fn scoped<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Scope);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.with(|s| s.set(self.0));
+        }
+    }
+    let outer = SCOPE.with(|s| s.get());
+    if !matches!(outer, Scope::Outside) {
+        return f();
+    }
+    SCOPE.with(|s| s.set(Scope::Unread));
+    let _restore = Restore(outer);
+    f()
+}
+
+/// Now, on tokio's clock: the [`scoped`] section's reading inside one.
+pub(crate) fn now() -> Instant {
+    SCOPE.with(|s| match s.get() {
+        Scope::Outside => Instant::now(),
+        Scope::Read(at) => at,
+        Scope::Unread => {
+            let at = Instant::now();
+            s.set(Scope::Read(at));
+            at
+        }
+    })
+}
+
 /// The instant timestamps are measured from.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Origin(Instant);
@@ -85,6 +135,34 @@ mod tests {
     use tokio::time::advance;
 
     use super::*;
+
+    /// Inside a scoped section every `now` is the section's one reading
+    /// (nested sections keep the outer one); outside, the clock.
+    #[test]
+    fn a_scoped_section_reads_the_clock_once() {
+        let pause = std::time::Duration::from_millis(2);
+        let (first, second, nested, unwound) = scoped(|| {
+            let first = now();
+            std::thread::sleep(pause);
+            let nested = scoped(|| {
+                std::thread::sleep(pause);
+                now()
+            });
+            let unwound = std::panic::catch_unwind(|| scoped(|| panic!("inner")));
+            (first, now(), nested, unwound.is_err())
+        });
+        assert_eq!(first, second);
+        assert_eq!(first, nested);
+        assert!(unwound);
+        let after = now();
+        assert!(after >= first + 3 * pause, "{:?}", after - first);
+        std::thread::sleep(pause);
+        assert!(now() >= after + pause, "outside a section, the clock");
+        // A section that never asks reads nothing, and leaves no reading.
+        scoped(|| ());
+        let later = scoped(now);
+        assert!(later >= after + pause);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn deadline_adds_the_limit_on_tokios_clock() {

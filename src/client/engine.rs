@@ -929,7 +929,25 @@ where
 {
     type Output = Result<Response<PooledBody>, BoxError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // One clock reading for the connection's expiry check at
+        // `poll_ready` and the attempt's start when the request is handed
+        // over right after it.
+        crate::clock::scoped(|| self.poll_scoped(cx))
+    }
+}
+
+impl<C, B, M, F, S> SendIdle<C, B, M, F, S>
+where
+    C: Service<Request<B>, Error = BoxError>,
+    M: FnOnce(C, Request<B>) -> F,
+    F: Future<Output = Result<Response<PooledBody>, BoxError>>,
+    S: Fn(Request<B>) -> BoxFuture<Response<PooledBody>>,
+{
+    fn poll_scoped(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<PooledBody>, BoxError>> {
         loop {
             let next = match self.as_mut().project() {
                 IdleProj::Checking {

@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::body::{Progress, ResponseBody};
@@ -78,12 +77,25 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // One clock reading for the request's start and whatever the inner
+        // service checks during its call (a checkout's expiry check).
+        crate::clock::scoped(|| self.start(req))
+    }
+}
+
+impl<S> PhaseTimeout<S> {
+    fn start<B>(&mut self, req: Request<B>) -> ResponseFuture<S::Future>
+    where
+        S: RequestBodyService,
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let mut req = req.map(RequestBody::new);
         let plan = match req.extensions().get::<PhaseOverride>() {
             Some(o) => Plan::new(o.apply(&self.layer)),
             None => self.plan,
         };
-        let issued = Instant::now();
+        let issued = crate::clock::now();
         // A body that is already at its end, or says it has exactly nothing
         // to send, is empty: its upload is the request head, so it needs no
         // shared progress record. Either way the body announces the attempt

@@ -165,7 +165,7 @@ impl ConnectionState {
     /// attempt opened ([`stamp`](Self::stamp) units): the IO stamps the
     /// head's first write with it instead of reading the clock again.
     pub(crate) fn begin_request_stamped(&self, body_empty: bool, grace: Duration) -> (u64, u64) {
-        let now = self.stamp(Instant::now());
+        let now = self.stamp(crate::clock::now());
         if self.is_http2() || self.is_upgraded() {
             return (0, now);
         }
@@ -316,9 +316,8 @@ impl ConnectionState {
             // too late for this idle period, or between its end of reuse and
             // its close (a healing probe's), or is not armed at all, or fired.
             if let Some((reuse, _)) = self.idle_deadlines_raw() {
-                match self.inner.timer_at.raw() {
-                    Some(armed) if armed <= reuse && armed > self.stamp(Instant::now()) => {}
-                    _ => self.wake(),
+                if !self.timer_pending_by(reuse) {
+                    self.wake();
                 }
             }
         }

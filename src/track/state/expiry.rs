@@ -163,7 +163,7 @@ impl ConnectionState {
     /// as a hundred instructions on a VM, and a request makes several such
     /// checks.
     pub(crate) fn expired_now(&self) -> Option<ConnectionExpired> {
-        let now = Instant::now;
+        let now = crate::clock::now;
         if self.is_upgraded() {
             return None;
         }

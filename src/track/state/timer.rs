@@ -77,6 +77,15 @@ impl ConnTimer {
     }
 }
 
+/// Whether the timer in `slot`, armed at `armed`, is armed no later than
+/// `reuse_raw` and has not fired.
+fn pending_by(slot: &Option<Pin<Box<Sleep>>>, armed: Option<u64>, reuse_raw: u64) -> bool {
+    match (slot, armed) {
+        (Some(sleep), Some(armed)) => armed <= reuse_raw && !sleep.is_elapsed(),
+        _ => false,
+    }
+}
+
 /// Polls the connection's timer with the connection's own waker.
 fn poll(timer: &Arc<ConnTimer>, sleep: Pin<&mut Sleep>) -> Poll<()> {
     sleep.poll(&mut Context::from_waker(&Waker::from(timer.clone())))
@@ -118,6 +127,19 @@ impl ConnectionState {
         drop(waker);
     }
 
+    /// Whether the connection's timer is armed no later than `reuse_raw`
+    /// ([`stamp`](Self::stamp) units) and has not fired yet: it will then
+    /// wake the IO's task in time for an idle period ending there. No clock
+    /// read (a timer that has not fired is one whose deadline is still
+    /// ahead, or is being processed and wakes the IO anyway).
+    pub(super) fn timer_pending_by(&self, reuse_raw: u64) -> bool {
+        pending_by(
+            &lock(&self.inner.timer.sleep),
+            self.timer_at_raw(),
+            reuse_raw,
+        )
+    }
+
     /// Whether the idle connection's expiry has passed (it must not be
     /// reused any more); otherwise makes sure the timer wakes the IO's task
     /// by the time the IO should close it. Called by the IO when a read
@@ -136,10 +158,8 @@ impl ConnectionState {
         // The fast path of a busy connection: the timer is armed no later
         // than the end of reuse and has not fired, so now is before it; no
         // clock read.
-        if let (Some(sleep), Some(armed)) = (slot.as_ref(), self.timer_at_raw()) {
-            if armed <= reuse_raw && !sleep.is_elapsed() {
-                return false;
-            }
+        if pending_by(&slot, self.timer_at_raw(), reuse_raw) {
+            return false;
         }
         let now = Instant::now();
         if self.stamp(now) >= reuse_raw {
