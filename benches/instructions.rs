@@ -293,9 +293,50 @@ fn callgrind(row: Row, workload: &str, requests: usize, count: Count) -> Option<
     Some(Run { child, path, count })
 }
 
+/// Calls to `clock_gettime` in a callgrind profile: the clock reads. Each
+/// costs far more time than its few counted instructions (about 25 ns on
+/// the VM these numbers come from, as much as ~100 instructions), so the
+/// count is reported beside the instructions.
+///
+/// Callgrind names a function in full the first time it appears (`fn=(id)
+/// name` or `cfn=(id) name`) and by its id after that; each `calls=N` line
+/// follows the `cfn=` line of the function it calls.
+fn clock_reads(profile: &str) -> u64 {
+    let mut id: Option<&str> = None;
+    let mut calling = false;
+    let mut reads = 0;
+    for line in profile.lines() {
+        let (callee, rest) = match (line.strip_prefix("cfn="), line.strip_prefix("fn=")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => {
+                if let Some(calls) = line.strip_prefix("calls=") {
+                    if calling {
+                        reads += calls
+                            .split_whitespace()
+                            .next()
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                    calling = false;
+                }
+                continue;
+            }
+        };
+        let (tag, name) = rest
+            .split_once(' ')
+            .map_or((rest, None), |(t, n)| (t, Some(n)));
+        if id.is_none() && name.is_some_and(|n| n.starts_with("clock_gettime")) {
+            id = Some(tag);
+        }
+        calling = callee && id == Some(tag);
+    }
+    reads
+}
+
 /// Waits for a callgrind run and reads its total instruction count (the
-/// main thread's for [`Count::Client`]).
-fn instructions_of(run: Option<Run>) -> Option<u64> {
+/// main thread's for [`Count::Client`]) and its clock reads.
+fn instructions_of(run: Option<Run>) -> Option<(u64, u64)> {
     let Run { child, path, count } = run?;
     let out = child.wait_with_output().ok()?;
     if !out.status.success() {
@@ -322,29 +363,35 @@ fn instructions_of(run: Option<Run>) -> Option<u64> {
             let _ = std::fs::remove_file(&file);
         }
     }
-    text?
+    let text = text?;
+    let instructions = text
         .lines()
         .find_map(|l| {
             l.strip_prefix("summary:")
                 .or_else(|| l.strip_prefix("totals:"))
         })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+    Some((instructions, clock_reads(&text)))
 }
 
-/// Instructions per request, client alone and whole exchange: `SHORT` and
-/// `LONG` under callgrind (two at a time: the counts do not depend on
-/// timing), difference over `LONG - SHORT`.
-fn instructions(row: Row, workload: &str) -> (Option<f64>, Option<f64>) {
+/// Instructions per request, client alone and whole exchange, and the
+/// whole exchange's clock reads per request: `SHORT` and `LONG` under
+/// callgrind (two at a time: the counts do not depend on timing),
+/// difference over `LONG - SHORT`.
+fn instructions(row: Row, workload: &str) -> [Option<f64>; 3] {
     let per = |short: Option<u64>, long: Option<u64>| {
         Some(long?.saturating_sub(short?) as f64 / (LONG - SHORT) as f64)
     };
-    let mut result = [None, None];
+    let mut result = [None, None, None];
     for (i, count) in [Count::Client, Count::Exchange].into_iter().enumerate() {
-        let short = callgrind(row, workload, SHORT, count);
-        let long = callgrind(row, workload, LONG, count);
-        result[i] = per(instructions_of(short), instructions_of(long));
+        let short = instructions_of(callgrind(row, workload, SHORT, count));
+        let long = instructions_of(callgrind(row, workload, LONG, count));
+        result[i] = per(short.map(|s| s.0), long.map(|l| l.0));
+        if count == Count::Exchange {
+            result[2] = per(short.map(|s| s.1), long.map(|l| l.1));
+        }
     }
-    (result[0], result[1])
+    result
 }
 
 /// `--keep`: leave the callgrind profiles in the temporary directory (their
@@ -379,14 +426,15 @@ fn main() {
          after {} warm-up requests) for the client alone (server on its own thread) and \
          for the whole exchange (client + server on one current-thread runtime); heap \
          allocations of the whole exchange ({LONG} requests, natively); \
+         the whole exchange's clock reads (calls to clock_gettime); \
          the size of the client's response future.\n",
         common::WARM_UP
     );
     println!(
         "| workload | client | client instructions | vs bare | exchange instructions \
-         | vs bare | allocations | vs bare | future bytes |"
+         | vs bare | allocations | vs bare | clock reads | future bytes |"
     );
-    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
     for workload in [Get::NAME, Post64k::NAME] {
         let mut base: Option<[f64; 3]> = None;
         for row in rows() {
@@ -394,7 +442,7 @@ fn main() {
                 Some((a, size)) => (Some(a), size.to_string()),
                 None => (None, "failed".to_string()),
             };
-            let (client, exchange) = instructions(row, workload);
+            let [client, exchange, clock] = instructions(row, workload);
             let values = [client, exchange, allocs];
             let mut cells = Vec::new();
             for (i, value) in values.into_iter().enumerate() {
@@ -427,8 +475,9 @@ fn main() {
                     base = Some([c, e, a]);
                 }
             }
+            let clock = clock.map_or_else(|| "failed".to_string(), |c| format!("{c:.1}"));
             println!(
-                "| {workload} | {} | {} | {size} |",
+                "| {workload} | {} | {} | {clock} | {size} |",
                 row.label(),
                 cells.join(" | ")
             );
