@@ -34,7 +34,7 @@ fn main() {
                 ($w:ident) => {
                     with_client!(variant, <$w as Workload>::Body, |svc| {
                         let mut svc = svc;
-                        common::count_allocations(GLOBAL, &mut svc, $w, &uri, REQUESTS).await
+                        common::count_allocations(GLOBAL, &mut svc, $w, &uri, REQUESTS, 1).await
                             as f64
                             / REQUESTS as f64
                     })

@@ -26,6 +26,11 @@
 //! then disabled but a dispatcher exists, which shows what disabled events
 //! cost. Without valgrind it says how to install it and exits successfully.
 //!
+//! The workloads: `get`, `post64k` (see `common`), and `get_x32`, the
+//! same `GET` 32 at a time (each request a task with a clone of the client,
+//! as in the `overhead` bench's `GET x32`), where the one-call client's
+//! wall clock trails most.
+//!
 //! `cargo bench --bench instructions -- idle_expiry` runs only `bare` (the
 //! baseline) and the named variants' rows.
 //!
@@ -34,7 +39,7 @@
 //! layer's instructions go (compare a `LONG` profile with bare's).
 //!
 //! `cargo bench --bench instructions -- --child --variant NAME --workload
-//! get|post64k --requests N [--info-subscriber]` runs one child natively and
+//! get|post64k|get_x32 --requests N [--info-subscriber]` runs one child natively and
 //! prints its allocation count.
 
 mod common;
@@ -159,6 +164,20 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.get(i + 1).map(String::as_str)
 }
 
+/// The `get` workload 32 at a time: each request a task of its own with a
+/// clone of the client (the bench's spawn and clone are in every row), as
+/// `overhead`'s `GET x32`.
+const GET_X32: &str = "get_x32";
+
+/// How many requests of `workload` are in flight at once.
+fn concurrency_of(workload: &str) -> usize {
+    if workload == GET_X32 {
+        32
+    } else {
+        1
+    }
+}
+
 /// The child: warm up, then `requests` requests; prints the allocations
 /// counted during those.
 fn child(args: &[String]) {
@@ -166,6 +185,7 @@ fn child(args: &[String]) {
         .and_then(Variant::parse)
         .expect("--variant NAME");
     let workload = arg(args, "--workload").unwrap_or(Get::NAME);
+    let concurrency = concurrency_of(workload);
     let requests: usize = arg(args, "--requests")
         .and_then(|n| n.parse().ok())
         .unwrap_or(SHORT);
@@ -202,14 +222,21 @@ fn child(args: &[String]) {
                 with_client!(variant, <$w as Workload>::Body, |svc| {
                     let mut svc = svc;
                     let size = common::future_size(&mut svc, $w, &uri).await;
-                    let allocations =
-                        common::count_allocations(GLOBAL, &mut svc, $w, &uri, requests).await;
+                    let allocations = common::count_allocations(
+                        GLOBAL,
+                        &mut svc,
+                        $w,
+                        &uri,
+                        requests,
+                        concurrency,
+                    )
+                    .await;
                     (allocations, size)
                 })
             };
         }
         match workload {
-            Get::NAME => go!(Get),
+            Get::NAME | GET_X32 => go!(Get),
             Post64k::NAME => go!(Post64k),
             other => panic!("unknown workload {other}"),
         }
@@ -429,7 +456,8 @@ fn main() {
          for the whole exchange (client + server on one current-thread runtime); heap \
          allocations of the whole exchange ({LONG} requests, natively); \
          the whole exchange's clock reads (calls to clock_gettime); \
-         the size of the client's response future.\n",
+         the size of the client's response future. get_x32: the same GET, 32 at \
+         a time, each a task with a clone of the client.\n",
         common::WARM_UP
     );
     println!(
@@ -437,7 +465,7 @@ fn main() {
          | vs bare | allocations | vs bare | clock reads | future bytes |"
     );
     println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
-    for workload in [Get::NAME, Post64k::NAME] {
+    for workload in [Get::NAME, Post64k::NAME, GET_X32] {
         let mut base: Option<[f64; 3]> = None;
         for row in rows() {
             let (allocs, size) = match allocations(row, workload) {

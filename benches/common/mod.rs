@@ -440,23 +440,44 @@ where
 /// the timer wheel and every lazily built structure exist afterwards.
 pub const WARM_UP: usize = 50;
 
+/// `n` requests on `svc`: one after another (`concurrency` 1), or in
+/// batches of `concurrency` at once ([`concurrent`]; the last batch takes
+/// what is left).
+pub async fn run<W, S>(svc: &mut S, w: W, uri: &http::Uri, n: usize, concurrency: usize)
+where
+    W: Workload,
+    S: HttpClient<W::Body, Future: Send>,
+{
+    if concurrency <= 1 {
+        return sequential(svc, w, uri, n).await;
+    }
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(concurrency);
+        concurrent(svc, w, uri, batch).await;
+        left -= batch;
+    }
+}
+
 /// Heap allocations (client and server: they share the thread) during `n`
-/// requests on `svc`, after [`WARM_UP`] requests. `alloc` is the bench's
-/// `#[global_allocator]`.
+/// requests on `svc` ([`run`] with `concurrency`), after [`WARM_UP`]
+/// requests (at least two batches, so that every connection a batch needs
+/// exists). `alloc` is the bench's `#[global_allocator]`.
 pub async fn count_allocations<W, S>(
     alloc: &'static stats_alloc::StatsAlloc<std::alloc::System>,
     svc: &mut S,
     w: W,
     uri: &http::Uri,
     n: usize,
+    concurrency: usize,
 ) -> usize
 where
     W: Workload,
-    S: HttpClient<W::Body>,
+    S: HttpClient<W::Body, Future: Send>,
 {
-    sequential(svc, w, uri, WARM_UP).await;
+    run(svc, w, uri, WARM_UP.max(2 * concurrency), concurrency).await;
     let region = stats_alloc::Region::new(alloc);
-    sequential(svc, w, uri, n).await;
+    run(svc, w, uri, n, concurrency).await;
     region.change().allocations
 }
 
