@@ -147,42 +147,34 @@ impl ConnectionState {
         self.inner.claimed.store(true, Ordering::Release);
     }
 
-    fn idle_deadline_from(&self, idle_since: Instant) -> Option<Instant> {
-        let inner = &self.inner;
-        let raw = deadline_raw(
-            inner.origin.stamp(idle_since),
-            self.limits().reuse,
-            inner.retire_at.raw(),
-        )?;
-        inner.origin.at(raw)
-    }
-
     /// The refusal error if the connection has expired: it was closed at its
     /// expiry, or it is known idle past its deadline. The clock is read only
     /// if the connection is idle with a deadline: a clock read costs as much
     /// as a hundred instructions on a VM, and a request makes several such
     /// checks.
     pub(crate) fn expired_now(&self) -> Option<ConnectionExpired> {
-        let now = crate::clock::now;
         if self.is_upgraded() {
             return None;
         }
-        let since = self.load(&self.inner.idle_since)?;
+        // On stamps (nanoseconds since the origin) rather than instants:
+        // this runs twice for every request.
+        let inner = &self.inner;
+        let since = inner.idle_since.raw()?;
         let closed_at_expiry = self.was_expired();
-        if !closed_at_expiry {
-            // Whether claimed or not: a promise that was never used does
-            // not make a stale connection fresh.
-            self.idle_since()?;
+        // Whether claimed or not: a promise that was never used does not
+        // make a stale connection fresh.
+        if !closed_at_expiry && (self.outcome() != ExchangeOutcome::Completed || self.is_closed()) {
+            return None;
         }
-        let deadline = self.idle_deadline_from(since)?;
-        let now = now();
+        let deadline = deadline_raw(since, self.limits().reuse, inner.retire_at.raw())?;
+        let now = self.stamp(crate::clock::now());
         if !closed_at_expiry && now < deadline {
             return None;
         }
-        Some(ConnectionExpired {
-            idle: now.saturating_duration_since(since),
-            limit: deadline.saturating_duration_since(since),
-        })
+        Some(ConnectionExpired::from_nanos(
+            now.saturating_sub(since),
+            deadline.saturating_sub(since),
+        ))
     }
 
     /// Sets when the connection retires (its maximum age): it is closed at
