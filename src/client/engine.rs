@@ -929,10 +929,17 @@ where
 {
     type Output = Result<Response<PooledBody>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // One clock reading for the connection's expiry check at
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The checkout loop (which may connect, and spend a TLS handshake's
+        // CPU in one poll) reads the clock at each check.
+        if let IdleProj::Slow { future } = self.as_mut().project() {
+            return future.as_mut().poll(cx);
+        }
+        // Otherwise one clock reading for the connection's expiry check at
         // `poll_ready` and the attempt's start when the request is handed
-        // over right after it.
+        // over right after it (a checkout loop taking over in the same poll
+        // starts inside it: it has not connected yet, and a connection only
+        // completes in a later poll).
         crate::clock::scoped(|| self.poll_scoped(cx))
     }
 }
