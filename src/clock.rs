@@ -45,18 +45,33 @@ thread_local! {
 /// checkout; the expiry at `poll_ready` and the attempt's start). Sections
 /// nest (the outermost reading holds); nothing awaits inside one.
 pub(crate) fn scoped<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(Scope);
+    section(Scope::Unread, f)
+}
+
+/// [`scoped`], with the section's reading already taken: `now`.
+pub(crate) fn scoped_at<R>(now: Instant, f: impl FnOnce() -> R) -> R {
+    section(Scope::Read(now), f)
+}
+
+fn section<R>(scope: Scope, f: impl FnOnce() -> R) -> R {
+    // Restores the thread's state however `f` ends (a panic included).
+    struct Restore;
     impl Drop for Restore {
         fn drop(&mut self) {
-            SCOPE.with(|s| s.set(self.0));
+            SCOPE.with(|s| s.set(Scope::Outside));
         }
     }
-    let outer = SCOPE.with(|s| s.get());
-    if !matches!(outer, Scope::Outside) {
+    let entered = SCOPE.with(|s| {
+        let outside = matches!(s.get(), Scope::Outside);
+        if outside {
+            s.set(scope);
+        }
+        outside
+    });
+    if !entered {
         return f();
     }
-    SCOPE.with(|s| s.set(Scope::Unread));
-    let _restore = Restore(outer);
+    let _restore = Restore;
     f()
 }
 
@@ -158,6 +173,8 @@ mod tests {
         assert!(after >= first + 3 * pause, "{:?}", after - first);
         std::thread::sleep(pause);
         assert!(now() >= after + pause, "outside a section, the clock");
+        // A section given its reading answers with it.
+        assert_eq!(scoped_at(first, now), first);
         // A section that never asks reads nothing, and leaves no reading.
         scoped(|| ());
         let later = scoped(now);

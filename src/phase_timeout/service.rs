@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::body::{Progress, ResponseBody};
@@ -77,25 +78,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // One clock reading for the request's start and whatever the inner
-        // service checks during its call (a checkout's expiry check).
-        crate::clock::scoped(|| self.start(req))
-    }
-}
-
-impl<S> PhaseTimeout<S> {
-    fn start<B>(&mut self, req: Request<B>) -> ResponseFuture<S::Future>
-    where
-        S: RequestBodyService,
-        B: Body + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
         let mut req = req.map(RequestBody::new);
         let plan = match req.extensions().get::<PhaseOverride>() {
             Some(o) => Plan::new(o.apply(&self.layer)),
             None => self.plan,
         };
-        let issued = crate::clock::now();
+        let issued = Instant::now();
         // A body that is already at its end, or says it has exactly nothing
         // to send, is empty: its upload is the request head, so it needs no
         // shared progress record. Either way the body announces the attempt
@@ -113,7 +101,10 @@ impl<S> PhaseTimeout<S> {
         let progress = (!empty).then(|| Arc::new(Progress::new(issued)));
         req.body_mut()
             .observe(progress.clone(), Some(capture.clone()));
-        ResponseFuture::new(self.inner.call(req), plan, issued, progress, Some(capture))
+        // What the inner service checks during its call (a checkout's
+        // expiry check) shares the request's start as its clock reading.
+        let inner = crate::clock::scoped_at(issued, || self.inner.call(req));
+        ResponseFuture::new(inner, plan, issued, progress, Some(capture))
     }
 }
 
