@@ -102,8 +102,9 @@ enum Source {
     /// The per-connection service of this crate's composable-pool engine
     /// (the one-call [`Client`](crate::client::Client)) sets it as the
     /// request passes through: no watch channel, no copy of hyper-util's
-    /// `Connected`.
-    Direct(OnceLock<ConnectionState>),
+    /// `Connected`. The connection is the attempt's (`begun`): it becomes
+    /// known as the attempt begins on it, in one step.
+    Direct,
 }
 
 /// What one request did on its connection (shared by the clones of its
@@ -250,7 +251,7 @@ impl ConnectionCapture {
             }
         }
         let inner = if direct {
-            Source::Direct(OnceLock::new())
+            Source::Direct
         } else {
             Source::Hyper(capture_connection(req))
         };
@@ -264,7 +265,7 @@ impl ConnectionCapture {
     /// on the request's extensions but handed from layer to layer
     /// ([`hand_over`](Self::hand_over)): no extension map per request.
     pub(crate) fn direct(connect: bool) -> Self {
-        Self::new(Source::Direct(OnceLock::new()), connect)
+        Self::new(Source::Direct, connect)
     }
 
     fn new(inner: Source, connect: bool) -> Self {
@@ -308,7 +309,7 @@ impl ConnectionCapture {
             .try_with(|slot| slot.take())
             .ok()
             .flatten()
-            .filter(|c| matches!(c.attempt.inner, Source::Direct(_)) && !c.is_filled())
+            .filter(|c| matches!(c.attempt.inner, Source::Direct) && !c.is_filled())
     }
 
     /// The request's capture if the engine's per-connection service is to
@@ -318,7 +319,7 @@ impl ConnectionCapture {
         Self::take_handed().or_else(|| {
             req.extensions()
                 .get::<ConnectionCapture>()
-                .filter(|c| matches!(c.attempt.inner, Source::Direct(_)))
+                .filter(|c| matches!(c.attempt.inner, Source::Direct))
                 .cloned()
         })
     }
@@ -332,15 +333,22 @@ impl ConnectionCapture {
     /// attempt's number (`0` on HTTP/2, or if it had begun already).
     pub(crate) fn begin_direct(&self, state: &ConnectionState, body_empty: bool) -> u64 {
         let attempt = &*self.attempt;
-        let Source::Direct(slot) = &attempt.inner else {
-            return 0;
-        };
-        if slot.set(state.clone()).is_err() || attempt.begun.get().is_some() {
+        if !matches!(attempt.inner, Source::Direct) || attempt.begun.get().is_some() {
             return 0;
         }
         let empty = body_empty || attempt.upload_done.load(Ordering::Acquire);
-        let number = state.begin_request(empty, std::time::Duration::ZERO);
-        let _ = attempt.begun.set((state.clone(), number));
+        // The attempt begins once on its connection, whoever else tries.
+        let mut began = false;
+        let &(_, number) = attempt.begun.get_or_init(|| {
+            began = true;
+            (
+                state.clone(),
+                state.begin_request(empty, std::time::Duration::ZERO),
+            )
+        });
+        if !began {
+            return 0;
+        }
         attempt.body_empty.store(empty, Ordering::Relaxed);
         // The body's hook finds the attempt announced and does nothing.
         attempt.announced.store(true, Ordering::Release);
@@ -351,9 +359,9 @@ impl ConnectionCapture {
     pub(crate) fn get(&self) -> Captured {
         let hyper = match &self.attempt.inner {
             Source::Hyper(hyper) => hyper,
-            Source::Direct(slot) => {
-                return match slot.get() {
-                    Some(state) => Captured::Tracked(state.clone()),
+            Source::Direct => {
+                return match self.attempt.begun.get() {
+                    Some((state, _)) => Captured::Tracked(state.clone()),
                     None => Captured::Pending,
                 }
             }
@@ -538,7 +546,7 @@ impl ConnectionCapture {
     /// request is handed over (the one-call client's captures): the attempt
     /// it records is then this request's by construction.
     pub(crate) fn is_direct(&self) -> bool {
-        matches!(self.attempt.inner, Source::Direct(_))
+        matches!(self.attempt.inner, Source::Direct)
     }
 
     /// Whether a connection is known yet, without building its extras (no
@@ -546,7 +554,7 @@ impl ConnectionCapture {
     pub(crate) fn is_filled(&self) -> bool {
         match &self.attempt.inner {
             Source::Hyper(hyper) => hyper.connection_metadata().is_some(),
-            Source::Direct(slot) => slot.get().is_some(),
+            Source::Direct => self.attempt.begun.get().is_some(),
         }
     }
 
