@@ -673,7 +673,10 @@ where
                 // origin's when there are too many, evicting those left
                 // with none).
                 let opened = stats.opened();
-                if swept.swap(opened, Ordering::Relaxed) != opened {
+                // (A load first: under the lock, and the common case
+                // needs no read-modify-write.)
+                if swept.load(Ordering::Relaxed) != opened {
+                    swept.store(opened, Ordering::Relaxed);
                     let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
                     for (i, map) in origins.iter_mut().enumerate() {
                         map.retain(|k, origin| {
