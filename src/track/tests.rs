@@ -1161,3 +1161,28 @@ async fn fresh_connections_and_started_responses_are_no_lost_race() {
         events.0.lock().unwrap()
     );
 }
+
+/// A direct capture (the one-call client's) learns its connection as its
+/// attempt begins there, once: a second begin, on the same connection or
+/// another, opens nothing and leaves the first record.
+#[tokio::test]
+async fn a_direct_capture_begins_its_attempt_once() {
+    let now = Instant::now();
+    let (first, second) = (
+        ConnectionState::new(now, now),
+        ConnectionState::new(now, now),
+    );
+    let capture = ConnectionCapture::direct(false);
+    assert!(!capture.is_filled());
+    assert!(matches!(capture.get(), Captured::Pending));
+    assert_eq!(capture.begin_direct(&first, true), 1);
+    assert!(capture.is_filled());
+    assert!(matches!(capture.get(), Captured::Tracked(s) if s.id() == first.id()));
+    assert_eq!(capture.begin_direct(&first, true), 0);
+    assert_eq!(capture.begin_direct(&second, true), 0);
+    assert_eq!((first.requests(), second.requests()), (1, 0));
+    assert_eq!(
+        capture.begun().map(|(s, n)| (s.id(), n)),
+        Some((first.id(), 1))
+    );
+}
