@@ -1157,3 +1157,40 @@ async fn a_server_closing_every_connection_at_once_is_not_stormed() {
     }
     task.abort();
 }
+
+/// A request's checkout happens at the call, its connection's last check at
+/// its first poll: a future created on a connection that was fresh then but
+/// first polled after that connection's expiry does not send on it (the
+/// tracker closes the connection at its deadline, or the check at the first
+/// poll refuses it), and takes a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_first_polled_after_its_connections_expiry_takes_another() {
+    const EXPIRY: Duration = Duration::from_millis(150);
+    let server = Server::start(0).await;
+    let client = client::builder()
+        .idle_expiry(tower_conn_lifecycle::idle_expiry::IdleExpiryLayer::new(
+            EXPIRY,
+        ))
+        .build::<Empty<Bytes>>();
+    fetch(&client, get(&server.url)).await.unwrap();
+    assert_eq!(server.accepted(), 1);
+    // Checked out now, while fresh; first polled after its expiry.
+    let mut svc = client.clone();
+    let ready = ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc)
+        .await
+        .unwrap();
+    let pending = tower::Service::call(ready, get(&server.url));
+    sleep(EXPIRY * 2).await;
+    let res = timeout(STEP_LIMIT, pending)
+        .await
+        .expect("request hung")
+        .unwrap();
+    res.into_body().collect().await.unwrap();
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].0, 1,
+        "the second request went on a new connection: {requests:?}"
+    );
+    assert_eq!(server.accepted(), 2);
+}
