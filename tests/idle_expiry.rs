@@ -815,32 +815,56 @@ async fn an_early_close_from_a_reload_does_not_collapse_reuse() {
 /// A server whose idle timeout really is 50 ms (below the floor): the first
 /// idle close is held, the second agrees and is learned; then requests
 /// reuse below the learned limit and never fail.
+///
+/// The client sees a close when its IO task next runs: on a loaded machine
+/// (the whole suite on two cores) that can be 50 ms late, and a close seen
+/// at 100 ms idle or more is not below the floor, so it is taken at once,
+/// as the floor's rule says. Such a run is not this test's case: it is run
+/// again on a fresh server, up to `ATTEMPTS` times, and fails if none
+/// observes the closes in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_idle_timeout_is_learned_after_two_observations() {
     const SHORT: Duration = Duration::from_millis(50);
+    /// The learner's floor (`idle_expiry::learn::FLOOR`).
+    const FLOOR: Duration = Duration::from_millis(100);
+    const ATTEMPTS: usize = 3;
     for kind in [Kind::Legacy, Kind::Pool] {
-        let server = IdleClosingServer::start(SHORT).await.unwrap();
-        let layer = IdleExpiryLayer::new(Duration::from_secs(90));
-        let stats = layer.stats();
-        let track = TrackConnectionsLayer::new();
-        let url = server.url();
-        let uri: http::Uri = url.parse().unwrap();
-        let client = client_of(kind, &layer, &track);
-        for observed in 1..=2 {
-            get_on(&client, &url).await;
-            eventually(STEP_LIMIT, "an idle close", || {
-                stats.server_idle_closes() >= observed
-            })
-            .await;
-            if observed == 1 {
-                assert_eq!(stats.held(), 1, "{kind:?}");
-                assert_eq!(
-                    layer.learned_timeout(&uri),
-                    None,
-                    "{kind:?}: one is not enough"
-                );
+        let mut attempt = 0;
+        let (server, layer, stats) = loop {
+            attempt += 1;
+            let server = IdleClosingServer::start(SHORT).await.unwrap();
+            let layer = IdleExpiryLayer::new(Duration::from_secs(90));
+            let stats = layer.stats();
+            let track = TrackConnectionsLayer::new();
+            let url = server.url();
+            let uri: http::Uri = url.parse().unwrap();
+            let client = client_of(kind, &layer, &track);
+            let mut late = None;
+            for observed in 1..=2 {
+                get_on(&client, &url).await;
+                eventually(STEP_LIMIT, "an idle close", || {
+                    stats.server_idle_closes() >= observed
+                })
+                .await;
+                let learned = layer.learned_timeout(&uri);
+                if learned.is_some_and(|l| l >= FLOOR) || (observed == 1 && stats.held() == 0) {
+                    late = Some(format!("close {observed} seen late: learned {learned:?}"));
+                    break;
+                }
+                if observed == 1 {
+                    assert_eq!(stats.held(), 1, "{kind:?}");
+                    assert_eq!(learned, None, "{kind:?}: one is not enough");
+                }
             }
-        }
+            match late {
+                None => break (server, layer, stats),
+                Some(why) if attempt < ATTEMPTS => {
+                    println!("{kind:?}: attempt {attempt}: {why}; again");
+                }
+                Some(why) => panic!("{kind:?}: {ATTEMPTS} attempts, every one late: {why}"),
+            }
+        };
+        let uri: http::Uri = server.url().parse().unwrap();
         let learned = layer.learned_timeout(&uri).expect("learned after two");
         println!("{kind:?}: learned {learned:?}");
         assert!(
