@@ -332,9 +332,11 @@ impl IdleExpiryStats {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    /// Idle connections the server closed (observed by the tracker).
+    /// Idle connections the server closed (observed by the tracker). Each
+    /// is counted once the learner has taken it: a count seen here comes
+    /// with what the close taught ([`held`](Self::held), an estimate).
     pub fn server_idle_closes(&self) -> u64 {
-        self.inner.server_idle_closes.load(Ordering::Relaxed)
+        self.inner.server_idle_closes.load(Ordering::Acquire)
     }
 
     /// Observations (server idle closes and lost races) that set or lowered
@@ -387,9 +389,10 @@ impl IdleExpiryStats {
 impl IdleExpiryStats {
     /// Requests on reused connections that failed before any byte of their
     /// response arrived (the stale keep-alive race, lost): each is an
-    /// observation of the origin's idle timeout, like an idle close.
+    /// observation of the origin's idle timeout, like an idle close, and is
+    /// counted once the learner has taken it.
     pub fn lost_races(&self) -> u64 {
-        self.inner.lost_races.load(Ordering::Relaxed)
+        self.inner.lost_races.load(Ordering::Acquire)
     }
 
     /// Observations held back instead of applied: below the floor, far
@@ -662,23 +665,26 @@ impl Observer for OriginObserver {
                     "request refused on an expired connection; nothing written"
                 );
             }
+            // Counted after the learner took the observation: whoever sees
+            // the count sees what it taught (an estimate, a held
+            // observation), not a moment before.
             Event::ServerIdleClose(idle) => {
-                stats.server_idle_closes.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     connection = state.id(),
                     ?idle,
                     "server closed an idle connection"
                 );
                 self.observe(state, idle, "idle close");
+                stats.server_idle_closes.fetch_add(1, Ordering::Release);
             }
             Event::LostRace(idle) => {
-                stats.lost_races.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     connection = state.id(),
                     ?idle,
                     "request on a reused connection failed before any response byte"
                 );
                 self.observe(state, idle, "lost race");
+                stats.lost_races.fetch_add(1, Ordering::Release);
             }
         }
     }
