@@ -728,7 +728,7 @@ impl Drop for Raw {
 }
 
 impl Raw {
-    async fn start(script: fn(usize) -> Script) -> Raw {
+    async fn start(script: impl Fn(usize) -> Script + Copy + Send + Sync + 'static) -> Raw {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let log = Arc::new(RawLog::default());
@@ -759,7 +759,7 @@ async fn raw_connection(
     conn: u64,
     log: Arc<RawLog>,
     requests: Arc<std::sync::atomic::AtomicUsize>,
-    script: fn(usize) -> Script,
+    script: impl Fn(usize) -> Script,
 ) {
     use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -915,6 +915,32 @@ fn probe_phases() -> PhaseTimeoutLayer {
         .read(Duration::from_millis(1500))
 }
 
+/// On a fresh [`Raw`] server that answers request 2 by `second` (the others
+/// `Ok`): a warm-up request of `method` without a body, then one with a
+/// streamed body of `len` bytes (`hold`: it stalls after them), on the
+/// connection the first left idle. The server, and the second request's
+/// error.
+async fn streamed_on_reuse_fails(
+    svc: &Stack,
+    second: Script,
+    method: http::Method,
+    len: usize,
+    hold: bool,
+) -> (Raw, BoxError) {
+    let server = Raw::start(move |n| if n == 2 { second } else { Script::Ok }).await;
+    let request = |body| {
+        http::Request::builder()
+            .method(method.clone())
+            .uri(&server.url)
+            .body(body)
+            .unwrap()
+    };
+    send(svc, request(empty())).await.unwrap();
+    let (body, _producer) = streamed(len, hold);
+    let err = send(svc, request(body)).await.unwrap_err();
+    (server, err)
+}
+
 /// The request lines the server saw, each with its connection.
 fn lines(heads: &[(u64, &str)]) -> Vec<(u64, String)> {
     heads
@@ -951,14 +977,14 @@ async fn an_early_413_during_a_streamed_upload_is_the_response_and_dropping_it_s
 async fn a_reused_connection_reset_mid_streamed_upload_is_never_retried() {
     for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
         // A POST, reset after 32 KiB of its body and no response byte.
-        let server = Raw::start(|n| match n {
-            2 => Script::ResetAfter(32 * KIB),
-            _ => Script::Ok,
-        })
+        let (server, err) = streamed_on_reuse_fails(
+            &svc,
+            Script::ResetAfter(32 * KIB),
+            http::Method::POST,
+            256 * KIB,
+            false,
+        )
         .await;
-        send(&svc, post(&server.url, empty())).await.unwrap();
-        let (body, _producer) = streamed(256 * KIB, false);
-        let err = send(&svc, post(&server.url, body)).await.unwrap_err();
         assert_eq!(
             not_retried(&err).rule(),
             Rule::NotIdempotent,
@@ -970,14 +996,14 @@ async fn a_reused_connection_reset_mid_streamed_upload_is_never_retried() {
             "{name}"
         );
         // A PUT (retry-safe) whose body went past the replay buffer.
-        let server = Raw::start(|n| match n {
-            2 => Script::ResetAfter(128 * KIB),
-            _ => Script::Ok,
-        })
+        let (server, err) = streamed_on_reuse_fails(
+            &svc,
+            Script::ResetAfter(128 * KIB),
+            http::Method::PUT,
+            256 * KIB,
+            false,
+        )
         .await;
-        send(&svc, put(&server.url, empty())).await.unwrap();
-        let (body, _producer) = streamed(256 * KIB, false);
-        let err = send(&svc, put(&server.url, body)).await.unwrap_err();
         let e = not_retried(&err);
         assert_eq!(e.rule(), Rule::BodyNotReplayable, "{name}: {err}");
         assert_eq!(e.retry_safe_reason(), Some(RetryReason::StaleConnection));
@@ -1005,14 +1031,14 @@ async fn informational_responses_before_the_final_one_of_a_streamed_upload() {
         assert_eq!(server.log.heads(), lines(&[(1, "POST")]), "{name}");
         // A `100 Continue`, then a reset mid-upload of a PUT on a reused
         // connection: a response byte had arrived, so never retried.
-        let server = Raw::start(|n| match n {
-            2 => Script::ContinueThenReset(8 * KIB),
-            _ => Script::Ok,
-        })
+        let (server, err) = streamed_on_reuse_fails(
+            &svc,
+            Script::ContinueThenReset(8 * KIB),
+            http::Method::PUT,
+            32 * KIB,
+            false,
+        )
         .await;
-        send(&svc, put(&server.url, empty())).await.unwrap();
-        let (body, _producer) = streamed(32 * KIB, false);
-        let err = send(&svc, put(&server.url, body)).await.unwrap_err();
         assert_eq!(
             not_retried(&err).rule(),
             Rule::ResponseStarted,
@@ -1032,14 +1058,9 @@ async fn a_streamed_upload_stalled_past_the_send_limit_on_a_reused_connection_fa
     // Some bytes then a stall; a stall before the first body byte.
     for first_bytes in [20 * KIB, 0] {
         for (name, svc) in probe_clients(RetryOnStaleConnectionLayer::new(), probe_phases()) {
-            let server = Raw::start(|n| match n {
-                2 => Script::Hold,
-                _ => Script::Ok,
-            })
-            .await;
-            send(&svc, put(&server.url, empty())).await.unwrap();
-            let (body, _producer) = streamed(first_bytes, true);
-            let err = send(&svc, put(&server.url, body)).await.unwrap_err();
+            let (server, err) =
+                streamed_on_reuse_fails(&svc, Script::Hold, http::Method::PUT, first_bytes, true)
+                    .await;
             let e = elapsed(&err);
             assert_eq!(e.phase(), Phase::Send, "{name}/{first_bytes}: {err}");
             assert_eq!(
