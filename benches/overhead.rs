@@ -44,6 +44,14 @@ impl Mode {
             Mode::Concurrent => CONCURRENCY * CONCURRENT_BATCHES,
         }
     }
+
+    /// Requests in flight at once (batches of it, one after another).
+    fn concurrency(self) -> usize {
+        match self {
+            Mode::Sequential => 1,
+            Mode::Concurrent => CONCURRENCY,
+        }
+    }
 }
 
 /// One timed batch; returns the time per request.
@@ -53,14 +61,7 @@ where
     S: HttpClient<W::Body, Future: Send>,
 {
     let start = Instant::now();
-    match mode {
-        Mode::Sequential => common::sequential(svc, w, uri, SEQUENTIAL).await,
-        Mode::Concurrent => {
-            for _ in 0..CONCURRENT_BATCHES {
-                common::concurrent(svc, w, uri, CONCURRENCY).await;
-            }
-        }
-    }
+    common::run(svc, w, uri, mode.requests(), mode.concurrency()).await;
     start.elapsed() / mode.requests() as u32
 }
 
