@@ -154,7 +154,12 @@ pin_project! {
 struct BodyTimers {
     stall: Option<Duration>,
     total: Option<(Duration, Instant)>,
-    last_frame: Instant,
+    /// Where the stall clock runs from: the last poll that found no frame
+    /// ready with none pulled since (see [`BodyTimers::waiting`]); `None`
+    /// until the body first waits.
+    waiting_since: Option<Instant>,
+    /// A frame was pulled since `waiting_since`.
+    progressed: bool,
     issued: Instant,
     sent: u64,
     received: u64,
@@ -166,12 +171,29 @@ impl BodyTimers {
         self.stall.is_some_and(|s| s.is_zero()) || self.total.is_some_and(|(t, _)| t.is_zero())
     }
 
-    fn next_check(&self) -> Instant {
-        let stall = self.stall.map_or_else(
-            || far_future(self.last_frame),
-            |s| deadline(self.last_frame, s),
-        );
+    /// When the next check is due, given the stall clock's start `since`.
+    fn next_check(&self, since: Instant) -> Instant {
+        let stall = self
+            .stall
+            .map_or_else(|| far_future(since), |s| deadline(since, s));
         self.total.map_or(stall, |(_, dl)| stall.min(dl))
+    }
+
+    /// The body found no frame ready: the stall clock runs from now unless
+    /// it already ran with no frame pulled since. Returns its start. The
+    /// clock is read here only, once per wait (none for a body whose frames
+    /// were all ready, most responses): the time a caller takes between
+    /// polls is its own, not the server's stall.
+    fn waiting(&mut self) -> Instant {
+        match self.waiting_since {
+            Some(since) if !self.progressed => since,
+            _ => {
+                let now = Instant::now();
+                self.waiting_since = Some(now);
+                self.progressed = false;
+                now
+            }
+        }
     }
 
     /// `(sent, received)` for an error: this exchange's socket bytes when
@@ -184,7 +206,8 @@ impl BodyTimers {
             })
     }
 
-    fn check(&self, now: Instant, end: &ExchangeEnd) -> Result<Instant, Elapsed> {
+    /// Decides at `now` for a body waiting since `since`.
+    fn check(&self, now: Instant, since: Instant, end: &ExchangeEnd) -> Result<Instant, Elapsed> {
         if let Some((limit, dl)) = self.total {
             if now >= dl {
                 let (sent, received) = self.bytes(end);
@@ -199,7 +222,7 @@ impl BodyTimers {
             }
         }
         if let Some(limit) = self.stall {
-            let idle = now.saturating_duration_since(self.last_frame);
+            let idle = now.saturating_duration_since(since);
             if idle >= limit {
                 let (sent, received) = self.bytes(end);
                 return Err(Elapsed::new(
@@ -212,7 +235,7 @@ impl BodyTimers {
                 ));
             }
         }
-        Ok(self.next_check())
+        Ok(self.next_check(since))
     }
 }
 
@@ -244,16 +267,12 @@ impl<B> ResponseBody<B> {
         if stall.is_none() && total.is_none() {
             return Self::unlimited(inner, end);
         }
-        // The stall clock starts now; without a stall limit no clock read.
-        let last_frame = if stall.is_some() {
-            Instant::now()
-        } else {
-            issued
-        };
+        // No clock read: the stall clock starts when the body first waits.
         let timers = BodyTimers {
             stall,
             total: total.map(|t| (t, deadline(issued, t))),
-            last_frame,
+            waiting_since: None,
+            progressed: false,
             issued,
             sent,
             received: 0,
@@ -284,7 +303,8 @@ where
             // A zero limit is already spent: a body that has not ended fails
             // at once, whatever happens to be buffered.
             if timers.has_zero() && !this.inner.is_end_stream() {
-                if let Err(elapsed) = timers.check(Instant::now(), this.end) {
+                let now = Instant::now();
+                if let Err(elapsed) = timers.check(now, now, this.end) {
                     return Poll::Ready(Some(Err(elapsed.into())));
                 }
             }
@@ -295,12 +315,9 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = this.timers.as_mut() {
                     t.received += frame.data_ref().map_or(0, |d| d.remaining() as u64);
-                    // The stall clock restarts, unless this was the last
-                    // frame: no check follows it, so no clock read (one
-                    // less for most responses, read in one frame).
-                    if t.stall.is_some() && !this.inner.is_end_stream() {
-                        t.last_frame = Instant::now();
-                    }
+                    // Progress: the stall clock restarts when the body next
+                    // waits (no clock read here).
+                    t.progressed = true;
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
@@ -308,15 +325,22 @@ where
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
-        let Some(timers) = this.timers.as_ref() else {
+        let Some(timers) = this.timers.as_mut() else {
             return Poll::Pending;
+        };
+        // Only a stall limit needs to know since when the body waits; a
+        // total deadline alone is fixed.
+        let since = if timers.stall.is_some() {
+            timers.waiting()
+        } else {
+            timers.issued
         };
         let sleep = this
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timers.next_check())));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timers.next_check(since))));
         loop {
             ready!(sleep.as_mut().poll(cx));
-            match timers.check(Instant::now(), this.end) {
+            match timers.check(Instant::now(), since, this.end) {
                 Ok(next) => sleep.as_mut().reset(next),
                 Err(elapsed) => {
                     // Fail once; later polls see the same deadline pass again.

@@ -172,6 +172,11 @@ impl PhaseTimeoutLayer {
 
     /// The stall limit between response-body frames alone; `None` switches it
     /// off (server-sent events, long polls) while keeping the head limit.
+    ///
+    /// It counts while the body waits: from a poll that finds no frame
+    /// ready, restarting at the next such poll after a frame arrived. The
+    /// time a caller takes before or between its polls (busy with the
+    /// frames it has) is not the server's stall and never counts.
     pub fn read_body_stall(mut self, limit: impl Into<Option<Duration>>) -> Self {
         self.read_stall = Some(limit.into());
         self

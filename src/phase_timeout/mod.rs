@@ -10,8 +10,8 @@
 //!   - `send`: fires only after that long with no upload progress, so a
 //!     100 MB upload that keeps moving never fails;
 //!   - `read`: the wait for the response head, starting when the upload has
-//!     finished, then a stall limit between response-body frames (errors
-//!     surface from the body);
+//!     finished, then a stall limit between response-body frames, counted
+//!     while the body waits for one (errors surface from the body);
 //!   - `total`: a deadline through the end of the response body.
 //!
 //!   A request can change its own limits with a [`PhaseOverride`] extension

@@ -222,6 +222,46 @@ async fn body_stall_fires_from_the_body() {
     let _ = tx.send_data(Bytes::new()).await;
 }
 
+/// The body stall clock runs while the body waits: a caller busy for three
+/// stall limits before each poll gets its frames, and the stall still fires
+/// one limit after the poll that found nothing.
+#[tokio::test(start_paused = true)]
+async fn time_the_caller_takes_between_polls_is_not_a_stall() {
+    let (mut svc, mut handle) = setup(PhaseTimeoutLayer::new().read(Duration::from_secs(1)));
+    let fut = issue(&mut svc, Request::get("/").body(Channel::new(1).1).unwrap()).await;
+    let server = tokio::spawn(async move {
+        let tx = respond_streaming(&mut handle).await;
+        (tx, handle)
+    });
+    let mut body = fut.await.expect("head arrives at once").into_body();
+    let (mut tx, _handle) = server.await.unwrap();
+    for chunk in [&b"ab"[..], &b"cde"[..]] {
+        // Busy elsewhere for 3 s, then the body waits 500 ms for its frame.
+        sleep(Duration::from_secs(3)).await;
+        let send = tokio::spawn(async move {
+            sleep(ms(500)).await;
+            tx.send_data(Bytes::from_static(chunk)).await.unwrap();
+            tx
+        });
+        let polled = Instant::now();
+        let frame = body
+            .frame()
+            .await
+            .unwrap()
+            .expect("no stall: the body waited 500 ms");
+        assert_eq!(frame.into_data().unwrap(), chunk);
+        assert_eq!(polled.elapsed(), ms(500));
+        tx = send.await.unwrap();
+    }
+    sleep(Duration::from_secs(3)).await;
+    let before = Instant::now();
+    let err = body.frame().await.unwrap().unwrap_err();
+    let e = elapsed(&err);
+    assert_eq!((e.phase(), e.bytes_received()), (Phase::Read, 5));
+    assert_eq!(before.elapsed(), Duration::from_secs(1));
+    drop(tx);
+}
+
 #[tokio::test(start_paused = true)]
 async fn total_fires_through_a_slow_body() {
     let (mut svc, mut handle) = setup(
