@@ -16,7 +16,10 @@
 //! median time per request of each side and the median over rounds of
 //! `bare time / layered time`: the throughput of the layered client relative
 //! to bare (1.000 = the same, 0.970 = 3 % fewer requests per second), with
-//! the middle half of the per-round ratios as a noise gauge.
+//! the middle half of the per-round ratios as a noise gauge. The last
+//! column counts minor page faults per 1 000 requests of each side (Linux,
+//! `/proc/self/stat`): memory the allocator gave back to the kernel and
+//! touched again, which costs wall clock no instruction count shows.
 
 mod common;
 
@@ -54,15 +57,44 @@ impl Mode {
     }
 }
 
-/// One timed batch; returns the time per request.
-async fn batch<W, S>(svc: &mut S, w: W, uri: &http::Uri, mode: Mode) -> Duration
+/// Minor page faults of this process so far (Linux: field 10 of
+/// `/proc/self/stat`, the seventh after the command name); `None` elsewhere.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, fields) = stat.rsplit_once(')')?;
+    fields.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// One timed batch; returns the time per request and the minor page faults
+/// during the batch (read outside the timed part).
+async fn batch<W, S>(svc: &mut S, w: W, uri: &http::Uri, mode: Mode) -> (Duration, Option<u64>)
 where
     W: Workload,
     S: HttpClient<W::Body, Future: Send>,
 {
+    let faults = minor_faults();
     let start = Instant::now();
     common::run(svc, w, uri, mode.requests(), mode.concurrency()).await;
-    start.elapsed() / mode.requests() as u32
+    let time = start.elapsed() / mode.requests() as u32;
+    (
+        time,
+        minor_faults()
+            .zip(faults)
+            .map(|(after, before)| after - before),
+    )
+}
+
+/// Faults per 1 000 requests over `rounds` batches of `mode`.
+fn per_k(faults: Option<u64>, mode: Mode) -> String {
+    faults.map_or_else(
+        || "–".to_owned(),
+        |f| {
+            format!(
+                "{:.0}",
+                f as f64 * 1000.0 / (ROUNDS * mode.requests()) as f64
+            )
+        },
+    )
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -93,26 +125,31 @@ async fn compare<W, A, L>(
     batch(&mut bare, w, uri, mode).await;
     batch(&mut layered, w, uri, mode).await;
     let (mut b, mut l, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fb, mut fl) = (Some(0), Some(0));
     for round in 0..ROUNDS {
-        let (tb, tl) = if round % 2 == 0 {
+        let ((tb, faults_b), (tl, faults_l)) = if round % 2 == 0 {
             let tb = batch(&mut bare, w, uri, mode).await;
             (tb, batch(&mut layered, w, uri, mode).await)
         } else {
             let tl = batch(&mut layered, w, uri, mode).await;
             (batch(&mut bare, w, uri, mode).await, tl)
         };
+        fb = fb.zip(faults_b).map(|(a, b)| a + b);
+        fl = fl.zip(faults_l).map(|(a, b)| a + b);
         b.push(tb.as_secs_f64() * 1e6);
         l.push(tl.as_secs_f64() * 1e6);
         ratio.push(tb.as_secs_f64() / tl.as_secs_f64());
     }
     let (b, l, ratio) = (sorted(b), sorted(l), sorted(ratio));
     println!(
-        "| {scenario} | {name} | {:.1} | {:.1} | {:.3} | {:.3}–{:.3} |",
+        "| {scenario} | {name} | {:.1} | {:.1} | {:.3} | {:.3}–{:.3} | {} / {} |",
         quantile(&b, 0.5),
         quantile(&l, 0.5),
         quantile(&ratio, 0.5),
         quantile(&ratio, 0.25),
         quantile(&ratio, 0.75),
+        per_k(fb, mode),
+        per_k(fl, mode),
     );
 }
 
@@ -138,8 +175,11 @@ fn main() {
              {SEQUENTIAL} sequential or {CONCURRENT_BATCHES} x {CONCURRENCY} concurrent \
              requests per batch; client and server on one current-thread runtime.\n"
         );
-        println!("| scenario | client | bare µs | layered µs | throughput vs bare | middle half |");
-        println!("|---|---|--:|--:|--:|--:|");
+        println!(
+            "| scenario | client | bare µs | layered µs | throughput vs bare | middle half \
+             | page faults / 1k requests (bare / layered) |"
+        );
+        println!("|---|---|--:|--:|--:|--:|--:|");
         macro_rules! scenario {
             ($label:expr, $w:ident, $mode:expr) => {
                 for &variant in &variants {
