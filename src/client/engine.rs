@@ -517,6 +517,16 @@ enum Origin<P, N> {
     Tls(N),
 }
 
+/// What the engine's origin lookup found for a request: its origin's pool
+/// (a handle of its own), or, for an `http://` request that checks out at
+/// once, an idle connection, or the pool with a resting connection taken or
+/// the checkout under way.
+enum Found<O, P, C, F> {
+    Origin(O),
+    Idle(C),
+    Wait(P, Option<C>, Option<F>),
+}
+
 /// The engine's origin maps, typed by the pools its closures make.
 type OriginMap<P, N> = HashMap<Box<str>, Origin<P, N>>;
 
@@ -651,98 +661,129 @@ where
         // The connection count when the pools were last swept.
         let swept = AtomicU64::new(0);
         let keep = max_idle_per_origin;
-        // The request's origin pool (made at its first request).
-        let lookup = move |req: &Request<B>| -> Result<Origin<_, _>, BoxError> {
-            let uri = req.uri();
-            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-                return Err(Box::new(NotAbsolute(uri.clone())));
-            };
-            let other;
-            let (slot, name) = match scheme.as_str() {
-                "http" => (0, authority.as_str()),
-                "https" => (1, authority.as_str()),
-                scheme => {
-                    other = format!("{scheme}://{authority}");
-                    (2, other.as_str())
-                }
-            };
-            let origin = {
-                let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
-                // After a new connection, the cold path: drop dead and
-                // surplus idle connections (this origin's, or every
-                // origin's when there are too many, evicting those left
-                // with none).
-                let opened = stats.opened();
-                // (A load first: under the lock, and the common case
-                // needs no read-modify-write.)
-                if swept.load(Ordering::Relaxed) != opened {
-                    swept.store(opened, Ordering::Relaxed);
-                    let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
-                    for (i, map) in origins.iter_mut().enumerate() {
-                        map.retain(|k, origin| {
-                            let this = i == slot && **k == *name;
-                            if !this && !all {
-                                return true;
+        // The request's origin pool (made at its first request): a clone of
+        // it, or with `checkout`, for `http://`, an idle connection checked
+        // out of it under the lock (the pool handle is cloned only when the
+        // request has to wait for a connection).
+        let lookup =
+            move |req: &Request<B>, checkout: bool| -> Result<Found<_, _, _, _>, BoxError> {
+                let uri = req.uri();
+                let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+                    return Err(Box::new(NotAbsolute(uri.clone())));
+                };
+                let other;
+                let (slot, name) = match scheme.as_str() {
+                    "http" => (0, authority.as_str()),
+                    "https" => (1, authority.as_str()),
+                    scheme => {
+                        other = format!("{scheme}://{authority}");
+                        (2, other.as_str())
+                    }
+                };
+                let origin = {
+                    let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
+                    // After a new connection, the cold path: drop dead and
+                    // surplus idle connections (this origin's, or every
+                    // origin's when there are too many, evicting those left
+                    // with none).
+                    let opened = stats.opened();
+                    // (A load first: under the lock, and the common case
+                    // needs no read-modify-write.)
+                    if swept.load(Ordering::Relaxed) != opened {
+                        swept.store(opened, Ordering::Relaxed);
+                        let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
+                        for (i, map) in origins.iter_mut().enumerate() {
+                            map.retain(|k, origin| {
+                                let this = i == slot && **k == *name;
+                                if !this && !all {
+                                    return true;
+                                }
+                                let mut kept = 0;
+                                // Dead connections go; expired ones that are
+                                // still open stay (the tracker closes them at
+                                // their deadline; a healing probe is one).
+                                let mut idle = |conn: &mut Conn<B>| {
+                                    kept += 1;
+                                    kept <= keep && !conn.is_dead()
+                                };
+                                let empty = match origin {
+                                    Origin::Plain(cache) => {
+                                        cache.retain(&mut idle);
+                                        cache.is_empty()
+                                    }
+                                    Origin::Tls(negotiate) => {
+                                        negotiate.fallback_mut().retain(&mut idle);
+                                        negotiate.upgrade_mut().retain(|c| !c.is_dead());
+                                        negotiate.fallback_mut().is_empty()
+                                            && negotiate.upgrade_mut().is_empty()
+                                    }
+                                };
+                                // Evicted only when there are too many origins:
+                                // an origin's pool looks empty while all of
+                                // its connections are checked out.
+                                this || !empty
+                            });
+                        }
+                    }
+                    // A macro, not a closure: expanded where the pool's type is
+                    // known.
+                    macro_rules! found {
+                        ($origin:expr) => {
+                            match $origin {
+                                Origin::Plain(pool) if checkout => {
+                                    let mut checkout = pool.call(());
+                                    let polled = Pin::new(&mut checkout)
+                                        .poll(&mut Context::from_waker(Waker::noop()));
+                                    match polled {
+                                        Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
+                                            Ok(Found::Idle(conn))
+                                        }
+                                        // The checkout loop, from a resting connection
+                                        // already taken or the checkout under way.
+                                        Poll::Ready(Ok(conn)) => {
+                                            Ok(Found::Wait(pool.clone(), Some(conn), None))
+                                        }
+                                        Poll::Ready(Err(e)) => Err(e),
+                                        Poll::Pending => {
+                                            Ok(Found::Wait(pool.clone(), None, Some(checkout)))
+                                        }
+                                    }
+                                }
+                                origin => Ok(Found::Origin(origin.clone())),
                             }
-                            let mut kept = 0;
-                            // Dead connections go; expired ones that are
-                            // still open stay (the tracker closes them at
-                            // their deadline; a healing probe is one).
-                            let mut idle = |conn: &mut Conn<B>| {
-                                kept += 1;
-                                kept <= keep && !conn.is_dead()
-                            };
-                            let empty = match origin {
-                                Origin::Plain(cache) => {
-                                    cache.retain(&mut idle);
-                                    cache.is_empty()
-                                }
-                                Origin::Tls(negotiate) => {
-                                    negotiate.fallback_mut().retain(&mut idle);
-                                    negotiate.upgrade_mut().retain(|c| !c.is_dead());
-                                    negotiate.fallback_mut().is_empty()
-                                        && negotiate.upgrade_mut().is_empty()
-                                }
-                            };
-                            // Evicted only when there are too many origins:
-                            // an origin's pool looks empty while all of
-                            // its connections are checked out.
-                            this || !empty
-                        });
-                    }
-                }
-                let map = &mut origins[slot];
-                match map.get(name) {
-                    Some(origin) => origin.clone(),
-                    None => {
-                        // Scheme and authority: what the connector needs.
-                        let target = Uri::builder()
-                            .scheme(scheme.clone())
-                            .authority(authority.clone())
-                            .path_and_query("/")
-                            .build();
-                        let target = target?;
-                        let origin = if slot == 1 {
-                            Origin::Tls(tls(target))
-                        } else {
-                            Origin::Plain(plain(target))
                         };
-                        map.insert(Box::from(name), origin.clone());
-                        origin
                     }
-                }
+                    let map = &mut origins[slot];
+                    if let Some(origin) = map.get_mut(name) {
+                        return found!(origin);
+                    }
+                    // Scheme and authority: what the connector needs.
+                    let target = Uri::builder()
+                        .scheme(scheme.clone())
+                        .authority(authority.clone())
+                        .path_and_query("/")
+                        .build();
+                    let target = target?;
+                    let mut origin = if slot == 1 {
+                        Origin::Tls(tls(target))
+                    } else {
+                        Origin::Plain(plain(target))
+                    };
+                    let result = found!(&mut origin);
+                    map.insert(Box::from(name), origin);
+                    result
+                };
+                origin
             };
-            Ok(origin)
-        };
         let lookup = Arc::new(lookup);
         // The checkout loop (see `send_on`) from the start: for `https://`,
         // and for a request whose idle connection refused it.
         let slow = {
             let lookup = lookup.clone();
             move |req: Request<B>| -> BoxFuture<Response<PooledBody>> {
-                match lookup(&req) {
+                match lookup(&req, false) {
                     // HTTP/1 only: hyper's own future, inline (no box).
-                    Ok(Origin::Plain(pool)) => Box::pin(send_on(
+                    Ok(Found::Origin(Origin::Plain(pool))) => Box::pin(send_on(
                         pool,
                         req,
                         None,
@@ -750,7 +791,7 @@ where
                         |conn| conn.inner().is_resting(),
                         |conn, req| send_http1(conn.inner_mut(), req),
                     )),
-                    Ok(Origin::Tls(pool)) => Box::pin(send_on(
+                    Ok(Found::Origin(Origin::Tls(pool))) => Box::pin(send_on(
                         pool,
                         req,
                         None,
@@ -758,6 +799,10 @@ where
                         |conn| conn.fallback_ref().is_some_and(|c| c.inner().is_resting()),
                         Service::call,
                     )),
+                    // Not asked to check out: never found.
+                    Ok(Found::Idle(_) | Found::Wait(..)) => Box::pin(std::future::ready(Err(
+                        "the engine's origin lookup checked a connection out unasked".into(),
+                    ))),
                     Err(e) => Box::pin(std::future::ready(Err(e))),
                 }
             }
@@ -768,27 +813,19 @@ where
                 // A retry's attempt after the drain began: nothing written.
                 return Box::pin(std::future::ready(Err(Box::new(Draining) as BoxError)));
             }
-            let mut pool = match lookup(&req) {
-                Ok(Origin::Plain(pool)) => pool,
-                _ => return slow(req),
-            };
             // The fast path: an idle connection, checked out at the call
             // (the pool hands it over without waiting); the request's
             // future then holds only it and the send, not the pool and the
             // checkout loop (a future half the size).
-            let mut checkout = pool.call(());
-            let polled = Pin::new(&mut checkout).poll(&mut Context::from_waker(Waker::noop()));
-            // Otherwise the checkout loop, from a resting connection already
-            // taken or the checkout under way.
-            let (aside, checkout) = match polled {
-                Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
+            let (pool, aside, checkout) = match lookup(&req, true) {
+                Ok(Found::Idle(conn)) => {
                     return Box::pin(send_idle(conn, req, slow.clone(), |conn, req| {
                         send_ready(conn, req, |conn, req| send_http1(conn.inner_mut(), req))
                     }));
                 }
-                Poll::Ready(Ok(conn)) => (Some(conn), None),
-                Poll::Ready(Err(e)) => return Box::pin(std::future::ready(Err(e))),
-                Poll::Pending => (None, Some(checkout)),
+                Ok(Found::Wait(pool, aside, checkout)) => (pool, aside, checkout),
+                Ok(Found::Origin(_)) => return slow(req),
+                Err(e) => return Box::pin(std::future::ready(Err(e))),
             };
             Box::pin(send_on(
                 pool,
