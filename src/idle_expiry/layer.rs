@@ -63,10 +63,18 @@ pub const DEFAULT_MARGIN: Duration = Duration::from_millis(50);
 /// ```
 #[derive(Clone)]
 pub struct IdleExpiryLayer {
-    // Behind an `Arc`: every request's response future carries a clone of
-    // the layer (two words, not the whole configuration).
-    pub(crate) config: Arc<Config>,
-    pub(crate) shared: Arc<Shared>,
+    // Behind one `Arc`: every request's response future carries a clone of
+    // the layer (one word and one reference count, not the whole
+    // configuration).
+    inner: Arc<LayerInner>,
+}
+
+/// The configuration and the state shared by clones; the builder methods
+/// copy it before a change (the state stays shared).
+#[derive(Clone)]
+struct LayerInner {
+    config: Config,
+    shared: Arc<Shared>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -95,18 +103,35 @@ impl IdleExpiryLayer {
     /// anything, and says so (see the [type docs](Self)).
     pub fn new(expiry: Duration) -> Self {
         IdleExpiryLayer {
-            config: Arc::new(Config {
-                expiry,
-                margin: DEFAULT_MARGIN,
-                max_age: None,
-                max_requests: None,
-                learn: true,
-            }),
-            shared: Arc::new(Shared {
-                learner: Learner::new(DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER),
-                stats: IdleExpiryStats::default(),
+            inner: Arc::new(LayerInner {
+                config: Config {
+                    expiry,
+                    margin: DEFAULT_MARGIN,
+                    max_age: None,
+                    max_requests: None,
+                    learn: true,
+                },
+                shared: Arc::new(Shared {
+                    learner: Learner::new(DEFAULT_ORIGINS, DEFAULT_RELEARN_AFTER),
+                    stats: IdleExpiryStats::default(),
+                }),
             }),
         }
+    }
+
+    /// The configuration.
+    fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The learner and the counters, shared by clones.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// The configuration, to change (copied first if shared).
+    fn config_mut(&mut self) -> &mut Config {
+        &mut Arc::make_mut(&mut self.inner).config
     }
 
     /// The smallest margin kept below an announced or learned idle timeout
@@ -114,14 +139,14 @@ impl IdleExpiryLayer {
     /// twice the connection's measured round trip (its connect time or, if
     /// shorter, the last exchange's time to first byte).
     pub fn margin(mut self, floor: Duration) -> Self {
-        Arc::make_mut(&mut self.config).margin = floor;
+        self.config_mut().margin = floor;
         self
     }
 
     /// Closes a connection at its first idle point after this age (never
     /// mid-response). `None` (the default) for no limit.
     pub fn max_age(mut self, limit: impl Into<Option<Duration>>) -> Self {
-        Arc::make_mut(&mut self.config).max_age = limit.into();
+        self.config_mut().max_age = limit.into();
         self
     }
 
@@ -129,14 +154,14 @@ impl IdleExpiryLayer {
     /// (the default) for no limit; `0` and `1` both mean one request per
     /// connection.
     pub fn max_requests(mut self, limit: impl Into<Option<u64>>) -> Self {
-        Arc::make_mut(&mut self.config).max_requests = limit.into();
+        self.config_mut().max_requests = limit.into();
         self
     }
 
     /// Whether to learn origins' idle timeouts from the closes observed on
     /// idle connections (default `true`).
     pub fn learn(mut self, learn: bool) -> Self {
-        Arc::make_mut(&mut self.config).learn = learn;
+        self.config_mut().learn = learn;
         self
     }
 
@@ -145,16 +170,17 @@ impl IdleExpiryLayer {
     /// trusted (default 5 minutes). Starts a new, empty learner shared by the
     /// clones made from here on.
     pub fn learner(mut self, origins: usize, relearn_after: Duration) -> Self {
-        self.shared = Arc::new(Shared {
+        let shared = Arc::new(Shared {
             learner: Learner::new(origins, relearn_after),
-            stats: self.shared.stats.clone(),
+            stats: self.shared().stats.clone(),
         });
+        Arc::make_mut(&mut self.inner).shared = shared;
         self
     }
 
     /// How many origins the learner remembers now (never more than its bound).
     pub fn learned_origins(&self) -> usize {
-        self.shared.learner.len()
+        self.shared().learner.len()
     }
 
     /// The idle timeout learned for `uri`'s origin (scheme, host, port), if
@@ -162,12 +188,12 @@ impl IdleExpiryLayer {
     /// less than this minus their margin (never less than half of it).
     pub fn learned_timeout(&self, uri: &http::Uri) -> Option<Duration> {
         let origin = Origin::of(uri)?;
-        self.shared.learner.estimate(&origin, Instant::now())
+        self.shared().learner.estimate(&origin, Instant::now())
     }
 
     /// The counters shared by every service this layer (and its clones) make.
     pub fn stats(&self) -> IdleExpiryStats {
-        self.shared.stats.clone()
+        self.shared().stats.clone()
     }
 
     /// Wraps one connection's service, for hyper-util's composable pools
@@ -187,7 +213,7 @@ impl IdleExpiryLayer {
     /// A response without the tracker's state: counted, and the first one
     /// warned about (see [`IdleExpiryStats::untracked_responses`]).
     pub(crate) fn on_untracked(&self, version: http::Version) {
-        self.shared.stats.untracked(version);
+        self.shared().stats.untracked(version);
     }
 
     /// Applies what a response says and what was learned to its connection:
@@ -201,8 +227,8 @@ impl IdleExpiryLayer {
         if state.is_http2() {
             return;
         }
-        let c = &self.config;
-        let shared = &self.shared;
+        let c = self.config();
+        let shared = self.shared();
         let learner = &shared.learner;
         // Read before the check: an estimate learned after it bumps the
         // generation, and the connection looks it up then.
@@ -237,7 +263,7 @@ impl IdleExpiryLayer {
         }
         let observer = state.observe(|| {
             Arc::new(OriginObserver::new(
-                Arc::clone(&self.shared),
+                Arc::clone(shared),
                 origin.copied(),
                 c.learn,
                 generation,
@@ -256,7 +282,7 @@ impl IdleExpiryLayer {
 
 impl fmt::Debug for IdleExpiryLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &*self.config;
+        let c = self.config();
         f.debug_struct("IdleExpiryLayer")
             .field("expiry", &c.expiry)
             .field("margin", &c.margin)
@@ -264,7 +290,7 @@ impl fmt::Debug for IdleExpiryLayer {
             .field("max_requests", &c.max_requests)
             .field("learn", &c.learn)
             .field("learned_origins", &self.learned_origins())
-            .field("stats", &self.shared.stats)
+            .field("stats", &self.shared().stats)
             .finish()
     }
 }

@@ -119,7 +119,7 @@ async fn http2_connections_get_no_observer_and_no_estimate() {
 #[tokio::test(start_paused = true)]
 async fn a_response_takes_at_most_one_lock() {
     let layer = IdleExpiryLayer::new(Duration::from_secs(90));
-    let learner = &layer.shared.learner;
+    let learner = &layer.shared().learner;
     // Nothing learned anywhere: no lock at all.
     let a = idle_connection();
     respond(&layer, &a);

@@ -43,7 +43,6 @@ pub(crate) struct Watch {
     /// The body's upload progress; `None` for a body that was empty from the
     /// start (its upload is the request head: ended when issued, no bytes).
     progress: Option<Arc<Progress>>,
-    capture: Option<ConnectionCapture>,
     /// When this request could first write (connection known), if known yet,
     /// and the id of that connection (when tracked): hyper-util may retry a
     /// request on a new connection, and the clocks follow it.
@@ -55,8 +54,9 @@ pub(crate) struct Watch {
     /// When the capture was first seen filled, right after an inner poll:
     /// the instant hyper-util handed the request to its connection.
     handed: Option<Instant>,
-    /// Abandons the exchange (poisoning its connection) if this future is
-    /// dropped or times out before the head.
+    /// The request's connection capture, which abandons the exchange
+    /// (poisoning its connection) if this future is dropped or times out
+    /// before the head.
     pending: PendingExchange,
     /// When the timer next has to fire: the next check.
     next: Instant,
@@ -114,8 +114,7 @@ impl<F> ResponseFuture<F> {
             zero: plan.zero,
             issued,
             progress,
-            pending: PendingExchange::new(capture.clone()),
-            capture,
+            pending: PendingExchange::new(capture),
             connected: None,
             assumed: false,
             handed: None,
@@ -132,6 +131,11 @@ impl<F> ResponseFuture<F> {
 }
 
 impl Watch {
+    /// The request's connection capture.
+    fn capture(&self) -> Option<&ConnectionCapture> {
+        self.pending.capture()
+    }
+
     /// When the last body frame was pulled by the connection.
     fn last_frame(&self) -> Option<Instant> {
         self.progress.as_ref()?.last_frame()
@@ -175,7 +179,7 @@ impl Watch {
             sent,
             received,
         )
-        .with_attempt(self.capture.clone())
+        .with_attempt(self.capture().cloned())
     }
 
     /// This request's bytes on the socket, `(written, read)`, when its
@@ -185,7 +189,7 @@ impl Watch {
         // The attempt's own record, from the moment the request announced
         // itself to its connection (before that, nothing of it is on the
         // wire and the body frames say as much).
-        let exchange = self.capture.as_ref()?.exchange()?;
+        let exchange = self.capture()?.exchange()?;
         Some((exchange.bytes_written(), exchange.bytes_read()))
     }
 
@@ -213,8 +217,7 @@ impl Watch {
         // says when), so it needs no clock read.
         if self.handed.is_none()
             && self
-                .capture
-                .as_ref()
+                .capture()
                 .is_some_and(|c| !c.is_direct() && c.is_filled())
         {
             self.handed = Some(Instant::now());
@@ -229,7 +232,7 @@ impl Watch {
     /// handed to hyper-util's connection task) makes its own.
     fn decide_timer(&mut self) {
         self.timer_decided = true;
-        if let Some((state, _)) = self.capture.as_ref().and_then(ConnectionCapture::begun) {
+        if let Some((state, _)) = self.capture().and_then(ConnectionCapture::begun) {
             if !state.is_http2() {
                 self.timer = Some(state.clone());
             }
@@ -248,8 +251,7 @@ impl Watch {
     /// `read` then runs from the call (the rule in the module docs).
     fn observe(&mut self, now: Instant) -> Captured {
         let captured = self
-            .capture
-            .as_ref()
+            .capture()
             .map_or(Captured::Pending, ConnectionCapture::get);
         let id = match &captured {
             Captured::Tracked(state) => Some(state.id()),
@@ -268,10 +270,7 @@ impl Watch {
                 (Captured::Pending, Some(shown)) => Some(shown),
                 (Captured::Pending, None) => {
                     let hidden = self.progress.is_none()
-                        && self
-                            .capture
-                            .as_ref()
-                            .is_some_and(ConnectionCapture::is_hidden);
+                        && self.capture().is_some_and(ConnectionCapture::is_hidden);
                     self.assumed = hidden;
                     hidden.then_some(self.issued)
                 }
@@ -360,7 +359,7 @@ impl Watch {
     ) -> Response<ResponseBody<B>> {
         self.pending.disarm();
         let end = ExchangeEnd::for_request(
-            self.capture.as_ref(),
+            self.pending.capture(),
             &response,
             self.limits.read_stall.is_some() || self.limits.total.is_some(),
         );

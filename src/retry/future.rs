@@ -35,10 +35,10 @@ pin_project! {
         spare: Arc<S>,
         // The request for the next attempt.
         backup: Option<Request<RequestBody>>,
-        // The connection capture of the attempt in flight, when it took one
-        // (a request with a body, or the caller's capture).
-        capture: Option<ConnectionCapture>,
         session: Session,
+        // The connection capture of the attempt in flight, when it took one
+        // (a request with a body, or the caller's capture), which abandons
+        // the attempt if this future is dropped before its response.
         pending: PendingExchange,
     }
 }
@@ -75,8 +75,7 @@ where
             state: State::Called { future },
             spare,
             backup: Some(backup),
-            pending: PendingExchange::new(capture.clone()),
-            capture,
+            pending: PendingExchange::new(capture),
             session,
         }
     }
@@ -105,7 +104,7 @@ where
                             this.session.succeeded(&mut response);
                             return Poll::Ready(Ok(with_exchange_end(
                                 response,
-                                this.capture.as_ref(),
+                                this.pending.capture(),
                             )));
                         }
                         Err(err) => err.into(),
@@ -116,7 +115,7 @@ where
                             // The policy judges the failed attempt by its own
                             // connection (and replaces the capture for the
                             // next attempt).
-                            if let Some(capture) = this.capture.take() {
+                            if let Some(capture) = this.pending.take_capture() {
                                 req.extensions_mut().insert(capture);
                             }
                             this.session.retry(req, &mut result)
@@ -141,11 +140,11 @@ where
                         return Poll::Ready(Err("retry without a request".into()));
                     };
                     *this.backup = Some(duplicate(&req));
-                    *this.capture = req.extensions().get::<ConnectionCapture>().cloned();
+                    *this.pending =
+                        PendingExchange::new(req.extensions().get::<ConnectionCapture>().cloned());
                     // Under PhaseTimeout above this layer, the body reports
                     // this attempt's upload and announces it.
-                    req.body_mut().next_attempt(this.capture.as_ref());
-                    *this.pending = PendingExchange::new(this.capture.clone());
+                    req.body_mut().next_attempt(this.pending.capture());
                     let future = service.call(req);
                     this.state.set(State::Called { future });
                 }

@@ -264,22 +264,41 @@ impl Drop for ExchangeEnd {
     }
 }
 
-/// Abandons a request's exchange when its response future is dropped (or
+/// A request's attempt record (its connection capture) while its response
+/// future waits, which abandons the exchange when the future is dropped (or
 /// times out) before the response head: the request side of the tracker for
-/// the time before a response exists.
+/// the time before a response exists. The future reads the capture through
+/// it ([`capture`](Self::capture)): one handle, not a second reference count.
 #[derive(Debug)]
 pub(crate) struct PendingExchange {
     capture: Option<ConnectionCapture>,
+    /// Nothing to abandon any more (the head arrived, or the abandon ran).
+    disarmed: bool,
 }
 
 impl PendingExchange {
     pub(crate) fn new(capture: Option<ConnectionCapture>) -> Self {
-        PendingExchange { capture }
+        PendingExchange {
+            capture,
+            disarmed: false,
+        }
     }
 
-    /// The head arrived: nothing to abandon any more.
+    /// The head arrived: nothing to abandon any more (the capture stays
+    /// readable).
     pub(crate) fn disarm(&mut self) {
-        self.capture = None;
+        self.disarmed = true;
+    }
+
+    /// The attempt's capture, if it has one.
+    pub(crate) fn capture(&self) -> Option<&ConnectionCapture> {
+        self.capture.as_ref()
+    }
+
+    /// Takes the capture away (disarmed: nothing left to abandon).
+    pub(crate) fn take_capture(&mut self) -> Option<ConnectionCapture> {
+        self.disarmed = true;
+        self.capture.take()
     }
 }
 
@@ -287,9 +306,12 @@ impl PendingExchange {
     /// The request gave up (timed out) before its head: poisons its
     /// connection if its exchange is in flight. Never an HTTP/2 connection:
     /// hyper resets the abandoned stream alone, and the connection's other
-    /// streams (and later requests) carry on.
+    /// streams (and later requests) carry on. Once.
     pub(crate) fn abandon(&mut self) {
-        let Some(capture) = self.capture.take() else {
+        if std::mem::replace(&mut self.disarmed, true) {
+            return;
+        }
+        let Some(capture) = &self.capture else {
             return;
         };
         if let Some((state, number)) = capture.verified_begun() {

@@ -14,7 +14,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        capture: ConnectionCapture,
+        // The capture, abandoning the exchange if dropped before the head.
         pending: PendingExchange,
     }
 }
@@ -29,8 +29,7 @@ impl<F> ResponseFuture<F> {
     pub(super) fn new(inner: F, capture: ConnectionCapture) -> Self {
         ResponseFuture {
             inner,
-            pending: PendingExchange::new(Some(capture.clone())),
-            capture,
+            pending: PendingExchange::new(Some(capture)),
         }
     }
 }
@@ -59,7 +58,7 @@ where
             }
             None => untracked_info(),
         }
-        let end = ExchangeEnd::for_request(Some(this.capture), &response, false);
+        let end = ExchangeEnd::for_request(this.pending.capture(), &response, false);
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, end))))
     }
 }
