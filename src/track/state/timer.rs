@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -30,6 +31,11 @@ use super::ConnectionState;
 pub(super) struct ConnTimer {
     /// Created at the first use, then kept for the connection's life.
     sleep: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// The timer was polled (with this timer's own waker) since it was last
+    /// armed, and has not fired: tokio holds the wake-up, and a request
+    /// whose deadline is no earlier needs only to register its own waker
+    /// (no poll). Changed under `sleep`'s lock.
+    registered: AtomicBool,
     /// The task that last found the IO pending (kept: it is re-registered
     /// only when it changes).
     io: Mutex<Option<Waker>>,
@@ -86,9 +92,21 @@ fn pending_by(slot: &Option<Pin<Box<Sleep>>>, armed: Option<u64>, reuse_raw: u64
     }
 }
 
-/// Polls the connection's timer with the connection's own waker.
+/// Polls the connection's timer with the connection's own waker (the
+/// caller holds `sleep`'s lock).
 fn poll(timer: &Arc<ConnTimer>, sleep: Pin<&mut Sleep>) -> Poll<()> {
-    sleep.poll(&mut Context::from_waker(&Waker::from(timer.clone())))
+    let polled = sleep.poll(&mut Context::from_waker(&Waker::from(timer.clone())));
+    timer
+        .registered
+        .store(polled.is_pending(), Ordering::Relaxed);
+    polled
+}
+
+/// Moves the connection's timer to `at` (the caller holds `sleep`'s lock):
+/// it is polled again before anyone relies on its wake-up.
+fn reset(timer: &ConnTimer, sleep: Pin<&mut Sleep>, at: Instant) {
+    timer.registered.store(false, Ordering::Relaxed);
+    sleep.reset(at);
 }
 
 impl ConnectionState {
@@ -107,8 +125,13 @@ impl ConnectionState {
             Some(sleep) => {
                 let armed = sleep.deadline();
                 if armed > at || (armed < at && sleep.is_elapsed()) {
-                    sleep.as_mut().reset(at);
+                    reset(timer, sleep.as_mut(), at);
                     self.timer_armed(at);
+                } else if timer.registered.load(Ordering::Relaxed) && !sleep.is_elapsed() {
+                    // Armed no later than `at`, and tokio holds its wake-up
+                    // (the connection's waker, which wakes the request
+                    // registered above): nothing to poll.
+                    return Poll::Pending;
                 }
                 sleep
             }
@@ -177,7 +200,7 @@ impl ConnectionState {
                 let armed = sleep.deadline();
                 let waited = lock(&timer.request).is_some() && !sleep.is_elapsed();
                 if close < armed || (!waited && armed >= reuse && armed != close) {
-                    sleep.as_mut().reset(close);
+                    reset(timer, sleep.as_mut(), close);
                     self.timer_armed(close);
                 }
                 sleep
@@ -189,7 +212,7 @@ impl ConnectionState {
         };
         if poll(timer, sleep.as_mut()).is_ready() {
             // Fired at an earlier deadline: move it to this one.
-            sleep.as_mut().reset(close);
+            reset(timer, sleep.as_mut(), close);
             self.timer_armed(close);
             if poll(timer, sleep.as_mut()).is_ready() {
                 return Instant::now() >= reuse;
