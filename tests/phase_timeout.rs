@@ -858,3 +858,76 @@ async fn enormous_limits_leave_total_in_charge() {
     }
     assert_eq!(server.requests(), 8);
 }
+
+/// A server that sends a response head announcing a 5-byte body, then the
+/// body `after` later. Returns its URL and the number of bodies it sent.
+async fn late_body_server(after: Duration) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let sent = Arc::new(AtomicU64::new(0));
+    let count = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while find(&buf, b"\r\n\r\n").is_none() {
+                    match io.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n";
+                if io.write_all(head).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(after).await;
+                if io.write_all(b"hello").await.is_ok() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                // Keep the connection until the client closes it.
+                let _ = io.read(&mut chunk).await;
+            });
+        }
+    });
+    (url, sent)
+}
+
+/// The body stall limit counts while the body waits, not while the caller
+/// is busy elsewhere: a caller that first polls the body two limits after
+/// the head arrived, with nothing there yet, gets the body that comes half a
+/// limit later (before this release it failed at that first poll), through
+/// a hand-built stack (with and without the tracker) and the one-call client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_busy_before_reading_the_body_is_not_a_stall() {
+    const READ: Duration = Duration::from_secs(1);
+    // The caller's first body poll, and the body's arrival: the body waits
+    // `BODY_AT - CALLER_BUSY` (0.4 s) of its 1 s stall limit.
+    const CALLER_BUSY: Duration = Duration::from_secs(2);
+    const BODY_AT: Duration = Duration::from_millis(2400);
+    let (url, sent) = late_body_server(BODY_AT).await;
+    async fn read_late<B>(res: http::Response<B>) -> Bytes
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        tokio::time::sleep(CALLER_BUSY).await;
+        match res.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => panic!("the body waited less than its stall limit: {e}"),
+        }
+    }
+    for tracked in [true, false] {
+        let svc = client(READ, PhaseTimeoutLayer::new().read(READ), tracked);
+        let res = svc.oneshot(get(&url)).await.expect("the head arrives");
+        assert_eq!(read_late(res).await, "hello", "tracked: {tracked}");
+    }
+    let one_call = tower_conn_lifecycle::client::builder()
+        .timeouts(PhaseTimeoutLayer::new().read(READ))
+        .build::<Full<Bytes>>();
+    let res = one_call.oneshot(get(&url)).await.expect("the head arrives");
+    assert_eq!(read_late(res).await, "hello");
+    // Server side: each of the three bodies was sent, late.
+    assert_eq!(sent.load(Ordering::SeqCst), 3);
+}
