@@ -680,100 +680,99 @@ where
                         (2, other.as_str())
                     }
                 };
-                let origin = {
-                    let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
-                    // After a new connection, the cold path: drop dead and
-                    // surplus idle connections (this origin's, or every
-                    // origin's when there are too many, evicting those left
-                    // with none).
-                    let opened = stats.opened();
-                    // (A load first: under the lock, and the common case
-                    // needs no read-modify-write.)
-                    if swept.load(Ordering::Relaxed) != opened {
-                        swept.store(opened, Ordering::Relaxed);
-                        let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
-                        for (i, map) in origins.iter_mut().enumerate() {
-                            map.retain(|k, origin| {
-                                let this = i == slot && **k == *name;
-                                if !this && !all {
-                                    return true;
-                                }
-                                let mut kept = 0;
-                                // Dead connections go; expired ones that are
-                                // still open stay (the tracker closes them at
-                                // their deadline; a healing probe is one).
-                                let mut idle = |conn: &mut Conn<B>| {
-                                    kept += 1;
-                                    kept <= keep && !conn.is_dead()
-                                };
-                                let empty = match origin {
-                                    Origin::Plain(cache) => {
-                                        cache.retain(&mut idle);
-                                        cache.is_empty()
-                                    }
-                                    Origin::Tls(negotiate) => {
-                                        negotiate.fallback_mut().retain(&mut idle);
-                                        negotiate.upgrade_mut().retain(|c| !c.is_dead());
-                                        negotiate.fallback_mut().is_empty()
-                                            && negotiate.upgrade_mut().is_empty()
-                                    }
-                                };
-                                // Evicted only when there are too many origins:
-                                // an origin's pool looks empty while all of
-                                // its connections are checked out.
-                                this || !empty
-                            });
-                        }
-                    }
-                    // A macro, not a closure: expanded where the pool's type is
-                    // known.
-                    macro_rules! found {
-                        ($origin:expr) => {
-                            match $origin {
-                                Origin::Plain(pool) if checkout => {
-                                    let mut checkout = pool.call(());
-                                    let polled = Pin::new(&mut checkout)
-                                        .poll(&mut Context::from_waker(Waker::noop()));
-                                    match polled {
-                                        Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
-                                            Ok(Found::Idle(conn))
-                                        }
-                                        // The checkout loop, from a resting connection
-                                        // already taken or the checkout under way.
-                                        Poll::Ready(Ok(conn)) => {
-                                            Ok(Found::Wait(pool.clone(), Some(conn), None))
-                                        }
-                                        Poll::Ready(Err(e)) => Err(e),
-                                        Poll::Pending => {
-                                            Ok(Found::Wait(pool.clone(), None, Some(checkout)))
-                                        }
-                                    }
-                                }
-                                origin => Ok(Found::Origin(origin.clone())),
+                // Under the lock from here on (the guard goes with the closure's
+                // return).
+                let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
+                // After a new connection, the cold path: drop dead and
+                // surplus idle connections (this origin's, or every
+                // origin's when there are too many, evicting those left
+                // with none).
+                let opened = stats.opened();
+                // (A load first: under the lock, and the common case
+                // needs no read-modify-write.)
+                if swept.load(Ordering::Relaxed) != opened {
+                    swept.store(opened, Ordering::Relaxed);
+                    let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
+                    for (i, map) in origins.iter_mut().enumerate() {
+                        map.retain(|k, origin| {
+                            let this = i == slot && **k == *name;
+                            if !this && !all {
+                                return true;
                             }
-                        };
+                            let mut kept = 0;
+                            // Dead connections go; expired ones that are
+                            // still open stay (the tracker closes them at
+                            // their deadline; a healing probe is one).
+                            let mut idle = |conn: &mut Conn<B>| {
+                                kept += 1;
+                                kept <= keep && !conn.is_dead()
+                            };
+                            let empty = match origin {
+                                Origin::Plain(cache) => {
+                                    cache.retain(&mut idle);
+                                    cache.is_empty()
+                                }
+                                Origin::Tls(negotiate) => {
+                                    negotiate.fallback_mut().retain(&mut idle);
+                                    negotiate.upgrade_mut().retain(|c| !c.is_dead());
+                                    negotiate.fallback_mut().is_empty()
+                                        && negotiate.upgrade_mut().is_empty()
+                                }
+                            };
+                            // Evicted only when there are too many origins:
+                            // an origin's pool looks empty while all of
+                            // its connections are checked out.
+                            this || !empty
+                        });
                     }
-                    let map = &mut origins[slot];
-                    if let Some(origin) = map.get_mut(name) {
-                        return found!(origin);
-                    }
-                    // Scheme and authority: what the connector needs.
-                    let target = Uri::builder()
-                        .scheme(scheme.clone())
-                        .authority(authority.clone())
-                        .path_and_query("/")
-                        .build();
-                    let target = target?;
-                    let mut origin = if slot == 1 {
-                        Origin::Tls(tls(target))
-                    } else {
-                        Origin::Plain(plain(target))
+                }
+                // A macro, not a closure: expanded where the pool's type is
+                // known.
+                macro_rules! found {
+                    ($origin:expr) => {
+                        match $origin {
+                            Origin::Plain(pool) if checkout => {
+                                let mut checkout = pool.call(());
+                                let polled = Pin::new(&mut checkout)
+                                    .poll(&mut Context::from_waker(Waker::noop()));
+                                match polled {
+                                    Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
+                                        Ok(Found::Idle(conn))
+                                    }
+                                    // The checkout loop, from a resting connection
+                                    // already taken or the checkout under way.
+                                    Poll::Ready(Ok(conn)) => {
+                                        Ok(Found::Wait(pool.clone(), Some(conn), None))
+                                    }
+                                    Poll::Ready(Err(e)) => Err(e),
+                                    Poll::Pending => {
+                                        Ok(Found::Wait(pool.clone(), None, Some(checkout)))
+                                    }
+                                }
+                            }
+                            origin => Ok(Found::Origin(origin.clone())),
+                        }
                     };
-                    let result = found!(&mut origin);
-                    map.insert(Box::from(name), origin);
-                    result
+                }
+                let map = &mut origins[slot];
+                if let Some(origin) = map.get_mut(name) {
+                    return found!(origin);
+                }
+                // Scheme and authority: what the connector needs.
+                let target = Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build();
+                let target = target?;
+                let mut origin = if slot == 1 {
+                    Origin::Tls(tls(target))
+                } else {
+                    Origin::Plain(plain(target))
                 };
-                origin
+                let result = found!(&mut origin);
+                map.insert(Box::from(name), origin);
+                result
             };
         let lookup = Arc::new(lookup);
         // The checkout loop (see `send_on`) from the start: for `https://`,
