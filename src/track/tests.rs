@@ -1186,3 +1186,31 @@ async fn a_direct_capture_begins_its_attempt_once() {
         Some((first.id(), 1))
     );
 }
+
+/// The connection's timer serves the requests in flight on it one after the
+/// other: a request whose deadline is later than where the one before it
+/// armed the timer registers its waker without polling the timer (tokio
+/// already holds the connection's wake-up), and is still woken (by the
+/// earlier deadline, which moves the timer on, then by its own): ready at
+/// its own deadline, not before, and never left waiting.
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_on_a_timer_armed_earlier_for_another() {
+    use std::task::Poll;
+    let now = Instant::now();
+    let state = ConnectionState::new(now, now);
+    // The first request arms the timer at +100 ms, then its head arrives.
+    let first = now + ms(100);
+    let polled = std::future::poll_fn(|cx| Poll::Ready(state.poll_request_timer(first, cx))).await;
+    assert!(polled.is_pending());
+    state.release_request_timer();
+    // The second waits on the same timer until +250 ms.
+    let second = now + ms(250);
+    let waiting = state.clone();
+    let woke = tokio::time::timeout(ms(1000), async move {
+        std::future::poll_fn(|cx| waiting.poll_request_timer(second, cx)).await;
+        Instant::now()
+    })
+    .await
+    .expect("the request waiting on the connection's timer was woken");
+    assert_eq!(woke, second);
+}
