@@ -359,7 +359,7 @@ impl Watch {
     ) -> Response<ResponseBody<B>> {
         self.pending.disarm();
         let end = ExchangeEnd::for_request(
-            self.pending.capture(),
+            self.capture(),
             &response,
             self.limits.read_stall.is_some() || self.limits.total.is_some(),
         );
