@@ -188,6 +188,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -556,9 +557,11 @@ impl<C> Builder<C> {
         let stack = retry.layer(self.timeouts.with_direct_captures().layer(engine));
         Client {
             inner: stack,
-            connections: self.track.stats(),
-            expiry: self.idle_expiry.stats(),
-            drain,
+            handles: Arc::new(Handles {
+                connections: self.track.stats(),
+                expiry: self.idle_expiry.stats(),
+                drain,
+            }),
             body: PhantomData,
         }
     }
@@ -578,21 +581,26 @@ impl<C> Builder<C> {
 /// a retry, a [`Retried`](crate::retry::Retried) extension.
 pub struct Client<B> {
     inner: Stack,
-    connections: TrackStats,
-    expiry: IdleExpiryStats,
-    drain: DrainHandle,
+    // The handles in one `Arc`: a clone of the client (one per spawned
+    // request, in many programs) then costs one reference count, not three.
+    handles: Arc<Handles>,
     /// The request body type (every body reaches the stack as a
     /// [`RequestBody`]).
     body: PhantomData<fn(B)>,
+}
+
+/// What every clone of a [`Client`] shares besides its stack.
+struct Handles {
+    connections: TrackStats,
+    expiry: IdleExpiryStats,
+    drain: DrainHandle,
 }
 
 impl<B> Clone for Client<B> {
     fn clone(&self) -> Self {
         Client {
             inner: self.inner.clone(),
-            connections: self.connections.clone(),
-            expiry: self.expiry.clone(),
-            drain: self.drain.clone(),
+            handles: Arc::clone(&self.handles),
             body: PhantomData,
         }
     }
@@ -601,8 +609,8 @@ impl<B> Clone for Client<B> {
 impl<B> std::fmt::Debug for Client<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("connections", &self.connections)
-            .field("expiry", &self.expiry)
+            .field("connections", &self.handles.connections)
+            .field("expiry", &self.handles.expiry)
             .finish_non_exhaustive()
     }
 }
@@ -612,14 +620,14 @@ impl<B> Client<B> {
     /// connections retired): a handle shared with the client and its
     /// clones, like the layers' `stats()`.
     pub fn connection_stats(&self) -> TrackStats {
-        self.connections.clone()
+        self.handles.connections.clone()
     }
 
     /// Idle expiry's counters (expired, refused, learned, …): a handle
     /// shared with the client and its clones, like
     /// [`IdleExpiryLayer::stats`].
     pub fn expiry_stats(&self) -> IdleExpiryStats {
-        self.expiry.clone()
+        self.handles.expiry.clone()
     }
 
     /// Shuts the client down gracefully: from this call on, new requests
@@ -655,14 +663,14 @@ impl<B> Client<B> {
     /// # }
     /// ```
     pub fn drain(&self, deadline: Duration) -> impl Future<Output = DrainReport> + Send + 'static {
-        self.drain.drain(deadline)
+        self.handles.drain.drain(deadline)
     }
 
     /// The client's drain: [`drain`](Self::drain), and whether it has
     /// begun ([`DrainHandle::is_draining`]), from a handle that does not
     /// keep the client's request type.
     pub fn drain_handle(&self) -> DrainHandle {
-        self.drain.clone()
+        self.handles.drain.clone()
     }
 }
 
@@ -682,7 +690,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use crate::drain::future::ResponseFuture as Guarded;
         ResponseFuture {
-            inner: match self.drain.enter() {
+            inner: match self.handles.drain.enter() {
                 Ok(guard) => Guarded::running(self.inner.call(req), guard),
                 Err(_) => Guarded::refused(),
             },
