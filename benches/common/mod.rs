@@ -65,6 +65,15 @@ pub enum Variant {
     /// `capture_connection`), the part of PhaseTimeout and Retry that lets
     /// them see a request's connection before its response exists.
     Capture,
+    /// Reference: [`Variant::Tracker`] with hyper-util's pool timer armed,
+    /// the baseline of [`Variant::IdleExpiryTimer`].
+    TrackerTimer,
+    /// Reference: [`Variant::IdleExpiry`] with hyper-util's pool timer
+    /// armed. Its difference from [`Variant::TrackerTimer`] is what
+    /// IdleExpiry costs in a runtime that already has a timer armed (most
+    /// programs: a pool timer, a `tokio::time` sleep or interval), where the
+    /// work tokio does at every park while a timer is armed is paid anyway.
+    IdleExpiryTimer,
 }
 
 /// Every variant, `Bare` first.
@@ -80,6 +89,8 @@ pub const VARIANTS: &[Variant] = &[
     Variant::Reqwest,
     Variant::BareTimer,
     Variant::Capture,
+    Variant::TrackerTimer,
+    Variant::IdleExpiryTimer,
 ];
 
 impl Variant {
@@ -97,6 +108,8 @@ impl Variant {
             Variant::Reqwest => "reqwest",
             Variant::BareTimer => "ref_pool_timer",
             Variant::Capture => "ref_capture",
+            Variant::TrackerTimer => "ref_tracker_timer",
+            Variant::IdleExpiryTimer => "ref_idle_expiry_timer",
         }
     }
 
@@ -118,6 +131,10 @@ impl Variant {
             Variant::Reqwest => "reqwest 0.13 Client, HTTP/1 only, connect 5 s, total 10 s",
             Variant::BareTimer => "reference: hyper-util's own pool timer armed",
             Variant::Capture => "reference: hyper-util's capture_connection alone",
+            Variant::TrackerTimer => "reference: tracker, hyper-util's pool timer armed",
+            Variant::IdleExpiryTimer => {
+                "reference: tracker + IdleExpiry 90 s, hyper-util's pool timer armed"
+            }
         }
     }
 
@@ -237,6 +254,24 @@ pub fn phase_timeout<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     ServiceBuilder::new().layer(phases()).service(
         Client::builder(TokioExecutor::new()).build::<_, RequestBody>(HttpConnector::new()),
     )
+}
+
+/// [`tracker`] with hyper-util's pool timer armed (a reference row).
+pub fn tracker_timer<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .build::<_, B>(tracked())
+}
+
+/// [`idle_expiry`] with hyper-util's pool timer armed (a reference row).
+pub fn idle_expiry_timer<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    ServiceBuilder::new()
+        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
+        .service(
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .build::<_, B>(tracked()),
+        )
 }
 
 /// The tracker and IdleExpiry (a 90 s expiry: never fires on this workload,
@@ -377,6 +412,14 @@ macro_rules! with_client {
             }
             $crate::common::Variant::Capture => {
                 let $svc = $crate::common::capture::<$body>();
+                $run
+            }
+            $crate::common::Variant::TrackerTimer => {
+                let $svc = $crate::common::tracker_timer::<$body>();
+                $run
+            }
+            $crate::common::Variant::IdleExpiryTimer => {
+                let $svc = $crate::common::idle_expiry_timer::<$body>();
                 $run
             }
         }
