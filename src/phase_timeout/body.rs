@@ -154,12 +154,10 @@ pin_project! {
 struct BodyTimers {
     stall: Option<Duration>,
     total: Option<(Duration, Instant)>,
-    /// Where the stall clock runs from: the last poll that found no frame
-    /// ready with none pulled since (see [`BodyTimers::waiting`]); `None`
-    /// until the body first waits.
+    /// Where the stall clock runs from: the first poll that found no frame
+    /// ready since the last frame was pulled (see [`BodyTimers::waiting`]);
+    /// `None` until the body next waits.
     waiting_since: Option<Instant>,
-    /// A frame was pulled since `waiting_since`.
-    progressed: bool,
     issued: Instant,
     sent: u64,
     received: u64,
@@ -180,20 +178,12 @@ impl BodyTimers {
     }
 
     /// The body found no frame ready: the stall clock runs from now unless
-    /// it already ran with no frame pulled since. Returns its start. The
-    /// clock is read here only, once per wait (none for a body whose frames
-    /// were all ready, most responses): the time a caller takes between
-    /// polls is its own, not the server's stall.
+    /// it already runs (no frame pulled since it started). Returns its
+    /// start. The clock is read here only, once per wait (none for a body
+    /// whose frames were all ready, most responses): the time a caller
+    /// takes between polls is its own, not the server's stall.
     fn waiting(&mut self) -> Instant {
-        match self.waiting_since {
-            Some(since) if !self.progressed => since,
-            _ => {
-                let now = Instant::now();
-                self.waiting_since = Some(now);
-                self.progressed = false;
-                now
-            }
-        }
+        *self.waiting_since.get_or_insert_with(Instant::now)
     }
 
     /// `(sent, received)` for an error: this exchange's socket bytes when
@@ -272,7 +262,6 @@ impl<B> ResponseBody<B> {
             stall,
             total: total.map(|t| (t, deadline(issued, t))),
             waiting_since: None,
-            progressed: false,
             issued,
             sent,
             received: 0,
@@ -317,7 +306,7 @@ where
                     t.received += frame.data_ref().map_or(0, |d| d.remaining() as u64);
                     // Progress: the stall clock restarts when the body next
                     // waits (no clock read here).
-                    t.progressed = true;
+                    t.waiting_since = None;
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
