@@ -224,6 +224,9 @@ type Stacked<C> = ConnectTimeout<TrackConnections<Transport<C>>>;
 
 type Stack = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody>>>;
 type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
+/// A request's state machine, boxed in [`ResponseFuture`].
+type Machine =
+    crate::drain::future::ResponseFuture<<Stack as Service<Request<RequestBody>>>::Future>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
 ///
@@ -690,22 +693,22 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use crate::drain::future::ResponseFuture as Guarded;
         ResponseFuture {
-            inner: match self.handles.drain.enter() {
+            inner: Box::pin(match self.handles.drain.enter() {
                 Ok(guard) => Guarded::running(self.inner.call(req), guard),
                 Err(_) => Guarded::refused(),
-            },
+            }),
             body: PhantomData,
         }
     }
 }
 
-pin_project! {
-    /// Response future of [`Client`].
-    pub struct ResponseFuture<B> {
-        #[pin]
-        inner: crate::drain::future::ResponseFuture<<Stack as Service<Request<RequestBody>>>::Future>,
-        body: PhantomData<fn(B)>,
-    }
+/// Response future of [`Client`]: one pointer, like hyper-util's and
+/// reqwest's (the request's state machine is boxed once, at the call, so
+/// that whatever awaits, spawns or moves the future copies eight bytes
+/// rather than the whole machine).
+pub struct ResponseFuture<B> {
+    inner: Pin<Box<Machine>>,
+    body: PhantomData<fn(B)>,
 }
 
 impl<B> std::fmt::Debug for ResponseFuture<B> {
@@ -717,8 +720,8 @@ impl<B> std::fmt::Debug for ResponseFuture<B> {
 impl<B> Future for ResponseFuture<B> {
     type Output = Result<Response<Body>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(self.project().inner.poll(cx))?;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(self.inner.as_mut().poll(cx))?;
         Poll::Ready(Ok(response.map(|inner| Body { inner })))
     }
 }
@@ -772,5 +775,22 @@ impl http_body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request's machine stays boxed: the future every caller awaits,
+    /// spawns and moves is one pointer, and `Unpin`.
+    #[test]
+    fn response_future_is_one_unpin_pointer() {
+        fn unpin<T: Unpin>() {}
+        unpin::<ResponseFuture<http_body_util::Full<Bytes>>>();
+        assert_eq!(
+            std::mem::size_of::<ResponseFuture<http_body_util::Full<Bytes>>>(),
+            std::mem::size_of::<usize>()
+        );
     }
 }
