@@ -666,6 +666,43 @@ async fn a_stalled_head_on_a_reused_connection_times_out_by_its_read_limit() {
     task.abort();
 }
 
+/// A client built without phase limits runs its requests without
+/// PhaseTimeout's machinery, yet a request carrying a `PhaseOverride` is
+/// still bounded by it: on a reused connection whose server stops
+/// answering, the overridden request fails by its `read` limit (named, on
+/// time, not retried, its connection closed), while the same request
+/// without the override is not timed at all (still waiting well past the
+/// limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_limits_still_honours_a_requests_phase_override() {
+    use tower_conn_lifecycle::phase_timeout::{Phase, PhaseOverride};
+    const READ: Duration = Duration::from_millis(300);
+    let (url, seen, task) = stalling_after(2, true).await;
+    let client = client::builder().build::<Empty<Bytes>>();
+    for _ in 0..2 {
+        assert_eq!(fetch(&client, get(&url)).await.unwrap(), "ok");
+    }
+    let mut overridden = get(&url);
+    overridden
+        .extensions_mut()
+        .insert(PhaseOverride::new().read(READ));
+    fails_by(client.clone().oneshot(overridden), Phase::Read, READ).await;
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1, "one connection");
+    assert_eq!(seen.requests.lock().unwrap().len(), 3, "never retried");
+    eventually(STEP_LIMIT, "the abandoned connection closed", || {
+        seen.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    task.abort();
+    // Without the override nothing bounds the wait: a server that never
+    // answers still has the request pending at four times the limit.
+    let (url, seen, task) = stalling_after(0, true).await;
+    let unbounded = timeout(READ * 4, client.clone().oneshot(get(&url))).await;
+    assert!(unbounded.is_err(), "no limit, no timeout: {unbounded:?}");
+    assert_eq!(seen.requests.lock().unwrap().len(), 1, "it was sent");
+    task.abort();
+}
+
 /// The same for an upload on a reused connection the server stops reading:
 /// it fails by its `send` stall limit, named, on time, not retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

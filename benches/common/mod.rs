@@ -52,6 +52,10 @@ pub enum Variant {
     /// The one-call client, `client::builder()`, with connect timeout 5 s
     /// and the same phase limits: every layer, on whatever engine it uses.
     Full,
+    /// The one-call client as it comes, `client::builder().build()`: every
+    /// layer, no connect timeout and no phase limit (its requests then skip
+    /// PhaseTimeout's machinery).
+    FullDefault,
     /// `reqwest::Client` 0.13, HTTP/1 only, connect timeout 5 s, total 10 s,
     /// behind a minimal `Service<http::Request>` (see [`reqwest_client`]).
     Reqwest,
@@ -86,6 +90,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant::Retry,
     Variant::HandStack,
     Variant::Full,
+    Variant::FullDefault,
     Variant::Reqwest,
     Variant::BareTimer,
     Variant::Capture,
@@ -105,6 +110,7 @@ impl Variant {
             Variant::Retry => "retry",
             Variant::HandStack => "hand_stack",
             Variant::Full => "full",
+            Variant::FullDefault => "full_default",
             Variant::Reqwest => "reqwest",
             Variant::BareTimer => "ref_pool_timer",
             Variant::Capture => "ref_capture",
@@ -128,6 +134,7 @@ impl Variant {
                 "every layer by hand on the legacy Client (today's client::builder() stack)"
             }
             Variant::Full => "client::builder(): every layer, limits set",
+            Variant::FullDefault => "client::builder() as it comes: every layer, no limit set",
             Variant::Reqwest => "reqwest 0.13 Client, HTTP/1 only, connect 5 s, total 10 s",
             Variant::BareTimer => "reference: hyper-util's own pool timer armed",
             Variant::Capture => "reference: hyper-util's capture_connection alone",
@@ -327,6 +334,11 @@ pub fn full<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
         .build::<B>()
 }
 
+/// The one-call client as it comes (no connect timeout, no phase limit).
+pub fn full_default<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    tower_conn_lifecycle::client::builder().build::<B>()
+}
+
 /// Bare hyper-util with its pool timer (a reference row).
 pub fn bare_timer<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     Client::builder(TokioExecutor::new())
@@ -400,6 +412,10 @@ macro_rules! with_client {
             }
             $crate::common::Variant::Full => {
                 let $svc = $crate::common::full::<$body>();
+                $run
+            }
+            $crate::common::Variant::FullDefault => {
+                let $svc = $crate::common::full_default::<$body>();
                 $run
             }
             $crate::common::Variant::Reqwest => {

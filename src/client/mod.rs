@@ -39,7 +39,12 @@
 //!   record of the exchange on the wire, and a retry is judged from what
 //!   that attempt did.
 //! * **PhaseTimeout next**, so a timeout bounds one attempt (the retry layer
-//!   never retries a timeout that may have reached the server).
+//!   never retries a timeout that may have reached the server). A client
+//!   built without any phase limit (the default) leaves it out of its
+//!   requests' path: there it would only hand each attempt's record to the
+//!   request body, which the client then does alone (a request carrying a
+//!   [`PhaseOverride`](crate::phase_timeout::PhaseOverride) still goes
+//!   through it, with the override's limits).
 //! * **The engine** keeps one pool per origin (scheme, host and port) from
 //!   hyper-util's composable pools, the design hyper's maintainers recommend
 //!   over the legacy client's pool: `pool::cache` for HTTP/1 connections,
@@ -204,13 +209,15 @@ use tower_service::Service;
 use crate::connect_timeout::{ConnectTimeout, ConnectTimeoutLayer};
 use crate::drain::{DrainBody, DrainHandle, DrainReport};
 use crate::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
-use crate::phase_timeout::{PhaseTimeout, PhaseTimeoutLayer, ResponseBody};
+use crate::phase_timeout::{PhaseOverride, PhaseTimeout, PhaseTimeoutLayer, ResponseBody};
 use crate::retry::{RetryOnStaleConnection, RetryOnStaleConnectionLayer};
 use crate::track::{TrackConnections, TrackConnectionsLayer, TrackStats, TrackedBody};
 use crate::{BoxError, RequestBody};
 
+mod announce;
 mod engine;
 
+use announce::Announce;
 pub(crate) use engine::ConnectError;
 use engine::{Engine, PooledBody};
 
@@ -223,10 +230,14 @@ type Transport<C> = C;
 type Stacked<C> = ConnectTimeout<TrackConnections<Transport<C>>>;
 
 type Stack = RetryOnStaleConnection<PhaseTimeout<Engine<RequestBody>>>;
+/// The stack of a client without phase limits (see [`announce`]).
+type Plain = RetryOnStaleConnection<Announce<Engine<RequestBody>>>;
 type InnerBody = DrainBody<TrackedBody<ResponseBody<PooledBody>>>;
-/// A request's state machine, boxed in [`ResponseFuture`].
-type Machine =
-    crate::drain::future::ResponseFuture<<Stack as Service<Request<RequestBody>>>::Future>;
+/// A request's state machine through PhaseTimeout, boxed in [`ResponseFuture`].
+type Timed = crate::drain::future::ResponseFuture<<Stack as Service<Request<RequestBody>>>::Future>;
+/// A request's state machine without phase limits, boxed in [`ResponseFuture`].
+type Untimed =
+    crate::drain::future::ResponseFuture<<Plain as Service<Request<RequestBody>>>::Future>;
 
 /// A builder for the one-call [`Client`]; see the [module docs](self).
 ///
@@ -557,9 +568,15 @@ impl<C> Builder<C> {
         });
         let mut retry = self.retry;
         retry.settings.direct_captures = true;
+        // Without a limit, PhaseTimeout would only announce each attempt:
+        // the plain stack does that alone (requests with a `PhaseOverride`
+        // still take the timed one).
+        let plain =
+            (!self.timeouts.limits().any()).then(|| retry.clone().layer(Announce(engine.clone())));
         let stack = retry.layer(self.timeouts.with_direct_captures().layer(engine));
         Client {
             inner: stack,
+            plain,
             handles: Arc::new(Handles {
                 connections: self.track.stats(),
                 expiry: self.idle_expiry.stats(),
@@ -584,6 +601,9 @@ impl<C> Builder<C> {
 /// a retry, a [`Retried`](crate::retry::Retried) extension.
 pub struct Client<B> {
     inner: Stack,
+    // The same engine without PhaseTimeout, when the client has no phase
+    // limit (see [`announce`]).
+    plain: Option<Plain>,
     // The handles in one `Arc`: a clone of the client (one per spawned
     // request, in many programs) then costs one reference count, not three.
     handles: Arc<Handles>,
@@ -603,6 +623,7 @@ impl<B> Clone for Client<B> {
     fn clone(&self) -> Self {
         Client {
             inner: self.inner.clone(),
+            plain: self.plain.clone(),
             handles: Arc::clone(&self.handles),
             body: PhantomData,
         }
@@ -687,28 +708,47 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Service::<Request<RequestBody>>::poll_ready(&mut self.inner, cx)
+        ready!(Service::<Request<RequestBody>>::poll_ready(
+            &mut self.inner,
+            cx
+        ))?;
+        match &mut self.plain {
+            Some(plain) => Service::<Request<RequestBody>>::poll_ready(plain, cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use crate::drain::future::ResponseFuture as Guarded;
+        let inner = match (self.handles.drain.enter(), &mut self.plain) {
+            (Err(_), _) => Machine::Timed(Box::pin(Guarded::refused())),
+            (Ok(guard), Some(plain)) if req.extensions().get::<PhaseOverride>().is_none() => {
+                Machine::Untimed(Box::pin(Guarded::running(plain.call(req), guard)))
+            }
+            (Ok(guard), _) => {
+                Machine::Timed(Box::pin(Guarded::running(self.inner.call(req), guard)))
+            }
+        };
         ResponseFuture {
-            inner: Box::pin(match self.handles.drain.enter() {
-                Ok(guard) => Guarded::running(self.inner.call(req), guard),
-                Err(_) => Guarded::refused(),
-            }),
+            inner,
             body: PhantomData,
         }
     }
 }
 
-/// Response future of [`Client`]: one pointer, like hyper-util's and
+/// Response future of [`Client`]: two words, like hyper-util's and
 /// reqwest's (the request's state machine is boxed once, at the call, so
-/// that whatever awaits, spawns or moves the future copies eight bytes
-/// rather than the whole machine).
+/// that whatever awaits, spawns or moves the future copies 16 bytes rather
+/// than the whole machine), and `Unpin`.
 pub struct ResponseFuture<B> {
-    inner: Pin<Box<Machine>>,
+    inner: Machine,
     body: PhantomData<fn(B)>,
+}
+
+/// The request's state machine, through PhaseTimeout or not.
+enum Machine {
+    Timed(Pin<Box<Timed>>),
+    Untimed(Pin<Box<Untimed>>),
 }
 
 impl<B> std::fmt::Debug for ResponseFuture<B> {
@@ -721,7 +761,10 @@ impl<B> Future for ResponseFuture<B> {
     type Output = Result<Response<Body>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(self.inner.as_mut().poll(cx))?;
+        let response = match &mut self.inner {
+            Machine::Timed(timed) => ready!(timed.as_mut().poll(cx)),
+            Machine::Untimed(untimed) => ready!(untimed.as_mut().poll(cx)),
+        }?;
         Poll::Ready(Ok(response.map(|inner| Body { inner })))
     }
 }
@@ -783,14 +826,15 @@ mod tests {
     use super::*;
 
     /// The request's machine stays boxed: the future every caller awaits,
-    /// spawns and moves is one pointer, and `Unpin`.
+    /// spawns and moves is two words (which machine, and where), and
+    /// `Unpin`.
     #[test]
-    fn response_future_is_one_unpin_pointer() {
+    fn response_future_is_two_unpin_words() {
         fn unpin<T: Unpin>() {}
         unpin::<ResponseFuture<http_body_util::Full<Bytes>>>();
         assert_eq!(
             std::mem::size_of::<ResponseFuture<http_body_util::Full<Bytes>>>(),
-            std::mem::size_of::<usize>()
+            2 * std::mem::size_of::<usize>()
         );
     }
 }
