@@ -43,8 +43,7 @@
 //!   built without any phase limit (the default) leaves it out of its
 //!   requests' path: there it would only hand each attempt's record to the
 //!   request body, which the client then does alone (a request carrying a
-//!   [`PhaseOverride`] still goes
-//!   through it, with the override's limits).
+//!   [`PhaseOverride`] still goes through it, with the override's limits).
 //! * **The engine** keeps one pool per origin (scheme, host and port) from
 //!   hyper-util's composable pools, the design hyper's maintainers recommend
 //!   over the legacy client's pool: `pool::cache` for HTTP/1 connections,
