@@ -961,6 +961,106 @@ async fn http2_settings_apply_to_every_http2_connection() {
     server.abort();
 }
 
+/// HTTP/2, several streams on one connection, one of them given up on:
+/// dropping the stalled stream's future ends that stream only. The requests
+/// in flight beside it and those sent after it are answered on the same
+/// connection (server side: one TLS connection accepted, every request
+/// answered, the stalled one seen and never answered). Without limits (the
+/// requests skip PhaseTimeout) and with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_given_up_on_leaves_its_connection_to_the_others() {
+    use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+    http2_stream_given_up_on(|config| client::builder().tls_config(config).build::<Empty<Bytes>>())
+        .await;
+    http2_stream_given_up_on(|config| {
+        client::builder()
+            .tls_config(config)
+            .timeouts(
+                PhaseTimeoutLayer::new()
+                    .send(Duration::from_secs(30))
+                    .read(Duration::from_secs(30))
+                    .total(Duration::from_secs(60)),
+            )
+            .build::<Empty<Bytes>>()
+    })
+    .await;
+}
+
+async fn http2_stream_given_up_on(
+    build: impl FnOnce(Arc<rustls::ClientConfig>) -> Client<Empty<Bytes>>,
+) {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let ca = common::pki::Ca::new("test ca");
+    let config =
+        common::pki::Ca::leaf(&ca, &["localhost"]).server_config(common::tls::provider(), &[b"h2"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stalled = Arc::new(AtomicUsize::new(0));
+    let (a, n, st) = (accepted.clone(), answered.clone(), stalled.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, n, st) = (acceptor.clone(), n.clone(), st.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (n, st) = (n.clone(), st.clone());
+                    async move {
+                        if req.uri().path() == "/stall" {
+                            st.fetch_add(1, Ordering::SeqCst);
+                            std::future::pending::<()>().await;
+                        }
+                        n.fetch_add(1, Ordering::SeqCst);
+                        http::Response::builder().body(Full::new(Bytes::from_static(b"ok")))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let url = format!("https://localhost:{port}/");
+    let client = build(common::tls::client_config(&ca));
+    assert_eq!(&fetch(&client, get(&url)).await.unwrap()[..], b"ok");
+    let stall = tokio::spawn(client.clone().oneshot(get(&format!("{url}stall"))));
+    eventually(STEP_LIMIT, "the stalled stream reached the server", || {
+        stalled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Three more streams beside it, then the stalled one given up on while
+    // they may still be in flight.
+    let beside: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move { fetch(&client, get(&url)).await })
+        })
+        .collect();
+    stall.abort();
+    assert!(stall.await.unwrap_err().is_cancelled());
+    for task in beside {
+        assert_eq!(&task.await.unwrap().unwrap()[..], b"ok");
+    }
+    for _ in 0..3 {
+        assert_eq!(&fetch(&client, get(&url)).await.unwrap()[..], b"ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for every stream"
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 7);
+    assert_eq!(stalled.load(Ordering::SeqCst), 1);
+    server.abort();
+}
+
 /// hyper's HTTP/1 `max_buf_size` through `Builder::http1`: a 64 KiB
 /// response header against an 8 KiB buffer fails the request at once with
 /// hyper's "message head is too large", and its connection is not reused
