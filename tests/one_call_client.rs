@@ -901,6 +901,18 @@ async fn http1_settings_apply_to_every_connection() {
     assert_eq!(server.accepted(), 2, "one connection per client");
 }
 
+/// A test CA, a TLS acceptor for `localhost` offering only `h2`, and a
+/// loopback listener with its port: an HTTP/2 server's set-up.
+async fn h2_tls_listener() -> (common::pki::Ca, tokio_rustls::TlsAcceptor, TcpListener, u16) {
+    let ca = common::pki::Ca::new("test ca");
+    let config =
+        common::pki::Ca::leaf(&ca, &["localhost"]).server_config(common::tls::provider(), &[b"h2"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (ca, acceptor, listener, port)
+}
+
 /// hyper's HTTP/2 settings apply to the client's HTTP/2 connections: a
 /// `max_header_list_size` below the size of the server's response headers
 /// makes the client refuse the response, which the default client takes.
@@ -908,12 +920,7 @@ async fn http1_settings_apply_to_every_connection() {
 async fn http2_settings_apply_to_every_http2_connection() {
     use http_body_util::Full;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let ca = common::pki::Ca::new("test ca");
-    let config =
-        common::pki::Ca::leaf(&ca, &["localhost"]).server_config(common::tls::provider(), &[b"h2"]);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (ca, acceptor, listener, port) = h2_tls_listener().await;
     let answered = Arc::new(AtomicUsize::new(0));
     let counter = answered.clone();
     let server = tokio::spawn(async move {
@@ -991,12 +998,7 @@ async fn http2_stream_given_up_on(
 ) {
     use http_body_util::Full;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let ca = common::pki::Ca::new("test ca");
-    let config =
-        common::pki::Ca::leaf(&ca, &["localhost"]).server_config(common::tls::provider(), &[b"h2"]);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (ca, acceptor, listener, port) = h2_tls_listener().await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicUsize::new(0));
     let stalled = Arc::new(AtomicUsize::new(0));
