@@ -251,9 +251,27 @@ pub fn bare<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     Client::builder(TokioExecutor::new()).build::<_, B>(HttpConnector::new())
 }
 
+/// hyper-util's client over the tracked connector, with its pool timer
+/// armed or not.
+fn tracked_client<B: ReqBody>(pool_timer: bool) -> Client<TrackConnections<HttpConnector>, B> {
+    let mut builder = Client::builder(TokioExecutor::new());
+    if pool_timer {
+        builder.pool_timer(TokioTimer::new());
+    }
+    builder.build(tracked())
+}
+
+/// IdleExpiry (a 90 s expiry: never fires on these workloads, so the cost
+/// measured is the bookkeeping on every response) over [`tracked_client`].
+fn idle_expiry_over<B: ReqBody>(pool_timer: bool) -> impl HttpClient<B, Future: Send> {
+    ServiceBuilder::new()
+        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
+        .service(tracked_client::<B>(pool_timer))
+}
+
 /// The tracker on the connector, nothing on the request plane.
 pub fn tracker<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
-    Client::builder(TokioExecutor::new()).build::<_, B>(tracked())
+    tracked_client::<B>(false)
 }
 
 /// PhaseTimeout without the tracker.
@@ -265,28 +283,17 @@ pub fn phase_timeout<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
 
 /// [`tracker`] with hyper-util's pool timer armed (a reference row).
 pub fn tracker_timer<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build::<_, B>(tracked())
+    tracked_client::<B>(true)
 }
 
 /// [`idle_expiry`] with hyper-util's pool timer armed (a reference row).
 pub fn idle_expiry_timer<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
-    ServiceBuilder::new()
-        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
-        .service(
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .build::<_, B>(tracked()),
-        )
+    idle_expiry_over::<B>(true)
 }
 
-/// The tracker and IdleExpiry (a 90 s expiry: never fires on this workload,
-/// so the cost measured is the bookkeeping on every response).
+/// The tracker and IdleExpiry.
 pub fn idle_expiry<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
-    ServiceBuilder::new()
-        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
-        .service(Client::builder(TokioExecutor::new()).build::<_, B>(tracked()))
+    idle_expiry_over::<B>(false)
 }
 
 /// RetryOnStaleConnection around a client with no tracker (a healthy server:

@@ -41,10 +41,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
-        // The capture the retry layer hands over for a first attempt, or
-        // the one its policy put on a retry (what PhaseTimeout takes).
-        let capture = ConnectionCapture::take_handed()
-            .unwrap_or_else(|| ConnectionCapture::get_or_insert_with(&mut req, true));
+        // The attempt's capture, as PhaseTimeout takes it.
+        let capture = ConnectionCapture::handed_or_direct(&mut req);
         req.body_mut().observe(None, Some(capture));
         AnnounceFuture {
             inner: self.0.call(req),

@@ -93,8 +93,7 @@ where
         // one-call client hands its own over from the retry layer above
         // (or, for a retry, puts it on the request).
         let capture = if self.layer.direct_captures() {
-            ConnectionCapture::take_handed()
-                .unwrap_or_else(|| ConnectionCapture::get_or_insert_with(&mut req, true))
+            ConnectionCapture::handed_or_direct(&mut req)
         } else {
             ConnectionCapture::get_or_insert(&mut req)
         };

@@ -312,6 +312,14 @@ impl ConnectionCapture {
             .filter(|c| matches!(c.attempt.inner, Source::Direct) && !c.is_filled())
     }
 
+    /// The attempt's capture on the one-call client's request plane: the
+    /// one the retry layer handed over for a first attempt
+    /// ([`take_handed`](Self::take_handed)), or the one its policy put on a
+    /// retry (an unfilled one on the request, else a new direct one).
+    pub(crate) fn handed_or_direct<B>(req: &mut Request<B>) -> Self {
+        Self::take_handed().unwrap_or_else(|| Self::get_or_insert_with(req, true))
+    }
+
     /// The request's capture if the engine's per-connection service is to
     /// fill it (see [`begin_direct`](Self::begin_direct)): the one handed
     /// over, or the one on the request.
