@@ -34,6 +34,12 @@
 //! `cargo bench --bench instructions -- idle_expiry` runs only `bare` (the
 //! baseline) and the named variants' rows.
 //!
+//! `cargo bench --bench instructions -- --cache` adds the whole exchange's
+//! first-level cache misses per request (callgrind's cache simulation:
+//! instruction and data misses, reads and writes), a count as repeatable
+//! as the instructions that tracks wall clock better on machines where
+//! each request's kernel work flushes the caches (see `cache()`).
+//!
 //! `cargo bench --bench instructions -- --keep` keeps the callgrind profiles
 //! (paths on stderr): `callgrind_annotate --inclusive=yes FILE` shows where a
 //! layer's instructions go (compare a `LONG` profile with bare's).
@@ -310,6 +316,9 @@ fn callgrind(row: Row, workload: &str, requests: usize, count: Count) -> Option<
     if count == Count::Client {
         cmd.arg("--separate-threads=yes");
     }
+    if count == Count::Exchange && cache() {
+        cmd.arg("--cache-sim=yes");
+    }
     cmd.arg(exe).args(row.args(workload, requests));
     if count == Count::Client {
         cmd.arg("--server-thread");
@@ -363,9 +372,37 @@ fn clock_reads(profile: &str) -> u64 {
     reads
 }
 
+/// What one callgrind run counted.
+#[derive(Clone, Copy)]
+struct Counted {
+    instructions: u64,
+    clock_reads: u64,
+    /// First-level cache misses, instruction and data (`--cache`).
+    l1_misses: Option<u64>,
+}
+
+/// The simulated first-level cache misses of a profile made with
+/// `--cache-sim=yes`: `I1mr + D1mr + D1mw` of its summary, by the names
+/// of its `events:` line.
+fn l1_misses(profile: &str) -> Option<u64> {
+    let field = |prefix: &str| {
+        profile
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+    };
+    let events = field("events:")?;
+    let values = field("summary:").or_else(|| field("totals:"))?;
+    ["I1mr", "D1mr", "D1mw"].iter().try_fold(0, |sum, name| {
+        let i = events.iter().position(|e| e == name)?;
+        Some(sum + values.get(i)?.parse::<u64>().ok()?)
+    })
+}
+
 /// Waits for a callgrind run and reads its total instruction count (the
-/// main thread's for [`Count::Client`]) and its clock reads.
-fn instructions_of(run: Option<Run>) -> Option<(u64, u64)> {
+/// main thread's for [`Count::Client`]), its clock reads and, with
+/// `--cache`, its first-level cache misses.
+fn instructions_of(run: Option<Run>) -> Option<Counted> {
     let Run { child, path, count } = run?;
     let out = child.wait_with_output().ok()?;
     if !out.status.success() {
@@ -400,27 +437,47 @@ fn instructions_of(run: Option<Run>) -> Option<(u64, u64)> {
                 .or_else(|| l.strip_prefix("totals:"))
         })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
-    Some((instructions, clock_reads(&text)))
+    Some(Counted {
+        instructions,
+        clock_reads: clock_reads(&text),
+        l1_misses: l1_misses(&text),
+    })
 }
 
-/// Instructions per request, client alone and whole exchange, and the
-/// whole exchange's clock reads per request: `SHORT` and `LONG` under
-/// callgrind (two at a time: the counts do not depend on timing),
-/// difference over `LONG - SHORT`.
-fn instructions(row: Row, workload: &str) -> [Option<f64>; 3] {
+/// Instructions per request, client alone and whole exchange, the whole
+/// exchange's clock reads per request and (with `--cache`) its first-level
+/// cache misses per request: `SHORT` and `LONG` under callgrind (two at a
+/// time: the counts do not depend on timing), difference over
+/// `LONG - SHORT`.
+fn instructions(row: Row, workload: &str) -> [Option<f64>; 4] {
     let per = |short: Option<u64>, long: Option<u64>| {
         Some(long?.saturating_sub(short?) as f64 / (LONG - SHORT) as f64)
     };
-    let mut result = [None, None, None];
+    let mut result = [None; 4];
     for (i, count) in [Count::Client, Count::Exchange].into_iter().enumerate() {
         let short = instructions_of(callgrind(row, workload, SHORT, count));
         let long = instructions_of(callgrind(row, workload, LONG, count));
-        result[i] = per(short.map(|s| s.0), long.map(|l| l.0));
+        result[i] = per(short.map(|s| s.instructions), long.map(|l| l.instructions));
         if count == Count::Exchange {
-            result[2] = per(short.map(|s| s.1), long.map(|l| l.1));
+            result[2] = per(short.map(|s| s.clock_reads), long.map(|l| l.clock_reads));
+            result[3] = per(
+                short.and_then(|s| s.l1_misses),
+                long.and_then(|l| l.l1_misses),
+            );
         }
     }
     result
+}
+
+/// `--cache`: the exchange's callgrind runs simulate the caches
+/// (`--cache-sim=yes`, about twice as slow), and a column gives the
+/// first-level cache misses per request (instruction and data, read and
+/// write). On a machine whose caches the kernel's share of each request
+/// flushes (the README's "This VM"), each touched cache line costs about as
+/// much wall-clock time as 50 instructions, so this count says more about
+/// throughput there than the instructions do.
+fn cache() -> bool {
+    std::env::args().any(|a| a == "--cache")
 }
 
 /// `--keep`: leave the callgrind profiles in the temporary directory (their
@@ -460,19 +517,25 @@ fn main() {
          a time, each a task with a clone of the client.\n",
         common::WARM_UP
     );
+    let (misses_head, misses_rule) = if cache() {
+        (" L1 misses | vs bare |", "--:|--:|")
+    } else {
+        ("", "")
+    };
     println!(
         "| workload | client | client instructions | vs bare | exchange instructions \
-         | vs bare | allocations | vs bare | clock reads | future bytes |"
+         | vs bare | allocations | vs bare | clock reads | future bytes |{misses_head}"
     );
-    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|{misses_rule}");
     for workload in [Get::NAME, Post64k::NAME, GET_X32] {
         let mut base: Option<[f64; 3]> = None;
+        let mut base_misses: Option<f64> = None;
         for row in rows() {
             let (allocs, size) = match allocations(row, workload) {
                 Some((a, size)) => (Some(a), size.to_string()),
                 None => (None, "failed".to_string()),
             };
-            let [client, exchange, clock] = instructions(row, workload);
+            let [client, exchange, clock, misses] = instructions(row, workload);
             let values = [client, exchange, allocs];
             let mut cells = Vec::new();
             for (i, value) in values.into_iter().enumerate() {
@@ -500,14 +563,22 @@ fn main() {
                     }
                 }
             }
-            if row.variant == Variant::Bare && !row.info_subscriber {
+            let bare = row.variant == Variant::Bare && !row.info_subscriber;
+            if bare {
                 if let [Some(c), Some(e), Some(a)] = values {
                     base = Some([c, e, a]);
                 }
+                base_misses = misses;
             }
             let clock = clock.map_or_else(|| "failed".to_string(), |c| format!("{c:.1}"));
+            let misses = match (cache(), misses, base_misses) {
+                (false, ..) => String::new(),
+                (true, Some(m), Some(b)) if !bare => format!(" {m:.0} | {} |", percent(m, b)),
+                (true, Some(m), _) => format!(" {m:.0} | — |"),
+                (true, None, _) => " failed | |".to_string(),
+            };
             println!(
-                "| {workload} | {} | {} | {clock} | {size} |",
+                "| {workload} | {} | {} | {clock} | {size} |{misses}",
                 row.label(),
                 cells.join(" | ")
             );
