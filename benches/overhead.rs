@@ -20,6 +20,13 @@
 //! column counts minor page faults per 1 000 requests of each side (Linux,
 //! `/proc/self/stat`): memory the allocator gave back to the kernel and
 //! touched again, which costs wall clock no instruction count shows.
+//!
+//! One run measures one address-space layout (the kernel randomises where
+//! code, heap and stacks go, and with them which cache lines collide): on
+//! the README's "This VM" the ratios of one binary move by about ±3 points
+//! from run to run, and by under 1 with randomisation off (`setarch -R`),
+//! which fixes one layout per binary. Compare two builds over several runs
+//! of each, alternated, with randomisation on.
 
 mod common;
 
