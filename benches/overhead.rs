@@ -27,6 +27,11 @@
 //! from run to run, and by under 1 with randomisation off (`setarch -R`),
 //! which fixes one layout per binary. Compare two builds over several runs
 //! of each, alternated, with randomisation on.
+//!
+//! `cargo bench --bench overhead -- --runs 5 [NAMES]` does that sampling
+//! itself: it runs the bench as five child processes, one after another
+//! (each a fresh layout), and prints for each row the mean over the runs
+//! of their median ratios, with the runs' lowest and highest.
 
 mod common;
 
@@ -160,9 +165,82 @@ async fn compare<W, A, L>(
     );
 }
 
+/// `--runs N`: the number of child processes to sample layouts with.
+fn runs() -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--runs")?;
+    args.get(i + 1)?.parse().ok().filter(|n| *n > 0)
+}
+
+/// A row of [`sample_layouts`]: (scenario, client), in first-seen order,
+/// with each run's bare µs, layered µs and ratio.
+type Sampled = ((String, String), Vec<[f64; 3]>);
+
+/// Runs the bench `n` times as child processes and prints, per row, the
+/// mean of the runs' median ratios and their range.
+fn sample_layouts(n: usize) {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--runs") {
+        args.drain(i..(i + 2).min(args.len()));
+    }
+    let mut rows: Vec<Sampled> = Vec::new();
+    for run in 0..n {
+        let out = std::process::Command::new(&exe)
+            .args(&args)
+            .output()
+            .expect("a child run of the bench");
+        assert!(out.status.success(), "child run {run} failed");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // "| scenario | client | bare | layered | ratio | q1–q3 | faults |"
+            let [_, scenario, client, bare, layered, ratio, ..] = cells[..] else {
+                continue;
+            };
+            let (Ok(bare), Ok(layered), Ok(ratio)) = (
+                bare.parse::<f64>(),
+                layered.parse::<f64>(),
+                ratio.parse::<f64>(),
+            ) else {
+                continue;
+            };
+            let key = (scenario.to_string(), client.to_string());
+            match rows.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, values)) => values.push([bare, layered, ratio]),
+                None => rows.push((key, vec![[bare, layered, ratio]])),
+            }
+        }
+    }
+    println!(
+        "Wall clock per request over {n} runs of this bench (each its own process, so its \
+         own address-space layout): the means of the runs' medians, and the runs' range \
+         of the ratio.\n"
+    );
+    println!(
+        "| scenario | client | bare µs | layered µs | throughput vs bare (mean) | runs' range |"
+    );
+    println!("|---|---|--:|--:|--:|--:|");
+    for ((scenario, client), values) in rows {
+        let mean = |i: usize| values.iter().map(|v| v[i]).sum::<f64>() / values.len() as f64;
+        let ratios = sorted(values.iter().map(|v| v[2]).collect());
+        println!(
+            "| {scenario} | {client} | {:.1} | {:.1} | {:.3} | {:.3}–{:.3} |",
+            mean(0),
+            mean(1),
+            mean(2),
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    }
+}
+
 fn main() {
+    if let Some(n) = runs() {
+        sample_layouts(n);
+        return;
+    }
     // Variant names on the command line restrict the run (cargo's own
-    // `--bench` flag is ignored).
+    // `--bench` flag is ignored; the value of `--runs` is not a name).
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
