@@ -239,8 +239,12 @@ fn main() {
         sample_layouts(n);
         return;
     }
+    if std::env::args().any(|a| a == "--runs") {
+        eprintln!("--runs takes a number of runs, 1 or more: `-- --runs 5 [NAMES]`");
+        std::process::exit(2);
+    }
     // Variant names on the command line restrict the run (cargo's own
-    // `--bench` flag is ignored; the value of `--runs` is not a name).
+    // `--bench` flag is ignored).
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
