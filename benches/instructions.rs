@@ -381,10 +381,10 @@ struct Counted {
     l1_misses: Option<u64>,
 }
 
-/// The simulated first-level cache misses of a profile made with
-/// `--cache-sim=yes`: `I1mr + D1mr + D1mw` of its summary, by the names
-/// of its `events:` line.
-fn l1_misses(profile: &str) -> Option<u64> {
+/// The sum of the named events in a profile's summary (`summary:`, else
+/// `totals:`), each found by its place in the `events:` line; `None` if
+/// one is missing (a cache event without `--cache-sim=yes`).
+fn events_total(profile: &str, names: &[&str]) -> Option<u64> {
     let field = |prefix: &str| {
         profile
             .lines()
@@ -393,7 +393,7 @@ fn l1_misses(profile: &str) -> Option<u64> {
     };
     let events = field("events:")?;
     let values = field("summary:").or_else(|| field("totals:"))?;
-    ["I1mr", "D1mr", "D1mw"].iter().try_fold(0, |sum, name| {
+    names.iter().try_fold(0, |sum, name| {
         let i = events.iter().position(|e| e == name)?;
         Some(sum + values.get(i)?.parse::<u64>().ok()?)
     })
@@ -430,17 +430,11 @@ fn instructions_of(run: Option<Run>) -> Option<Counted> {
         }
     }
     let text = text?;
-    let instructions = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
     Some(Counted {
-        instructions,
+        instructions: events_total(&text, &["Ir"])?,
         clock_reads: clock_reads(&text),
-        l1_misses: l1_misses(&text),
+        // First-level misses, instruction and data, reads and writes.
+        l1_misses: events_total(&text, &["I1mr", "D1mr", "D1mw"]),
     })
 }
 
