@@ -351,7 +351,6 @@ async fn many_concurrent_streams_share_one_connection() {
 /// before it in negotiate's single slot and is dropped. (Deterministic on a
 /// current-thread runtime.)
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "defect: a cold burst of N requests opens N HTTP/2 connections instead of one"]
 async fn a_cold_burst_opens_one_http2_connection() {
     let server = H2Server::start(Options::default()).await;
     let client = server.client();
@@ -372,7 +371,6 @@ async fn a_cold_burst_opens_one_http2_connection() {
 /// `self.state.lock().unwrap()` (singleton.rs:111) — the origin is dead
 /// for the client's life. Racy: a few fresh clients make it near certain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a cold HTTP/2 burst can panic in hyper-util's singleton and poison the origin for good"]
 async fn a_cold_burst_never_panics() {
     let server = H2Server::start(Options::default()).await;
     for round in 0..6 {
@@ -873,7 +871,6 @@ async fn a_streamed_upload_given_up_on_leaves_the_connection_to_the_others() {
 /// connections, and sometimes the singleton's panic, which poisons the
 /// origin. Five rounds on one client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: GETs retried at once after an HTTP/2 reset can panic in hyper-util's singleton (origin poisoned)"]
 async fn concurrent_retries_after_a_reset_never_panic() {
     let server = H2Server::start(Options {
         rst_on_abort: true,
@@ -1113,7 +1110,6 @@ async fn a_stalled_http2_body_times_out_by_read_and_spares_its_neighbours() {
 /// though retry-safe: nothing of the request was written: operation was
 /// canceled`. Racy: several rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a request racing an HTTP/2 GOAWAY is retried onto the same going-away connection and fails"]
 async fn requests_racing_a_goaway_succeed() {
     for round in 0..8 {
         // A fresh server and client per round: the racing requests may
@@ -1146,7 +1142,6 @@ async fn requests_racing_a_goaway_succeed() {
 /// to the end without error (`DrainBody` judges only errors and pending
 /// polls); the docs say cut requests fail with `DrainCut`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a buffered HTTP/2 body counted cut by the drain report still reads to the end"]
 async fn a_body_counted_cut_fails_with_drain_cut() {
     let server = H2Server::start(Options::default()).await;
     let client = warm(&server).await;

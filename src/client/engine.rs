@@ -32,7 +32,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::client::pool::{cache, negotiate, singleton::Singleton};
+use hyper_util::client::pool::cache;
 use hyper_util::rt::TokioExecutor;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
@@ -52,6 +52,10 @@ use crate::idle_expiry::{ClosedBeforeFirstRequest, IdleExpiryConnection, IdleExp
 use crate::pool::Http1Connection;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody, TrackedIo};
 use crate::BoxError;
+
+mod tls_origin;
+
+use tls_origin::{Divert, TlsConn, TlsOrigin};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
@@ -180,12 +184,14 @@ where
 /// One connection as the pools hold it.
 pub(crate) type Conn<B> = IdleExpiryConnection<Sender<B>>;
 
-/// The HTTP/2 connection as the singleton pool shares it: every request
-/// holds a clone from its checkout to its response body's end.
+/// The HTTP/2 connection as its origin shares it: every request holds a
+/// clone from its checkout to its response body's end.
 pub(crate) struct H2Conn<B> {
     conn: IdleExpiryConnection<H2Sender<B>>,
     /// With [`Builder::retire_stalled_http2`](super::Builder::retire_stalled_http2).
     stall: Option<Arc<StallWatch>>,
+    /// The origin's pool, which a refusal retires the connection from.
+    home: Weak<tls_origin::Shared<B>>,
 }
 
 impl<B> Clone for H2Conn<B> {
@@ -193,13 +199,31 @@ impl<B> Clone for H2Conn<B> {
         H2Conn {
             conn: self.conn.clone(),
             stall: self.stall.clone(),
+            home: self.home.clone(),
         }
     }
 }
 
 impl<B> H2Conn<B> {
+    fn new(
+        conn: IdleExpiryConnection<H2Sender<B>>,
+        stall: Option<Arc<StallWatch>>,
+        home: Weak<tls_origin::Shared<B>>,
+    ) -> Self {
+        H2Conn { conn, stall, home }
+    }
+
     fn is_dead(&self) -> bool {
         self.conn.is_dead()
+    }
+
+    /// The connection's number (the tracker's).
+    fn id(&self) -> u64 {
+        self.conn.state().id()
+    }
+
+    fn home(&self) -> Weak<tls_origin::Shared<B>> {
+        self.home.clone()
     }
 }
 
@@ -217,6 +241,15 @@ pub(crate) struct StallWatch {
 }
 
 impl StallWatch {
+    fn new(state: ConnectionState, limit: Duration, stats: TrackStats) -> Self {
+        StallWatch {
+            state,
+            limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+            waiting_since: AtomicU64::new(0),
+            stats,
+        }
+    }
+
     /// A request is about to be sent.
     fn sent(&self) {
         let now = self.state.stamp(tokio::time::Instant::now());
@@ -273,11 +306,11 @@ where
     type Future = <IdleExpiryConnection<H2Sender<B>> as Service<Request<B>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if let Some(watch) = &self.stall {
-            if StallWatch::stalled(watch) {
-                // Refused before any byte: the singleton drops the
-                // connection (its streams go on under their own limits)
-                // and the next checkout makes a new one.
+        let ready = match &self.stall {
+            Some(watch) if StallWatch::stalled(watch) => {
+                // Refused before any byte: retired from its origin (its
+                // streams go on under their own limits) and the next
+                // checkout makes a new one.
                 let limit = Duration::from_nanos(watch.limit);
                 watch.stats.count_stalled_http2_retired();
                 tracing::debug!(
@@ -286,10 +319,17 @@ where
                     ?limit,
                     "stalled HTTP/2 connection retired"
                 );
-                return Poll::Ready(Err(Box::new(Stalled(limit))));
+                Poll::Ready(Err(Box::new(Stalled(limit)) as BoxError))
+            }
+            _ => self.conn.poll_ready(cx),
+        };
+        if let Poll::Ready(Err(_)) = ready {
+            // Dead, expired or stalled: out of the slot.
+            if let Some(home) = self.home.upgrade() {
+                home.retire(self.id());
             }
         }
-        self.conn.poll_ready(cx)
+        ready
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -449,67 +489,6 @@ where
     }
 }
 
-/// The singleton's make service: the HTTP/2 connection negotiate found,
-/// as its cloneable half (watched for stalls when `.1` has a limit).
-struct ToHttp2<M, B>(M, Option<(Duration, TrackStats)>, PhantomData<fn(B)>);
-
-impl<M: Clone, B> Clone for ToHttp2<M, B> {
-    fn clone(&self) -> Self {
-        ToHttp2(self.0.clone(), self.1.clone(), PhantomData)
-    }
-}
-
-impl<M, B> Service<()> for ToHttp2<M, B>
-where
-    M: Service<
-        (),
-        Response = Conn<B>,
-        Error = BoxError,
-        Future = std::future::Ready<Result<Conn<B>, BoxError>>,
-    >,
-{
-    type Response = H2Conn<B>;
-    type Error = BoxError;
-    type Future = std::future::Ready<Result<H2Conn<B>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, (): ()) -> Self::Future {
-        let stall = self.1.clone();
-        std::future::ready(self.0.call(()).into_inner().and_then(|conn| {
-            let conn = conn.try_map_inner(|sender| match sender {
-                Sender::Http2(send) => Ok(send),
-                Sender::Http1(..) => Err(BoxError::from(
-                    "negotiate handed an HTTP/1 connection to the HTTP/2 pool",
-                )),
-            })?;
-            let stall = stall.map(|(limit, stats)| {
-                Arc::new(StallWatch {
-                    state: conn.state().clone(),
-                    limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
-                    waiting_since: AtomicU64::new(0),
-                    stats,
-                })
-            });
-            Ok(H2Conn { conn, stall })
-        }))
-    }
-}
-
-/// A layer from a closure (tower's `layer_fn`, without the `tower`
-/// feature it needs).
-#[derive(Clone)]
-struct LayerFn<F>(F);
-
-impl<F: Fn(S) -> T, S, T> tower_layer::Layer<S> for LayerFn<F> {
-    type Service = T;
-    fn layer(&self, inner: S) -> T {
-        (self.0)(inner)
-    }
-}
-
 /// An origin's pool: HTTP/1 only (`http://`), or negotiated by ALPN.
 #[derive(Clone)]
 enum Origin<P, N> {
@@ -618,18 +597,11 @@ where
             }
         };
         let tls = move |target: Uri| {
-            negotiate::builder()
-                .connect(Connect::<B, S>::to(&parts, target))
-                .inspect(|conn: &Conn<B>| matches!(conn.get_ref(), Sender::Http2(_)))
-                .fallback(LayerFn(|inspector| {
-                    cache::builder()
-                        .executor(TokioExecutor::new())
-                        .build::<_, ()>(inspector)
-                }))
-                .upgrade(LayerFn(|inspected| {
-                    Singleton::new(ToHttp2::<_, B>(inspected, stall.clone(), PhantomData))
-                }))
-                .build::<()>()
+            let shared = tls_origin::Shared::new(stall.clone());
+            let http1 = cache::builder()
+                .executor(TokioExecutor::new())
+                .build::<_, ()>(Divert::new(Connect::<B, S>::to(&parts, target), &shared));
+            TlsOrigin::new(http1, shared)
         };
         // Per scheme (http, https, anything else: the connector's to
         // refuse), keyed by the authority as written: looked up by `&str`,
@@ -649,9 +621,9 @@ where
                     for origin in map.values_mut() {
                         match origin {
                             Origin::Plain(cache) => cache.retain(|_| false),
-                            Origin::Tls(negotiate) => {
-                                negotiate.fallback_mut().retain(|_| false);
-                                negotiate.upgrade_mut().retain(|_| false);
+                            Origin::Tls(tls) => {
+                                tls.http1_mut().retain(|_| false);
+                                tls.shared().clear();
                             }
                         }
                     }
@@ -712,11 +684,10 @@ where
                                     cache.retain(&mut idle);
                                     cache.is_empty()
                                 }
-                                Origin::Tls(negotiate) => {
-                                    negotiate.fallback_mut().retain(&mut idle);
-                                    negotiate.upgrade_mut().retain(|c| !c.is_dead());
-                                    negotiate.fallback_mut().is_empty()
-                                        && negotiate.upgrade_mut().is_empty()
+                                Origin::Tls(tls) => {
+                                    tls.http1_mut().retain(&mut idle);
+                                    let shared_empty = tls.shared().sweep();
+                                    tls.http1_mut().is_empty() && shared_empty
                                 }
                             };
                             // Evicted only when there are too many origins:
@@ -795,7 +766,7 @@ where
                         req,
                         None,
                         None,
-                        |conn| conn.fallback_ref().is_some_and(|c| c.inner().is_resting()),
+                        |conn: &TlsConn<_, B>| conn.http1().is_some_and(|c| c.inner().is_resting()),
                         Service::call,
                     )),
                     // Not asked to check out: never found.

@@ -198,6 +198,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
+        if this.guard.as_ref().is_some_and(InFlight::is_cut) {
+            // Cut at the deadline: it ends here, whatever the inner body
+            // still has (frames already received included), as the report
+            // counts it.
+            this.guard.take();
+            return Poll::Ready(Some(Err(Box::new(DrainCut::new(None)))));
+        }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
@@ -217,6 +224,7 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                // Cut while waiting (no tracker to close its connection).
                 if this.guard.as_ref().is_some_and(InFlight::is_cut) {
                     this.guard.take();
                     return Poll::Ready(Some(Err(Box::new(DrainCut::new(None)))));
