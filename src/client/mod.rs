@@ -336,7 +336,8 @@ impl<C> Builder<C> {
     /// The most idle connections kept per origin (scheme, host and port;
     /// default [`DEFAULT_MAX_IDLE_PER_ORIGIN`]). The surplus, and every
     /// expired connection, is closed when the client next opens a
-    /// connection. `0` keeps none (every request opens a connection).
+    /// connection. `0` keeps none (every request opens a connection, and
+    /// each connection closes when its exchange ends).
     pub fn max_idle_per_origin(mut self, max: usize) -> Self {
         self.max_idle_per_origin = max;
         self
@@ -565,7 +566,14 @@ impl<C> Builder<C> {
                 connector,
                 http1: self.http1,
                 http2,
-                idle_expiry: self.idle_expiry.clone(),
+                // No idle connection kept: each one retires when its
+                // exchange ends (the tracker closes it then), instead of
+                // waiting in its pool for the next connect's sweep.
+                idle_expiry: if self.max_idle_per_origin == 0 {
+                    self.idle_expiry.clone().max_requests(1)
+                } else {
+                    self.idle_expiry.clone()
+                },
                 state_extension: self.state_extension,
             },
             stats: self.track.stats(),
