@@ -1424,3 +1424,38 @@ async fn early_unannounced_closes_do_not_stop_reuse_for_the_origin() {
     );
     assert!(distinct <= 2, "reuse collapsed: {later:?}");
 }
+
+/// Malformed response heads (two different `Content-Length`s, a status
+/// line without a code): a typed error, the request not sent again (bytes
+/// of a response arrived), and the next request on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_fail_typed_and_are_not_resent() {
+    let server = Server::scripted(|head| {
+        let bytes: &[u8] = match head.path.as_str() {
+            "/two-lengths" => {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"
+            }
+            "/no-code" => b"HTTP/1.1 abc\r\ncontent-length: 2\r\n\r\nok",
+            _ => OK,
+        };
+        (bytes.to_vec(), After::KeepAlive)
+    })
+    .await;
+    let client = new_client();
+    fetch_ok(&client, get(&server.url("/warm"))).await;
+    for (i, path) in ["/two-lengths", "/no-code"].into_iter().enumerate() {
+        let err = match fetch(&client, get(&server.url(path))).await {
+            Ok(got) => panic!("{path}: taken: {got:?}"),
+            Err(e) => e,
+        };
+        let chain = error_chain(err.as_ref()).to_string();
+        assert!(
+            find_cause::<NotRetried>(err.as_ref()).is_some(),
+            "{path}: {chain}"
+        );
+        assert_eq!(server.heads_for(path), 1, "{path}: not resent: {chain}");
+        let next = fetch_ok(&client, get(&server.url(&format!("/next{i}")))).await;
+        assert!(!next.reused, "{path}: {next:?}");
+    }
+    assert_eq!(server.conns(), vec![0, 0, 1, 1, 2]);
+}
