@@ -1,5 +1,5 @@
 //! A hostile review of the one-call client over HTTP/2 (TLS, ALPN `h2`,
-//! the `pool::singleton` connection): many streams at once, GOAWAY, a
+//! the origin's one shared connection): many streams at once, GOAWAY, a
 //! server's stream limit, an abrupt close, stream resets, cancellation,
 //! drain, a stalled body under a read limit, and stalled-connection
 //! retirement. Server-side facts (connections accepted and closed, each
@@ -343,13 +343,13 @@ async fn many_concurrent_streams_share_one_connection() {
     );
 }
 
-/// DEFECT: a burst of requests on a client that has no connection yet
-/// opens one TLS connection per request: `pool::negotiate` tries the
-/// singleton first (empty: `UseOther`), then every request falls back to
-/// the `pool::cache` of the TLS origin, which connects for each waiting
-/// checkout; each connection that negotiated `h2` overwrites the one
-/// before it in negotiate's single slot and is dropped. (Deterministic on a
-/// current-thread runtime.)
+/// A burst of requests on a client that has no connection yet opens one
+/// connection: one request makes it, the others wait for it and share it.
+/// (With hyper-util's `pool::negotiate` over `pool::singleton`, which the
+/// engine used before, every request fell back to the origin's HTTP/1
+/// cache, which connected once per waiting checkout; each connection that
+/// negotiated `h2` overwrote the one before it and was dropped: 20
+/// connections for 20 requests.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_cold_burst_opens_one_http2_connection() {
     let server = H2Server::start(Options::default()).await;
@@ -364,12 +364,11 @@ async fn a_cold_burst_opens_one_http2_connection() {
     assert_eq!(server.accepted(), 1, "one HTTP/2 connection for the burst");
 }
 
-/// DEFECT: the same cold burst on a multi-threaded runtime panics inside
-/// hyper-util's singleton (`unreachable!("singleton participant polled
-/// after making was canceled")`, singleton.rs:288) while holding its
-/// mutex, which poisons it: every later request to the origin panics at
-/// `self.state.lock().unwrap()` (singleton.rs:111) — the origin is dead
-/// for the client's life. Racy: a few fresh clients make it near certain.
+/// The same cold burst on a multi-threaded runtime never panics, and the
+/// origin works after it. (hyper-util's singleton, used before, panicked
+/// here: `unreachable!("singleton participant polled after making was
+/// canceled")` under its mutex, which poisoned it, so every later request
+/// to the origin panicked too: dead for the client's life.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_never_panics() {
     let server = H2Server::start(Options::default()).await;
@@ -513,9 +512,9 @@ async fn an_abrupt_close_fails_streams_typed_and_the_next_requests_reconnect() {
     })
     .await;
     let client = warm(&server).await;
-    // One GET only: several GETs retried at once race to reconnect (see
-    // `concurrent_retries_after_a_reset_never_panic`).
-    let gets: Vec<_> = (0..1)
+    // Three GETs, retried at once after the reset: they share one new
+    // connection.
+    let gets: Vec<_> = (0..3)
         .map(|_| spawn_fetch(&client, get(&server.url("/hold-first"))))
         .collect();
     let posts: Vec<_> = (0..2)
@@ -526,7 +525,7 @@ async fn an_abrupt_close_fails_streams_typed_and_the_next_requests_reconnect() {
             )
         })
         .collect();
-    eventually("3 held streams", || server.holding() == 3).await;
+    eventually("5 held streams", || server.holding() == 5).await;
     server.send(0, Ctl::Abort);
     for t in posts {
         let err = bounded("a POST on the reset connection", t)
@@ -865,11 +864,11 @@ async fn a_streamed_upload_given_up_on_leaves_the_connection_to_the_others() {
     assert_eq!(server.closed(), 0);
 }
 
-/// DEFECT (the cold-burst race again, on a warm client): the connection
-/// is reset under ten GETs; each is retried (idempotent) at once, the
-/// singleton is empty, and the retries race to reconnect: several
-/// connections, and sometimes the singleton's panic, which poisons the
-/// origin. Five rounds on one client.
+/// The connection is reset under ten GETs; each is retried (idempotent) at
+/// once, and the retries share one new connection, with no panic (with
+/// hyper-util's singleton the retries raced to reconnect: several
+/// connections, and sometimes its panic, which poisoned the origin). Five
+/// rounds on one client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_after_a_reset_never_panic() {
     let server = H2Server::start(Options {
@@ -1102,18 +1101,17 @@ async fn a_stalled_http2_body_times_out_by_read_and_spares_its_neighbours() {
     assert_eq!(server.closed(), 0);
 }
 
-/// DEFECT: requests sent while the server's GOAWAY arrives. Some are
-/// canceled before any byte ("nothing written", retry-safe) and retried at
-/// once — onto the same going-away connection, which the singleton still
-/// hands out, so the retry is canceled too and the request fails:
-/// `connection closed; not retried: retry limit reached after 1 retry,
-/// though retry-safe: nothing of the request was written: operation was
-/// canceled`. Racy: several rounds.
+/// Requests sent while the server's GOAWAY arrives all succeed. Some are
+/// refused by the GOAWAY or cancelled before any byte (retry-safe) and
+/// retried at once: the going-away connection has left its origin's slot,
+/// so the retry gets a new one. (Before, the retry went to the same
+/// connection, was cancelled too, and the request failed: `not retried:
+/// retry limit reached after 1 retry, though retry-safe`.) Several rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_racing_a_goaway_succeed() {
     for round in 0..8 {
         // A fresh server and client per round: the racing requests may
-        // open several connections (the cold-burst defect).
+        // open a new connection.
         let server = H2Server::start(Options::default()).await;
         let client = warm(&server).await;
         let held = spawn_fetch(&client, get(&server.url("/hold")));
@@ -1137,10 +1135,10 @@ async fn requests_racing_a_goaway_succeed() {
     }
 }
 
-/// DEFECT (minor): a response body already received whole when a
-/// zero-deadline drain cuts it is counted `cut` by the report, yet reads
-/// to the end without error (`DrainBody` judges only errors and pending
-/// polls); the docs say cut requests fail with `DrainCut`.
+/// A response body already received whole when a zero-deadline drain cuts
+/// it, and that the report counts `cut`, fails with `DrainCut` as the docs
+/// say (it read to the end before: `DrainBody` judged only errors and
+/// pending polls).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_counted_cut_fails_with_drain_cut() {
     let server = H2Server::start(Options::default()).await;
@@ -1161,4 +1159,118 @@ async fn a_body_counted_cut_fails_with_drain_cut() {
         read.is_err(),
         "the report counts it cut, the caller read it whole"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The origin's first connection, shared by the requests waiting for it.
+
+/// A cold burst against a server whose certificate the client does not
+/// trust: one handshake, whose failure every waiting request shares (typed,
+/// not retried), rather than one handshake per request. The origin works
+/// for a client that trusts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_shares_one_failed_handshake() {
+    let server = H2Server::start(Options::default()).await;
+    let stranger = Ca::new("a CA the server does not use");
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&stranger))
+        .build::<Full<Bytes>>();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| spawn_fetch(&client, get(&server.url(&format!("/t{i}")))))
+        .collect();
+    for t in tasks {
+        let err = bounded("a request to an untrusted server", t)
+            .await
+            .unwrap()
+            .expect_err("the certificate is not trusted");
+        let not = find_cause::<NotRetried>(err.as_ref())
+            .unwrap_or_else(|| panic!("untyped: {}", error_chain(err.as_ref())));
+        assert_eq!(
+            not.rule(),
+            Rule::ConnectFailed,
+            "{}",
+            error_chain(err.as_ref())
+        );
+        assert!(
+            find_cause::<rustls::Error>(err.as_ref()).is_some(),
+            "the handshake's error inside: {}",
+            error_chain(err.as_ref())
+        );
+    }
+    // The failed handshakes: one for the burst (a request whose wait began
+    // after that attempt ended makes its own: a few at most).
+    let failed = server.accepted();
+    assert!(
+        (1..=3).contains(&failed),
+        "{failed} handshakes for 20 requests"
+    );
+    assert!(server.requests().is_empty());
+    let body = bounded(
+        "a trusting client",
+        fetch(&server.client(), get(&server.url("/ok"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&body[..], b"ok");
+}
+
+/// An HTTP/1-only TLS origin under concurrent bursts: the first connection
+/// teaches the origin its protocol, then each request in flight has an
+/// HTTP/1 connection of its own, reused by the next burst; nothing panics
+/// (hyper-util's singleton, which every checkout of a TLS origin went
+/// through before, could panic under concurrency here too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_bursts_reuse_their_connections() {
+    let ca = Ca::new("probe http/1 tls ca");
+    let server =
+        common::tls::TlsServer::start(&ca.leaf(&["localhost"]), common::tls::Mode::Http1Only).await;
+    let url = format!("https://localhost:{}/", server.addr.port());
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&ca))
+        .build::<Full<Bytes>>();
+    for round in 0..5 {
+        let tasks: Vec<_> = (0..16).map(|_| spawn_fetch(&client, get(&url))).collect();
+        for t in tasks {
+            let joined = bounded("an HTTP/1 request over TLS", t).await;
+            let body = joined
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"))
+                .unwrap_or_else(|e| panic!("round {round}: {}", error_chain(e.as_ref())));
+            assert_eq!(&body[..], b"HTTP/1.1");
+        }
+    }
+    assert_eq!(server.requests(), 80);
+    let opened = client.connection_stats().opened();
+    assert!(
+        (1..=16).contains(&opened),
+        "{opened} connections for bursts of 16"
+    );
+}
+
+/// `max_idle_per_origin(0)` keeps no idle HTTP/1 connection, but the
+/// shared HTTP/2 connection is not idle while it carries streams: a burst
+/// and the requests after it share one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_idle_connections_still_share_one_http2_connection() {
+    let server = H2Server::start(Options::default()).await;
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&server.ca))
+        .max_idle_per_origin(0)
+        .build::<Full<Bytes>>();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| spawn_fetch(&client, get(&server.url(&format!("/m{i}")))))
+        .collect();
+    for t in tasks {
+        assert_eq!(&bounded("a stream", t).await.unwrap().unwrap()[..], b"ok");
+    }
+    for i in 0..3 {
+        let body = bounded(
+            "a later GET",
+            fetch(&client, get(&server.url(&format!("/l{i}")))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(&body[..], b"ok");
+    }
+    assert_eq!(server.requests().len(), 13);
+    assert_eq!(server.accepted(), 1, "one HTTP/2 connection");
 }

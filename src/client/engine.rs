@@ -348,6 +348,12 @@ pub(crate) struct Parts<S> {
     /// With tokio's timer.
     pub(crate) http2: hyper::client::conn::http2::Builder<TokioExecutor>,
     pub(crate) idle_expiry: IdleExpiryLayer,
+    /// The same for HTTP/1 connections, unless no idle connection is kept
+    /// ([`Builder::max_idle_per_origin`](super::Builder::max_idle_per_origin)
+    /// `0`): then each retires when its exchange ends (the tracker closes
+    /// it), rather than waiting in its pool for the next connect's sweep.
+    /// An HTTP/2 connection is not idle while it has streams, and is kept.
+    pub(crate) idle_expiry_http1: IdleExpiryLayer,
     /// Responses carry the connection's state in their extensions too.
     pub(crate) state_extension: bool,
 }
@@ -413,6 +419,7 @@ where
             let fail = |e: BoxError| -> BoxError { Box::new(ConnectError(e)) };
             let io = connecting.await.map_err(fail)?;
             let state = io.state().clone();
+            let mut layer = &parts.idle_expiry;
             let sender = if io.connected().is_negotiated_h2() {
                 let (send, conn) = parts
                     .http2
@@ -429,9 +436,10 @@ where
                     .map_err(|e| fail(e.into()))?;
                 // Upgrades (101, CONNECT) hand the IO to the caller.
                 tokio::spawn(conn.with_upgrades());
+                layer = &parts.idle_expiry_http1;
                 Sender::Http1(Http1Connection::to(send, &uri))
             };
-            let conn = parts.idle_expiry.connection(sender, state, &uri);
+            let conn = layer.connection(sender, state, &uri);
             Ok(if parts.state_extension {
                 conn
             } else {

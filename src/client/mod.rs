@@ -336,8 +336,9 @@ impl<C> Builder<C> {
     /// The most idle connections kept per origin (scheme, host and port;
     /// default [`DEFAULT_MAX_IDLE_PER_ORIGIN`]). The surplus, and every
     /// expired connection, is closed when the client next opens a
-    /// connection. `0` keeps none (every request opens a connection, and
-    /// each connection closes when its exchange ends).
+    /// connection. `0` keeps none: every request opens an HTTP/1
+    /// connection, which closes when its exchange ends (an HTTP/2
+    /// connection is shared by the requests in flight and kept).
     pub fn max_idle_per_origin(mut self, max: usize) -> Self {
         self.max_idle_per_origin = max;
         self
@@ -566,10 +567,8 @@ impl<C> Builder<C> {
                 connector,
                 http1: self.http1,
                 http2,
-                // No idle connection kept: each one retires when its
-                // exchange ends (the tracker closes it then), instead of
-                // waiting in its pool for the next connect's sweep.
-                idle_expiry: if self.max_idle_per_origin == 0 {
+                idle_expiry: self.idle_expiry.clone(),
+                idle_expiry_http1: if self.max_idle_per_origin == 0 {
                     self.idle_expiry.clone().max_requests(1)
                 } else {
                     self.idle_expiry.clone()
