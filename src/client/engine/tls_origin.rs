@@ -482,3 +482,130 @@ fn going_away(err: &(dyn std::error::Error + 'static)) -> bool {
                 .is_some_and(h2::Error::is_go_away)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::oneshot;
+
+    /// A stand-in for the HTTP/1 cache: each call takes the next of the
+    /// test's pending outcomes, and counts.
+    #[derive(Clone)]
+    struct Pending {
+        outcomes: Arc<Mutex<Vec<oneshot::Receiver<Result<u32, BoxError>>>>>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Service<()> for Pending {
+        type Response = u32;
+        type Error = BoxError;
+        type Future = BoxFuture<u32>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.outcomes.lock().unwrap().remove(0);
+            Box::pin(async move { outcome.await.unwrap_or_else(|_| Err("dropped".into())) })
+        }
+    }
+
+    type Origin = TlsOrigin<Pending, ()>;
+
+    fn origin(n: usize) -> (Origin, Vec<oneshot::Sender<Result<u32, BoxError>>>, Pending) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| oneshot::channel()).unzip();
+        let pending = Pending {
+            outcomes: Arc::new(Mutex::new(receivers)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        (
+            TlsOrigin::new(pending.clone(), Shared::new(None)),
+            senders,
+            pending,
+        )
+    }
+
+    fn conn(checked: Result<TlsConn<u32, ()>, BoxError>) -> u32 {
+        match checked {
+            Ok(TlsConn::Http1(n)) => n,
+            Ok(TlsConn::Http2(_)) => panic!("no HTTP/2 here"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// While the origin's protocol is unknown, one checkout connects and
+    /// the others wait for it (the cache is not called for them); each
+    /// then makes its own in turn (an HTTP/1 result, which `Divert` would
+    /// have learned from, is not seen by this stand-in).
+    #[tokio::test]
+    async fn checkouts_wait_for_the_gated_attempt() {
+        let (mut origin, mut senders, pending) = origin(2);
+        let first = tokio::spawn(origin.call(()));
+        let second = tokio::spawn(origin.call(()));
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            pending.calls.load(Ordering::SeqCst),
+            1,
+            "one attempt at a time"
+        );
+        senders.remove(0).send(Ok(1)).unwrap();
+        assert_eq!(conn(first.await.unwrap()), 1);
+        tokio::task::yield_now().await;
+        assert_eq!(pending.calls.load(Ordering::SeqCst), 2);
+        senders.remove(0).send(Ok(2)).unwrap();
+        assert_eq!(conn(second.await.unwrap()), 2);
+    }
+
+    /// A failed gated attempt fails the checkouts that waited for it with
+    /// its error (they do not connect again); a later checkout tries anew.
+    #[tokio::test]
+    async fn waiters_share_the_gated_attempts_failure() {
+        let (mut origin, mut senders, pending) = origin(2);
+        let first = tokio::spawn(origin.call(()));
+        let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(origin.call(()))).collect();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        senders.remove(0).send(Err("refused".into())).unwrap();
+        let err = first.await.unwrap().err().expect("the attempt failed");
+        assert_eq!(err.to_string(), "refused");
+        for waiter in waiters {
+            let err = waiter.await.unwrap().err().expect("shared failure");
+            assert_eq!(err.to_string(), "refused");
+            assert!(crate::find_cause::<SharedError>(err.as_ref()).is_some());
+        }
+        assert_eq!(pending.calls.load(Ordering::SeqCst), 1);
+        let later = tokio::spawn(origin.call(()));
+        tokio::task::yield_now().await;
+        senders.remove(0).send(Ok(7)).unwrap();
+        assert_eq!(conn(later.await.unwrap()), 7);
+        assert_eq!(pending.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A gated checkout given up on (its future dropped mid-connect)
+    /// hands the gate on: a waiter connects, nothing hangs.
+    #[tokio::test]
+    async fn a_cancelled_gated_checkout_hands_the_gate_on() {
+        let (mut origin, mut senders, pending) = origin(2);
+        let first = tokio::spawn(origin.call(()));
+        let second = tokio::spawn(origin.call(()));
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(pending.calls.load(Ordering::SeqCst), 1);
+        first.abort();
+        assert!(first.await.is_err_and(|e| e.is_cancelled()));
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            pending.calls.load(Ordering::SeqCst),
+            2,
+            "the waiter connects"
+        );
+        drop(senders.remove(0));
+        senders.remove(0).send(Ok(3)).unwrap();
+        assert_eq!(conn(second.await.unwrap()), 3);
+    }
+}
