@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! Engine (one boxed future per request)
-//!  origin map (pool::map, keyed by scheme and authority)
+//!  origin map (keyed by scheme and authority)
 //!   http://  → pool::cache of HTTP/1 connections
-//!   https:// → pool::negotiate: ALPN h2 → pool::singleton (one shared
-//!              HTTP/2 connection), otherwise pool::cache (HTTP/1)
+//!   https:// → TlsOrigin: ALPN h2 → one shared HTTP/2 connection,
+//!              otherwise pool::cache (HTTP/1); one new connection at a
+//!              time until the origin is known to speak HTTP/1
+//!              (see the `tls_origin` module)
 //!    per connection: IdleExpiryConnection (the tracker's exchange record,
 //!    idle expiry, learning) → Sender (hyper's conn::http1 / conn::http2)
 //!     over the connector: ConnectTimeout → TrackConnections → SharedTls →
@@ -111,8 +113,8 @@ pub(crate) enum Sender<B> {
     Http2(H2Sender<B>),
 }
 
-/// The cloneable sending half of an HTTP/2 connection (what the
-/// singleton pool hands to every request).
+/// The cloneable sending half of an HTTP/2 connection (what its origin
+/// hands to every request).
 pub(crate) struct H2Sender<B>(hyper::client::conn::http2::SendRequest<B>);
 
 impl<B> Clone for H2Sender<B> {

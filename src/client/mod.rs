@@ -24,8 +24,8 @@
 //! ```text
 //! request plane                          per origin, per connection
 //! RetryOnStaleConnection                 http://  pool::cache (HTTP/1)
-//!  PhaseTimeout (send / read / total)    https:// pool::negotiate by ALPN:
-//!   the engine: origin → pool →                   h2 → pool::singleton
+//!  PhaseTimeout (send / read / total)    https:// by ALPN:
+//!   the engine: origin → pool →                   h2 → one shared connection
 //!   checkout ───────────────────────────▶         else pool::cache
 //!                                         each connection: IdleExpiryConnection
 //!                                          → hyper's conn::http1 / conn::http2
@@ -46,10 +46,15 @@
 //!   [`PhaseOverride`] still goes through it, with the override's limits).
 //! * **The engine** keeps one pool per origin (scheme, host and port) from
 //!   hyper-util's composable pools, the design hyper's maintainers recommend
-//!   over the legacy client's pool: `pool::cache` for HTTP/1 connections,
-//!   and for `https://` `pool::negotiate`, which puts a connection that
-//!   negotiated `h2` in a `pool::singleton` (one connection shared by every
-//!   request) and the others in a cache.
+//!   over the legacy client's pool: `pool::cache` for HTTP/1 connections;
+//!   for `https://`, a connection that negotiated `h2` is shared by every
+//!   request, the others go to a cache. Until the origin is known to speak
+//!   HTTP/1, one request at a time makes a new connection and the others
+//!   wait for it (a burst of requests on a new client makes one TLS
+//!   handshake, not one each; a failed handshake fails the requests that
+//!   waited for it). hyper-util's `pool::negotiate` and `pool::singleton`
+//!   do this job in principle, but under concurrency connect once per
+//!   request and can panic (0.1.21), so the engine has its own.
 //! * **Every request passes through its connection's own service**
 //!   ([`IdleExpiryConnection`](crate::idle_expiry::IdleExpiryConnection)):
 //!   it refuses an expired connection before a byte is written (the engine

@@ -489,11 +489,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::oneshot;
 
+    type Outcome = oneshot::Receiver<Result<u32, BoxError>>;
+
     /// A stand-in for the HTTP/1 cache: each call takes the next of the
     /// test's pending outcomes, and counts.
     #[derive(Clone)]
     struct Pending {
-        outcomes: Arc<Mutex<Vec<oneshot::Receiver<Result<u32, BoxError>>>>>,
+        outcomes: Arc<Mutex<Vec<Outcome>>>,
         calls: Arc<AtomicUsize>,
     }
 
