@@ -1274,3 +1274,66 @@ async fn no_idle_connections_still_share_one_http2_connection() {
     assert_eq!(server.requests().len(), 13);
     assert_eq!(server.accepted(), 1, "one HTTP/2 connection");
 }
+
+/// How long the slow proxy below waits before it connects a client to the
+/// server.
+const PROXY_DELAY: Duration = Duration::from_millis(300);
+
+/// A TCP proxy on 127.0.0.1 to `port` that waits [`PROXY_DELAY`] before
+/// it connects each client; counts the connections it accepted.
+async fn slow_proxy(port: u16) -> (u16, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(PROXY_DELAY).await;
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (proxy_port, accepted, task)
+}
+
+/// A request admitted before a drain whose HTTP/2 connection is still
+/// being made when the drain begins: it is answered on that connection,
+/// which is then closed (not kept for requests the drain refuses), and the
+/// drain reports nothing left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_made_during_a_drain_closes_after_its_request() {
+    let server = H2Server::start(Options::default()).await;
+    let (proxy, accepted, proxy_task) = slow_proxy(server.port).await;
+    let client = server.client();
+    let url = format!("https://localhost:{proxy}/during");
+    let request = spawn_fetch(&client, get(&url));
+    eventually("the proxy accepted the connection", || {
+        accepted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let drain = tokio::spawn(client.drain(STEP));
+    let body = bounded("the admitted request", request)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&body[..], b"ok");
+    let report = bounded("the drain", drain).await.unwrap();
+    assert_eq!(
+        (report.in_flight_at_start(), report.cut()),
+        (1, 0),
+        "{report}"
+    );
+    eventually("the server sees the connection closed", || {
+        server.closed() == 1
+    })
+    .await;
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert_eq!(server.accepted(), 1);
+    proxy_task.abort();
+}

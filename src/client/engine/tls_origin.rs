@@ -123,7 +123,9 @@ impl<B> Shared<B> {
     }
 
     /// The drain: the HTTP/2 connection stops being shared (it closes when
-    /// its last stream ends).
+    /// its last stream ends; one made for a request admitted before the
+    /// drain closes when that request's exchange ends, as every
+    /// connection does once the drain has begun).
     pub(super) fn clear(&self) {
         let conn = self.lock().http2.take();
         drop(conn);
@@ -317,11 +319,13 @@ where
     loop {
         let gated = {
             let mut state = shared.lock();
-            if let Some(conn) = &state.http2 {
-                if !conn.is_dead() {
-                    return Ok(TlsConn::Http2(conn.clone()));
+            match state.http2.take() {
+                Some(conn) if !conn.is_dead() => {
+                    state.http2 = Some(conn.clone());
+                    return Ok(TlsConn::Http2(conn));
                 }
-                state.http2 = None;
+                // A dead one is dropped.
+                _ => {}
             }
             if let (Some(round), Some((failed, err))) = (waited, &state.failed) {
                 if *failed == round {
