@@ -150,6 +150,16 @@ impl fmt::Display for WhatHappened<'_> {
     }
 }
 
+/// Whether `err` is hyper's "dispatch task is gone": the connection's task
+/// ended without answering the request (hyper has no predicate for it;
+/// its kind is told by its description, stable across hyper 1.x). On an
+/// HTTP/2 connection shut down by a graceful `GOAWAY` it is what the
+/// request hyper held waiting for a stream of its own gets (nothing of it
+/// sent); otherwise a runtime dropping the task, whatever had been sent.
+pub(crate) fn is_dispatch_gone(err: &hyper::Error) -> bool {
+    err.is_user() && err.to_string() == "dispatch task is gone"
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;

@@ -283,7 +283,7 @@ mod body;
 pub use body::{RequestBody, RequestBodyService};
 
 mod error;
-pub(crate) use error::causes;
+pub(crate) use error::{causes, is_dispatch_gone};
 pub use error::{error_chain, find_cause};
 
 pub mod client;

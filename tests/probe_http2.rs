@@ -616,7 +616,9 @@ async fn reset_server(ca: &Ca) -> (u16, Arc<AtomicUsize>, Arrivals, JoinHandle<(
                     tokio::spawn(async move {
                         let method = req.method().to_string();
                         let path = req.uri().path().to_string();
-                        if path == "/refuse" && refused.fetch_add(1, Ordering::SeqCst) == 0 {
+                        if path == "/always-refuse"
+                            || (path == "/refuse" && refused.fetch_add(1, Ordering::SeqCst) == 0)
+                        {
                             arr.lock()
                                 .unwrap()
                                 .push((method, "refused".into(), Bytes::new()));
@@ -721,6 +723,67 @@ async fn stream_resets_retry_only_a_refused_stream() {
         accepted.load(Ordering::SeqCst),
         1,
         "resets leave the connection to the others"
+    );
+    task.abort();
+}
+
+/// A stream the server refuses every time (`REFUSED_STREAM`: unprocessed)
+/// is retried beyond `max_retries`, up to `UNPROCESSED_RETRIES` more, then
+/// fails typed (retries exhausted, though retry-safe); with
+/// `max_retries(0)` it is never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_retried_beyond_max_retries_but_bounded() {
+    use tower_conn_lifecycle::retry::{RetryOnStaleConnectionLayer, UNPROCESSED_RETRIES};
+    let ca = Ca::new("probe refuse ca");
+    let (port, accepted, arrivals, task) = reset_server(&ca).await;
+    let url = format!("https://localhost:{port}/always-refuse");
+    let attempts = || {
+        arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.1 == "refused")
+            .count()
+    };
+    for (max_retries, expected) in [
+        (1, 1 + 1 + UNPROCESSED_RETRIES),
+        (2, 1 + 2 + UNPROCESSED_RETRIES),
+        (0, 1),
+    ] {
+        let before = attempts();
+        let client = client::builder()
+            .tls_config(common::tls::client_config(&ca))
+            .retry(RetryOnStaleConnectionLayer::new().max_retries(max_retries))
+            .build::<Full<Bytes>>();
+        let err = bounded(
+            "an always-refused POST",
+            fetch(&client, post(&url, "r".into())),
+        )
+        .await
+        .expect_err("refused every time");
+        let not = find_cause::<NotRetried>(err.as_ref())
+            .unwrap_or_else(|| panic!("untyped: {}", error_chain(err.as_ref())));
+        assert_eq!(
+            not.rule(),
+            Rule::RetriesExhausted,
+            "{}",
+            error_chain(err.as_ref())
+        );
+        assert_eq!(
+            attempts() - before,
+            expected,
+            "max_retries {max_retries}: {}",
+            error_chain(err.as_ref())
+        );
+    }
+    assert!(
+        arrivals.lock().unwrap().iter().all(|a| a.1 == "refused"),
+        "never processed"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one connection per client"
     );
     task.abort();
 }

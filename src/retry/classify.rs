@@ -407,7 +407,12 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
         } else if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
             seen.not_written |= hyper.is_canceled();
             seen.timeout |= hyper.is_timeout();
-            seen.closed |= hyper.is_incomplete_message() || hyper.is_closed();
+            // The connection's task ended without answering: the
+            // connection is gone, as for a close (which proves nothing of
+            // what was sent: only an idempotent request is retried).
+            seen.closed |= hyper.is_incomplete_message()
+                || hyper.is_closed()
+                || crate::is_dispatch_gone(hyper);
         } else if let Some(h2) = e.downcast_ref::<h2::Error>() {
             let remote = h2.is_remote();
             seen.refused |=

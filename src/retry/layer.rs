@@ -13,7 +13,9 @@ use crate::RequestBodyService;
 /// Request-plane layer that retries a request only when its failure proves
 /// the retry safe; see the [module docs](super) for the rules.
 ///
-/// * At most [`max_retries`](Self::max_retries) retries per request (default 1).
+/// * At most [`max_retries`](Self::max_retries) retries per request (default 1),
+///   plus up to [`UNPROCESSED_RETRIES`](super::UNPROCESSED_RETRIES) of
+///   streams an HTTP/2 server refused unprocessed.
 /// * An optional [`budget`](Self::budget) (tower's
 ///   [`TpsBudget`](tower::retry::budget::TpsBudget), or any
 ///   [`Budget`]) against retry storms: every request deposits, every retry
@@ -100,7 +102,9 @@ impl RetryOnStaleConnectionLayer {
         self
     }
 
-    /// The most retries per request (default 1); `0` never retries.
+    /// The most retries per request (default 1); `0` never retries. Streams
+    /// an HTTP/2 server refused unprocessed may be retried up to
+    /// [`UNPROCESSED_RETRIES`](super::UNPROCESSED_RETRIES) more times.
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.settings.max_retries = retries;
         self

@@ -33,7 +33,11 @@
 //! again ([`Rule::BodyNotReplayable`]), fewer than
 //! [`max_retries`](RetryOnStaleConnectionLayer::max_retries) retries were
 //! made (default 1, [`Rule::RetriesExhausted`]) and the optional budget
-//! allows it ([`Rule::BudgetExhausted`]). A retry is sent at once (with a
+//! allows it ([`Rule::BudgetExhausted`]). A stream an HTTP/2 server refused
+//! unprocessed (`REFUSED_STREAM`, or above a graceful `GOAWAY`'s last
+//! stream) is retried beyond `max_retries`, up to [`UNPROCESSED_RETRIES`]
+//! more (they come in runs after a `GOAWAY`; `max_retries(0)` still never
+//! retries). A retry is sent at once (with a
 //! fresh connection capture if the failed attempt had one), and logged as a
 //! `tracing` debug event; a
 //! response that needed retries carries a [`Retried`] extension (how many,
@@ -239,7 +243,7 @@ mod service;
 pub use classify::{RetryReason, Rule, IDEMPOTENCY_KEY};
 pub use error::NotRetried;
 pub use layer::RetryOnStaleConnectionLayer;
-pub use policy::Retried;
+pub use policy::{Retried, UNPROCESSED_RETRIES};
 pub use replay::DEFAULT_REPLAY_LIMIT;
 pub use service::RetryOnStaleConnection;
 

@@ -35,7 +35,20 @@ const MAX_RECORDED: usize = 8;
 pub struct Retried {
     count: usize,
     reasons: Vec<RetryReason>,
+    /// Of `count`, the streams an HTTP/2 server refused unprocessed
+    /// (not counted against `max_retries`, see [`UNPROCESSED_RETRIES`]).
+    unprocessed: usize,
 }
+
+/// How many retries of streams an HTTP/2 server refused unprocessed
+/// ([`RetryReason::RefusedStream`], [`RetryReason::GoAway`]) a request may
+/// make beyond [`max_retries`](super::RetryOnStaleConnectionLayer::max_retries).
+/// The server said it did nothing with them, so retrying costs it nothing;
+/// they come in runs after a `GOAWAY` (the requests still queued are
+/// refused, retried together on the next connection, and may be refused
+/// again before that connection's stream limit is known), and one retry
+/// would not outlast them. Bounded all the same.
+pub const UNPROCESSED_RETRIES: usize = 3;
 
 impl Retried {
     /// Retries made before this response (at least 1).
@@ -118,12 +131,28 @@ impl Session {
         self.retried.as_ref().map_or(0, |r| r.count)
     }
 
+    /// Retries made so far of streams refused unprocessed.
+    fn unprocessed(&self) -> usize {
+        self.retried.as_ref().map_or(0, |r| r.unprocessed)
+    }
+
+    /// Whether a retry for `reason` is one of the [`UNPROCESSED_RETRIES`]
+    /// not counted against `max_retries` (a client that never retries
+    /// makes none).
+    fn uncounted(&self, reason: RetryReason) -> bool {
+        matches!(reason, RetryReason::RefusedStream | RetryReason::GoAway)
+            && self.settings.max_retries > 0
+            && self.unprocessed() < UNPROCESSED_RETRIES
+    }
+
     /// The limits a retry-safe failure must also pass.
     fn allow(&self, req: &Request<RequestBody>, reason: RetryReason) -> Result<RetryReason, Rule> {
         if !req.body().is_replayable() {
             return Err(Rule::BodyNotReplayable);
         }
-        if self.retries() >= self.settings.max_retries {
+        if !self.uncounted(reason)
+            && self.retries() - self.unprocessed() >= self.settings.max_retries
+        {
             return Err(Rule::RetriesExhausted);
         }
         if let Some(budget) = &self.settings.budget {
@@ -177,13 +206,16 @@ impl<RB> Policy<Request<RequestBody>, Response<RB>, BoxError> for Session {
         let safe = classify::classify(&facts, self.settings.retry_connect_timeouts);
         match safe.and_then(|reason| self.allow(req, reason)) {
             Ok(reason) => {
+                let uncounted = self.uncounted(reason);
                 let retried = self.retried.get_or_insert_with(|| {
                     Box::new(Retried {
                         count: 0,
                         reasons: Vec::new(),
+                        unprocessed: 0,
                     })
                 });
                 retried.count += 1;
+                retried.unprocessed += usize::from(uncounted);
                 if retried.reasons.len() < MAX_RECORDED {
                     retried.reasons.push(reason);
                 }

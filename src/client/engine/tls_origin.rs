@@ -475,13 +475,14 @@ where
 }
 
 /// Whether a request's error on an HTTP/2 connection says the connection
-/// is going away (its `GOAWAY` refused the stream, or hyper cancelled the
-/// request before writing it because the connection is closing): a retry
-/// must not get it again. A reset of the stream alone leaves it shared.
+/// is going away (its `GOAWAY` refused the stream, hyper cancelled the
+/// request before writing it because the connection is closing, or its
+/// task ended without answering): a retry must not get it again. A reset
+/// of the stream alone leaves it shared.
 fn going_away(err: &(dyn std::error::Error + 'static)) -> bool {
     crate::causes(err).any(|e| {
         e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_canceled)
+            .is_some_and(|e| e.is_canceled() || crate::is_dispatch_gone(e))
             || e.downcast_ref::<h2::Error>()
                 .is_some_and(h2::Error::is_go_away)
     })
