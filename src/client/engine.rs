@@ -67,7 +67,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 const CHECKOUTS: usize = 8;
 
 /// Above this many origins, origins without a connection are evicted.
-const MAX_ORIGINS: usize = 256;
+pub(crate) const MAX_ORIGINS: usize = 256;
 
 /// A connection could not be established (TCP, TLS or the HTTP/2
 /// handshake): nothing of the request was sent.
@@ -527,13 +527,26 @@ fn origin_maps<P, N>(_: &impl Fn(Uri) -> P, _: &impl Fn(Uri) -> N) -> [OriginMap
 /// pools; one boxed future per request.
 pub(crate) struct Engine<B> {
     send: Arc<dyn Fn(Request<B>) -> BoxFuture<Response<PooledBody>> + Send + Sync>,
+    /// How many origins the map holds (for the tests of its bound).
+    #[cfg(test)]
+    origins: Arc<dyn Fn() -> usize + Send + Sync>,
 }
 
 impl<B> Clone for Engine<B> {
     fn clone(&self) -> Self {
         Engine {
             send: self.send.clone(),
+            #[cfg(test)]
+            origins: self.origins.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+impl<B> Engine<B> {
+    /// How many origins the map holds.
+    pub(crate) fn origin_count(&self) -> usize {
+        (self.origins)()
     }
 }
 
@@ -617,6 +630,8 @@ where
         // refuse), keyed by the authority as written: looked up by `&str`,
         // so a request allocates nothing and hashes a few bytes.
         let origins = Arc::new(Mutex::new(origin_maps(&plain, &tls)));
+        #[cfg(test)]
+        let counted = origins.clone();
         // The drain's sweep: every pool drops its idle connections (hyper
         // closes a connection once its last handle is gone); the HTTP/2
         // one stops being shared and closes when its last stream ends.
@@ -670,11 +685,16 @@ where
                 // origin's when there are too many, evicting those left
                 // with none).
                 let opened = stats.opened();
+                let count = origins.iter().map(HashMap::len).sum::<usize>();
+                // Also before a new origin goes in past the bound: origins
+                // whose connections all failed open none, and would
+                // otherwise stay until some connection opens.
+                let over = count >= MAX_ORIGINS && !origins[slot].contains_key(name);
                 // (A load first: under the lock, and the common case
                 // needs no read-modify-write.)
-                if swept.load(Ordering::Relaxed) != opened {
+                if swept.load(Ordering::Relaxed) != opened || over {
                     swept.store(opened, Ordering::Relaxed);
-                    let all = origins.iter().map(HashMap::len).sum::<usize>() > MAX_ORIGINS;
+                    let all = count > MAX_ORIGINS || over;
                     for (i, map) in origins.iter_mut().enumerate() {
                         map.retain(|k, origin| {
                             let this = i == slot && **k == *name;
@@ -818,6 +838,11 @@ where
         };
         Engine {
             send: Arc::new(send),
+            #[cfg(test)]
+            origins: Arc::new(move || {
+                let origins = counted.lock().unwrap_or_else(|e| e.into_inner());
+                origins.iter().map(HashMap::len).sum()
+            }),
         }
     }
 }

@@ -842,6 +842,40 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    /// Origins whose connections all fail (nothing listens) open no
+    /// connection, which is what used to trigger the sweep: the origin
+    /// map still stays within its bound.
+    #[tokio::test]
+    async fn origins_that_never_connect_are_evicted_past_the_bound() {
+        let client = builder().build::<http_body_util::Empty<Bytes>>();
+        let engine = &client.plain.as_ref().expect("no phase limit").get_ref().0;
+        let mut ports = Vec::new();
+        for _ in 0..300 {
+            // Bound and dropped at once: nothing listens there.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            ports.push(listener.local_addr().unwrap().port());
+        }
+        for port in ports {
+            let req = Request::get(format!("http://127.0.0.1:{port}/"))
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let sent = tokio::time::timeout(Duration::from_secs(10), client.clone().oneshot(req));
+            let err = sent.await.expect("a refused connect is quick").unwrap_err();
+            assert!(
+                crate::find_cause::<engine::ConnectError>(err.as_ref()).is_some(),
+                "{}",
+                crate::error_chain(err.as_ref())
+            );
+        }
+        assert_eq!(client.connection_stats().opened(), 0);
+        let origins = engine.origin_count();
+        assert!(
+            origins <= engine::MAX_ORIGINS + 1,
+            "{origins} origins kept for 300 that never connected"
+        );
+    }
 
     /// The request's machine stays boxed: the future every caller awaits,
     /// spawns and moves is two words (which machine, and where), and
