@@ -851,14 +851,13 @@ mod tests {
     async fn origins_that_never_connect_are_evicted_past_the_bound() {
         let client = builder().build::<http_body_util::Empty<Bytes>>();
         let engine = &client.plain.as_ref().expect("no phase limit").get_ref().0;
-        let mut ports = Vec::new();
-        for _ in 0..300 {
-            // Bound and dropped at once: nothing listens there.
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            ports.push(listener.local_addr().unwrap().port());
-        }
-        for port in ports {
-            let req = Request::get(format!("http://127.0.0.1:{port}/"))
+        // A port held on 127.0.0.1 (so no other test's server takes it),
+        // asked on 300 other loopback addresses, where nothing listens.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        for i in 2..302u32 {
+            let [_, _, b, c] = (0x7f00_0000 + i).to_be_bytes();
+            let req = Request::get(format!("http://127.0.{b}.{c}:{port}/"))
                 .body(http_body_util::Empty::new())
                 .unwrap();
             let sent = tokio::time::timeout(Duration::from_secs(10), client.clone().oneshot(req));
@@ -869,6 +868,7 @@ mod tests {
                 crate::error_chain(err.as_ref())
             );
         }
+        drop(held);
         assert_eq!(client.connection_stats().opened(), 0);
         let origins = engine.origin_count();
         assert!(
