@@ -104,7 +104,7 @@ impl std::fmt::Display for NotAbsolute {
 impl std::error::Error for NotAbsolute {}
 
 /// hyper's send future, boxed (it cannot be named).
-type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
 /// One connection's sending half: hyper's HTTP/1 or HTTP/2 connection.
 pub(crate) enum Sender<B> {
@@ -113,15 +113,86 @@ pub(crate) enum Sender<B> {
     Http2(H2Sender<B>),
 }
 
+/// hyper's sending half of an HTTP/2 connection, shared by every handle
+/// of the connection until its connection task ends (`None` from then on).
+type H2Slot<B> = Mutex<Option<hyper::client::conn::http2::SendRequest<B>>>;
+
 /// The cloneable sending half of an HTTP/2 connection (what its origin
-/// hands to every request).
-pub(crate) struct H2Sender<B>(hyper::client::conn::http2::SendRequest<B>);
+/// hands to every request): one hyper `SendRequest`, shared by every
+/// clone, and dropped when the connection's task ends
+/// ([`release`](Self::release)).
+///
+/// hyper hands each request to its connection task through a tokio
+/// channel, whose receiver the task drops when it ends (the connection
+/// failed or closed). A request sent at that very moment can land in the
+/// channel after the receiver has dropped what it held (tokio's send
+/// reserves its slot, then writes it; the receiver's drain stops at a slot
+/// not written yet): its response future is then answered only when the
+/// channel itself goes, with its last `SendRequest`. The request's own
+/// future holds one (its connection, from the checkout to the response
+/// body's end), so it would wait for ever. Dropped as soon as the task
+/// ends, the `SendRequest` takes the channel with it: such a request gets
+/// hyper's "connection closed" (cancelled: nothing was sent), and every
+/// later use [`Http2Closed`].
+pub(crate) struct H2Sender<B>(Arc<H2Slot<B>>);
+
+impl<B> H2Sender<B> {
+    /// Spawns the connection's task `conn` (hyper's `Connection`), whose
+    /// end drops `send`. The task holds no `SendRequest`, so the
+    /// connection still closes once its handles are all gone.
+    fn spawn<F>(send: hyper::client::conn::http2::SendRequest<B>, conn: F) -> Self
+    where
+        B: Send + 'static,
+        F: Future + Send + 'static,
+    {
+        let send = H2Sender(Arc::new(Mutex::new(Some(send))));
+        let slot = Arc::downgrade(&send.0);
+        tokio::spawn(async move {
+            // hyper's `Connection` (its end of the request channel) is
+            // dropped as it completes.
+            let _ = conn.await;
+            Self::release(&slot);
+        });
+        send
+    }
+
+    fn slot(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<hyper::client::conn::http2::SendRequest<B>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection's task (hyper's `Connection`, spawned by [`Connect`])
+    /// has ended: drops the connection's `SendRequest`, every clone's. A
+    /// send holds the lock until its request is in hyper's channel, so
+    /// every request sent before is in it, and goes with it.
+    fn release(slot: &Weak<H2Slot<B>>) {
+        let Some(slot) = slot.upgrade() else {
+            return;
+        };
+        let send = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(send);
+    }
+}
 
 impl<B> Clone for H2Sender<B> {
     fn clone(&self) -> Self {
         H2Sender(self.0.clone())
     }
 }
+
+/// An HTTP/2 connection whose connection task has ended (it failed or
+/// closed): nothing of the request was sent.
+#[derive(Debug)]
+pub(crate) struct Http2Closed;
+
+impl std::fmt::Display for Http2Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HTTP/2 connection closed; nothing was sent")
+    }
+}
+
+impl std::error::Error for Http2Closed {}
 
 impl<B> std::fmt::Debug for Sender<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,19 +216,22 @@ where
     B::Error: Into<BoxError>,
 {
     type Response = Response<Incoming>;
-    type Error = hyper::Error;
+    type Error = BoxError;
     type Future = SendFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
-            Sender::Http1(send) => send.poll_ready(cx),
+            Sender::Http1(send) => send.poll_ready(cx).map_err(Into::into),
             Sender::Http2(send) => send.poll_ready(cx),
         }
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self {
-            Sender::Http1(send) => Box::pin(send.send(req)),
+            Sender::Http1(send) => {
+                let sent = send.send(req);
+                Box::pin(async move { sent.await.map_err(Into::into) })
+            }
             Sender::Http2(send) => send.call(req),
         }
     }
@@ -170,16 +244,24 @@ where
     B::Error: Into<BoxError>,
 {
     type Response = Response<Incoming>;
-    type Error = hyper::Error;
+    type Error = BoxError;
     type Future = SendFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self.slot().as_mut() {
+            Some(send) => send.poll_ready(cx).map_err(Into::into),
+            None => Poll::Ready(Err(Box::new(Http2Closed))),
+        }
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         *req.version_mut() = Version::HTTP_2;
-        Box::pin(self.0.send_request(req))
+        // Into hyper's channel under the lock (see `release`).
+        let sent = match self.slot().as_mut() {
+            Some(send) => send.send_request(req),
+            None => return Box::pin(std::future::ready(Err(Box::new(Http2Closed) as BoxError))),
+        };
+        Box::pin(async move { sent.await.map_err(Into::into) })
     }
 }
 
@@ -428,8 +510,7 @@ where
                     .handshake(io)
                     .await
                     .map_err(|e| fail(e.into()))?;
-                tokio::spawn(conn);
-                Sender::Http2(H2Sender(send))
+                Sender::Http2(H2Sender::spawn(send, conn))
             } else {
                 let (send, conn) = parts
                     .http1
@@ -489,11 +570,11 @@ impl<F> Future for Sent<F>
 where
     F: Future<Output = Result<Response<Incoming>, hyper::Error>>,
 {
-    type Output = F::Output;
+    type Output = Result<Response<Incoming>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            SentProj::Http1 { future } => future.poll(cx),
+            SentProj::Http1 { future } => future.poll(cx).map_err(Into::into),
             SentProj::Http2 { future } => future.as_mut().poll(cx),
         }
     }
@@ -1092,5 +1173,58 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncWriteExt;
+
+    /// When an HTTP/2 connection's task ends, every handle lets go of
+    /// hyper's `SendRequest` (and with it hyper's request channel): a
+    /// request that reached the channel as its receiver was dropped (tokio
+    /// leaves such a message in the channel until the channel itself goes)
+    /// is then answered, where its future, which holds a handle, used to
+    /// wait for ever. Later uses fail at once, nothing sent.
+    #[tokio::test]
+    async fn the_end_of_an_http2_connections_task_drops_its_send_request() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(client))
+            .await
+            .unwrap();
+        let mut sender = H2Sender::spawn(send, conn);
+        let mut other = sender.clone();
+        std::future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .unwrap();
+        // An HTTP/1 server's answer to the preface: no frame hyper can read.
+        server
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while sender.slot().is_some() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the connection's task ended and dropped its SendRequest");
+        assert!(
+            other.slot().is_none(),
+            "one SendRequest, shared by the clones"
+        );
+        let refused = std::future::poll_fn(|cx| other.poll_ready(cx))
+            .await
+            .unwrap_err();
+        assert!(refused.is::<Http2Closed>(), "{refused}");
+        let req = Request::get("http://example.test/")
+            .body(Empty::new())
+            .unwrap();
+        let err = other.call(req).await.unwrap_err();
+        assert!(err.is::<Http2Closed>(), "{err}");
     }
 }

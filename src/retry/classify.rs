@@ -396,7 +396,10 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
     for e in crate::causes(err) {
         if e.is::<crate::drain::Draining>() || e.is::<crate::drain::DrainCut>() {
             seen.draining = true;
-        } else if e.is::<ConnectionExpired>() || e.is::<crate::track::ConnectionClosing>() {
+        } else if e.is::<ConnectionExpired>()
+            || e.is::<crate::track::ConnectionClosing>()
+            || e.is::<crate::client::Http2Closed>()
+        {
             seen.not_written = true;
         } else if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
             if elapsed.phase() == Phase::Connect {
@@ -670,6 +673,11 @@ mod tests {
                 Signal::NotWritten,
             ),
             (boxed(Wrap(boxed(expired))), Signal::NotWritten),
+            // The engine's HTTP/2 connection whose task has ended.
+            (
+                boxed(Wrap(boxed(crate::client::Http2Closed))),
+                Signal::NotWritten,
+            ),
             // ConnectTimeout's shape: an io::Error of kind TimedOut around
             // the Elapsed, which decides (a connect timeout, not any timeout).
             (

@@ -485,6 +485,7 @@ fn going_away(err: &(dyn std::error::Error + 'static)) -> bool {
             .is_some_and(|e| e.is_canceled() || crate::is_dispatch_gone(e))
             || e.downcast_ref::<h2::Error>()
                 .is_some_and(h2::Error::is_go_away)
+            || e.is::<super::Http2Closed>()
     })
 }
 
