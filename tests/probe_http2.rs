@@ -7,19 +7,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
 use tower::ServiceExt;
 use tower_conn_lifecycle::client::{self, Client};
 use tower_conn_lifecycle::drain::{DrainCut, Draining};
@@ -27,46 +25,24 @@ use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{NotRetried, Retried, Rule};
 use tower_conn_lifecycle::{error_chain, find_cause, BoxError};
 
+use common::h2::{fetch, get, post, spawn_fetch, Seen};
 use common::pki::Ca;
 
 /// Any single step that must finish (an exchange, a batch, a drain).
 const STEP: Duration = Duration::from_secs(10);
 /// How long a server-side fact (a close, a count) may take to show.
 const SLACK: Duration = Duration::from_secs(5);
-/// Polling interval of [`eventually`].
-const POLL: Duration = Duration::from_millis(5);
 
 async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    timeout(STEP, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {STEP:?}"))
+    common::bounded(STEP, what, f).await
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + SLACK;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    common::eventually(SLACK, what, cond).await
 }
 
 // ---------------------------------------------------------------------------
 // A hyper HTTP/2 server over TLS (ALPN h2) with per-connection control.
-
-/// What the server saw.
-#[derive(Default)]
-struct Seen {
-    accepted: AtomicUsize,
-    closed: AtomicUsize,
-    /// (connection, method, path, body) per request, at arrival (after its
-    /// body was read).
-    requests: Mutex<Vec<(usize, String, String, Bytes)>>,
-    /// `/hold` requests waiting now.
-    holding: AtomicUsize,
-}
 
 enum Ctl {
     /// hyper's graceful shutdown: GOAWAY, the streams below it finish.
@@ -101,6 +77,15 @@ impl Drop for H2Server {
 }
 
 type ResBody = BoxBody<Bytes, std::convert::Infallible>;
+
+/// What the server saw: `server.accepted()`, `server.requests()`, ….
+impl std::ops::Deref for H2Server {
+    type Target = Seen;
+
+    fn deref(&self) -> &Seen {
+        &self.seen
+    }
+}
 
 impl H2Server {
     async fn start(options: Options) -> Self {
@@ -184,33 +169,6 @@ impl H2Server {
             .build::<Full<Bytes>>()
     }
 
-    fn accepted(&self) -> usize {
-        self.seen.accepted.load(Ordering::SeqCst)
-    }
-
-    fn closed(&self) -> usize {
-        self.seen.closed.load(Ordering::SeqCst)
-    }
-
-    fn holding(&self) -> usize {
-        self.seen.holding.load(Ordering::SeqCst)
-    }
-
-    fn requests(&self) -> Vec<(usize, String, String, Bytes)> {
-        self.seen.requests.lock().unwrap().clone()
-    }
-
-    /// How many times each POST body arrived.
-    fn post_counts(&self) -> HashMap<Bytes, usize> {
-        let mut counts = HashMap::new();
-        for (_, method, _, body) in self.requests() {
-            if method == "POST" {
-                *counts.entry(body).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-
     fn send(&self, conn: usize, cmd: Ctl) {
         let _ = self.ctl.lock().unwrap()[conn].send(cmd);
     }
@@ -222,30 +180,10 @@ async fn handle(
     seen: Arc<Seen>,
     release: Arc<Semaphore>,
 ) -> Response<ResBody> {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Response::new(Full::new(Bytes::new()).boxed()),
+    let Some(path) = seen.arrive(conn, req, &release).await else {
+        return Response::new(Full::new(Bytes::new()).boxed());
     };
-    seen.requests
-        .lock()
-        .unwrap()
-        .push((conn, method, path.clone(), body));
     match path.as_str() {
-        "/hold" => {
-            seen.holding.fetch_add(1, Ordering::SeqCst);
-            let permit = release.acquire().await;
-            seen.holding.fetch_sub(1, Ordering::SeqCst);
-            if let Ok(p) = permit {
-                p.forget();
-            }
-        }
-        // Held for good on the first connection, answered on the others.
-        "/hold-first" if conn == 0 => {
-            seen.holding.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-        }
         "/slow" => tokio::time::sleep(Duration::from_millis(20)).await,
         "/stall-body" => {
             let first =
@@ -262,29 +200,12 @@ async fn handle(
     Response::new(Full::new(Bytes::from_static(b"ok")).boxed())
 }
 
-fn get(url: &str) -> Request<Full<Bytes>> {
-    Request::get(url).body(Full::default()).unwrap()
-}
-
-fn post(url: &str, body: String) -> Request<Full<Bytes>> {
-    Request::post(url)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
-}
-
-/// The whole exchange: status and body.
-async fn fetch(client: &Client<Full<Bytes>>, req: Request<Full<Bytes>>) -> Result<Bytes, BoxError> {
-    let res = client.clone().oneshot(req).await?;
-    assert_eq!(res.status(), StatusCode::OK);
-    Ok(res.into_body().collect().await?.to_bytes())
-}
-
-fn spawn_fetch(
-    client: &Client<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> JoinHandle<Result<Bytes, BoxError>> {
-    let client = client.clone();
-    tokio::spawn(async move { fetch(&client, req).await })
+/// Asserts that `r` is the servers' `ok` body (its error's chain if not).
+fn answered(r: Result<Bytes, BoxError>) {
+    assert_eq!(
+        &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
+        b"ok"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -425,10 +346,7 @@ async fn goaway_lets_streams_in_flight_finish_and_later_requests_reconnect() {
     server.release.add_permits(8);
     for t in held {
         let r = bounded("a held stream", t).await.unwrap();
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     eventually("the GOAWAY'd connection closed", || server.closed() >= 1).await;
     let accepted = server.accepted();
@@ -438,10 +356,7 @@ async fn goaway_lets_streams_in_flight_finish_and_later_requests_reconnect() {
             fetch(&client, get(&server.url(&format!("/after{i}")))),
         )
         .await;
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     assert!(server.accepted() >= 2, "a new connection after the GOAWAY");
     assert_eq!(
@@ -490,10 +405,7 @@ async fn a_one_stream_server_queues_concurrent_requests() {
     }
     for t in tasks {
         let r = bounded("a queued stream", t).await.unwrap();
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     assert_eq!(server.accepted(), 1);
     assert_eq!(server.requests().len(), 16);
@@ -557,20 +469,14 @@ async fn an_abrupt_close_fails_streams_typed_and_the_next_requests_reconnect() {
             fetch(&client, get(&server.url(&format!("/next{i}")))),
         )
         .await;
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     let r = bounded(
         "a POST after the reset",
         fetch(&client, post(&server.url("/next"), "after".into())),
     )
     .await;
-    assert_eq!(
-        &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-        b"ok"
-    );
+    answered(r);
     assert_eq!(server.accepted(), 2, "one new connection after the reset");
     let counts = server.post_counts();
     assert_eq!(counts.len(), 3);
@@ -826,10 +732,7 @@ async fn half_read_bodies_dropped_leave_the_connection_to_the_others() {
             fetch(&client, get(&server.url(&format!("/n{i}")))),
         )
         .await;
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     assert_eq!(server.accepted(), 1);
     assert_eq!(server.closed(), 0);
@@ -859,20 +762,14 @@ async fn posts_given_up_on_leave_the_connection_to_the_others() {
     server.release.add_permits(6);
     for t in gets {
         let r = bounded("a held GET", t).await.unwrap();
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     let r = bounded(
         "a POST after",
         fetch(&client, post(&server.url("/"), "after".into())),
     )
     .await;
-    assert_eq!(
-        &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-        b"ok"
-    );
+    answered(r);
     assert_eq!(server.accepted(), 1, "the connection was kept");
     assert_eq!(server.closed(), 0);
     assert!(server.post_counts().values().all(|&n| n == 1));
@@ -998,10 +895,7 @@ async fn drain_lets_http2_streams_finish_and_closes_the_connection() {
     server.release.add_permits(3);
     for t in held {
         let r = bounded("a held GET", t).await.unwrap();
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     let report = bounded("the drain", drain).await.unwrap();
     assert_eq!(report.in_flight_at_start(), 3, "{report}");
@@ -1126,10 +1020,7 @@ async fn a_stalled_http2_body_times_out_by_read_and_spares_its_neighbours() {
             fetch(&client, get(&server.url("/slow"))),
         )
         .await;
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
         during += 1;
     }
     assert!(during >= 2, "{during} streams beside the stall");
@@ -1151,10 +1042,7 @@ async fn a_stalled_http2_body_times_out_by_read_and_spares_its_neighbours() {
             fetch(&client, get(&server.url(&format!("/t{i}")))),
         )
         .await;
-        assert_eq!(
-            &r.unwrap_or_else(|e| panic!("{}", error_chain(e.as_ref())))[..],
-            b"ok"
-        );
+        answered(r);
     }
     assert_eq!(
         server.accepted(),
@@ -1342,27 +1230,10 @@ async fn no_idle_connections_still_share_one_http2_connection() {
 /// server.
 const PROXY_DELAY: Duration = Duration::from_millis(300);
 
-/// A TCP proxy on 127.0.0.1 to `port` that waits [`PROXY_DELAY`] before
-/// it connects each client; counts the connections it accepted.
+/// A TCP proxy to `port` that waits [`PROXY_DELAY`] before it connects
+/// each client; counts the connections it accepted.
 async fn slow_proxy(port: u16) -> (u16, Arc<AtomicUsize>, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                tokio::time::sleep(PROXY_DELAY).await;
-                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-            });
-        }
-    });
-    (proxy_port, accepted, task)
+    common::slow_proxy(port, PROXY_DELAY).await
 }
 
 /// A request admitted before a drain whose HTTP/2 connection is still

@@ -8,49 +8,36 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, Request, Response};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
-use tower::ServiceExt;
 use tower_conn_lifecycle::client::{self, Client};
 use tower_conn_lifecycle::phase_timeout::PhaseOverride;
 use tower_conn_lifecycle::retry::NotRetried;
 use tower_conn_lifecycle::{error_chain, find_cause, BoxError};
 
+use common::h2::{fetch, get, post, spawn_fetch, Seen};
 use common::pki::Ca;
 
 /// Any single step that must finish (an exchange, a batch).
 const STEP: Duration = Duration::from_secs(20);
 /// How long a server-side fact (an accept, a count) may take to show.
 const SLACK: Duration = Duration::from_secs(5);
-/// Polling interval of [`eventually`].
-const POLL: Duration = Duration::from_millis(5);
 
 async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    timeout(STEP, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {STEP:?}"))
+    common::bounded(STEP, what, f).await
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + SLACK;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    common::eventually(SLACK, what, cond).await
 }
 
 // ---------------------------------------------------------------------------
@@ -73,18 +60,6 @@ enum Ctl {
     Graceful,
 }
 
-#[derive(Default)]
-struct Seen {
-    /// TCP connections accepted.
-    accepted: AtomicUsize,
-    /// TLS handshakes completed.
-    handshakes: AtomicUsize,
-    closed: AtomicUsize,
-    /// (connection, method, path, body), at arrival (body read).
-    requests: Mutex<Vec<(usize, String, String, Bytes)>>,
-    holding: AtomicUsize,
-}
-
 struct Server {
     ca: Ca,
     port: u16,
@@ -97,6 +72,15 @@ struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// What the server saw: `server.accepted()`, `server.requests()`, ….
+impl std::ops::Deref for Server {
+    type Target = Seen;
+
+    fn deref(&self) -> &Seen {
+        &self.seen
     }
 }
 
@@ -167,32 +151,6 @@ impl Server {
         self.builder().build::<Full<Bytes>>()
     }
 
-    fn accepted(&self) -> usize {
-        self.seen.accepted.load(Ordering::SeqCst)
-    }
-
-    fn handshakes(&self) -> usize {
-        self.seen.handshakes.load(Ordering::SeqCst)
-    }
-
-    fn holding(&self) -> usize {
-        self.seen.holding.load(Ordering::SeqCst)
-    }
-
-    fn requests(&self) -> Vec<(usize, String, String, Bytes)> {
-        self.seen.requests.lock().unwrap().clone()
-    }
-
-    fn post_counts(&self) -> HashMap<Bytes, usize> {
-        let mut counts = HashMap::new();
-        for (_, method, _, body) in self.requests() {
-            if method == "POST" {
-                *counts.entry(body).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-
     fn send(&self, conn: usize, cmd: Ctl) {
         let _ = self.ctl.lock().unwrap()[conn].send(cmd);
     }
@@ -254,30 +212,8 @@ async fn handle(
     release: Arc<Semaphore>,
     close: bool,
 ) -> Response<Full<Bytes>> {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Response::new(Full::new(Bytes::new())),
-    };
-    seen.requests
-        .lock()
-        .unwrap()
-        .push((conn, method, path.clone(), body));
-    match path.as_str() {
-        "/hold" => {
-            seen.holding.fetch_add(1, Ordering::SeqCst);
-            let permit = release.acquire().await;
-            seen.holding.fetch_sub(1, Ordering::SeqCst);
-            if let Ok(p) = permit {
-                p.forget();
-            }
-        }
-        "/hold-first" if conn == 0 => {
-            seen.holding.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-        }
-        _ => {}
+    if seen.arrive(conn, req, &release).await.is_none() {
+        return Response::new(Full::new(Bytes::new()));
     }
     let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
     if close {
@@ -285,30 +221,6 @@ async fn handle(
             .insert(http::header::CONNECTION, "close".parse().unwrap());
     }
     res
-}
-
-fn get(url: &str) -> Request<Full<Bytes>> {
-    Request::get(url).body(Full::default()).unwrap()
-}
-
-fn post(url: &str, body: String) -> Request<Full<Bytes>> {
-    Request::post(url)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
-}
-
-async fn fetch(client: &Client<Full<Bytes>>, req: Request<Full<Bytes>>) -> Result<Bytes, BoxError> {
-    let res = client.clone().oneshot(req).await?;
-    assert_eq!(res.status(), StatusCode::OK);
-    Ok(res.into_body().collect().await?.to_bytes())
-}
-
-fn spawn_fetch(
-    client: &Client<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> JoinHandle<Result<Bytes, BoxError>> {
-    let client = client.clone();
-    tokio::spawn(async move { fetch(&client, req).await })
 }
 
 async fn all_ok(what: &str, tasks: Vec<JoinHandle<Result<Bytes, BoxError>>>) {
@@ -324,27 +236,10 @@ async fn all_ok(what: &str, tasks: Vec<JoinHandle<Result<Bytes, BoxError>>>) {
 /// How long the slow proxy below waits before it connects a client.
 const PROXY_DELAY: Duration = Duration::from_millis(400);
 
-/// A TCP proxy on 127.0.0.1 to `port` that waits [`PROXY_DELAY`] before
-/// it connects each client; counts the connections it accepted.
+/// A TCP proxy to `port` that waits [`PROXY_DELAY`] before it connects
+/// each client; counts the connections it accepted.
 async fn slow_proxy(port: u16) -> (u16, Arc<AtomicUsize>, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                tokio::time::sleep(PROXY_DELAY).await;
-                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-            });
-        }
-    });
-    (proxy_port, accepted, task)
+    common::slow_proxy(port, PROXY_DELAY).await
 }
 
 // ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //! this module.
 #![allow(dead_code)]
 
+pub mod h2;
 pub mod pki;
 pub mod tls;
 
@@ -170,4 +171,36 @@ pub async fn post_again_after_expiry(
     // pool (claimed by nothing): its checkout is refused before any byte.
     sleep(Duration::from_millis(150)).await;
     client.oneshot(post()).await.unwrap()
+}
+
+/// A TCP proxy on 127.0.0.1 to `port` (on 127.0.0.1) that waits `delay`
+/// before it connects each client (a slow connection set-up); counts the
+/// connections it accepted.
+pub async fn slow_proxy(
+    port: u16,
+    delay: Duration,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                sleep(delay).await;
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (proxy_port, accepted, task)
 }
