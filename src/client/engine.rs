@@ -743,39 +743,32 @@ where
         // it, or with `checkout`, for `http://`, an idle connection checked
         // out of it under the lock (the pool handle is cloned only when the
         // request has to wait for a connection).
-        let lookup =
-            move |req: &Request<B>, checkout: bool| -> Result<Found<_, _, _, _>, BoxError> {
-                let uri = req.uri();
-                let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-                    return Err(Box::new(NotAbsolute(uri.clone())));
-                };
-                let other;
-                let (slot, name) = match scheme.as_str() {
-                    "http" => (0, authority.as_str()),
-                    "https" => (1, authority.as_str()),
-                    scheme => {
-                        other = format!("{scheme}://{authority}");
-                        (2, other.as_str())
-                    }
-                };
-                // Under the lock from here on (the guard goes with the closure's
-                // return).
-                let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
-                // After a new connection, the cold path: drop dead and
-                // surplus idle connections (this origin's, or every
-                // origin's when there are too many, evicting those left
-                // with none).
-                let opened = stats.opened();
-                let count = origins.iter().map(HashMap::len).sum::<usize>();
-                // Also before a new origin goes in past the bound: origins
-                // whose connections all failed open none, and would
-                // otherwise stay until some connection opens.
-                let over = count >= MAX_ORIGINS && !origins[slot].contains_key(name);
-                // (A load first: under the lock, and the common case
-                // needs no read-modify-write.)
-                if swept.load(Ordering::Relaxed) != opened || over {
-                    swept.store(opened, Ordering::Relaxed);
-                    let all = count > MAX_ORIGINS || over;
+        let lookup = move |req: &Request<B>,
+                           checkout: bool|
+              -> Result<Found<_, _, _, _>, BoxError> {
+            let uri = req.uri();
+            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+                return Err(Box::new(NotAbsolute(uri.clone())));
+            };
+            let other;
+            let (slot, name) = match scheme.as_str() {
+                "http" => (0, authority.as_str()),
+                "https" => (1, authority.as_str()),
+                scheme => {
+                    other = format!("{scheme}://{authority}");
+                    (2, other.as_str())
+                }
+            };
+            // Under the lock from here on (the guard goes with the closure's
+            // return).
+            let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
+            // Drops dead and surplus idle connections (this origin's, or
+            // every origin's with `all`, evicting those left with none).
+            // A macro, like `found!` below: expanded where the pools'
+            // types are known.
+            macro_rules! sweep {
+                ($all:expr) => {
+                    let all = $all;
                     for (i, map) in origins.iter_mut().enumerate() {
                         map.retain(|k, origin| {
                             let this = i == slot && **k == *name;
@@ -801,61 +794,77 @@ where
                                     tls.http1_mut().is_empty() && shared_empty
                                 }
                             };
-                            // Evicted only when there are too many origins:
-                            // an origin's pool looks empty while all of
-                            // its connections are checked out.
+                            // Evicted only when there are too many
+                            // origins: an origin's pool looks empty while
+                            // all of its connections are checked out.
                             this || !empty
                         });
                     }
-                }
-                // A macro, not a closure: expanded where the pool's type is
-                // known.
-                macro_rules! found {
-                    ($origin:expr) => {
-                        match $origin {
-                            Origin::Plain(pool) if checkout => {
-                                let mut checkout = pool.call(());
-                                let polled = Pin::new(&mut checkout)
-                                    .poll(&mut Context::from_waker(Waker::noop()));
-                                match polled {
-                                    Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
-                                        Ok(Found::Idle(conn))
-                                    }
-                                    // The checkout loop, from a resting connection
-                                    // already taken or the checkout under way.
-                                    Poll::Ready(Ok(conn)) => {
-                                        Ok(Found::Wait(pool.clone(), Some(conn), None))
-                                    }
-                                    Poll::Ready(Err(e)) => Err(e),
-                                    Poll::Pending => {
-                                        Ok(Found::Wait(pool.clone(), None, Some(checkout)))
-                                    }
+                };
+            }
+            let origin_count =
+                |origins: &[HashMap<_, _>; 3]| -> usize { origins.iter().map(HashMap::len).sum() };
+            // After a new connection, the cold path. (A load first:
+            // under the lock, and the common case needs no
+            // read-modify-write.)
+            let opened = stats.opened();
+            if swept.load(Ordering::Relaxed) != opened {
+                swept.store(opened, Ordering::Relaxed);
+                sweep!(origin_count(&origins) > MAX_ORIGINS);
+            }
+            // A macro, not a closure: expanded where the pool's type is
+            // known.
+            macro_rules! found {
+                ($origin:expr) => {
+                    match $origin {
+                        Origin::Plain(pool) if checkout => {
+                            let mut checkout = pool.call(());
+                            let polled = Pin::new(&mut checkout)
+                                .poll(&mut Context::from_waker(Waker::noop()));
+                            match polled {
+                                Poll::Ready(Ok(conn)) if !conn.inner().is_resting() => {
+                                    Ok(Found::Idle(conn))
+                                }
+                                // The checkout loop, from a resting connection
+                                // already taken or the checkout under way.
+                                Poll::Ready(Ok(conn)) => {
+                                    Ok(Found::Wait(pool.clone(), Some(conn), None))
+                                }
+                                Poll::Ready(Err(e)) => Err(e),
+                                Poll::Pending => {
+                                    Ok(Found::Wait(pool.clone(), None, Some(checkout)))
                                 }
                             }
-                            origin => Ok(Found::Origin(origin.clone())),
                         }
-                    };
-                }
-                let map = &mut origins[slot];
-                if let Some(origin) = map.get_mut(name) {
-                    return found!(origin);
-                }
-                // Scheme and authority: what the connector needs.
-                let target = Uri::builder()
-                    .scheme(scheme.clone())
-                    .authority(authority.clone())
-                    .path_and_query("/")
-                    .build();
-                let target = target?;
-                let mut origin = if slot == 1 {
-                    Origin::Tls(tls(target))
-                } else {
-                    Origin::Plain(plain(target))
+                        origin => Ok(Found::Origin(origin.clone())),
+                    }
                 };
-                let result = found!(&mut origin);
-                map.insert(Box::from(name), origin);
-                result
+            }
+            if let Some(origin) = origins[slot].get_mut(name) {
+                return found!(origin);
+            }
+            // Also before a new origin goes in past the bound: origins
+            // whose connections all failed open none, and would
+            // otherwise stay until some connection opens.
+            if origin_count(&origins) >= MAX_ORIGINS {
+                sweep!(true);
+            }
+            // Scheme and authority: what the connector needs.
+            let target = Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build();
+            let target = target?;
+            let mut origin = if slot == 1 {
+                Origin::Tls(tls(target))
+            } else {
+                Origin::Plain(plain(target))
             };
+            let result = found!(&mut origin);
+            origins[slot].insert(Box::from(name), origin);
+            result
+        };
         let lookup = Arc::new(lookup);
         // The checkout loop (see `send_on`) from the start: for `https://`,
         // and for a request whose idle connection refused it.

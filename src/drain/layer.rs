@@ -137,11 +137,10 @@ pub mod future {
                     }))
                 }
                 Poll::Pending => {
-                    if this.guard.as_ref().is_some_and(InFlight::is_cut) {
+                    if InFlight::take_cut(this.guard) {
                         // Cut at the deadline while hyper still holds it
                         // (no tracker to close its connection): it ends
                         // here; dropping it abandons the exchange.
-                        this.guard.take();
                         return Poll::Ready(Err(Box::new(DrainCut::new(None))));
                     }
                     Poll::Pending
@@ -198,11 +197,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
-        if this.guard.as_ref().is_some_and(InFlight::is_cut) {
-            // Cut at the deadline: it ends here, whatever the inner body
-            // still has (frames already received included), as the report
-            // counts it.
-            this.guard.take();
+        // Cut at the deadline: it ends here (the guard released), whatever
+        // the inner body still has (frames already received included), as
+        // the report counts it; or while waiting, below (no tracker to
+        // close its connection).
+        if InFlight::take_cut(this.guard) {
             return Poll::Ready(Some(Err(Box::new(DrainCut::new(None)))));
         }
         match this.inner.as_mut().poll_frame(cx) {
@@ -223,14 +222,10 @@ where
                 this.guard.take();
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                // Cut while waiting (no tracker to close its connection).
-                if this.guard.as_ref().is_some_and(InFlight::is_cut) {
-                    this.guard.take();
-                    return Poll::Ready(Some(Err(Box::new(DrainCut::new(None)))));
-                }
-                Poll::Pending
+            Poll::Pending if InFlight::take_cut(this.guard) => {
+                Poll::Ready(Some(Err(Box::new(DrainCut::new(None)))))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -142,6 +142,11 @@ impl InFlight {
             .is_some_and(|c| c.state.load(Ordering::Relaxed) == CUT)
     }
 
+    /// Takes `guard` if the drain cut its request: the request ends there.
+    pub(crate) fn take_cut(guard: &mut Option<InFlight>) -> bool {
+        guard.take_if(|g| g.is_cut()).is_some()
+    }
+
     /// `err`, as a [`DrainCut`] if the drain cut this request.
     pub(crate) fn judge(&self, err: crate::BoxError) -> crate::BoxError {
         if self.is_cut() {

@@ -43,15 +43,6 @@ use crate::BoxError;
 /// found dead by the time it looks) before it gives up.
 const ROUNDS: usize = 4;
 
-/// What the origin's latest new connection negotiated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Protocol {
-    /// No connection yet.
-    Unknown,
-    Http1,
-    Http2,
-}
-
 /// What the origin's pool and its connections share.
 pub(crate) struct Shared<B> {
     state: Mutex<State<B>>,
@@ -64,7 +55,9 @@ pub(crate) struct Shared<B> {
 struct State<B> {
     /// The shared HTTP/2 connection (the pool's handle).
     http2: Option<H2Conn<B>>,
-    protocol: Protocol,
+    /// The origin's latest new connection spoke HTTP/1 (none yet, or
+    /// `h2`: one new connection at a time).
+    http1: bool,
     /// A gated connection attempt is under way.
     connecting: bool,
     /// Gated attempts ended so far.
@@ -78,7 +71,7 @@ impl<B> Shared<B> {
         Arc::new(Shared {
             state: Mutex::new(State {
                 http2: None,
-                protocol: Protocol::Unknown,
+                http1: false,
                 connecting: false,
                 round: 0,
                 failed: None,
@@ -232,7 +225,7 @@ where
         Box::pin(async move {
             let conn = making.await?;
             if !matches!(conn.get_ref(), Sender::Http2(_)) {
-                shared.lock().protocol = Protocol::Http1;
+                shared.lock().http1 = true;
                 return Ok(conn);
             }
             let conn = conn.try_map_inner(|sender| match sender {
@@ -245,7 +238,7 @@ where
             let conn = H2Conn::new(conn, stall, Arc::downgrade(&shared));
             let replaced = {
                 let mut state = shared.lock();
-                state.protocol = Protocol::Http2;
+                state.http1 = false;
                 state.http2.replace(conn)
             };
             drop(replaced);
@@ -332,7 +325,7 @@ where
                     return Err(Box::new(err.clone()));
                 }
             }
-            if state.protocol == Protocol::Http1 {
+            if state.http1 {
                 Next::Http1
             } else if state.connecting {
                 // Registered under the lock: the attempt's end cannot slip
