@@ -53,6 +53,11 @@ enum Kind {
     Alternate,
     /// Accepts TCP, never answers the TLS handshake.
     NoTls,
+    /// ALPN `h2`, then closes the connection once TLS is up.
+    H2Dies,
+    /// ALPN `h2`, hyper's HTTP/2 server shutting down gracefully at once
+    /// (its `SETTINGS`, then `GOAWAY` with no stream processed).
+    H2GoesAway,
 }
 
 enum Ctl {
@@ -111,7 +116,7 @@ impl Server {
                     continue;
                 }
                 let speaks_h2 = match kind {
-                    Kind::H2 => true,
+                    Kind::H2 | Kind::H2Dies | Kind::H2GoesAway => true,
                     Kind::Alternate => id % 2 == 0,
                     _ => false,
                 };
@@ -122,6 +127,8 @@ impl Server {
                     acceptor,
                     speaks_h2,
                     kind == Kind::Http1Close,
+                    kind == Kind::H2Dies,
+                    kind == Kind::H2GoesAway,
                     max_streams,
                     s.clone(),
                     r.clone(),
@@ -163,6 +170,8 @@ async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     speaks_h2: bool,
     close: bool,
+    dies: bool,
+    goes_away: bool,
     max_streams: Option<u32>,
     seen: Arc<Seen>,
     release: Arc<Semaphore>,
@@ -173,6 +182,11 @@ async fn serve(
         return;
     };
     seen.handshakes.fetch_add(1, Ordering::SeqCst);
+    if dies {
+        drop(tls);
+        seen.closed.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
     let svc_seen = seen.clone();
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (seen, release) = (svc_seen.clone(), release.clone());
@@ -185,6 +199,9 @@ async fn serve(
         }
         let conn = builder.serve_connection(TokioIo::new(tls), svc);
         tokio::pin!(conn);
+        if goes_away {
+            conn.as_mut().graceful_shutdown();
+        }
         let mut ctl_open = true;
         loop {
             tokio::select! {
@@ -651,4 +668,56 @@ async fn a_cold_burst_against_a_one_stream_server() {
         .collect();
     all_ok("a request of the cold burst", tasks).await;
     assert_eq!(server.accepted(), 1);
+}
+
+/// A server whose every new HTTP/2 connection dies as it is made (TLS and
+/// ALPN `h2`, then closed): a burst of twenty requests fails, typed, within
+/// a few connections for all of them (the checkouts waiting at the gate
+/// count the rounds they saw too), and never hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_http2_connections_that_die_as_made_cost_a_burst_a_few_connections() {
+    for kind in [Kind::H2Dies, Kind::H2GoesAway] {
+        dying_connections(kind).await;
+    }
+}
+
+async fn dying_connections(kind: Kind) {
+    let server = Server::start(kind, None).await;
+    let client = server.client();
+    for wave in 0..2 {
+        let before = server.accepted();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| spawn_fetch(&client, get(&server.url(&format!("/w{wave}/{i}")))))
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match bounded("a request to a server killing its connections", t)
+                .await
+                .unwrap()
+            {
+                Ok(body) => {
+                    assert_eq!(&body[..], b"ok");
+                    ok += 1;
+                }
+                // Typed: the retry layer's verdict on a retry-safe GET.
+                Err(err) => assert!(
+                    find_cause::<NotRetried>(err.as_ref()).is_some(),
+                    "{kind:?}: {}",
+                    error_chain(err.as_ref())
+                ),
+            }
+        }
+        let made = server.accepted() - before;
+        println!("{kind:?} wave {wave}: {made} connections for 20 requests, {ok} ok");
+        assert!(
+            (1..=12).contains(&made),
+            "{kind:?} wave {wave}: {made} connections for 20 requests"
+        );
+        if kind == Kind::H2Dies {
+            assert_eq!(ok, 0);
+        }
+    }
+    if kind == Kind::H2Dies {
+        assert!(server.requests().is_empty());
+    }
 }
