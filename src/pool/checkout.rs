@@ -182,12 +182,8 @@ where
                             Ok(response.map(|body| Body::new(body, conn)))
                         }
                         (Err(e), conn) => {
-                            // The connection failed under this request: a
-                            // failed `poll_ready` has the pool drop it (as a
-                            // refusal does), instead of taking it back for
-                            // the next request (a retry's) to find refusing.
-                            if let Some(mut conn) = conn {
-                                let _ = conn.poll_ready(cx);
+                            if let Some(conn) = conn {
+                                discard(conn, cx);
                             }
                             Err(e.into())
                         }
@@ -204,5 +200,26 @@ where
             };
             this.state.set(next);
         }
+    }
+}
+
+/// Keeps a connection that failed under a request out of the pool: a
+/// failed `poll_ready` has the pool drop it (as a refusal does), instead of
+/// taking it back for the next request (a retry's) to find refusing.
+/// hyper answers the failed request before its connection's task has shut
+/// the connection down, so `poll_ready` may still be pending here: then a
+/// task waits for it (the connection stays out of the pool meanwhile) and
+/// drops it once it refuses, or gives it back if it turns out ready.
+fn discard<S, B>(mut conn: S, cx: &mut Context<'_>)
+where
+    S: Service<Request<B>> + Send + 'static,
+{
+    if conn.poll_ready(cx).is_ready() {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(std::future::poll_fn(move |cx| {
+            conn.poll_ready(cx).map(|_| ())
+        }));
     }
 }
