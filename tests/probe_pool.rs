@@ -725,3 +725,242 @@ async fn partial_trickled_and_stalled_heads() {
         );
     }
 }
+
+/// Careless requests: a relative URI, no host, `https://` and `ftp://` on
+/// a plain connector, a port nobody listens on; and a pool whose make
+/// service always fails, with `attempts` enormous. Each ends at once with
+/// an error (no panic, no loop: the make service is called once per
+/// request), and nothing reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn careless_requests_and_a_failing_pool_end_at_once() {
+    let server = raw::start().await;
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let track = TrackConnectionsLayer::new();
+    for attempts in [0, usize::MAX] {
+        let client = pooled(attempts, no_expiry(), &track);
+        for uri in [
+            "/ok".to_string(),
+            format!("https://127.0.0.1:{port}/ok"),
+            format!("ftp://127.0.0.1:{port}/ok"),
+            format!("http://127.0.0.1:{closed}/ok"),
+        ] {
+            let res = bounded(SLACK, &uri, client.clone().oneshot(get(&uri))).await;
+            let err = res.err().unwrap_or_else(|| panic!("{uri}: a response"));
+            assert!(!err.to_string().is_empty(), "{uri}");
+        }
+    }
+    assert!(server.facts.requests().is_empty());
+    assert_eq!(track.stats().opened(), 0);
+
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let failing = tower::service_fn(move |_: http::Uri| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Err::<
+            tower::util::BoxService<
+                http::Request<RequestBody>,
+                http::Response<Full<Bytes>>,
+                BoxError,
+            >,
+            _,
+        >(BoxError::from("make service down")))
+    });
+    let client = pool::checkout(
+        cache::builder()
+            .executor(TokioExecutor::new())
+            .build(failing),
+        usize::MAX,
+    );
+    for i in 1..=3 {
+        let err = bounded(
+            SLACK,
+            "a failing pool",
+            client.clone().oneshot(get(&server.url("/ok"))),
+        )
+        .await
+        .expect_err("no connection");
+        assert_eq!(err.to_string(), "make service down");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), i);
+    }
+}
+
+/// `IdleExpiryLayer` with `Duration::ZERO`: no connection is reused, every
+/// request succeeds on a new one (the expired one is refused before any
+/// byte). With `Duration::MAX`: one connection serves all, no overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_max_expiry() {
+    for (expiry, conns) in [(Duration::ZERO, 6), (Duration::MAX, 1)] {
+        for learn in [false, true] {
+            let server = raw::start().await;
+            let track = TrackConnectionsLayer::new();
+            let client = pooled(8, IdleExpiryLayer::new(expiry).learn(learn), &track);
+            for i in 0..6 {
+                let req = if i % 2 == 0 {
+                    get(&server.url("/ok"))
+                } else {
+                    post(&server.url("/ok"), b"p")
+                };
+                let res = bounded(STEP_LIMIT, "a request", client.clone().oneshot(req))
+                    .await
+                    .unwrap_or_else(|e| panic!("{expiry:?} #{i}: {e:?}"));
+                assert_eq!(text(res).await.1, "ok");
+            }
+            assert_eq!(server.facts.accepted(), conns, "{expiry:?} learn {learn}");
+            assert_eq!(server.facts.requests().len(), 6, "{expiry:?}");
+            assert_eq!(server.facts.count("POST", "/ok"), 3, "{expiry:?}");
+        }
+    }
+}
+
+/// `pool::Body`: `is_end_stream` and `size_hint` for HEAD, 204, 304 (with
+/// a length) and a 100-byte body; the connection goes back to the pool as
+/// the body ends (the last data frame), not before: while a body is
+/// unfinished the next request gets another connection, and after it the
+/// next one reuses it with a correct response (no leftover bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_hints_and_the_connections_return() {
+    use http_body::Body as _;
+    let server = raw::start().await;
+    let track = TrackConnectionsLayer::new();
+    let client = pooled(8, no_expiry(), &track);
+    for (method, path) in [("HEAD", "/len"), ("GET", "/204"), ("GET", "/304")] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(server.url(path))
+            .body(RequestBody::default())
+            .unwrap();
+        let res = bounded(STEP_LIMIT, path, client.clone().oneshot(req))
+            .await
+            .unwrap();
+        let body = res.into_body();
+        assert!(body.is_end_stream(), "{method} {path}");
+        assert_eq!(body.size_hint().exact(), Some(0), "{method} {path}");
+        drop(body);
+    }
+    // All on one connection, in turn.
+    assert_eq!(server.facts.accepted(), 1);
+    let res = bounded(
+        STEP_LIMIT,
+        "/len",
+        client.clone().oneshot(get(&server.url("/len"))),
+    )
+    .await
+    .unwrap();
+    let mut body = res.into_body();
+    assert!(!body.is_end_stream());
+    assert_eq!(body.size_hint().exact(), Some(100));
+    // Unfinished: the next request gets another connection.
+    let res = bounded(
+        STEP_LIMIT,
+        "beside",
+        client.clone().oneshot(get(&server.url("/ok"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(res).await.1, "ok");
+    assert_eq!(server.facts.accepted(), 2);
+    let mut got = 0;
+    while !body.is_end_stream() {
+        let frame = bounded(STEP_LIMIT, "a frame", body.frame())
+            .await
+            .expect("a frame before the end")
+            .unwrap();
+        got += frame.into_data().map(|d| d.len()).unwrap_or(0);
+    }
+    assert_eq!(got, 100);
+    // Ended at its last data frame (not polled again): the connection is
+    // back, and both pooled connections answer correctly.
+    for _ in 0..4 {
+        let res = bounded(
+            STEP_LIMIT,
+            "after",
+            client.clone().oneshot(get(&server.url("/len"))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(text(res).await.1.len(), 100);
+    }
+    drop(body);
+    assert_eq!(server.facts.accepted(), 2, "{:?}", server.facts.requests());
+}
+
+/// A chunked body dropped half-read: its connection is not reused (the
+/// next request arrives on a new connection and gets a correct answer) and
+/// the client closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_dropped_half_read() {
+    let server = raw::start().await;
+    let track = TrackConnectionsLayer::new();
+    let client = pooled(8, no_expiry(), &track);
+    for round in 0..3 {
+        let res = bounded(
+            STEP_LIMIT,
+            "/chunked",
+            client.clone().oneshot(get(&server.url("/chunked"))),
+        )
+        .await
+        .unwrap();
+        let mut body = res.into_body();
+        bounded(STEP_LIMIT, "a frame", body.frame())
+            .await
+            .unwrap()
+            .unwrap();
+        drop(body);
+        let res = bounded(
+            STEP_LIMIT,
+            "next",
+            client.clone().oneshot(get(&server.url("/ok"))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(text(res).await.1, "ok", "round {round}");
+    }
+    let seen = server.facts.requests();
+    for s in seen.iter().filter(|s| s.path == "/chunked") {
+        assert!(
+            !seen.iter().any(|o| o.conn == s.conn && o.nth > s.nth),
+            "a request after a half-read body on its connection: {seen:?}"
+        );
+    }
+    eventually(STEP_LIMIT, "the half-read connections closed", || {
+        server.facts.client_closed() >= 3
+    })
+    .await;
+}
+
+/// 32 concurrent requests (GETs and POSTs) on one pool against one origin:
+/// all succeed, each reaches the server once, at most 32 connections; a
+/// second wave reuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_at_once() {
+    let server = raw::start().await;
+    let track = TrackConnectionsLayer::new();
+    let client = pooled(8, no_expiry(), &track);
+    for wave in 0..2 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let req = if i % 2 == 0 {
+                get(&server.url("/slow"))
+            } else {
+                post(&server.url("/slow"), b"p")
+            };
+            set.spawn(client.clone().oneshot(req));
+        }
+        let mut ok = 0;
+        while let Some(done) = bounded(STEP_LIMIT, "a wave", set.join_next()).await {
+            let res = done.unwrap().unwrap();
+            assert_eq!(text(res).await.1, "ok");
+            ok += 1;
+        }
+        assert_eq!(ok, 32, "wave {wave}");
+    }
+    assert_eq!(server.facts.requests().len(), 64);
+    assert_eq!(server.facts.count("POST", "/slow"), 32);
+    let accepted = server.facts.accepted();
+    assert!((1..=32).contains(&accepted), "{accepted}");
+    assert_eq!(track.stats().opened() as usize, accepted);
+}
