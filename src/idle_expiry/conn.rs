@@ -47,8 +47,13 @@ use crate::BoxError;
 /// and warns). As everywhere, a connection the tracker knows is HTTP/2 gets
 /// no expiry.
 ///
-/// Errors are [`BoxError`]: the inner service's error, or
-/// [`ConnectionExpired`](crate::track::ConnectionExpired) from `poll_ready`.
+/// Errors are [`BoxError`]: the inner service's error, or from
+/// `poll_ready` (nothing of the next request written):
+/// [`ConnectionExpired`](crate::track::ConnectionExpired), or the inner
+/// service's refusal wrapped in an error that says so (its `source()`),
+/// which [`RetryOnStaleConnection`](crate::retry::RetryOnStaleConnection)
+/// takes as proof that the request was not written and resends even a
+/// `POST`.
 #[derive(Clone)]
 pub struct IdleExpiryConnection<S> {
     inner: S,
@@ -181,7 +186,10 @@ where
                 // fare the same, so a checkout stops here.
                 Box::new(ClosedBeforeFirstRequest(e)) as BoxError
             } else {
-                e
+                // A reused connection gone since its last exchange: this
+                // request was not written (typed, so that Retry resends
+                // even a `POST` when no checkout took another for it).
+                Box::new(crate::track::ConnectionClosed(e)) as BoxError
             }
         });
         if let Poll::Ready(Ok(())) = ready {

@@ -398,6 +398,7 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
             seen.draining = true;
         } else if e.is::<ConnectionExpired>()
             || e.is::<crate::track::ConnectionClosing>()
+            || e.is::<crate::track::ConnectionClosed>()
             || e.is::<crate::client::Http2Closed>()
         {
             seen.not_written = true;

@@ -70,3 +70,23 @@ impl fmt::Display for ConnectionClosing {
 }
 
 impl std::error::Error for ConnectionClosing {}
+
+/// A pooled connection that had served a request refused the next one
+/// before anything of it was written: it closed since its last exchange
+/// (the server closed it, or that exchange failed and hyper shut it down).
+/// Like [`ConnectionExpired`], it makes a request always safe to retry. Its
+/// source is the connection's own refusal (hyper's "connection closed").
+#[derive(Debug)]
+pub(crate) struct ConnectionClosed(pub(crate) crate::BoxError);
+
+impl fmt::Display for ConnectionClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("pooled connection closed since its last exchange; nothing was written")
+    }
+}
+
+impl std::error::Error for ConnectionClosed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
