@@ -18,6 +18,13 @@ pin_project! {
     /// end, the body gives the connection back to its pool, whose next
     /// checkout finds it refusing (the exchange was abandoned) and takes
     /// another.
+    ///
+    /// One case it does not cover: a response that ends while its own
+    /// request body is still being sent (a server that answers early and
+    /// keeps the connection alive while it reads on). The connection goes
+    /// back to its pool busy, and a checkout that takes it waits until that
+    /// upload ends or fails. The one-call [`client`](crate::client) takes
+    /// another connection instead.
     pub struct Body<B> {
         #[pin]
         inner: B,

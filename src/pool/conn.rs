@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tower_service::Service;
 
+use crate::BoxError;
+
 /// A tower `Service` over hyper's HTTP/1 client connection
 /// (`hyper::client::conn::http1::SendRequest`), which does not implement
 /// one itself: what a composable pool caches, and what
@@ -28,17 +30,27 @@ use tower_service::Service;
 /// forward proxy, which needs the absolute form: use hyper's `SendRequest`
 /// directly for that.)
 ///
+/// A connection [`connect`](super::connect) made knows its origin, and
+/// refuses a request with an absolute URI for another origin (scheme, host
+/// or port) with [`WrongOrigin`], nothing written: a pool such as
+/// hyper-util's `pool::cache` hands out whatever connection it holds, so
+/// one cache shared by several origins would otherwise send a request to
+/// the wrong server, with that server's `Host`.
+///
 /// hyper's `send_request` future cannot be named, so it is boxed.
 pub struct Http1Connection<B> {
     send: SendRequest<B>,
     /// The `Host` header of the origin the connection was made for.
     host: Option<HeaderValue>,
+    /// That origin (scheme and authority), when known.
+    origin: Option<Uri>,
 }
 
 impl<B> std::fmt::Debug for Http1Connection<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http1Connection")
             .field("host", &self.host)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }
@@ -47,7 +59,11 @@ impl<B> Http1Connection<B> {
     /// Wraps the sending half of a handshaken HTTP/1 connection; a request
     /// without a `Host` header gets one from its own URI.
     pub fn new(send: SendRequest<B>) -> Self {
-        Http1Connection { send, host: None }
+        Http1Connection {
+            send,
+            host: None,
+            origin: None,
+        }
     }
 
     /// Wraps a connection made for `origin`, whose `Host` header (built
@@ -56,6 +72,7 @@ impl<B> Http1Connection<B> {
         Http1Connection {
             send,
             host: host_header(origin),
+            origin: Some(origin.clone()),
         }
     }
 
@@ -84,16 +101,101 @@ where
     B: Body + Send + 'static,
 {
     type Response = Response<Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Http1Connection::poll_ready(self, cx)
+        Http1Connection::poll_ready(self, cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        Box::pin(self.send(req))
+        if let Some(origin) = &self.origin {
+            if req.uri().authority().is_some() && !same_origin(origin, req.uri()) {
+                let wrong = WrongOrigin {
+                    connection: origin.clone(),
+                    request: req.uri().clone(),
+                };
+                return Box::pin(std::future::ready(Err(wrong.into())));
+            }
+        }
+        let sent = self.send(req);
+        Box::pin(async move { sent.await.map_err(Into::into) })
     }
+}
+
+/// A request was handed to a pooled connection made for another origin
+/// (scheme, host or port): refused, nothing written. A pool of connections
+/// (hyper-util's `pool::cache`) serves one origin; key one pool per origin
+/// (hyper-util's `pool::map`), or use the one-call
+/// [`client`](crate::client), which does.
+#[derive(Debug)]
+pub struct WrongOrigin {
+    connection: Uri,
+    request: Uri,
+}
+
+impl WrongOrigin {
+    /// The origin the connection was made for.
+    pub fn connection(&self) -> &Uri {
+        &self.connection
+    }
+
+    /// The request's URI.
+    pub fn request(&self) -> &Uri {
+        &self.request
+    }
+}
+
+impl std::fmt::Display for WrongOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a request for {} was handed to a connection to {} (one pool per origin); nothing was written",
+            Origin(&self.request),
+            Origin(&self.connection)
+        )
+    }
+}
+
+impl std::error::Error for WrongOrigin {}
+
+/// `scheme://host[:port]` of a URI, for messages.
+struct Origin<'a>(&'a Uri);
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = self.0;
+        write!(f, "{}://", uri.scheme_str().unwrap_or("http"))?;
+        match uri.authority() {
+            // Without userinfo: it may hold a password.
+            Some(a) => match a.port_u16() {
+                Some(port) => write!(f, "{}:{port}", a.host()),
+                None => f.write_str(a.host()),
+            },
+            None => f.write_str("?"),
+        }
+    }
+}
+
+/// Whether two absolute URIs name the same origin: scheme (`http` when
+/// absent), host (ASCII case-insensitive) and port (the scheme's default
+/// when absent).
+fn same_origin(a: &Uri, b: &Uri) -> bool {
+    fn parts(uri: &Uri) -> (&str, &str, Option<u16>) {
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let default = match scheme {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        (
+            scheme,
+            uri.host().unwrap_or_default(),
+            uri.port_u16().or(default),
+        )
+    }
+    let (a, b) = (parts(a), parts(b));
+    a.0.eq_ignore_ascii_case(b.0) && a.1.eq_ignore_ascii_case(b.1) && a.2 == b.2
 }
 
 /// What an HTTP/1 server expects that hyper's connection API leaves to its
@@ -170,6 +272,39 @@ mod tests {
             Some("origin.test"),
         );
         assert_eq!(req.headers()[header::HOST], "origin.test");
+    }
+
+    #[test]
+    fn origins_compare_by_scheme_host_and_port() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert!(same_origin(
+            &uri("http://a.test"),
+            &uri("http://A.test:80/x")
+        ));
+        assert!(same_origin(
+            &uri("https://a.test:443"),
+            &uri("https://a.test/")
+        ));
+        assert!(same_origin(
+            &uri("http://u:p@a.test:8080"),
+            &uri("http://a.test:8080/")
+        ));
+        assert!(!same_origin(&uri("http://a.test"), &uri("https://a.test")));
+        assert!(!same_origin(
+            &uri("http://a.test:8080"),
+            &uri("http://a.test:8081")
+        ));
+        assert!(!same_origin(&uri("http://a.test"), &uri("http://b.test")));
+        let wrong = WrongOrigin {
+            connection: uri("http://user:secret@a.test:8080"),
+            request: uri("https://b.test/path"),
+        };
+        let text = wrong.to_string();
+        assert!(
+            text.contains("https://b.test") && text.contains("http://a.test:8080"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
     }
 
     #[test]

@@ -78,7 +78,11 @@
 //!
 //! Compared with the one-call [`client`](crate::client): HTTP/1 only (offer
 //! only `http/1.1` by ALPN on a TLS connector); one pool per origin is
-//! yours to keep (hyper-util's `pool::map` keys them); a connection idle
+//! yours to keep (hyper-util's `pool::map` keys them; a connection
+//! [`connect`] made refuses a request for another origin with
+//! [`WrongOrigin`], nothing written); a request that finds a connection
+//! still sending an earlier request's body (its response ended first)
+//! waits for it (see [`Body`]); a connection idle
 //! past its reuse is dropped when a checkout finds it, so a healing probe
 //! of the idle-timeout learner (see [`idle_expiry`](crate::idle_expiry))
 //! lasts only until the next request, where the one-call client sets it
@@ -95,7 +99,7 @@ use hyper::client::conn::http1;
 use tower_service::Service;
 
 pub use body::Body;
-pub use conn::Http1Connection;
+pub use conn::{Http1Connection, WrongOrigin};
 
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
 use crate::track::TrackedIo;
