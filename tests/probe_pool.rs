@@ -385,6 +385,19 @@ where
     (status, body)
 }
 
+/// Sends `req` on a clone of `client`, bounded by [`STEP_LIMIT`] (`what`
+/// names it if it hangs).
+async fn call<S>(
+    client: &S,
+    what: &str,
+    req: http::Request<RequestBody>,
+) -> Result<S::Response, S::Error>
+where
+    S: Service<http::Request<RequestBody>> + Clone,
+{
+    bounded(STEP_LIMIT, what, client.clone().oneshot(req)).await
+}
+
 /// `Connection: close` (with a length, and delimited by the close) and
 /// HTTP/1.0 answers (with a length and the connection left open, and
 /// delimited by the close): every GET and POST succeeds with the whole
@@ -403,7 +416,7 @@ async fn close_and_http10_answers_never_carry_a_second_request() {
             } else {
                 post(&url, b"once")
             };
-            let res = bounded(STEP_LIMIT, path, client.clone().oneshot(req))
+            let res = call(&client, path, req)
                 .await
                 .unwrap_or_else(|e| panic!("{path} #{i}: {e:?}"));
             assert_eq!(
@@ -430,21 +443,12 @@ async fn a_request_for_another_origin_is_never_sent_to_a_pooled_connection() {
     let b = raw::start().await;
     let track = TrackConnectionsLayer::new();
     let client = pooled(8, no_expiry(), &track);
-    let res = bounded(
-        STEP_LIMIT,
-        "a GET to A",
-        client.clone().oneshot(get(&a.url("/ok"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "a GET to A", get(&a.url("/ok")))
+        .await
+        .unwrap();
     assert_eq!(text(res).await.1, "ok");
     // A's connection is idle in the pool now; B's request:
-    let res = bounded(
-        STEP_LIMIT,
-        "a POST to B",
-        client.clone().oneshot(post(&b.url("/ok"), b"for-b")),
-    )
-    .await;
+    let res = call(&client, "a POST to B", post(&b.url("/ok"), b"for-b")).await;
     let a_seen = a.facts.requests();
     assert_eq!(a_seen.len(), 1, "B's POST reached A: {a_seen:?}");
     // Refused, typed, nothing written anywhere.
@@ -542,7 +546,7 @@ async fn a_reset_on_reuse_never_duplicates_a_post() {
     let client = stacked(&track, no_expiry());
     let url = server.url("/reset-reused");
     for i in 0..3 {
-        let res = bounded(STEP_LIMIT, "a GET", client.clone().oneshot(get(&url)))
+        let res = call(&client, "a GET", get(&url))
             .await
             .unwrap_or_else(|e| panic!("GET #{i}: {e:?}: {:?}", server.facts.requests()));
         assert_eq!(text(res).await.1, "ok");
@@ -552,14 +556,10 @@ async fn a_reset_on_reuse_never_duplicates_a_post() {
     let gets = server.facts.count("GET", "/reset-reused");
     assert_eq!(gets, 5, "{:?}", server.facts.requests());
     let before = server.facts.count("POST", "/reset-reused");
-    let err = bounded(
-        STEP_LIMIT,
-        "a POST",
-        client.clone().oneshot(post(&url, b"once")),
-    )
-    .await
-    .err()
-    .expect("a POST on a reused connection that is reset");
+    let err = call(&client, "a POST", post(&url, b"once"))
+        .await
+        .err()
+        .expect("a POST on a reused connection that is reset");
     assert!(find_cause::<NotRetried>(err.as_ref()).is_some(), "{err:?}");
     assert_eq!(server.facts.count("POST", "/reset-reused") - before, 1);
     // With an idempotency key it is sent again, on a new connection.
@@ -567,9 +567,7 @@ async fn a_reset_on_reuse_never_duplicates_a_post() {
         .header("idempotency-key", "k1")
         .body(RequestBody::from("keyed".to_string()))
         .unwrap();
-    let res = bounded(STEP_LIMIT, "a keyed POST", client.clone().oneshot(keyed))
-        .await
-        .unwrap();
+    let res = call(&client, "a keyed POST", keyed).await.unwrap();
     assert_eq!(text(res).await.1, "ok");
     let seen = server.facts.requests();
     // Never a request on a connection after it was reset (nth <= 1).
@@ -594,9 +592,7 @@ async fn informational_responses_before_the_final_one() {
         } else {
             post(&url, b"data")
         };
-        let res = bounded(STEP_LIMIT, "/info", client.clone().oneshot(req))
-            .await
-            .unwrap();
+        let res = call(&client, "/info", req).await.unwrap();
         assert_eq!(text(res).await, (StatusCode::OK, Bytes::from("ok")));
     }
     assert_eq!(server.facts.accepted(), 1);
@@ -614,10 +610,10 @@ async fn an_early_413_mid_upload() {
     let server = raw::start().await;
     let track = TrackConnectionsLayer::new();
     let client = stacked(&track, no_expiry());
-    let res = bounded(
-        STEP_LIMIT,
+    let res = call(
+        &client,
         "the big POST",
-        client.clone().oneshot(post(&server.url("/early413"), &BIG)),
+        post(&server.url("/early413"), &BIG),
     )
     .await;
     match res {
@@ -625,13 +621,9 @@ async fn an_early_413_mid_upload() {
         Err(e) => assert!(find_cause::<NotRetried>(e.as_ref()).is_some(), "{e:?}"),
     }
     assert_eq!(server.facts.count("POST", "/early413"), 1);
-    let res = bounded(
-        STEP_LIMIT,
-        "the next GET",
-        client.clone().oneshot(get(&server.url("/ok"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "the next GET", get(&server.url("/ok")))
+        .await
+        .unwrap();
     assert_eq!(text(res).await.1, "ok");
     let seen = server.facts.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -669,13 +661,9 @@ async fn a_response_future_dropped_mid_upload_stops_the_upload() {
     .await;
     let after = server.facts.body_bytes();
     assert!(after < 1 << 30, "{after}");
-    let res = bounded(
-        STEP_LIMIT,
-        "the next GET",
-        client.clone().oneshot(get(&server.url("/ok"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "the next GET", get(&server.url("/ok")))
+        .await
+        .unwrap();
     assert_eq!(text(res).await.1, "ok");
     let seen = server.facts.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -692,52 +680,28 @@ async fn partial_trickled_and_stalled_heads() {
     let track = TrackConnectionsLayer::new();
     let client = stacked(&track, no_expiry());
     // A first exchange, so the partial head lands on a reused connection.
-    let res = bounded(
-        STEP_LIMIT,
-        "ok",
-        client.clone().oneshot(get(&server.url("/ok"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "ok", get(&server.url("/ok"))).await.unwrap();
     assert_eq!(text(res).await.1, "ok");
-    let err = bounded(
-        STEP_LIMIT,
-        "partial",
-        client.clone().oneshot(post(&server.url("/partial"), b"p")),
-    )
-    .await
-    .err()
-    .expect("half a head");
+    let err = call(&client, "partial", post(&server.url("/partial"), b"p"))
+        .await
+        .err()
+        .expect("half a head");
     assert!(find_cause::<NotRetried>(err.as_ref()).is_some(), "{err:?}");
     assert_eq!(server.facts.count("POST", "/partial"), 1);
-    let res = bounded(
-        STEP_LIMIT,
-        "trickle",
-        client.clone().oneshot(get(&server.url("/trickle"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "trickle", get(&server.url("/trickle")))
+        .await
+        .unwrap();
     assert_eq!(text(res).await.1, "ok");
-    let err = bounded(
-        STEP_LIMIT,
-        "stall",
-        client.clone().oneshot(post(&server.url("/stall"), b"s")),
-    )
-    .await
-    .err()
-    .expect("never answered");
+    let err = call(&client, "stall", post(&server.url("/stall"), b"s"))
+        .await
+        .err()
+        .expect("never answered");
     assert!(
         find_cause::<tower_conn_lifecycle::phase_timeout::Elapsed>(err.as_ref()).is_some(),
         "{err:?}"
     );
     assert_eq!(server.facts.count("POST", "/stall"), 1);
-    let res = bounded(
-        STEP_LIMIT,
-        "ok",
-        client.clone().oneshot(get(&server.url("/ok"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "ok", get(&server.url("/ok"))).await.unwrap();
     assert_eq!(text(res).await.1, "ok");
     let seen = server.facts.requests();
     // Neither the reset nor the stalled connection carried another request.
@@ -829,7 +793,7 @@ async fn zero_and_max_expiry() {
                 } else {
                     post(&server.url("/ok"), b"p")
                 };
-                let res = bounded(STEP_LIMIT, "a request", client.clone().oneshot(req))
+                let res = call(&client, "a request", req)
                     .await
                     .unwrap_or_else(|e| panic!("{expiry:?} #{i}: {e:?}"));
                 assert_eq!(text(res).await.1, "ok");
@@ -858,9 +822,7 @@ async fn body_hints_and_the_connections_return() {
             .uri(server.url(path))
             .body(RequestBody::default())
             .unwrap();
-        let res = bounded(STEP_LIMIT, path, client.clone().oneshot(req))
-            .await
-            .unwrap();
+        let res = call(&client, path, req).await.unwrap();
         let body = res.into_body();
         assert!(body.is_end_stream(), "{method} {path}");
         assert_eq!(body.size_hint().exact(), Some(0), "{method} {path}");
@@ -868,24 +830,16 @@ async fn body_hints_and_the_connections_return() {
     }
     // All on one connection, in turn.
     assert_eq!(server.facts.accepted(), 1);
-    let res = bounded(
-        STEP_LIMIT,
-        "/len",
-        client.clone().oneshot(get(&server.url("/len"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "/len", get(&server.url("/len")))
+        .await
+        .unwrap();
     let mut body = res.into_body();
     assert!(!body.is_end_stream());
     assert_eq!(body.size_hint().exact(), Some(100));
     // Unfinished: the next request gets another connection.
-    let res = bounded(
-        STEP_LIMIT,
-        "beside",
-        client.clone().oneshot(get(&server.url("/ok"))),
-    )
-    .await
-    .unwrap();
+    let res = call(&client, "beside", get(&server.url("/ok")))
+        .await
+        .unwrap();
     assert_eq!(text(res).await.1, "ok");
     assert_eq!(server.facts.accepted(), 2);
     let mut got = 0;
@@ -900,13 +854,9 @@ async fn body_hints_and_the_connections_return() {
     // Ended at its last data frame (not polled again): the connection is
     // back, and both pooled connections answer correctly.
     for _ in 0..4 {
-        let res = bounded(
-            STEP_LIMIT,
-            "after",
-            client.clone().oneshot(get(&server.url("/len"))),
-        )
-        .await
-        .unwrap();
+        let res = call(&client, "after", get(&server.url("/len")))
+            .await
+            .unwrap();
         assert_eq!(text(res).await.1.len(), 100);
     }
     drop(body);
@@ -922,26 +872,18 @@ async fn a_chunked_body_dropped_half_read() {
     let track = TrackConnectionsLayer::new();
     let client = pooled(8, no_expiry(), &track);
     for round in 0..3 {
-        let res = bounded(
-            STEP_LIMIT,
-            "/chunked",
-            client.clone().oneshot(get(&server.url("/chunked"))),
-        )
-        .await
-        .unwrap();
+        let res = call(&client, "/chunked", get(&server.url("/chunked")))
+            .await
+            .unwrap();
         let mut body = res.into_body();
         bounded(STEP_LIMIT, "a frame", body.frame())
             .await
             .unwrap()
             .unwrap();
         drop(body);
-        let res = bounded(
-            STEP_LIMIT,
-            "next",
-            client.clone().oneshot(get(&server.url("/ok"))),
-        )
-        .await
-        .unwrap();
+        let res = call(&client, "next", get(&server.url("/ok")))
+            .await
+            .unwrap();
         assert_eq!(text(res).await.1, "ok", "round {round}");
     }
     let seen = server.facts.requests();
@@ -1000,22 +942,14 @@ async fn a_body_cut_by_a_reset_then_posts() {
     let track = TrackConnectionsLayer::new();
     let client = stacked(&track, no_expiry());
     for round in 0..3 {
-        let res = bounded(
-            STEP_LIMIT,
-            "/trunc",
-            client.clone().oneshot(get(&server.url("/trunc"))),
-        )
-        .await
-        .unwrap();
+        let res = call(&client, "/trunc", get(&server.url("/trunc")))
+            .await
+            .unwrap();
         let cut = bounded(STEP_LIMIT, "the cut body", res.into_body().collect()).await;
         assert!(cut.is_err(), "round {round}");
-        let res = bounded(
-            STEP_LIMIT,
-            "a POST",
-            client.clone().oneshot(post(&server.url("/ok"), b"p")),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        let res = call(&client, "a POST", post(&server.url("/ok"), b"p"))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
         assert_eq!(text(res).await.1, "ok");
     }
     assert_eq!(server.facts.count("POST", "/ok"), 3);
