@@ -9,6 +9,7 @@
 
 pub mod h2;
 pub mod pki;
+pub mod raw;
 pub mod tls;
 
 use std::future::Future;
