@@ -29,7 +29,7 @@ use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
-use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+use tower_conn_lifecycle::phase_timeout::{Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
 use tower_conn_lifecycle::retry::{RetryOnStaleConnectionLayer, Rule};
 use tower_conn_lifecycle::track::{TrackConnectionsLayer, TrackStats};
@@ -596,6 +596,201 @@ async fn dropped_early_response_through_retry_alone_stops_the_upload() {
     bounded(TEST_LIMIT, "the test", async {
         let failures = abandon_matrix(&[(GiveUp::DropEarlyResponse, Layers::RetryOnly)]).await;
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. Slow but moving, and stalled, HTTP/1 exchanges against PhaseTimeout.
+
+/// The send and read stall limits of these tests.
+const STALL_SEND: Duration = Duration::from_millis(500);
+const STALL_READ: Duration = Duration::from_millis(500);
+/// The upload of the send-phase tests: far more than the buffers on the
+/// way hold (the client's send buffer is `ABANDON_SNDBUF`, the server's
+/// receive buffer `SERVER_RCVBUF`).
+const TRICKLE_UPLOAD: usize = 2 * MIB;
+/// The trickling server reads at most this much per read …
+const TRICKLE_READ: usize = 64 * KIB;
+/// … once per tick (about 1.3 MiB/s): every tick is progress, far inside
+/// the stall limits, and the upload lasts well over a stall limit.
+const TRICKLE_TICK: Duration = Duration::from_millis(50);
+/// The response body of the response-trickle test: one byte per tick.
+const TRICKLE_RESPONSE: usize = 30;
+/// The stalling server reads this much of the upload, then stops reading.
+const STALL_AFTER: u64 = 256 * KIB as u64;
+/// How long a stalling server holds the connection open, silent: well
+/// past every stall limit, so the client's timer decides.
+const STALL_HOLD: Duration = Duration::from_secs(5);
+
+/// What a pacing server does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pace {
+    /// Reads the upload slowly, then answers `200` at once.
+    TrickleUpload,
+    /// Reads the upload at once, then sends the response body one byte per
+    /// tick.
+    TrickleResponse,
+    /// Reads `STALL_AFTER` bytes of the upload, then stops reading.
+    StallUpload,
+    /// Reads the upload, then sends nothing.
+    StallHead,
+    /// Reads the upload, sends the head and 2 of 10 body bytes, then
+    /// nothing.
+    StallBody,
+}
+
+/// A server that paces every connection's first request by `pace`.
+async fn pacing_server(pace: Pace) -> RawServer {
+    RawServer::start(move |mut conn| async move {
+        let Some(head) = conn.read_head().await else {
+            return;
+        };
+        let len = head.content_length();
+        match pace {
+            Pace::TrickleUpload => {
+                conn.scratch.truncate(TRICKLE_READ);
+                let mut got = conn.buf.len() as u64;
+                conn.buf.clear();
+                // Bounded: every turn reads, and `len` ends it.
+                while got < len {
+                    sleep(TRICKLE_TICK).await;
+                    match conn.read_more(SERVER_IO_LIMIT).await {
+                        Read::Data(n) => got += n as u64,
+                        _ => return,
+                    }
+                    conn.buf.clear();
+                }
+                conn.write(OK_RESPONSE).await;
+            }
+            Pace::TrickleResponse => {
+                if conn.skip_body(len).await < len {
+                    return;
+                }
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {TRICKLE_RESPONSE}\r\n\r\n");
+                if !conn.write(head.as_bytes()).await {
+                    return;
+                }
+                for _ in 0..TRICKLE_RESPONSE {
+                    sleep(TRICKLE_TICK).await;
+                    if !conn.write(b"t").await {
+                        return;
+                    }
+                }
+            }
+            Pace::StallUpload => {
+                conn.skip_body(STALL_AFTER).await;
+                sleep(STALL_HOLD).await;
+            }
+            Pace::StallHead => {
+                conn.skip_body(len).await;
+                sleep(STALL_HOLD).await;
+            }
+            Pace::StallBody => {
+                conn.skip_body(len).await;
+                conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab")
+                    .await;
+                sleep(STALL_HOLD).await;
+            }
+        }
+        // Keep the connection until the client closes it.
+        conn.wait_closed(STALL_HOLD).await;
+    })
+    .await
+}
+
+/// The hand stack with the stall limits (and a small send buffer).
+fn stall_stack(
+) -> impl Service<Request<Full<Bytes>>, Response = LayeredResponse, Error = BoxError, Future: Send>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    HandStack {
+        phases: PhaseTimeoutLayer::new()
+            .send(STALL_SEND)
+            .read(STALL_READ)
+            .read_body_stall(STALL_READ),
+        send_buffer: Some(ABANDON_SNDBUF),
+        ..HandStack::default()
+    }
+    .full()
+}
+
+/// One POST of `len` bytes to a `pace` server through the stall stack:
+/// the result, how long it took, and the server's counters.
+async fn paced(pace: Pace, len: usize) -> (Result<Answer, Failure>, Duration, RawServer) {
+    let server = pacing_server(pace).await;
+    let req = Request::post(server.url("/paced"))
+        .header(REQ_ID, "paced")
+        .body(body_of(len))
+        .unwrap();
+    let started = Instant::now();
+    let got = send(&stall_stack(), req).await;
+    (got, started.elapsed(), server)
+}
+
+/// An upload (or a response body) that keeps moving slowly never fails by
+/// a stall limit, however long it lasts in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_but_moving_exchanges_pass_the_stall_limits() {
+    bounded(TEST_LIMIT, "the test", async {
+        for (pace, len) in [
+            (Pace::TrickleUpload, TRICKLE_UPLOAD),
+            (Pace::TrickleResponse, KIB),
+        ] {
+            let (got, took, server) = paced(pace, len).await;
+            let c = &server.counters;
+            println!(
+                "{pace:?}: {got:?} after {took:?}; server read {} bytes",
+                c.bytes_read.load(Ordering::SeqCst)
+            );
+            let answer = got.unwrap_or_else(|f| panic!("{pace:?} failed: {}", f.chain));
+            assert_eq!(answer.status, StatusCode::OK);
+            assert!(answer.retried.is_none(), "{answer:?}");
+            assert_eq!(c.heads_of("paced"), 1);
+            assert!(c.bytes_read.load(Ordering::SeqCst) >= len as u64);
+            // The exchange outlasted the stall limits by far: they were
+            // tested, not dodged.
+            assert!(
+                took >= 2 * STALL_SEND.max(STALL_READ),
+                "{pace:?} took only {took:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// A stalled exchange fails with the phase it stalled in, once, never
+/// retried, after about its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_exchanges_fail_in_their_phase() {
+    bounded(TEST_LIMIT, "the test", async {
+        for (pace, len, phase, in_body) in [
+            (Pace::StallUpload, TRICKLE_UPLOAD, Phase::Send, false),
+            (Pace::StallHead, KIB, Phase::Read, false),
+            (Pace::StallBody, KIB, Phase::Read, true),
+        ] {
+            let (got, took, server) = paced(pace, len).await;
+            let c = &server.counters;
+            println!(
+                "{pace:?}: {got:?} after {took:?}; server read {} bytes",
+                c.bytes_read.load(Ordering::SeqCst)
+            );
+            let failure = match got {
+                Ok(answer) => panic!("{pace:?} succeeded: {answer:?}"),
+                Err(f) => f,
+            };
+            assert_eq!(failure.phase, Some(phase), "{pace:?}: {}", failure.chain);
+            assert_eq!(failure.in_body, in_body, "{pace:?}: {}", failure.chain);
+            if !in_body {
+                assert_eq!(failure.rule, Some(Rule::Timeout), "{}", failure.chain);
+            }
+            assert_eq!(c.heads_of("paced"), 1, "{pace:?}");
+            assert_eq!(c.connections.load(Ordering::SeqCst), 1, "{pace:?}");
+            // The stall limit decided, not the server's hold.
+            assert!(took < STALL_HOLD, "{pace:?} took {took:?}");
+        }
     })
     .await;
 }
