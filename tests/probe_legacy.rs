@@ -794,3 +794,275 @@ async fn stalled_exchanges_fail_in_their_phase() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// 5. Zero and enormous limits on every layer of the hand stack.
+
+/// Requests per configuration: GET, POST, GET, POST (no key).
+const LIMIT_REQUESTS: usize = 4;
+
+/// What a configuration must do with `LIMIT_REQUESTS` requests to a
+/// well-behaved keep-alive server.
+#[derive(Clone, Copy, Debug)]
+enum Limits {
+    /// Every request succeeds; with `reuse`, on fewer connections than
+    /// requests, without, on one connection each.
+    Ok { reuse: bool },
+    /// Every request succeeds (reused or not); the server announces
+    /// `Keep-Alive: timeout=5`.
+    OkAnnounced,
+    /// Every request fails with an `Elapsed` of this phase before anything
+    /// is sent: the server sees no connection.
+    Untried(Phase),
+    /// Every response body fails with an `Elapsed` of this phase.
+    BodyFails(Phase),
+}
+
+/// A keep-alive server answering every request `200` (with `announce`, a
+/// `Keep-Alive: timeout=5` header too).
+async fn answering_server(announce: bool) -> RawServer {
+    RawServer::start(move |mut conn| async move {
+        let answer: &[u8] = if announce {
+            b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=5\r\ncontent-length: 2\r\n\r\nok"
+        } else {
+            OK_RESPONSE
+        };
+        // Bounded: every turn reads a head or ends.
+        while let Some(head) = conn.read_head().await {
+            let len = head.content_length();
+            if conn.skip_body(len).await < len || !conn.write(answer).await {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+async fn limits_case(label: &str, stack: HandStack, expect: Limits) -> Result<(), String> {
+    let server = answering_server(matches!(expect, Limits::OkAnnounced)).await;
+    let client = stack.full();
+    let mut results = Vec::new();
+    for i in 0..LIMIT_REQUESTS {
+        let id = format!("{label}-{i}");
+        let req = if i % 2 == 0 {
+            Request::get(server.url("/limits")).body(Full::new(Bytes::new()))
+        } else {
+            Request::post(server.url("/limits")).body(body_of(KIB))
+        };
+        let mut req = req.unwrap();
+        req.headers_mut().insert(REQ_ID, id.parse().unwrap());
+        results.push(send(&client, req).await);
+        // Lets the pool take the connection back (not an assertion: the
+        // reuse checks below allow a missed reuse or two).
+        sleep(POOL_SETTLE).await;
+    }
+    let c = &server.counters;
+    let (conns, heads) = (
+        c.connections.load(Ordering::SeqCst),
+        c.heads.load(Ordering::SeqCst),
+    );
+    let summary = format!("{conns} connections, {heads} heads: {results:?}");
+    let ok = match expect {
+        Limits::Ok { reuse } => {
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(a) if a.status == StatusCode::OK))
+                && heads == LIMIT_REQUESTS
+                && if reuse {
+                    conns < LIMIT_REQUESTS
+                } else {
+                    conns == LIMIT_REQUESTS
+                }
+        }
+        Limits::Untried(phase) => results.iter().all(
+            |r| matches!(r, Err(f) if f.phase == Some(phase) && !f.in_body && f.retries == Some(0)),
+        ) && conns == 0,
+        Limits::BodyFails(phase) => {
+            results
+                .iter()
+                .all(|r| matches!(r, Err(f) if f.phase == Some(phase) && f.in_body))
+                && heads == LIMIT_REQUESTS
+        }
+        Limits::OkAnnounced => {
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(a) if a.status == StatusCode::OK))
+                && heads == LIMIT_REQUESTS
+        }
+    };
+    println!("{label}: {expect:?}: {summary}");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{label}: expected {expect:?}, got {summary}"))
+    }
+}
+
+/// `Duration::ZERO` is spent (a typed error, nothing sent, or a body that
+/// fails at once), `Duration::MAX` never fires, on every layer of the
+/// hand stack: no panic, no hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_enormous_limits_on_the_hand_stack() {
+    let d = HandStack::default;
+    let expiry = || IdleExpiryLayer::new(Duration::from_secs(90));
+    let cases: Vec<(&str, HandStack, Limits)> = vec![
+        (
+            "connect 0",
+            HandStack {
+                connect: Duration::ZERO,
+                ..d()
+            },
+            Limits::Untried(Phase::Connect),
+        ),
+        (
+            "connect MAX",
+            HandStack {
+                connect: Duration::MAX,
+                ..d()
+            },
+            Limits::Ok { reuse: true },
+        ),
+        (
+            "send 0",
+            HandStack {
+                phases: PhaseTimeoutLayer::new().send(Duration::ZERO),
+                ..d()
+            },
+            Limits::Untried(Phase::Send),
+        ),
+        (
+            "read 0",
+            HandStack {
+                phases: PhaseTimeoutLayer::new().read(Duration::ZERO),
+                ..d()
+            },
+            Limits::Untried(Phase::Read),
+        ),
+        (
+            "total 0",
+            HandStack {
+                phases: PhaseTimeoutLayer::new().total(Duration::ZERO),
+                ..d()
+            },
+            Limits::Untried(Phase::Total),
+        ),
+        (
+            "read_body_stall 0",
+            HandStack {
+                phases: PhaseTimeoutLayer::new().read_body_stall(Duration::ZERO),
+                ..d()
+            },
+            Limits::BodyFails(Phase::Read),
+        ),
+        (
+            "every phase MAX",
+            HandStack {
+                phases: PhaseTimeoutLayer::new()
+                    .send(Duration::MAX)
+                    .read(Duration::MAX)
+                    .read_body_stall(Duration::MAX)
+                    .total(Duration::MAX),
+                ..d()
+            },
+            Limits::Ok { reuse: true },
+        ),
+        (
+            "idle expiry 0",
+            HandStack {
+                expiry: IdleExpiryLayer::new(Duration::ZERO),
+                ..d()
+            },
+            Limits::Ok { reuse: false },
+        ),
+        (
+            "idle expiry MAX",
+            HandStack {
+                expiry: IdleExpiryLayer::new(Duration::MAX),
+                ..d()
+            },
+            Limits::Ok { reuse: true },
+        ),
+        (
+            "max_age 0",
+            HandStack {
+                expiry: expiry().max_age(Duration::ZERO),
+                ..d()
+            },
+            Limits::Ok { reuse: false },
+        ),
+        (
+            "max_age MAX, margin MAX, max_requests MAX, learner(1, MAX)",
+            HandStack {
+                expiry: expiry()
+                    .max_age(Duration::MAX)
+                    .margin(Duration::MAX)
+                    .max_requests(u64::MAX)
+                    .learner(1, Duration::MAX),
+                ..d()
+            },
+            Limits::Ok { reuse: true },
+        ),
+        (
+            "margin MAX, announced timeout",
+            HandStack {
+                expiry: expiry().margin(Duration::MAX),
+                ..d()
+            },
+            Limits::OkAnnounced,
+        ),
+        (
+            "idle expiry MAX, margin 0, announced timeout",
+            HandStack {
+                expiry: IdleExpiryLayer::new(Duration::MAX).margin(Duration::ZERO),
+                ..d()
+            },
+            Limits::OkAnnounced,
+        ),
+        (
+            "max_requests 0",
+            HandStack {
+                expiry: expiry().max_requests(0),
+                ..d()
+            },
+            Limits::Ok { reuse: false },
+        ),
+        (
+            "margin 0, learner(0, 0)",
+            HandStack {
+                expiry: expiry().margin(Duration::ZERO).learner(0, Duration::ZERO),
+                ..d()
+            },
+            Limits::Ok { reuse: true },
+        ),
+        (
+            "max_retries 0, replay_limit 0",
+            HandStack {
+                retry: RetryOnStaleConnectionLayer::new()
+                    .max_retries(0)
+                    .replay_limit(0),
+                ..d()
+            },
+            Limits::Ok { reuse: true },
+        ),
+        (
+            "max_retries MAX, replay_limit MAX",
+            HandStack {
+                retry: RetryOnStaleConnectionLayer::new()
+                    .max_retries(usize::MAX)
+                    .replay_limit(usize::MAX),
+                ..d()
+            },
+            Limits::Ok { reuse: true },
+        ),
+    ];
+    bounded(TEST_LIMIT, "the test", async {
+        let mut failures = Vec::new();
+        for (label, stack, expect) in cases {
+            if let Err(e) = limits_case(label, stack, expect).await {
+                failures.push(e);
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    })
+    .await;
+}
