@@ -14,6 +14,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -24,6 +25,7 @@ use http::{Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{Full, StreamBody};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -1063,6 +1065,81 @@ async fn zero_and_enormous_limits_on_the_hand_stack() {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 6. An upgraded stream through the hand stack is the caller's.
+
+/// Phase limits far below the tunnel's run (`TUNNEL_RUN`) and its pauses:
+/// they bound the `101` exchange, never the stream after it.
+fn tunnel_phases() -> PhaseTimeoutLayer {
+    PhaseTimeoutLayer::new()
+        .send(Duration::from_millis(300))
+        .read(Duration::from_secs(1))
+        .read_body_stall(Duration::from_millis(300))
+        .total(Duration::from_secs(1))
+}
+
+/// Opens an upgraded stream through the hand stack with `expiry` and
+/// [`tunnel_phases`], and keeps it busy (`drive_tunnel`).
+async fn hand_stack_tunnel(expiry: IdleExpiryLayer) -> Result<String, String> {
+    let facts = Arc::new(TunnelFacts::default());
+    let server = tunnel_server(facts.clone()).await;
+    let client = HandStack {
+        phases: tunnel_phases(),
+        expiry,
+        ..HandStack::default()
+    }
+    .full();
+    let req = Request::get(server.url("/tunnel"))
+        .header(http::header::UPGRADE, "echo")
+        .header(http::header::CONNECTION, "upgrade")
+        .header(REQ_ID, "tunnel")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = bounded(STEP_LIMIT, "the upgrade request", client.oneshot(req))
+        .await
+        .map_err(|e| format!("upgrade request failed: {}", error_chain(e.as_ref())))?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(format!("status {}", res.status()));
+    }
+    let upgraded = bounded(STEP_LIMIT, "the upgrade", hyper::upgrade::on(res))
+        .await
+        .map_err(|e| format!("upgrade failed: {e}"))?;
+    let got = drive_tunnel(TokioIo::new(upgraded), &facts).await;
+    assert_eq!(server.counters.heads_of("tunnel"), 1);
+    assert_eq!(server.counters.connections.load(Ordering::SeqCst), 1);
+    got
+}
+
+/// Neither an idle expiry (500 ms, zero, one request per connection) nor
+/// phase limits shorter than the stream's pauses and its whole run cut an
+/// upgraded stream through the hand stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_stream_through_the_hand_stack_survives_expiry_and_phase_limits() {
+    bounded(TEST_LIMIT, "the test", async {
+        let mut failures = Vec::new();
+        for (label, expiry) in [
+            ("expiry 500 ms", IdleExpiryLayer::new(TUNNEL_EXPIRY)),
+            ("expiry 0", IdleExpiryLayer::new(Duration::ZERO)),
+            (
+                "max_requests(1)",
+                IdleExpiryLayer::new(TUNNEL_EXPIRY).max_requests(1),
+            ),
+        ] {
+            let got = hand_stack_tunnel(expiry).await;
+            println!("{label}: {got:?}");
+            if let Err(e) = got {
+                failures.push(format!("{label}: {e}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "the upgraded stream was cut:\n{}",
+            failures.join("\n")
+        );
     })
     .await;
 }

@@ -1101,3 +1101,177 @@ pub async fn early_table<S, B>(
         failed.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------
+// An upgraded connection is the caller's tunnel.
+//
+// The tunnel runs in two phases, each with a pause longer than the expiry:
+// first the server pushes (the client only reads, as under a server-push
+// protocol or a CONNECT to a server that speaks first), then the client
+// sends and reads its bytes back. Client writes alone would hide the bug:
+// the tracker takes each write after a read for a new exchange, which is
+// never idle.
+
+/// How long the client keeps the tunnel busy, both phases together.
+pub const TUNNEL_RUN: Duration = Duration::from_secs(3);
+/// The interval between messages, in both phases.
+pub const TUNNEL_TICK: Duration = Duration::from_millis(100);
+/// The ticks the server pushes first; the pause comes after half of them.
+pub const PUSH_TICKS: usize = 8;
+/// When the client's pause starts in the echo phase.
+pub const ECHO_PAUSE_AT: Duration = Duration::from_millis(2000);
+/// The pause in each phase: longer than the 500 ms expiry.
+pub const TUNNEL_PAUSE: Duration = Duration::from_millis(700);
+/// Every message, both ways, is this long.
+pub const TUNNEL_MESSAGE: usize = 16;
+/// How long one message may take to arrive.
+pub const MESSAGE_LIMIT: Duration = Duration::from_secs(2);
+/// At most this many echo messages (the phase is bounded by time too).
+pub const TUNNEL_MAX_MESSAGES: usize = 200;
+pub const TUNNEL_EXPIRY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Default)]
+pub struct TunnelFacts {
+    pub pushed: AtomicU64,
+    pub echoed: AtomicU64,
+    pub closed: Mutex<Option<(Instant, String)>>,
+}
+
+impl TunnelFacts {
+    pub fn close(&self, how: impl Into<String>) {
+        *self.closed.lock().unwrap() = Some((Instant::now(), how.into()));
+    }
+}
+
+/// Answers a request with `101 Switching Protocols`, pushes `PUSH_TICKS`
+/// messages (pausing `TUNNEL_PAUSE` halfway), then echoes bytes until the
+/// connection closes.
+pub async fn tunnel_server(facts: Arc<TunnelFacts>) -> RawServer {
+    RawServer::start(move |mut conn| {
+        let facts = facts.clone();
+        async move {
+            let Some(_head) = conn.read_head().await else {
+                return;
+            };
+            if !conn
+                .write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+                .await
+            {
+                return;
+            }
+            for i in 0..PUSH_TICKS {
+                // The pause is the scenario, not an assertion.
+                sleep(if i == PUSH_TICKS / 2 { TUNNEL_PAUSE } else { TUNNEL_TICK }).await;
+                let tick = format!("tick {i:010}\n");
+                if !conn.write(tick.as_bytes()).await {
+                    facts.close("push write failed");
+                    return;
+                }
+                facts.pushed.fetch_add(tick.len() as u64, Ordering::SeqCst);
+            }
+            // Bounded: ends at EOF, an error, or SERVER_IO_LIMIT of silence.
+            loop {
+                if !conn.buf.is_empty() {
+                    let data = std::mem::take(&mut conn.buf);
+                    if !conn.write(&data).await {
+                        facts.close("echo write failed");
+                        return;
+                    }
+                    facts.echoed.fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+                match conn.read_more(SERVER_IO_LIMIT).await {
+                    Read::Data(_) => {}
+                    other => {
+                        facts.close(format!("{other:?}"));
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Reads one `TUNNEL_MESSAGE`; `Err` says what came instead.
+pub async fn read_message<T: tokio::io::AsyncRead + Unpin>(io: &mut T) -> Result<String, String> {
+    let mut back = vec![0; TUNNEL_MESSAGE];
+    match timeout(MESSAGE_LIMIT, io.read_exact(&mut back)).await {
+        Ok(Ok(_)) => Ok(String::from_utf8_lossy(&back).into_owned()),
+        Ok(Err(e)) => Err(format!("{:?}: {e}", e.kind())),
+        Err(_) => Err(format!("nothing within {MESSAGE_LIMIT:?}")),
+    }
+}
+
+/// Keeps an upgraded stream to a [`tunnel_server`] busy for `TUNNEL_RUN`:
+/// first the server pushes (the client only reads), then the client sends
+/// and reads its bytes back, each phase with a pause longer than the
+/// expiry. `Err` says what went wrong.
+pub async fn drive_tunnel<T>(mut io: T, facts: &TunnelFacts) -> Result<String, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let (mut ticks, mut sent, mut echoed, mut paused) = (0, 0u64, 0u64, false);
+    let mut failure = None;
+    // Phase 1: the server pushes, the client only reads.
+    for i in 0..PUSH_TICKS {
+        match read_message(&mut io).await {
+            Ok(tick) if tick == format!("tick {i:010}\n") => ticks += 1,
+            other => {
+                failure = Some(format!("push {i}: {other:?}"));
+                break;
+            }
+        }
+    }
+    // Phase 2: the client sends, the server echoes.
+    for i in 0..TUNNEL_MAX_MESSAGES {
+        if failure.is_some() || start.elapsed() >= TUNNEL_RUN {
+            break;
+        }
+        if !paused && start.elapsed() >= ECHO_PAUSE_AT {
+            // The pause is the scenario (a tunnel idle longer than the
+            // expiry), not an assertion.
+            sleep(TUNNEL_PAUSE).await;
+            paused = true;
+        }
+        let msg = format!("ping {i:010}\n");
+        match timeout(MESSAGE_LIMIT, io.write_all(msg.as_bytes())).await {
+            Ok(Ok(())) => sent += msg.len() as u64,
+            other => {
+                failure = Some(format!("echo write {i}: {other:?}"));
+                break;
+            }
+        }
+        match read_message(&mut io).await {
+            Ok(back) if back == msg => echoed += back.len() as u64,
+            other => {
+                failure = Some(format!("echo {i}: {other:?}"));
+                break;
+            }
+        }
+        sleep(TUNNEL_TICK).await;
+    }
+    let ran = start.elapsed();
+    let closed = facts
+        .closed
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|(at, how)| format!("{how} at {:?}", at.saturating_duration_since(start)));
+    let summary = format!(
+        "ran {ran:?}: {ticks} of {PUSH_TICKS} pushed ticks read (server pushed {} bytes); \
+         echo sent {sent}, read back {echoed}, server echoed {}; paused: {paused}; \
+         server saw the tunnel closed: {closed:?}",
+        facts.pushed.load(Ordering::SeqCst),
+        facts.echoed.load(Ordering::SeqCst),
+    );
+    drop(io);
+    let server_echoed = facts.echoed.load(Ordering::SeqCst);
+    match failure {
+        Some(f) => Err(format!("{f}; {summary}")),
+        None if ran < TUNNEL_RUN || !paused || closed.is_some() || server_echoed != sent => {
+            Err(summary)
+        }
+        None => Ok(summary),
+    }
+}
