@@ -33,9 +33,9 @@ use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::idle_expiry::{IdleExpiryLayer, IdleExpiryStats};
 use tower_conn_lifecycle::phase_timeout::{Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::reqwest::{ClientBuilderExt, ReqwestService};
-use tower_conn_lifecycle::retry::{RetryOnStaleConnectionLayer, Rule};
+use tower_conn_lifecycle::retry::{NotRetried, RetryOnStaleConnectionLayer, Rule};
 use tower_conn_lifecycle::track::{TrackConnectionsLayer, TrackStats};
-use tower_conn_lifecycle::{error_chain, BoxError, LayeredResponse, RequestBody};
+use tower_conn_lifecycle::{error_chain, find_cause, BoxError, LayeredResponse, RequestBody};
 
 use common::bounded;
 use common::raw::*;
@@ -1140,6 +1140,69 @@ async fn upgraded_stream_through_the_hand_stack_survives_expiry_and_phase_limits
             "the upgraded stream was cut:\n{}",
             failures.join("\n")
         );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. The stale keep-alive race (the kit's seed workload) on the hand stack.
+
+/// The server's idle timeout; every request comes right at it.
+const SEED_IDLE: Duration = Duration::from_millis(200);
+/// The total limit per attempt: far above an exchange on loopback, so a
+/// `Total` timeout is a request that hung.
+const SEED_TOTAL: Duration = Duration::from_secs(5);
+/// Requests per task (5 tasks), one idle timeout apart.
+const SEED_REQUESTS: usize = 25;
+
+/// GETs are retried (never an error), a POST without a key is never
+/// duplicated and fails only with a typed refusal, and no request hangs
+/// until `total` (the shape `tests/reqwest.rs` tolerates through reqwest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_race_on_the_hand_stack_never_hangs_or_duplicates() {
+    use tower_conn_lifecycle::testing::{IdleClosingServer, SeedWorkload};
+    bounded(TEST_LIMIT, "the test", async {
+        // Learning off: every reuse meets the race, and the retry layer
+        // alone handles it.
+        for (method, learn) in [
+            (http::Method::GET, true),
+            (http::Method::POST, true),
+            (http::Method::GET, false),
+            (http::Method::POST, false),
+        ] {
+            let server = IdleClosingServer::start(SEED_IDLE).await.unwrap();
+            let stack = HandStack {
+                phases: PhaseTimeoutLayer::new().total(SEED_TOTAL),
+                expiry: IdleExpiryLayer::new(Duration::from_secs(90)).learn(learn),
+                ..HandStack::default()
+            };
+            let report = SeedWorkload::new(SEED_IDLE)
+                .tasks(5)
+                .requests(SEED_REQUESTS)
+                .method(method.clone())
+                .run(&server.url(), |_| stack.full())
+                .await;
+            let chains = report.error_chains();
+            println!(
+                "{method} (learning {learn}): {} requests, {} errors, {} reused; server {} requests: {chains:?}",
+                report.requests(),
+                report.errors(),
+                report.reused(),
+                server.requests_by_method(&method)
+            );
+            for s in report.samples() {
+                let Err(e) = s.outcome() else { continue };
+                let refused = find_cause::<NotRetried>(e.as_ref())
+                    .unwrap_or_else(|| panic!("untyped: {}", error_chain(e.as_ref())));
+                assert_ne!(refused.rule(), Rule::Timeout, "a request hung: {e}");
+                assert_eq!(method, http::Method::POST, "a GET failed: {e}");
+            }
+            if method == http::Method::GET {
+                assert_eq!(report.errors(), 0, "{chains:?}");
+            } else {
+                assert_eq!(server.posts() as usize, report.successes(), "{chains:?}");
+            }
+        }
     })
     .await;
 }
