@@ -23,7 +23,7 @@ use tokio::time::{sleep, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body::Frame;
-use http_body_util::{Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -611,7 +611,7 @@ const STALL_READ: Duration = Duration::from_millis(500);
 /// The upload of the send-phase tests: far more than the buffers on the
 /// way hold (the client's send buffer is `ABANDON_SNDBUF`, the server's
 /// receive buffer `SERVER_RCVBUF`).
-const TRICKLE_UPLOAD: usize = 2 * MIB;
+const TRICKLE_UPLOAD: usize = 3 * MIB;
 /// The trickling server reads at most this much per read …
 const TRICKLE_READ: usize = 64 * KIB;
 /// … once per tick (about 1.3 MiB/s): every tick is progress, far inside
@@ -628,8 +628,9 @@ const STALL_HOLD: Duration = Duration::from_secs(5);
 /// What a pacing server does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pace {
-    /// Reads the upload slowly, then answers `200` at once.
-    TrickleUpload,
+    /// Reads the upload slowly (this many bytes per `TRICKLE_TICK`), then
+    /// answers `200` at once.
+    TrickleUpload(usize),
     /// Reads the upload at once, then sends the response body one byte per
     /// tick.
     TrickleResponse,
@@ -650,18 +651,41 @@ async fn pacing_server(pace: Pace) -> RawServer {
         };
         let len = head.content_length();
         match pace {
-            Pace::TrickleUpload => {
-                conn.scratch.truncate(TRICKLE_READ);
+            Pace::TrickleUpload(per_tick) => {
+                // A streamed body without a length comes chunked: its end
+                // is the last chunk (the bodies here are all one letter,
+                // so the pattern is unambiguous).
+                let chunked = head
+                    .header("transfer-encoding")
+                    .is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
+                let done = |got: u64, tail: &[u8]| {
+                    if chunked {
+                        tail.ends_with(b"\r\n0\r\n\r\n")
+                    } else {
+                        got >= len
+                    }
+                };
+                conn.scratch.truncate(TRICKLE_READ.min(per_tick));
                 let mut got = conn.buf.len() as u64;
-                conn.buf.clear();
-                // Bounded: every turn reads, and `len` ends it.
-                while got < len {
-                    sleep(TRICKLE_TICK).await;
+                let mut tail = std::mem::take(&mut conn.buf);
+                let mut this_tick = 0;
+                // Bounded: every turn reads, and the body's end ends it.
+                while !done(got, &tail) {
+                    if this_tick >= per_tick {
+                        sleep(TRICKLE_TICK).await;
+                        this_tick = 0;
+                    }
                     match conn.read_more(SERVER_IO_LIMIT).await {
-                        Read::Data(n) => got += n as u64,
+                        Read::Data(n) => {
+                            got += n as u64;
+                            this_tick += n;
+                        }
                         _ => return,
                     }
+                    tail.extend_from_slice(&conn.buf);
                     conn.buf.clear();
+                    let keep = tail.len().saturating_sub(8);
+                    tail.drain(..keep);
                 }
                 conn.write(OK_RESPONSE).await;
             }
@@ -738,7 +762,7 @@ async fn paced(pace: Pace, len: usize) -> (Result<Answer, Failure>, Duration, Ra
 async fn slow_but_moving_exchanges_pass_the_stall_limits() {
     bounded(TEST_LIMIT, "the test", async {
         for (pace, len) in [
-            (Pace::TrickleUpload, TRICKLE_UPLOAD),
+            (Pace::TrickleUpload(TRICKLE_READ), TRICKLE_UPLOAD),
             (Pace::TrickleResponse, KIB),
         ] {
             let (got, took, server) = paced(pace, len).await;
@@ -1202,6 +1226,100 @@ async fn seed_race_on_the_hand_stack_never_hangs_or_duplicates() {
             } else {
                 assert_eq!(server.posts() as usize, report.successes(), "{chains:?}");
             }
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. Slow but moving uploads through reqwest (PhaseTimeout measures body
+// frames there).
+
+/// The upload through reqwest, whose socket send buffer cannot be set:
+/// loopback autotunes it up to `tcp_wmem`'s maximum (4 MiB by default), so
+/// the upload must be far larger to still be moving after the buffers
+/// filled.
+const REQWEST_UPLOAD: usize = 32 * MIB;
+/// The server reads it at about 20 MB/s: moving all the time, and in all
+/// longer than the stall limits.
+const REQWEST_TRICKLE_PER_TICK: usize = MIB;
+
+/// One POST to a `TrickleUpload` server through reqwest under the stall
+/// limits: the result, how long it took, and the server.
+async fn paced_reqwest<B>(body: B) -> (Result<Answer, Failure>, Duration, RawServer)
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let server = pacing_server(Pace::TrickleUpload(REQWEST_TRICKLE_PER_TICK)).await;
+    let client = ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(
+            PhaseTimeoutLayer::new()
+                .send(STALL_SEND)
+                .read(STALL_READ)
+                .read_body_stall(STALL_READ),
+        )
+        .service(ReqwestService::new(
+            reqwest::Client::builder()
+                .no_proxy()
+                .shared_tls()
+                .unwrap()
+                .build()
+                .unwrap(),
+        ));
+    let req = Request::post(server.url("/paced"))
+        .header(REQ_ID, "paced")
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    let got = match bounded(STEP_LIMIT, "the request", client.oneshot(req)).await {
+        Ok(res) => {
+            let status = res.status();
+            bounded(STEP_LIMIT, "the body", res.into_body().collect())
+                .await
+                .map(|_| Answer {
+                    status,
+                    retried: None,
+                    reused: false,
+                })
+                .map_err(|e| Failure {
+                    in_body: true,
+                    ..Failure::of(&e)
+                })
+        }
+        Err(e) => Err(Failure::of(&e)),
+    };
+    (got, started.elapsed(), server)
+}
+
+/// An upload that keeps moving slowly passes the send and read stall
+/// limits through reqwest, as one `Full` frame or streamed in 64 KiB
+/// frames: PhaseTimeout splits frames and hyper pulls them only as its
+/// write buffer drains, so the progress it sees tracks the socket (behind
+/// it by the kernel's send buffer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_but_moving_upload_through_reqwest_passes() {
+    bounded(TEST_LIMIT, "the test", async {
+        for label in ["full", "streamed"] {
+            let (got, took, server) = if label == "full" {
+                paced_reqwest(body_of(REQWEST_UPLOAD)).await
+            } else {
+                paced_reqwest(streamed(REQWEST_UPLOAD)).await
+            };
+            let c = &server.counters;
+            println!(
+                "{label}: {got:?} after {took:?}; server read {}",
+                c.bytes_read.load(Ordering::SeqCst)
+            );
+            let answer = got.unwrap_or_else(|f| panic!("{label}: {}", f.chain));
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(c.heads_of("paced"), 1);
+            assert!(c.bytes_read.load(Ordering::SeqCst) >= REQWEST_UPLOAD as u64);
+            assert!(
+                took >= 2 * STALL_SEND.max(STALL_READ),
+                "{label} took only {took:?}"
+            );
         }
     })
     .await;
