@@ -130,6 +130,34 @@ fn hand_stack(
     HandStack::default().full()
 }
 
+/// `Retry → IdleExpiry → legacy Client` over the tracker, without
+/// PhaseTimeout: nothing announces the attempts, so the tracker infers
+/// exchanges from the order of reads and writes (the retry module's
+/// example stack, with IdleExpiry).
+fn unannounced_stack() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = http::Response<
+        impl http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+    >,
+    Error = BoxError,
+    Future: Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let connector = ServiceBuilder::new()
+        .layer(ConnectTimeoutLayer::new(Duration::from_secs(2)))
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let pool = Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .build::<_, RequestBody>(connector);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(IdleExpiryLayer::new(Duration::from_secs(90)))
+        .service(pool)
+}
+
 /// reqwest (no proxy, the shared TLS configuration, `ConnectTimeoutLayer`
 /// in its connector) under `Retry → PhaseTimeout(phases)` through
 /// `ReqwestService`: the stacking `tests/reqwest.rs` and the `reqwest`
@@ -239,6 +267,27 @@ async fn randomized_hostile_server_against_the_legacy_hand_stack() {
     .await;
 }
 
+/// The same without PhaseTimeout (nothing announces the attempts: the
+/// tracker infers them, and the retry layer treats an inexact record as
+/// an unknown wire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_hostile_server_against_retry_without_phase_timeout() {
+    let seed = seed();
+    println!("HOSTILE_SEED={seed}");
+    bounded(TEST_LIMIT, "the test", async move {
+        let run = randomized_run(unannounced_stack(), seed, random_plan()).await;
+        let report = run.check();
+        assert_eq!(run.all.len(), RANDOM_REQUESTS, "the run stopped early");
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {} violations:\n{}",
+            report.violations.len(),
+            report.violations.join("\n")
+        );
+    })
+    .await;
+}
+
 /// The same server against reqwest under `Retry → PhaseTimeout`: the
 /// untracked rules (a keyed POST or a GET may be retried after a 1xx, which
 /// is documented), but never a POST without a key twice, and every error
@@ -280,7 +329,7 @@ async fn early_bytes_then_reset_on_the_legacy_hand_stack() {
 /// response byte" becomes "before a complete response head", and reuse is
 /// unknown, so an idempotent or keyed request is retried once (and fails
 /// the same way on the second connection); a POST without a key never is.
-fn reqwest_expect(_early: FirstBytes, kind: Kind) -> Expect {
+fn untracked_expect(_early: FirstBytes, kind: Kind) -> Expect {
     match kind {
         Kind::PostNoKey => Expect {
             heads: 1,
@@ -293,13 +342,39 @@ fn reqwest_expect(_early: FirstBytes, kind: Kind) -> Expect {
     }
 }
 
+/// Without PhaseTimeout nothing announces the attempt, and the tracker
+/// infers exchanges from the order of reads and writes: the upload's next
+/// write after the response bytes opens a second exchange while the first
+/// is open, which is inexact, and the retry layer then treats the wire as
+/// unknown (the documented limitation of the tracker alone under the
+/// retry layer): the untracked rules, as through reqwest. Without a
+/// response byte the record stays exact: the tracked rule.
+fn unannounced_expect(early: FirstBytes, kind: Kind) -> Expect {
+    match early {
+        FirstBytes::Nothing => tracked_expect(early, kind),
+        _ => untracked_expect(early, kind),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_then_reset_on_retry_without_phase_timeout() {
+    bounded(TEST_LIMIT, "the test", async {
+        // Fresh connections only: the reused ones follow the same rules
+        // (as through reqwest), and the file's run time is bounded.
+        let make = unannounced_stack;
+        early_table(make, false, &EARLY_BYTES, unannounced_expect).await;
+        early_table(make, false, &[FirstBytes::Nothing], unannounced_expect).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_bytes_then_reset_through_reqwest() {
     bounded(TEST_LIMIT, "the test", async {
         let make = || reqwest_stack(PhaseTimeoutLayer::new());
-        early_table(make, false, &EARLY_BYTES, reqwest_expect).await;
-        early_table(make, true, &EARLY_BYTES, reqwest_expect).await;
-        early_table(make, false, &[FirstBytes::Nothing], reqwest_expect).await;
+        early_table(make, false, &EARLY_BYTES, untracked_expect).await;
+        early_table(make, true, &EARLY_BYTES, untracked_expect).await;
+        early_table(make, false, &[FirstBytes::Nothing], untracked_expect).await;
     })
     .await;
 }
@@ -1177,7 +1252,7 @@ const SEED_IDLE: Duration = Duration::from_millis(200);
 /// `Total` timeout is a request that hung.
 const SEED_TOTAL: Duration = Duration::from_secs(5);
 /// Requests per task (5 tasks), one idle timeout apart.
-const SEED_REQUESTS: usize = 25;
+const SEED_REQUESTS: usize = 20;
 
 /// GETs are retried (never an error), a POST without a key is never
 /// duplicated and fails only with a typed refusal, and no request hangs
