@@ -131,9 +131,8 @@ fn hand_stack(
 }
 
 /// `Retry → IdleExpiry → legacy Client` over the tracker, without
-/// PhaseTimeout: nothing announces the attempts, so the tracker infers
-/// exchanges from the order of reads and writes (the retry module's
-/// example stack, with IdleExpiry).
+/// PhaseTimeout (the retry module's example stack, with IdleExpiry): the
+/// retry layer's capture announces the attempts with a body.
 fn unannounced_stack() -> impl Service<
     Request<Full<Bytes>>,
     Response = http::Response<
@@ -267,9 +266,7 @@ async fn randomized_hostile_server_against_the_legacy_hand_stack() {
     .await;
 }
 
-/// The same without PhaseTimeout (nothing announces the attempts: the
-/// tracker infers them, and the retry layer treats an inexact record as
-/// an unknown wire).
+/// The same without PhaseTimeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_hostile_server_against_retry_without_phase_timeout() {
     let seed = seed();
@@ -342,28 +339,18 @@ fn untracked_expect(_early: FirstBytes, kind: Kind) -> Expect {
     }
 }
 
-/// Without PhaseTimeout nothing announces the attempt, and the tracker
-/// infers exchanges from the order of reads and writes: the upload's next
-/// write after the response bytes opens a second exchange while the first
-/// is open, which is inexact, and the retry layer then treats the wire as
-/// unknown (the documented limitation of the tracker alone under the
-/// retry layer): the untracked rules, as through reqwest. Without a
-/// response byte the record stays exact: the tracked rule.
-fn unannounced_expect(early: FirstBytes, kind: Kind) -> Expect {
-    match early {
-        FirstBytes::Nothing => tracked_expect(early, kind),
-        _ => untracked_expect(early, kind),
-    }
-}
-
+/// Without PhaseTimeout the retry layer's own capture announces each
+/// attempt with a body (its record is exact): the tracked rules, as on the
+/// hand stack. (Before, the upload's next write after a 1xx opened a second
+/// inferred exchange, inexact, and the layer fell back to the untracked
+/// rules: a keyed POST or a GET was sent again after response bytes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_bytes_then_reset_on_retry_without_phase_timeout() {
     bounded(TEST_LIMIT, "the test", async {
-        // Fresh connections only: the reused ones follow the same rules
-        // (as through reqwest), and the file's run time is bounded.
         let make = unannounced_stack;
-        early_table(make, false, &EARLY_BYTES, unannounced_expect).await;
-        early_table(make, false, &[FirstBytes::Nothing], unannounced_expect).await;
+        early_table(make, false, &EARLY_BYTES, tracked_expect).await;
+        early_table(make, true, &EARLY_BYTES, tracked_expect).await;
+        early_table(make, false, &[FirstBytes::Nothing], tracked_expect).await;
     })
     .await;
 }
@@ -656,19 +643,14 @@ async fn abandoned_upload_on_the_legacy_stack_stops_at_once() {
     .await;
 }
 
-/// DEFECT: `Retry` alone over the tracked legacy client (the retry module's
-/// own example stack) does not abandon an upload whose early final
-/// response (`413`, keep-alive) the caller drops: hyper writes all 32 MiB
-/// to a server that already answered. Without PhaseTimeout nothing
-/// announces the attempt (the retry layer takes a capture for a body but
-/// never hooks it to the body), so the tracker does not know the upload is
-/// still running: `end_exchange` completes the exchange at the 413's end,
-/// and the dropped response's marker finds nothing in flight to abandon.
-/// The retry docs say an upload the caller gives up on is abandoned
-/// through the layer "also without PhaseTimeout", and the tracker's docs
-/// that dropping an early final response abandons its upload.
+/// Regression: `Retry` alone over the tracked legacy client (the retry
+/// module's own example stack) left the upload of an early final response
+/// (`413`, keep-alive) the caller dropped running: hyper wrote all 32 MiB
+/// to a server that had answered. Nothing announced the attempt without
+/// PhaseTimeout, so the tracker did not know the upload was still running:
+/// it completed the exchange at the 413's end, and the dropped response's
+/// marker found nothing in flight to abandon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: Retry alone (no PhaseTimeout) leaves the upload of a dropped early 413 running"]
 async fn dropped_early_response_through_retry_alone_stops_the_upload() {
     bounded(TEST_LIMIT, "the test", async {
         let failures = abandon_matrix(&[(GiveUp::DropEarlyResponse, Layers::RetryOnly)]).await;

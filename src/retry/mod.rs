@@ -70,7 +70,9 @@
 //! * or hyper-util handed the request to a connection and it never
 //!   announced itself (hyper never took it to write).
 //!
-//! Without the announcing body (the tracker alone under this layer) the
+//! Without PhaseTimeout, this layer's own capture makes a request **with a
+//! body** announce its attempt the same way. Without the announcing body
+//! (a bodiless request with the tracker alone under this layer) the
 //! tracker infers exchanges from the order of reads and writes; a record
 //! inferred while the previous exchange was still open is inexact and the
 //! layer then treats the wire as unknown (below).
@@ -153,7 +155,9 @@
 //! The layer keeps a copy of the request for a retry (an extension-less
 //! `GET` copies only its URI), runs tower's retry policy and marks the end
 //! of the response's exchange: about 1.1 k instructions and no allocation
-//! per request (but a streamed body's replay buffer) on loopback (`cargo bench --bench instructions -- retry`,
+//! per request (but, for a request with a body, a streamed body's replay
+//! buffer and the box its announcing record lives in, which a PhaseTimeout
+//! below would make anyway) on loopback (`cargo bench --bench instructions -- retry`,
 //! about +4 % over a bare hyper-util client; the README's Performance
 //! section).
 //!
@@ -161,9 +165,12 @@
 //! allocations, [`ConnectionCapture`](crate::track::ConnectionCapture)) is
 //! taken only where it is needed, and shared with the layers below:
 //!
-//! * for a request **with a body**: an upload the caller gives up on is
-//!   abandoned through it (with the tracker, its connection is closed at
-//!   once; hyper alone would write the rest), also without PhaseTimeout;
+//! * for a request **with a body**: the body announces the attempt to its
+//!   connection through it, as under PhaseTimeout (the tracker's exact
+//!   record), and an upload the caller gives up on is abandoned through it
+//!   (with the tracker, its connection is closed at once; hyper alone would
+//!   write the rest), also without PhaseTimeout, and also when the caller
+//!   drops an early final response (a `413` mid-upload);
 //! * when the caller put one on the request: it is the first attempt's
 //!   record (and each retry gets a fresh one).
 //!

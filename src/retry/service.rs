@@ -86,6 +86,14 @@ impl<S> RetryOnStaleConnection<S> {
             (Some(capture), future)
         } else {
             let capture = needs_capture(&req).then(|| ConnectionCapture::get_or_insert(&mut req));
+            if let Some(capture) = &capture {
+                // The body announces the attempt to its connection, as
+                // under PhaseTimeout (which observes it again, with the
+                // same capture): the tracker then knows this request's
+                // upload, so an early final response dropped mid-upload
+                // abandons it, and its record is exact.
+                req.body_mut().observe(None, Some(capture.clone()));
+            }
             (capture, self.inner.call(req))
         };
         ResponseFuture::new(future, Arc::clone(&self.spare), backup, session, capture)
