@@ -898,7 +898,11 @@ async fn a_short_idle_timeout_is_learned_after_two_observations() {
         .await;
         assert_eq!(report.errors(), 0, "{kind:?}: {}", describe(&report));
         assert!(report.reused() >= 36, "{kind:?}: {}", describe(&report));
-        assert_eq!(server.connections() - before, 2, "{kind:?}");
+        // One connection per task; on a loaded machine a task scheduled
+        // late past the learned limit opens another (as many as the
+        // `reused` bound allows): reuse above the limit would be an error.
+        let opened = server.connections() - before;
+        assert!((2..=4).contains(&opened), "{kind:?}: {opened} connections");
         let report = seed_with(
             kind,
             &layer,
