@@ -693,6 +693,12 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_client_connection_close_under_concurrency() {
+    connection_close_under_concurrency("one-call client", client::builder().build::<Full<Bytes>>())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_client_with_layers_connection_close_under_concurrency() {
     connection_close_under_concurrency("legacy client + layers", hand_stack()).await;
 }

@@ -62,9 +62,46 @@ use tls_origin::{Divert, TlsConn, TlsOrigin};
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 /// How many pooled connections one request may find refused (expired,
-/// closed, abandoned: nothing was written on them) before it gives up with
-/// the last refusal, which [`retry`](crate::retry) then judges (always safe).
+/// closing, abandoned: nothing was written on them) before it gives up with
+/// [`CheckoutsRefused`], which [`retry`](crate::retry) then judges (always
+/// safe).
 const CHECKOUTS: usize = 8;
+
+/// How many pooled connections whose task had already ended (the server
+/// closed them after their last response, `Connection: close` among them)
+/// one request may find, apart from [`CHECKOUTS`]: each leaves its pool for
+/// good as it refuses, and says nothing of the origin (a burst of requests
+/// to a server that closes every connection finds one behind each of its
+/// answers), so they do not end the checkout early.
+const ENDED_CHECKOUTS: usize = 64;
+
+/// Every connection a request checked out refused it before any byte
+/// ([`CHECKOUTS`] of them, or [`ENDED_CHECKOUTS`] whose task had ended):
+/// nothing was written. Its source is the last refusal.
+#[derive(Debug)]
+pub(crate) struct CheckoutsRefused(BoxError);
+
+impl std::fmt::Display for CheckoutsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every connection checked out refused the request; nothing was written")
+    }
+}
+
+impl std::error::Error for CheckoutsRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// Whether a connection's refusal says its task has ended (hyper's
+/// "channel closed", [`Http2Closed`]).
+fn task_ended(refusal: &(dyn std::error::Error + 'static)) -> bool {
+    crate::causes(refusal).any(|e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_closed)
+            || e.is::<Http2Closed>()
+    })
+}
 
 /// Above this many origins, origins without a connection are evicted.
 pub(crate) const MAX_ORIGINS: usize = 256;
@@ -940,7 +977,7 @@ where
 /// Checks a connection out of `pool` and sends `req` on it: a connection
 /// refused before any byte (its `poll_ready` failed: expired, closed,
 /// abandoned) is dropped by the pool and another taken, up to
-/// [`CHECKOUTS`]. `aside`: a resting connection already taken; `checkout`:
+/// [`CHECKOUTS`] (and [`ENDED_CHECKOUTS`] whose task had ended). `aside`: a resting connection already taken; `checkout`:
 /// a checkout already under way.
 async fn send_on<P, C, B, F>(
     mut pool: P,
@@ -962,7 +999,7 @@ where
     // given back to the pool (no allocation unless there is one). Each one
     // leaves the pool, so the loop ends: at worst with a new connection.
     let mut aside = Vec::from_iter(aside);
-    let mut refused = 0;
+    let (mut refused, mut ended) = (0, 0);
     loop {
         let mut conn = match checkout.take() {
             Some(checkout) => checkout.await,
@@ -974,11 +1011,20 @@ where
             continue;
         }
         if let Err(refusal) = conn.ready().await {
-            refused += 1;
             // A new connection's refusal (closed at once) ends it too:
             // connecting again would most likely fare the same.
-            if refused == CHECKOUTS || ClosedBeforeFirstRequest::is_in(refusal.as_ref()) {
+            if ClosedBeforeFirstRequest::is_in(refusal.as_ref()) {
                 return Err(refusal);
+            }
+            let exhausted = if task_ended(refusal.as_ref()) {
+                ended += 1;
+                ended == ENDED_CHECKOUTS
+            } else {
+                refused += 1;
+                refused == CHECKOUTS
+            };
+            if exhausted {
+                return Err(Box::new(CheckoutsRefused(refusal)));
             }
             continue;
         }

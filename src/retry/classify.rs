@@ -400,6 +400,7 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
             || e.is::<crate::track::ConnectionClosing>()
             || e.is::<crate::track::ConnectionClosed>()
             || e.is::<crate::client::Http2Closed>()
+            || e.is::<crate::client::CheckoutsRefused>()
         {
             seen.not_written = true;
         } else if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
