@@ -94,11 +94,12 @@ impl std::error::Error for CheckoutsRefused {
 }
 
 /// Whether a connection's refusal says its task has ended (hyper's
-/// "channel closed", [`Http2Closed`]).
+/// "channel closed", [`Http1Closed`], [`Http2Closed`]).
 fn task_ended(refusal: &(dyn std::error::Error + 'static)) -> bool {
     crate::causes(refusal).any(|e| {
         e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_closed)
+            || e.is::<Http1Closed>()
             || e.is::<Http2Closed>()
     })
 }
@@ -145,10 +146,90 @@ type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxErro
 
 /// One connection's sending half: hyper's HTTP/1 or HTTP/2 connection.
 pub(crate) enum Sender<B> {
-    /// With the origin's `Host` header, built once per connection.
-    Http1(Http1Connection<B>),
+    Http1(H1Sender<B>),
     Http2(H2Sender<B>),
 }
+
+/// hyper's sending half of an HTTP/1 connection, with the origin's `Host`
+/// header (built once per connection), until its connection task ends
+/// (`None` from then on).
+type H1Slot<B> = Mutex<Option<Http1Connection<B>>>;
+
+/// The sending half of an HTTP/1 connection, dropped when the connection's
+/// task ends ([`spawn`](Self::spawn)).
+///
+/// hyper's HTTP/1 `SendRequest` hands each request to the connection's
+/// task through the same tokio channel as on HTTP/2 (see [`H2Sender`]): a
+/// request sent as the task ends (the server closed the connection right
+/// after its last response) can land in the channel after the task's end
+/// dropped what it held, and is then answered only when the channel goes,
+/// with the `SendRequest`, which the request's own future holds (its
+/// connection, from the checkout to the response body's end): it would
+/// wait for ever. Dropped by the task as it ends, the `SendRequest` takes
+/// the channel with it: such a request gets hyper's "connection closed"
+/// (cancelled: nothing was sent), and every later use [`Http1Closed`].
+pub(crate) struct H1Sender<B>(Arc<H1Slot<B>>);
+
+impl<B> H1Sender<B> {
+    /// Spawns the connection's task `conn` (hyper's `Connection`), whose
+    /// end drops `send`. The task holds only a weak handle, so the
+    /// connection still closes once its `H1Sender` is gone.
+    fn spawn<F>(send: Http1Connection<B>, conn: F) -> Self
+    where
+        B: Send + 'static,
+        F: Future + Send + 'static,
+    {
+        let send = H1Sender(Arc::new(Mutex::new(Some(send))));
+        let slot = Arc::downgrade(&send.0);
+        tokio::spawn(async move {
+            // hyper's `Connection` (its end of the request channel) is
+            // dropped as it completes.
+            let _ = conn.await;
+            if let Some(slot) = slot.upgrade() {
+                let send = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                drop(send);
+            }
+        });
+        send
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Http1Connection<B>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self.slot().as_mut() {
+            Some(send) => send.poll_ready(cx).map_err(Into::into),
+            None => Poll::Ready(Err(Box::new(Http1Closed))),
+        }
+    }
+
+    /// Hands `req` to the connection (into hyper's channel under the
+    /// lock, so the task's end finds it there); `None` once the task has
+    /// ended.
+    fn send(
+        &mut self,
+        req: Request<B>,
+    ) -> Option<impl Future<Output = Result<Response<Incoming>, hyper::Error>>>
+    where
+        B: Body + 'static,
+    {
+        self.slot().as_mut().map(|send| send.send(req))
+    }
+}
+
+/// An HTTP/1 connection whose connection task has ended (the server closed
+/// it, or it failed): nothing of the request was sent.
+#[derive(Debug)]
+pub(crate) struct Http1Closed;
+
+impl std::fmt::Display for Http1Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HTTP/1 connection closed; nothing was sent")
+    }
+}
+
+impl std::error::Error for Http1Closed {}
 
 /// hyper's sending half of an HTTP/2 connection, shared by every handle
 /// of the connection until its connection task ends (`None` from then on).
@@ -240,6 +321,12 @@ impl<B> std::fmt::Debug for Sender<B> {
     }
 }
 
+impl<B> std::fmt::Debug for H1Sender<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H1Sender")
+    }
+}
+
 impl<B> std::fmt::Debug for H2Sender<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("H2Sender")
@@ -258,17 +345,17 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
-            Sender::Http1(send) => send.poll_ready(cx).map_err(Into::into),
+            Sender::Http1(send) => send.poll_ready(cx),
             Sender::Http2(send) => send.poll_ready(cx),
         }
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self {
-            Sender::Http1(send) => {
-                let sent = send.send(req);
-                Box::pin(async move { sent.await.map_err(Into::into) })
-            }
+            Sender::Http1(send) => match send.send(req) {
+                Some(sent) => Box::pin(async move { sent.await.map_err(Into::into) }),
+                None => Box::pin(std::future::ready(Err(Box::new(Http1Closed) as BoxError))),
+            },
             Sender::Http2(send) => send.call(req),
         }
     }
@@ -554,10 +641,12 @@ where
                     .handshake(io)
                     .await
                     .map_err(|e| fail(e.into()))?;
-                // Upgrades (101, CONNECT) hand the IO to the caller.
-                tokio::spawn(conn.with_upgrades());
                 layer = &parts.idle_expiry_http1;
-                Sender::Http1(Http1Connection::to(send, &uri))
+                // Upgrades (101, CONNECT) hand the IO to the caller.
+                Sender::Http1(H1Sender::spawn(
+                    Http1Connection::to(send, &uri),
+                    conn.with_upgrades(),
+                ))
             };
             let conn = layer.connection(sender, state, &uri);
             Ok(if parts.state_extension {
@@ -582,8 +671,12 @@ where
     B::Error: Into<BoxError>,
 {
     conn.call_with(req, |sender, req| match sender {
-        Sender::Http1(send) => Sent::Http1 {
-            future: send.send(req),
+        Sender::Http1(send) => match send.send(req) {
+            Some(future) => Sent::Http1 { future },
+            // The connection's task had ended (rare: boxed).
+            None => Sent::Http2 {
+                future: Box::pin(std::future::ready(Err(Box::new(Http1Closed) as BoxError))),
+            },
         },
         // Never on an `http://` origin (no ALPN), but correct anyway.
         Sender::Http2(send) => Sent::Http2 {
@@ -593,7 +686,8 @@ where
 }
 
 pin_project! {
-    /// hyper's HTTP/1 send future inline, or an HTTP/2 one (boxed): one
+    /// hyper's HTTP/1 send future inline, or an HTTP/2 one (boxed; also
+    /// an HTTP/1 connection's refusal once its task has ended): one
     /// copy of whichever it is (an `async` block awaiting a `match` would
     /// hold the future twice).
     #[project = SentProj]
@@ -1237,6 +1331,42 @@ mod tests {
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
     use tokio::io::AsyncWriteExt;
+
+    /// When an HTTP/1 connection's task ends (here: the server closed it
+    /// while it was idle), its handle lets go of hyper's `SendRequest`
+    /// (and with it hyper's request channel): a request that reached the
+    /// channel as its receiver was dropped is then answered, where its
+    /// future, which holds the handle, used to wait for ever. Later uses
+    /// fail at once, nothing sent.
+    #[tokio::test]
+    async fn the_end_of_an_http1_connections_task_drops_its_send_request() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (send, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(client))
+            .await
+            .unwrap();
+        let origin = Uri::from_static("http://example.test/");
+        let mut sender = H1Sender::spawn(Http1Connection::to(send, &origin), conn);
+        std::future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .unwrap();
+        drop(server);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while sender.slot().is_some() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the connection's task ended and dropped its SendRequest");
+        let refused = std::future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .unwrap_err();
+        assert!(refused.is::<Http1Closed>(), "{refused}");
+        let req = Request::get("http://example.test/")
+            .body(Empty::new())
+            .unwrap();
+        assert!(sender.send(req).is_none(), "nothing handed to hyper");
+    }
 
     /// When an HTTP/2 connection's task ends, every handle lets go of
     /// hyper's `SendRequest` (and with it hyper's request channel): a

@@ -222,7 +222,7 @@ mod announce;
 mod engine;
 
 use announce::Announce;
-pub(crate) use engine::{CheckoutsRefused, ConnectError, Http2Closed};
+pub(crate) use engine::{CheckoutsRefused, ConnectError, Http1Closed, Http2Closed};
 use engine::{Engine, PooledBody};
 
 #[cfg(feature = "tls")]

@@ -401,6 +401,7 @@ pub(crate) fn signal(err: &(dyn Error + 'static)) -> Signal {
             || e.is::<crate::track::ConnectionClosed>()
             || e.is::<crate::client::Http2Closed>()
             || e.is::<crate::client::CheckoutsRefused>()
+            || e.is::<crate::client::Http1Closed>()
         {
             seen.not_written = true;
         } else if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
