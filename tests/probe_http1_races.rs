@@ -616,7 +616,9 @@ async fn one_call_client_reusing_every_connection_never_hangs() {
 
 /// hyper-util's legacy client under the crate's layers: the same.
 ///
-/// It fails: about one request in 30 000 here (release) is never answered.
+/// It fails now and then: up to about one request in 30 000 here (release;
+/// the rate varies with the machine's load, some runs of 100 000 see none)
+/// is never answered.
 /// hyper-util's legacy client holds the connection's `SendRequest` in the
 /// request's future while it waits for the response
 /// (`client/legacy/client.rs`, `pooled.try_send_request(req).await`), so a
