@@ -51,6 +51,7 @@ use tower_service::Service;
 
 use crate::drain::{DrainHandle, Draining};
 use crate::idle_expiry::{ClosedBeforeFirstRequest, IdleExpiryConnection, IdleExpiryLayer};
+pub(crate) use crate::pool::Http1Closed;
 use crate::pool::Http1Connection;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody, TrackedIo};
 use crate::BoxError;
@@ -146,90 +147,9 @@ type SendFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxErro
 
 /// One connection's sending half: hyper's HTTP/1 or HTTP/2 connection.
 pub(crate) enum Sender<B> {
-    Http1(H1Sender<B>),
+    Http1(Http1Connection<B>),
     Http2(H2Sender<B>),
 }
-
-/// hyper's sending half of an HTTP/1 connection, with the origin's `Host`
-/// header (built once per connection), until its connection task ends
-/// (`None` from then on).
-type H1Slot<B> = Mutex<Option<Http1Connection<B>>>;
-
-/// The sending half of an HTTP/1 connection, dropped when the connection's
-/// task ends ([`spawn`](Self::spawn)).
-///
-/// hyper's HTTP/1 `SendRequest` hands each request to the connection's
-/// task through the same tokio channel as on HTTP/2 (see [`H2Sender`]): a
-/// request sent as the task ends (the server closed the connection right
-/// after its last response) can land in the channel after the task's end
-/// dropped what it held, and is then answered only when the channel goes,
-/// with the `SendRequest`, which the request's own future holds (its
-/// connection, from the checkout to the response body's end): it would
-/// wait for ever. Dropped by the task as it ends, the `SendRequest` takes
-/// the channel with it: such a request gets hyper's "connection closed"
-/// (cancelled: nothing was sent), and every later use [`Http1Closed`].
-pub(crate) struct H1Sender<B>(Arc<H1Slot<B>>);
-
-impl<B> H1Sender<B> {
-    /// Spawns the connection's task `conn` (hyper's `Connection`), whose
-    /// end drops `send`. The task holds only a weak handle, so the
-    /// connection still closes once its `H1Sender` is gone.
-    fn spawn<F>(send: Http1Connection<B>, conn: F) -> Self
-    where
-        B: Send + 'static,
-        F: Future + Send + 'static,
-    {
-        let send = H1Sender(Arc::new(Mutex::new(Some(send))));
-        let slot = Arc::downgrade(&send.0);
-        tokio::spawn(async move {
-            // hyper's `Connection` (its end of the request channel) is
-            // dropped as it completes.
-            let _ = conn.await;
-            if let Some(slot) = slot.upgrade() {
-                let send = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-                drop(send);
-            }
-        });
-        send
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Http1Connection<B>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self.slot().as_mut() {
-            Some(send) => send.poll_ready(cx).map_err(Into::into),
-            None => Poll::Ready(Err(Box::new(Http1Closed))),
-        }
-    }
-
-    /// Hands `req` to the connection (into hyper's channel under the
-    /// lock, so the task's end finds it there); `None` once the task has
-    /// ended.
-    fn send(
-        &mut self,
-        req: Request<B>,
-    ) -> Option<impl Future<Output = Result<Response<Incoming>, hyper::Error>>>
-    where
-        B: Body + 'static,
-    {
-        self.slot().as_mut().map(|send| send.send(req))
-    }
-}
-
-/// An HTTP/1 connection whose connection task has ended (the server closed
-/// it, or it failed): nothing of the request was sent.
-#[derive(Debug)]
-pub(crate) struct Http1Closed;
-
-impl std::fmt::Display for Http1Closed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HTTP/1 connection closed; nothing was sent")
-    }
-}
-
-impl std::error::Error for Http1Closed {}
 
 /// hyper's sending half of an HTTP/2 connection, shared by every handle
 /// of the connection until its connection task ends (`None` from then on).
@@ -318,12 +238,6 @@ impl<B> std::fmt::Debug for Sender<B> {
             Sender::Http1(_) => "Sender::Http1",
             Sender::Http2(_) => "Sender::Http2",
         })
-    }
-}
-
-impl<B> std::fmt::Debug for H1Sender<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("H1Sender")
     }
 }
 
@@ -643,10 +557,7 @@ where
                     .map_err(|e| fail(e.into()))?;
                 layer = &parts.idle_expiry_http1;
                 // Upgrades (101, CONNECT) hand the IO to the caller.
-                Sender::Http1(H1Sender::spawn(
-                    Http1Connection::to(send, &uri),
-                    conn.with_upgrades(),
-                ))
+                Sender::Http1(Http1Connection::spawn(send, conn.with_upgrades(), &uri))
             };
             let conn = layer.connection(sender, state, &uri);
             Ok(if parts.state_extension {
@@ -1346,13 +1257,13 @@ mod tests {
             .await
             .unwrap();
         let origin = Uri::from_static("http://example.test/");
-        let mut sender = H1Sender::spawn(Http1Connection::to(send, &origin), conn);
+        let mut sender = Http1Connection::spawn(send, conn, &origin);
         std::future::poll_fn(|cx| sender.poll_ready(cx))
             .await
             .unwrap();
         drop(server);
         tokio::time::timeout(Duration::from_secs(10), async {
-            while sender.slot().is_some() {
+            while !sender.is_released() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::uri::PathAndQuery;
@@ -39,12 +40,35 @@ use crate::BoxError;
 ///
 /// hyper's `send_request` future cannot be named, so it is boxed.
 pub struct Http1Connection<B> {
-    send: SendRequest<B>,
+    send: Slot<B>,
     /// The `Host` header of the origin the connection was made for.
     host: Option<HeaderValue>,
     /// That origin (scheme and authority), when known.
     origin: Option<Uri>,
 }
+
+/// hyper's `SendRequest`: the caller's, or one the connection's own task
+/// lets go of when it ends.
+enum Slot<B> {
+    /// Given by the caller ([`Http1Connection::new`]), who runs the task.
+    Own(SendRequest<B>),
+    /// Made with the task it spawned ([`Http1Connection::spawn`]): `None`
+    /// once that task has ended.
+    Released(Arc<Mutex<Option<SendRequest<B>>>>),
+}
+
+/// The connection's task had ended (the server closed the connection, or
+/// it failed) when a request came: nothing of the request was sent.
+#[derive(Debug)]
+pub(crate) struct Http1Closed;
+
+impl std::fmt::Display for Http1Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HTTP/1 connection closed; nothing was sent")
+    }
+}
+
+impl std::error::Error for Http1Closed {}
 
 impl<B> std::fmt::Debug for Http1Connection<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,39 +84,93 @@ impl<B> Http1Connection<B> {
     /// without a `Host` header gets one from its own URI.
     pub fn new(send: SendRequest<B>) -> Self {
         Http1Connection {
-            send,
+            send: Slot::Own(send),
             host: None,
             origin: None,
         }
     }
 
-    /// Wraps a connection made for `origin`, whose `Host` header (built
-    /// once here) a request without one gets.
-    pub(crate) fn to(send: SendRequest<B>, origin: &Uri) -> Self {
+    /// Spawns the connection's task `conn` (hyper's `Connection`) and wraps
+    /// its sending half, made for `origin` (whose `Host` header, built once
+    /// here, a request without one gets).
+    ///
+    /// The task drops the `SendRequest` when it ends. hyper hands each
+    /// request to the task through a tokio channel, whose send reserves a
+    /// slot and then writes it; the task's end drains the channel once, up
+    /// to a slot not written yet. A request sent at that very moment stays
+    /// in the channel, answered only when the channel goes with its last
+    /// `SendRequest`, which the request's own future holds (its connection,
+    /// until the response body's end): it would wait for ever. Let go of by
+    /// the task, the `SendRequest` takes the channel with it: such a request
+    /// gets hyper's "connection closed" (cancelled: nothing was sent), and
+    /// every later use [`Http1Closed`]. The task holds only a weak handle,
+    /// so the connection still closes once every handle is gone.
+    pub(crate) fn spawn<F>(send: SendRequest<B>, conn: F, origin: &Uri) -> Self
+    where
+        B: Send + 'static,
+        F: Future + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(Some(send)));
+        let released = Arc::downgrade(&slot);
+        tokio::spawn(async move {
+            // hyper's `Connection` (its end of the request channel) is
+            // dropped as it completes.
+            let _ = conn.await;
+            if let Some(slot) = released.upgrade() {
+                let send = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                drop(send);
+            }
+        });
         Http1Connection {
-            send,
+            send: Slot::Released(slot),
             host: host_header(origin),
             origin: Some(origin.clone()),
         }
     }
 
+    /// Whether the connection's task has ended (only known for a connection
+    /// made with [`spawn`](Self::spawn)).
+    #[cfg(test)]
+    pub(crate) fn is_released(&self) -> bool {
+        match &self.send {
+            Slot::Own(_) => false,
+            Slot::Released(slot) => slot.lock().unwrap_or_else(|e| e.into_inner()).is_none(),
+        }
+    }
+
     /// Whether the connection can take a request now (hyper's own
-    /// `poll_ready`).
-    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.send.poll_ready(cx)
+    /// `poll_ready`; [`Http1Closed`] once its task has ended).
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let ready = match &mut self.send {
+            Slot::Own(send) => send.poll_ready(cx),
+            Slot::Released(slot) => match slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(send) => send.poll_ready(cx),
+                None => return Poll::Ready(Err(Box::new(Http1Closed))),
+            },
+        };
+        ready.map_err(Into::into)
     }
 
     /// Sends `req` with hyper's own future (unboxed: the one-call client's
-    /// engine holds it inline).
+    /// engine holds it inline), handed to hyper's channel under the lock
+    /// (so the task's end finds it there); `None` once the connection's
+    /// task has ended (nothing sent).
     pub(crate) fn send(
         &mut self,
         mut req: Request<B>,
-    ) -> impl Future<Output = Result<Response<Incoming>, hyper::Error>>
+    ) -> Option<impl Future<Output = Result<Response<Incoming>, hyper::Error>>>
     where
         B: Body + 'static,
     {
         prepare_http1(&mut req, self.host.as_ref());
-        self.send.send_request(req)
+        match &mut self.send {
+            Slot::Own(send) => Some(send.send_request(req)),
+            Slot::Released(slot) => slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .map(|send| send.send_request(req)),
+        }
     }
 }
 
@@ -105,7 +183,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Http1Connection::poll_ready(self, cx).map_err(Into::into)
+        Http1Connection::poll_ready(self, cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -118,8 +196,10 @@ where
                 return Box::pin(std::future::ready(Err(wrong.into())));
             }
         }
-        let sent = self.send(req);
-        Box::pin(async move { sent.await.map_err(Into::into) })
+        match self.send(req) {
+            Some(sent) => Box::pin(async move { sent.await.map_err(Into::into) }),
+            None => Box::pin(std::future::ready(Err(Box::new(Http1Closed) as BoxError))),
+        }
     }
 }
 

@@ -78,8 +78,8 @@ where
             let state = io.state().clone();
             let (send, conn) = http1.handshake(io).await?;
             // Upgrades (101, CONNECT) hand the IO to the caller.
-            tokio::spawn(conn.with_upgrades());
-            Ok(idle_expiry.connection(Http1Connection::to(send, &target), state, &target))
+            let send = Http1Connection::spawn(send, conn.with_upgrades(), &target);
+            Ok(idle_expiry.connection(send, state, &target))
         })
     }
 }

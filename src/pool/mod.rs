@@ -99,6 +99,7 @@ use hyper::client::conn::http1;
 use tower_service::Service;
 
 pub use body::Body;
+pub(crate) use conn::Http1Closed;
 pub use conn::{Http1Connection, WrongOrigin};
 
 use crate::idle_expiry::{IdleExpiryConnection, IdleExpiryLayer};
