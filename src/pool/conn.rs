@@ -40,21 +40,19 @@ use crate::BoxError;
 ///
 /// hyper's `send_request` future cannot be named, so it is boxed.
 pub struct Http1Connection<B> {
-    send: Slot<B>,
+    // One pointer: the engine moves its connections (in and out of their
+    // pools) by value.
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    /// hyper's `SendRequest`; `None` once the connection's task has ended
+    /// (only for a connection made by [`Http1Connection::spawn`]).
+    send: Mutex<Option<SendRequest<B>>>,
     /// The `Host` header of the origin the connection was made for.
     host: Option<HeaderValue>,
     /// That origin (scheme and authority), when known.
     origin: Option<Uri>,
-}
-
-/// hyper's `SendRequest`: the caller's, or one the connection's own task
-/// lets go of when it ends.
-enum Slot<B> {
-    /// Given by the caller ([`Http1Connection::new`]), who runs the task.
-    Own(SendRequest<B>),
-    /// Made with the task it spawned ([`Http1Connection::spawn`]): `None`
-    /// once that task has ended.
-    Released(Arc<Mutex<Option<SendRequest<B>>>>),
 }
 
 /// The connection's task had ended (the server closed the connection, or
@@ -73,8 +71,8 @@ impl std::error::Error for Http1Closed {}
 impl<B> std::fmt::Debug for Http1Connection<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http1Connection")
-            .field("host", &self.host)
-            .field("origin", &self.origin)
+            .field("host", &self.inner.host)
+            .field("origin", &self.inner.origin)
             .finish_non_exhaustive()
     }
 }
@@ -84,9 +82,11 @@ impl<B> Http1Connection<B> {
     /// without a `Host` header gets one from its own URI.
     pub fn new(send: SendRequest<B>) -> Self {
         Http1Connection {
-            send: Slot::Own(send),
-            host: None,
-            origin: None,
+            inner: Arc::new(Inner {
+                send: Mutex::new(Some(send)),
+                host: None,
+                origin: None,
+            }),
         }
     }
 
@@ -110,45 +110,38 @@ impl<B> Http1Connection<B> {
         B: Send + 'static,
         F: Future + Send + 'static,
     {
-        let slot = Arc::new(Mutex::new(Some(send)));
-        let released = Arc::downgrade(&slot);
+        let inner = Arc::new(Inner {
+            send: Mutex::new(Some(send)),
+            host: host_header(origin),
+            origin: Some(origin.clone()),
+        });
+        let released = Arc::downgrade(&inner);
         tokio::spawn(async move {
             // hyper's `Connection` (its end of the request channel) is
             // dropped as it completes.
             let _ = conn.await;
-            if let Some(slot) = released.upgrade() {
-                let send = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(inner) = released.upgrade() {
+                let send = inner.slot().take();
                 drop(send);
             }
         });
-        Http1Connection {
-            send: Slot::Released(slot),
-            host: host_header(origin),
-            origin: Some(origin.clone()),
-        }
+        Http1Connection { inner }
     }
 
     /// Whether the connection's task has ended (only known for a connection
     /// made with [`spawn`](Self::spawn)).
     #[cfg(test)]
     pub(crate) fn is_released(&self) -> bool {
-        match &self.send {
-            Slot::Own(_) => false,
-            Slot::Released(slot) => slot.lock().unwrap_or_else(|e| e.into_inner()).is_none(),
-        }
+        self.inner.slot().is_none()
     }
 
     /// Whether the connection can take a request now (hyper's own
     /// `poll_ready`; [`Http1Closed`] once its task has ended).
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        let ready = match &mut self.send {
-            Slot::Own(send) => send.poll_ready(cx),
-            Slot::Released(slot) => match slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                Some(send) => send.poll_ready(cx),
-                None => return Poll::Ready(Err(Box::new(Http1Closed))),
-            },
-        };
-        ready.map_err(Into::into)
+        match self.inner.slot().as_mut() {
+            Some(send) => send.poll_ready(cx).map_err(Into::into),
+            None => Poll::Ready(Err(Box::new(Http1Closed))),
+        }
     }
 
     /// Sends `req` with hyper's own future (unboxed: the one-call client's
@@ -162,15 +155,18 @@ impl<B> Http1Connection<B> {
     where
         B: Body + 'static,
     {
-        prepare_http1(&mut req, self.host.as_ref());
-        match &mut self.send {
-            Slot::Own(send) => Some(send.send_request(req)),
-            Slot::Released(slot) => slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-                .map(|send| send.send_request(req)),
-        }
+        prepare_http1(&mut req, self.inner.host.as_ref());
+        self.inner
+            .slot()
+            .as_mut()
+            .map(|send| send.send_request(req))
+    }
+}
+
+impl<B> Inner<B> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<B>>> {
+        // Nothing panics under this lock; a poisoned one is still consistent.
+        self.send.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -187,7 +183,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let Some(origin) = &self.origin {
+        if let Some(origin) = &self.inner.origin {
             if req.uri().authority().is_some() && !same_origin(origin, req.uri()) {
                 let wrong = WrongOrigin {
                     connection: origin.clone(),
