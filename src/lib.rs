@@ -248,6 +248,18 @@
 //!    = note: build the inner hyper-util client for the crate's body: `Client::builder(..).build::<_, tower_conn_lifecycle::RequestBody>(connector)`; the layers above it take any body
 //! ```
 //!
+//! One limit of hyper-util's legacy client that no layer can lift: a
+//! request handed to a kept-alive HTTP/1 connection at the very moment the
+//! connection's task ends (the server closed it right after its last
+//! response) can wait for ever, unanswered and never written (about 1 such
+//! request in 30 000 under a server that closes every connection at once,
+//! `tests/probe_http1_races.rs`): the client's future holds the connection's
+//! `SendRequest`, and hyper's request channel answers a request stranded in
+//! it only when that goes. Give requests a [`PhaseTimeout`](phase_timeout)
+//! `send` or `total` limit there, so such a request fails instead. The
+//! one-call [`client`] and the [`pool`] pieces let go of the `SendRequest`
+//! when the task ends, and do not hang.
+//!
 //! Because the layers take any body, `ServiceExt::ready` on a stack built
 //! by hand needs the request type named
 //! (`ServiceExt::<http::Request<B>>::ready(&mut client)`); `oneshot` and
