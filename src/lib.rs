@@ -256,7 +256,7 @@
 //! `tests/probe_http1_races.rs`): the client's future holds the connection's
 //! `SendRequest`, and hyper's request channel answers a request stranded in
 //! it only when that goes. Give requests a [`PhaseTimeout`](phase_timeout)
-//! `send` or `total` limit there, so such a request fails instead. The
+//! `total` limit there, so such a request fails instead. The
 //! one-call [`client`] and the [`pool`] pieces let go of the `SendRequest`
 //! when the task ends, and do not hang.
 //!
