@@ -982,8 +982,9 @@ where
 /// Checks a connection out of `pool` and sends `req` on it: a connection
 /// refused before any byte (its `poll_ready` failed: expired, closed,
 /// abandoned) is dropped by the pool and another taken, up to
-/// [`CHECKOUTS`] (and [`ENDED_CHECKOUTS`] whose task had ended). `aside`: a resting connection already taken; `checkout`:
-/// a checkout already under way.
+/// [`CHECKOUTS`] (and [`ENDED_CHECKOUTS`] whose task had ended). `aside`:
+/// a resting connection already taken; `checkout`: a checkout already
+/// under way.
 async fn send_on<P, C, B, F>(
     mut pool: P,
     req: Request<B>,
@@ -1242,42 +1243,6 @@ mod tests {
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
     use tokio::io::AsyncWriteExt;
-
-    /// When an HTTP/1 connection's task ends (here: the server closed it
-    /// while it was idle), its handle lets go of hyper's `SendRequest`
-    /// (and with it hyper's request channel): a request that reached the
-    /// channel as its receiver was dropped is then answered, where its
-    /// future, which holds the handle, used to wait for ever. Later uses
-    /// fail at once, nothing sent.
-    #[tokio::test]
-    async fn the_end_of_an_http1_connections_task_drops_its_send_request() {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let (send, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(client))
-            .await
-            .unwrap();
-        let origin = Uri::from_static("http://example.test/");
-        let mut sender = Http1Connection::spawn(send, conn, &origin);
-        std::future::poll_fn(|cx| sender.poll_ready(cx))
-            .await
-            .unwrap();
-        drop(server);
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !sender.is_released() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the connection's task ended and dropped its SendRequest");
-        let refused = std::future::poll_fn(|cx| sender.poll_ready(cx))
-            .await
-            .unwrap_err();
-        assert!(refused.is::<Http1Closed>(), "{refused}");
-        let req = Request::get("http://example.test/")
-            .body(Empty::new())
-            .unwrap();
-        assert!(sender.send(req).is_none(), "nothing handed to hyper");
-    }
 
     /// When an HTTP/2 connection's task ends, every handle lets go of
     /// hyper's `SendRequest` (and with it hyper's request channel): a

@@ -318,6 +318,46 @@ fn host_header(uri: &Uri) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    use std::time::Duration;
+
+    /// When an HTTP/1 connection's task ends (here: the server closed it
+    /// while it was idle), its handle lets go of hyper's `SendRequest`
+    /// (and with it hyper's request channel): a request that reached the
+    /// channel as its receiver was dropped is then answered, where its
+    /// future, which holds the handle, used to wait for ever. Later uses
+    /// fail at once, nothing sent.
+    #[tokio::test]
+    async fn the_end_of_an_http1_connections_task_drops_its_send_request() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (send, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(client))
+            .await
+            .unwrap();
+        let origin = Uri::from_static("http://example.test/");
+        let mut sender = Http1Connection::spawn(send, conn, &origin);
+        std::future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .unwrap();
+        drop(server);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !sender.is_released() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the connection's task ended and dropped its SendRequest");
+        let refused = std::future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .unwrap_err();
+        assert!(refused.is::<Http1Closed>(), "{refused}");
+        let req = Request::get("http://example.test/")
+            .body(Empty::new())
+            .unwrap();
+        assert!(sender.send(req).is_none(), "nothing handed to hyper");
+    }
 
     fn prepared(req: Request<()>, host: Option<&'static str>) -> Request<()> {
         let mut req = req;
