@@ -247,23 +247,29 @@ async fn randomized_hostile_server_against_the_legacy_hand_stack() {
         };
         let (client, track) = stack.build::<Full<Bytes>>();
         let run = randomized_run(client, seed, random_plan()).await;
-        let report = run.check();
         print_expiry(&expiry.stats(), &track);
-        assert_eq!(run.all.len(), RANDOM_REQUESTS, "the run stopped early");
+        let report = checked(&run, seed);
         assert!(
             report.reused_ok * 4 >= report.ok,
             "seed {seed}: only {} of {} successes reused a connection",
             report.reused_ok,
             report.ok
         );
-        assert!(
-            report.violations.is_empty(),
-            "seed {seed}: {} violations:\n{}",
-            report.violations.len(),
-            report.violations.join("\n")
-        );
     })
     .await;
+}
+
+/// The randomized run's verdict: every request sent, and no violation.
+fn checked(run: &RandomRun, seed: u64) -> RandomReport {
+    let report = run.check();
+    assert_eq!(run.all.len(), RANDOM_REQUESTS, "the run stopped early");
+    assert!(
+        report.violations.is_empty(),
+        "seed {seed}: {} violations:\n{}",
+        report.violations.len(),
+        report.violations.join("\n")
+    );
+    report
 }
 
 /// The same without PhaseTimeout.
@@ -273,14 +279,7 @@ async fn randomized_hostile_server_against_retry_without_phase_timeout() {
     println!("HOSTILE_SEED={seed}");
     bounded(TEST_LIMIT, "the test", async move {
         let run = randomized_run(unannounced_stack(), seed, random_plan()).await;
-        let report = run.check();
-        assert_eq!(run.all.len(), RANDOM_REQUESTS, "the run stopped early");
-        assert!(
-            report.violations.is_empty(),
-            "seed {seed}: {} violations:\n{}",
-            report.violations.len(),
-            report.violations.join("\n")
-        );
+        checked(&run, seed);
     })
     .await;
 }
@@ -296,14 +295,7 @@ async fn randomized_hostile_server_against_reqwest() {
     bounded(TEST_LIMIT, "the test", async move {
         let client = reqwest_stack(PhaseTimeoutLayer::new().total(RANDOM_TOTAL));
         let run = randomized_run(client, seed, random_plan()).await;
-        let report = run.check();
-        assert_eq!(run.all.len(), RANDOM_REQUESTS, "the run stopped early");
-        assert!(
-            report.violations.is_empty(),
-            "seed {seed}: {} violations:\n{}",
-            report.violations.len(),
-            report.violations.join("\n")
-        );
+        checked(&run, seed);
     })
     .await;
 }
