@@ -72,7 +72,10 @@ impl<B> std::fmt::Debug for Http1Connection<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http1Connection")
             .field("host", &self.inner.host)
-            .field("origin", &self.inner.origin)
+            .field(
+                "origin",
+                &self.inner.origin.as_ref().map(|o| Origin(o).to_string()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -204,7 +207,6 @@ where
 /// (hyper-util's `pool::cache`) serves one origin; key one pool per origin
 /// (hyper-util's `pool::map`), or use the one-call
 /// [`client`](crate::client), which does.
-#[derive(Debug)]
 pub struct WrongOrigin {
     connection: Uri,
     request: Uri,
@@ -230,6 +232,16 @@ impl std::fmt::Display for WrongOrigin {
             Origin(&self.request),
             Origin(&self.connection)
         )
+    }
+}
+
+/// The two origins, without userinfo (it may hold a password).
+impl std::fmt::Debug for WrongOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrongOrigin")
+            .field("connection", &Origin(&self.connection).to_string())
+            .field("request", &Origin(&self.request).to_string())
+            .finish()
     }
 }
 
@@ -421,6 +433,11 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("secret"), "{text}");
+        let debug = format!("{wrong:?}");
+        assert!(
+            !debug.contains("secret") && debug.contains("a.test:8080"),
+            "{debug}"
+        );
     }
 
     #[test]
