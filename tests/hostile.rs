@@ -184,25 +184,17 @@ async fn drain_leaves_an_upgraded_stream_alone() {
 /// expiry (what a learned zero amounts to).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_stream_survives_zero_expiry() {
-    let mut failures = Vec::new();
-    for (label, layer) in [
+    let table = vec![
         (
             "max_requests(1)",
             IdleExpiryLayer::new(TUNNEL_EXPIRY).max_requests(1),
         ),
         ("expiry 0", IdleExpiryLayer::new(Duration::ZERO)),
-    ] {
-        let got = bounded(TEST_LIMIT, "the test", run_tunnel(layer)).await;
-        println!("{label}: {got:?}");
-        if let Err(e) = got {
-            failures.push(format!("{label}: {e}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "the upgraded stream was cut:\n{}",
-        failures.join("\n")
-    );
+    ];
+    assert_tunnels_survive(table, |layer| {
+        bounded(TEST_LIMIT, "the test", run_tunnel(layer))
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------

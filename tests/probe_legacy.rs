@@ -1192,28 +1192,19 @@ async fn hand_stack_tunnel(expiry: IdleExpiryLayer) -> Result<String, String> {
 /// upgraded stream through the hand stack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_stream_through_the_hand_stack_survives_expiry_and_phase_limits() {
-    bounded(TEST_LIMIT, "the test", async {
-        let mut failures = Vec::new();
-        for (label, expiry) in [
-            ("expiry 500 ms", IdleExpiryLayer::new(TUNNEL_EXPIRY)),
-            ("expiry 0", IdleExpiryLayer::new(Duration::ZERO)),
-            (
-                "max_requests(1)",
-                IdleExpiryLayer::new(TUNNEL_EXPIRY).max_requests(1),
-            ),
-        ] {
-            let got = hand_stack_tunnel(expiry).await;
-            println!("{label}: {got:?}");
-            if let Err(e) = got {
-                failures.push(format!("{label}: {e}"));
-            }
-        }
-        assert!(
-            failures.is_empty(),
-            "the upgraded stream was cut:\n{}",
-            failures.join("\n")
-        );
-    })
+    let table = vec![
+        ("expiry 500 ms", IdleExpiryLayer::new(TUNNEL_EXPIRY)),
+        ("expiry 0", IdleExpiryLayer::new(Duration::ZERO)),
+        (
+            "max_requests(1)",
+            IdleExpiryLayer::new(TUNNEL_EXPIRY).max_requests(1),
+        ),
+    ];
+    bounded(
+        TEST_LIMIT,
+        "the test",
+        assert_tunnels_survive(table, hand_stack_tunnel),
+    )
     .await;
 }
 

@@ -1202,6 +1202,30 @@ pub async fn read_message<T: tokio::io::AsyncRead + Unpin>(io: &mut T) -> Result
     }
 }
 
+/// Runs `run` with each idle expiry of `table` (a label and the layer) and
+/// fails naming every one that cut the upgraded stream.
+pub async fn assert_tunnels_survive<F, Fut>(
+    table: Vec<(&str, tower_conn_lifecycle::idle_expiry::IdleExpiryLayer)>,
+    run: F,
+) where
+    F: Fn(tower_conn_lifecycle::idle_expiry::IdleExpiryLayer) -> Fut,
+    Fut: Future<Output = Result<String, String>>,
+{
+    let mut failures = Vec::new();
+    for (label, expiry) in table {
+        let got = run(expiry).await;
+        println!("{label}: {got:?}");
+        if let Err(e) = got {
+            failures.push(format!("{label}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the upgraded stream was cut:\n{}",
+        failures.join("\n")
+    );
+}
+
 /// Keeps an upgraded stream to a [`tunnel_server`] busy for `TUNNEL_RUN`:
 /// first the server pushes (the client only reads), then the client sends
 /// and reads its bytes back, each phase with a pause longer than the
