@@ -18,11 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::pool::cache;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_conn_lifecycle::connect_timeout::ConnectTimeoutLayer;
 use tower_conn_lifecycle::idle_expiry::IdleExpiryLayer;
 use tower_conn_lifecycle::phase_timeout::PhaseTimeoutLayer;
+use tower_conn_lifecycle::pool;
 use tower_conn_lifecycle::retry::RetryOnStaleConnectionLayer;
 use tower_conn_lifecycle::track::{TrackConnections, TrackConnectionsLayer};
 use tower_conn_lifecycle::RequestBody;
@@ -49,6 +51,13 @@ pub enum Variant {
     /// IdleExpiry 90 s → legacy client with `TokioTimer` over ConnectTimeout
     /// 5 s → Track → HttpConnector (no TLS).
     HandStack,
+    /// The same layers stacked by hand on this crate's public `pool` pieces
+    /// (hyper-util's composable pool): Retry → PhaseTimeout (the same
+    /// limits) → `pool::checkout` (8 attempts) → `pool::cache` of
+    /// `pool::connect` (hyper's HTTP/1, IdleExpiry 90 s per connection)
+    /// over ConnectTimeout 5 s → Track → HttpConnector: what a user who
+    /// stacks the layers by hand can build without the legacy client.
+    PoolStack,
     /// The one-call client, `client::builder()`, with connect timeout 5 s
     /// and the same phase limits: every layer, on whatever engine it uses.
     Full,
@@ -89,6 +98,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant::IdleExpiry,
     Variant::Retry,
     Variant::HandStack,
+    Variant::PoolStack,
     Variant::Full,
     Variant::FullDefault,
     Variant::Reqwest,
@@ -109,6 +119,7 @@ impl Variant {
             Variant::IdleExpiry => "idle_expiry",
             Variant::Retry => "retry",
             Variant::HandStack => "hand_stack",
+            Variant::PoolStack => "pool_stack",
             Variant::Full => "full",
             Variant::FullDefault => "full_default",
             Variant::Reqwest => "reqwest",
@@ -132,6 +143,9 @@ impl Variant {
             Variant::Retry => "+ RetryOnStaleConnection",
             Variant::HandStack => {
                 "every layer by hand on the legacy Client (today's client::builder() stack)"
+            }
+            Variant::PoolStack => {
+                "every layer by hand on the crate's pool module (composable pool)"
             }
             Variant::Full => "client::builder(): every layer, limits set",
             Variant::FullDefault => "client::builder() as it comes: every layer, no limit set",
@@ -328,6 +342,27 @@ pub fn hand_stack<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
         .service(pool)
 }
 
+/// Every layer assembled by hand on this crate's `pool` pieces, which run on
+/// hyper-util's composable pool (see [`Variant::PoolStack`]).
+pub fn pool_stack<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
+    let connector = ServiceBuilder::new()
+        .layer(ConnectTimeoutLayer::new(Duration::from_secs(5)))
+        .layer(TrackConnectionsLayer::new())
+        .service(HttpConnector::new());
+    let connect = pool::connect(
+        connector,
+        hyper::client::conn::http1::Builder::new(),
+        IdleExpiryLayer::new(Duration::from_secs(90)),
+    );
+    let cache = cache::builder()
+        .executor(TokioExecutor::new())
+        .build(connect);
+    ServiceBuilder::new()
+        .layer(RetryOnStaleConnectionLayer::new())
+        .layer(phases())
+        .service(pool::checkout(cache, 8))
+}
+
 /// reqwest 0.13 as it comes.
 pub fn reqwest<B: ReqBody>() -> impl HttpClient<B, Future: Send> {
     reqwest_client::client::<B>()
@@ -415,6 +450,10 @@ macro_rules! with_client {
             }
             $crate::common::Variant::HandStack => {
                 let $svc = $crate::common::hand_stack::<$body>();
+                $run
+            }
+            $crate::common::Variant::PoolStack => {
+                let $svc = $crate::common::pool_stack::<$body>();
                 $run
             }
             $crate::common::Variant::Full => {
