@@ -351,11 +351,13 @@ impl DrainHandle {
         let ended_before = cell.ended.load(Ordering::Relaxed);
         // Idle connections close now: the tracker retires every connection
         // (closed now if idle, else when its exchange ends; counted before
-        // anything closes), and the pools drop theirs (hyper closes a
-        // connection whose last handle is gone).
+        // anything closes), and every one opened from now on (for a request
+        // in flight that was still connecting) at the end of its first
+        // exchange; the pools drop theirs (hyper closes a connection whose
+        // last handle is gone).
         let idle_closed = shared.tracker.as_ref().map(|tracker| {
             tracker
-                .live()
+                .retire_from_now()
                 .iter()
                 .filter(|state| state.retire_now())
                 .count() as u64

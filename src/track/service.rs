@@ -75,6 +75,10 @@ struct Live {
     conns: Vec<Weak<super::state::Inner>>,
     /// The length at which the next addition first drops the dead ones.
     prune_at: usize,
+    /// A [`drain`](crate::drain) began: every connection made from now on
+    /// retires at the end of its first exchange (it was opened for a
+    /// request in flight when the drain began).
+    retiring: bool,
 }
 
 impl Counters {
@@ -86,6 +90,11 @@ impl Counters {
             live.prune_at = (live.conns.len() * 2).max(16);
         }
         live.conns.push(Arc::downgrade(&state.inner));
+        let retiring = live.retiring;
+        drop(live);
+        if retiring {
+            state.retire_now();
+        }
     }
 }
 
@@ -129,7 +138,21 @@ impl TrackStats {
     /// [`drain`](crate::drain) to close: a walk over a list as long as the
     /// connections open, never on a request's path.
     pub(crate) fn live(&self) -> Vec<ConnectionState> {
-        let live = self.counters.live.lock().unwrap_or_else(|e| e.into_inner());
+        self.live_and(|_| {})
+    }
+
+    /// A [`drain`](crate::drain) began: every connection made from now on
+    /// retires at once (it closes at the end of its first exchange, instead
+    /// of going back to its pool). Returns the connections open now, for
+    /// the drain to retire (under one lock with the flag, so that every
+    /// connection is either in the list or retired when it registers).
+    pub(crate) fn retire_from_now(&self) -> Vec<ConnectionState> {
+        self.live_and(|live| live.retiring = true)
+    }
+
+    fn live_and(&self, f: impl FnOnce(&mut Live)) -> Vec<ConnectionState> {
+        let mut live = self.counters.live.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut live);
         live.conns
             .iter()
             .filter_map(Weak::upgrade)

@@ -1,0 +1,526 @@
+//! Hostile probes of the graceful shutdown (`Client::drain`, the
+//! `DrainHandle` layer on hyper-util's legacy client): loopback servers that
+//! never read an upload, trickle a body, stall before the head, upgrade,
+//! speak HTTP/2 over TLS; drains with odd deadlines, twice, dropped; and
+//! the report's figures against what the servers saw.
+//!
+//! Every await that could hang is bounded (`bounded`, `eventually`) so a
+//! hang fails the test; every loop is bounded in count and time. Sleeps
+//! only set up timing (each one says why), never assert.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::raw::{Conn, RawServer, OK_RESPONSE};
+use common::{bounded, eventually, SLACK, STEP_LIMIT};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::time::{sleep, Instant};
+use tower::ServiceExt;
+use tower_conn_lifecycle::drain::{DrainCut, Draining};
+use tower_conn_lifecycle::{client, find_cause, BoxError};
+
+type Body = Full<Bytes>;
+
+/// How late a cut request may fail, or a drain end, after its deadline on
+/// a loaded 2-core machine.
+const CUT_SLACK: Duration = Duration::from_millis(400);
+
+/// How long a server connection waits for the client to close it.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A deadline a drain must never reach in a test that expects it to end
+/// early: reaching it shows up as a drain taking that long.
+const FAR_DEADLINE: Duration = Duration::from_secs(8);
+
+fn get(url: &str) -> Request<Body> {
+    Request::get(url).body(Body::default()).unwrap()
+}
+
+/// What the server saw of its connections' ends: "eof", an error kind, or
+/// "still open after …".
+#[derive(Default)]
+struct Ends(Mutex<Vec<String>>);
+
+impl Ends {
+    fn push(&self, how: String) {
+        self.0.lock().unwrap().push(how);
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// Waits for the client to close `conn` and records how.
+async fn record_close(mut conn: Conn, ends: &Ends) {
+    let closed = conn.wait_closed(CLOSE_LIMIT).await;
+    ends.push(closed.how);
+}
+
+/// A server answering every request on a connection with `ok`
+/// (keep-alive), recording each connection's end.
+async fn ok_server(ends: Arc<Ends>) -> RawServer {
+    RawServer::start(move |mut conn| {
+        let ends = ends.clone();
+        async move {
+            // Bounded: `read_head` fails on EOF or after its IO limit.
+            while conn.read_head().await.is_some() {
+                if !conn.write(OK_RESPONSE).await {
+                    ends.push("write failed".into());
+                    return;
+                }
+            }
+            ends.push("closed".into());
+        }
+    })
+    .await
+}
+
+/// The whole exchange on the one-call client.
+async fn fetch(client: &client::Client<Body>, req: Request<Body>) -> Result<Bytes, BoxError> {
+    let res = client.clone().oneshot(req).await?;
+    assert_eq!(res.status(), StatusCode::OK);
+    Ok(res.into_body().collect().await?.to_bytes())
+}
+
+fn spawn_fetch(
+    client: &client::Client<Body>,
+    req: Request<Body>,
+) -> tokio::task::JoinHandle<Result<Bytes, BoxError>> {
+    let client = client.clone();
+    tokio::spawn(async move { fetch(&client, req).await })
+}
+
+/// `err` carries a `DrainCut`.
+fn assert_cut(err: &BoxError) {
+    assert!(
+        find_cause::<DrainCut>(err.as_ref()).is_some(),
+        "not cut: {err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A connection opened after the drain began (its request was in flight,
+// connecting).
+
+/// How long the slow connector waits before it connects.
+const CONNECT_DELAY: Duration = Duration::from_millis(300);
+
+/// A client whose every connect first waits [`CONNECT_DELAY`].
+fn slow_connecting_client() -> client::Client<Body> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use tower::Service;
+    let http = HttpConnector::new();
+    let slow = tower::service_fn(move |uri: http::Uri| {
+        let mut http = http.clone();
+        async move {
+            sleep(CONNECT_DELAY).await;
+            http.call(uri).await.map_err(BoxError::from)
+        }
+    });
+    client::builder().connector(slow).build::<Body>()
+}
+
+/// A request in flight at the drain's start, still connecting: its
+/// connection opens after the drain began. The request runs to its end;
+/// then its connection must close (the drain's promise: "a connection
+/// whose exchange ends during the drain closes instead of going back to
+/// its pool") and the drain must end then, not at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_during_the_drain_closes_at_its_exchange_end() {
+    let ends = Arc::new(Ends::default());
+    let server = ok_server(ends.clone()).await;
+    let client = slow_connecting_client();
+    let task = spawn_fetch(&client, get(&server.url("/")));
+    // Set-up: the request is in the connector's delay (a third of it).
+    sleep(CONNECT_DELAY / 3).await;
+    assert_eq!(server.counters.connections.load(Ordering::SeqCst), 0);
+
+    let started = Instant::now();
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(FAR_DEADLINE)).await;
+    let took = started.elapsed();
+    let body = bounded(STEP_LIMIT, "the request", task).await.unwrap();
+    assert_eq!(body.expect("the in-flight request failed"), "ok");
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.completed(), 1, "{report}");
+    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert!(
+        took < FAR_DEADLINE / 2,
+        "the drain waited for its deadline: {took:?} ({report})"
+    );
+    eventually(SLACK, "the server sees the connection closed", || {
+        ends.len() == 1
+    })
+    .await;
+    assert_eq!(ends.all(), ["closed"]);
+    assert_eq!(server.counters.heads.load(Ordering::SeqCst), 1);
+}
+
+/// The same with the drain future dropped at once: the client stays
+/// draining and "connections still close as their exchanges end".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_during_a_dropped_drain_closes_at_its_exchange_end() {
+    let ends = Arc::new(Ends::default());
+    let server = ok_server(ends.clone()).await;
+    let client = slow_connecting_client();
+    let task = spawn_fetch(&client, get(&server.url("/")));
+    // Set-up: the request is in the connector's delay.
+    sleep(CONNECT_DELAY / 3).await;
+    drop(client.drain(FAR_DEADLINE));
+    assert!(client.drain_handle().is_draining());
+    let body = bounded(STEP_LIMIT, "the request", task).await.unwrap();
+    assert_eq!(body.expect("the in-flight request failed"), "ok");
+    eventually(SLACK, "the server sees the connection closed", || {
+        ends.len() == 1
+    })
+    .await;
+    assert_eq!(ends.all(), ["closed"]);
+    assert_eq!(client.connection_stats().open_now(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// A scripted server: what it does with a request depends on its path.
+
+/// How long `/slow` waits before it answers.
+const SLOW: Duration = Duration::from_millis(200);
+
+/// How long `/trickle` waits between its body's bytes (100 of them).
+const TRICKLE_EVERY: Duration = Duration::from_millis(50);
+
+/// A raw HTTP/1.1 server: `/` answers `ok` at once, `/slow` after
+/// [`SLOW`], `/hang` never (it waits for the client to close), `/trickle`
+/// sends a 100-byte body a byte every [`TRICKLE_EVERY`], `/partial` a head
+/// and 1 of 10 body bytes, `/stuck` never reads the request's body (until
+/// a permit of `release`, then waits for the close), `/held` answers `ok`
+/// once it takes a permit of `release`. Every connection's end is
+/// recorded in `ends` ("closed" once the client closed it, "write failed").
+struct Scripted {
+    server: RawServer,
+    ends: Arc<Ends>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Scripted {
+    async fn start() -> Self {
+        let ends = Arc::new(Ends::default());
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (e, r) = (ends.clone(), release.clone());
+        let server = RawServer::start(move |conn| script(conn, e.clone(), r.clone())).await;
+        Scripted {
+            server,
+            ends,
+            release,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    fn heads(&self) -> usize {
+        self.server.counters.heads.load(Ordering::SeqCst)
+    }
+
+    fn connections(&self) -> usize {
+        self.server.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the server saw `n` request heads.
+    async fn heads_reach(&self, n: usize) {
+        eventually(STEP_LIMIT, "the requests at the server", || {
+            self.heads() >= n
+        })
+        .await;
+        assert_eq!(self.heads(), n);
+    }
+
+    /// Waits until every connection ended, as the server saw it.
+    async fn all_closed(&self) {
+        eventually(SLACK + CLOSE_LIMIT, "every connection closed", || {
+            self.ends.len() == self.connections()
+        })
+        .await;
+    }
+}
+
+async fn script(mut conn: Conn, ends: Arc<Ends>, release: Arc<tokio::sync::Semaphore>) {
+    // Bounded: every turn needs a new request head (each read is bounded).
+    while let Some(head) = conn.read_head().await {
+        let response: &[u8] = match head.path.as_str() {
+            "/hang" => return record_close(conn, &ends).await,
+            "/stuck" => {
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
+                return record_close(conn, &ends).await;
+            }
+            "/partial" => {
+                conn.skip_body(head.content_length()).await;
+                if !conn
+                    .write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\no")
+                    .await
+                {
+                    ends.push("write failed".into());
+                    return;
+                }
+                return record_close(conn, &ends).await;
+            }
+            "/trickle" => {
+                conn.skip_body(head.content_length()).await;
+                if !conn
+                    .write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+                    .await
+                {
+                    ends.push("write failed".into());
+                    return;
+                }
+                for _ in 0..100 {
+                    sleep(TRICKLE_EVERY).await;
+                    if !conn.write(b"t").await {
+                        ends.push("write failed".into());
+                        return;
+                    }
+                }
+                continue;
+            }
+            "/slow" => {
+                conn.skip_body(head.content_length()).await;
+                sleep(SLOW).await;
+                OK_RESPONSE
+            }
+            "/held" => {
+                conn.skip_body(head.content_length()).await;
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
+                OK_RESPONSE
+            }
+            _ => {
+                conn.skip_body(head.content_length()).await;
+                OK_RESPONSE
+            }
+        };
+        if !conn.write(response).await {
+            ends.push("write failed".into());
+            return;
+        }
+    }
+    ends.push("closed".into());
+}
+
+/// A client whose kernel send buffers are small (an upload to a server
+/// that does not read blocks soon).
+fn small_buffer_client() -> client::Client<Body> {
+    client::builder()
+        .http_connector(common::small_buffers())
+        .build::<Body>()
+}
+
+/// An upload stuck in a full socket buffer (the server never reads it) at
+/// the drain: cut at the deadline, its connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cuts_an_upload_stuck_in_a_full_socket_buffer() {
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let server = Scripted::start().await;
+    let client = small_buffer_client();
+    let big = Request::post(server.url("/stuck"))
+        .body(common::raw::body_of(16 * common::raw::MIB))
+        .unwrap();
+    let task = spawn_fetch(&client, big);
+    server.heads_reach(1).await;
+    // Set-up: the upload fills the buffers (the server reads nothing).
+    sleep(common::raw::FILL_WAIT).await;
+
+    let started = Instant::now();
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(DEADLINE)).await;
+    let err = bounded(STEP_LIMIT, "the stuck upload", task)
+        .await
+        .unwrap()
+        .expect_err("the stuck upload succeeded");
+    let late = started.elapsed().saturating_sub(DEADLINE);
+    assert_cut(&err);
+    assert!(late <= CUT_SLACK, "cut {late:?} after the deadline");
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.cut(), 1, "{report}");
+    assert_eq!(report.completed(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    server.release.add_permits(1);
+    server.all_closed().await;
+    assert_eq!(server.ends.all(), ["eof"]);
+    assert_eq!(server.heads(), 1);
+}
+
+/// A response body trickling a byte at a time at the deadline: the reader
+/// gets `DrainCut`, the server sees its writes fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cuts_a_trickling_response_body() {
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let res = bounded(
+        STEP_LIMIT,
+        "the trickle's head",
+        client.clone().oneshot(get(&server.url("/trickle"))),
+    )
+    .await
+    .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut body = res.into_body();
+        let mut bytes = 0;
+        // Bounded: 100 body bytes at most, then the end or an error.
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => bytes += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(e)) => return (bytes, Some(e)),
+                None => return (bytes, None),
+            }
+        }
+    });
+    // Set-up: a few bytes trickle before the drain.
+    sleep(TRICKLE_EVERY * 3).await;
+    let started = Instant::now();
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(DEADLINE)).await;
+    let (bytes, err) = bounded(STEP_LIMIT, "the reader", reader).await.unwrap();
+    let late = started.elapsed().saturating_sub(DEADLINE);
+    assert_cut(&err.expect("the trickle ended"));
+    assert!(bytes > 0 && bytes < 100, "{bytes} bytes read");
+    assert!(late <= CUT_SLACK, "cut {late:?} after the deadline");
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.cut(), 1, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    server.all_closed().await;
+    assert_eq!(server.ends.all(), ["write failed"]);
+}
+
+/// The caller drops its request future while the drain waits for it: the
+/// request ends there (completed, not cut), its connection closes, and
+/// the drain ends at once rather than at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_future_dropped_during_the_drain_ends_it_early() {
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let task = spawn_fetch(&client, get(&server.url("/hang")));
+    server.heads_reach(1).await;
+    let started = Instant::now();
+    let drain = tokio::spawn(client.drain(FAR_DEADLINE));
+    // Set-up: the drain is waiting.
+    sleep(Duration::from_millis(50)).await;
+    task.abort();
+    let report = bounded(STEP_LIMIT, "the drain", drain).await.unwrap();
+    let took = started.elapsed();
+    assert!(took < FAR_DEADLINE / 2, "the drain took {took:?}");
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.completed(), 1, "{report}");
+    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    server.all_closed().await;
+    assert_eq!(server.heads(), 1);
+}
+
+/// A response body held unread through the drain's cut, dropped after the
+/// drain resolved: nothing panics, the request is no longer in flight, the
+/// connection closed at the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_held_unread_is_cut_then_dropped() {
+    const DEADLINE: Duration = Duration::from_millis(200);
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let res = bounded(
+        STEP_LIMIT,
+        "the partial head",
+        client.clone().oneshot(get(&server.url("/partial"))),
+    )
+    .await
+    .unwrap();
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(DEADLINE)).await;
+    assert_eq!(report.cut(), 1, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    server.all_closed().await;
+    drop(res);
+    assert_eq!(client.drain_handle().in_flight(), 0);
+    // A second drain finds nothing to wait for.
+    let again = bounded(STEP_LIMIT, "a second drain", client.drain(FAR_DEADLINE)).await;
+    assert_eq!(again.in_flight_at_start(), 0, "{again}");
+    assert_eq!(again.cut(), 0, "{again}");
+    assert!(again.elapsed() < FAR_DEADLINE / 2, "{again}");
+}
+
+/// `Duration::ZERO` cuts at once; the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_deadline_cuts_at_once() {
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let task = spawn_fetch(&client, get(&server.url("/hang")));
+    server.heads_reach(1).await;
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(Duration::ZERO)).await;
+    assert!(report.elapsed() < CUT_SLACK, "{report}");
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.cut(), 1, "{report}");
+    assert_eq!(report.completed(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    let err = bounded(STEP_LIMIT, "the request", task)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_cut(&err);
+    server.all_closed().await;
+}
+
+/// `Duration::MAX` neither panics nor waits past the last request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maximal_deadline_waits_for_the_requests_only() {
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| spawn_fetch(&client, get(&server.url("/slow"))))
+        .collect();
+    server.heads_reach(3).await;
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(Duration::MAX)).await;
+    assert_eq!(report.in_flight_at_start(), 3, "{report}");
+    assert_eq!(report.completed(), 3, "{report}");
+    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), "ok");
+    }
+    server.all_closed().await;
+}
+
+/// The drain future dropped before its deadline: the client stays
+/// draining (new requests refused, nothing written), nothing is cut at the
+/// deadline, the request in flight ends normally past it, and its
+/// connection closes at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_drain_cuts_nothing_and_keeps_refusing() {
+    const DEADLINE: Duration = Duration::from_millis(100);
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let task = spawn_fetch(&client, get(&server.url("/held")));
+    server.heads_reach(1).await;
+    drop(client.drain(DEADLINE));
+    // Set-up: well past the dropped drain's deadline.
+    sleep(DEADLINE * 3).await;
+    assert!(!task.is_finished(), "the request was cut");
+    let err = bounded(
+        STEP_LIMIT,
+        "a new request",
+        fetch(&client, get(&server.url("/"))),
+    )
+    .await
+    .unwrap_err();
+    assert!(find_cause::<Draining>(err.as_ref()).is_some(), "{err}");
+    server.release.add_permits(1);
+    let body = bounded(STEP_LIMIT, "the held request", task).await.unwrap();
+    assert_eq!(body.expect("the held request failed"), "ok");
+    server.all_closed().await;
+    assert_eq!(server.ends.all(), ["closed"]);
+    assert_eq!(server.heads(), 1);
+}
