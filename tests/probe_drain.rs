@@ -524,3 +524,43 @@ async fn a_dropped_drain_cuts_nothing_and_keeps_refusing() {
     assert_eq!(server.ends.all(), ["closed"]);
     assert_eq!(server.heads(), 1);
 }
+
+/// Two drains at once (two clones): the first deadline cuts; each report
+/// adds up (completed + cut == in flight at its start) and the later one
+/// ends with the cut, not at its own deadline. A third, after, finds
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_drains_each_report_what_was_cut() {
+    const SHORT: Duration = Duration::from_millis(300);
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| spawn_fetch(&client, get(&server.url("/hang"))))
+        .collect();
+    let quick = spawn_fetch(&client, get(&server.url("/slow")));
+    server.heads_reach(4).await;
+    let other = client.clone();
+    let (long, short) = tokio::join!(
+        bounded(STEP_LIMIT, "the long drain", other.drain(FAR_DEADLINE)),
+        bounded(STEP_LIMIT, "the short drain", client.drain(SHORT)),
+    );
+    for report in [&long, &short] {
+        assert_eq!(report.in_flight_at_start(), 4, "{report}");
+        assert_eq!(
+            report.completed() + report.cut(),
+            report.in_flight_at_start(),
+            "{report}"
+        );
+        assert_eq!(report.completed(), 1, "{report}");
+        assert_eq!(report.cut(), 3, "{report}");
+        assert!(report.elapsed() < SHORT + CUT_SLACK, "{report}");
+    }
+    for task in tasks {
+        assert_cut(&task.await.unwrap().unwrap_err());
+    }
+    assert_eq!(quick.await.unwrap().unwrap(), "ok");
+    let after = bounded(STEP_LIMIT, "a later drain", client.drain(FAR_DEADLINE)).await;
+    assert_eq!(after.in_flight_at_start(), 0, "{after}");
+    assert!(after.elapsed() < FAR_DEADLINE / 2, "{after}");
+    server.all_closed().await;
+}

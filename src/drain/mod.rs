@@ -370,6 +370,7 @@ impl DrainHandle {
             let cell = &shared.cell;
             let in_flight_now = || (Arc::strong_count(cell) - 1) as u64;
             let mut cut = 0;
+            let mut cut_here = false;
             loop {
                 let notified = cell.notify.notified();
                 tokio::pin!(notified);
@@ -383,8 +384,7 @@ impl DrainHandle {
                     break;
                 }
                 if cell.state.load(Ordering::Acquire) == CUT {
-                    // Another drain of this client cut them.
-                    cut = left;
+                    // Another drain of this client cut them (counted below).
                     break;
                 }
                 // The notification first: a request that ends at the
@@ -394,6 +394,7 @@ impl DrainHandle {
                     .is_err()
                 {
                     cell.state.store(CUT, Ordering::Release);
+                    cut_here = true;
                     cut = in_flight_now();
                     if let Some(tracker) = &shared.tracker {
                         for state in tracker.live() {
@@ -409,6 +410,13 @@ impl DrainHandle {
                 }
             }
             let ended = cell.ended.load(Ordering::Relaxed) - ended_before;
+            if !cut_here && cell.state.load(Ordering::Acquire) == CUT {
+                // Another drain of this client cut: what this one saw in
+                // flight and did not see end before that cut was cut, even
+                // if it had already ended (been dropped) when this one
+                // looked again.
+                cut = in_flight.saturating_sub(ended);
+            }
             let still_open = match &shared.tracker {
                 Some(tracker) => Some(wait_closed(tracker, at, cut > 0).await),
                 None => None,
