@@ -564,3 +564,35 @@ async fn concurrent_drains_each_report_what_was_cut() {
     assert!(after.elapsed() < FAR_DEADLINE / 2, "{after}");
     server.all_closed().await;
 }
+
+/// Two drains at once with the request's response body held unread (so
+/// nothing of the request runs at the cut): the later-deadline drain must
+/// end with the other's cut, not wait for its own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_with_another_drains_cut_of_a_held_body() {
+    const SHORT: Duration = Duration::from_millis(200);
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let res = bounded(
+        STEP_LIMIT,
+        "the partial head",
+        client.clone().oneshot(get(&server.url("/partial"))),
+    )
+    .await
+    .unwrap();
+    let (long, short) = tokio::join!(
+        bounded(STEP_LIMIT, "the long drain", client.drain(FAR_DEADLINE)),
+        bounded(STEP_LIMIT, "the short drain", client.drain(SHORT)),
+    );
+    for report in [&long, &short] {
+        assert_eq!(report.in_flight_at_start(), 1, "{report}");
+        assert_eq!(report.cut(), 1, "{report}");
+        assert_eq!(report.connections_still_open(), Some(0), "{report}");
+        assert!(report.elapsed() < SHORT + CUT_SLACK, "{report}");
+    }
+    let err = bounded(STEP_LIMIT, "the held body", res.into_body().collect())
+        .await
+        .unwrap_err();
+    assert_cut(&err);
+    server.all_closed().await;
+}

@@ -394,6 +394,9 @@ impl DrainHandle {
                     .is_err()
                 {
                     cell.state.store(CUT, Ordering::Release);
+                    // The client's other drains end with this cut, even if
+                    // no request runs (a body held unread) to tell them.
+                    cell.notify.notify_waiters();
                     cut_here = true;
                     cut = in_flight_now();
                     if let Some(tracker) = &shared.tracker {
