@@ -596,3 +596,283 @@ async fn a_drain_ends_with_another_drains_cut_of_a_held_body() {
     assert_cut(&err);
     server.all_closed().await;
 }
+
+// ---------------------------------------------------------------------------
+// Upgrades (101 Switching Protocols).
+//
+// What the crate does elsewhere: the tracker marks an upgraded connection
+// and from then on neither expires nor poisons it; the drain skips it when
+// it cuts and does not count it as still open ("tunnels of upgraded
+// connections are the caller's"). The 101's body is empty, so the request
+// ends (for the drain) at its head. Decided here: that is right — a drain
+// neither waits for nor cuts a tunnel the caller took; the caller shuts its
+// tunnels down itself. These tests pin it: the tunnel keeps working through
+// and after the drain, and the drain ends without waiting for it.
+
+/// How long `/up-slow` waits before its 101.
+const UPGRADE_DELAY: Duration = Duration::from_millis(200);
+
+/// Answers `101` (after [`UPGRADE_DELAY`] for `/up-slow`), then echoes
+/// until the client closes; records the end in `ends`.
+async fn upgrade_server(ends: Arc<Ends>) -> RawServer {
+    RawServer::start(move |mut conn| {
+        let ends = ends.clone();
+        async move {
+            let Some(head) = conn.read_head().await else {
+                return;
+            };
+            if head.path == "/up-slow" {
+                sleep(UPGRADE_DELAY).await;
+            }
+            if !conn
+                .write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                .await
+            {
+                ends.push("write failed".into());
+                return;
+            }
+            // Bounded: every turn reads (each read bounded) or ends.
+            loop {
+                if !conn.buf.is_empty() {
+                    let data = std::mem::take(&mut conn.buf);
+                    if !conn.write(&data).await {
+                        ends.push("echo failed".into());
+                        return;
+                    }
+                }
+                match conn.read_more(CLOSE_LIMIT).await {
+                    common::raw::Read::Data(_) => {}
+                    other => {
+                        ends.push(format!("{other:?}"));
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+fn upgrade_request(url: &str) -> Request<Body> {
+    Request::get(url)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Body::default())
+        .unwrap()
+}
+
+/// Sends `msg` on the tunnel and reads it back.
+async fn echo<T>(io: &mut T, msg: &[u8]) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        io.write_all(msg).await?;
+        let mut back = vec![0; msg.len()];
+        io.read_exact(&mut back).await?;
+        Ok::<_, std::io::Error>(back)
+    };
+    match tokio::time::timeout(STEP_LIMIT, exchange).await {
+        Ok(Ok(back)) if back == msg => Ok(()),
+        Ok(Ok(back)) => Err(format!("echoed {back:?}")),
+        Ok(Err(e)) => Err(format!("{e}")),
+        Err(_) => Err("no echo".into()),
+    }
+}
+
+/// A tunnel open at the drain: the drain neither waits for it nor cuts it
+/// (not even at its deadline) nor counts it; the tunnel keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_open_at_the_drain_is_the_callers() {
+    const DEADLINE: Duration = Duration::from_millis(200);
+    let ends = Arc::new(Ends::default());
+    let server = upgrade_server(ends.clone()).await;
+    let client = client::builder().build::<Body>();
+    let res = bounded(
+        STEP_LIMIT,
+        "the 101",
+        client.clone().oneshot(upgrade_request(&server.url("/up"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = bounded(STEP_LIMIT, "the upgrade", hyper::upgrade::on(res))
+        .await
+        .unwrap();
+    let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
+    echo(&mut tunnel, b"before").await.unwrap();
+
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(DEADLINE)).await;
+    assert_eq!(report.in_flight_at_start(), 0, "{report}");
+    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert!(report.elapsed() < DEADLINE, "{report}");
+    // Set-up: past the deadline, in case anything cuts it late.
+    sleep(DEADLINE * 2).await;
+    echo(&mut tunnel, b"after the drain").await.unwrap();
+    assert!(ends.all().is_empty(), "{:?}", ends.all());
+    drop(tunnel);
+    eventually(SLACK, "the tunnel closed by its owner", || ends.len() == 1).await;
+    assert_eq!(ends.all(), ["Eof"]);
+}
+
+/// An upgrade in flight at the drain (the 101 comes after it began): the
+/// request ends at its 101 (completed), the drain then ends without
+/// waiting for the tunnel, and the tunnel, opened during the drain, works
+/// past the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_completing_during_the_drain_keeps_its_tunnel() {
+    const DEADLINE: Duration = Duration::from_millis(600);
+    let ends = Arc::new(Ends::default());
+    let server = upgrade_server(ends.clone()).await;
+    let client = client::builder().build::<Body>();
+    let pending = tokio::spawn(
+        client
+            .clone()
+            .oneshot(upgrade_request(&server.url("/up-slow"))),
+    );
+    eventually(STEP_LIMIT, "the upgrade request at the server", || {
+        server.counters.heads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let drain = tokio::spawn(client.drain(DEADLINE));
+    let res = bounded(STEP_LIMIT, "the 101", pending)
+        .await
+        .unwrap()
+        .expect("the upgrade in flight failed");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = bounded(STEP_LIMIT, "the upgrade", hyper::upgrade::on(res))
+        .await
+        .unwrap();
+    let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
+    let report = bounded(STEP_LIMIT, "the drain", drain).await.unwrap();
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.completed(), 1, "{report}");
+    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert!(report.elapsed() < DEADLINE, "{report}");
+    // Set-up: past the deadline.
+    sleep(DEADLINE.saturating_sub(report.elapsed()) + Duration::from_millis(100)).await;
+    echo(&mut tunnel, b"after the deadline").await.unwrap();
+    assert!(ends.all().is_empty(), "{:?}", ends.all());
+}
+
+// ---------------------------------------------------------------------------
+// Phase limits in flight.
+
+/// A request with its own read limit (the client's, or a `PhaseOverride`
+/// on a client without limits) fails by that limit during the drain: it
+/// ended by an error of its own (completed, not cut) and the drain ends
+/// then, not at its deadline; the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phase_limit_ending_a_request_during_the_drain() {
+    use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseOverride, PhaseTimeoutLayer};
+    const READ: Duration = Duration::from_millis(300);
+    for with_override in [false, true] {
+        let server = Scripted::start().await;
+        let client = if with_override {
+            client::builder().build::<Body>()
+        } else {
+            client::builder()
+                .timeouts(PhaseTimeoutLayer::new().read(READ))
+                .build::<Body>()
+        };
+        let mut req = get(&server.url("/hang"));
+        if with_override {
+            req.extensions_mut().insert(PhaseOverride::new().read(READ));
+        }
+        let task = spawn_fetch(&client, req);
+        server.heads_reach(1).await;
+        let report = bounded(STEP_LIMIT, "the drain", client.drain(FAR_DEADLINE)).await;
+        let err = bounded(STEP_LIMIT, "the request", task)
+            .await
+            .unwrap()
+            .unwrap_err();
+        let elapsed = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(elapsed.phase(), Phase::Read);
+        assert!(find_cause::<DrainCut>(err.as_ref()).is_none(), "{err}");
+        assert_eq!(report.in_flight_at_start(), 1, "{report}");
+        assert_eq!(report.completed(), 1, "{report}");
+        assert_eq!(report.cut(), 0, "{report}");
+        assert_eq!(report.connections_still_open(), Some(0), "{report}");
+        assert!(report.elapsed() < FAR_DEADLINE / 2, "{report}");
+        server.all_closed().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A stale-connection retry as the drain begins.
+//
+// Decided: the retry's attempt is refused (`Draining`), never written: it
+// would need a new connection after the drain began, and the drain's
+// promise is that nothing new goes out. The request was in flight, so it
+// counts as completed (it failed by an error of its own making). Caveat
+// (found, not fixed: a matter of the retry layer's error design): its error
+// carries `Draining`, whose `nothing_written()` says `true` and whose
+// message says "nothing was written" while the first attempt was written
+// (the server read its head); the first attempt's error (the reset) is not
+// in the chain, only `NotRetried::retries() == 1` tells. The retry layer
+// had judged that attempt safe to send again, so sending it elsewhere is as
+// safe as the retry would have been: misleading, not unsafe.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_drain_began_is_never_written() {
+    use tower_conn_lifecycle::retry::{NotRetried, Rule};
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let server = RawServer::start(move |mut conn| {
+        let gate = gate.clone();
+        async move {
+            // The first request on each connection answered; the second
+            // reset once the test says so (a connection gone stale).
+            if conn.read_head().await.is_none() || !conn.write(OK_RESPONSE).await {
+                return;
+            }
+            if conn.read_head().await.is_none() {
+                return;
+            }
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+            conn.reset();
+        }
+    })
+    .await;
+    let client = client::builder().build::<Body>();
+    let url = server.url("/");
+    assert_eq!(
+        bounded(STEP_LIMIT, "the first request", fetch(&client, get(&url)))
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let task = spawn_fetch(&client, get(&url));
+    eventually(STEP_LIMIT, "the second request at the server", || {
+        server.counters.heads.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let drain = client.drain(FAR_DEADLINE);
+    release.add_permits(1);
+    let err = bounded(STEP_LIMIT, "the stale request", task)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let report = bounded(STEP_LIMIT, "the drain", drain).await;
+    println!("{}", tower_conn_lifecycle::error_chain(err.as_ref()));
+    assert!(find_cause::<Draining>(err.as_ref()).is_some(), "{err}");
+    let not_retried = find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(not_retried.rule(), Rule::Draining);
+    // The one trace of the written first attempt: its error (the reset)
+    // is not in the chain, which reads "request refused, nothing was
+    // written".
+    assert_eq!(not_retried.retries(), 1, "{err}");
+    assert_eq!(report.in_flight_at_start(), 1, "{report}");
+    assert_eq!(report.completed(), 1, "{report}");
+    assert_eq!(report.cut(), 0, "{report}");
+    assert!(report.elapsed() < FAR_DEADLINE / 2, "{report}");
+    // Set-up: time for a retry's connection to arrive, if one were sent.
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.counters.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.counters.heads.load(Ordering::SeqCst), 2);
+}
