@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -875,4 +875,232 @@ async fn a_retry_after_the_drain_began_is_never_written() {
     sleep(Duration::from_millis(100)).await;
     assert_eq!(server.counters.connections.load(Ordering::SeqCst), 1);
     assert_eq!(server.counters.heads.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 over TLS: several streams on one connection at the drain.
+
+/// A TLS (ALPN `h2` only) HTTP/2 server on 127.0.0.1: `/slow` answers
+/// after [`SLOW`], `/hang` never, anything else at once. Counts
+/// connections accepted, connections ended (its `serve_connection`
+/// returned: the client closed or reset it) and requests.
+struct H2Server {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Server {
+    async fn start(ca: &common::pki::Ca) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ca
+            .leaf(&["127.0.0.1"])
+            .server_config(common::tls::provider(), &[b"h2"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (acc, end, reqs) = (accepted.clone(), ended.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            // Ends with the server (aborted on drop).
+            while let Ok((tcp, _)) = listener.accept().await {
+                acc.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, end, reqs) = (acceptor.clone(), end.clone(), reqs.clone());
+                conns.spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        end.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    };
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            reqs.fetch_add(1, Ordering::SeqCst);
+                            async move {
+                                match req.uri().path() {
+                                    "/hang" => std::future::pending::<()>().await,
+                                    "/slow" => sleep(SLOW).await,
+                                    _ => {}
+                                }
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::from_static(b"ok"),
+                                )))
+                            }
+                        });
+                    let served = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                    let _ = tokio::time::timeout(CLOSE_LIMIT * 4, served).await;
+                    end.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        H2Server {
+            addr,
+            accepted,
+            ended,
+            requests,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Four streams on one HTTP/2 connection at the drain: two end before the
+/// deadline, two are cut at it; the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_some_finished_some_cut_at_the_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(500);
+    let ca = common::pki::Ca::new("probe drain ca");
+    let server = H2Server::start(&ca).await;
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&ca))
+        .build::<Body>();
+    // One connection first, so that every stream shares it.
+    let warm = bounded(
+        STEP_LIMIT,
+        "a first GET",
+        fetch(&client, get(&server.url("/"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(warm, "ok");
+    let slow: Vec<_> = (0..2)
+        .map(|_| spawn_fetch(&client, get(&server.url("/slow"))))
+        .collect();
+    let hung: Vec<_> = (0..2)
+        .map(|_| spawn_fetch(&client, get(&server.url("/hang"))))
+        .collect();
+    eventually(STEP_LIMIT, "the streams at the server", || {
+        server.requests() == 5
+    })
+    .await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(DEADLINE)).await;
+    for task in slow {
+        assert_eq!(task.await.unwrap().expect("a slow stream failed"), "ok");
+    }
+    for task in hung {
+        let err = bounded(STEP_LIMIT, "a hung stream", task)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_cut(&err);
+    }
+    assert_eq!(report.in_flight_at_start(), 4, "{report}");
+    assert_eq!(report.completed(), 2, "{report}");
+    assert_eq!(report.cut(), 2, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert!(report.elapsed() < DEADLINE + CUT_SLACK, "{report}");
+    eventually(SLACK, "the server sees the connection end", || {
+        server.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(server.requests(), 5);
+}
+
+/// Every stream of the HTTP/2 connection ends before the deadline: the
+/// drain ends with them (not at the deadline) and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_all_finished_close_the_connection_early() {
+    let ca = common::pki::Ca::new("probe drain ca");
+    let server = H2Server::start(&ca).await;
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&ca))
+        .build::<Body>();
+    let warm = bounded(
+        STEP_LIMIT,
+        "a first GET",
+        fetch(&client, get(&server.url("/"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(warm, "ok");
+    let slow: Vec<_> = (0..3)
+        .map(|_| spawn_fetch(&client, get(&server.url("/slow"))))
+        .collect();
+    eventually(STEP_LIMIT, "the streams at the server", || {
+        server.requests() == 4
+    })
+    .await;
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(FAR_DEADLINE)).await;
+    for task in slow {
+        assert_eq!(task.await.unwrap().expect("a slow stream failed"), "ok");
+    }
+    assert_eq!(report.in_flight_at_start(), 3, "{report}");
+    assert_eq!(report.completed(), 3, "{report}");
+    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert!(report.elapsed() < FAR_DEADLINE / 2, "{report}");
+    eventually(SLACK, "the server sees the connection end", || {
+        server.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// An HTTP/2 (TLS) connection opened after the drain began, for requests
+/// in flight that were still connecting (one makes it, two wait for it),
+/// with the drain future dropped at once: the client stays draining, so
+/// the connection, shared by the three, must close once its streams end
+/// (nothing will ever use it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_opened_during_a_dropped_drain_closes_after_its_stream() {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use tower::Service;
+    let ca = common::pki::Ca::new("probe drain ca");
+    let server = H2Server::start(&ca).await;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let slow = tower::service_fn(move |uri: http::Uri| {
+        let mut http = http.clone();
+        async move {
+            sleep(CONNECT_DELAY).await;
+            http.call(uri).await.map_err(BoxError::from)
+        }
+    });
+    let client = client::builder()
+        .connector(slow)
+        .tls_config(common::tls::client_config(&ca))
+        .build::<Body>();
+    // One request makes the connection, the others wait for it.
+    let tasks: Vec<_> = (0..3)
+        .map(|_| spawn_fetch(&client, get(&server.url("/slow"))))
+        .collect();
+    // Set-up: the requests are in the connector's delay.
+    sleep(CONNECT_DELAY / 3).await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
+    drop(client.drain(FAR_DEADLINE));
+    for task in tasks {
+        let body = bounded(STEP_LIMIT, "a request", task).await.unwrap();
+        assert_eq!(body.expect("an in-flight request failed"), "ok");
+    }
+    assert_eq!(server.requests(), 3);
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        1,
+        "the waiting requests did not share the connection"
+    );
+    eventually(SLACK, "the server sees the connection end", || {
+        server.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(client.connection_stats().open_now(), 0);
 }

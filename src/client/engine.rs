@@ -742,8 +742,11 @@ where
                     .build::<_, ()>(Connect::<B, S>::to(&parts, target))
             }
         };
+        let draining = drain.clone();
         let tls = move |target: Uri| {
-            let shared = tls_origin::Shared::new(stall.clone());
+            // An origin first used during the drain (by a request admitted
+            // before it) drains from the start: the sweep ran before it.
+            let shared = tls_origin::Shared::new(stall.clone(), draining.is_draining());
             let http1 = cache::builder()
                 .executor(TokioExecutor::new())
                 .build::<_, ()>(Divert::new(Connect::<B, S>::to(&parts, target), &shared));

@@ -64,10 +64,18 @@ struct State<B> {
     round: u64,
     /// The last gated attempt that failed: its round and its error.
     failed: Option<(u64, SharedError)>,
+    /// The client is draining: the slot keeps a connection only for the
+    /// checkouts waiting for the attempt that made it (admitted before the
+    /// drain); once they have their handles it closes after its streams.
+    draining: bool,
+    /// Checkouts waiting for a gated attempt.
+    waiting: usize,
 }
 
 impl<B> Shared<B> {
-    pub(super) fn new(stall: Option<(Duration, TrackStats)>) -> Arc<Self> {
+    /// `draining`: the client's drain has begun (an origin first used by
+    /// a request admitted before it).
+    pub(super) fn new(stall: Option<(Duration, TrackStats)>, draining: bool) -> Arc<Self> {
         Arc::new(Shared {
             state: Mutex::new(State {
                 http2: None,
@@ -75,6 +83,8 @@ impl<B> Shared<B> {
                 connecting: false,
                 round: 0,
                 failed: None,
+                draining,
+                waiting: 0,
             }),
             ended: Notify::new(),
             stall,
@@ -117,10 +127,14 @@ impl<B> Shared<B> {
 
     /// The drain: the HTTP/2 connection stops being shared (it closes when
     /// its last stream ends; one made for a request admitted before the
-    /// drain closes when that request's exchange ends, as every
-    /// connection does once the drain has begun).
+    /// drain is handed to the checkouts waiting for it, then leaves the
+    /// slot too).
     pub(super) fn clear(&self) {
-        let conn = self.lock().http2.take();
+        let conn = {
+            let mut state = self.lock();
+            state.draining = true;
+            state.http2.take()
+        };
         drop(conn);
     }
 }
@@ -143,6 +157,15 @@ impl<B> Drop for Gate<'_, B> {
             state.round += 1;
         }
         self.shared.ended.notify_waiters();
+    }
+}
+
+/// A checkout waiting for a gated attempt (counted in its state).
+struct Waiter<'a, B>(&'a Shared<B>);
+
+impl<B> Drop for Waiter<'_, B> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
     }
 }
 
@@ -314,7 +337,11 @@ where
             let mut state = shared.lock();
             match state.http2.take() {
                 Some(conn) if !conn.is_dead() => {
-                    state.http2 = Some(conn.clone());
+                    // Draining: kept only for the checkouts still waiting
+                    // for the attempt that made it.
+                    if !state.draining || state.waiting > 0 {
+                        state.http2 = Some(conn.clone());
+                    }
                     return Ok(TlsConn::Http2(conn));
                 }
                 // A dead one is dropped.
@@ -331,6 +358,7 @@ where
                 // Registered under the lock: the attempt's end cannot slip
                 // between this look and the wait.
                 waited = Some(state.round);
+                state.waiting += 1;
                 Next::Wait(shared.ended.notified())
             } else {
                 state.connecting = true;
@@ -339,6 +367,8 @@ where
         };
         let gated = match gated {
             Next::Wait(ended) => {
+                // Counted until it looks again (or is dropped).
+                let _waiter = Waiter(&shared);
                 ended.await;
                 continue;
             }
@@ -523,7 +553,7 @@ mod tests {
             calls: Arc::new(AtomicUsize::new(0)),
         };
         (
-            TlsOrigin::new(pending.clone(), Shared::new(None)),
+            TlsOrigin::new(pending.clone(), Shared::new(None, false)),
             senders,
             pending,
         )
