@@ -1104,3 +1104,93 @@ async fn an_http2_connection_opened_during_a_dropped_drain_closes_after_its_stre
     .await;
     assert_eq!(client.connection_stats().open_now(), 0);
 }
+
+// ---------------------------------------------------------------------------
+// The admission race: a request called exactly as the drain begins.
+
+/// A request is either refused or counted in the drain's
+/// `in_flight_at_start`: never admitted unseen. `DrainHandle::enter` looked
+/// at the state, then took its reference (the count of requests in
+/// flight): a drain that began in between counted its requests without
+/// this one (and could resolve with nothing in flight) while it went on to
+/// be sent after the drain began.
+///
+/// In memory (the race is in the counting, not the network): one thread
+/// calls the layer in a loop, holding each admitted request a moment and
+/// noting whether the drain had begun (its call returned) while it held
+/// it; another begins the drain. Such a request must have been counted.
+/// Many rounds, bounded in count and time.
+#[test]
+fn a_request_is_refused_or_counted_by_the_drain() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Barrier;
+    use tower::{Layer, Service};
+    use tower_conn_lifecycle::drain::DrainHandle;
+    const ROUNDS: usize = 2_000;
+    const TIME_LIMIT: Duration = Duration::from_secs(8);
+    /// How long the caller holds each admitted request (spins).
+    const HOLD: usize = 200;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut violations = Vec::new();
+    for round in 0..ROUNDS {
+        if started.elapsed() > TIME_LIMIT || violations.len() >= 4 {
+            break;
+        }
+        let handle = DrainHandle::new();
+        let mut svc = handle.layer(tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, BoxError>(http::Response::new(Body::default()))
+        }));
+        let barrier = Barrier::new(2);
+        let began = AtomicBool::new(false);
+        let (report, held_past_start) = std::thread::scope(|scope| {
+            let caller = scope.spawn(|| {
+                barrier.wait();
+                // Bounded: the drain begins within microseconds.
+                for _ in 0..1_000_000 {
+                    let future = svc.call(Request::new(()));
+                    if handle.in_flight() == 0 {
+                        // Refused (a refused future holds nothing).
+                        return false;
+                    }
+                    for _ in 0..HOLD {
+                        std::hint::spin_loop();
+                    }
+                    let past = began.load(Ordering::SeqCst);
+                    drop(future);
+                    if past {
+                        return true;
+                    }
+                }
+                false
+            });
+            barrier.wait();
+            // Set-up: let the caller loop a varying while.
+            for _ in 0..(round % 64) {
+                std::hint::spin_loop();
+            }
+            let drain = handle.drain(Duration::from_secs(5));
+            began.store(true, Ordering::SeqCst);
+            let report = runtime.block_on(drain);
+            (report, caller.join().unwrap())
+        });
+        // A request held when the drain had begun was admitted before it
+        // (or slipped past it): the drain must have counted it.
+        if held_past_start && report.in_flight_at_start() == 0 {
+            violations.push(format!("round {round}: admitted unseen: {report}"));
+        }
+        // And the report adds up (a request ending as the drain began
+        // was counted in flight and not completed).
+        if report.completed() + report.cut() != report.in_flight_at_start() {
+            violations.push(format!("round {round}: does not add up: {report}"));
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "the drain miscounted a request called or ending as it began: {violations:?}"
+    );
+}

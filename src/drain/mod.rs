@@ -70,19 +70,21 @@
 //!
 //! # What it costs
 //!
-//! A request that is not refused costs one reference-count increment at
-//! its call and one decrement at its end (the count of requests in flight
-//! *is* that reference count), and one relaxed load on each poll that
-//! returns `Pending`; no allocation, no lock. Everything else happens on
-//! the drain's side.
+//! A request that is not refused costs, at its call, one compare-and-swap
+//! of the drain's word (the count of requests in flight and the drain's
+//! flags together, so that a request called as a drain begins is either
+//! refused or counted) and one reference-count increment, the same two
+//! decrements at its end, and one relaxed load on each poll that returns
+//! `Pending`; no allocation, no lock. Everything else happens on the
+//! drain's side.
 
 mod error;
 mod layer;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -93,9 +95,12 @@ pub use layer::{future, Drain, DrainBody};
 
 use crate::track::TrackStats;
 
-const OPEN: u8 = 0;
-const DRAINING: u8 = 1;
-const CUT: u8 = 2;
+/// The drain has begun: requests are refused (a flag of [`Cell::word`]).
+const DRAINING: u64 = 1 << 62;
+/// The drain cut the requests in flight (a flag of [`Cell::word`]).
+const CUT: u64 = 1 << 63;
+/// The count of requests in flight (the low bits of [`Cell::word`]).
+const COUNT: u64 = DRAINING - 1;
 
 /// How long a drain that cut requests waits for their connections to
 /// close (the tracker wakes each one's task; it closes as soon as it runs).
@@ -108,17 +113,21 @@ const CLOSE_POLL: Duration = Duration::from_millis(1);
 /// The farthest deadline: about thirty years.
 const MAX_DEADLINE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
-/// The drain's state, referenced by its [`Shared`] once and by every
-/// request in flight once: the count of requests in flight is its
-/// reference count.
+/// The drain's state, referenced by its [`Shared`] and by every request in
+/// flight.
 #[derive(Debug)]
 pub(crate) struct Cell {
-    state: AtomicU8,
-    /// Requests that ended while the drain was under way, before any cut.
-    ended: AtomicU64,
-    /// Woken when a request ends during a drain (a separate allocation, so
-    /// the request's reference is gone when the drain is told).
-    notify: Arc<Notify>,
+    /// The count of requests in flight and the flags ([`DRAINING`],
+    /// [`CUT`]) in one word: a request is admitted (counted) only while
+    /// the word says open, and a drain reads the count exactly as it sets
+    /// a flag, so that a request called as the drain begins is either
+    /// refused or counted in flight (never sent unseen), and the count at
+    /// the cut is what was cut.
+    word: AtomicU64,
+    /// How many requests the cut cut (set under the lock, with [`CUT`]).
+    cut: Mutex<u64>,
+    /// Woken when a request ends during a drain, and at the cut.
+    notify: Notify,
 }
 
 /// A request in flight: holds one reference to the drain's [`Cell`] until
@@ -139,7 +148,7 @@ impl InFlight {
     pub(crate) fn is_cut(&self) -> bool {
         self.cell
             .as_ref()
-            .is_some_and(|c| c.state.load(Ordering::Relaxed) == CUT)
+            .is_some_and(|c| c.word.load(Ordering::Relaxed) & CUT != 0)
     }
 
     /// Takes `guard` if the drain cut its request: the request ends there.
@@ -162,17 +171,9 @@ impl Drop for InFlight {
         let Some(cell) = self.cell.take() else {
             return;
         };
-        let state = cell.state.load(Ordering::Acquire);
-        if state == OPEN {
-            return;
+        if cell.word.fetch_sub(1, Ordering::AcqRel) & DRAINING != 0 {
+            cell.notify.notify_waiters();
         }
-        if state == DRAINING {
-            cell.ended.fetch_add(1, Ordering::Relaxed);
-        }
-        let notify = cell.notify.clone();
-        // The reference goes first: the drain counts what is left.
-        drop(cell);
-        notify.notify_waiters();
     }
 }
 
@@ -292,9 +293,9 @@ impl DrainHandle {
         DrainHandle {
             shared: Arc::new(Shared {
                 cell: Arc::new(Cell {
-                    state: AtomicU8::new(OPEN),
-                    ended: AtomicU64::new(0),
-                    notify: Arc::new(Notify::new()),
+                    word: AtomicU64::new(0),
+                    cut: Mutex::new(0),
+                    notify: Notify::new(),
                 }),
                 tracker,
                 close_idle: OnceLock::new(),
@@ -312,8 +313,24 @@ impl DrainHandle {
     #[inline]
     pub(crate) fn enter(&self) -> Result<InFlight, Draining> {
         let cell = &self.shared.cell;
-        if cell.state.load(Ordering::Relaxed) != OPEN {
-            return Err(Draining);
+        // Counted only if the word still says open when the count goes up:
+        // a drain setting its flag in between makes this compare fail.
+        // (Looking at the state, then counting, let a request slip past a
+        // drain that had just counted its requests without it.)
+        let mut word = cell.word.load(Ordering::Relaxed);
+        loop {
+            if word & DRAINING != 0 {
+                return Err(Draining);
+            }
+            match cell.word.compare_exchange_weak(
+                word,
+                word + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
         }
         Ok(InFlight {
             cell: Some(cell.clone()),
@@ -322,13 +339,12 @@ impl DrainHandle {
 
     /// Whether a drain has begun (new requests are refused).
     pub fn is_draining(&self) -> bool {
-        self.shared.cell.state.load(Ordering::Relaxed) != OPEN
+        self.shared.cell.word.load(Ordering::Relaxed) & DRAINING != 0
     }
 
     /// Requests in flight now: called and not yet ended.
     pub fn in_flight(&self) -> u64 {
-        // Every other reference is a request's.
-        (Arc::strong_count(&self.shared.cell) - 1) as u64
+        self.shared.cell.word.load(Ordering::Relaxed) & COUNT
     }
 
     /// Starts draining now and returns a future that resolves to the
@@ -344,11 +360,8 @@ impl DrainHandle {
             .checked_add(deadline.min(MAX_DEADLINE))
             .unwrap_or(started);
         let cell = &shared.cell;
-        let _ = cell
-            .state
-            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
-        let in_flight = self.in_flight();
-        let ended_before = cell.ended.load(Ordering::Relaxed);
+        // From here on every request is refused; the count is exact.
+        let in_flight = cell.word.fetch_or(DRAINING, Ordering::AcqRel) & COUNT;
         // Idle connections close now: the tracker retires every connection
         // (closed now if idle, else when its exchange ends; counted before
         // anything closes), and every one opened from now on (for a request
@@ -368,9 +381,6 @@ impl DrainHandle {
         tracing::debug!(in_flight, ?idle_closed, ?deadline, "drain started");
         async move {
             let cell = &shared.cell;
-            let in_flight_now = || (Arc::strong_count(cell) - 1) as u64;
-            let mut cut = 0;
-            let mut cut_here = false;
             loop {
                 let notified = cell.notify.notified();
                 tokio::pin!(notified);
@@ -379,12 +389,9 @@ impl DrainHandle {
                 if let Some(close) = shared.close_idle.get() {
                     close();
                 }
-                let left = in_flight_now();
-                if left == 0 {
-                    break;
-                }
-                if cell.state.load(Ordering::Acquire) == CUT {
-                    // Another drain of this client cut them (counted below).
+                let word = cell.word.load(Ordering::Acquire);
+                if word & COUNT == 0 || word & CUT != 0 {
+                    // All ended, or another drain of this client cut them.
                     break;
                 }
                 // The notification first: a request that ends at the
@@ -393,12 +400,16 @@ impl DrainHandle {
                     .await
                     .is_err()
                 {
-                    cell.state.store(CUT, Ordering::Release);
+                    {
+                        let mut cut = cell.cut.lock().unwrap_or_else(|e| e.into_inner());
+                        let before = cell.word.fetch_or(CUT, Ordering::AcqRel);
+                        if before & CUT == 0 {
+                            *cut = before & COUNT;
+                        }
+                    }
                     // The client's other drains end with this cut, even if
                     // no request runs (a body held unread) to tell them.
                     cell.notify.notify_waiters();
-                    cut_here = true;
-                    cut = in_flight_now();
                     if let Some(tracker) = &shared.tracker {
                         for state in tracker.live() {
                             if !state.is_upgraded() {
@@ -412,14 +423,18 @@ impl DrainHandle {
                     break;
                 }
             }
-            let ended = cell.ended.load(Ordering::Relaxed) - ended_before;
-            if !cut_here && cell.state.load(Ordering::Acquire) == CUT {
-                // Another drain of this client cut: what this one saw in
-                // flight and did not see end before that cut was cut, even
-                // if it had already ended (been dropped) when this one
-                // looked again.
-                cut = in_flight.saturating_sub(ended);
-            }
+            // What was in flight at the cut (this drain's or another's) was
+            // cut: every request this drain saw in flight and still in
+            // flight then (requests were refused from this drain's start on,
+            // or earlier). The rest completed.
+            let cut = if cell.word.load(Ordering::Acquire) & CUT != 0 {
+                // Set with the flag, under this lock.
+                let at_cut = *cell.cut.lock().unwrap_or_else(|e| e.into_inner());
+                in_flight.min(at_cut)
+            } else {
+                0
+            };
+            let ended = in_flight - cut;
             let still_open = match &shared.tracker {
                 Some(tracker) => Some(wait_closed(tracker, at, cut > 0).await),
                 None => None,
