@@ -1194,3 +1194,177 @@ fn a_request_is_refused_or_counted_by_the_drain() {
         "the drain miscounted a request called or ending as it began: {violations:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The `DrainHandle` layer on hyper-util's legacy client, same servers.
+
+/// The legacy client's response body, boxed.
+type LegacyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// hyper-util's legacy client over `http` under the tracker, with
+/// `WithConnectionInfoLayer` (marks each response's end for the tracker)
+/// and the drain's layer (with the tracker) outermost; and that handle.
+fn legacy_client_over<C>(
+    http: C,
+) -> (
+    tower::util::BoxCloneService<Request<Body>, http::Response<LegacyBody>, BoxError>,
+    tower_conn_lifecycle::drain::DrainHandle,
+)
+where
+    C: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read
+        + hyper::rt::Write
+        + hyper_util::client::legacy::connect::Connection
+        + Unpin
+        + Send
+        + 'static,
+    C::Future: Send + Unpin + 'static,
+    C::Error: Into<BoxError>,
+{
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::{Layer, ServiceBuilder};
+    use tower_conn_lifecycle::drain::DrainHandle;
+    use tower_conn_lifecycle::track::{TrackConnectionsLayer, WithConnectionInfoLayer};
+
+    let track = TrackConnectionsLayer::new();
+    let handle = DrainHandle::with_tracker(&track.stats());
+    let legacy = Client::builder(TokioExecutor::new()).build(track.layer(http));
+    let client = ServiceBuilder::new()
+        .layer(handle.clone())
+        .layer(WithConnectionInfoLayer::new())
+        .service(legacy)
+        .map_response(|res: http::Response<_>| res.map(|body| body.boxed_unsync()));
+    (tower::util::BoxCloneService::new(client), handle)
+}
+
+type Legacy = tower::util::BoxCloneService<Request<Body>, http::Response<LegacyBody>, BoxError>;
+
+fn spawn_legacy(
+    client: &Legacy,
+    req: Request<Body>,
+) -> tokio::task::JoinHandle<Result<Bytes, BoxError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let res = client.oneshot(req).await?;
+        Ok(res.into_body().collect().await?.to_bytes())
+    })
+}
+
+/// On the legacy client: an upload stuck in a full socket buffer and a
+/// trickling body at the drain are cut at the deadline, their connections
+/// closed; a slow request completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_drain_cuts_a_stuck_upload_and_a_trickle() {
+    const DEADLINE: Duration = Duration::from_millis(400);
+    let server = Scripted::start().await;
+    let (client, handle) = legacy_client_over(common::small_buffers());
+    let stuck = spawn_legacy(
+        &client,
+        Request::post(server.url("/stuck"))
+            .body(common::raw::body_of(16 * common::raw::MIB))
+            .unwrap(),
+    );
+    let trickle = spawn_legacy(&client, get(&server.url("/trickle")));
+    let slow = spawn_legacy(&client, get(&server.url("/slow")));
+    server.heads_reach(3).await;
+    // Set-up: the upload fills the buffers, the trickle starts.
+    sleep(common::raw::FILL_WAIT).await;
+    let started = Instant::now();
+    let report = bounded(STEP_LIMIT, "the drain", handle.drain(DEADLINE)).await;
+    for task in [stuck, trickle] {
+        let err = bounded(STEP_LIMIT, "a cut request", task)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_cut(&err);
+    }
+    let late = started.elapsed().saturating_sub(DEADLINE);
+    assert!(late <= CUT_SLACK, "cut {late:?} after the deadline");
+    assert_eq!(slow.await.unwrap().expect("the slow request failed"), "ok");
+    assert_eq!(report.in_flight_at_start(), 3, "{report}");
+    assert_eq!(report.completed(), 1, "{report}");
+    assert_eq!(report.cut(), 2, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    server.release.add_permits(1);
+    server.all_closed().await;
+    assert_eq!(server.heads(), 3);
+}
+
+/// On the legacy client: a connection opened after the drain began (its
+/// request was connecting), the drain future dropped: it closes at its
+/// exchange's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_connection_opened_during_a_dropped_drain_closes() {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use tower::Service;
+    let server = Scripted::start().await;
+    let http = HttpConnector::new();
+    let slow = tower::service_fn(move |uri: http::Uri| {
+        let mut http = http.clone();
+        Box::pin(async move {
+            sleep(CONNECT_DELAY).await;
+            http.call(uri).await.map_err(BoxError::from)
+        })
+    });
+    let (client, handle) = legacy_client_over(slow);
+    let task = spawn_legacy(&client, get(&server.url("/")));
+    // Set-up: the request is in the connector's delay.
+    sleep(CONNECT_DELAY / 3).await;
+    assert_eq!(server.connections(), 0);
+    drop(handle.drain(FAR_DEADLINE));
+    let body = bounded(STEP_LIMIT, "the request", task).await.unwrap();
+    assert_eq!(body.expect("the in-flight request failed"), "ok");
+    server.all_closed().await;
+    assert_eq!(server.ends.all(), ["closed"]);
+}
+
+/// Clones keep sending while another clone drains: every request is
+/// either refused (`Draining`, never at the server) or answered; the
+/// server saw exactly the answered ones; the report adds up and cuts
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_sending_while_another_drains() {
+    const SENDERS: usize = 8;
+    const MAX_PER_SENDER: usize = 500;
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|_| {
+            let client = client.clone();
+            let url = server.url("/");
+            tokio::spawn(async move {
+                let mut answered = 0;
+                // Bounded in count; ends at the first refusal.
+                for _ in 0..MAX_PER_SENDER {
+                    match fetch(&client, get(&url)).await {
+                        Ok(_) => answered += 1,
+                        Err(e) => {
+                            assert!(find_cause::<Draining>(e.as_ref()).is_some(), "{e}");
+                            return (answered, true);
+                        }
+                    }
+                }
+                (answered, false)
+            })
+        })
+        .collect();
+    eventually(STEP_LIMIT, "some traffic", || server.heads() >= 50).await;
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(FAR_DEADLINE)).await;
+    let mut answered = 0;
+    for sender in senders {
+        let (n, refused) = bounded(STEP_LIMIT, "a sender", sender).await.unwrap();
+        assert!(refused, "a sender was never refused");
+        answered += n;
+    }
+    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(report.completed(), report.in_flight_at_start(), "{report}");
+    assert!(report.in_flight_at_start() <= SENDERS as u64, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert_eq!(
+        server.heads(),
+        answered,
+        "a refused request reached the server"
+    );
+    server.all_closed().await;
+}
