@@ -900,6 +900,11 @@ impl Drop for H2Server {
 
 impl H2Server {
     async fn start(ca: &common::pki::Ca) -> Self {
+        Self::start_with(ca, None).await
+    }
+
+    /// With at most `max_streams` concurrent streams per connection.
+    async fn start_with(ca: &common::pki::Ca, max_streams: Option<u32>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = ca
@@ -938,6 +943,7 @@ impl H2Server {
                     let served = hyper::server::conn::http2::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
+                    .max_concurrent_streams(max_streams)
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
                     let _ = tokio::time::timeout(CLOSE_LIMIT * 4, served).await;
                     end.fetch_add(1, Ordering::SeqCst);
@@ -1367,4 +1373,80 @@ async fn clones_sending_while_another_drains() {
         "a refused request reached the server"
     );
     server.all_closed().await;
+}
+
+/// An idle HTTP/2 connection at the drain closes at once (its slot's
+/// handle dropped: hyper closes it) and the drain ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_closes_at_the_drain() {
+    let ca = common::pki::Ca::new("probe drain ca");
+    let server = H2Server::start(&ca).await;
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&ca))
+        .build::<Body>();
+    for _ in 0..3 {
+        let body = bounded(STEP_LIMIT, "a GET", fetch(&client, get(&server.url("/"))))
+            .await
+            .unwrap();
+        assert_eq!(body, "ok");
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(FAR_DEADLINE)).await;
+    assert_eq!(report.in_flight_at_start(), 0, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert!(report.elapsed() < FAR_DEADLINE / 2, "{report}");
+    eventually(SLACK, "the server sees the connection end", || {
+        server.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+/// A request queued behind the server's stream limit (one stream per
+/// connection, taken by a request that hangs) at the drain: it was in
+/// flight, so it may still go out while the drain waits; at the deadline
+/// both are cut, and the queued one never reached the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_queued_behind_the_stream_limit_is_cut() {
+    const DEADLINE: Duration = Duration::from_millis(400);
+    let ca = common::pki::Ca::new("probe drain ca");
+    let server = H2Server::start_with(&ca, Some(1)).await;
+    let client = client::builder()
+        .tls_config(common::tls::client_config(&ca))
+        .build::<Body>();
+    let warm = bounded(
+        STEP_LIMIT,
+        "a first GET",
+        fetch(&client, get(&server.url("/"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(warm, "ok");
+    let hung = spawn_fetch(&client, get(&server.url("/hang")));
+    eventually(STEP_LIMIT, "the hanging stream at the server", || {
+        server.requests() == 2
+    })
+    .await;
+    let queued = spawn_fetch(&client, get(&server.url("/")));
+    // Set-up: the second request reaches the stream limit's queue.
+    sleep(Duration::from_millis(100)).await;
+    let report = bounded(STEP_LIMIT, "the drain", client.drain(DEADLINE)).await;
+    for task in [hung, queued] {
+        let err = bounded(STEP_LIMIT, "a cut request", task)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_cut(&err);
+    }
+    assert_eq!(report.in_flight_at_start(), 2, "{report}");
+    assert_eq!(report.cut(), 2, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert_eq!(
+        server.requests(),
+        2,
+        "the queued request reached the server"
+    );
+    eventually(SLACK, "the server sees the connection end", || {
+        server.ended.load(Ordering::SeqCst) == server.accepted.load(Ordering::SeqCst)
+    })
+    .await;
 }
