@@ -808,13 +808,15 @@ async fn a_phase_limit_ending_a_request_during_the_drain() {
 // would need a new connection after the drain began, and the drain's
 // promise is that nothing new goes out. The request was in flight, so it
 // counts as completed (it failed by an error of its own making). Caveat
-// (found, not fixed: a matter of the retry layer's error design): its error
-// carries `Draining`, whose `nothing_written()` says `true` and whose
-// message says "nothing was written" while the first attempt was written
-// (the server read its head); the first attempt's error (the reset) is not
-// in the chain, only `NotRetried::retries() == 1` tells. The retry layer
-// had judged that attempt safe to send again, so sending it elsewhere is as
-// safe as the retry would have been: misleading, not unsafe.
+// (found; only the message fixed, the rest is the retry layer's error
+// design): its error carries `Draining`, whose `nothing_written()` says
+// `true` and whose message says "nothing was written" while the first
+// attempt was written (the server read its head); the first attempt's
+// error (the reset) is not in the chain; only `NotRetried::retries() == 1`
+// told, and its message said nothing (now it says "1 earlier attempt was
+// sent"). The retry layer had judged that attempt safe to send again, so
+// sending it elsewhere is as safe as the retry would have been: the
+// refusal's "nothing written" misleads, it does not endanger.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_the_drain_began_is_never_written() {
@@ -863,10 +865,14 @@ async fn a_retry_after_the_drain_began_is_never_written() {
     assert!(find_cause::<Draining>(err.as_ref()).is_some(), "{err}");
     let not_retried = find_cause::<NotRetried>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
     assert_eq!(not_retried.rule(), Rule::Draining);
-    // The one trace of the written first attempt: its error (the reset)
-    // is not in the chain, which reads "request refused, nothing was
-    // written".
+    // The traces of the written first attempt: its error (the reset) is
+    // not in the chain, whose refusal reads "request refused, nothing was
+    // written"; `NotRetried` counts the retry and says it.
     assert_eq!(not_retried.retries(), 1, "{err}");
+    assert!(
+        err.to_string().contains("1 earlier attempt was sent"),
+        "the error hides the written attempt: {err}"
+    );
     assert_eq!(report.in_flight_at_start(), 1, "{report}");
     assert_eq!(report.completed(), 1, "{report}");
     assert_eq!(report.cut(), 0, "{report}");

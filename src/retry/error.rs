@@ -191,7 +191,18 @@ impl NotRetried {
                 n => write!(f, "retry limit reached after {n} retries"),
             },
             Rule::BudgetExhausted => f.write_str("retry budget exhausted"),
-            Rule::Draining => f.write_str("the client is draining"),
+            // After a retry the refusal is the retry's: an earlier attempt
+            // was written (whatever the refusal says of itself).
+            Rule::Draining => match self.retries {
+                0 => f.write_str("the client is draining"),
+                1 => f.write_str(
+                    "the client is draining (refused the retry: 1 earlier attempt was sent)",
+                ),
+                n => write!(
+                    f,
+                    "the client is draining (refused a retry: {n} earlier attempts were sent)"
+                ),
+            },
             Rule::Timeout
             | Rule::ConnectTimeout
             | Rule::ConnectFailed
