@@ -1498,3 +1498,43 @@ async fn an_untracked_cut_request_fails_without_being_polled_again() {
         .unwrap_err();
     assert_cut(&err);
 }
+
+/// A drain future first polled after its deadline passed: the drain began
+/// at the call (new requests refused at once), a request that ended in
+/// between counts as completed, and the first poll cuts the rest at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_first_polled_after_its_deadline_cuts_at_once() {
+    const DEADLINE: Duration = Duration::from_millis(100);
+    let server = Scripted::start().await;
+    let client = client::builder().build::<Body>();
+    let hung = spawn_fetch(&client, get(&server.url("/hang")));
+    let slow = spawn_fetch(&client, get(&server.url("/slow")));
+    server.heads_reach(2).await;
+    let drain = client.drain(DEADLINE);
+    let err = fetch(&client, get(&server.url("/"))).await.unwrap_err();
+    assert!(find_cause::<Draining>(err.as_ref()).is_some(), "{err}");
+    assert_eq!(
+        bounded(STEP_LIMIT, "the slow request", slow)
+            .await
+            .unwrap()
+            .expect("the slow request failed"),
+        "ok"
+    );
+    // Set-up: past the deadline before the first poll.
+    sleep(DEADLINE * 2).await;
+    let polled = Instant::now();
+    let report = bounded(STEP_LIMIT, "the drain", drain).await;
+    assert!(polled.elapsed() < CUT_SLACK, "{report}");
+    assert_eq!(report.in_flight_at_start(), 2, "{report}");
+    assert_eq!(report.completed(), 1, "{report}");
+    assert_eq!(report.cut(), 1, "{report}");
+    assert_eq!(report.connections_still_open(), Some(0), "{report}");
+    assert_cut(
+        &bounded(STEP_LIMIT, "the hung request", hung)
+            .await
+            .unwrap()
+            .unwrap_err(),
+    );
+    server.all_closed().await;
+    assert_eq!(server.heads(), 2);
+}
