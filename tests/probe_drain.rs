@@ -1466,18 +1466,13 @@ async fn http2_request_queued_behind_the_stream_limit_is_cut() {
 }
 
 /// Without the tracker (`DrainHandle::new`), a request cut at the deadline
-/// while hyper holds it (the server never answers) fails with `DrainCut`
-/// only when it is next polled, and nothing polls it: the caller awaiting
-/// it waits for ever, after the drain reported it cut. The type's docs say
-/// so ("fails with DrainCut only when it is next polled"), but at shutdown
-/// it is a wait that never ends. Not fixed: the cut would have to wake
-/// tasks whose last poll came before the drain began, so every `Pending`
-/// poll would have to leave its waker where the drain can reach it (an
-/// allocation or a shared lock per request, against the layer's stated
-/// cost); registering only on polls during the drain was tried and does
-/// not reach a task parked before it.
+/// while hyper holds it (the server never answers, or stops in the middle
+/// of the body) fails with `DrainCut` at the cut, although nothing else
+/// polls it: its task waits on the cut too. (It used to fail only when
+/// next polled, and nothing polled it: the caller waited for ever after
+/// the drain reported it cut.) Both waits: before the head (`/hang`) and
+/// in the body (`/partial`: one byte of ten).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect, documented in DrainHandle's docs: without the tracker a cut request parked before the drain is never woken"]
 async fn an_untracked_cut_request_fails_without_being_polled_again() {
     use hyper_util::client::legacy::{connect::HttpConnector, Client};
     use hyper_util::rt::TokioExecutor;
@@ -1488,15 +1483,27 @@ async fn an_untracked_cut_request_fails_without_being_polled_again() {
     let handle = DrainHandle::new();
     let legacy: Client<_, Body> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let client = handle.layer(legacy);
-    let task = tokio::spawn(client.oneshot(get(&server.url("/hang"))));
-    server.heads_reach(1).await;
+    let head = tokio::spawn(client.clone().oneshot(get(&server.url("/hang"))));
+    let partial = get(&server.url("/partial"));
+    let body = tokio::spawn(async move {
+        let res = client.oneshot(partial).await?;
+        res.into_body().collect().await.map(|_| ())
+    });
+    server.heads_reach(2).await;
     let report = bounded(STEP_LIMIT, "the drain", handle.drain(DEADLINE)).await;
-    assert_eq!(report.cut(), 1, "{report}");
-    let err = bounded(SLACK, "the cut request", task)
+    assert_eq!(report.in_flight_at_start(), 2, "{report}");
+    assert_eq!(report.cut(), 2, "{report}");
+    let err = bounded(SLACK, "the request cut before its head", head)
         .await
         .unwrap()
         .unwrap_err();
     assert_cut(&err);
+    let err = bounded(SLACK, "the request cut in its body", body)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_cut(&err);
+    assert_eq!(server.heads(), 2, "no request after the drain began");
 }
 
 /// A drain future first polled after its deadline passed: the drain began
@@ -1537,4 +1544,63 @@ async fn a_drain_first_polled_after_its_deadline_cuts_at_once() {
     );
     server.all_closed().await;
     assert_eq!(server.heads(), 2);
+}
+
+/// Two clients built from clones of one builder are two clients: draining
+/// one neither closes the other's idle connection nor stops the other from
+/// reusing its connections afterwards (they used to share the builder's
+/// tracker, through which the drain closes connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_one_client_leaves_a_client_built_from_the_same_builder_alone() {
+    const REQUESTS: usize = 5;
+    let ends = Arc::new(Ends::default());
+    let server = ok_server(ends.clone()).await;
+    let builder = client::builder();
+    let drained = builder.clone().build::<Body>();
+    let other = builder.build::<Body>();
+    bounded(
+        STEP_LIMIT,
+        "the other client's first request",
+        fetch(&other, get(&server.url("/"))),
+    )
+    .await
+    .unwrap();
+    bounded(
+        STEP_LIMIT,
+        "a request of the drained client",
+        fetch(&drained, get(&server.url("/"))),
+    )
+    .await
+    .unwrap();
+    let report = bounded(STEP_LIMIT, "the drain", drained.drain(FAR_DEADLINE)).await;
+    assert_eq!(report.idle_connections_closed(), Some(1), "{report}");
+    for _ in 0..REQUESTS {
+        bounded(
+            STEP_LIMIT,
+            "the other client's request",
+            fetch(&other, get(&server.url("/"))),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        other.connection_stats().opened(),
+        1,
+        "the other client lost its reuse"
+    );
+    assert_eq!(drained.connection_stats().opened(), 1);
+    assert_eq!(
+        server.counters.connections.load(Ordering::SeqCst),
+        2,
+        "one connection per client: {:?}",
+        ends.all()
+    );
+    // Only the drained client's connection was closed.
+    eventually(
+        STEP_LIMIT,
+        "the drained client's connection to close",
+        || ends.len() == 1,
+    )
+    .await;
+    assert_eq!(ends.all(), ["closed"]);
 }

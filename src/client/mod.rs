@@ -249,13 +249,19 @@ type Untimed =
 /// [`Builder::connector`] gave another. It is a type parameter (rather than
 /// a boxed connector) so that the client's connections cost the same
 /// whichever it is; the built [`Client<B>`] does not carry it.
+///
+/// Each [`build`](Self::build) makes a client of its own: its pools,
+/// connections, connection counters and drain are not shared with a client
+/// built from a clone of the same builder (draining one leaves the other
+/// alone). What the builder's layers share between their clones is shared
+/// by such clients too: the [`IdleExpiryLayer`]'s learned limits and
+/// counters, the retry layer's budget.
 #[derive(Clone, Debug)]
 pub struct Builder<C = HttpConnector> {
     connect: Option<Duration>,
     timeouts: PhaseTimeoutLayer,
     idle_expiry: IdleExpiryLayer,
     retry: RetryOnStaleConnectionLayer,
-    track: TrackConnectionsLayer,
     #[cfg(feature = "tls")]
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     max_idle_per_origin: usize,
@@ -273,7 +279,6 @@ pub fn builder() -> Builder {
         timeouts: PhaseTimeoutLayer::new(),
         idle_expiry: IdleExpiryLayer::new(Duration::from_secs(90)),
         retry: RetryOnStaleConnectionLayer::new(),
-        track: TrackConnectionsLayer::new(),
         #[cfg(feature = "tls")]
         tls: None,
         max_idle_per_origin: DEFAULT_MAX_IDLE_PER_ORIGIN,
@@ -468,7 +473,6 @@ impl<C> Builder<C> {
             timeouts: self.timeouts,
             idle_expiry: self.idle_expiry,
             retry: self.retry,
-            track: self.track,
             #[cfg(feature = "tls")]
             tls: self.tls,
             max_idle_per_origin: self.max_idle_per_origin,
@@ -535,14 +539,14 @@ impl<C> Builder<C> {
     }
 
     /// ConnectTimeout → tracker → TLS (feature `tls`) → `transport`.
-    fn stack<D>(&self, transport: D) -> Stacked<D> {
+    fn stack<D>(&self, track: &TrackConnectionsLayer, transport: D) -> Stacked<D> {
         #[cfg(feature = "tls")]
         let transport = match &self.tls {
             Some(config) => crate::tls::SharedTlsConnector::from_config(transport, config.clone()),
             None => crate::tls::SharedTlsConnector::new(transport),
         };
         ConnectTimeoutLayer::new(self.connect.unwrap_or(Duration::MAX))
-            .layer(self.track.layer(transport))
+            .layer(track.layer(transport))
     }
 
     /// Builds the client for request bodies of type `B`: any
@@ -562,10 +566,14 @@ impl<C> Builder<C> {
         C::Future: Send + 'static,
         C::Error: Into<BoxError>,
     {
-        let connector = self.stack(self.connector.clone());
+        // The client's own tracker (not the builder's: clients built from
+        // clones of one builder are separate clients, and a drain closes
+        // connections through its client's tracker).
+        let track = TrackConnectionsLayer::new();
+        let connector = self.stack(&track, self.connector.clone());
         let mut http2 = self.http2;
         http2.timer(TokioTimer::new());
-        let drain = DrainHandle::with_tracker(&self.track.stats());
+        let drain = DrainHandle::with_tracker(&track.stats());
         let engine = Engine::new(engine::Settings {
             drain: drain.clone(),
             parts: engine::Parts {
@@ -580,7 +588,7 @@ impl<C> Builder<C> {
                 },
                 state_extension: self.state_extension,
             },
-            stats: self.track.stats(),
+            stats: track.stats(),
             max_idle_per_origin: self.max_idle_per_origin,
             retire_stalled_http2: self.retire_stalled_http2,
         });
@@ -596,7 +604,7 @@ impl<C> Builder<C> {
             inner: stack,
             plain,
             handles: Arc::new(Handles {
-                connections: self.track.stats(),
+                connections: track.stats(),
                 expiry: self.idle_expiry.stats(),
                 drain,
             }),

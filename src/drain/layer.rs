@@ -137,10 +137,11 @@ pub mod future {
                     }))
                 }
                 Poll::Pending => {
-                    if InFlight::take_cut(this.guard) {
+                    if InFlight::pending_cut(this.guard, cx) {
                         // Cut at the deadline while hyper still holds it
-                        // (no tracker to close its connection): it ends
-                        // here; dropping it abandons the exchange.
+                        // (no tracker to close its connection: the cut
+                        // woke this task): it ends here; dropping it
+                        // abandons the exchange.
                         return Poll::Ready(Err(Box::new(DrainCut::new(None))));
                     }
                     Poll::Pending
@@ -222,7 +223,7 @@ where
                 this.guard.take();
                 Poll::Ready(None)
             }
-            Poll::Pending if InFlight::take_cut(this.guard) => {
+            Poll::Pending if InFlight::pending_cut(this.guard, cx) => {
                 Poll::Ready(Some(Err(Box::new(DrainCut::new(None)))))
             }
             Poll::Pending => Poll::Pending,

@@ -76,17 +76,23 @@
 //! refused or counted) and one reference-count increment, the same two
 //! decrements at its end, and one relaxed load on each poll that returns
 //! `Pending`; no allocation, no lock. Everything else happens on the
-//! drain's side.
+//! drain's side. (A [`DrainHandle::new`] without the tracker has no
+//! connection to close to wake a request it cuts: there a request that
+//! waits also leaves its waker for the cut, an allocation at its first
+//! wait and a lock at each.)
 
 mod error;
 mod layer;
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Context;
 use std::time::Duration;
 
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -128,12 +134,18 @@ pub(crate) struct Cell {
     cut: Mutex<u64>,
     /// Woken when a request ends during a drain, and at the cut.
     notify: Notify,
+    /// Without the tracker (which wakes a cut request by closing its
+    /// connection): woken at the cut, for the requests waiting on it.
+    cut_wake: Option<Arc<Notify>>,
 }
 
 /// A request in flight: holds one reference to the drain's [`Cell`] until
 /// the request ends.
 pub(crate) struct InFlight {
     cell: Option<Arc<Cell>>,
+    /// Without the tracker: the request's registration for the cut's
+    /// wake-up, made at its first wait.
+    cut_wait: Option<Pin<Box<OwnedNotified>>>,
 }
 
 impl fmt::Debug for InFlight {
@@ -154,6 +166,25 @@ impl InFlight {
     /// Takes `guard` if the drain cut its request: the request ends there.
     pub(crate) fn take_cut(guard: &mut Option<InFlight>) -> bool {
         guard.take_if(|g| g.is_cut()).is_some()
+    }
+
+    /// [`take_cut`](Self::take_cut) for a request about to wait (its inner
+    /// future or body returned `Pending`). Without the tracker, nothing
+    /// else would wake a request cut while it waits (hyper still holds
+    /// it, and the server may never answer): it leaves `cx`'s waker for
+    /// the cut first, then looks.
+    pub(crate) fn pending_cut(guard: &mut Option<InFlight>, cx: &mut Context<'_>) -> bool {
+        if let Some(g) = guard {
+            if let Some(notify) = g.cell.as_ref().and_then(|c| c.cut_wake.as_ref()) {
+                let wait = g
+                    .cut_wait
+                    .get_or_insert_with(|| Box::pin(notify.clone().notified_owned()));
+                // Registered before the look below: a cut after it (the
+                // flag set, then the wake-up) wakes this task.
+                let _ = wait.as_mut().poll(cx);
+            }
+        }
+        Self::take_cut(guard)
     }
 
     /// `err`, as a [`DrainCut`] if the drain cut this request.
@@ -250,9 +281,10 @@ struct Shared {
 /// **Without the tracker** ([`new`](Self::new)) the drain still refuses
 /// new requests, waits for the requests in flight and counts them, but
 /// closes no connection: the report's connection counts are `None`, and a
-/// request cut at the deadline fails with [`DrainCut`] only when it is
-/// next polled (hyper still holds it). Drop the client (every clone) after
-/// the drain to close its pool's connections.
+/// request cut at the deadline fails with [`DrainCut`] while hyper still
+/// holds it (its connection stays open; each waiting request then leaves
+/// its waker for the cut, one allocation per request). Drop the client
+/// (every clone) after the drain to close its pool's connections.
 #[derive(Clone)]
 pub struct DrainHandle {
     shared: Arc<Shared>,
@@ -284,7 +316,9 @@ impl DrainHandle {
     /// A new drain that closes connections through `stats`' tracker: the
     /// [`TrackStats`] of the
     /// [`TrackConnectionsLayer`](crate::track::TrackConnectionsLayer) in
-    /// this client's connector.
+    /// this client's connector. The drain closes every connection that
+    /// tracker has made or makes: give each client its own tracker (a
+    /// tracker shared by several clients is drained with all of them).
     pub fn with_tracker(stats: &TrackStats) -> Self {
         Self::from_tracker(Some(stats.clone()))
     }
@@ -296,6 +330,7 @@ impl DrainHandle {
                     word: AtomicU64::new(0),
                     cut: Mutex::new(0),
                     notify: Notify::new(),
+                    cut_wake: tracker.is_none().then(|| Arc::new(Notify::new())),
                 }),
                 tracker,
                 close_idle: OnceLock::new(),
@@ -334,6 +369,7 @@ impl DrainHandle {
         }
         Ok(InFlight {
             cell: Some(cell.clone()),
+            cut_wait: None,
         })
     }
 
@@ -408,8 +444,12 @@ impl DrainHandle {
                         }
                     }
                     // The client's other drains end with this cut, even if
-                    // no request runs (a body held unread) to tell them.
+                    // no request runs (a body held unread) to tell them;
+                    // without the tracker, the requests waiting fail now.
                     cell.notify.notify_waiters();
+                    if let Some(wake) = &cell.cut_wake {
+                        wake.notify_waiters();
+                    }
                     if let Some(tracker) = &shared.tracker {
                         for state in tracker.live() {
                             if !state.is_upgraded() {
