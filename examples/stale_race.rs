@@ -150,10 +150,12 @@ async fn run(
         plan = plan.gaps(0.1, 1.0);
     }
     let track = TrackConnectionsLayer::new();
-    let stats: TrackStats;
+    // Every client's connection counters (the bare clients share one
+    // tracker; each one-call client has its own).
+    let stats: std::sync::Mutex<Vec<TrackStats>> = Default::default();
     let report = match client_kind {
         "bare" | "pool-idle" => {
-            stats = track.stats();
+            stats.lock().unwrap().push(track.stats());
             plan.run(&url, |_| {
                 let connector = ServiceBuilder::new()
                     .layer(track.clone())
@@ -183,17 +185,12 @@ async fn run(
                         .send(Duration::from_secs(5))
                         .read(Duration::from_secs(10)),
                 );
-            let first = template.clone().build::<Full<Bytes>>();
-            stats = first.connection_stats();
-            let first = std::sync::Mutex::new(Some(first));
             plan.run(&url, |_| {
-                // Each task its own client (own pool); the first shares the
-                // stats handle we print.
-                first
-                    .lock()
-                    .unwrap()
-                    .take()
-                    .unwrap_or_else(|| template.clone().build())
+                // Each task its own client (own pool and connection
+                // counters, summed below).
+                let client = template.clone().build::<Full<Bytes>>();
+                stats.lock().unwrap().push(client.connection_stats());
+                client
             })
             .await
         }
@@ -203,7 +200,12 @@ async fn run(
         mixed,
         method,
         report,
-        connections: stats.opened(),
+        connections: stats
+            .into_inner()
+            .unwrap()
+            .iter()
+            .map(TrackStats::opened)
+            .sum(),
         posts_processed: server.as_ref().map(IdleClosingServer::posts),
     }
 }

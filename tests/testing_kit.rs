@@ -247,6 +247,31 @@ async fn idle_closing_serves_hyper_client_on_one_connection() {
     assert_eq!((server.connections(), server.requests()), (1, 3));
 }
 
+/// `SeedWorkload` reads each request's connection story wherever the
+/// response carries it: the one-call client's responses carry it in their
+/// body, not in their extensions (the main demo, `stale_race`, printed
+/// "0 % reused" for that client while it reused most connections).
+#[tokio::test]
+async fn seed_workload_sees_the_one_call_clients_connection_reuse() {
+    const TASKS: usize = 2;
+    const REQUESTS: usize = 5;
+    let server = IdleClosingServer::start(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let report = SeedWorkload::new(Duration::from_millis(10))
+        .tasks(TASKS)
+        .requests(REQUESTS)
+        .run(&server.url(), |_| {
+            tower_conn_lifecycle::client::builder().build::<Full<Bytes>>()
+        })
+        .await;
+    assert_eq!((report.requests(), report.errors()), (TASKS * REQUESTS, 0));
+    assert!(report.samples().iter().all(|s| s.info().is_some()));
+    // One connection per task (its own client), each reused by the rest.
+    assert_eq!(server.connections(), TASKS as u64);
+    assert_eq!(report.reused(), TASKS * (REQUESTS - 1));
+}
+
 /// `SeedWorkload` keeps each response body only when asked to.
 #[tokio::test]
 async fn seed_workload_keeps_bodies_only_when_asked() {

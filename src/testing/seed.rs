@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::track::{ConnectionInfo, ConnectionState};
+use crate::track::ConnectionInfo;
 use crate::BoxError;
 
 /// Sequential requests from several tasks, each with its own client, with
@@ -245,7 +245,7 @@ impl SeedWorkload {
     where
         S: Service<Request<Full<Bytes>>, Response = Response<B>>,
         S::Error: Into<BoxError>,
-        B: Body,
+        B: Body + 'static,
         B::Error: Into<BoxError>,
     {
         let mut rng = Rng::new(task as u64 + 1);
@@ -285,17 +285,14 @@ impl SeedWorkload {
             let started = Instant::now();
             let outcome = tokio::time::timeout(self.request_limit, async {
                 let res = svc.ready().await.map_err(Into::into)?.call(req).await;
-                let (mut parts, body) = res.map_err(Into::into)?.into_parts();
-                // The connection's story as of the head: the live state
-                // moves on with later requests.
-                if parts.extensions.get::<ConnectionInfo>().is_none() {
-                    if let Some(info) = parts
-                        .extensions
-                        .get::<ConnectionState>()
-                        .map(ConnectionState::info)
-                    {
-                        parts.extensions.insert(info);
-                    }
+                let res = res.map_err(Into::into)?;
+                // The connection's story as of the head (the live state
+                // moves on with later requests), wherever the response
+                // carries it: an extension, or the one-call client's body.
+                let info = ConnectionInfo::of(&res);
+                let (mut parts, body) = res.into_parts();
+                if let Some(info) = info {
+                    parts.extensions.insert(info);
                 }
                 let body = body.collect().await.map_err(Into::into)?;
                 let body = self.keep_bodies.then(|| body.to_bytes());
