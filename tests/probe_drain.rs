@@ -21,7 +21,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::{sleep, Instant};
 use tower::ServiceExt;
-use tower_conn_lifecycle::drain::{DrainCut, Draining};
+use tower_conn_lifecycle::drain::{DrainCut, DrainReport, Draining};
 use tower_conn_lifecycle::{client, find_cause, BoxError};
 
 type Body = Full<Bytes>;
@@ -98,6 +98,15 @@ fn spawn_fetch(
     tokio::spawn(async move { fetch(&client, req).await })
 }
 
+/// The report's request counts: (in flight at its start, completed, cut).
+fn counts(report: &DrainReport) -> (u64, u64, u64) {
+    (
+        report.in_flight_at_start(),
+        report.completed(),
+        report.cut(),
+    )
+}
+
 /// `err` carries a `DrainCut`.
 fn assert_cut(err: &BoxError) {
     assert!(
@@ -148,9 +157,7 @@ async fn a_connection_opened_during_the_drain_closes_at_its_exchange_end() {
     let took = started.elapsed();
     let body = bounded(STEP_LIMIT, "the request", task).await.unwrap();
     assert_eq!(body.expect("the in-flight request failed"), "ok");
-    assert_eq!(report.in_flight_at_start(), 1, "{report}");
-    assert_eq!(report.completed(), 1, "{report}");
-    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(counts(&report), (1, 1, 0), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     assert!(
         took < FAR_DEADLINE / 2,
@@ -352,9 +359,7 @@ async fn drain_cuts_an_upload_stuck_in_a_full_socket_buffer() {
     let late = started.elapsed().saturating_sub(DEADLINE);
     assert_cut(&err);
     assert!(late <= CUT_SLACK, "cut {late:?} after the deadline");
-    assert_eq!(report.in_flight_at_start(), 1, "{report}");
-    assert_eq!(report.cut(), 1, "{report}");
-    assert_eq!(report.completed(), 0, "{report}");
+    assert_eq!(counts(&report), (1, 0, 1), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     server.release.add_permits(1);
     server.all_closed().await;
@@ -421,9 +426,7 @@ async fn a_request_future_dropped_during_the_drain_ends_it_early() {
     let report = bounded(STEP_LIMIT, "the drain", drain).await.unwrap();
     let took = started.elapsed();
     assert!(took < FAR_DEADLINE / 2, "the drain took {took:?}");
-    assert_eq!(report.in_flight_at_start(), 1, "{report}");
-    assert_eq!(report.completed(), 1, "{report}");
-    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(counts(&report), (1, 1, 0), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     server.all_closed().await;
     assert_eq!(server.heads(), 1);
@@ -466,9 +469,7 @@ async fn a_zero_deadline_cuts_at_once() {
     server.heads_reach(1).await;
     let report = bounded(STEP_LIMIT, "the drain", client.drain(Duration::ZERO)).await;
     assert!(report.elapsed() < CUT_SLACK, "{report}");
-    assert_eq!(report.in_flight_at_start(), 1, "{report}");
-    assert_eq!(report.cut(), 1, "{report}");
-    assert_eq!(report.completed(), 0, "{report}");
+    assert_eq!(counts(&report), (1, 0, 1), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     let err = bounded(STEP_LIMIT, "the request", task)
         .await
@@ -488,9 +489,7 @@ async fn a_maximal_deadline_waits_for_the_requests_only() {
         .collect();
     server.heads_reach(3).await;
     let report = bounded(STEP_LIMIT, "the drain", client.drain(Duration::MAX)).await;
-    assert_eq!(report.in_flight_at_start(), 3, "{report}");
-    assert_eq!(report.completed(), 3, "{report}");
-    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(counts(&report), (3, 3, 0), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     for task in tasks {
         assert_eq!(task.await.unwrap().unwrap(), "ok");
@@ -751,9 +750,7 @@ async fn an_upgrade_completing_during_the_drain_keeps_its_tunnel() {
         .unwrap();
     let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
     let report = bounded(STEP_LIMIT, "the drain", drain).await.unwrap();
-    assert_eq!(report.in_flight_at_start(), 1, "{report}");
-    assert_eq!(report.completed(), 1, "{report}");
-    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(counts(&report), (1, 1, 0), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     assert!(report.elapsed() < DEADLINE, "{report}");
     // Set-up: past the deadline.
@@ -796,9 +793,7 @@ async fn a_phase_limit_ending_a_request_during_the_drain() {
         let elapsed = find_cause::<Elapsed>(err.as_ref()).unwrap_or_else(|| panic!("{err}"));
         assert_eq!(elapsed.phase(), Phase::Read);
         assert!(find_cause::<DrainCut>(err.as_ref()).is_none(), "{err}");
-        assert_eq!(report.in_flight_at_start(), 1, "{report}");
-        assert_eq!(report.completed(), 1, "{report}");
-        assert_eq!(report.cut(), 0, "{report}");
+        assert_eq!(counts(&report), (1, 1, 0), "{report}");
         assert_eq!(report.connections_still_open(), Some(0), "{report}");
         assert!(report.elapsed() < FAR_DEADLINE / 2, "{report}");
         server.all_closed().await;
@@ -877,9 +872,7 @@ async fn a_retry_after_the_drain_began_is_never_written() {
         err.to_string().contains("1 earlier attempt was sent"),
         "the error hides the written attempt: {err}"
     );
-    assert_eq!(report.in_flight_at_start(), 1, "{report}");
-    assert_eq!(report.completed(), 1, "{report}");
-    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(counts(&report), (1, 1, 0), "{report}");
     assert!(report.elapsed() < FAR_DEADLINE / 2, "{report}");
     // Set-up: time for a retry's connection to arrive, if one were sent.
     sleep(Duration::from_millis(100)).await;
@@ -978,17 +971,15 @@ impl H2Server {
     }
 }
 
-/// Four streams on one HTTP/2 connection at the drain: two end before the
-/// deadline, two are cut at it; the connection closes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_streams_some_finished_some_cut_at_the_deadline() {
-    const DEADLINE: Duration = Duration::from_millis(500);
+/// An HTTP/2 server over TLS (at most `streams` concurrent streams) and a
+/// one-call client trusting it whose connection is already up (one `GET`
+/// answered), so that every later stream shares it.
+async fn warm_h2(streams: Option<u32>) -> (H2Server, client::Client<Body>) {
     let ca = common::pki::Ca::new("probe drain ca");
-    let server = H2Server::start(&ca).await;
+    let server = H2Server::start_with(&ca, streams).await;
     let client = client::builder()
         .tls_config(common::tls::client_config(&ca))
         .build::<Body>();
-    // One connection first, so that every stream shares it.
     let warm = bounded(
         STEP_LIMIT,
         "a first GET",
@@ -997,6 +988,16 @@ async fn http2_streams_some_finished_some_cut_at_the_deadline() {
     .await
     .unwrap();
     assert_eq!(warm, "ok");
+    (server, client)
+}
+
+/// Four streams on one HTTP/2 connection at the drain: two end before the
+/// deadline, two are cut at it; the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_some_finished_some_cut_at_the_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(500);
+    // One connection first, so that every stream shares it.
+    let (server, client) = warm_h2(None).await;
     let slow: Vec<_> = (0..2)
         .map(|_| spawn_fetch(&client, get(&server.url("/slow"))))
         .collect();
@@ -1020,9 +1021,7 @@ async fn http2_streams_some_finished_some_cut_at_the_deadline() {
             .unwrap_err();
         assert_cut(&err);
     }
-    assert_eq!(report.in_flight_at_start(), 4, "{report}");
-    assert_eq!(report.completed(), 2, "{report}");
-    assert_eq!(report.cut(), 2, "{report}");
+    assert_eq!(counts(&report), (4, 2, 2), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     assert!(report.elapsed() < DEADLINE + CUT_SLACK, "{report}");
     eventually(SLACK, "the server sees the connection end", || {
@@ -1036,19 +1035,7 @@ async fn http2_streams_some_finished_some_cut_at_the_deadline() {
 /// drain ends with them (not at the deadline) and the connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_all_finished_close_the_connection_early() {
-    let ca = common::pki::Ca::new("probe drain ca");
-    let server = H2Server::start(&ca).await;
-    let client = client::builder()
-        .tls_config(common::tls::client_config(&ca))
-        .build::<Body>();
-    let warm = bounded(
-        STEP_LIMIT,
-        "a first GET",
-        fetch(&client, get(&server.url("/"))),
-    )
-    .await
-    .unwrap();
-    assert_eq!(warm, "ok");
+    let (server, client) = warm_h2(None).await;
     let slow: Vec<_> = (0..3)
         .map(|_| spawn_fetch(&client, get(&server.url("/slow"))))
         .collect();
@@ -1060,9 +1047,7 @@ async fn http2_streams_all_finished_close_the_connection_early() {
     for task in slow {
         assert_eq!(task.await.unwrap().expect("a slow stream failed"), "ok");
     }
-    assert_eq!(report.in_flight_at_start(), 3, "{report}");
-    assert_eq!(report.completed(), 3, "{report}");
-    assert_eq!(report.cut(), 0, "{report}");
+    assert_eq!(counts(&report), (3, 3, 0), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     assert!(report.elapsed() < FAR_DEADLINE / 2, "{report}");
     eventually(SLACK, "the server sees the connection end", || {
@@ -1302,9 +1287,7 @@ async fn legacy_drain_cuts_a_stuck_upload_and_a_trickle() {
     let late = started.elapsed().saturating_sub(DEADLINE);
     assert!(late <= CUT_SLACK, "cut {late:?} after the deadline");
     assert_eq!(slow.await.unwrap().expect("the slow request failed"), "ok");
-    assert_eq!(report.in_flight_at_start(), 3, "{report}");
-    assert_eq!(report.completed(), 1, "{report}");
-    assert_eq!(report.cut(), 2, "{report}");
+    assert_eq!(counts(&report), (3, 1, 2), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     server.release.add_permits(1);
     server.all_closed().await;
@@ -1422,19 +1405,7 @@ async fn an_idle_http2_connection_closes_at_the_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_request_queued_behind_the_stream_limit_is_cut() {
     const DEADLINE: Duration = Duration::from_millis(400);
-    let ca = common::pki::Ca::new("probe drain ca");
-    let server = H2Server::start_with(&ca, Some(1)).await;
-    let client = client::builder()
-        .tls_config(common::tls::client_config(&ca))
-        .build::<Body>();
-    let warm = bounded(
-        STEP_LIMIT,
-        "a first GET",
-        fetch(&client, get(&server.url("/"))),
-    )
-    .await
-    .unwrap();
-    assert_eq!(warm, "ok");
+    let (server, client) = warm_h2(Some(1)).await;
     let hung = spawn_fetch(&client, get(&server.url("/hang")));
     eventually(STEP_LIMIT, "the hanging stream at the server", || {
         server.requests() == 2
@@ -1532,9 +1503,7 @@ async fn a_drain_first_polled_after_its_deadline_cuts_at_once() {
     let polled = Instant::now();
     let report = bounded(STEP_LIMIT, "the drain", drain).await;
     assert!(polled.elapsed() < CUT_SLACK, "{report}");
-    assert_eq!(report.in_flight_at_start(), 2, "{report}");
-    assert_eq!(report.completed(), 1, "{report}");
-    assert_eq!(report.cut(), 1, "{report}");
+    assert_eq!(counts(&report), (2, 1, 1), "{report}");
     assert_eq!(report.connections_still_open(), Some(0), "{report}");
     assert_cut(
         &bounded(STEP_LIMIT, "the hung request", hung)
