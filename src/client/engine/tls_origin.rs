@@ -160,12 +160,26 @@ impl<B> Drop for Gate<'_, B> {
     }
 }
 
-/// A checkout waiting for a gated attempt (counted in its state).
-struct Waiter<'a, B>(&'a Shared<B>);
+/// A checkout waiting for a gated attempt (counted in its state) until it
+/// looks again, under the lock of that look ([`leave`](Self::leave)), or
+/// is dropped. (Counted out before the look, several waiters woken at
+/// once could all be out when the first looks, and a draining slot would
+/// let the new connection go before the others had it.)
+struct Waiter<'a, B>(Option<&'a Shared<B>>);
+
+impl<B> Waiter<'_, B> {
+    /// Counts this waiter out, under the lock held as `state`.
+    fn leave(mut self, state: &mut State<B>) {
+        state.waiting -= 1;
+        self.0 = None;
+    }
+}
 
 impl<B> Drop for Waiter<'_, B> {
     fn drop(&mut self) {
-        self.0.lock().waiting -= 1;
+        if let Some(shared) = self.0 {
+            shared.lock().waiting -= 1;
+        }
     }
 }
 
@@ -332,9 +346,14 @@ where
     let mut waited = None;
     // New HTTP/2 connections this checkout saw go to the slot.
     let mut shared_new = 0;
+    // Counted as waiting for a gated attempt, until the next look.
+    let mut waiter = None;
     loop {
         let gated = {
             let mut state = shared.lock();
+            if let Some(waiter) = waiter.take() {
+                Waiter::leave(waiter, &mut state);
+            }
             match state.http2.take() {
                 Some(conn) if !conn.is_dead() => {
                     // Draining: kept only for the checkouts still waiting
@@ -359,6 +378,7 @@ where
                 // between this look and the wait.
                 waited = Some(state.round);
                 state.waiting += 1;
+                waiter = Some(Waiter(Some(&*shared)));
                 Next::Wait(shared.ended.notified())
             } else {
                 state.connecting = true;
@@ -367,8 +387,6 @@ where
         };
         let gated = match gated {
             Next::Wait(ended) => {
-                // Counted until it looks again (or is dropped).
-                let _waiter = Waiter(&shared);
                 ended.await;
                 continue;
             }
