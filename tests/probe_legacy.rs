@@ -187,16 +187,6 @@ fn reqwest_stack(
         .service(ReqwestService::new(client))
 }
 
-fn seed() -> u64 {
-    match std::env::var("HOSTILE_SEED") {
-        Ok(s) => s.parse().expect("HOSTILE_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 1. The randomized hostile server.
 
