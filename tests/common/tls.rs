@@ -125,6 +125,25 @@ impl TlsServer {
         mode: Mode,
         provider: Arc<CryptoProvider>,
     ) -> Self {
+        Self::serve(listener, leaf, mode, provider, None)
+    }
+
+    /// On 127.0.0.1, presenting `leaf`, holding each response until
+    /// `burst` requests wait for theirs (each group of `burst` requests is
+    /// in flight at once: one connection each, on HTTP/1).
+    pub async fn start_in_bursts(leaf: &Leaf, mode: Mode, burst: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hold = Arc::new(tokio::sync::Barrier::new(burst));
+        Self::serve(listener, leaf, mode, provider(), Some(hold))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        leaf: &Leaf,
+        mode: Mode,
+        provider: Arc<CryptoProvider>,
+        hold: Option<Arc<tokio::sync::Barrier>>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         assert!(addr.ip().is_loopback());
         let alpn: &[&[u8]] = match mode {
@@ -138,11 +157,18 @@ impl TlsServer {
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, counter, tx) = (acceptor.clone(), counter.clone(), tx.clone());
+                let hold = hold.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let body = Full::new(Bytes::from(format!("{:?}", req.version())));
-                        async move { Ok::<_, Infallible>(Response::new(body)) }
+                        let hold = hold.clone();
+                        async move {
+                            if let Some(hold) = hold {
+                                hold.wait().await;
+                            }
+                            Ok::<_, Infallible>(Response::new(body))
+                        }
                     });
                     if mode == Mode::Plain {
                         let _ = hyper::server::conn::http1::Builder::new()
