@@ -228,8 +228,11 @@ struct UploadReport {
 async fn early_413_then_dropped_response_stops_upload() {
     bounded(TEST_LIMIT, "the test", async {
         let (tx, mut rx) = mpsc::unbounded_channel::<UploadReport>();
+        // Told right after the caller dropped the response.
+        let gave_up = Arc::new(tokio::sync::Notify::new());
+        let told = gave_up.clone();
         let server = RawServer::start(move |mut conn| {
-            let tx = tx.clone();
+            let (tx, told) = (tx.clone(), told.clone());
             async move {
                 let Some(head) = conn.read_head().await else {
                     return;
@@ -249,7 +252,7 @@ async fn early_413_then_dropped_response_stops_upload() {
                 conn.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
                     .await;
                 let answered = Instant::now();
-                let closed = conn.wait_closed(CLOSE_WAIT).await;
+                let closed = conn.wait_closed_after(&told, CLOSE_WAIT).await;
                 let _ = tx.send(UploadReport {
                     content_length: head.content_length(),
                     read_before_answer: before,
@@ -271,6 +274,7 @@ async fn early_413_then_dropped_response_stops_upload() {
         assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let dropped = Instant::now();
         drop(res);
+        gave_up.notify_one();
         let report = timeout(CLOSE_WAIT + STEP_LIMIT, rx.recv())
             .await
             .expect("the server never reported")
@@ -281,7 +285,7 @@ async fn early_413_then_dropped_response_stops_upload() {
             .map(|at| at.saturating_duration_since(dropped));
         println!(
             "content-length {}, read before the 413: {}, response reached the caller {:?} \
-             after the 413 was written; after it the server read {} bytes and saw {} \
+             after the 413 was written; after the drop the server read {} bytes and saw {} \
              ({:?} after the drop)",
             report.content_length,
             report.read_before_answer,
@@ -295,7 +299,7 @@ async fn early_413_then_dropped_response_stops_upload() {
         assert!(
             closed_after_drop.is_some_and(|d| d <= CLOSE_WITHIN + LATE),
             "the abandoned connection was not closed within {CLOSE_WITHIN:?} (+{LATE:?}): \
-             {} after the drop; the server read {} bytes of the upload after its 413",
+             {} after the drop; the server read {} bytes of the upload after the drop",
             report.closed.how,
             report.closed.bytes,
         );

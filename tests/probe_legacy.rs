@@ -397,16 +397,20 @@ struct AbandonServer {
     server: RawServer,
     signals: mpsc::UnboundedReceiver<()>,
     reports: mpsc::UnboundedReceiver<Abandoned>,
+    /// Told by the test right after the caller gave up.
+    gave_up: Arc<tokio::sync::Notify>,
 }
 
 /// Reads the head, then the body slowly; after `ABANDON_AT` bytes answers
-/// `413` (`DropEarlyResponse`) and signals the test; then waits for the
-/// close, reading at full speed.
+/// `413` (`DropEarlyResponse`) and signals the test; once the test says
+/// the caller gave up, reads at full speed until the close.
 async fn abandon_server(give_up: GiveUp) -> AbandonServer {
     let (report, reports) = mpsc::unbounded_channel();
     let (signal, signals) = mpsc::unbounded_channel();
+    let gave_up = Arc::new(tokio::sync::Notify::new());
+    let told = gave_up.clone();
     let server = RawServer::start(move |mut conn| {
-        let (report, signal) = (report.clone(), signal.clone());
+        let (report, signal, told) = (report.clone(), signal.clone(), told.clone());
         async move {
             if conn.read_head().await.is_none() {
                 return;
@@ -428,7 +432,7 @@ async fn abandon_server(give_up: GiveUp) -> AbandonServer {
             }
             let signalled = Instant::now();
             let _ = signal.send(());
-            let closed = conn.wait_closed(ABANDON_CLOSE_WAIT).await;
+            let closed = conn.wait_closed_after(&told, ABANDON_CLOSE_WAIT).await;
             let _ = report.send(Abandoned {
                 heads: conn.counters.heads.load(Ordering::SeqCst),
                 read_before: before,
@@ -442,6 +446,7 @@ async fn abandon_server(give_up: GiveUp) -> AbandonServer {
         server,
         signals,
         reports,
+        gave_up,
     }
 }
 
@@ -553,6 +558,9 @@ where
             Instant::now()
         }
     };
+    // The server reads on from now (what it counts is what the upload
+    // wrote from here, and what the buffers held).
+    srv.gave_up.notify_one();
     let report = bounded(
         ABANDON_CLOSE_WAIT + STEP_LIMIT,
         "the server's report",

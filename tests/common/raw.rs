@@ -272,6 +272,28 @@ impl Conn {
         }
     }
 
+    /// Reads nothing until the test says the caller gave up (`gave_up`,
+    /// told right after; bounded by `limit`), then waits for the close as
+    /// [`wait_closed`](Self::wait_closed): what it counts is what the
+    /// client's buffers held when the caller gave up plus what it wrote
+    /// after, not what it wrote meanwhile while the caller was slow to be
+    /// scheduled (reading on at full speed, a loaded machine let several
+    /// MiB through before the caller even gave up).
+    pub async fn wait_closed_after(
+        &mut self,
+        gave_up: &tokio::sync::Notify,
+        limit: Duration,
+    ) -> Closed {
+        if timeout(limit, gave_up.notified()).await.is_err() {
+            return Closed {
+                bytes: self.buf.len() as u64,
+                at: None,
+                how: format!("the test never gave up within {limit:?}"),
+            };
+        }
+        self.wait_closed(limit).await
+    }
+
     /// Closes with a TCP RST (`SO_LINGER` 0), discarding anything unread.
     pub fn reset(self) {
         let _ = self.stream.set_zero_linger();
