@@ -838,6 +838,9 @@ async fn a_short_idle_timeout_is_learned_after_two_observations() {
     /// The learner's floor (`idle_expiry::learn::FLOOR`).
     const FLOOR: Duration = Duration::from_millis(100);
     const ATTEMPTS: usize = 3;
+    /// How much later than the server wrote it the client may read the
+    /// response's end, at most (generous: a loaded two-core machine).
+    const READ_LAG: Duration = Duration::from_millis(20);
     for kind in [Kind::Legacy, Kind::Pool] {
         let mut attempt = 0;
         let (server, layer, stats) = loop {
@@ -877,8 +880,11 @@ async fn a_short_idle_timeout_is_learned_after_two_observations() {
         let uri: http::Uri = server.url().parse().unwrap();
         let learned = layer.learned_timeout(&uri).expect("learned after two");
         println!("{kind:?}: learned {learned:?}");
+        // The server's idle clock starts as it writes the response's end,
+        // the client's as it reads it: a client slow to read that end and
+        // quick to see the close measures a little less than the server.
         assert!(
-            learned >= SHORT && learned < SHORT + MARGIN,
+            learned >= SHORT - READ_LAG && learned < SHORT + MARGIN,
             "{kind:?}: {learned:?}"
         );
         assert_eq!((stats.agreed(), stats.learned()), (1, 1), "{kind:?}");
