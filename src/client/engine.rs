@@ -26,7 +26,9 @@
 //! absolute URIs are required; a connection goes back to its pool only when
 //! its response body has ended (so a request never queues behind another's
 //! download); a checked-out connection refused before any byte (expired,
-//! closed, abandoned) is dropped and another taken; idle connections are
+//! closed, abandoned) is dropped and another taken; a checkout that finds
+//! nothing idle waits for a connect under way that nobody needs any more
+//! rather than starting one (the `spares` module); idle connections are
 //! bounded per origin and origins without connections are evicted.
 
 use std::collections::HashMap;
@@ -56,8 +58,10 @@ use crate::pool::Http1Connection;
 use crate::track::{ConnectionCapture, ConnectionState, TrackStats, TrackedBody, TrackedIo};
 use crate::BoxError;
 
+mod spares;
 mod tls_origin;
 
+use spares::{Pace, SpareExecutor, SpareUnderWay, Spares};
 use tls_origin::{Divert, TlsConn, TlsOrigin};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -737,9 +741,10 @@ where
         let plain = {
             let parts = parts.clone();
             move |target: Uri| {
+                let spares = Arc::new(Spares::default());
                 cache::builder()
-                    .executor(TokioExecutor::new())
-                    .build::<_, ()>(Connect::<B, S>::to(&parts, target))
+                    .executor(SpareExecutor(spares.clone()))
+                    .build::<_, ()>(Pace::new(Connect::<B, S>::to(&parts, target), spares))
             }
         };
         let draining = drain.clone();
@@ -747,9 +752,13 @@ where
             // An origin first used during the drain (by a request admitted
             // before it) drains from the start: the sweep ran before it.
             let shared = tls_origin::Shared::new(stall.clone(), draining.is_draining());
+            let spares = Arc::new(Spares::default());
             let http1 = cache::builder()
-                .executor(TokioExecutor::new())
-                .build::<_, ()>(Divert::new(Connect::<B, S>::to(&parts, target), &shared));
+                .executor(SpareExecutor(spares.clone()))
+                .build::<_, ()>(Pace::new(
+                    Divert::new(Connect::<B, S>::to(&parts, target), &shared),
+                    spares,
+                ));
             TlsOrigin::new(http1, shared)
         };
         // Per scheme (http, https, anything else: the connector's to
@@ -874,6 +883,12 @@ where
                                 // already taken or the checkout under way.
                                 Poll::Ready(Ok(conn)) => {
                                     Ok(Found::Wait(pool.clone(), Some(conn), None))
+                                }
+                                // A connection is on its way (see the
+                                // `spares` module): the checkout loop waits
+                                // for it.
+                                Poll::Ready(Err(e)) if e.is::<SpareUnderWay>() => {
+                                    Ok(Found::Wait(pool.clone(), None, None))
                                 }
                                 Poll::Ready(Err(e)) => Err(e),
                                 Poll::Pending => {

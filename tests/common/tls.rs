@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
@@ -125,7 +126,7 @@ impl TlsServer {
         mode: Mode,
         provider: Arc<CryptoProvider>,
     ) -> Self {
-        Self::serve(listener, leaf, mode, provider, None)
+        Self::serve(listener, leaf, mode, provider, None, Duration::ZERO)
     }
 
     /// On 127.0.0.1, presenting `leaf`, holding each response until
@@ -134,7 +135,15 @@ impl TlsServer {
     pub async fn start_in_bursts(leaf: &Leaf, mode: Mode, burst: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hold = Arc::new(tokio::sync::Barrier::new(burst));
-        Self::serve(listener, leaf, mode, provider(), Some(hold))
+        Self::serve(listener, leaf, mode, provider(), Some(hold), Duration::ZERO)
+    }
+
+    /// On 127.0.0.1, presenting `leaf`, starting each TLS handshake
+    /// `delay` after the TCP accept (a far server; its requests are
+    /// answered at once).
+    pub async fn start_slow_handshakes(leaf: &Leaf, mode: Mode, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, leaf, mode, provider(), None, delay)
     }
 
     fn serve(
@@ -143,6 +152,7 @@ impl TlsServer {
         mode: Mode,
         provider: Arc<CryptoProvider>,
         hold: Option<Arc<tokio::sync::Barrier>>,
+        handshake_delay: Duration,
     ) -> Self {
         let addr = listener.local_addr().unwrap();
         assert!(addr.ip().is_loopback());
@@ -176,6 +186,7 @@ impl TlsServer {
                             .await;
                         return;
                     }
+                    tokio::time::sleep(handshake_delay).await;
                     let tls = match acceptor.accept(tcp).await {
                         Ok(tls) => tls,
                         Err(e) => {
@@ -220,6 +231,11 @@ impl TlsServer {
             Self::start_on(listener, &leaf, Mode::Http1Only, provider),
             ca,
         )
+    }
+
+    /// The TLS handshakes reported so far (none waited for).
+    pub fn handshakes_so_far(&mut self) -> Vec<Result<Handshake, String>> {
+        std::iter::from_fn(|| self.handshakes.try_recv().ok()).collect()
     }
 
     /// Requests the server's HTTP layer saw.
