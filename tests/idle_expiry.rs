@@ -761,7 +761,12 @@ async fn lost_races_teach_the_idle_timeout_of_a_server_that_closes_late() {
                 "{kind:?}: failed after the first: {late:?}"
             );
         }
-        assert!(report.errors() <= 4, "{kind:?}: {}", describe(report));
+        // So at most one per task, each on its way when the first was lost
+        // (how many were on their way in that instant is the scheduler's:
+        // 5 of the 10 tasks' first reuses were written within 2 ms on a
+        // loaded machine).
+        let tasks: std::collections::HashSet<_> = failed.iter().map(|s| s.task()).collect();
+        assert_eq!(tasks.len(), failed.len(), "{kind:?}: {}", describe(report));
         // Server side: every success processed once, nothing else.
         assert_eq!(server.posts() as usize, report.successes(), "{kind:?}");
         assert!(
