@@ -25,12 +25,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use tokio::time::sleep;
 use tower_conn_lifecycle::client::{self, Client};
-use tower_conn_lifecycle::error_chain;
 
-use common::h2::{get, spawn_fetch};
+use common::h2::burst;
 use common::pki::Ca;
 use common::raw::{Conn, RawServer};
-use common::{bounded, eventually, STEP_LIMIT};
+use common::{eventually, STEP_LIMIT};
 
 /// Requests in flight at once.
 const BURST: usize = 16;
@@ -44,16 +43,11 @@ const SLOW_CONNECT: Duration = Duration::from_millis(300);
 /// now): a window in which nothing must happen.
 const SETTLE: Duration = Duration::from_millis(400);
 
-/// Sends `BURSTS` bursts of `BURST` GETs to `url`, one burst after the
+/// Sends `rounds` bursts of `BURST` GETs to `url`, one burst after the
 /// other; every request must succeed with `body`.
-async fn bursts(client: &Client<Full<Bytes>>, url: &str, body: &[u8]) {
-    for round in 0..BURSTS {
-        let tasks: Vec<_> = (0..BURST).map(|_| spawn_fetch(client, get(url))).collect();
-        for t in tasks {
-            let got = bounded(STEP_LIMIT, "a request of a burst", t)
-                .await
-                .unwrap_or_else(|e| panic!("burst {round}: {e:?}"))
-                .unwrap_or_else(|e| panic!("burst {round}: {}", error_chain(e.as_ref())));
+async fn bursts(client: &Client<Full<Bytes>>, url: &str, body: &[u8], rounds: usize) {
+    for round in 0..rounds {
+        for got in burst(client, url, BURST, &format!("burst {round}")).await {
             assert_eq!(&got[..], body, "burst {round}");
         }
     }
@@ -150,7 +144,7 @@ async fn later_bursts_wait_for_tls_handshakes_already_under_way() {
     let client = client::builder()
         .tls_config(common::tls::client_config(&ca))
         .build::<Full<Bytes>>();
-    bursts(&client, &url, b"HTTP/1.1").await;
+    bursts(&client, &url, b"HTTP/1.1", BURSTS).await;
     assert_eq!(server.requests(), BURSTS * BURST);
     let stats = client.connection_stats();
     eventually(STEP_LIMIT, "the first burst's connects", || {
@@ -180,7 +174,7 @@ async fn later_bursts_wait_for_connects_already_under_way() {
     let client = client::builder()
         .connector(connector)
         .build::<Full<Bytes>>();
-    bursts(&client, &server.url("/"), b"ok").await;
+    bursts(&client, &server.url("/"), b"ok", BURSTS).await;
     let stats = client.connection_stats();
     eventually(STEP_LIMIT, "the first burst's connects", || {
         stats.opened() >= BURST as u64
@@ -212,19 +206,7 @@ async fn requests_waiting_for_connects_that_fail_connect_themselves() {
     let client = client::builder()
         .connector(connector)
         .build::<Full<Bytes>>();
-    let url = server.url("/");
-    for round in 0..2 {
-        let tasks: Vec<_> = (0..BURST)
-            .map(|_| spawn_fetch(&client, get(&url)))
-            .collect();
-        for t in tasks {
-            let got = bounded(STEP_LIMIT, "a request", t)
-                .await
-                .unwrap_or_else(|e| panic!("burst {round}: {e:?}"))
-                .unwrap_or_else(|e| panic!("burst {round}: {}", error_chain(e.as_ref())));
-            assert_eq!(&got[..], b"ok");
-        }
-    }
+    bursts(&client, &server.url("/"), b"ok", 2).await;
     assert_eq!(server.counters.heads.load(Ordering::SeqCst), 2 * BURST);
     assert_eq!(
         (

@@ -25,7 +25,7 @@ use tower_conn_lifecycle::phase_timeout::{Elapsed, Phase, PhaseTimeoutLayer};
 use tower_conn_lifecycle::retry::{NotRetried, Retried, Rule};
 use tower_conn_lifecycle::{error_chain, find_cause, BoxError};
 
-use common::h2::{fetch, get, post, spawn_fetch, Seen};
+use common::h2::{burst, fetch, get, post, spawn_fetch, Seen};
 use common::pki::Ca;
 
 /// Any single step that must finish (an exchange, a batch, a drain).
@@ -1194,14 +1194,8 @@ async fn http1_over_tls_bursts_reuse_their_connections() {
         .tls_config(common::tls::client_config(&ca))
         .build::<Full<Bytes>>();
     for round in 0..5 {
-        let tasks: Vec<_> = (0..BURST)
-            .map(|_| spawn_fetch(&client, get(&url)))
-            .collect();
-        for t in tasks {
-            let joined = bounded("an HTTP/1 request over TLS", t).await;
-            let body = joined
-                .unwrap_or_else(|e| panic!("round {round}: {e:?}"))
-                .unwrap_or_else(|e| panic!("round {round}: {}", error_chain(e.as_ref())));
+        let what = format!("round {round}: an HTTP/1 request over TLS");
+        for body in burst(&client, &url, BURST, &what).await {
             assert_eq!(&body[..], b"HTTP/1.1");
         }
         // One connection per request in flight, made in the first burst.

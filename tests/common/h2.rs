@@ -128,3 +128,21 @@ pub fn spawn_fetch(
     let client = client.clone();
     tokio::spawn(async move { fetch(&client, req).await })
 }
+
+/// `n` GETs of `url` in flight at once, each a task of its own: every one
+/// must succeed (each bounded by [`STEP_LIMIT`](super::STEP_LIMIT)); their
+/// bodies, in order. `what` names the burst in a failure.
+pub async fn burst(client: &Client<Full<Bytes>>, url: &str, n: usize, what: &str) -> Vec<Bytes> {
+    let tasks: Vec<_> = (0..n).map(|_| spawn_fetch(client, get(url))).collect();
+    let mut bodies = Vec::with_capacity(n);
+    for t in tasks {
+        let body = super::bounded(super::STEP_LIMIT, what, t)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+            .unwrap_or_else(|e| {
+                panic!("{what}: {}", tower_conn_lifecycle::error_chain(e.as_ref()))
+            });
+        bodies.push(body);
+    }
+    bodies
+}
